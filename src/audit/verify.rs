@@ -1,0 +1,167 @@
+//! Walking the chain and its checkpoints (pure: the caller reads the store, the file and the key).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use p256::ecdsa::signature::Verifier;
+use p256::ecdsa::{DerSignature, VerifyingKey};
+
+use super::{checkpoint_message, AuditRecord, GENESIS};
+use crate::store::Checkpoint;
+
+/// The first place where the log does not match itself or its checkpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ChainBreak {
+    /// The event's content does not hash to its stored hash: edited (or swapped with another).
+    Edited { seq: u64 },
+    /// The event's previous-hash is not the hash of the event before it: reordered or inserted.
+    OutOfOrder { seq: u64 },
+    /// The sequence skips this number: the event was deleted.
+    Missing { seq: u64 },
+    /// A signed checkpoint covers events the database no longer has: the newest were removed.
+    MissingAfterCheckpoint { seq: u64, checkpoint: u64 },
+    /// The event at a checkpoint does not carry the signed hash: the chain was rebuilt.
+    CheckpointMismatch { seq: u64 },
+    /// A checkpoint's signature does not verify under the audit key.
+    BadCheckpointSignature { seq: u64 },
+    /// The database and the file disagree about a checkpoint.
+    CheckpointConflict { seq: u64 },
+    /// A checkpoint in the database is absent from the file: the file was cut short or replaced.
+    CheckpointNotInFile { seq: u64 },
+    /// The checkpoint file cannot be read or has a malformed line.
+    CheckpointFile { reason: String },
+}
+
+impl ChainBreak {
+    /// The event the break is first seen at, when there is one.
+    pub fn event(&self) -> Option<u64> {
+        match self {
+            ChainBreak::Edited { seq }
+            | ChainBreak::OutOfOrder { seq }
+            | ChainBreak::Missing { seq }
+            | ChainBreak::MissingAfterCheckpoint { seq, .. }
+            | ChainBreak::CheckpointMismatch { seq }
+            | ChainBreak::BadCheckpointSignature { seq }
+            | ChainBreak::CheckpointConflict { seq }
+            | ChainBreak::CheckpointNotInFile { seq } => Some(*seq),
+            ChainBreak::CheckpointFile { .. } => None,
+        }
+    }
+}
+
+impl fmt::Display for ChainBreak {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ChainBreak::Edited { seq } => write!(f, "event {seq} does not match its hash: it was edited or swapped"),
+            ChainBreak::OutOfOrder { seq } => write!(f, "event {seq} does not follow event {}: events were reordered or inserted", seq.saturating_sub(1)),
+            ChainBreak::Missing { seq } => write!(f, "event {seq} is missing: it was deleted"),
+            ChainBreak::MissingAfterCheckpoint { seq, checkpoint } => write!(f, "event {seq} is missing: the signed checkpoint at event {checkpoint} shows the newest events were removed"),
+            ChainBreak::CheckpointMismatch { seq } => write!(f, "event {seq} differs from its signed checkpoint: the chain was rebuilt at or before it"),
+            ChainBreak::BadCheckpointSignature { seq } => write!(f, "the checkpoint at event {seq} has a signature the audit key did not make"),
+            ChainBreak::CheckpointConflict { seq } => write!(f, "the database and the checkpoint file disagree about the checkpoint at event {seq}"),
+            ChainBreak::CheckpointNotInFile { seq } => write!(f, "the checkpoint at event {seq} is in the database but not in the checkpoint file: the file was cut short or replaced"),
+            ChainBreak::CheckpointFile { reason } => write!(f, "checkpoint file: {reason}"),
+        }
+    }
+}
+
+/// An intact log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub events: u64,
+    pub checkpoints: usize,
+    pub last_checkpoint: Option<u64>,
+}
+
+/// Verifies the chain of `events` (in seq order), then every checkpoint from the database and
+/// the file against the chain and the audit key.
+pub fn verify_chain(
+    events: &[AuditRecord],
+    db_checkpoints: &[Checkpoint],
+    file_checkpoints: &[Checkpoint],
+    audit_key: &VerifyingKey,
+) -> Result<VerifyReport, ChainBreak> {
+    let mut prev = GENESIS.to_vec();
+    let mut expected = 1u64;
+    let mut hashes = BTreeMap::new();
+    for e in events {
+        if e.seq != expected {
+            return Err(ChainBreak::Missing { seq: expected });
+        }
+        if e.recompute().as_slice() != e.hash.as_slice() {
+            return Err(ChainBreak::Edited { seq: e.seq });
+        }
+        if e.prev_hash != prev {
+            return Err(ChainBreak::OutOfOrder { seq: e.seq });
+        }
+        prev = e.hash.clone();
+        hashes.insert(e.seq, e.hash.clone());
+        expected += 1;
+    }
+    let last = expected - 1;
+
+    let mut all: BTreeMap<u64, &Checkpoint> = BTreeMap::new();
+    for cp in file_checkpoints.iter().chain(db_checkpoints) {
+        if let Some(other) = all.insert(cp.seq, cp) {
+            if other.hash != cp.hash {
+                return Err(ChainBreak::CheckpointConflict { seq: cp.seq });
+            }
+        }
+    }
+    for cp in db_checkpoints {
+        if !file_checkpoints.iter().any(|f| f.seq == cp.seq) {
+            return Err(ChainBreak::CheckpointNotInFile { seq: cp.seq });
+        }
+    }
+    for (seq, cp) in &all {
+        let sig = DerSignature::try_from(cp.signature.as_slice())
+            .map_err(|_| ChainBreak::BadCheckpointSignature { seq: *seq })?;
+        audit_key
+            .verify(&checkpoint_message(cp.seq, &cp.hash, cp.at), &sig)
+            .map_err(|_| ChainBreak::BadCheckpointSignature { seq: *seq })?;
+        match hashes.get(seq) {
+            None => {
+                return Err(ChainBreak::MissingAfterCheckpoint {
+                    seq: last + 1,
+                    checkpoint: *seq,
+                })
+            }
+            Some(h) if *h != cp.hash => return Err(ChainBreak::CheckpointMismatch { seq: *seq }),
+            Some(_) => {}
+        }
+    }
+    Ok(VerifyReport {
+        events: last,
+        checkpoints: all.len(),
+        last_checkpoint: all.keys().next_back().copied(),
+    })
+}
+
+/// Parses the checkpoint file (JSON Lines). A missing file is an empty list.
+pub fn read_checkpoint_file(path: &std::path::Path) -> Result<Vec<Checkpoint>, ChainBreak> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(ChainBreak::CheckpointFile {
+                reason: format!("cannot read {}: {e}", path.display()),
+            })
+        }
+    };
+    let mut out = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let cp = serde_json::from_str::<super::CheckpointLine>(line)
+            .ok()
+            .and_then(|l| l.to_checkpoint())
+            .ok_or_else(|| ChainBreak::CheckpointFile {
+                reason: format!("{} line {} is not a checkpoint", path.display(), i + 1),
+            })?;
+        out.push(cp);
+    }
+    Ok(out)
+}

@@ -1,0 +1,194 @@
+//! CRLs (RFC 5280 section 5): one per issuing CA and shard, and the root's ARL. The CRL number
+//! comes from the store (monotonic per issuer and shard); the TBS is recorded before it is signed.
+
+use der::asn1::{OctetString, Uint};
+use der::Encode;
+use x509_cert::certificate::Version;
+use x509_cert::crl::{CertificateList, RevokedCert, TbsCertList};
+use x509_cert::ext::pkix::crl::dp::IssuingDistributionPoint;
+use x509_cert::ext::pkix::crl::CrlNumber;
+use x509_cert::ext::pkix::name::DistributionPointName;
+use x509_cert::ext::pkix::{AuthorityKeyIdentifier, CrlReason};
+use x509_cert::serial_number::SerialNumber;
+
+use super::issue::uri;
+use super::x509::{self, extension, raw_extension};
+use super::{Authority, CaError, IssuerId, Reason};
+use crate::audit::AuditEvent;
+use crate::store::RevokedEntry;
+
+/// A signed CRL.
+#[derive(Debug, Clone)]
+pub struct SignedCrl {
+    pub number: u64,
+    pub der: Vec<u8>,
+    pub this_update: i64,
+    pub next_update: i64,
+}
+
+impl Authority {
+    /// Builds, records and signs the next CRL of `issuer` (and `shard`, when the issuer's CRL is
+    /// split). The root's CRL is an ARL: it lists revoked CA certificates.
+    pub fn generate_crl(
+        &self,
+        issuer: IssuerId,
+        shard: Option<u32>,
+        actor: &str,
+    ) -> Result<SignedCrl, CaError> {
+        let shards = self.settings.crl_shards;
+        let shard = match (issuer, shard) {
+            (IssuerId::Root, Some(_)) => {
+                return Err(CaError::InvalidRequest(
+                    "the root's CRL (ARL) has no shards".into(),
+                ))
+            }
+            (IssuerId::Root, None) => None,
+            (_, Some(s)) if s >= shards => return Err(CaError::InvalidRequest(format!(
+                "shard {s} does not exist: the {issuer} CRL has {shards} shard(s), numbered from 0"
+            ))),
+            (_, Some(_)) if shards == 1 => None,
+            (_, None) if shards > 1 => {
+                return Err(CaError::InvalidRequest(format!(
+                    "the {issuer} CRL is split in {shards} shards; name one with --shard"
+                )))
+            }
+            (_, s) => s,
+        };
+        let ca = self.ca(issuer)?;
+        let entries = self.store.revoked(issuer, shard)?;
+        let this_update = self.clock.now();
+        let next_update = this_update + i64::from(self.settings.crl_next_update_hours) * 3600;
+        let idp_url = shard.map(|_| self.settings.crl_url(issuer, shard));
+        let object = match shard {
+            Some(s) => format!("crl:{issuer}-{s}"),
+            None => format!("crl:{issuer}"),
+        };
+        let ev = AuditEvent::new(
+            actor,
+            "crl.generate",
+            &object,
+            serde_json::json!({"entries": entries.len(), "next_update": next_update}),
+        );
+        let mut built: Option<TbsCertList> = None;
+        let (number, audit) = self.store.record_crl(
+            issuer,
+            shard,
+            this_update,
+            next_update,
+            &mut |number| {
+                let tbs = build_tbs(
+                    &ca.certificate,
+                    &ca.key_id,
+                    &entries,
+                    number,
+                    this_update,
+                    next_update,
+                    idp_url.as_deref(),
+                )
+                .map_err(|e| e.to_string())?;
+                let der = tbs.to_der().map_err(|e| e.to_string())?;
+                built = Some(tbs);
+                Ok(der)
+            },
+            &ev,
+        )?;
+        self.auditor.after_append(&audit)?;
+        let tbs = built.ok_or_else(|| CaError::Encoding("CRL was not built".into()))?;
+        let sig = self.sign(&ca.key_label, &tbs.to_der()?)?;
+        let crl = CertificateList {
+            tbs_cert_list: tbs,
+            signature_algorithm: x509::ecdsa_sha256(),
+            signature: x509::signature_bits(&sig)?,
+        };
+        let der = crl.to_der()?;
+        self.store.complete_crl(issuer, shard, number, &der)?;
+        Ok(SignedCrl {
+            number,
+            der,
+            this_update,
+            next_update,
+        })
+    }
+}
+
+fn build_tbs(
+    ca: &x509_cert::Certificate,
+    ca_key_id: &[u8],
+    entries: &[RevokedEntry],
+    number: u64,
+    this_update: i64,
+    next_update: i64,
+    idp_url: Option<&str>,
+) -> Result<TbsCertList, CaError> {
+    let mut revoked = Vec::with_capacity(entries.len());
+    for e in entries {
+        let serial_bytes = hex::decode(&e.serial)
+            .map_err(|_| CaError::Encoding(format!("stored serial {:?} is not hex", e.serial)))?;
+        let mut exts = Vec::new();
+        if let Some(code) = e.revocation.reason_code {
+            let reason = crl_reason(code)?;
+            exts.push(extension(&reason, false)?);
+        }
+        if let Some(d) = e.revocation.invalidity_date {
+            exts.push(raw_extension(
+                x509::ID_CE_INVALIDITY_DATE,
+                false,
+                x509::generalized_time(d)?.to_der()?,
+            )?);
+        }
+        revoked.push(RevokedCert {
+            serial_number: SerialNumber::new(&serial_bytes)?,
+            revocation_date: x509::x509_time(e.revocation.revoked_at)?,
+            crl_entry_extensions: (!exts.is_empty()).then_some(exts),
+        });
+    }
+    let mut exts = vec![
+        extension(
+            &AuthorityKeyIdentifier {
+                key_identifier: Some(OctetString::new(ca_key_id.to_vec())?),
+                ..Default::default()
+            },
+            false,
+        )?,
+        extension(&CrlNumber(Uint::new(&number.to_be_bytes())?), false)?,
+    ];
+    if let Some(url) = idp_url {
+        // A shard names itself, so that a CRL of one shard cannot stand in for another's.
+        exts.push(extension(
+            &IssuingDistributionPoint {
+                distribution_point: Some(DistributionPointName::FullName(vec![uri(url)?])),
+                only_contains_user_certs: true,
+                only_contains_ca_certs: false,
+                only_some_reasons: None,
+                indirect_crl: false,
+                only_contains_attribute_certs: false,
+            },
+            true,
+        )?);
+    }
+    Ok(TbsCertList {
+        version: Version::V2,
+        signature: x509::ecdsa_sha256(),
+        issuer: ca.tbs_certificate().subject().clone(),
+        this_update: x509::x509_time(this_update)?,
+        next_update: Some(x509::x509_time(next_update)?),
+        revoked_certificates: (!revoked.is_empty()).then_some(revoked),
+        crl_extensions: Some(exts),
+    })
+}
+
+fn crl_reason(code: u8) -> Result<CrlReason, CaError> {
+    let reason = Reason::from_code(code)
+        .ok_or_else(|| CaError::Encoding(format!("stored reason code {code} is unknown")))?;
+    Ok(match reason {
+        Reason::Unspecified => CrlReason::Unspecified,
+        Reason::KeyCompromise => CrlReason::KeyCompromise,
+        Reason::CaCompromise => CrlReason::CaCompromise,
+        Reason::AffiliationChanged => CrlReason::AffiliationChanged,
+        Reason::Superseded => CrlReason::Superseded,
+        Reason::CessationOfOperation => CrlReason::CessationOfOperation,
+        Reason::CertificateHold => CrlReason::CertificateHold,
+        Reason::PrivilegeWithdrawn => CrlReason::PrivilegeWithdrawn,
+        Reason::AaCompromise => CrlReason::AaCompromise,
+    })
+}

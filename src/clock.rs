@@ -1,0 +1,59 @@
+//! The one clock (design invariant 7): nothing else reads the system time.
+//!
+//! Tests set it through `Clock::fixed`, or for the CLI through `SIGNET_FAKE_NOW` (Unix seconds).
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Environment variable that fixes the clock of a `signet` process (tests and drills only).
+pub const FAKE_NOW_ENV: &str = "SIGNET_FAKE_NOW";
+
+/// A shareable clock: the system clock, or a settable one.
+#[derive(Clone, Debug)]
+pub struct Clock {
+    fixed: Option<Arc<AtomicI64>>,
+}
+
+impl Clock {
+    pub fn system() -> Self {
+        Clock { fixed: None }
+    }
+
+    /// A clock that says `unix_secs` until it is set again.
+    pub fn fixed(unix_secs: i64) -> Self {
+        Clock {
+            fixed: Some(Arc::new(AtomicI64::new(unix_secs))),
+        }
+    }
+
+    /// The system clock unless `SIGNET_FAKE_NOW` holds a Unix time.
+    pub fn from_env() -> Result<Self, String> {
+        match std::env::var(FAKE_NOW_ENV) {
+            Ok(v) => v
+                .trim()
+                .parse::<i64>()
+                .map(Clock::fixed)
+                .map_err(|_| format!("{FAKE_NOW_ENV}={v:?} is not a Unix time in seconds")),
+            Err(_) => Ok(Clock::system()),
+        }
+    }
+
+    /// Sets a fixed clock (no effect on the system clock).
+    pub fn set(&self, unix_secs: i64) {
+        if let Some(f) = &self.fixed {
+            f.store(unix_secs, Ordering::SeqCst);
+        }
+    }
+
+    /// Now, in whole seconds since the Unix epoch (certificates carry no finer time).
+    pub fn now(&self) -> i64 {
+        match &self.fixed {
+            Some(f) => f.load(Ordering::SeqCst),
+            None => SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or(Duration::ZERO)
+                .as_secs() as i64,
+        }
+    }
+}

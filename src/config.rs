@@ -1,0 +1,223 @@
+//! The one configuration file (TOML). Relative paths are resolved against the file's folder.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::hsm::{HsmConfig, PinSource, TokenSelector};
+
+/// Environment variable naming the Signet home folder (default `./.signet`).
+pub const HOME_ENV: &str = "SIGNET_HOME";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "cannot read config {path}: {reason}; run softhsm/setup.sh to create one, or pass --config"
+    )]
+    Read { path: String, reason: String },
+    #[error("config {path}: {reason}")]
+    Invalid { path: String, reason: String },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub ca: CaConfig,
+    pub hsm: HsmSection,
+    pub store: StoreConfig,
+    pub audit: AuditConfig,
+    pub issuance: IssuanceConfig,
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+/// Names, validity and URLs of the CA hierarchy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaConfig {
+    pub organization: String,
+    pub country: String,
+    pub root_common_name: String,
+    pub customer_ca_common_name: String,
+    pub teller_ca_common_name: String,
+    #[serde(default = "default_root_days")]
+    pub root_validity_days: u32,
+    #[serde(default = "default_issuing_days")]
+    pub issuing_validity_days: u32,
+    /// Base of the published URLs: `{base_url}/ca/{issuer}.der`, `{base_url}/crl/...`, `{base_url}/ocsp`.
+    pub base_url: String,
+    #[serde(default = "one")]
+    pub crl_shards: u32,
+    #[serde(default = "default_next_update")]
+    pub crl_next_update_hours: u32,
+    /// Prefix of the key labels in the token.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HsmSection {
+    pub module: PathBuf,
+    /// Token label or RFC 7512 `pkcs11:` URI.
+    pub token: String,
+    pub pin_file: Option<PathBuf>,
+    pub pin_env: Option<String>,
+    pub so_pin_file: Option<PathBuf>,
+    /// SOFTHSM2_CONF to use when the environment does not set one.
+    pub softhsm2_conf: Option<PathBuf>,
+    #[serde(default = "default_sessions")]
+    pub sessions: usize,
+    #[serde(default = "default_checkout_ms")]
+    pub session_wait_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: u64,
+    pub checkpoint_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuanceConfig {
+    /// An issuance recorded but not signed for longer than this is voided at the next start.
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+    /// Folder of the profile TOML files.
+    pub policies: PathBuf,
+    /// Key for the keyed hash of ID numbers, for profiles that carry the hash (a file, 0600).
+    pub id_hash_key_file: Option<PathBuf>,
+}
+
+fn default_root_days() -> u32 {
+    7300
+}
+fn default_issuing_days() -> u32 {
+    3650
+}
+fn one() -> u32 {
+    1
+}
+fn default_next_update() -> u32 {
+    24
+}
+fn default_key_prefix() -> String {
+    "signet".into()
+}
+fn default_sessions() -> usize {
+    4
+}
+fn default_checkout_ms() -> u64 {
+    5000
+}
+fn default_checkpoint_every() -> u64 {
+    100
+}
+fn default_timeout() -> u64 {
+    300
+}
+
+impl Config {
+    /// The config path: `--config`, else `$SIGNET_HOME/signet.toml`, else `./.signet/signet.toml`.
+    pub fn default_path() -> PathBuf {
+        let home = std::env::var_os(HOME_ENV)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(".signet"));
+        home.join("signet.toml")
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let invalid = |reason: String| ConfigError::Invalid {
+            path: path.display().to_string(),
+            reason,
+        };
+        let mut cfg: Config = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        abs(&mut cfg.store.path);
+        abs(&mut cfg.audit.checkpoint_file);
+        abs(&mut cfg.issuance.policies);
+        for p in [
+            cfg.hsm.pin_file.as_mut(),
+            cfg.hsm.so_pin_file.as_mut(),
+            cfg.hsm.softhsm2_conf.as_mut(),
+            cfg.issuance.id_hash_key_file.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            abs(p);
+        }
+        cfg.path = path.to_path_buf();
+        if cfg.ca.crl_shards == 0 || cfg.ca.crl_shards > 256 {
+            return Err(invalid("[ca].crl_shards must be between 1 and 256".into()));
+        }
+        if cfg.ca.country.len() != 2 || !cfg.ca.country.chars().all(|c| c.is_ascii_uppercase()) {
+            return Err(invalid(
+                "[ca].country must be a two-letter ISO 3166 code such as CN".into(),
+            ));
+        }
+        if cfg.audit.checkpoint_every == 0 {
+            return Err(invalid(
+                "[audit].checkpoint_every must be at least 1".into(),
+            ));
+        }
+        if cfg.hsm.pin_file.is_none() && cfg.hsm.pin_env.is_none() {
+            return Err(invalid("[hsm] needs pin_file or pin_env".into()));
+        }
+        TokenSelector::parse(&cfg.hsm.token).map_err(|e| invalid(format!("[hsm].token: {e}")))?;
+        cfg.ca.base_url = cfg.ca.base_url.trim_end_matches('/').to_string();
+        Ok(cfg)
+    }
+
+    /// Points SoftHSM at the configured conf file unless the environment already does.
+    /// Call before the first thread starts and before the module is loaded.
+    pub fn apply_environment(&self) {
+        if let Some(conf) = &self.hsm.softhsm2_conf {
+            if std::env::var_os("SOFTHSM2_CONF").is_none() {
+                // SAFETY-relevant: called from main before any other thread exists.
+                std::env::set_var("SOFTHSM2_CONF", conf);
+            }
+        }
+    }
+
+    pub fn hsm_config(&self) -> HsmConfig {
+        let pin = match (&self.hsm.pin_env, &self.hsm.pin_file) {
+            (Some(var), _) if std::env::var_os(var).is_some() => PinSource::Env(var.clone()),
+            (_, Some(file)) => PinSource::File(file.clone()),
+            (Some(var), None) => PinSource::Env(var.clone()),
+            (None, None) => PinSource::Env("SIGNET_HSM_PIN".into()),
+        };
+        HsmConfig {
+            module: self.hsm.module.clone(),
+            token: TokenSelector::parse(&self.hsm.token)
+                .unwrap_or_else(|_| TokenSelector::Label(self.hsm.token.clone())),
+            pin,
+            sessions: self.hsm.sessions,
+            checkout_timeout: Duration::from_millis(self.hsm.session_wait_ms),
+        }
+    }
+}

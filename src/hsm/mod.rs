@@ -1,0 +1,800 @@
+//! The HSM layer: the only module that speaks PKCS#11 (through cryptoki).
+//!
+//! It loads the module, finds the token by label or RFC 7512 URI, logs in with a PIN read for
+//! each login and zeroized right after, keeps a bounded pool of sessions, generates P-256 keys
+//! that never leave the token, and signs (software SHA-256, CKM_ECDSA, r‖s → DER).
+//!
+//! Failures are classed: a stale session or handle is replaced and the operation retried once;
+//! a failed module (device error, not initialized, token gone) makes the layer finalize and
+//! re-initialize its whole PKCS#11 context, with bounded backoff while the token stays away.
+
+mod error;
+mod pin;
+mod uri;
+
+pub use error::{FailureClass, HsmError, ReturnCode};
+pub use pin::PinSource;
+pub use uri::TokenSelector;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Function, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+use sha2::{Digest, Sha256};
+
+/// DER of the prime256v1 (P-256) curve OID, the CKA_EC_PARAMS of every key we make.
+const P256_EC_PARAMS: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+
+/// Longest wait between two attempts to re-initialize a failed module.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How to reach a token.
+#[derive(Debug, Clone)]
+pub struct HsmConfig {
+    /// Path of the PKCS#11 module (`libsofthsm2.so`, `p11-kit-client.so`, a vendor's library).
+    pub module: PathBuf,
+    pub token: TokenSelector,
+    pub pin: PinSource,
+    /// Most sessions open at once (the pool's bound).
+    pub sessions: usize,
+    /// How long a caller waits for a free session before getting `Unavailable`.
+    pub checkout_timeout: Duration,
+}
+
+/// The security attributes of a private key, read back from the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyAttributes {
+    pub private: bool,
+    pub sensitive: bool,
+    pub always_sensitive: bool,
+    pub extractable: bool,
+    pub never_extractable: bool,
+    pub sign: bool,
+    pub decrypt: bool,
+    pub unwrap: bool,
+    pub derive: bool,
+    pub always_authenticate: bool,
+}
+
+/// A connection to one token, shared by all threads of the process.
+pub struct Hsm {
+    config: HsmConfig,
+    state: Mutex<State>,
+}
+
+enum State {
+    Up(Arc<Context>),
+    Down {
+        reason: String,
+        next_attempt: Instant,
+        backoff: Duration,
+    },
+}
+
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+
+/// One initialized PKCS#11 context: the module, the token's slot, a login and a session pool.
+struct Context {
+    generation: u64,
+    pkcs11: Pkcs11,
+    slot: Slot,
+    /// Held open for the life of the context: PKCS#11 login state lives as long as one session.
+    login_session: Mutex<Session>,
+    pool: Mutex<PoolState>,
+    pool_freed: Condvar,
+    keys: Mutex<HashMap<String, ObjectHandle>>,
+    /// Held (shared) during every PKCS#11 call; finalize takes it exclusively, so C_Finalize
+    /// never runs under another thread's call.
+    calls: RwLock<()>,
+    /// Finalized: its sessions are forgotten, never closed (their handle numbers may be reused
+    /// by the next context).
+    dead: AtomicBool,
+    token_label: String,
+}
+
+struct PoolState {
+    idle: Vec<Session>,
+    open: usize,
+    capacity: usize,
+}
+
+/// A session checked out of the pool; goes back on drop unless marked bad.
+struct Lease {
+    ctx: Arc<Context>,
+    session: Option<Session>,
+    bad: bool,
+}
+
+impl Lease {
+    fn session(&self) -> &Session {
+        self.session
+            .as_ref()
+            .expect("lease holds a session until drop")
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let Some(session) = self.session.take() else {
+            return;
+        };
+        let mut pool = self.ctx.pool.lock().unwrap_or_else(|e| e.into_inner());
+        if self.ctx.dead.load(Ordering::SeqCst) {
+            // Sessions are opened without close-on-drop: dropping one forgets it.
+            pool.open = pool.open.saturating_sub(1);
+        } else if self.bad {
+            pool.open = pool.open.saturating_sub(1);
+            drop(pool);
+            let _ = session.close();
+            self.ctx.pool_freed.notify_one();
+            return;
+        } else {
+            pool.idle.push(session);
+        }
+        drop(pool);
+        self.ctx.pool_freed.notify_one();
+    }
+}
+
+impl Hsm {
+    /// Loads the module, finds the token and logs in. Fails at once (no retry) so that a wrong
+    /// PIN or label is reported to the operator rather than retried.
+    pub fn open(config: HsmConfig) -> Result<Self, HsmError> {
+        let ctx = Context::build(&config)?;
+        Ok(Hsm {
+            config,
+            state: Mutex::new(State::Up(Arc::new(ctx))),
+        })
+    }
+
+    /// The token's label as configured (for messages).
+    pub fn token_name(&self) -> String {
+        self.config.token.to_string()
+    }
+
+    /// Is the token reachable right now? (Tries a recovery when one is due.)
+    pub fn is_available(&self) -> bool {
+        self.with_session(None, |_, s| {
+            s.get_session_info()
+                .map(|_| ())
+                .map_err(|e| map_err(&self.token_name(), None, e))
+        })
+        .is_ok()
+    }
+
+    /// Signs `data` with the P-256 key labelled `key`: SHA-256 in software, CKM_ECDSA in the
+    /// token, and the r‖s result re-encoded as a DER ECDSA-Sig-Value.
+    pub fn sign_p256_sha256(&self, key: &str, data: &[u8]) -> Result<Vec<u8>, HsmError> {
+        let digest = Sha256::digest(data);
+        let raw = self.with_session(Some(key), |ctx, s| {
+            let handle = ctx.private_key(s, key)?;
+            s.sign(&Mechanism::Ecdsa, handle, &digest)
+                .map_err(|e| map_err(&ctx.token_label, Some(key), e))
+        })?;
+        let sig = p256::ecdsa::Signature::from_slice(&raw).map_err(|e| HsmError::BadTokenData {
+            token: self.token_name(),
+            key: key.into(),
+            reason: format!("ECDSA signature of {} bytes: {e}", raw.len()),
+        })?;
+        Ok(sig.to_der().as_bytes().to_vec())
+    }
+
+    /// The public half of the P-256 key pair labelled `key`.
+    pub fn public_key(&self, key: &str) -> Result<p256::PublicKey, HsmError> {
+        let point = self.with_session(Some(key), |ctx, s| {
+            let template = [
+                Attribute::Class(ObjectClass::PUBLIC_KEY),
+                Attribute::Label(key.as_bytes().to_vec()),
+            ];
+            let found = s
+                .find_objects(&template)
+                .map_err(|e| map_err(&ctx.token_label, Some(key), e))?;
+            let handle = *found.first().ok_or_else(|| HsmError::KeyNotFound {
+                token: ctx.token_label.clone(),
+                key: key.into(),
+            })?;
+            let attrs = s
+                .get_attributes(handle, &[AttributeType::EcPoint])
+                .map_err(|e| map_err(&ctx.token_label, Some(key), e))?;
+            match attrs.into_iter().next() {
+                Some(Attribute::EcPoint(p)) => Ok(p),
+                _ => Err(HsmError::BadTokenData {
+                    token: ctx.token_label.clone(),
+                    key: key.into(),
+                    reason: "no CKA_EC_POINT".into(),
+                }),
+            }
+        })?;
+        decode_ec_point(&point).map_err(|reason| HsmError::BadTokenData {
+            token: self.token_name(),
+            key: key.into(),
+            reason,
+        })
+    }
+
+    /// Does the token hold a private key with this label?
+    pub fn has_key(&self, key: &str) -> Result<bool, HsmError> {
+        self.with_session(Some(key), |ctx, s| {
+            Ok(!find_private_keys(ctx, s, key)?.is_empty())
+        })
+    }
+
+    /// Generates a P-256 key pair inside the token: the private half sensitive,
+    /// non-extractable, sign-only (decrypt, unwrap, derive false) and usable without a
+    /// per-operation login. Refuses a label that is already taken.
+    pub fn generate_p256(&self, key: &str) -> Result<p256::PublicKey, HsmError> {
+        self.with_session(Some(key), |ctx, s| {
+            if !find_private_keys(ctx, s, key)?.is_empty() {
+                return Err(HsmError::KeyExists {
+                    token: ctx.token_label.clone(),
+                    key: key.into(),
+                });
+            }
+            let id = s
+                .generate_random_vec(16)
+                .map_err(|e| map_err(&ctx.token_label, Some(key), e))?;
+            let public = [
+                Attribute::Token(true),
+                Attribute::Private(false),
+                Attribute::Verify(true),
+                Attribute::Encrypt(false),
+                Attribute::Wrap(false),
+                Attribute::KeyType(KeyType::EC),
+                Attribute::EcParams(P256_EC_PARAMS.to_vec()),
+                Attribute::Label(key.as_bytes().to_vec()),
+                Attribute::Id(id.clone()),
+            ];
+            let private = [
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(false),
+                Attribute::Sign(true),
+                Attribute::Decrypt(false),
+                Attribute::Unwrap(false),
+                Attribute::Derive(false),
+                Attribute::AlwaysAuthenticate(false),
+                Attribute::KeyType(KeyType::EC),
+                Attribute::Label(key.as_bytes().to_vec()),
+                Attribute::Id(id),
+            ];
+            s.generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)
+                .map_err(|e| map_err(&ctx.token_label, Some(key), e))?;
+            Ok(())
+        })?;
+        self.public_key(key)
+    }
+
+    /// Reads back the security attributes of the private key labelled `key`.
+    pub fn key_attributes(&self, key: &str) -> Result<KeyAttributes, HsmError> {
+        self.with_session(Some(key), |ctx, s| {
+            let handle = ctx.private_key(s, key)?;
+            let types = [
+                AttributeType::Private,
+                AttributeType::Sensitive,
+                AttributeType::AlwaysSensitive,
+                AttributeType::Extractable,
+                AttributeType::NeverExtractable,
+                AttributeType::Sign,
+                AttributeType::Decrypt,
+                AttributeType::Unwrap,
+                AttributeType::Derive,
+                AttributeType::AlwaysAuthenticate,
+            ];
+            let attrs = s
+                .get_attributes(handle, &types)
+                .map_err(|e| map_err(&ctx.token_label, Some(key), e))?;
+            let mut out = KeyAttributes {
+                private: false,
+                sensitive: false,
+                always_sensitive: false,
+                extractable: true,
+                never_extractable: false,
+                sign: false,
+                decrypt: true,
+                unwrap: true,
+                derive: true,
+                always_authenticate: true,
+            };
+            for a in attrs {
+                match a {
+                    Attribute::Private(v) => out.private = v,
+                    Attribute::Sensitive(v) => out.sensitive = v,
+                    Attribute::AlwaysSensitive(v) => out.always_sensitive = v,
+                    Attribute::Extractable(v) => out.extractable = v,
+                    Attribute::NeverExtractable(v) => out.never_extractable = v,
+                    Attribute::Sign(v) => out.sign = v,
+                    Attribute::Decrypt(v) => out.decrypt = v,
+                    Attribute::Unwrap(v) => out.unwrap = v,
+                    Attribute::Derive(v) => out.derive = v,
+                    Attribute::AlwaysAuthenticate(v) => out.always_authenticate = v,
+                    _ => {}
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Random bytes from the token's generator (C_GenerateRandom).
+    pub fn random(&self, len: u32) -> Result<Vec<u8>, HsmError> {
+        self.with_session(None, |ctx, s| {
+            s.generate_random_vec(len)
+                .map_err(|e| map_err(&ctx.token_label, None, e))
+        })
+    }
+
+    /// Runs `op` on a pooled session. A session-class failure replaces the session and retries
+    /// once; a module-class failure rebuilds the whole context and retries once.
+    fn with_session<T>(
+        &self,
+        key: Option<&str>,
+        op: impl Fn(&Context, &Session) -> Result<T, HsmError>,
+    ) -> Result<T, HsmError> {
+        let mut last_error = None;
+        for _attempt in 0..2 {
+            let ctx = self.context()?;
+            let mut lease = match ctx.checkout(&self.config) {
+                Ok(l) => l,
+                Err(e) if e.class() == FailureClass::Module => {
+                    self.mark_down(&ctx, &e);
+                    last_error = Some(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let result = {
+                let _call = ctx.calls.read().unwrap_or_else(|e| e.into_inner());
+                op(&ctx, lease.session())
+            };
+            let err = match result {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            match err.class() {
+                FailureClass::Request => return Err(err),
+                FailureClass::Session => {
+                    lease.bad = true;
+                    drop(lease);
+                    ctx.forget_keys();
+                    if err.return_code() == Some("CKR_USER_NOT_LOGGED_IN") {
+                        if let Err(e) = ctx.login(&self.config) {
+                            if e.class() == FailureClass::Module {
+                                self.mark_down(&ctx, &e);
+                            }
+                            return Err(e);
+                        }
+                    }
+                }
+                FailureClass::Module => {
+                    lease.bad = true;
+                    drop(lease);
+                    self.mark_down(&ctx, &err);
+                }
+            }
+            tracing::warn!(token = %ctx.token_label, key = ?key, error = %err, "HSM operation failed; retrying once");
+            last_error = Some(err);
+        }
+        Err(last_error.expect("loop ran at least once"))
+    }
+
+    /// The current context, rebuilding it when the module is down and an attempt is due.
+    fn context(&self) -> Result<Arc<Context>, HsmError> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match &*state {
+            State::Up(ctx) => Ok(ctx.clone()),
+            State::Down {
+                reason,
+                next_attempt,
+                backoff,
+            } => {
+                if Instant::now() < *next_attempt {
+                    return Err(HsmError::Unavailable {
+                        token: self.token_name(),
+                        reason: reason.clone(),
+                    });
+                }
+                let backoff = *backoff;
+                match Context::build(&self.config) {
+                    Ok(ctx) => {
+                        tracing::info!(token = %self.token_name(), "HSM context re-initialized");
+                        let ctx = Arc::new(ctx);
+                        *state = State::Up(ctx.clone());
+                        Ok(ctx)
+                    }
+                    Err(e) => {
+                        let next = (backoff * 2).min(MAX_BACKOFF);
+                        tracing::warn!(token = %self.token_name(), error = %e, retry_in_ms = next.as_millis() as u64, "HSM still unavailable");
+                        *state = State::Down {
+                            reason: e.to_string(),
+                            next_attempt: Instant::now() + backoff,
+                            backoff: next,
+                        };
+                        Err(HsmError::Unavailable {
+                            token: self.token_name(),
+                            reason: e.to_string(),
+                        })
+                    }
+                }
+            }
+        }
+    }
+
+    /// Finalizes a failed context (once, whoever sees the failure first).
+    fn mark_down(&self, failed: &Arc<Context>, error: &HsmError) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let State::Up(current) = &*state {
+            if current.generation != failed.generation {
+                return; // someone already replaced it
+            }
+        } else {
+            return;
+        }
+        tracing::warn!(token = %failed.token_label, error = %error, "HSM module failed; re-initializing");
+        failed.finalize();
+        *state = State::Down {
+            reason: error.to_string(),
+            next_attempt: Instant::now(),
+            backoff: FIRST_BACKOFF,
+        };
+    }
+}
+
+impl Drop for Hsm {
+    fn drop(&mut self) {
+        if let State::Up(ctx) = &*self.state.lock().unwrap_or_else(|e| e.into_inner()) {
+            ctx.finalize();
+        }
+    }
+}
+
+impl Context {
+    fn build(config: &HsmConfig) -> Result<Context, HsmError> {
+        let label = config.token.to_string();
+        let pkcs11 = load_module(config)?;
+        let built = (|| {
+            let slot = find_token(&pkcs11, &config.token, &config.module)?.ok_or_else(|| {
+                HsmError::TokenNotFound {
+                    token: label.clone(),
+                    module: config.module.display().to_string(),
+                }
+            })?;
+            let login_session = pkcs11
+                .open_rw_session_no_drop(slot)
+                .map_err(|e| map_err(&label, None, e))?;
+            let ctx = Context {
+                generation: GENERATION.fetch_add(1, Ordering::SeqCst),
+                pkcs11: pkcs11.clone(),
+                slot,
+                login_session: Mutex::new(login_session),
+                pool: Mutex::new(PoolState {
+                    idle: Vec::new(),
+                    open: 0,
+                    capacity: config.sessions.max(1),
+                }),
+                pool_freed: Condvar::new(),
+                keys: Mutex::new(HashMap::new()),
+                calls: RwLock::new(()),
+                dead: AtomicBool::new(false),
+                token_label: label.clone(),
+            };
+            ctx.login(config)?;
+            Ok(ctx)
+        })();
+        if built.is_err() {
+            let _ = pkcs11.finalize();
+        }
+        built
+    }
+
+    fn login(&self, config: &HsmConfig) -> Result<(), HsmError> {
+        let pin = config
+            .pin
+            .read()
+            .map_err(|reason| HsmError::PinUnavailable {
+                token: self.token_label.clone(),
+                source_name: config.pin.describe(),
+                reason,
+            })?;
+        let auth = AuthPin::from(pin.as_str());
+        drop(pin);
+        let session = self.login_session.lock().unwrap_or_else(|e| e.into_inner());
+        match session.login(UserType::User, Some(&auth)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+            Err(CkError::Pkcs11(
+                rv @ (RvError::PinIncorrect
+                | RvError::PinInvalid
+                | RvError::PinLenRange
+                | RvError::PinLocked
+                | RvError::PinExpired),
+                _,
+            )) => Err(HsmError::WrongPin {
+                token: self.token_label.clone(),
+                code: return_code(rv),
+            }),
+            Err(e) => Err(map_err(&self.token_label, None, e)),
+        }
+    }
+
+    fn checkout(self: &Arc<Self>, config: &HsmConfig) -> Result<Lease, HsmError> {
+        let deadline = Instant::now() + config.checkout_timeout;
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(session) = pool.idle.pop() {
+                return Ok(Lease {
+                    ctx: self.clone(),
+                    session: Some(session),
+                    bad: false,
+                });
+            }
+            if pool.open < pool.capacity {
+                pool.open += 1;
+                drop(pool);
+                return match self.pkcs11.open_rw_session_no_drop(self.slot) {
+                    Ok(session) => Ok(Lease {
+                        ctx: self.clone(),
+                        session: Some(session),
+                        bad: false,
+                    }),
+                    Err(e) => {
+                        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+                        pool.open -= 1;
+                        Err(map_err(&self.token_label, None, e))
+                    }
+                };
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(HsmError::Unavailable {
+                    token: self.token_label.clone(),
+                    reason: format!("all {} sessions busy", pool.capacity),
+                });
+            }
+            pool = self
+                .pool_freed
+                .wait_timeout(pool, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    fn private_key(&self, session: &Session, key: &str) -> Result<ObjectHandle, HsmError> {
+        if let Some(h) = self.keys.lock().unwrap_or_else(|e| e.into_inner()).get(key) {
+            return Ok(*h);
+        }
+        let found = find_private_keys(self, session, key)?;
+        let handle = match found.as_slice() {
+            [one] => *one,
+            [] => {
+                return Err(HsmError::KeyNotFound {
+                    token: self.token_label.clone(),
+                    key: key.into(),
+                })
+            }
+            _ => {
+                return Err(HsmError::BadTokenData {
+                    token: self.token_label.clone(),
+                    key: key.into(),
+                    reason: format!("{} private keys share this label", found.len()),
+                })
+            }
+        };
+        self.keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.to_string(), handle);
+        Ok(handle)
+    }
+
+    fn forget_keys(&self) {
+        self.keys.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    fn finalize(&self) {
+        if self.dead.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let _calls = self.calls.write().unwrap_or_else(|e| e.into_inner());
+        // Idle sessions are forgotten, not closed: after C_Finalize their handles mean nothing.
+        self.pool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .idle
+            .clear();
+        let _ = self.pkcs11.clone().finalize();
+    }
+}
+
+fn find_private_keys(ctx: &Context, s: &Session, key: &str) -> Result<Vec<ObjectHandle>, HsmError> {
+    let template = [
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::Label(key.as_bytes().to_vec()),
+    ];
+    s.find_objects(&template)
+        .map_err(|e| map_err(&ctx.token_label, Some(key), e))
+}
+
+fn load_module(config: &HsmConfig) -> Result<Pkcs11, HsmError> {
+    let module = config.module.display().to_string();
+    let pkcs11 = Pkcs11::new(&config.module).map_err(|e| HsmError::ModuleLoad {
+        module: module.clone(),
+        reason: e.to_string(),
+    })?;
+    match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) => Ok(pkcs11),
+        // Another context of this process still holds the module: finalize it and take over.
+        Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {
+            let _ = pkcs11.clone().finalize();
+            pkcs11
+                .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+                .map_err(|e| map_err(&config.token.to_string(), None, e))?;
+            Ok(pkcs11)
+        }
+        Err(e) => Err(map_err(&config.token.to_string(), None, e)),
+    }
+}
+
+fn find_token(
+    pkcs11: &Pkcs11,
+    selector: &TokenSelector,
+    _module: &std::path::Path,
+) -> Result<Option<Slot>, HsmError> {
+    let label = selector.to_string();
+    let slots = pkcs11
+        .get_slots_with_initialized_token()
+        .map_err(|e| map_err(&label, None, e))?;
+    for slot in slots {
+        let info = match pkcs11.get_token_info(slot) {
+            Ok(i) => i,
+            Err(_) => continue,
+        };
+        if selector.matches(info.label(), info.serial_number()) {
+            return Ok(Some(slot));
+        }
+    }
+    Ok(None)
+}
+
+/// Creates and initializes a token in the first free slot (C_InitToken with the SO PIN, then
+/// C_InitPIN with the user PIN), both PINs read from their sources. Returns false when a token
+/// with this label already exists (nothing is changed).
+pub fn init_token(
+    module: &std::path::Path,
+    label: &str,
+    so_pin: &PinSource,
+    user_pin: &PinSource,
+) -> Result<bool, HsmError> {
+    let selector = TokenSelector::Label(label.to_string());
+    let config = HsmConfig {
+        module: module.to_path_buf(),
+        token: selector.clone(),
+        pin: user_pin.clone(),
+        sessions: 1,
+        checkout_timeout: Duration::from_secs(5),
+    };
+    let pkcs11 = load_module(&config)?;
+    let result = (|| {
+        if find_token(&pkcs11, &selector, module)?.is_some() {
+            return Ok(false);
+        }
+        let read = |src: &PinSource| {
+            src.read().map_err(|reason| HsmError::PinUnavailable {
+                token: label.into(),
+                source_name: src.describe(),
+                reason,
+            })
+        };
+        let free = pkcs11
+            .get_slots_with_token()
+            .map_err(|e| map_err(label, None, e))?
+            .into_iter()
+            .find(|s| {
+                pkcs11
+                    .get_token_info(*s)
+                    .map(|i| !i.token_initialized())
+                    .unwrap_or(false)
+            })
+            .ok_or_else(|| HsmError::TokenNotFound {
+                token: "(a free slot)".into(),
+                module: module.display().to_string(),
+            })?;
+        let so = AuthPin::from(read(so_pin)?.as_str());
+        pkcs11
+            .init_token(free, &so, label)
+            .map_err(|e| map_err(label, None, e))?;
+        // SoftHSM moves a new token to a fresh slot id: find it again by label.
+        let slot =
+            find_token(&pkcs11, &selector, module)?.ok_or_else(|| HsmError::TokenNotFound {
+                token: label.into(),
+                module: module.display().to_string(),
+            })?;
+        let session = pkcs11
+            .open_rw_session(slot)
+            .map_err(|e| map_err(label, None, e))?;
+        session
+            .login(UserType::So, Some(&so))
+            .map_err(|e| map_err(label, None, e))?;
+        let user = AuthPin::from(read(user_pin)?.as_str());
+        session
+            .init_pin(&user)
+            .map_err(|e| map_err(label, None, e))?;
+        let _ = session.logout();
+        Ok(true)
+    })();
+    let _ = pkcs11.finalize();
+    result
+}
+
+/// CKA_EC_POINT is a DER OCTET STRING around the SEC1 point on most tokens; some return it bare.
+fn decode_ec_point(raw: &[u8]) -> Result<p256::PublicKey, String> {
+    use der::Decode;
+    let point = match der::asn1::OctetString::from_der(raw) {
+        Ok(os) => os.as_bytes().to_vec(),
+        Err(_) => raw.to_vec(),
+    };
+    p256::PublicKey::from_sec1_bytes(&point).map_err(|e| format!("CKA_EC_POINT: {e}"))
+}
+
+fn return_code(rv: RvError) -> ReturnCode {
+    // RvError's Debug is the CKR_ name in CamelCase: DeviceError -> CKR_DEVICE_ERROR.
+    let camel = format!("{rv:?}");
+    let mut out = String::from("CKR");
+    for ch in camel.chars() {
+        if ch.is_ascii_uppercase() {
+            out.push('_');
+        }
+        out.push(ch.to_ascii_uppercase());
+    }
+    ReturnCode(out)
+}
+
+fn classify(rv: RvError) -> FailureClass {
+    match rv {
+        RvError::SessionHandleInvalid
+        | RvError::SessionClosed
+        | RvError::ObjectHandleInvalid
+        | RvError::KeyHandleInvalid
+        | RvError::UserNotLoggedIn => FailureClass::Session,
+        RvError::DeviceError
+        | RvError::DeviceRemoved
+        | RvError::DeviceMemory
+        | RvError::TokenNotPresent
+        | RvError::TokenNotRecognized
+        | RvError::CryptokiNotInitialized
+        | RvError::GeneralError
+        | RvError::SlotIdInvalid => FailureClass::Module,
+        _ => FailureClass::Request,
+    }
+}
+
+fn map_err(token: &str, key: Option<&str>, e: CkError) -> HsmError {
+    match e {
+        CkError::Pkcs11(rv, function) => HsmError::Pkcs11 {
+            token: token.into(),
+            key: key.map(Into::into),
+            function: function_name(function),
+            code: return_code(rv),
+            class: classify(rv),
+        },
+        other => HsmError::Pkcs11 {
+            token: token.into(),
+            key: key.map(Into::into),
+            function: "(library)".into(),
+            code: ReturnCode(other.to_string()),
+            class: FailureClass::Request,
+        },
+    }
+}
+
+fn function_name(f: Function) -> String {
+    format!("C_{f:?}")
+}

@@ -1,0 +1,14 @@
+//! Signet: an HSM-backed certificate authority and e-signature service for banks.
+//!
+//! Layers, each calling only downward: `ra` (what may be issued, and what it says) →
+//! `ca` (record, sign in the HSM, store) → `store` / `hsm`; `audit` chains every state change.
+
+pub mod app;
+pub mod audit;
+pub mod ca;
+pub mod clock;
+pub mod config;
+pub mod hsm;
+pub mod policy;
+pub mod ra;
+pub mod store;

@@ -1,0 +1,447 @@
+//! `signet`: the CA operator's command line.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use signet::app::Signet;
+use signet::audit::{read_checkpoint_file, verify_chain};
+use signet::ca::{normalize_serial, CaError, Fault, IssuerId, Reason};
+use signet::clock::Clock;
+use signet::config::Config;
+use signet::hsm::{self, PinSource};
+use signet::ra::csr::MAX_CSR_BYTES;
+use signet::ra::CertificateRequest;
+
+/// Exit status for usage errors (sysexits EX_USAGE), also for clap's own.
+const EXIT_USAGE: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "signet",
+    version,
+    about = "HSM-backed certificate authority for banks"
+)]
+struct Cli {
+    /// Config file (default: $SIGNET_HOME/signet.toml, else ./.signet/signet.toml).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The HSM token.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// The CA hierarchy: key ceremony, upgrade, export.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+    /// Issue a certificate from a PKCS#10 CSR and the bank's vetted subject data.
+    Issue {
+        /// Profile name (a file in the policies folder): customer, teller, ...
+        #[arg(long)]
+        profile: String,
+        /// The CSR file, PEM or DER.
+        #[arg(long)]
+        csr: PathBuf,
+        /// The vetted subject, RFC 4514, e.g. "CN=张三,serialNumber=110101199003071234".
+        #[arg(long)]
+        subject: String,
+        /// Write the certificate and its chain (PEM) here instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Revoke a certificate.
+    Revoke {
+        #[arg(long)]
+        serial: String,
+        /// RFC 5280 reason: unspecified, keyCompromise, cACompromise, affiliationChanged,
+        /// superseded, cessationOfOperation, privilegeWithdrawn, aACompromise.
+        #[arg(long)]
+        reason: String,
+        /// When the key is known or suspected to have been compromised (RFC 3339, UTC).
+        #[arg(long)]
+        invalidity_date: Option<String>,
+    },
+    /// Put a certificate on hold (certificateHold), where its profile allows it.
+    Hold {
+        #[arg(long)]
+        serial: String,
+    },
+    /// Release a certificate from hold.
+    Release {
+        #[arg(long)]
+        serial: String,
+    },
+    /// Generate and sign the next CRL of an issuer (DER).
+    Crl {
+        /// root (the ARL), customer or teller.
+        #[arg(long)]
+        issuer: String,
+        /// The shard, when the issuer's CRL is split.
+        #[arg(long)]
+        shard: Option<u32>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create and initialize the configured token (C_InitToken, C_InitPIN) with the PINs read
+    /// from the files the config names. Does nothing when the token exists.
+    Init,
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// The key ceremony: root, customer CA, teller CA and audit keys, and their certificates.
+    Init,
+    /// Create only what is missing from an initialized CA.
+    Upgrade,
+    /// Write root.pem, customer-ca.pem and teller-ca.pem into a folder.
+    Export {
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Walk the chain, its checkpoints and the checkpoint file.
+    Verify,
+}
+
+/// A failure to report: one line on stderr and an exit status.
+struct Failure {
+    message: String,
+    status: u8,
+}
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure {
+            message: e.to_string(),
+            status: 1,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    ExitCode::SUCCESS
+                }
+                _ => ExitCode::from(EXIT_USAGE),
+            };
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SIGNET_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("signet: error: {}", f.message);
+            ExitCode::from(f.status)
+        }
+    }
+}
+
+fn actor() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "operator".into());
+    format!("cli:{user}")
+}
+
+fn progress(msg: &str) {
+    eprintln!("signet: {msg}");
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    let path = cli.config.clone().unwrap_or_else(Config::default_path);
+    let config = Config::load(&path)?;
+    config.apply_environment();
+    let clock = Clock::from_env()?;
+
+    if let Command::Token {
+        command: TokenCommand::Init,
+    } = &cli.command
+    {
+        return token_init(&config);
+    }
+
+    let fault = match std::env::var("SIGNET_FAULT").as_deref() {
+        Ok("after-record") => Fault::AfterRecord,
+        Ok(other) => {
+            return Err(Failure {
+                message: format!("SIGNET_FAULT={other:?} is not a known fault (after-record)"),
+                status: EXIT_USAGE,
+            })
+        }
+        Err(_) => Fault::None,
+    };
+    let signet = Signet::open(config, clock, fault)?;
+    let actor = actor();
+    if let Command::Audit {
+        command: AuditCommand::Verify,
+    } = &cli.command
+    {
+        return audit_verify(&signet);
+    }
+    for serial in signet.startup(&actor)? {
+        progress(&format!(
+            "voided interrupted issuance {serial}: it will be listed on the next CRL"
+        ));
+    }
+    let result = command(&signet, cli.command, &actor);
+    // Every command ends with a checkpoint of the chain head, so that removing the newest
+    // events is caught even between periodic checkpoints.
+    let closing = signet.shutdown();
+    result?;
+    closing?;
+    Ok(())
+}
+
+fn command(signet: &Signet, command: Command, actor: &str) -> Result<(), Failure> {
+    let authority = &signet.authority;
+    match command {
+        Command::Token { .. } | Command::Audit { .. } => unreachable!("handled before opening"),
+        Command::Ca { command } => match command {
+            CaCommand::Init => {
+                let report = authority.init(actor, &progress)?;
+                progress(&format!(
+                    "CA initialized: {} keys in token {}; export the chain with `signet ca export --out DIR`",
+                    report.created.len(),
+                    signet.hsm.token_name()
+                ));
+            }
+            CaCommand::Upgrade => {
+                let report = authority.upgrade(actor, &progress)?;
+                if report.created.is_empty() {
+                    progress("nothing to upgrade: every key and certificate is present");
+                } else {
+                    progress(&format!("created: {}", report.created.join(", ")));
+                }
+            }
+            CaCommand::Export { out } => {
+                for p in authority.export(&out)? {
+                    println!("{}", p.display());
+                }
+            }
+        },
+        Command::Issue {
+            profile,
+            csr,
+            subject,
+            out,
+        } => {
+            let csr_bytes = read_limited(&csr, MAX_CSR_BYTES)?;
+            let issued = match signet.registrar.issue(&CertificateRequest {
+                profile: &profile,
+                csr: &csr_bytes,
+                subject: &subject,
+                actor,
+                break_glass: signet
+                    .registrar
+                    .profile(&profile)
+                    .is_ok_and(|p| p.issuer == IssuerId::Teller),
+            }) {
+                Ok(i) => i,
+                Err(signet::ra::RaError::Ca(CaError::FaultInjected { serial })) => {
+                    eprintln!("serial {serial}");
+                    return Err(Failure::from(format!(
+                        "fault injected after recording serial {serial}"
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let pem = issued.pem_with_chain();
+            match out {
+                Some(path) => write_file(&path, pem.as_bytes())?,
+                None => std::io::stdout().write_all(pem.as_bytes())?,
+            }
+            eprintln!("serial {}", issued.serial);
+        }
+        Command::Revoke {
+            serial,
+            reason,
+            invalidity_date,
+        } => {
+            let reason = Reason::parse(&reason)
+                .filter(|r| *r != Reason::CertificateHold)
+                .ok_or_else(|| Failure {
+                    message: format!(
+                        "{reason:?} is not a revocation reason; use one of: {} (for certificateHold use `signet hold`)",
+                        Reason::ALL
+                            .iter()
+                            .filter(|r| **r != Reason::CertificateHold)
+                            .map(|r| r.name())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    status: EXIT_USAGE,
+                })?;
+            let invalidity = invalidity_date.map(|d| parse_rfc3339(&d)).transpose()?;
+            let serial = normalize_serial(&serial)?;
+            authority.revoke(&serial, reason, invalidity, actor)?;
+            progress(&format!(
+                "revoked {serial} ({}); it appears on the next CRL",
+                reason.name()
+            ));
+        }
+        Command::Hold { serial } => {
+            let serial = normalize_serial(&serial)?;
+            authority.hold(&serial, signet.registrar.profiles(), actor)?;
+            progress(&format!("{serial} is on hold"));
+        }
+        Command::Release { serial } => {
+            let serial = normalize_serial(&serial)?;
+            authority.release(&serial, actor)?;
+            progress(&format!("{serial} is released from hold"));
+        }
+        Command::Crl { issuer, shard, out } => {
+            let id = IssuerId::parse(&issuer).ok_or_else(|| Failure {
+                message: format!("{issuer:?} is not an issuer: use root, customer or teller"),
+                status: EXIT_USAGE,
+            })?;
+            let crl = authority.generate_crl(id, shard, actor)?;
+            write_file(&out, &crl.der)?;
+            progress(&format!(
+                "CRL number {} of {id} written to {}",
+                crl.number,
+                out.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn token_init(config: &Config) -> Result<(), Failure> {
+    let so = config.hsm.so_pin_file.clone().ok_or_else(|| Failure {
+        message: "[hsm].so_pin_file is not set: token init needs the SO PIN file".into(),
+        status: EXIT_USAGE,
+    })?;
+    let user = config.hsm_config().pin;
+    let label = &config.hsm.token;
+    if label.starts_with("pkcs11:") {
+        return Err(Failure {
+            message: "token init needs a plain token label in [hsm].token, not a URI".into(),
+            status: EXIT_USAGE,
+        });
+    }
+    let created = hsm::init_token(&config.hsm.module, label, &PinSource::File(so), &user)?;
+    if created {
+        progress(&format!("token {label:?} created"));
+    } else {
+        progress(&format!("token {label:?} already exists; nothing changed"));
+    }
+    Ok(())
+}
+
+fn audit_verify(signet: &Signet) -> Result<(), Failure> {
+    let audit_row = signet
+        .store
+        .cas()?
+        .into_iter()
+        .find(|c| c.name == "audit")
+        .ok_or(CaError::NotInitialized)?;
+    // The key comes from the token, not the database: a rewritten database cannot bring its own.
+    let key = signet.hsm.public_key(&audit_row.key_label)?;
+    let key = p256::ecdsa::VerifyingKey::from(&key);
+    let events = signet.store.audit_events(0)?;
+    let db_cps = signet.store.checkpoints()?;
+    let file = &signet.config.audit.checkpoint_file;
+    let result = read_checkpoint_file(file)
+        .and_then(|file_cps| verify_chain(&events, &db_cps, &file_cps, &key));
+    match result {
+        Ok(r) => {
+            println!(
+                "audit chain intact: {} events, {} checkpoints{}",
+                r.events,
+                r.checkpoints,
+                r.last_checkpoint
+                    .map(|s| format!(", last at event {s}"))
+                    .unwrap_or_default()
+            );
+            Ok(())
+        }
+        Err(b) => Err(Failure {
+            message: format!("audit chain broken: {b}"),
+            status: 1,
+        }),
+    }
+}
+
+fn read_limited(path: &Path, limit: usize) -> Result<Vec<u8>, Failure> {
+    let f = std::fs::File::open(path)
+        .map_err(|e| Failure::from(format!("cannot read {}: {e}", path.display())))?;
+    let mut buf = Vec::new();
+    f.take(limit as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| Failure::from(format!("cannot read {}: {e}", path.display())))?;
+    if buf.len() > limit {
+        return Err(Failure::from(format!(
+            "{} is larger than {limit} bytes: not a CSR",
+            path.display()
+        )));
+    }
+    Ok(buf)
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
+    std::fs::write(path, bytes)
+        .map_err(|e| Failure::from(format!("cannot write {}: {e}", path.display())))
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` to Unix seconds.
+fn parse_rfc3339(s: &str) -> Result<i64, Failure> {
+    let bad = || Failure {
+        message: format!("{s:?} is not a UTC time like 2026-11-01T00:00:00Z"),
+        status: EXIT_USAGE,
+    };
+    let b = s.as_bytes();
+    if b.len() != 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+        || b[19] != b'Z'
+    {
+        return Err(bad());
+    }
+    let n = |r: std::ops::Range<usize>| s[r].parse::<u16>().map_err(|_| bad());
+    let dt = der::DateTime::new(
+        n(0..4)?,
+        n(5..7)? as u8,
+        n(8..10)? as u8,
+        n(11..13)? as u8,
+        n(14..16)? as u8,
+        n(17..19)? as u8,
+    )
+    .map_err(|_| bad())?;
+    Ok(dt.unix_duration().as_secs() as i64)
+}

@@ -1,0 +1,164 @@
+//! PKCS#10 CSRs: parsing (PEM or DER), the subject key's type, and proof of possession.
+//! Nothing else of a CSR is trusted: its subject and requested extensions are ignored.
+
+use std::fmt;
+
+use const_oid::ObjectIdentifier;
+use der::asn1::{ObjectIdentifier as Oid, Uint};
+use der::{Decode, Encode, Sequence};
+use p256::ecdsa::signature::Verifier;
+use spki::SubjectPublicKeyInfoOwned;
+use x509_cert::request::CertReq;
+
+use super::RaError;
+use crate::policy::KeyType;
+
+/// Largest CSR accepted, in bytes (a P-256 CSR is under 1 KiB; RSA-4096 about 2 KiB).
+pub const MAX_CSR_BYTES: usize = 64 * 1024;
+
+const ID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+const RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+const PRIME256V1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
+const SECP384R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
+const SECP521R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.35");
+const SM2_CURVE: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.156.10197.1.301");
+const ECDSA_WITH_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
+
+/// The subject key of a CSR, as far as Signet can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CsrKey {
+    Supported(KeyType),
+    /// A key Signet does not issue for: named for the error message (`P-384`, `RSA-1024`, `SM2`).
+    Other(String),
+}
+
+impl fmt::Display for CsrKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CsrKey::Supported(k) => write!(f, "{k}"),
+            CsrKey::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+/// A CSR that parsed.
+pub struct ParsedCsr {
+    pub req: CertReq,
+    pub key: CsrKey,
+}
+
+impl ParsedCsr {
+    pub fn spki(&self) -> &SubjectPublicKeyInfoOwned {
+        &self.req.info.public_key
+    }
+}
+
+/// Parses a CSR given as PEM or DER.
+pub fn parse(input: &[u8]) -> Result<ParsedCsr, RaError> {
+    if input.len() > MAX_CSR_BYTES {
+        return Err(RaError::NotACsr(format!(
+            "{} bytes is more than the {MAX_CSR_BYTES} a CSR may have",
+            input.len()
+        )));
+    }
+    let trimmed = trim_ascii(input);
+    let der: Vec<u8> = if trimmed.starts_with(b"-----BEGIN") {
+        let (label, der) =
+            der::pem::decode_vec(trimmed).map_err(|e| RaError::NotACsr(format!("bad PEM: {e}")))?;
+        if label != "CERTIFICATE REQUEST" && label != "NEW CERTIFICATE REQUEST" {
+            return Err(RaError::NotACsr(format!(
+                "the PEM block is a {label:?}, not a CERTIFICATE REQUEST"
+            )));
+        }
+        der
+    } else {
+        trimmed.to_vec()
+    };
+    let req = CertReq::from_der(&der)
+        .map_err(|e| RaError::NotACsr(format!("not a PKCS#10 request: {e}")))?;
+    let key = key_type(&req.info.public_key);
+    Ok(ParsedCsr { req, key })
+}
+
+fn trim_ascii(b: &[u8]) -> &[u8] {
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &b[start..end]
+}
+
+#[derive(Sequence)]
+struct RsaPublicKey {
+    modulus: Uint,
+    #[allow(dead_code)]
+    public_exponent: Uint,
+}
+
+/// Names the subject key type.
+pub fn key_type(spki: &SubjectPublicKeyInfoOwned) -> CsrKey {
+    let alg = spki.algorithm.oid;
+    if alg == ID_EC_PUBLIC_KEY {
+        let curve = spki
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.decode_as::<Oid>().ok());
+        return match curve {
+            Some(c) if c == PRIME256V1 => CsrKey::Supported(KeyType::P256),
+            Some(c) if c == SECP384R1 => CsrKey::Other("P-384".into()),
+            Some(c) if c == SECP521R1 => CsrKey::Other("P-521".into()),
+            Some(c) if c == SM2_CURVE => CsrKey::Other("SM2".into()),
+            Some(c) => CsrKey::Other(format!("EC curve {c}")),
+            None => CsrKey::Other("EC key without a named curve".into()),
+        };
+    }
+    if alg == RSA_ENCRYPTION {
+        let bits = RsaPublicKey::from_der(spki.subject_public_key.raw_bytes())
+            .map(|k| {
+                let m = k.modulus.as_bytes();
+                let lead = m.first().map_or(0, |b| 8 - b.leading_zeros() as usize);
+                (m.len().saturating_sub(1)) * 8 + lead
+            })
+            .unwrap_or(0);
+        return CsrKey::Other(format!("RSA-{bits}"));
+    }
+    CsrKey::Other(format!("key algorithm {alg}"))
+}
+
+/// Checks the CSR's self-signature under its own key (proof of possession). Only keys of
+/// supported types can be checked; the caller refuses the others first.
+pub fn verify_proof_of_possession(csr: &ParsedCsr) -> Result<(), RaError> {
+    match csr.key {
+        CsrKey::Supported(KeyType::P256) => {}
+        _ => {
+            return Err(RaError::CsrSignatureInvalid(format!(
+                "cannot check a {} key",
+                csr.key
+            )))
+        }
+    }
+    if csr.req.algorithm.oid != ECDSA_WITH_SHA256 {
+        return Err(RaError::CsrSignatureInvalid(format!(
+            "signature algorithm {} is not ecdsa-with-SHA256",
+            csr.req.algorithm.oid
+        )));
+    }
+    let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(csr.spki().subject_public_key.raw_bytes())
+        .map_err(|_| RaError::NotACsr("the P-256 public key is not a valid curve point".into()))?;
+    let sig = p256::ecdsa::DerSignature::try_from(csr.req.signature.raw_bytes()).map_err(|_| {
+        RaError::CsrSignatureInvalid("the signature is not a DER ECDSA signature".into())
+    })?;
+    let info = csr
+        .req
+        .info
+        .to_der()
+        .map_err(|e| RaError::NotACsr(e.to_string()))?;
+    key.verify(&info, &sig).map_err(|_| {
+        RaError::CsrSignatureInvalid("the signature does not verify under the CSR's own key".into())
+    })
+}

@@ -1,0 +1,64 @@
+-- Signet store, version 1. Applied once, in one transaction; PRAGMA user_version records it.
+
+-- The CA hierarchy: one row per CA (root, customer, teller) and service key (audit).
+CREATE TABLE ca (
+    name        TEXT PRIMARY KEY,          -- root | customer | teller | audit
+    key_label   TEXT NOT NULL UNIQUE,      -- label of the key pair in the token
+    cert_der    BLOB,                      -- NULL for keys without a certificate (audit)
+    public_key  BLOB NOT NULL,             -- SubjectPublicKeyInfo DER
+    created_at  INTEGER NOT NULL
+);
+
+-- Every certificate, from the moment its to-be-signed bytes exist (invariant 2).
+CREATE TABLE certificates (
+    serial          TEXT PRIMARY KEY,      -- lowercase hex; unique across all issuers (invariant 4)
+    issuer          TEXT NOT NULL,
+    profile         TEXT NOT NULL,
+    status          TEXT NOT NULL CHECK (status IN ('pending', 'issued', 'void')),
+    subject         TEXT NOT NULL,         -- RFC 4514
+    subject_serial_digest TEXT,            -- hex SHA-256 of the subject's serialNumber (lookup without clear ID in queries)
+    shard           INTEGER NOT NULL,
+    not_before      INTEGER NOT NULL,
+    not_after       INTEGER NOT NULL,
+    tbs_der         BLOB NOT NULL,
+    cert_der        BLOB,
+    created_at      INTEGER NOT NULL,
+    revoked_at      INTEGER,
+    revocation_reason INTEGER,             -- RFC 5280 CRLReason code; NULL = unspecified (no reasonCode)
+    invalidity_date INTEGER
+);
+CREATE INDEX certificates_pending ON certificates(status, created_at) WHERE status = 'pending';
+CREATE INDEX certificates_revoked ON certificates(issuer, shard) WHERE revoked_at IS NOT NULL;
+CREATE INDEX certificates_subject_serial ON certificates(subject_serial_digest);
+
+-- CRL numbers per issuer and shard, monotonic (RFC 5280 5.2.3); and the CRLs themselves.
+CREATE TABLE crls (
+    issuer      TEXT NOT NULL,
+    shard       INTEGER NOT NULL,          -- -1 for a CRL that covers the whole issuer (the root's ARL)
+    number      INTEGER NOT NULL,
+    this_update INTEGER NOT NULL,
+    next_update INTEGER NOT NULL,
+    tbs_der     BLOB NOT NULL,
+    crl_der     BLOB,
+    PRIMARY KEY (issuer, shard, number)
+);
+
+-- The audit chain: each event carries the SHA-256 of the previous one (invariant 3).
+CREATE TABLE audit_events (
+    seq       INTEGER PRIMARY KEY,
+    at        INTEGER NOT NULL,
+    actor     TEXT NOT NULL,
+    action    TEXT NOT NULL,
+    object    TEXT NOT NULL,
+    details   TEXT NOT NULL,
+    prev_hash BLOB NOT NULL,
+    hash      BLOB NOT NULL
+);
+
+-- Signed checkpoints of the chain head (also appended to a file outside the database).
+CREATE TABLE audit_checkpoints (
+    seq       INTEGER PRIMARY KEY,
+    hash      BLOB NOT NULL,
+    at        INTEGER NOT NULL,
+    signature BLOB NOT NULL
+);

@@ -1,0 +1,199 @@
+//! Persistence behind one trait. SQLite is the embedded default; other engines implement the
+//! same trait. Every state-changing method takes the audit event that describes it and appends
+//! it in the same transaction (design invariant 3).
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use crate::audit::{AuditEvent, AuditRecord};
+use crate::ca::IssuerId;
+
+/// What the store can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database cannot be read or written now (I/O error, disk full, locked too long).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A serial number is already taken (by any issuer).
+    #[error("serial {0} is already in use")]
+    SerialTaken(String),
+    /// No such object.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The change does not fit the object's current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// The stored data is not what this version of Signet wrote.
+    #[error("store data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Lifecycle of a certificate record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertStatus {
+    /// To-be-signed bytes recorded; not yet signed (or signing was interrupted).
+    Pending,
+    /// Signed and stored; may have been handed out.
+    Issued,
+    /// Interrupted issuance, voided: never handed out, but listed on CRLs since it may have been signed.
+    Void,
+}
+
+impl CertStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CertStatus::Pending => "pending",
+            CertStatus::Issued => "issued",
+            CertStatus::Void => "void",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "pending" => Ok(CertStatus::Pending),
+            "issued" => Ok(CertStatus::Issued),
+            "void" => Ok(CertStatus::Void),
+            other => Err(StoreError::Corrupt(format!("unknown status {other:?}"))),
+        }
+    }
+}
+
+/// A revocation (or hold) as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RevocationRecord {
+    pub revoked_at: i64,
+    /// RFC 5280 CRLReason code; `None` means unspecified (no reasonCode entry extension).
+    pub reason_code: Option<u8>,
+    pub invalidity_date: Option<i64>,
+}
+
+/// A certificate as the store knows it.
+#[derive(Debug, Clone)]
+pub struct CertRecord {
+    pub serial: String,
+    pub issuer: IssuerId,
+    pub profile: String,
+    pub status: CertStatus,
+    pub subject: String,
+    pub subject_serial_digest: Option<String>,
+    pub shard: u32,
+    pub not_before: i64,
+    pub not_after: i64,
+    pub tbs_der: Vec<u8>,
+    pub cert_der: Option<Vec<u8>>,
+    pub created_at: i64,
+    pub revocation: Option<RevocationRecord>,
+}
+
+/// An entry of a CRL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokedEntry {
+    pub serial: String,
+    pub revocation: RevocationRecord,
+}
+
+/// A CA key and certificate.
+#[derive(Debug, Clone)]
+pub struct CaRecord {
+    pub name: String,
+    pub key_label: String,
+    pub cert_der: Option<Vec<u8>>,
+    pub public_key: Vec<u8>,
+    pub created_at: i64,
+}
+
+/// A signed checkpoint of the audit chain's head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub seq: u64,
+    pub hash: Vec<u8>,
+    pub at: i64,
+    pub signature: Vec<u8>,
+}
+
+/// A CRL issued by the store's number sequence.
+#[derive(Debug, Clone)]
+pub struct CrlRecord {
+    pub issuer: IssuerId,
+    pub shard: Option<u32>,
+    pub number: u64,
+    pub this_update: i64,
+    pub next_update: i64,
+    pub crl_der: Option<Vec<u8>>,
+}
+
+/// The store. Implementations must be safe to share between threads and between processes
+/// that use the same database: uniqueness and ordering are database constraints.
+pub trait Store: Send + Sync {
+    /// The CA rows (root, customer, teller, audit, ...).
+    fn cas(&self) -> Result<Vec<CaRecord>>;
+    /// Adds CA rows with one audit event, all or nothing.
+    fn add_cas(&self, cas: &[CaRecord], at: i64, event: &AuditEvent) -> Result<AuditRecord>;
+
+    /// Records the to-be-signed certificate (status pending) before the HSM signs it.
+    /// Fails with `SerialTaken` when the serial exists.
+    fn record_pending(&self, rec: &CertRecord, event: &AuditEvent) -> Result<AuditRecord>;
+    /// Stores the signed certificate of a pending record.
+    fn complete_issuance(
+        &self,
+        serial: &str,
+        cert_der: &[u8],
+        at: i64,
+        event: &AuditEvent,
+    ) -> Result<AuditRecord>;
+    /// Pending records created at or before `cutoff`.
+    fn pending_before(&self, cutoff: i64) -> Result<Vec<CertRecord>>;
+    /// Voids a pending record (it goes on the CRL, dated `at`).
+    fn void_pending(&self, serial: &str, at: i64, event: &AuditEvent) -> Result<AuditRecord>;
+
+    fn certificate(&self, serial: &str) -> Result<Option<CertRecord>>;
+    /// Every issued certificate (newest last). For operators' reports and tests.
+    fn certificates(&self) -> Result<Vec<CertRecord>>;
+
+    /// Revokes or holds an issued certificate. Refuses a revoked one unless it is on hold and
+    /// the new reason is a final one (hold → revocation is allowed, RFC 5280 5.3.1).
+    fn revoke(
+        &self,
+        serial: &str,
+        revocation: RevocationRecord,
+        event: &AuditEvent,
+    ) -> Result<AuditRecord>;
+    /// Releases a certificate from hold.
+    fn release(&self, serial: &str, at: i64, event: &AuditEvent) -> Result<AuditRecord>;
+    /// Revoked, held and void entries of one issuer (and shard, when given).
+    fn revoked(&self, issuer: IssuerId, shard: Option<u32>) -> Result<Vec<RevokedEntry>>;
+
+    /// Takes the next CRL number of (issuer, shard) and records the to-be-signed CRL.
+    fn record_crl(
+        &self,
+        issuer: IssuerId,
+        shard: Option<u32>,
+        this_update: i64,
+        next_update: i64,
+        build_tbs: &mut dyn FnMut(u64) -> std::result::Result<Vec<u8>, String>,
+        event: &AuditEvent,
+    ) -> Result<(u64, AuditRecord)>;
+    /// Stores the signed CRL.
+    fn complete_crl(
+        &self,
+        issuer: IssuerId,
+        shard: Option<u32>,
+        number: u64,
+        crl_der: &[u8],
+    ) -> Result<()>;
+    /// The newest signed CRL of (issuer, shard).
+    fn latest_crl(&self, issuer: IssuerId, shard: Option<u32>) -> Result<Option<CrlRecord>>;
+
+    /// Appends one audit event on its own (for changes outside the store, like a key ceremony step).
+    fn append_audit(&self, at: i64, event: &AuditEvent) -> Result<AuditRecord>;
+    /// Audit events with seq > `after`, in order.
+    fn audit_events(&self, after: u64) -> Result<Vec<AuditRecord>>;
+    /// The newest event, if any.
+    fn audit_head(&self) -> Result<Option<AuditRecord>>;
+    fn add_checkpoint(&self, cp: &Checkpoint) -> Result<()>;
+    fn checkpoints(&self) -> Result<Vec<Checkpoint>>;
+}

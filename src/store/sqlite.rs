@@ -1,0 +1,585 @@
+//! The embedded store: one SQLite file in WAL mode. Writers take `BEGIN IMMEDIATE`, so audit
+//! appends are serialized by the database even across processes.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{
+    params, Connection, ErrorCode, OptionalExtension, Row, Transaction, TransactionBehavior,
+};
+
+use super::*;
+use crate::audit::{chain_hash, AuditEvent, AuditRecord, GENESIS};
+
+const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+
+/// SQLite-backed [`Store`].
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+fn map_err(e: rusqlite::Error) -> StoreError {
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _) => match f.code {
+            ErrorCode::DatabaseBusy
+            | ErrorCode::DatabaseLocked
+            | ErrorCode::DiskFull
+            | ErrorCode::CannotOpen
+            | ErrorCode::SystemIoFailure
+            | ErrorCode::ReadOnly
+            | ErrorCode::OutOfMemory
+            | ErrorCode::PermissionDenied => StoreError::Unavailable(e.to_string()),
+            ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase => {
+                StoreError::Corrupt(e.to_string())
+            }
+            _ => StoreError::Unavailable(e.to_string()),
+        },
+        _ => StoreError::Corrupt(e.to_string()),
+    }
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::ConstraintViolation)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and applies pending migrations.
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+                })?;
+            }
+        }
+        let conn = Connection::open(path).map_err(map_err)?;
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(map_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(map_err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(map_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(map_err)?;
+        let store = SqliteStore {
+            conn: Mutex::new(conn),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&self) -> Result<()> {
+        self.tx(|tx| {
+            let version: usize = tx
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .map_err(map_err)?;
+            if version > MIGRATIONS.len() {
+                return Err(StoreError::Corrupt(format!(
+                    "database schema version {version} is newer than this Signet ({})",
+                    MIGRATIONS.len()
+                )));
+            }
+            for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+                tx.execute_batch(sql).map_err(map_err)?;
+                tx.pragma_update(None, "user_version", i + 1)
+                    .map_err(map_err)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn tx<T>(&self, f: impl FnOnce(&Transaction) -> Result<T>) -> Result<T> {
+        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(map_err)?;
+        let out = f(&tx)?;
+        tx.commit().map_err(map_err)?;
+        Ok(out)
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        f(&conn)
+    }
+
+    /// Runs raw SQL. For tests that tamper with the store behind Signet's back.
+    pub fn execute_raw(&self, sql: &str) -> Result<()> {
+        self.read(|c| c.execute_batch(sql).map_err(map_err))
+    }
+}
+
+/// Appends `event` to the chain inside `tx`.
+fn append(tx: &Transaction, at: i64, event: &AuditEvent) -> Result<AuditRecord> {
+    let head: Option<(u64, Vec<u8>)> = tx
+        .query_row(
+            "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+        )
+        .optional()
+        .map_err(map_err)?;
+    let (seq, prev) = match head {
+        Some((s, h)) => (s + 1, h),
+        None => (1, GENESIS.to_vec()),
+    };
+    let hash = chain_hash(&prev, seq, at, event);
+    tx.execute(
+        "INSERT INTO audit_events (seq, at, actor, action, object, details, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            seq as i64,
+            at,
+            event.actor,
+            event.action,
+            event.object,
+            event.details,
+            prev,
+            hash.to_vec()
+        ],
+    )
+    .map_err(map_err)?;
+    Ok(AuditRecord {
+        seq,
+        at,
+        actor: event.actor.clone(),
+        action: event.action.clone(),
+        object: event.object.clone(),
+        details: event.details.clone(),
+        prev_hash: prev,
+        hash: hash.to_vec(),
+    })
+}
+
+const CERT_COLUMNS: &str = "serial, issuer, profile, status, subject, subject_serial_digest, shard,
+     not_before, not_after, tbs_der, cert_der, created_at, revoked_at, revocation_reason, invalidity_date";
+
+fn cert_from_row(r: &Row) -> rusqlite::Result<(CertRecord, String, String)> {
+    let revoked_at: Option<i64> = r.get(12)?;
+    let reason: Option<i64> = r.get(13)?;
+    let invalidity: Option<i64> = r.get(14)?;
+    let issuer: String = r.get(1)?;
+    let status: String = r.get(3)?;
+    Ok((
+        CertRecord {
+            serial: r.get(0)?,
+            issuer: IssuerId::Root, // replaced by the caller after parsing `issuer`
+            profile: r.get(2)?,
+            status: CertStatus::Pending,
+            subject: r.get(4)?,
+            subject_serial_digest: r.get(5)?,
+            shard: r.get::<_, i64>(6)? as u32,
+            not_before: r.get(7)?,
+            not_after: r.get(8)?,
+            tbs_der: r.get(9)?,
+            cert_der: r.get(10)?,
+            created_at: r.get(11)?,
+            revocation: revoked_at.map(|at| RevocationRecord {
+                revoked_at: at,
+                reason_code: reason.map(|c| c as u8),
+                invalidity_date: invalidity,
+            }),
+        },
+        issuer,
+        status,
+    ))
+}
+
+fn finish_cert(raw: (CertRecord, String, String)) -> Result<CertRecord> {
+    let (mut rec, issuer, status) = raw;
+    rec.issuer = IssuerId::parse(&issuer)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown issuer {issuer:?}")))?;
+    rec.status = CertStatus::parse(&status)?;
+    Ok(rec)
+}
+
+fn get_cert(conn: &Connection, serial: &str) -> Result<Option<CertRecord>> {
+    let raw = conn
+        .query_row(
+            &format!("SELECT {CERT_COLUMNS} FROM certificates WHERE serial = ?1"),
+            [serial],
+            cert_from_row,
+        )
+        .optional()
+        .map_err(map_err)?;
+    raw.map(finish_cert).transpose()
+}
+
+fn shard_key(shard: Option<u32>) -> i64 {
+    shard.map(i64::from).unwrap_or(-1)
+}
+
+impl Store for SqliteStore {
+    fn cas(&self) -> Result<Vec<CaRecord>> {
+        self.read(|c| {
+            let mut st = c
+                .prepare("SELECT name, key_label, cert_der, public_key, created_at FROM ca ORDER BY created_at, name")
+                .map_err(map_err)?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok(CaRecord {
+                        name: r.get(0)?,
+                        key_label: r.get(1)?,
+                        cert_der: r.get(2)?,
+                        public_key: r.get(3)?,
+                        created_at: r.get(4)?,
+                    })
+                })
+                .map_err(map_err)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(map_err)
+        })
+    }
+
+    fn add_cas(&self, cas: &[CaRecord], at: i64, event: &AuditEvent) -> Result<AuditRecord> {
+        self.tx(|tx| {
+            for ca in cas {
+                tx.execute(
+                    "INSERT INTO ca (name, key_label, cert_der, public_key, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![ca.name, ca.key_label, ca.cert_der, ca.public_key, ca.created_at],
+                )
+                .map_err(|e| {
+                    if is_unique_violation(&e) {
+                        StoreError::Conflict(format!("CA {} already exists", ca.name))
+                    } else {
+                        map_err(e)
+                    }
+                })?;
+            }
+            append(tx, at, event)
+        })
+    }
+
+    fn record_pending(&self, rec: &CertRecord, event: &AuditEvent) -> Result<AuditRecord> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT INTO certificates (serial, issuer, profile, status, subject, subject_serial_digest,
+                    shard, not_before, not_after, tbs_der, cert_der, created_at)
+                 VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?8, ?9, NULL, ?10)",
+                params![
+                    rec.serial,
+                    rec.issuer.as_str(),
+                    rec.profile,
+                    rec.subject,
+                    rec.subject_serial_digest,
+                    rec.shard as i64,
+                    rec.not_before,
+                    rec.not_after,
+                    rec.tbs_der,
+                    rec.created_at
+                ],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::SerialTaken(rec.serial.clone())
+                } else {
+                    map_err(e)
+                }
+            })?;
+            append(tx, rec.created_at, event)
+        })
+    }
+
+    fn complete_issuance(
+        &self,
+        serial: &str,
+        cert_der: &[u8],
+        at: i64,
+        event: &AuditEvent,
+    ) -> Result<AuditRecord> {
+        self.tx(|tx| {
+            let n = tx
+                .execute(
+                    "UPDATE certificates SET status = 'issued', cert_der = ?2 WHERE serial = ?1 AND status = 'pending'",
+                    params![serial, cert_der],
+                )
+                .map_err(map_err)?;
+            if n != 1 {
+                return Err(StoreError::Conflict(format!(
+                    "certificate {serial} is no longer pending (voided by another process?)"
+                )));
+            }
+            append(tx, at, event)
+        })
+    }
+
+    fn pending_before(&self, cutoff: i64) -> Result<Vec<CertRecord>> {
+        self.read(|c| {
+            let mut st = c
+                .prepare(&format!(
+                    "SELECT {CERT_COLUMNS} FROM certificates WHERE status = 'pending' AND created_at <= ?1 ORDER BY created_at"
+                ))
+                .map_err(map_err)?;
+            let rows = st.query_map([cutoff], cert_from_row).map_err(map_err)?;
+            rows.map(|r| r.map_err(map_err).and_then(finish_cert)).collect()
+        })
+    }
+
+    fn void_pending(&self, serial: &str, at: i64, event: &AuditEvent) -> Result<AuditRecord> {
+        self.tx(|tx| {
+            let n = tx
+                .execute(
+                    "UPDATE certificates SET status = 'void', revoked_at = ?2, revocation_reason = NULL
+                     WHERE serial = ?1 AND status = 'pending'",
+                    params![serial, at],
+                )
+                .map_err(map_err)?;
+            if n != 1 {
+                return Err(StoreError::Conflict(format!("{serial} is not pending")));
+            }
+            append(tx, at, event)
+        })
+    }
+
+    fn certificate(&self, serial: &str) -> Result<Option<CertRecord>> {
+        self.read(|c| get_cert(c, serial))
+    }
+
+    fn certificates(&self) -> Result<Vec<CertRecord>> {
+        self.read(|c| {
+            let mut st = c
+                .prepare(&format!(
+                    "SELECT {CERT_COLUMNS} FROM certificates WHERE status = 'issued' ORDER BY created_at, serial"
+                ))
+                .map_err(map_err)?;
+            let rows = st.query_map([], cert_from_row).map_err(map_err)?;
+            rows.map(|r| r.map_err(map_err).and_then(finish_cert)).collect()
+        })
+    }
+
+    fn revoke(
+        &self,
+        serial: &str,
+        revocation: RevocationRecord,
+        event: &AuditEvent,
+    ) -> Result<AuditRecord> {
+        self.tx(|tx| {
+            let cert = get_cert(tx, serial)?
+                .ok_or_else(|| StoreError::NotFound(format!("certificate {serial}")))?;
+            if cert.status != CertStatus::Issued {
+                return Err(StoreError::Conflict(format!(
+                    "certificate {serial} is {}, not issued",
+                    cert.status.as_str()
+                )));
+            }
+            if let Some(existing) = cert.revocation {
+                let on_hold = existing.reason_code == Some(crate::ca::HOLD_REASON_CODE);
+                let to_final = revocation.reason_code != Some(crate::ca::HOLD_REASON_CODE);
+                if !(on_hold && to_final) {
+                    return Err(StoreError::Conflict(format!(
+                        "certificate {serial} is already {}",
+                        if on_hold { "on hold" } else { "revoked" }
+                    )));
+                }
+            }
+            tx.execute(
+                "UPDATE certificates SET revoked_at = ?2, revocation_reason = ?3, invalidity_date = ?4 WHERE serial = ?1",
+                params![
+                    serial,
+                    revocation.revoked_at,
+                    revocation.reason_code.map(i64::from),
+                    revocation.invalidity_date
+                ],
+            )
+            .map_err(map_err)?;
+            append(tx, revocation.revoked_at, event)
+        })
+    }
+
+    fn release(&self, serial: &str, at: i64, event: &AuditEvent) -> Result<AuditRecord> {
+        self.tx(|tx| {
+            let cert = get_cert(tx, serial)?
+                .ok_or_else(|| StoreError::NotFound(format!("certificate {serial}")))?;
+            if cert.revocation.map(|r| r.reason_code) != Some(Some(crate::ca::HOLD_REASON_CODE)) {
+                return Err(StoreError::Conflict(format!(
+                    "certificate {serial} is not on hold"
+                )));
+            }
+            tx.execute(
+                "UPDATE certificates SET revoked_at = NULL, revocation_reason = NULL, invalidity_date = NULL WHERE serial = ?1",
+                [serial],
+            )
+            .map_err(map_err)?;
+            append(tx, at, event)
+        })
+    }
+
+    fn revoked(&self, issuer: IssuerId, shard: Option<u32>) -> Result<Vec<RevokedEntry>> {
+        self.read(|c| {
+            let mut st = c
+                .prepare(
+                    "SELECT serial, revoked_at, revocation_reason, invalidity_date FROM certificates
+                     WHERE issuer = ?1 AND revoked_at IS NOT NULL AND (?2 < 0 OR shard = ?2)
+                     ORDER BY revoked_at, serial",
+                )
+                .map_err(map_err)?;
+            let rows = st
+                .query_map(params![issuer.as_str(), shard_key(shard)], |r| {
+                    Ok(RevokedEntry {
+                        serial: r.get(0)?,
+                        revocation: RevocationRecord {
+                            revoked_at: r.get(1)?,
+                            reason_code: r.get::<_, Option<i64>>(2)?.map(|c| c as u8),
+                            invalidity_date: r.get(3)?,
+                        },
+                    })
+                })
+                .map_err(map_err)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(map_err)
+        })
+    }
+
+    fn record_crl(
+        &self,
+        issuer: IssuerId,
+        shard: Option<u32>,
+        this_update: i64,
+        next_update: i64,
+        build_tbs: &mut dyn FnMut(u64) -> std::result::Result<Vec<u8>, String>,
+        event: &AuditEvent,
+    ) -> Result<(u64, AuditRecord)> {
+        self.tx(|tx| {
+            let last: Option<i64> = tx
+                .query_row(
+                    "SELECT MAX(number) FROM crls WHERE issuer = ?1 AND shard = ?2",
+                    params![issuer.as_str(), shard_key(shard)],
+                    |r| r.get(0),
+                )
+                .map_err(map_err)?;
+            let number = last.unwrap_or(0) as u64 + 1;
+            let tbs = build_tbs(number).map_err(StoreError::Conflict)?;
+            tx.execute(
+                "INSERT INTO crls (issuer, shard, number, this_update, next_update, tbs_der) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![issuer.as_str(), shard_key(shard), number as i64, this_update, next_update, tbs],
+            )
+            .map_err(map_err)?;
+            let mut ev = event.clone();
+            ev.object = format!("{}#{number}", event.object);
+            let rec = append(tx, this_update, &ev)?;
+            Ok((number, rec))
+        })
+    }
+
+    fn complete_crl(
+        &self,
+        issuer: IssuerId,
+        shard: Option<u32>,
+        number: u64,
+        crl_der: &[u8],
+    ) -> Result<()> {
+        self.tx(|tx| {
+            tx.execute(
+                "UPDATE crls SET crl_der = ?4 WHERE issuer = ?1 AND shard = ?2 AND number = ?3",
+                params![issuer.as_str(), shard_key(shard), number as i64, crl_der],
+            )
+            .map_err(map_err)?;
+            Ok(())
+        })
+    }
+
+    fn latest_crl(&self, issuer: IssuerId, shard: Option<u32>) -> Result<Option<CrlRecord>> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT number, this_update, next_update, crl_der FROM crls
+                 WHERE issuer = ?1 AND shard = ?2 AND crl_der IS NOT NULL ORDER BY number DESC LIMIT 1",
+                params![issuer.as_str(), shard_key(shard)],
+                |r| {
+                    Ok(CrlRecord {
+                        issuer,
+                        shard,
+                        number: r.get::<_, i64>(0)? as u64,
+                        this_update: r.get(1)?,
+                        next_update: r.get(2)?,
+                        crl_der: r.get(3)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(map_err)
+        })
+    }
+
+    fn append_audit(&self, at: i64, event: &AuditEvent) -> Result<AuditRecord> {
+        self.tx(|tx| append(tx, at, event))
+    }
+
+    fn audit_events(&self, after: u64) -> Result<Vec<AuditRecord>> {
+        self.read(|c| {
+            let mut st = c
+                .prepare(
+                    "SELECT seq, at, actor, action, object, details, prev_hash, hash FROM audit_events
+                     WHERE seq > ?1 ORDER BY seq",
+                )
+                .map_err(map_err)?;
+            let rows = st
+                .query_map([after as i64], |r| {
+                    Ok(AuditRecord {
+                        seq: r.get::<_, i64>(0)? as u64,
+                        at: r.get(1)?,
+                        actor: r.get(2)?,
+                        action: r.get(3)?,
+                        object: r.get(4)?,
+                        details: r.get(5)?,
+                        prev_hash: r.get(6)?,
+                        hash: r.get(7)?,
+                    })
+                })
+                .map_err(map_err)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(map_err)
+        })
+    }
+
+    fn audit_head(&self) -> Result<Option<AuditRecord>> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT seq, at, actor, action, object, details, prev_hash, hash FROM audit_events
+                 ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| {
+                    Ok(AuditRecord {
+                        seq: r.get::<_, i64>(0)? as u64,
+                        at: r.get(1)?,
+                        actor: r.get(2)?,
+                        action: r.get(3)?,
+                        object: r.get(4)?,
+                        details: r.get(5)?,
+                        prev_hash: r.get(6)?,
+                        hash: r.get(7)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(map_err)
+        })
+    }
+
+    fn add_checkpoint(&self, cp: &Checkpoint) -> Result<()> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT OR IGNORE INTO audit_checkpoints (seq, hash, at, signature) VALUES (?1, ?2, ?3, ?4)",
+                params![cp.seq as i64, cp.hash, cp.at, cp.signature],
+            )
+            .map_err(map_err)?;
+            Ok(())
+        })
+    }
+
+    fn checkpoints(&self) -> Result<Vec<Checkpoint>> {
+        self.read(|c| {
+            let mut st = c
+                .prepare("SELECT seq, hash, at, signature FROM audit_checkpoints ORDER BY seq")
+                .map_err(map_err)?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok(Checkpoint {
+                        seq: r.get::<_, i64>(0)? as u64,
+                        hash: r.get(1)?,
+                        at: r.get(2)?,
+                        signature: r.get(3)?,
+                    })
+                })
+                .map_err(map_err)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(map_err)
+        })
+    }
+}
