@@ -43,9 +43,11 @@ impl Authority {
                 ))
             }
             (IssuerId::Root, None) => None,
-            (_, Some(s)) if s >= shards => return Err(CaError::InvalidRequest(format!(
+            (_, Some(s)) if s >= shards => {
+                return Err(CaError::InvalidRequest(format!(
                 "shard {s} does not exist: the {issuer} CRL has {shards} shard(s), numbered from 0"
-            ))),
+            )))
+            }
             (_, Some(_)) if shards == 1 => None,
             (_, None) if shards > 1 => {
                 return Err(CaError::InvalidRequest(format!(

@@ -5,11 +5,12 @@ use der::asn1::{Ia5String, OctetString};
 use der::Encode;
 use sha2::{Digest, Sha256};
 use spki::SubjectPublicKeyInfoOwned;
+use x509_cert::ext::pkix::certpolicy::PolicyInformation;
 use x509_cert::ext::pkix::crl::dp::DistributionPoint;
 use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
 use x509_cert::ext::pkix::{
-    AccessDescription, AuthorityInfoAccessSyntax, AuthorityKeyIdentifier, CrlDistributionPoints,
-    ExtendedKeyUsage, KeyUsage, KeyUsages, SubjectKeyIdentifier,
+    AccessDescription, AuthorityInfoAccessSyntax, AuthorityKeyIdentifier, CertificatePolicies,
+    CrlDistributionPoints, ExtendedKeyUsage, KeyUsage, KeyUsages, SubjectKeyIdentifier,
 };
 use x509_cert::ext::Extension;
 use x509_cert::name::Name;
@@ -199,10 +200,12 @@ impl Authority {
                 false,
             )?);
         }
-        exts.push(x509::raw_extension(
-            const_oid::db::rfc5280::ID_CE_CERTIFICATE_POLICIES,
+        exts.push(extension(
+            &CertificatePolicies(vec![PolicyInformation {
+                policy_identifier: p.policy_oid,
+                policy_qualifiers: None,
+            }]),
             false,
-            crate::policy::certificate_policies_der(&[&p.policy_oid]),
         )?);
         exts.push(crl_distribution_point(
             &self.settings.crl_url(issuer.id, shard),

@@ -10,9 +10,6 @@ use serde::Deserialize;
 
 use crate::ca::IssuerId;
 
-mod oid;
-pub use oid::{certificate_policies_der, PolicyOid};
-
 /// A profile file that cannot be used: which file, which field, why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("policy {file}: field `{field}`: {reason}")]
@@ -203,7 +200,7 @@ pub struct Profile {
     pub key_types: Vec<KeyType>,
     pub key_usage: Vec<KeyUsageBit>,
     pub extended_key_usage: Vec<ExtendedKeyUsage>,
-    pub policy_oid: PolicyOid,
+    pub policy_oid: ObjectIdentifier,
     pub key_custody: KeyCustody,
     pub allow_hold: bool,
     pub subject: SubjectRules,
@@ -253,7 +250,14 @@ impl Profile {
         if raw.key_usage.is_empty() {
             return Err(err("key_usage", "is empty".into()));
         }
-        let policy_oid = PolicyOid::parse(&raw.policy_oid).map_err(|e| err("policy_oid", e))?;
+        // Arcs are limited to 32 bits: const-oid and pkilint refuse larger ones, so 2.25 UUID
+        // arcs cannot be used (see policies/README.md).
+        let policy_oid = ObjectIdentifier::new(&raw.policy_oid).map_err(|e| {
+            err(
+                "policy_oid",
+                format!("{:?} is not a usable OID: {e}", raw.policy_oid),
+            )
+        })?;
         let s = &raw.subject;
         if !s.required.contains(&SubjectAttr::CN) {
             return Err(err("subject.required", "must include CN".into()));
@@ -399,7 +403,7 @@ mod tests {
 
     #[test]
     fn bad_policy_oid_is_refused() {
-        let text = CUSTOMER.replace("2.25.321062981529934082961741976541091660131.1.1", "banana");
+        let text = CUSTOMER.replace("1.3.6.1.4.1.32473.7373.1.1", "banana");
         let e = Profile::parse("c", "c.toml", &text).unwrap_err();
         assert_eq!(e.field, "policy_oid");
     }
