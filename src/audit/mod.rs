@@ -115,7 +115,7 @@ impl Auditor {
 
     /// Called after each append: checkpoints when the event's sequence number is due.
     pub fn after_append(&self, rec: &AuditRecord) -> Result<(), AuditError> {
-        if rec.seq % self.every == 0 {
+        if rec.seq.is_multiple_of(self.every) {
             self.checkpoint(rec.seq, &rec.hash)?;
         }
         Ok(())

@@ -83,6 +83,10 @@ enum State {
 
 static GENERATION: AtomicU64 = AtomicU64::new(1);
 
+/// Live contexts of this process: C_Finalize is called only when the last one goes, since the
+/// module's initialization is process-wide.
+static LIVE_CONTEXTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// One initialized PKCS#11 context: the module, the token's slot, a login and a session pool.
 struct Context {
     generation: u64,
@@ -333,6 +337,16 @@ impl Hsm {
         })
     }
 
+    /// Test hook: finalizes the PKCS#11 library behind the layer's back, as an HSM restart
+    /// would, so that tests can show the layer recovering by itself.
+    #[doc(hidden)]
+    pub fn fault_finalize_module(&self) {
+        if let State::Up(ctx) = &*self.state.lock().unwrap_or_else(|e| e.into_inner()) {
+            let _calls = ctx.calls.write().unwrap_or_else(|e| e.into_inner());
+            let _ = ctx.pkcs11.clone().finalize();
+        }
+    }
+
     /// Runs `op` on a pooled session. A session-class failure replaces the session and retries
     /// once; a module-class failure rebuilds the whole context and retries once.
     fn with_session<T>(
@@ -366,13 +380,12 @@ impl Hsm {
                     lease.bad = true;
                     drop(lease);
                     ctx.forget_keys();
-                    if err.return_code() == Some("CKR_USER_NOT_LOGGED_IN") {
-                        if let Err(e) = ctx.login(&self.config) {
-                            if e.class() == FailureClass::Module {
-                                self.mark_down(&ctx, &e);
-                            }
-                            return Err(e);
+                    // The login may have gone with the sessions: make sure it holds again.
+                    if let Err(e) = ctx.refresh_login(&self.config) {
+                        if e.class() == FailureClass::Module {
+                            self.mark_down(&ctx, &e);
                         }
+                        return Err(e);
                     }
                 }
                 FailureClass::Module => {
@@ -487,10 +500,14 @@ impl Context {
                 dead: AtomicBool::new(false),
                 token_label: label.clone(),
             };
-            ctx.login(config)?;
+            LIVE_CONTEXTS.fetch_add(1, Ordering::SeqCst);
+            if let Err(e) = ctx.login(config) {
+                ctx.finalize();
+                return Err(e);
+            }
             Ok(ctx)
         })();
-        if built.is_err() {
+        if built.is_err() && LIVE_CONTEXTS.load(Ordering::SeqCst) == 0 {
             let _ = pkcs11.finalize();
         }
         built
@@ -523,6 +540,21 @@ impl Context {
             }),
             Err(e) => Err(map_err(&self.token_label, None, e)),
         }
+    }
+
+    /// Re-opens the login session if it went stale, and logs in again if needed.
+    fn refresh_login(&self, config: &HsmConfig) -> Result<(), HsmError> {
+        {
+            let mut session = self.login_session.lock().unwrap_or_else(|e| e.into_inner());
+            if session.get_session_info().is_err() {
+                // Forgotten, not closed: it is already gone.
+                *session = self
+                    .pkcs11
+                    .open_rw_session_no_drop(self.slot)
+                    .map_err(|e| map_err(&self.token_label, None, e))?;
+            }
+        }
+        self.login(config)
     }
 
     fn checkout(self: &Arc<Self>, config: &HsmConfig) -> Result<Lease, HsmError> {
@@ -610,7 +642,9 @@ impl Context {
             .unwrap_or_else(|e| e.into_inner())
             .idle
             .clear();
-        let _ = self.pkcs11.clone().finalize();
+        if LIVE_CONTEXTS.fetch_sub(1, Ordering::SeqCst) == 1 {
+            let _ = self.pkcs11.clone().finalize();
+        }
     }
 }
 
@@ -631,14 +665,9 @@ fn load_module(config: &HsmConfig) -> Result<Pkcs11, HsmError> {
     })?;
     match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
         Ok(()) => Ok(pkcs11),
-        // Another context of this process still holds the module: finalize it and take over.
-        Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {
-            let _ = pkcs11.clone().finalize();
-            pkcs11
-                .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-                .map_err(|e| map_err(&config.token.to_string(), None, e))?;
-            Ok(pkcs11)
-        }
+        // Another context of this process initialized the module: share it. (A process should
+        // hold one `Hsm` per module; C_Finalize runs when the last context goes.)
+        Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(pkcs11),
         Err(e) => Err(map_err(&config.token.to_string(), None, e)),
     }
 }

@@ -119,10 +119,9 @@ impl Registrar {
         let vetted = parse_vetted(req.subject)?;
         let id_hash = |v: &str| self.keyed_id_hash(&profile.name, v);
         let subject = build_subject(profile, &vetted, &self.bank, &id_hash)?;
-        let subject_serial_digest = match vetted.get(&SubjectAttr::SerialNumber) {
-            Some(id) => Some(self.lookup_digest(id)),
-            None => None,
-        };
+        let subject_serial_digest = vetted
+            .get(&SubjectAttr::SerialNumber)
+            .map(|id| self.lookup_digest(id));
         let audit_details = if req.break_glass {
             serde_json::json!({"path": "operator-cli", "break_glass": true})
         } else {

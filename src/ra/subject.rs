@@ -45,9 +45,9 @@ pub fn parse_vetted(dn: &str) -> Result<BTreeMap<SubjectAttr, String>, RaError> 
         ));
     }
     let rdns = RdnSequence::from_str(dn).map_err(|_| {
-        RaError::Subject(format!(
-            "cannot parse the subject as an RFC 4514 name (e.g. \"CN=Zhang San,serialNumber=110101199003071234\")"
-        ))
+        RaError::Subject(
+            "cannot parse the subject as an RFC 4514 name (e.g. \"CN=Zhang San,serialNumber=110101199003071234\")".into(),
+        )
     })?;
     let mut out = BTreeMap::new();
     for rdn in rdns.iter() {
@@ -219,7 +219,7 @@ mod tests {
                 } else {
                     Tag::Utf8String
                 };
-            assert_eq!(atv.value.tag(), expect, "{}", atv.oid);
+            assert_eq!(der::Tagged::tag(&atv.value), expect, "{}", atv.oid);
         }
     }
 

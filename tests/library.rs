@@ -1,0 +1,195 @@
+//! The library in-process, against the fixture's real SoftHSM2 token and SQLite store: key
+//! attributes read back through PKCS#11, concurrent issuance, and HSM recovery.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use p256::ecdsa::signature::Verifier;
+use signet::app::Signet;
+use signet::ca::{Fault, IssuerId};
+use signet::clock::Clock;
+use signet::config::Config;
+use signet::ra::CertificateRequest;
+use signet::store::CertStatus;
+
+/// One `Signet` per test binary: a process holds one PKCS#11 context per module.
+fn signet() -> &'static Signet {
+    static SIGNET: OnceLock<Signet> = OnceLock::new();
+    SIGNET.get_or_init(|| {
+        let f = common::fixture();
+        let config = Config::load(&f.config).expect("fixture config loads");
+        // SAFETY of set_var: first use in this binary, under the OnceLock.
+        std::env::set_var("SOFTHSM2_CONF", &f.softhsm2_conf);
+        Signet::open(config, Clock::system(), Fault::None).expect("signet opens")
+    })
+}
+
+/// Tests that break the HSM on purpose run alone; the others may share the token.
+static OUTAGE: RwLock<()> = RwLock::new(());
+
+fn normal() -> RwLockReadGuard<'static, ()> {
+    OUTAGE.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn outage() -> RwLockWriteGuard<'static, ()> {
+    OUTAGE.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn csr_pem() -> Vec<u8> {
+    let path = common::fixture().csr(common::KeyKind::P256);
+    std::fs::read(path).unwrap()
+}
+
+#[test]
+fn ca_keys_are_private_sensitive_never_extractable_and_sign_only() {
+    let _normal = normal();
+    let s = signet();
+    let settings = s.authority.settings();
+    let labels = [
+        settings.key_label(IssuerId::Root),
+        settings.key_label(IssuerId::Customer),
+        settings.key_label(IssuerId::Teller),
+        settings.audit_key_label(),
+    ];
+    for label in labels {
+        let a = s.hsm.key_attributes(&label).expect("key attributes");
+        assert!(a.private, "{label}: CKA_PRIVATE");
+        assert!(a.sensitive, "{label}: CKA_SENSITIVE");
+        assert!(a.always_sensitive, "{label}: CKA_ALWAYS_SENSITIVE");
+        assert!(!a.extractable, "{label}: CKA_EXTRACTABLE");
+        assert!(a.never_extractable, "{label}: CKA_NEVER_EXTRACTABLE");
+        assert!(a.sign, "{label}: CKA_SIGN");
+        assert!(!a.decrypt, "{label}: CKA_DECRYPT");
+        assert!(!a.unwrap, "{label}: CKA_UNWRAP");
+        assert!(!a.derive, "{label}: CKA_DERIVE");
+        assert!(!a.always_authenticate, "{label}: CKA_ALWAYS_AUTHENTICATE");
+    }
+}
+
+#[test]
+fn hsm_signature_verifies_under_the_tokens_public_key() {
+    let _normal = normal();
+    let s = signet();
+    let label = s.authority.settings().audit_key_label();
+    let der = s.hsm.sign_p256_sha256(&label, b"payment 42").unwrap();
+    let key = p256::ecdsa::VerifyingKey::from(&s.hsm.public_key(&label).unwrap());
+    let sig = p256::ecdsa::DerSignature::try_from(der.as_slice()).unwrap();
+    key.verify(b"payment 42", &sig).unwrap();
+    assert!(key.verify(b"payment 43", &sig).is_err());
+}
+
+#[test]
+fn eight_threads_issue_at_once_with_distinct_serials_all_in_the_store() {
+    let _normal = normal();
+    let s = signet();
+    let csr = Arc::new(csr_pem());
+    let per_thread = 5;
+    let serials: Vec<(String, Vec<u8>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let csr = csr.clone();
+                scope.spawn(move || {
+                    (0..per_thread)
+                        .map(|i| {
+                            let subject =
+                                format!("CN=Thread {t} Customer {i},serialNumber=T{t}N{i}");
+                            let issued = s
+                                .registrar
+                                .issue(&CertificateRequest {
+                                    profile: "customer",
+                                    csr: &csr,
+                                    subject: &subject,
+                                    actor: "test:concurrency",
+                                    break_glass: false,
+                                })
+                                .expect("issuance succeeds");
+                            (issued.serial, issued.der)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    assert_eq!(serials.len(), 8 * per_thread);
+    let distinct: HashSet<_> = serials.iter().map(|(s, _)| s.clone()).collect();
+    assert_eq!(distinct.len(), serials.len(), "serials must be distinct");
+    for (serial, der) in &serials {
+        let rec = s.store.certificate(serial).unwrap().expect("in the store");
+        assert_eq!(rec.status, CertStatus::Issued);
+        assert_eq!(rec.cert_der.as_deref(), Some(der.as_slice()));
+        assert_eq!(serial.len(), 32, "16-byte serial");
+    }
+}
+
+#[test]
+fn signing_recovers_by_itself_after_the_module_is_finalized_behind_its_back() {
+    let _outage = outage();
+    let s = signet();
+    let label = s.authority.settings().audit_key_label();
+    s.hsm.sign_p256_sha256(&label, b"before").unwrap();
+    s.hsm.fault_finalize_module();
+    // The first call after the outage sees CKR_CRYPTOKI_NOT_INITIALIZED, rebuilds the context
+    // (initialize, find token, login, keys) and retries once: the caller notices nothing.
+    s.hsm
+        .sign_p256_sha256(&label, b"after")
+        .expect("recovered transparently");
+    // And issuance through every layer works again.
+    s.registrar
+        .issue(&CertificateRequest {
+            profile: "customer",
+            csr: &csr_pem(),
+            subject: "CN=After Recovery,serialNumber=R1",
+            actor: "test:recovery",
+            break_glass: false,
+        })
+        .expect("issuance after recovery");
+}
+
+#[test]
+fn concurrent_signers_during_a_module_failure_fail_as_unavailable_or_succeed_then_all_succeed() {
+    let _outage = outage();
+    let s = signet();
+    let label = s.authority.settings().audit_key_label();
+    let stop = AtomicBool::new(false);
+    let after_fault = AtomicBool::new(false);
+    let recovered = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            let label = label.clone();
+            let (stop, after_fault, recovered) = (&stop, &after_fault, &recovered);
+            scope.spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let faulted = after_fault.load(Ordering::SeqCst);
+                    match s.hsm.sign_p256_sha256(&label, b"load") {
+                        Ok(_) if faulted => {
+                            recovered.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Ok(_) => {}
+                        Err(e) => assert!(e.is_unavailable(), "only unavailability may show: {e}"),
+                    }
+                }
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        s.hsm.fault_finalize_module();
+        after_fault.store(true, Ordering::SeqCst);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        stop.store(true, Ordering::SeqCst);
+    });
+    assert!(
+        recovered.load(Ordering::SeqCst) > 0,
+        "signers made signatures again after the outage"
+    );
+    for _ in 0..10 {
+        s.hsm
+            .sign_p256_sha256(&label, b"settled")
+            .expect("all well again");
+    }
+}
