@@ -204,7 +204,7 @@ mod tests {
         let name = build(&customer(), &v, &bank(), &no_hash).unwrap();
         assert_eq!(
             name.to_string(),
-            "serialNumber=110101199003071234,CN=张三,O=测试银行,C=CN"
+            "SERIALNUMBER=110101199003071234,CN=张三,O=测试银行,C=CN"
         );
     }
 
