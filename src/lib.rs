@@ -3,6 +3,7 @@
 //! Layers, each calling only downward: `ra` (what may be issued, and what it says) →
 //! `ca` (record, sign in the HSM, store) → `store` / `hsm`; `audit` chains every state change.
 
+pub mod api;
 pub mod app;
 pub mod audit;
 pub mod ca;

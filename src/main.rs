@@ -13,7 +13,7 @@ use signet::clock::Clock;
 use signet::config::Config;
 use signet::hsm::{self, PinSource};
 use signet::ra::csr::MAX_CSR_BYTES;
-use signet::ra::CertificateRequest;
+use signet::ra::{CertificateRequest, Role, TenantIdentity};
 
 /// Exit status for usage errors (sysexits EX_USAGE), also for clap's own.
 const EXIT_USAGE: u8 = 64;
@@ -58,6 +58,9 @@ enum Command {
         /// Write the certificate and its chain (PEM) here instead of stdout.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Issue for this bank (tenant name): its name is the O and it owns the certificate.
+        #[arg(long)]
+        tenant: Option<String>,
     },
     /// Revoke a certificate.
     Revoke {
@@ -96,6 +99,55 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Serve the REST API, CRLs and OCSP.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+    },
+    /// Banks served by this CA.
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+    /// API credentials of a bank.
+    Credential {
+        #[command(subcommand)]
+        command: CredentialCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Register a bank; NAME is its registered name, the O of its certificates.
+    Add { name: String },
+}
+
+#[derive(Subcommand)]
+enum CredentialCommand {
+    /// Make a credential: prints the bearer token alone on stdout (once), its id on stderr.
+    Add {
+        #[arg(long)]
+        tenant: String,
+        /// ra-officer, teller-admin, gateway or auditor.
+        #[arg(long)]
+        role: String,
+        /// Lifetime in days (default: no expiry).
+        #[arg(long)]
+        days: Option<u32>,
+    },
+    /// List a bank's credentials (never their tokens).
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Revoke a credential.
+    Revoke {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        id: String,
     },
 }
 
@@ -216,6 +268,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
             "voided interrupted issuance {serial}: it will be listed on the next CRL"
         ));
     }
+    if let Command::Serve { listen } = &cli.command {
+        return serve(signet, listen);
+    }
     let result = command(&signet, cli.command, &actor);
     // Every command ends with a checkpoint of the chain head, so that removing the newest
     // events is caught even between periodic checkpoints.
@@ -228,7 +283,53 @@ fn run(cli: Cli) -> Result<(), Failure> {
 fn command(signet: &Signet, command: Command, actor: &str) -> Result<(), Failure> {
     let authority = &signet.authority;
     match command {
-        Command::Token { .. } | Command::Audit { .. } => unreachable!("handled before opening"),
+        Command::Token { .. } | Command::Audit { .. } | Command::Serve { .. } => {
+            unreachable!("handled before")
+        }
+        Command::Tenant {
+            command: TenantCommand::Add { name },
+        } => {
+            let t = signet.registrar.add_tenant(&name, actor)?;
+            println!("{}", t.id);
+            progress(&format!("tenant {:?} added as {}", t.name, t.id));
+        }
+        Command::Credential { command } => match command {
+            CredentialCommand::Add { tenant, role, days } => {
+                let role = Role::parse(&role).ok_or_else(|| Failure {
+                    message: format!(
+                        "{role:?} is not a role: use {}",
+                        Role::ALL.map(|r| r.as_str()).join(", ")
+                    ),
+                    status: EXIT_USAGE,
+                })?;
+                let expires = days.map(|d| signet.clock.now() + i64::from(d) * 86_400);
+                let cred = signet
+                    .registrar
+                    .add_credential(&tenant, role, expires, actor)?;
+                println!("{}", cred.token.as_str());
+                eprintln!("credential {} ({role}) for {tenant}: keep the token above, it is not shown again", cred.id);
+            }
+            CredentialCommand::List { tenant } => {
+                for c in signet.registrar.credentials(&tenant)? {
+                    let state = match (c.revoked_at, c.expires_at) {
+                        (Some(_), _) => "revoked",
+                        (None, Some(e)) if e <= signet.clock.now() => "expired",
+                        _ => "active",
+                    };
+                    println!(
+                        "{}\t{}\tcreated {}\texpires {}\t{state}",
+                        c.id,
+                        c.role,
+                        c.created_at,
+                        c.expires_at.map_or("never".to_string(), |e| e.to_string())
+                    );
+                }
+            }
+            CredentialCommand::Revoke { tenant, id } => {
+                signet.registrar.revoke_credential(&tenant, &id, actor)?;
+                progress(&format!("credential {id} revoked"));
+            }
+        },
         Command::Ca { command } => match command {
             CaCommand::Init => {
                 let report = authority.init(actor, &progress)?;
@@ -257,8 +358,19 @@ fn command(signet: &Signet, command: Command, actor: &str) -> Result<(), Failure
             csr,
             subject,
             out,
+            tenant,
         } => {
             let csr_bytes = read_limited(&csr, MAX_CSR_BYTES)?;
+            let tenant = match tenant {
+                Some(name) => {
+                    let t = signet.registrar.tenant_by_name(&name)?;
+                    Some(TenantIdentity {
+                        id: t.id,
+                        name: t.name,
+                    })
+                }
+                None => None,
+            };
             let issued = match signet.registrar.issue(&CertificateRequest {
                 profile: &profile,
                 csr: &csr_bytes,
@@ -268,6 +380,7 @@ fn command(signet: &Signet, command: Command, actor: &str) -> Result<(), Failure
                     .registrar
                     .profile(&profile)
                     .is_ok_and(|p| p.issuer == IssuerId::Teller),
+                tenant: tenant.as_ref(),
             }) {
                 Ok(i) => i,
                 Err(signet::ra::RaError::Ca(CaError::FaultInjected { serial })) => {
@@ -337,6 +450,50 @@ fn command(signet: &Signet, command: Command, actor: &str) -> Result<(), Failure
         }
     }
     Ok(())
+}
+
+fn serve(signet: Signet, listen: &str) -> Result<(), Failure> {
+    if !signet.authority.is_initialized() {
+        return Err(CaError::NotInitialized.into());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| Failure::from(format!("cannot listen on {listen}: {e}")))?;
+        let addr = listener.local_addr()?;
+        // The one line scripts wait for.
+        eprintln!("signet: serving on http://{addr}");
+        signet::api::serve(signet, listener, shutdown_signal())
+            .await
+            .map_err(Failure::from)
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    eprintln!("signet: shutting down: finishing requests in flight");
 }
 
 fn token_init(config: &Config) -> Result<(), Failure> {

@@ -14,6 +14,8 @@ pub struct AuditEvent {
     pub object: String,
     /// Further facts, as a JSON object. Never secrets, never ID numbers in clear.
     pub details: String,
+    /// The bank (tenant id) the event concerns; `None` for CA-wide events.
+    pub tenant: Option<String>,
 }
 
 impl AuditEvent {
@@ -23,7 +25,14 @@ impl AuditEvent {
             action: action.into(),
             object: object.into(),
             details: serde_json::to_string(&details).unwrap_or_else(|_| "{}".into()),
+            tenant: None,
         }
+    }
+
+    /// The same event, attributed to a bank.
+    pub fn for_tenant(mut self, tenant: Option<&str>) -> Self {
+        self.tenant = tenant.map(Into::into);
+        self
     }
 }
 
@@ -36,6 +45,7 @@ pub struct AuditRecord {
     pub action: String,
     pub object: String,
     pub details: String,
+    pub tenant: Option<String>,
     #[serde(with = "hex_bytes")]
     pub prev_hash: Vec<u8>,
     #[serde(with = "hex_bytes")]
@@ -57,6 +67,14 @@ pub fn chain_hash(prev: &[u8], seq: u64, at: i64, ev: &AuditEvent) -> [u8; 32] {
         h.update((field.len() as u64).to_be_bytes());
         h.update(field.as_bytes());
     }
+    match &ev.tenant {
+        None => h.update([0u8]),
+        Some(t) => {
+            h.update([1u8]);
+            h.update((t.len() as u64).to_be_bytes());
+            h.update(t.as_bytes());
+        }
+    }
     h.finalize().into()
 }
 
@@ -67,6 +85,7 @@ impl AuditRecord {
             action: self.action.clone(),
             object: self.object.clone(),
             details: self.details.clone(),
+            tenant: self.tenant.clone(),
         }
     }
 

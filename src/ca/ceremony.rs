@@ -312,6 +312,7 @@ impl Authority {
                 cert_der: None,
                 created_at: not_before,
                 revocation: None,
+                owner: None,
             },
             &AuditEvent::new(actor, "certificate.record", &serial, &details),
         )?;

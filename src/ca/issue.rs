@@ -34,6 +34,8 @@ pub struct LeafRequest<'a> {
     pub actor: &'a str,
     /// Extra facts for the audit event (e.g. that the operator's break-glass path was used).
     pub audit_details: serde_json::Value,
+    /// Who the certificate belongs to (a tenant id): recorded, never interpreted by the CA.
+    pub owner: Option<String>,
 }
 
 /// An issued certificate with its chain (issuing CA first, root excluded).
@@ -125,6 +127,7 @@ impl Authority {
             cert_der: None,
             created_at: now,
             revocation: None,
+            owner: req.owner.clone(),
         };
         // The audit log names the subject by digest: it must not carry ID numbers in clear.
         let mut details = serde_json::json!({
@@ -140,7 +143,8 @@ impl Authority {
         }
         let audit = self.store.record_pending(
             &record,
-            &AuditEvent::new(req.actor, "certificate.record", &serial, &details),
+            &AuditEvent::new(req.actor, "certificate.record", &serial, &details)
+                .for_tenant(req.owner.as_deref()),
         )?;
         self.auditor.after_append(&audit)?;
 
@@ -153,7 +157,8 @@ impl Authority {
             &serial,
             &der,
             self.clock.now(),
-            &AuditEvent::new(req.actor, "certificate.issue", &serial, &details),
+            &AuditEvent::new(req.actor, "certificate.issue", &serial, &details)
+                .for_tenant(req.owner.as_deref()),
         )?;
         self.auditor.after_append(&audit)?;
         Ok(Issued {

@@ -5,6 +5,7 @@
 mod ceremony;
 mod crl;
 mod issue;
+pub mod ocsp;
 pub mod x509;
 
 pub use ceremony::InitReport;
@@ -361,6 +362,11 @@ impl Authority {
         use der::Encode;
         let sig = self.sign(key_label, &prepared.tbs_der)?;
         Ok(prepared.assemble(&sig)?.to_der()?)
+    }
+
+    /// Random bytes from the token's generator (identifiers, tokens).
+    pub fn hsm_random(&self, len: u32) -> Result<Vec<u8>, CaError> {
+        Ok(self.hsm.random(len)?)
     }
 
     /// Draws a fresh 16-byte serial from the token's generator.

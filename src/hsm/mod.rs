@@ -66,10 +66,28 @@ pub struct KeyAttributes {
     pub always_authenticate: bool,
 }
 
+/// Counters for monitoring.
+#[derive(Debug, Clone, Default)]
+pub struct HsmStats {
+    pub signs: u64,
+    pub sign_seconds: f64,
+    pub errors: u64,
+    pub recoveries: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    signs: AtomicU64,
+    sign_nanos: AtomicU64,
+    errors: AtomicU64,
+    recoveries: AtomicU64,
+}
+
 /// A connection to one token, shared by all threads of the process.
 pub struct Hsm {
     config: HsmConfig,
     state: Mutex<State>,
+    counters: Counters,
 }
 
 enum State {
@@ -158,7 +176,18 @@ impl Hsm {
         Ok(Hsm {
             config,
             state: Mutex::new(State::Up(Arc::new(ctx))),
+            counters: Counters::default(),
         })
+    }
+
+    pub fn stats(&self) -> HsmStats {
+        let c = &self.counters;
+        HsmStats {
+            signs: c.signs.load(Ordering::Relaxed),
+            sign_seconds: c.sign_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+            errors: c.errors.load(Ordering::Relaxed),
+            recoveries: c.recoveries.load(Ordering::Relaxed),
+        }
     }
 
     /// The token's label as configured (for messages).
@@ -180,11 +209,16 @@ impl Hsm {
     /// token, and the r‖s result re-encoded as a DER ECDSA-Sig-Value.
     pub fn sign_p256_sha256(&self, key: &str, data: &[u8]) -> Result<Vec<u8>, HsmError> {
         let digest = Sha256::digest(data);
+        let started = Instant::now();
         let raw = self.with_session(Some(key), |ctx, s| {
             let handle = ctx.private_key(s, key)?;
             s.sign(&Mechanism::Ecdsa, handle, &digest)
                 .map_err(|e| map_err(&ctx.token_label, Some(key), e))
         })?;
+        self.counters.signs.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .sign_nanos
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         let sig = p256::ecdsa::Signature::from_slice(&raw).map_err(|e| HsmError::BadTokenData {
             token: self.token_name(),
             key: key.into(),
@@ -374,6 +408,7 @@ impl Hsm {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
+            self.counters.errors.fetch_add(1, Ordering::Relaxed);
             match err.class() {
                 FailureClass::Request => return Err(err),
                 FailureClass::Session => {
@@ -422,6 +457,7 @@ impl Hsm {
                         tracing::info!(token = %self.token_name(), "HSM context re-initialized");
                         let ctx = Arc::new(ctx);
                         *state = State::Up(ctx.clone());
+                        self.counters.recoveries.fetch_add(1, Ordering::Relaxed);
                         Ok(ctx)
                     }
                     Err(e) => {

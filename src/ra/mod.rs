@@ -2,9 +2,13 @@
 //! certificate will say (profile, vetted subject, checked CSR key), then asks the CA to sign.
 
 pub mod csr;
+mod service;
 mod subject;
+mod tenants;
 
+pub use service::{StatusChange, TELLER_REQUEST_TTL_SECS};
 pub use subject::{build as build_subject, escape_dn_value, parse_vetted, BankIdentity};
+pub use tenants::{NewCredential, Principal, Role, MAX_TOKEN_LEN};
 
 use std::sync::Arc;
 
@@ -42,6 +46,24 @@ pub enum RaError {
     NoIdHashKey(String),
     #[error(transparent)]
     Ca(#[from] CaError),
+    #[error(transparent)]
+    Store(crate::store::StoreError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("missing, malformed, unknown, expired or revoked bearer token")]
+    Unauthenticated,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("teller certificates are issued only through POST /v1/teller-requests and a second teller-admin's approval")]
+    TellerNeedsApproval,
+    #[error("a teller-admin cannot approve a request it filed: a second teller-admin must")]
+    SelfApproval,
+    #[error("the teller request expired before a second teller-admin approved it; file it again")]
+    RequestExpired,
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// A request for a certificate, as the front end received it.
@@ -54,6 +76,16 @@ pub struct CertificateRequest<'a> {
     pub actor: &'a str,
     /// The CA operator's break-glass path (the CLI on the CA host): audited as such.
     pub break_glass: bool,
+    /// The bank asking: its tenant id owns the certificate and its registered name is the O.
+    /// `None`: the CA operator, for the bank named in the config.
+    pub tenant: Option<&'a TenantIdentity>,
+}
+
+/// A bank as the RA sees it.
+#[derive(Debug, Clone)]
+pub struct TenantIdentity {
+    pub id: String,
+    pub name: String,
 }
 
 /// The registration authority.
@@ -99,7 +131,41 @@ impl Registrar {
     /// Checks a request and has the CA issue it.
     pub fn issue(&self, req: &CertificateRequest<'_>) -> Result<Issued, RaError> {
         let profile = self.profile(req.profile)?;
-        let parsed = csr::parse(req.csr)?;
+        let (subject, spki, subject_serial_digest) =
+            self.check_request(profile, req.csr, req.subject, req.tenant)?;
+        let audit_details = if req.break_glass {
+            serde_json::json!({"path": "operator-cli", "break_glass": true})
+        } else {
+            serde_json::json!({})
+        };
+        Ok(self.authority.issue(LeafRequest {
+            profile,
+            subject,
+            subject_serial_digest,
+            spki,
+            actor: req.actor,
+            audit_details,
+            owner: req.tenant.map(|t| t.id.clone()),
+        })?)
+    }
+
+    /// Everything the RA decides before the CA signs: the CSR's key is allowed and its proof of
+    /// possession holds; the subject is the vetted data under the profile's rules.
+    fn check_request(
+        &self,
+        profile: &Profile,
+        csr_bytes: &[u8],
+        subject: &str,
+        tenant: Option<&TenantIdentity>,
+    ) -> Result<
+        (
+            x509_cert::name::Name,
+            spki::SubjectPublicKeyInfoOwned,
+            Option<String>,
+        ),
+        RaError,
+    > {
+        let parsed = csr::parse(csr_bytes)?;
         match &parsed.key {
             CsrKey::Supported(k) if profile.key_types.contains(k) => {}
             other => {
@@ -116,25 +182,24 @@ impl Registrar {
             }
         }
         csr::verify_proof_of_possession(&parsed)?;
-        let vetted = parse_vetted(req.subject)?;
+        let vetted = parse_vetted(subject)?;
         let id_hash = |v: &str| self.keyed_id_hash(&profile.name, v);
-        let subject = build_subject(profile, &vetted, &self.bank, &id_hash)?;
-        let subject_serial_digest = vetted
+        let bank = match tenant {
+            Some(t) => BankIdentity {
+                organization: t.name.clone(),
+                country: self.bank.country.clone(),
+            },
+            None => self.bank.clone(),
+        };
+        let name = build_subject(profile, &vetted, &bank, &id_hash)?;
+        let digest = vetted
             .get(&SubjectAttr::SerialNumber)
             .map(|id| self.lookup_digest(id));
-        let audit_details = if req.break_glass {
-            serde_json::json!({"path": "operator-cli", "break_glass": true})
-        } else {
-            serde_json::json!({})
-        };
-        Ok(self.authority.issue(LeafRequest {
-            profile,
-            subject,
-            subject_serial_digest,
-            spki: parsed.spki().clone(),
-            actor: req.actor,
-            audit_details,
-        })?)
+        Ok((name, parsed.spki().clone(), digest))
+    }
+
+    pub fn store(&self) -> &std::sync::Arc<dyn crate::store::Store> {
+        self.authority.store()
     }
 
     fn keyed_id_hash(&self, profile: &str, id: &str) -> Result<String, RaError> {

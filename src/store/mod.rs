@@ -87,6 +87,8 @@ pub struct CertRecord {
     pub cert_der: Option<Vec<u8>>,
     pub created_at: i64,
     pub revocation: Option<RevocationRecord>,
+    /// The tenant that requested it (`None`: the CA operator). Opaque to the CA.
+    pub owner: Option<String>,
 }
 
 /// An entry of a CRL.
@@ -124,6 +126,42 @@ pub struct CrlRecord {
     pub this_update: i64,
     pub next_update: i64,
     pub crl_der: Option<Vec<u8>>,
+}
+
+/// A bank served by this CA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantRecord {
+    pub id: String,
+    pub name: String,
+    pub created_at: i64,
+}
+
+/// An API credential. The token itself is never stored, only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialRecord {
+    pub id: String,
+    pub tenant_id: String,
+    pub role: String,
+    pub token_hash: Vec<u8>,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+/// A teller certificate request awaiting a second teller-admin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TellerRequestRecord {
+    pub id: String,
+    pub tenant_id: String,
+    pub requested_by: String,
+    pub csr: Vec<u8>,
+    pub subject: String,
+    pub status: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub decided_by: Option<String>,
+    pub decided_at: Option<i64>,
+    pub serial: Option<String>,
 }
 
 /// The store. Implementations must be safe to share between threads and between processes
@@ -188,10 +226,52 @@ pub trait Store: Send + Sync {
     /// The newest signed CRL of (issuer, shard).
     fn latest_crl(&self, issuer: IssuerId, shard: Option<u32>) -> Result<Option<CrlRecord>>;
 
+    /// Certificates of `owner` whose subject serialNumber has this digest.
+    fn certificates_by_subject_serial(&self, owner: &str, digest: &str) -> Result<Vec<CertRecord>>;
+
+    fn add_tenant(&self, tenant: &TenantRecord, event: &AuditEvent) -> Result<AuditRecord>;
+    fn tenant_by_name(&self, name: &str) -> Result<Option<TenantRecord>>;
+    fn tenant(&self, id: &str) -> Result<Option<TenantRecord>>;
+
+    fn add_credential(&self, cred: &CredentialRecord, event: &AuditEvent) -> Result<AuditRecord>;
+    fn credential_by_token_hash(&self, hash: &[u8]) -> Result<Option<CredentialRecord>>;
+    fn credentials(&self, tenant_id: &str) -> Result<Vec<CredentialRecord>>;
+    fn revoke_credential(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        at: i64,
+        event: &AuditEvent,
+    ) -> Result<AuditRecord>;
+
+    fn add_teller_request(
+        &self,
+        req: &TellerRequestRecord,
+        event: &AuditEvent,
+    ) -> Result<AuditRecord>;
+    fn teller_request(&self, id: &str) -> Result<Option<TellerRequestRecord>>;
+    /// Moves a pending request to `status` (approved or expired), only if it is still pending:
+    /// of two concurrent approvals, one wins.
+    fn decide_teller_request(
+        &self,
+        id: &str,
+        status: &str,
+        decided_by: &str,
+        at: i64,
+        event: &AuditEvent,
+    ) -> Result<AuditRecord>;
+    /// Records the serial issued for an approved request.
+    fn set_teller_request_serial(&self, id: &str, serial: &str) -> Result<()>;
+    /// Puts an approved request whose issuance failed back to pending.
+    fn reopen_teller_request(&self, id: &str) -> Result<()>;
+
     /// Appends one audit event on its own (for changes outside the store, like a key ceremony step).
     fn append_audit(&self, at: i64, event: &AuditEvent) -> Result<AuditRecord>;
     /// Audit events with seq > `after`, in order.
     fn audit_events(&self, after: u64) -> Result<Vec<AuditRecord>>;
+    /// One bank's events with seq > `after`, in order, at most `limit`.
+    fn tenant_audit_events(&self, tenant: &str, after: u64, limit: u32)
+        -> Result<Vec<AuditRecord>>;
     /// The newest event, if any.
     fn audit_head(&self) -> Result<Option<AuditRecord>>;
     fn add_checkpoint(&self, cp: &Checkpoint) -> Result<()>;

@@ -126,8 +126,8 @@ fn append(tx: &Transaction, at: i64, event: &AuditEvent) -> Result<AuditRecord> 
     };
     let hash = chain_hash(&prev, seq, at, event);
     tx.execute(
-        "INSERT INTO audit_events (seq, at, actor, action, object, details, prev_hash, hash)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO audit_events (seq, at, actor, action, object, details, tenant, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![
             seq as i64,
             at,
@@ -135,6 +135,7 @@ fn append(tx: &Transaction, at: i64, event: &AuditEvent) -> Result<AuditRecord> 
             event.action,
             event.object,
             event.details,
+            event.tenant,
             prev,
             hash.to_vec()
         ],
@@ -147,13 +148,30 @@ fn append(tx: &Transaction, at: i64, event: &AuditEvent) -> Result<AuditRecord> 
         action: event.action.clone(),
         object: event.object.clone(),
         details: event.details.clone(),
+        tenant: event.tenant.clone(),
         prev_hash: prev,
         hash: hash.to_vec(),
     })
 }
 
+const AUDIT_COLUMNS: &str = "seq, at, actor, action, object, details, tenant, prev_hash, hash";
+
+fn audit_from_row(r: &Row) -> rusqlite::Result<AuditRecord> {
+    Ok(AuditRecord {
+        seq: r.get::<_, i64>(0)? as u64,
+        at: r.get(1)?,
+        actor: r.get(2)?,
+        action: r.get(3)?,
+        object: r.get(4)?,
+        details: r.get(5)?,
+        tenant: r.get(6)?,
+        prev_hash: r.get(7)?,
+        hash: r.get(8)?,
+    })
+}
+
 const CERT_COLUMNS: &str = "serial, issuer, profile, status, subject, subject_serial_digest, shard,
-     not_before, not_after, tbs_der, cert_der, created_at, revoked_at, revocation_reason, invalidity_date";
+     not_before, not_after, tbs_der, cert_der, created_at, revoked_at, revocation_reason, invalidity_date, owner";
 
 fn cert_from_row(r: &Row) -> rusqlite::Result<(CertRecord, String, String)> {
     let revoked_at: Option<i64> = r.get(12)?;
@@ -180,6 +198,7 @@ fn cert_from_row(r: &Row) -> rusqlite::Result<(CertRecord, String, String)> {
                 reason_code: reason.map(|c| c as u8),
                 invalidity_date: invalidity,
             }),
+            owner: r.get(15)?,
         },
         issuer,
         status,
@@ -254,8 +273,8 @@ impl Store for SqliteStore {
         self.tx(|tx| {
             tx.execute(
                 "INSERT INTO certificates (serial, issuer, profile, status, subject, subject_serial_digest,
-                    shard, not_before, not_after, tbs_der, cert_der, created_at)
-                 VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?8, ?9, NULL, ?10)",
+                    shard, not_before, not_after, tbs_der, cert_der, created_at, owner)
+                 VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?8, ?9, NULL, ?10, ?11)",
                 params![
                     rec.serial,
                     rec.issuer.as_str(),
@@ -266,7 +285,8 @@ impl Store for SqliteStore {
                     rec.not_before,
                     rec.not_after,
                     rec.tbs_der,
-                    rec.created_at
+                    rec.created_at,
+                    rec.owner
                 ],
             )
             .map_err(|e| {
@@ -506,24 +526,31 @@ impl Store for SqliteStore {
     fn audit_events(&self, after: u64) -> Result<Vec<AuditRecord>> {
         self.read(|c| {
             let mut st = c
-                .prepare(
-                    "SELECT seq, at, actor, action, object, details, prev_hash, hash FROM audit_events
-                     WHERE seq > ?1 ORDER BY seq",
-                )
+                .prepare(&format!(
+                    "SELECT {AUDIT_COLUMNS} FROM audit_events WHERE seq > ?1 ORDER BY seq"
+                ))
                 .map_err(map_err)?;
             let rows = st
-                .query_map([after as i64], |r| {
-                    Ok(AuditRecord {
-                        seq: r.get::<_, i64>(0)? as u64,
-                        at: r.get(1)?,
-                        actor: r.get(2)?,
-                        action: r.get(3)?,
-                        object: r.get(4)?,
-                        details: r.get(5)?,
-                        prev_hash: r.get(6)?,
-                        hash: r.get(7)?,
-                    })
-                })
+                .query_map([after as i64], audit_from_row)
+                .map_err(map_err)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(map_err)
+        })
+    }
+
+    fn tenant_audit_events(
+        &self,
+        tenant: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>> {
+        self.read(|c| {
+            let mut st = c
+                .prepare(&format!(
+                    "SELECT {AUDIT_COLUMNS} FROM audit_events WHERE tenant = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+                ))
+                .map_err(map_err)?;
+            let rows = st
+                .query_map(params![tenant, after as i64, limit], audit_from_row)
                 .map_err(map_err)?;
             rows.collect::<rusqlite::Result<Vec<_>>>().map_err(map_err)
         })
@@ -532,21 +559,9 @@ impl Store for SqliteStore {
     fn audit_head(&self) -> Result<Option<AuditRecord>> {
         self.read(|c| {
             c.query_row(
-                "SELECT seq, at, actor, action, object, details, prev_hash, hash FROM audit_events
-                 ORDER BY seq DESC LIMIT 1",
+                &format!("SELECT {AUDIT_COLUMNS} FROM audit_events ORDER BY seq DESC LIMIT 1"),
                 [],
-                |r| {
-                    Ok(AuditRecord {
-                        seq: r.get::<_, i64>(0)? as u64,
-                        at: r.get(1)?,
-                        actor: r.get(2)?,
-                        action: r.get(3)?,
-                        object: r.get(4)?,
-                        details: r.get(5)?,
-                        prev_hash: r.get(6)?,
-                        hash: r.get(7)?,
-                    })
-                },
+                audit_from_row,
             )
             .optional()
             .map_err(map_err)
@@ -582,4 +597,252 @@ impl Store for SqliteStore {
             rows.collect::<rusqlite::Result<Vec<_>>>().map_err(map_err)
         })
     }
+
+    fn certificates_by_subject_serial(&self, owner: &str, digest: &str) -> Result<Vec<CertRecord>> {
+        self.read(|c| {
+            let mut st = c
+                .prepare(&format!(
+                    "SELECT {CERT_COLUMNS} FROM certificates
+                     WHERE owner = ?1 AND subject_serial_digest = ?2 AND status = 'issued'
+                     ORDER BY created_at, serial"
+                ))
+                .map_err(map_err)?;
+            let rows = st
+                .query_map(params![owner, digest], cert_from_row)
+                .map_err(map_err)?;
+            rows.map(|r| r.map_err(map_err).and_then(finish_cert))
+                .collect()
+        })
+    }
+
+    fn add_tenant(&self, tenant: &TenantRecord, event: &AuditEvent) -> Result<AuditRecord> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT INTO tenants (id, name, created_at) VALUES (?1, ?2, ?3)",
+                params![tenant.id, tenant.name, tenant.created_at],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::Conflict(format!("a tenant named {:?} exists", tenant.name))
+                } else {
+                    map_err(e)
+                }
+            })?;
+            append(tx, tenant.created_at, event)
+        })
+    }
+
+    fn tenant_by_name(&self, name: &str) -> Result<Option<TenantRecord>> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT id, name, created_at FROM tenants WHERE name = ?1",
+                [name],
+                tenant_from_row,
+            )
+            .optional()
+            .map_err(map_err)
+        })
+    }
+
+    fn tenant(&self, id: &str) -> Result<Option<TenantRecord>> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT id, name, created_at FROM tenants WHERE id = ?1",
+                [id],
+                tenant_from_row,
+            )
+            .optional()
+            .map_err(map_err)
+        })
+    }
+
+    fn add_credential(&self, cred: &CredentialRecord, event: &AuditEvent) -> Result<AuditRecord> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT INTO credentials (id, tenant_id, role, token_hash, created_at, expires_at, revoked_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)",
+                params![
+                    cred.id,
+                    cred.tenant_id,
+                    cred.role,
+                    cred.token_hash,
+                    cred.created_at,
+                    cred.expires_at
+                ],
+            )
+            .map_err(map_err)?;
+            append(tx, cred.created_at, event)
+        })
+    }
+
+    fn credential_by_token_hash(&self, hash: &[u8]) -> Result<Option<CredentialRecord>> {
+        self.read(|c| {
+            c.query_row(
+                &format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE token_hash = ?1"),
+                [hash],
+                credential_from_row,
+            )
+            .optional()
+            .map_err(map_err)
+        })
+    }
+
+    fn credentials(&self, tenant_id: &str) -> Result<Vec<CredentialRecord>> {
+        self.read(|c| {
+            let mut st = c
+                .prepare(&format!(
+                    "SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE tenant_id = ?1 ORDER BY created_at, id"
+                ))
+                .map_err(map_err)?;
+            let rows = st
+                .query_map([tenant_id], credential_from_row)
+                .map_err(map_err)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(map_err)
+        })
+    }
+
+    fn revoke_credential(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        at: i64,
+        event: &AuditEvent,
+    ) -> Result<AuditRecord> {
+        self.tx(|tx| {
+            let n = tx
+                .execute(
+                    "UPDATE credentials SET revoked_at = ?3 WHERE tenant_id = ?1 AND id = ?2 AND revoked_at IS NULL",
+                    params![tenant_id, id, at],
+                )
+                .map_err(map_err)?;
+            if n != 1 {
+                return Err(StoreError::NotFound(format!(
+                    "active credential {id} of this tenant"
+                )));
+            }
+            append(tx, at, event)
+        })
+    }
+
+    fn add_teller_request(
+        &self,
+        req: &TellerRequestRecord,
+        event: &AuditEvent,
+    ) -> Result<AuditRecord> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT INTO teller_requests (id, tenant_id, requested_by, csr, subject, status, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7)",
+                params![
+                    req.id,
+                    req.tenant_id,
+                    req.requested_by,
+                    req.csr,
+                    req.subject,
+                    req.created_at,
+                    req.expires_at
+                ],
+            )
+            .map_err(map_err)?;
+            append(tx, req.created_at, event)
+        })
+    }
+
+    fn teller_request(&self, id: &str) -> Result<Option<TellerRequestRecord>> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT id, tenant_id, requested_by, csr, subject, status, created_at, expires_at,
+                        decided_by, decided_at, serial FROM teller_requests WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok(TellerRequestRecord {
+                        id: r.get(0)?,
+                        tenant_id: r.get(1)?,
+                        requested_by: r.get(2)?,
+                        csr: r.get(3)?,
+                        subject: r.get(4)?,
+                        status: r.get(5)?,
+                        created_at: r.get(6)?,
+                        expires_at: r.get(7)?,
+                        decided_by: r.get(8)?,
+                        decided_at: r.get(9)?,
+                        serial: r.get(10)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(map_err)
+        })
+    }
+
+    fn decide_teller_request(
+        &self,
+        id: &str,
+        status: &str,
+        decided_by: &str,
+        at: i64,
+        event: &AuditEvent,
+    ) -> Result<AuditRecord> {
+        self.tx(|tx| {
+            let n = tx
+                .execute(
+                    "UPDATE teller_requests SET status = ?2, decided_by = ?3, decided_at = ?4
+                     WHERE id = ?1 AND status = 'pending'",
+                    params![id, status, decided_by, at],
+                )
+                .map_err(map_err)?;
+            if n != 1 {
+                return Err(StoreError::Conflict(format!(
+                    "teller request {id} is no longer pending"
+                )));
+            }
+            append(tx, at, event)
+        })
+    }
+
+    fn set_teller_request_serial(&self, id: &str, serial: &str) -> Result<()> {
+        self.tx(|tx| {
+            tx.execute(
+                "UPDATE teller_requests SET serial = ?2 WHERE id = ?1",
+                params![id, serial],
+            )
+            .map_err(map_err)?;
+            Ok(())
+        })
+    }
+
+    fn reopen_teller_request(&self, id: &str) -> Result<()> {
+        self.tx(|tx| {
+            tx.execute(
+                "UPDATE teller_requests SET status = 'pending', decided_by = NULL, decided_at = NULL
+                 WHERE id = ?1 AND status = 'approved' AND serial IS NULL",
+                [id],
+            )
+            .map_err(map_err)?;
+            Ok(())
+        })
+    }
+}
+
+fn tenant_from_row(r: &Row) -> rusqlite::Result<TenantRecord> {
+    Ok(TenantRecord {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        created_at: r.get(2)?,
+    })
+}
+
+const CREDENTIAL_COLUMNS: &str =
+    "id, tenant_id, role, token_hash, created_at, expires_at, revoked_at";
+
+fn credential_from_row(r: &Row) -> rusqlite::Result<CredentialRecord> {
+    Ok(CredentialRecord {
+        id: r.get(0)?,
+        tenant_id: r.get(1)?,
+        role: r.get(2)?,
+        token_hash: r.get(3)?,
+        created_at: r.get(4)?,
+        expires_at: r.get(5)?,
+        revoked_at: r.get(6)?,
+    })
 }

@@ -25,8 +25,10 @@ CREATE TABLE certificates (
     created_at      INTEGER NOT NULL,
     revoked_at      INTEGER,
     revocation_reason INTEGER,             -- RFC 5280 CRLReason code; NULL = unspecified (no reasonCode)
-    invalidity_date INTEGER
+    invalidity_date INTEGER,
+    owner           TEXT                   -- the tenant that requested it (NULL: the CA operator)
 );
+CREATE INDEX certificates_owner_subject ON certificates(owner, subject_serial_digest);
 CREATE INDEX certificates_pending ON certificates(status, created_at) WHERE status = 'pending';
 CREATE INDEX certificates_revoked ON certificates(issuer, shard) WHERE revoked_at IS NOT NULL;
 CREATE INDEX certificates_subject_serial ON certificates(subject_serial_digest);
@@ -51,6 +53,7 @@ CREATE TABLE audit_events (
     action    TEXT NOT NULL,
     object    TEXT NOT NULL,
     details   TEXT NOT NULL,
+    tenant    TEXT,                        -- the bank the event concerns (NULL: CA-wide)
     prev_hash BLOB NOT NULL,
     hash      BLOB NOT NULL
 );
@@ -61,4 +64,36 @@ CREATE TABLE audit_checkpoints (
     hash      BLOB NOT NULL,
     at        INTEGER NOT NULL,
     signature BLOB NOT NULL
+);
+
+-- Banks served by this CA, and their API credentials (tokens are stored hashed only).
+CREATE TABLE tenants (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,      -- the bank's registered name: the O of its certificates
+    created_at  INTEGER NOT NULL
+);
+
+CREATE TABLE credentials (
+    id          TEXT PRIMARY KEY,
+    tenant_id   TEXT NOT NULL REFERENCES tenants(id),
+    role        TEXT NOT NULL,
+    token_hash  BLOB NOT NULL UNIQUE,      -- SHA-256 of the bearer token
+    created_at  INTEGER NOT NULL,
+    expires_at  INTEGER,
+    revoked_at  INTEGER
+);
+
+-- Teller certificate requests awaiting a second teller-admin (two-person rule).
+CREATE TABLE teller_requests (
+    id            TEXT PRIMARY KEY,
+    tenant_id     TEXT NOT NULL REFERENCES tenants(id),
+    requested_by  TEXT NOT NULL,           -- credential id
+    csr           BLOB NOT NULL,
+    subject       TEXT NOT NULL,
+    status        TEXT NOT NULL CHECK (status IN ('pending', 'approved', 'expired')),
+    created_at    INTEGER NOT NULL,
+    expires_at    INTEGER NOT NULL,
+    decided_by    TEXT,
+    decided_at    INTEGER,
+    serial        TEXT
 );

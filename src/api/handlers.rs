@@ -1,0 +1,332 @@
+//! The /v1 routes of banks and auditors, and the operational routes.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use super::{blocking, ApiError, ApiJson, Caller, Shared};
+use crate::ca::{pem_certificate, Issued, Reason};
+use crate::ra::{Principal, StatusChange};
+use crate::store::CertRecord;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateRequestBody {
+    profile: String,
+    csr: String,
+    subject: String,
+}
+
+#[derive(Serialize)]
+pub struct IssuedBody {
+    serial: String,
+    issuer: String,
+    certificate: String,
+    chain: Vec<String>,
+}
+
+impl From<Issued> for IssuedBody {
+    fn from(i: Issued) -> Self {
+        IssuedBody {
+            serial: i.serial.clone(),
+            issuer: i.issuer.as_str().into(),
+            certificate: pem_certificate(&i.der),
+            chain: i.chain.iter().map(|c| c.pem()).collect(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct CertificateBody {
+    serial: String,
+    issuer: String,
+    profile: String,
+    status: &'static str,
+    not_before: i64,
+    not_after: i64,
+    revoked_at: Option<i64>,
+    revocation_reason: Option<&'static str>,
+    certificate: Option<String>,
+}
+
+impl From<CertRecord> for CertificateBody {
+    fn from(c: CertRecord) -> Self {
+        let (status, reason) = match c.revocation {
+            None => ("good", None),
+            Some(r) if r.reason_code == Some(crate::ca::HOLD_REASON_CODE) => {
+                ("on_hold", Some("certificateHold"))
+            }
+            Some(r) => (
+                "revoked",
+                Some(
+                    r.reason_code
+                        .and_then(Reason::from_code)
+                        .map(Reason::name)
+                        .unwrap_or("unspecified"),
+                ),
+            ),
+        };
+        CertificateBody {
+            serial: c.serial,
+            issuer: c.issuer.as_str().into(),
+            profile: c.profile,
+            status,
+            not_before: c.not_before,
+            not_after: c.not_after,
+            revoked_at: c.revocation.map(|r| r.revoked_at),
+            revocation_reason: reason,
+            certificate: c.cert_der.as_deref().map(pem_certificate),
+        }
+    }
+}
+
+fn created(body: IssuedBody) -> Response {
+    (StatusCode::CREATED, Json(body)).into_response()
+}
+
+pub async fn request_certificate(
+    State(state): State<Shared>,
+    Caller(who): Caller,
+    ApiJson(body): ApiJson<CertificateRequestBody>,
+) -> Result<Response, ApiError> {
+    let issued = blocking(move || {
+        let issued = state.signet.registrar.request_certificate(
+            &who,
+            &body.profile,
+            body.csr.as_bytes(),
+            &body.subject,
+        )?;
+        state.metrics.issued();
+        Ok(issued)
+    })
+    .await?;
+    Ok(created(issued.into()))
+}
+
+pub async fn get_certificate(
+    State(state): State<Shared>,
+    Caller(who): Caller,
+    Path(serial): Path<String>,
+) -> Result<Json<CertificateBody>, ApiError> {
+    let rec = blocking(move || Ok(state.signet.registrar.own_certificate(&who, &serial)?)).await?;
+    Ok(Json(rec.into()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchBody {
+    subject_serial: String,
+}
+
+pub async fn search_certificates(
+    State(state): State<Shared>,
+    Caller(who): Caller,
+    ApiJson(body): ApiJson<SearchBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let recs = blocking(move || {
+        Ok(state
+            .signet
+            .registrar
+            .search_by_subject_serial(&who, &body.subject_serial)?)
+    })
+    .await?;
+    let list: Vec<CertificateBody> = recs.into_iter().map(Into::into).collect();
+    Ok(Json(serde_json::json!({ "certificates": list })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeBody {
+    reason: String,
+    /// RFC 3339 UTC, e.g. 2026-11-01T00:00:00Z.
+    invalidity_date: Option<String>,
+}
+
+async fn change(
+    state: Shared,
+    who: Principal,
+    serial: String,
+    change: StatusChange,
+) -> Result<Json<CertificateBody>, ApiError> {
+    let st = state.clone();
+    let rec =
+        blocking(move || Ok(st.signet.registrar.change_status(&who, &serial, change)?)).await?;
+    state.publish.status_changed();
+    Ok(Json(rec.into()))
+}
+
+pub async fn revoke(
+    State(state): State<Shared>,
+    Caller(who): Caller,
+    Path(serial): Path<String>,
+    ApiJson(body): ApiJson<RevokeBody>,
+) -> Result<Json<CertificateBody>, ApiError> {
+    let reason = Reason::parse(&body.reason)
+        .filter(|r| *r != Reason::CertificateHold)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_reason",
+                format!(
+                    "{:?} is not an RFC 5280 revocation reason (for certificateHold use .../hold)",
+                    body.reason
+                ),
+            )
+        })?;
+    let invalidity = body
+        .invalidity_date
+        .as_deref()
+        .map(|d| {
+            parse_utc(d).ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_request",
+                    "invalidity_date must look like 2026-11-01T00:00:00Z",
+                )
+            })
+        })
+        .transpose()?;
+    change(state, who, serial, StatusChange::Revoke(reason, invalidity)).await
+}
+
+pub async fn hold(
+    State(state): State<Shared>,
+    Caller(who): Caller,
+    Path(serial): Path<String>,
+) -> Result<Json<CertificateBody>, ApiError> {
+    change(state, who, serial, StatusChange::Hold).await
+}
+
+pub async fn release(
+    State(state): State<Shared>,
+    Caller(who): Caller,
+    Path(serial): Path<String>,
+) -> Result<Json<CertificateBody>, ApiError> {
+    change(state, who, serial, StatusChange::Release).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TellerRequestBody {
+    csr: String,
+    subject: String,
+}
+
+pub async fn submit_teller_request(
+    State(state): State<Shared>,
+    Caller(who): Caller,
+    ApiJson(body): ApiJson<TellerRequestBody>,
+) -> Result<Response, ApiError> {
+    let rec = blocking(move || {
+        Ok(state.signet.registrar.submit_teller_request(
+            &who,
+            body.csr.as_bytes(),
+            &body.subject,
+        )?)
+    })
+    .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({"id": rec.id, "status": rec.status, "expires_at": rec.expires_at})),
+    )
+        .into_response())
+}
+
+pub async fn approve_teller_request(
+    State(state): State<Shared>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let issued = blocking(move || {
+        let issued = state.signet.registrar.approve_teller_request(&who, &id)?;
+        state.metrics.issued();
+        Ok(issued)
+    })
+    .await?;
+    Ok(created(issued.into()))
+}
+
+#[derive(Deserialize)]
+pub struct AuditQuery {
+    since: Option<u64>,
+    limit: Option<u32>,
+}
+
+pub async fn audit_events(
+    State(state): State<Shared>,
+    Caller(who): Caller,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let limit = q.limit.unwrap_or(500).clamp(1, 5000);
+    let events = blocking(move || {
+        Ok(state
+            .signet
+            .registrar
+            .tenant_audit_events(&who, q.since.unwrap_or(0), limit)?)
+    })
+    .await?;
+    Ok(Json(serde_json::json!({ "events": events })))
+}
+
+pub async fn healthz(State(state): State<Shared>) -> Response {
+    let (hsm, store) = blocking(move || {
+        let hsm = state.signet.hsm.is_available();
+        let store = state.signet.store.audit_head().is_ok();
+        Ok((hsm, store))
+    })
+    .await
+    .unwrap_or((false, false));
+    let word = |ok: bool| if ok { "ok" } else { "unavailable" };
+    let status = if hsm && store {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(serde_json::json!({"status": word(hsm && store), "hsm": word(hsm), "store": word(store)})),
+    )
+        .into_response()
+}
+
+pub async fn metrics(State(state): State<Shared>) -> Response {
+    let text = state.metrics.render(&state.signet.hsm.stats());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+pub async fn no_route() -> ApiError {
+    ApiError::not_found("no such route; see /openapi.json")
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` to Unix seconds.
+pub(crate) fn parse_utc(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() != 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+        || b[19] != b'Z'
+    {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<u16>().ok();
+    let dt = der::DateTime::new(
+        n(0..4)?,
+        n(5..7)? as u8,
+        n(8..10)? as u8,
+        n(11..13)? as u8,
+        n(14..16)? as u8,
+        n(17..19)? as u8,
+    )
+    .ok()?;
+    Some(dt.unix_duration().as_secs() as i64)
+}

@@ -1,0 +1,209 @@
+//! The HTTP front end (axum): parses and authenticates, hands every decision to the RA and
+//! every signature to the CA, maps their errors to stable codes. Blocking work (HSM, SQLite)
+//! runs on tokio's blocking pool.
+
+mod error;
+mod handlers;
+mod metrics;
+mod openapi;
+mod publish;
+
+pub use error::ApiError;
+pub use metrics::Metrics;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use serde::de::DeserializeOwned;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::app::Signet;
+use crate::ra::{Principal, MAX_TOKEN_LEN};
+
+/// Largest request body on any route.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Longest a request may take before it is answered 408.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What every handler shares.
+pub struct AppState {
+    pub signet: Signet,
+    pub metrics: Metrics,
+    pub publish: publish::Publisher,
+}
+
+pub type Shared = Arc<AppState>;
+
+/// Runs blocking work (HSM, SQLite) off the async workers.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "blocking task failed");
+        Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the request could not be completed",
+        ))
+    })
+}
+
+/// JSON body extractor whose rejections are API errors with stable codes.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        use axum::extract::rejection::JsonRejection;
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(ApiJson(v)),
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as JSON with Content-Type: application/json",
+            )),
+            Err(JsonRejection::BytesRejection(_)) => Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("request bodies are limited to {MAX_BODY_BYTES} bytes"),
+            )),
+            Err(JsonRejection::JsonDataError(e)) => Err(ApiError::bad_request(
+                "invalid_request",
+                format!(
+                    "the JSON body does not have the expected fields: {}",
+                    e.body_text()
+                ),
+            )),
+            Err(e) => Err(ApiError::bad_request(
+                "malformed_json",
+                format!("the body is not valid JSON: {}", e.body_text()),
+            )),
+        }
+    }
+}
+
+/// The authenticated caller, from `Authorization: Bearer <token>`.
+pub struct Caller(pub Principal);
+
+impl FromRequestParts<Shared> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Shared,
+    ) -> Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| v.len() <= MAX_TOKEN_LEN + 16)
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| t.trim().to_string());
+        let origin = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip().to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let state = state.clone();
+        let principal = blocking(move || {
+            state
+                .signet
+                .registrar
+                .authenticate(token.as_deref(), &origin)
+                .map_err(ApiError::from)
+        })
+        .await?;
+        Ok(Caller(principal))
+    }
+}
+
+/// Every route of the service (the OpenAPI document lists the /v1 ones).
+pub fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/v1/certificates", post(handlers::request_certificate))
+        .route(
+            "/v1/certificates/search",
+            post(handlers::search_certificates),
+        )
+        .route("/v1/certificates/{serial}", get(handlers::get_certificate))
+        .route("/v1/certificates/{serial}/revoke", post(handlers::revoke))
+        .route("/v1/certificates/{serial}/hold", post(handlers::hold))
+        .route("/v1/certificates/{serial}/release", post(handlers::release))
+        .route("/v1/teller-requests", post(handlers::submit_teller_request))
+        .route(
+            "/v1/teller-requests/{id}/approve",
+            post(handlers::approve_teller_request),
+        )
+        .route("/v1/audit-events", get(handlers::audit_events))
+        .route("/v1/ca", get(publish::ca_chain))
+        .route("/ca/{file}", get(publish::ca_certificate))
+        .route("/crl/{file}", get(publish::crl))
+        .route("/ocsp", post(publish::ocsp_post))
+        .route("/ocsp/{*request}", get(publish::ocsp_get))
+        .route("/healthz", get(handlers::healthz))
+        .route("/metrics", get(handlers::metrics))
+        .route("/openapi.json", get(openapi::document))
+        .fallback(handlers::no_route)
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .with_state(state)
+}
+
+/// Counts requests and their latency per route.
+async fn observe(State(state): State<Shared>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    state
+        .metrics
+        .observe_request(&route, resp.status().as_u16(), start.elapsed());
+    resp
+}
+
+/// Serves until `shutdown` resolves; in-flight requests finish, then the audit head is
+/// checkpointed.
+pub async fn serve(
+    signet: Signet,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let state = Arc::new(AppState {
+        publish: publish::Publisher::new(&signet),
+        signet,
+        metrics: Metrics::default(),
+    });
+    let refresher = tokio::spawn(publish::refresh_crls(state.clone()));
+    let app = router(state.clone());
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await?;
+    refresher.abort();
+    let s = state.clone();
+    let closing = tokio::task::spawn_blocking(move || s.signet.shutdown()).await;
+    match closing {
+        Ok(Ok(())) => tracing::info!("audit checkpoint written; stopped"),
+        Ok(Err(e)) => tracing::error!(error = %e, "audit checkpoint at shutdown failed"),
+        Err(e) => tracing::error!(error = %e, "shutdown task failed"),
+    }
+    Ok(())
+}

@@ -1,0 +1,202 @@
+//! The OpenAPI 3 document of the /v1 routes, built from one table that tests compare with the
+//! router.
+
+use axum::Json;
+use serde_json::{json, Value};
+
+/// One documented route.
+pub struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub summary: &'static str,
+    pub role: &'static str,
+    /// Name of the request body's schema.
+    pub body: Option<&'static str>,
+    /// Status of success.
+    pub status: &'static str,
+}
+
+const fn route(
+    method: &'static str,
+    path: &'static str,
+    summary: &'static str,
+    role: &'static str,
+    body: Option<&'static str>,
+    status: &'static str,
+) -> Route {
+    Route {
+        method,
+        path,
+        summary,
+        role,
+        body,
+        status,
+    }
+}
+
+/// Every /v1 route.
+pub const V1_ROUTES: &[Route] = &[
+    route(
+        "post",
+        "/v1/certificates",
+        "Issue a customer certificate from a CSR and vetted subject",
+        "ra-officer",
+        Some("CertificateRequest"),
+        "201",
+    ),
+    route(
+        "post",
+        "/v1/certificates/search",
+        "Find the bank's certificates by the subject's ID number",
+        "ra-officer, teller-admin, auditor",
+        Some("SearchRequest"),
+        "200",
+    ),
+    route(
+        "get",
+        "/v1/certificates/{serial}",
+        "One of the bank's certificates",
+        "ra-officer, teller-admin, auditor",
+        None,
+        "200",
+    ),
+    route(
+        "post",
+        "/v1/certificates/{serial}/revoke",
+        "Revoke one of the bank's certificates",
+        "ra-officer (customer), teller-admin (teller)",
+        Some("RevokeRequest"),
+        "200",
+    ),
+    route(
+        "post",
+        "/v1/certificates/{serial}/hold",
+        "Put a teller certificate on hold",
+        "teller-admin",
+        None,
+        "200",
+    ),
+    route(
+        "post",
+        "/v1/certificates/{serial}/release",
+        "Release a teller certificate from hold",
+        "teller-admin",
+        None,
+        "200",
+    ),
+    route(
+        "post",
+        "/v1/teller-requests",
+        "File a teller certificate request (a second teller-admin approves)",
+        "teller-admin",
+        Some("TellerRequest"),
+        "202",
+    ),
+    route(
+        "post",
+        "/v1/teller-requests/{id}/approve",
+        "Approve another teller-admin's request: issues the certificate",
+        "teller-admin",
+        None,
+        "201",
+    ),
+    route(
+        "get",
+        "/v1/audit-events",
+        "The bank's audit events after `since`, in order, with chain hashes",
+        "auditor",
+        None,
+        "200",
+    ),
+    route("get", "/v1/ca", "The CA chain, PEM", "anyone", None, "200"),
+];
+
+fn schemas() -> Value {
+    json!({
+        "CertificateRequest": {
+            "type": "object", "required": ["profile", "csr", "subject"], "additionalProperties": false,
+            "properties": {
+                "profile": {"type": "string", "example": "customer"},
+                "csr": {"type": "string", "description": "PKCS#10, PEM"},
+                "subject": {"type": "string", "description": "vetted subject, RFC 4514", "example": "CN=Zhang San,serialNumber=110101199003071234"}
+            }
+        },
+        "TellerRequest": {
+            "type": "object", "required": ["csr", "subject"], "additionalProperties": false,
+            "properties": {"csr": {"type": "string"}, "subject": {"type": "string", "example": "CN=Li Si,serialNumber=E1024,OU=Branch 12"}}
+        },
+        "SearchRequest": {
+            "type": "object", "required": ["subject_serial"], "additionalProperties": false,
+            "properties": {"subject_serial": {"type": "string", "description": "the subject's ID number (never put in a URL)"}}
+        },
+        "RevokeRequest": {
+            "type": "object", "required": ["reason"], "additionalProperties": false,
+            "properties": {
+                "reason": {"type": "string", "enum": ["unspecified", "keyCompromise", "cACompromise", "affiliationChanged", "superseded", "cessationOfOperation", "privilegeWithdrawn", "aACompromise"]},
+                "invalidity_date": {"type": "string", "example": "2026-11-01T00:00:00Z"}
+            }
+        },
+        "Error": {
+            "type": "object", "required": ["error"],
+            "properties": {"error": {"type": "object", "required": ["code", "message"],
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}
+        }
+    })
+}
+
+/// The document.
+pub fn build() -> Value {
+    let mut paths = serde_json::Map::new();
+    for Route {
+        method,
+        path,
+        summary,
+        role,
+        body,
+        status,
+    } in V1_ROUTES
+    {
+        let mut op = json!({
+            "summary": summary,
+            "description": format!("Role: {role}."),
+            "responses": {
+                *status: {"description": "success"},
+                "400": {"description": "bad request", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+                "401": {"description": "missing or bad bearer token"},
+                "403": {"description": "the role may not do this"},
+                "404": {"description": "not found (or another bank's)"},
+                "503": {"description": "HSM or store unavailable; retry"}
+            }
+        });
+        if path.contains('{') {
+            let params: Vec<Value> = path
+                .split('/')
+                .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+                .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+                .collect();
+            op["parameters"] = Value::Array(params);
+        }
+        if let Some(schema) = body {
+            op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}});
+        }
+        if *role != "anyone" {
+            op["security"] = json!([{"bearer": []}]);
+        }
+        let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
+        entry[*method] = op;
+    }
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "Signet", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "HSM-backed certificate authority for banks. Errors are {\"error\":{\"code\",\"message\"}}."},
+        "paths": paths,
+        "components": {
+            "schemas": schemas(),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}
+        }
+    })
+}
+
+pub async fn document() -> Json<Value> {
+    Json(build())
+}

@@ -1,0 +1,263 @@
+//! What relying parties fetch without credentials: the CA certificates, CRLs (regenerated in
+//! the background, never inside a revocation request) and OCSP answers (RFC 6960; requests
+//! without a nonce are answered from pre-signed responses, RFC 5019).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use tokio::sync::Notify;
+
+use super::{blocking, ApiError, Shared};
+use crate::app::Signet;
+use crate::ca::ocsp::OcspOutcome;
+use crate::ca::IssuerId;
+
+/// How often the background task looks at CRL freshness.
+const CRL_CHECK_EVERY: Duration = Duration::from_secs(30);
+/// Wait after a revocation before regenerating, so that a burst makes one CRL.
+const CRL_DEBOUNCE: Duration = Duration::from_millis(500);
+/// Longest a pre-signed OCSP response is served before it is signed again.
+const OCSP_CACHE_SECS: i64 = 60;
+/// Largest OCSP request accepted.
+const MAX_OCSP_REQUEST: usize = 8 * 1024;
+
+/// Pre-signed OCSP responses by request DER: (response DER, served until).
+type PreSigned = HashMap<Vec<u8>, (Vec<u8>, i64)>;
+
+/// State of publication: pre-signed OCSP responses and the CRL refresh trigger.
+pub struct Publisher {
+    ocsp_cache: Mutex<PreSigned>,
+    crl_dirty: Notify,
+}
+
+impl Publisher {
+    pub fn new(_signet: &Signet) -> Self {
+        Publisher {
+            ocsp_cache: Mutex::new(HashMap::new()),
+            crl_dirty: Notify::new(),
+        }
+    }
+
+    /// A certificate's status changed: drop pre-signed OCSP answers, have CRLs regenerated soon.
+    pub fn status_changed(&self) {
+        self.ocsp_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.crl_dirty.notify_one();
+    }
+}
+
+/// The CRL scopes this CA publishes: the root's ARL, and each issuing CA (per shard).
+fn scopes(signet: &Signet) -> Vec<(IssuerId, Option<u32>)> {
+    let shards = signet.config.ca.crl_shards;
+    let mut out = vec![(IssuerId::Root, None)];
+    for issuer in [IssuerId::Customer, IssuerId::Teller] {
+        if shards > 1 {
+            out.extend((0..shards).map(|s| (issuer, Some(s))));
+        } else {
+            out.push((issuer, None));
+        }
+    }
+    out
+}
+
+/// Regenerates CRLs whose freshness is half spent, and all of them soon after a revocation.
+pub async fn refresh_crls(state: Shared) {
+    loop {
+        let dirty = tokio::select! {
+            _ = state.publish.crl_dirty.notified() => true,
+            _ = tokio::time::sleep(CRL_CHECK_EVERY) => false,
+        };
+        if dirty {
+            tokio::time::sleep(CRL_DEBOUNCE).await;
+        }
+        let st = state.clone();
+        let result = blocking(move || {
+            let signet = &st.signet;
+            let now = signet.clock.now();
+            for (issuer, shard) in scopes(signet) {
+                let latest = signet.store.latest_crl(issuer, shard).map_err(|e| {
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "store_unavailable",
+                        e.to_string(),
+                    )
+                })?;
+                let stale = match &latest {
+                    None => true,
+                    Some(c) => now >= c.this_update + (c.next_update - c.this_update) / 2,
+                };
+                if dirty || stale {
+                    signet
+                        .authority
+                        .generate_crl(issuer, shard, "service:crl-refresh")?;
+                }
+            }
+            Ok(())
+        })
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(code = e.code, error = %e.message, "CRL refresh failed; will retry");
+        }
+    }
+}
+
+pub async fn ca_chain(State(state): State<Shared>) -> Result<Response, ApiError> {
+    let mut pem = String::new();
+    for id in IssuerId::ALL {
+        pem.push_str(&state.signet.authority.ca(id)?.pem());
+    }
+    Ok((
+        [(header::CONTENT_TYPE, "application/pem-certificate-chain")],
+        pem,
+    )
+        .into_response())
+}
+
+pub async fn ca_certificate(
+    State(state): State<Shared>,
+    Path(file): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = file
+        .strip_suffix(".der")
+        .and_then(IssuerId::parse)
+        .ok_or_else(|| ApiError::not_found(format!("no CA certificate {file:?}")))?;
+    let der = state.signet.authority.ca(id)?.der;
+    Ok(([(header::CONTENT_TYPE, "application/pkix-cert")], der).into_response())
+}
+
+/// `GET /crl/{issuer}.crl` or `/crl/{issuer}-{shard}.crl`: the newest CRL, made now if none is
+/// fresh (the served CRL is never past its nextUpdate).
+pub async fn crl(
+    State(state): State<Shared>,
+    Path(file): Path<String>,
+) -> Result<Response, ApiError> {
+    let not_found = || ApiError::not_found(format!("no CRL {file:?}"));
+    let stem = file.strip_suffix(".crl").ok_or_else(not_found)?;
+    let (name, shard) = match stem.rsplit_once('-') {
+        Some((n, s)) if s.chars().all(|c| c.is_ascii_digit()) && !s.is_empty() => {
+            (n, Some(s.parse::<u32>().map_err(|_| not_found())?))
+        }
+        _ => (stem, None),
+    };
+    let issuer = IssuerId::parse(name).ok_or_else(not_found)?;
+    if !scopes(&state.signet).contains(&(issuer, shard)) {
+        return Err(not_found());
+    }
+    let der = blocking(move || {
+        let signet = &state.signet;
+        let now = signet.clock.now();
+        if let Some(c) = signet.store.latest_crl(issuer, shard).map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                e.to_string(),
+            )
+        })? {
+            if now < c.next_update {
+                if let Some(der) = c.crl_der {
+                    return Ok(der);
+                }
+            }
+        }
+        Ok(signet
+            .authority
+            .generate_crl(issuer, shard, "service:crl-serve")?
+            .der)
+    })
+    .await?;
+    Ok(([(header::CONTENT_TYPE, "application/pkix-crl")], der).into_response())
+}
+
+fn ocsp_response(der: Vec<u8>, max_age: Option<i64>) -> Response {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        "application/ocsp-response".parse().expect("static header"),
+    );
+    if let Some(age) = max_age {
+        if let Ok(v) = format!("max-age={age}, public, no-transform, must-revalidate").parse() {
+            headers.insert(header::CACHE_CONTROL, v);
+        }
+    }
+    (StatusCode::OK, headers, der).into_response()
+}
+
+async fn answer_ocsp(state: Shared, request: Vec<u8>) -> Response {
+    let now = state.signet.clock.now();
+    if let Some((der, until)) = state
+        .publish
+        .ocsp_cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&request)
+        .cloned()
+    {
+        if now < until {
+            return ocsp_response(der, Some(until - now));
+        }
+    }
+    let st = state.clone();
+    let req = request.clone();
+    let answer = tokio::task::spawn_blocking(move || st.signet.authority.ocsp_respond(&req)).await;
+    let Ok(answer) = answer else {
+        return ocsp_response(
+            crate::ca::ocsp::failure_response(OcspOutcome::InternalError),
+            None,
+        );
+    };
+    if answer.status == OcspOutcome::Successful && !answer.has_nonce {
+        let until = now
+            + OCSP_CACHE_SECS.min(
+                answer
+                    .next_update
+                    .map_or(OCSP_CACHE_SECS, |n| (n - now) / 2),
+            );
+        state
+            .publish
+            .ocsp_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(request, (answer.der.clone(), until));
+        return ocsp_response(answer.der, Some(until - now));
+    }
+    ocsp_response(answer.der, None)
+}
+
+/// `POST /ocsp` with a DER OCSPRequest body.
+pub async fn ocsp_post(State(state): State<Shared>, body: Bytes) -> Response {
+    if body.len() > MAX_OCSP_REQUEST {
+        return ocsp_response(
+            crate::ca::ocsp::failure_response(OcspOutcome::MalformedRequest),
+            None,
+        );
+    }
+    answer_ocsp(state, body.to_vec()).await
+}
+
+/// `GET /ocsp/{base64 of the DER request}` (RFC 6960 appendix A.1; the base64 may hold `/`).
+pub async fn ocsp_get(State(state): State<Shared>, Path(encoded): Path<String>) -> Response {
+    let cleaned: String = encoded.chars().filter(|c| !c.is_whitespace()).collect();
+    let decoded = if cleaned.len() > MAX_OCSP_REQUEST * 2 {
+        None
+    } else {
+        base64::engine::general_purpose::STANDARD
+            .decode(cleaned.as_bytes())
+            .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(cleaned.as_bytes()))
+            .ok()
+    };
+    match decoded {
+        Some(req) => answer_ocsp(state, req).await,
+        None => ocsp_response(
+            crate::ca::ocsp::failure_response(OcspOutcome::MalformedRequest),
+            None,
+        ),
+    }
+}

@@ -1,0 +1,262 @@
+//! What a bank's credential may do, checked here (not in the HTTP layer): customer issuance by
+//! ra-officers, teller certificates through two different teller-admins, lookups and
+//! revocations limited to the bank's own certificates.
+
+use super::tenants::{store_err, Principal, Role};
+use super::{CertificateRequest, RaError, Registrar};
+use crate::audit::AuditEvent;
+use crate::ca::{normalize_serial, CaError, Issued, IssuerId, Reason};
+use crate::store::{CertRecord, CertStatus, StoreError, TellerRequestRecord};
+
+/// How long a teller request waits for its second teller-admin.
+pub const TELLER_REQUEST_TTL_SECS: i64 = 24 * 3600;
+
+impl Registrar {
+    fn require(&self, who: &Principal, roles: &[Role], what: &str) -> Result<(), RaError> {
+        if roles.contains(&who.role) {
+            Ok(())
+        } else {
+            Err(RaError::Forbidden(format!(
+                "a {} credential cannot {what}",
+                who.role
+            )))
+        }
+    }
+
+    /// `POST /v1/certificates`: an ra-officer asks for a customer-CA certificate. Teller
+    /// profiles are refused for every role: they go through two teller-admins.
+    pub fn request_certificate(
+        &self,
+        who: &Principal,
+        profile: &str,
+        csr: &[u8],
+        subject: &str,
+    ) -> Result<Issued, RaError> {
+        self.require(who, &[Role::RaOfficer], "request certificates")?;
+        let p = self.profile(profile)?;
+        if p.issuer == IssuerId::Teller {
+            return Err(RaError::TellerNeedsApproval);
+        }
+        self.issue(&CertificateRequest {
+            profile,
+            csr,
+            subject,
+            actor: &who.actor(),
+            break_glass: false,
+            tenant: Some(&who.tenant),
+        })
+    }
+
+    /// `POST /v1/teller-requests`: a teller-admin files a teller certificate request. It is
+    /// checked now (CSR, key, subject) so that the approver sees only issuable requests.
+    pub fn submit_teller_request(
+        &self,
+        who: &Principal,
+        csr: &[u8],
+        subject: &str,
+    ) -> Result<TellerRequestRecord, RaError> {
+        self.require(who, &[Role::TellerAdmin], "request teller certificates")?;
+        let profile = self.teller_profile()?;
+        self.check_request(profile, csr, subject, Some(&who.tenant))?;
+        let now = self.authority().clock().now();
+        let rec = TellerRequestRecord {
+            id: format!(
+                "treq_{}",
+                hex::encode(self.authority().hsm_random(8).map_err(RaError::Ca)?)
+            ),
+            tenant_id: who.tenant.id.clone(),
+            requested_by: who.credential_id.clone(),
+            csr: csr.to_vec(),
+            subject: subject.to_string(),
+            status: "pending".into(),
+            created_at: now,
+            expires_at: now + TELLER_REQUEST_TTL_SECS,
+            decided_by: None,
+            decided_at: None,
+            serial: None,
+        };
+        let ev = AuditEvent::new(
+            &who.actor(),
+            "teller_request.submit",
+            &rec.id,
+            serde_json::json!({"expires_at": rec.expires_at}),
+        )
+        .for_tenant(Some(&who.tenant.id));
+        self.store()
+            .add_teller_request(&rec, &ev)
+            .map_err(store_err)?;
+        Ok(rec)
+    }
+
+    /// `POST /v1/teller-requests/{id}/approve`: a *different* teller-admin of the same bank
+    /// approves, and the certificate is issued.
+    pub fn approve_teller_request(&self, who: &Principal, id: &str) -> Result<Issued, RaError> {
+        self.require(who, &[Role::TellerAdmin], "approve teller requests")?;
+        let not_found = || RaError::NotFound(format!("teller request {id}"));
+        let rec = self
+            .store()
+            .teller_request(id)
+            .map_err(store_err)?
+            .ok_or_else(not_found)?;
+        if rec.tenant_id != who.tenant.id {
+            return Err(not_found()); // another bank's request does not exist for this caller
+        }
+        if rec.requested_by == who.credential_id {
+            return Err(RaError::SelfApproval);
+        }
+        if rec.status != "pending" {
+            return Err(RaError::Conflict(format!(
+                "teller request {id} is already {}",
+                rec.status
+            )));
+        }
+        let now = self.authority().clock().now();
+        if now >= rec.expires_at {
+            let ev = AuditEvent::new(
+                &who.actor(),
+                "teller_request.expire",
+                id,
+                serde_json::json!({}),
+            )
+            .for_tenant(Some(&who.tenant.id));
+            let _ = self
+                .store()
+                .decide_teller_request(id, "expired", &who.credential_id, now, &ev);
+            return Err(RaError::RequestExpired);
+        }
+        let ev = AuditEvent::new(
+            &who.actor(),
+            "teller_request.approve",
+            id,
+            serde_json::json!({"requested_by": rec.requested_by}),
+        )
+        .for_tenant(Some(&who.tenant.id));
+        self.store()
+            .decide_teller_request(id, "approved", &who.credential_id, now, &ev)
+            .map_err(|e| match e {
+                StoreError::Conflict(m) => RaError::Conflict(m),
+                other => store_err(other),
+            })?;
+        let profile = self.teller_profile()?;
+        let issued = self.issue(&CertificateRequest {
+            profile: &profile.name,
+            csr: &rec.csr,
+            subject: &rec.subject,
+            actor: &who.actor(),
+            break_glass: false,
+            tenant: Some(&who.tenant),
+        });
+        match issued {
+            Ok(i) => {
+                self.store()
+                    .set_teller_request_serial(id, &i.serial)
+                    .map_err(store_err)?;
+                Ok(i)
+            }
+            Err(e) => {
+                // Nothing issued: the request waits again rather than being lost.
+                let _ = self.store().reopen_teller_request(id);
+                Err(e)
+            }
+        }
+    }
+
+    fn teller_profile(&self) -> Result<&crate::policy::Profile, RaError> {
+        self.profile("teller")
+    }
+
+    /// A certificate of the caller's bank (`None` when it does not exist or is another bank's).
+    pub fn own_certificate(&self, who: &Principal, serial: &str) -> Result<CertRecord, RaError> {
+        self.require(
+            who,
+            &[Role::RaOfficer, Role::TellerAdmin, Role::Auditor],
+            "read certificates",
+        )?;
+        let norm = normalize_serial(serial).map_err(RaError::Ca)?;
+        match self.store().certificate(&norm).map_err(store_err)? {
+            Some(c)
+                if c.owner.as_deref() == Some(&who.tenant.id) && c.status == CertStatus::Issued =>
+            {
+                Ok(c)
+            }
+            _ => Err(RaError::NotFound(format!("certificate {norm}"))),
+        }
+    }
+
+    /// The caller's bank's certificates for a subject ID number (which never travels in a URL).
+    pub fn search_by_subject_serial(
+        &self,
+        who: &Principal,
+        subject_serial: &str,
+    ) -> Result<Vec<CertRecord>, RaError> {
+        self.require(
+            who,
+            &[Role::RaOfficer, Role::TellerAdmin, Role::Auditor],
+            "search certificates",
+        )?;
+        self.store()
+            .certificates_by_subject_serial(&who.tenant.id, &self.lookup_digest(subject_serial))
+            .map_err(store_err)
+    }
+
+    /// Revocation, hold and release of the caller's bank's certificates: ra-officers for
+    /// customer certificates, teller-admins for teller certificates.
+    pub fn change_status(
+        &self,
+        who: &Principal,
+        serial: &str,
+        change: StatusChange,
+    ) -> Result<CertRecord, RaError> {
+        self.require(
+            who,
+            &[Role::RaOfficer, Role::TellerAdmin],
+            "revoke certificates",
+        )?;
+        let cert = self.own_certificate(who, serial)?;
+        let allowed_issuer = match who.role {
+            Role::RaOfficer => IssuerId::Customer,
+            _ => IssuerId::Teller,
+        };
+        if cert.issuer != allowed_issuer {
+            return Err(RaError::Forbidden(format!(
+                "a {} credential cannot change {} certificates",
+                who.role, cert.issuer
+            )));
+        }
+        let authority = self.authority();
+        let actor = who.actor();
+        match change {
+            StatusChange::Revoke(reason, invalidity) => {
+                authority.revoke(&cert.serial, reason, invalidity, &actor)
+            }
+            StatusChange::Hold => authority.hold(&cert.serial, self.profiles(), &actor),
+            StatusChange::Release => authority.release(&cert.serial, &actor),
+        }
+        .map_err(|e| match e {
+            CaError::Store(StoreError::Conflict(m)) => RaError::Conflict(m),
+            other => RaError::Ca(other),
+        })?;
+        self.own_certificate(who, serial)
+    }
+
+    /// One bank's audit events, for its auditor.
+    pub fn tenant_audit_events(
+        &self,
+        who: &Principal,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<crate::audit::AuditRecord>, RaError> {
+        self.require(who, &[Role::Auditor], "read the audit log")?;
+        self.store()
+            .tenant_audit_events(&who.tenant.id, after, limit)
+            .map_err(store_err)
+    }
+}
+
+/// A change of revocation status.
+#[derive(Debug, Clone, Copy)]
+pub enum StatusChange {
+    Revoke(Reason, Option<i64>),
+    Hold,
+    Release,
+}
