@@ -104,6 +104,7 @@ fn eight_threads_issue_at_once_with_distinct_serials_all_in_the_store() {
                                     subject: &subject,
                                     actor: "test:concurrency",
                                     break_glass: false,
+                                    tenant: None,
                                 })
                                 .expect("issuance succeeds");
                             (issued.serial, issued.der)
@@ -148,6 +149,7 @@ fn signing_recovers_by_itself_after_the_module_is_finalized_behind_its_back() {
             subject: "CN=After Recovery,serialNumber=R1",
             actor: "test:recovery",
             break_glass: false,
+            tenant: None,
         })
         .expect("issuance after recovery");
 }

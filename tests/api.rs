@@ -1,0 +1,955 @@
+//! The service over real HTTP on 127.0.0.1: `signet serve` against the fixture's SoftHSM2 token
+//! and SQLite store, driven by an HTTP client and by `openssl ocsp`.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use common::{fixture, openssl, Fixture, KeyKind};
+use serde_json::{json, Value};
+
+/// A running `signet serve`; stopped with SIGTERM on drop.
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    fn start(f: &Fixture) -> Server {
+        let mut cmd = f.command(&f.config);
+        cmd.args(["serve", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start signet serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let base = loop {
+            let line = lines
+                .next()
+                .expect("signet serve ended before serving")
+                .expect("read stderr");
+            if let Some(url) = line.strip_prefix("signet: serving on ") {
+                break url.trim().to_string();
+            }
+            assert!(Instant::now() < deadline, "signet serve did not start");
+        };
+        // Keep draining stderr so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server { child, base }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn stop(mut self) {
+        self.terminate();
+    }
+
+    fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.terminate();
+        }
+    }
+}
+
+/// Two banks with a credential of each role (and a second teller-admin of bank A).
+struct Banks {
+    a_officer: String,
+    a_admin1: String,
+    a_admin2: String,
+    a_gateway: String,
+    a_auditor: String,
+    b_officer: String,
+    b_admin: String,
+}
+
+fn cli_ok(f: &Fixture, args: &[&str]) -> String {
+    let out = f.signet(args);
+    out.assert_ok();
+    out.stdout.trim().to_string()
+}
+
+fn setup() -> &'static (Banks, Mutex<Option<Server>>) {
+    static SETUP: OnceLock<(Banks, Mutex<Option<Server>>)> = OnceLock::new();
+    SETUP.get_or_init(|| {
+        let f = fixture();
+        cli_ok(f, &["tenant", "add", "Bank A"]);
+        cli_ok(f, &["tenant", "add", "Bank B"]);
+        let cred = |bank: &str, role: &str| {
+            cli_ok(f, &["credential", "add", "--tenant", bank, "--role", role])
+        };
+        let banks = Banks {
+            a_officer: cred("Bank A", "ra-officer"),
+            a_admin1: cred("Bank A", "teller-admin"),
+            a_admin2: cred("Bank A", "teller-admin"),
+            a_gateway: cred("Bank A", "gateway"),
+            a_auditor: cred("Bank A", "auditor"),
+            b_officer: cred("Bank B", "ra-officer"),
+            b_admin: cred("Bank B", "teller-admin"),
+        };
+        (banks, Mutex::new(Some(Server::start(f))))
+    })
+}
+
+/// The shared server. Tests hold the guard while they talk to it (the restart test replaces it).
+fn server() -> (&'static Banks, MutexGuard<'static, Option<Server>>) {
+    let (banks, server) = setup();
+    (banks, server.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+struct Reply {
+    status: u16,
+    body: String,
+    content_type: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    fn code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error code in {}", self.body))
+            .to_string()
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(30))
+        .build()
+}
+
+fn finish(r: Result<ureq::Response, ureq::Error>) -> Reply {
+    let resp = match r {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("HTTP transport error: {e}"),
+    };
+    let status = resp.status();
+    let content_type = resp.header("content-type").unwrap_or("").to_string();
+    let body = resp.into_string().unwrap_or_default();
+    Reply {
+        status,
+        body,
+        content_type,
+    }
+}
+
+fn post_json(s: &Server, path: &str, token: Option<&str>, body: &Value) -> Reply {
+    let mut req = agent()
+        .post(&s.url(path))
+        .set("Content-Type", "application/json");
+    if let Some(t) = token {
+        req = req.set("Authorization", &format!("Bearer {t}"));
+    }
+    finish(req.send_string(&body.to_string()))
+}
+
+fn post_raw(s: &Server, path: &str, token: Option<&str>, content_type: &str, body: &[u8]) -> Reply {
+    let mut req = agent().post(&s.url(path)).set("Content-Type", content_type);
+    if let Some(t) = token {
+        req = req.set("Authorization", &format!("Bearer {t}"));
+    }
+    finish(req.send_bytes(body))
+}
+
+fn get(s: &Server, path: &str, token: Option<&str>) -> Reply {
+    let mut req = agent().get(&s.url(path));
+    if let Some(t) = token {
+        req = req.set("Authorization", &format!("Bearer {t}"));
+    }
+    finish(req.call())
+}
+
+fn get_bytes(s: &Server, path: &str) -> (u16, String, Vec<u8>) {
+    let resp = match agent().get(&s.url(path)).call() {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("HTTP transport error: {e}"),
+    };
+    let status = resp.status();
+    let ct = resp.header("content-type").unwrap_or("").to_string();
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut resp.into_reader(), &mut bytes).unwrap();
+    (status, ct, bytes)
+}
+
+fn csr_pem(f: &Fixture) -> String {
+    std::fs::read_to_string(f.csr(KeyKind::P256)).unwrap()
+}
+
+fn next_id() -> u64 {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Issues a customer certificate for bank A through the API; returns (serial, leaf path).
+fn issue_customer(s: &Server, token: &str) -> (String, PathBuf) {
+    let f = fixture();
+    let n = next_id();
+    let r = post_json(
+        s,
+        "/v1/certificates",
+        Some(token),
+        &json!({"profile": "customer", "csr": csr_pem(f), "subject": format!("CN=客户{n},serialNumber=11010119900307{n:04}")}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let v = r.json();
+    let leaf = f.path("api-leaf.pem");
+    std::fs::write(&leaf, v["certificate"].as_str().unwrap()).unwrap();
+    (v["serial"].as_str().unwrap().to_string(), leaf)
+}
+
+fn ocsp_status(s: &Server, issuer: &Path, cert_args: &[&std::ffi::OsStr]) -> String {
+    let f = fixture();
+    let mut a = args!["ocsp", "-issuer", issuer].to_vec();
+    a.extend(cert_args.iter().map(|x| x.to_os_string()));
+    a.extend(args!["-url", s.url("/ocsp"), "-CAfile", f.ca("root.pem")]);
+    let out = openssl(&a);
+    out.assert_ok();
+    assert!(
+        out.stderr.contains("Response verify OK") || out.stdout.contains("Response verify OK"),
+        "OCSP response did not verify:\n{}",
+        out.describe()
+    );
+    out.stdout
+}
+
+// --------------------------------------------------------------------------------------
+// The relying party's view
+
+#[test]
+fn customer_certificate_issued_over_the_api_verifies_with_openssl() {
+    let (banks, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let f = fixture();
+    let (_, leaf) = issue_customer(s, &banks.a_officer);
+    openssl(&args![
+        "verify",
+        "-x509_strict",
+        "-CAfile",
+        f.ca("root.pem"),
+        "-untrusted",
+        f.ca("customer-ca.pem"),
+        &leaf
+    ])
+    .assert_ok();
+    let subject = openssl(&args![
+        "x509", "-in", &leaf, "-noout", "-subject", "-nameopt", "utf8"
+    ]);
+    assert!(
+        subject.stdout.contains("O=Bank A"),
+        "tenant name is the O: {}",
+        subject.stdout
+    );
+}
+
+#[test]
+fn ocsp_says_good_then_revoked_after_revocation_and_unknown_for_a_serial_never_issued() {
+    let (banks, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let f = fixture();
+    let issuer = f.ca("customer-ca.pem");
+    let (serial, leaf) = issue_customer(s, &banks.a_officer);
+    let good = ocsp_status(
+        s,
+        &issuer,
+        &[std::ffi::OsStr::new("-cert"), leaf.as_os_str()],
+    );
+    assert!(good.contains(": good"), "{good}");
+
+    let r = post_json(
+        s,
+        &format!("/v1/certificates/{serial}/revoke"),
+        Some(&banks.a_officer),
+        &json!({"reason": "keyCompromise"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["status"], "revoked");
+    let revoked = ocsp_status(
+        s,
+        &issuer,
+        &[std::ffi::OsStr::new("-cert"), leaf.as_os_str()],
+    );
+    assert!(revoked.contains(": revoked"), "{revoked}");
+    assert!(revoked.contains("keyCompromise"), "{revoked}");
+
+    let unknown = ocsp_status(
+        s,
+        &issuer,
+        &[
+            std::ffi::OsStr::new("-serial"),
+            std::ffi::OsStr::new("0x7e57000000000000000000000000000f"),
+        ],
+    );
+    assert!(unknown.contains(": unknown"), "{unknown}");
+}
+
+#[test]
+fn ocsp_get_with_base64_path_answers_like_post() {
+    let (banks, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let f = fixture();
+    let (_, leaf) = issue_customer(s, &banks.a_officer);
+    let req = f.path("get.req");
+    openssl(&args![
+        "ocsp",
+        "-issuer",
+        f.ca("customer-ca.pem"),
+        "-cert",
+        &leaf,
+        "-no_nonce",
+        "-reqout",
+        &req
+    ])
+    .assert_ok();
+    let b64 = base64_std(&std::fs::read(&req).unwrap());
+    let (status, ct, body) = get_bytes(s, &format!("/ocsp/{b64}"));
+    assert_eq!(status, 200);
+    assert_eq!(ct, "application/ocsp-response");
+    let resp = f.path("get.resp");
+    std::fs::write(&resp, body).unwrap();
+    let out = openssl(&args![
+        "ocsp",
+        "-respin",
+        &resp,
+        "-issuer",
+        f.ca("customer-ca.pem"),
+        "-cert",
+        &leaf,
+        "-CAfile",
+        f.ca("root.pem")
+    ]);
+    out.assert_ok();
+    assert!(out.stdout.contains(": good"), "{}", out.describe());
+}
+
+fn base64_std(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn ocsp_request_that_is_not_der_gets_malformed_request() {
+    let (_, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let r = post_raw(
+        s,
+        "/ocsp",
+        None,
+        "application/ocsp-request",
+        b"this is not DER",
+    );
+    assert_eq!(r.status, 200, "OCSP errors travel inside a 200 response");
+    assert_eq!(r.content_type, "application/ocsp-response");
+    // OCSPResponse { responseStatus malformedRequest(1) }
+    assert_eq!(r.body.as_bytes(), [0x30, 0x03, 0x0a, 0x01, 0x01]);
+}
+
+#[test]
+fn revoked_certificate_appears_on_the_served_crl_soon_after_revocation() {
+    let (banks, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let f = fixture();
+    let (serial, _) = issue_customer(s, &banks.a_officer);
+    let r = post_json(
+        s,
+        &format!("/v1/certificates/{serial}/revoke"),
+        Some(&banks.a_officer),
+        &json!({"reason": "superseded"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, ct, der) = get_bytes(s, "/crl/customer.crl");
+        assert_eq!(status, 200);
+        assert_eq!(ct, "application/pkix-crl");
+        let path = f.path("served.crl");
+        std::fs::write(&path, der).unwrap();
+        let text = f.crl_text(&path, &f.bundle("customer-ca.pem"));
+        if let Some(entry) = text.entry(&serial) {
+            assert!(entry.contains("Superseded"), "{entry}");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "revoked serial {serial} not on the served CRL within 15 s"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn ca_certificates_and_chain_are_served() {
+    let (_, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let (status, ct, der) = get_bytes(s, "/ca/customer.der");
+    assert_eq!((status, ct.as_str()), (200, "application/pkix-cert"));
+    assert_eq!(der[0], 0x30, "DER certificate");
+    let chain = get(s, "/v1/ca", None);
+    assert_eq!(chain.status, 200);
+    assert_eq!(chain.body.matches("BEGIN CERTIFICATE").count(), 3);
+    assert_eq!(get_bytes(s, "/ca/nobody.der").0, 404);
+    assert_eq!(get_bytes(s, "/crl/nobody.crl").0, 404);
+}
+
+// --------------------------------------------------------------------------------------
+// Who may do what
+
+#[test]
+fn a_certificate_can_be_looked_up_by_serial_and_by_subject_id_number_by_its_bank() {
+    let (banks, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let f = fixture();
+    let r = post_json(
+        s,
+        "/v1/certificates",
+        Some(&banks.a_officer),
+        &json!({"profile": "customer", "csr": csr_pem(f), "subject": "CN=赵六,serialNumber=44010619851212777X"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let serial = r.json()["serial"].as_str().unwrap().to_string();
+    let got = get(
+        s,
+        &format!("/v1/certificates/{serial}"),
+        Some(&banks.a_auditor),
+    );
+    assert_eq!(got.status, 200, "{}", got.body);
+    assert_eq!(got.json()["status"], "good");
+    let found = post_json(
+        s,
+        "/v1/certificates/search",
+        Some(&banks.a_officer),
+        &json!({"subject_serial": "44010619851212777X"}),
+    );
+    assert_eq!(found.status, 200, "{}", found.body);
+    let list = found.json()["certificates"].as_array().unwrap().clone();
+    assert!(
+        list.iter().any(|c| c["serial"] == serial.as_str()),
+        "{}",
+        found.body
+    );
+    // Bank B searching the same ID number sees nothing of bank A's.
+    let other = post_json(
+        s,
+        "/v1/certificates/search",
+        Some(&banks.b_officer),
+        &json!({"subject_serial": "44010619851212777X"}),
+    );
+    assert_eq!(other.json()["certificates"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn another_banks_credentials_cannot_read_revoke_hold_or_approve_and_learn_nothing() {
+    let (banks, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let f = fixture();
+    let (serial, _) = issue_customer(s, &banks.a_officer);
+    let read = get(
+        s,
+        &format!("/v1/certificates/{serial}"),
+        Some(&banks.b_officer),
+    );
+    assert_eq!((read.status, read.code().as_str()), (404, "not_found"));
+    let revoke = post_json(
+        s,
+        &format!("/v1/certificates/{serial}/revoke"),
+        Some(&banks.b_officer),
+        &json!({"reason": "keyCompromise"}),
+    );
+    assert_eq!(revoke.status, 404, "{}", revoke.body);
+    let hold = post_json(
+        s,
+        &format!("/v1/certificates/{serial}/hold"),
+        Some(&banks.b_admin),
+        &json!({}),
+    );
+    assert_eq!(hold.status, 404, "{}", hold.body);
+    // A teller request of bank A cannot be approved by bank B's teller-admin.
+    let req = post_json(
+        s,
+        "/v1/teller-requests",
+        Some(&banks.a_admin1),
+        &json!({"csr": csr_pem(f), "subject": "CN=柜员甲,serialNumber=E9001,OU=Branch 1"}),
+    );
+    assert_eq!(req.status, 202, "{}", req.body);
+    let id = req.json()["id"].as_str().unwrap().to_string();
+    let approve = post_json(
+        s,
+        &format!("/v1/teller-requests/{id}/approve"),
+        Some(&banks.b_admin),
+        &json!({}),
+    );
+    assert_eq!(
+        (approve.status, approve.code().as_str()),
+        (404, "not_found")
+    );
+    // The certificate is still good for its own bank.
+    let own = get(
+        s,
+        &format!("/v1/certificates/{serial}"),
+        Some(&banks.a_officer),
+    );
+    assert_eq!(own.json()["status"], "good");
+}
+
+#[test]
+fn roles_limit_what_a_credential_may_do() {
+    let (banks, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let f = fixture();
+    let body = json!({"profile": "customer", "csr": csr_pem(f), "subject": "CN=A,serialNumber=1"});
+    for token in [&banks.a_gateway, &banks.a_auditor, &banks.a_admin1] {
+        let r = post_json(s, "/v1/certificates", Some(token), &body);
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (403, "forbidden"),
+            "{}",
+            r.body
+        );
+    }
+    let r = post_json(
+        s,
+        "/v1/teller-requests",
+        Some(&banks.a_officer),
+        &json!({"csr": csr_pem(f), "subject": "CN=T,serialNumber=E1,OU=B"}),
+    );
+    assert_eq!((r.status, r.code().as_str()), (403, "forbidden"));
+    let audit = get(s, "/v1/audit-events", Some(&banks.a_officer));
+    assert_eq!(audit.status, 403);
+}
+
+#[test]
+fn missing_malformed_unknown_and_revoked_tokens_get_401() {
+    let (_, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let f = fixture();
+    let added = f.signet(&[
+        "credential",
+        "add",
+        "--tenant",
+        "Bank A",
+        "--role",
+        "auditor",
+    ]);
+    added.assert_ok();
+    let token = added.stdout.trim().to_string();
+    // The id is on stderr: "credential <id> (auditor) for Bank A: ..."
+    let id = added
+        .stderr
+        .split_whitespace()
+        .skip_while(|w| *w != "credential")
+        .nth(1)
+        .expect("credential id on stderr")
+        .to_string();
+    let ok = get(s, "/v1/audit-events", Some(&token));
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let list = cli_ok(f, &["credential", "list", "--tenant", "Bank A"]);
+    assert!(list.contains(&id), "credential list shows ids: {list}");
+    assert!(!list.contains(&token), "credential list never shows tokens");
+    cli_ok(
+        f,
+        &["credential", "revoke", "--tenant", "Bank A", "--id", &id],
+    );
+    for t in [
+        None,
+        Some("not-a-token"),
+        Some("sgt_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+        Some(token.as_str()),
+    ] {
+        let r = get(s, "/v1/audit-events", t);
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (401, "unauthenticated"),
+            "token {t:?}"
+        );
+        assert!(!r.body.contains("sgt_"), "the answer never echoes a token");
+    }
+}
+
+#[test]
+fn teller_certificates_need_two_different_teller_admins_of_the_same_bank() {
+    let (banks, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let f = fixture();
+    // No credential alone gets one through POST /v1/certificates.
+    for token in [&banks.a_officer, &banks.a_admin1] {
+        let r = post_json(
+            s,
+            "/v1/certificates",
+            Some(token),
+            &json!({"profile": "teller", "csr": csr_pem(f), "subject": "CN=T,serialNumber=E1,OU=B"}),
+        );
+        assert_eq!(r.status, 403, "{}", r.body);
+    }
+    let r = post_json(
+        s,
+        "/v1/teller-requests",
+        Some(&banks.a_admin1),
+        &json!({"csr": csr_pem(f), "subject": "CN=柜员乙,serialNumber=E9002,OU=Branch 2"}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(r.json()["status"], "pending");
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let own = post_json(
+        s,
+        &format!("/v1/teller-requests/{id}/approve"),
+        Some(&banks.a_admin1),
+        &json!({}),
+    );
+    assert_eq!((own.status, own.code().as_str()), (403, "self_approval"));
+    let approved = post_json(
+        s,
+        &format!("/v1/teller-requests/{id}/approve"),
+        Some(&banks.a_admin2),
+        &json!({}),
+    );
+    assert_eq!(approved.status, 201, "{}", approved.body);
+    let v = approved.json();
+    assert_eq!(v["issuer"], "teller");
+    let leaf = f.path("teller-api.pem");
+    std::fs::write(&leaf, v["certificate"].as_str().unwrap()).unwrap();
+    openssl(&args![
+        "verify",
+        "-x509_strict",
+        "-CAfile",
+        f.ca("root.pem"),
+        "-untrusted",
+        f.ca("teller-ca.pem"),
+        &leaf
+    ])
+    .assert_ok();
+    let again = post_json(
+        s,
+        &format!("/v1/teller-requests/{id}/approve"),
+        Some(&banks.a_admin2),
+        &json!({}),
+    );
+    assert_eq!((again.status, again.code().as_str()), (409, "conflict"));
+}
+
+#[test]
+fn teller_certificate_can_be_held_and_released_by_a_teller_admin() {
+    let (banks, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let f = fixture();
+    let r = post_json(
+        s,
+        "/v1/teller-requests",
+        Some(&banks.a_admin1),
+        &json!({"csr": csr_pem(f), "subject": "CN=柜员丙,serialNumber=E9003,OU=Branch 3"}),
+    );
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let issued = post_json(
+        s,
+        &format!("/v1/teller-requests/{id}/approve"),
+        Some(&banks.a_admin2),
+        &json!({}),
+    );
+    let serial = issued.json()["serial"].as_str().unwrap().to_string();
+    let held = post_json(
+        s,
+        &format!("/v1/certificates/{serial}/hold"),
+        Some(&banks.a_admin1),
+        &json!({}),
+    );
+    assert_eq!(held.json()["status"], "on_hold", "{}", held.body);
+    let released = post_json(
+        s,
+        &format!("/v1/certificates/{serial}/release"),
+        Some(&banks.a_admin2),
+        &json!({}),
+    );
+    assert_eq!(released.json()["status"], "good", "{}", released.body);
+    // An ra-officer cannot touch teller certificates.
+    let r = post_json(
+        s,
+        &format!("/v1/certificates/{serial}/revoke"),
+        Some(&banks.a_officer),
+        &json!({"reason": "keyCompromise"}),
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+}
+
+#[test]
+fn auditor_reads_its_own_banks_events_in_chain_order() {
+    let (banks, guard) = server();
+    let s = guard.as_ref().unwrap();
+    issue_customer(s, &banks.a_officer);
+    let r = get(s, "/v1/audit-events?since=0", Some(&banks.a_auditor));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let events = r.json()["events"].as_array().unwrap().clone();
+    assert!(events.iter().any(|e| e["action"] == "certificate.issue"));
+    let bank_a = events[0]["tenant"].as_str().unwrap().to_string();
+    let mut last = 0;
+    for e in &events {
+        assert_eq!(
+            e["tenant"].as_str(),
+            Some(bank_a.as_str()),
+            "only bank A's events"
+        );
+        let seq = e["seq"].as_u64().unwrap();
+        assert!(seq > last, "in order");
+        last = seq;
+        assert_eq!(e["hash"].as_str().unwrap().len(), 64);
+    }
+    let later = get(
+        s,
+        &format!("/v1/audit-events?since={last}"),
+        Some(&banks.a_auditor),
+    );
+    assert_eq!(later.json()["events"].as_array().unwrap().len(), 0);
+}
+
+// --------------------------------------------------------------------------------------
+// Bad input
+
+#[test]
+fn malformed_json_gets_400_malformed_json() {
+    let (banks, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let r = post_raw(
+        s,
+        "/v1/certificates",
+        Some(&banks.a_officer),
+        "application/json",
+        b"{\"profile\": ",
+    );
+    assert_eq!((r.status, r.code().as_str()), (400, "malformed_json"));
+}
+
+#[test]
+fn wrong_content_type_gets_415() {
+    let (banks, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let r = post_raw(
+        s,
+        "/v1/certificates",
+        Some(&banks.a_officer),
+        "text/plain",
+        b"{}",
+    );
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (415, "unsupported_media_type")
+    );
+}
+
+#[test]
+fn body_over_the_limit_gets_413() {
+    let (banks, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let big = format!(
+        "{{\"profile\":\"customer\",\"csr\":\"{}\",\"subject\":\"CN=x\"}}",
+        "A".repeat(200 * 1024)
+    );
+    let r = post_raw(
+        s,
+        "/v1/certificates",
+        Some(&banks.a_officer),
+        "application/json",
+        big.as_bytes(),
+    );
+    assert_eq!((r.status, r.code().as_str()), (413, "body_too_large"));
+}
+
+#[test]
+fn missing_field_gets_400_invalid_request() {
+    let (banks, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let r = post_json(
+        s,
+        "/v1/certificates",
+        Some(&banks.a_officer),
+        &json!({"profile": "customer"}),
+    );
+    assert_eq!((r.status, r.code().as_str()), (400, "invalid_request"));
+}
+
+#[test]
+fn csr_that_is_not_a_csr_gets_400_not_a_csr() {
+    let (banks, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let r = post_json(
+        s,
+        "/v1/certificates",
+        Some(&banks.a_officer),
+        &json!({"profile": "customer", "csr": "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", "subject": "CN=A,serialNumber=1"}),
+    );
+    assert_eq!((r.status, r.code().as_str()), (400, "not_a_csr"));
+}
+
+#[test]
+fn teller_profile_on_the_certificates_route_gets_403() {
+    let (banks, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let f = fixture();
+    let r = post_json(
+        s,
+        "/v1/certificates",
+        Some(&banks.a_officer),
+        &json!({"profile": "teller", "csr": csr_pem(f), "subject": "CN=T,serialNumber=E1,OU=B"}),
+    );
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (403, "teller_requires_approval")
+    );
+}
+
+#[test]
+fn unknown_route_and_bad_serial_get_json_errors() {
+    let (banks, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let r = get(s, "/v1/nothing-here", None);
+    assert_eq!((r.status, r.code().as_str()), (404, "not_found"));
+    let r = get(s, "/v1/certificates/not-hex!", Some(&banks.a_officer));
+    assert_eq!((r.status, r.code().as_str()), (400, "invalid_request"));
+    let r = post_json(
+        s,
+        "/v1/certificates/00/revoke",
+        Some(&banks.a_officer),
+        &json!({"reason": "becauseISaidSo"}),
+    );
+    assert_eq!((r.status, r.code().as_str()), (400, "invalid_reason"));
+}
+
+// --------------------------------------------------------------------------------------
+// Operations
+
+#[test]
+fn openapi_document_is_openapi_3_and_lists_every_v1_route() {
+    let (_, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let doc = get(s, "/openapi.json", None).json();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = doc["paths"].as_object().unwrap();
+    let expected = [
+        ("post", "/v1/certificates"),
+        ("post", "/v1/certificates/search"),
+        ("get", "/v1/certificates/{serial}"),
+        ("post", "/v1/certificates/{serial}/revoke"),
+        ("post", "/v1/certificates/{serial}/hold"),
+        ("post", "/v1/certificates/{serial}/release"),
+        ("post", "/v1/teller-requests"),
+        ("post", "/v1/teller-requests/{id}/approve"),
+        ("get", "/v1/audit-events"),
+        ("get", "/v1/ca"),
+    ];
+    for (method, path) in expected {
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} missing"
+        );
+    }
+    // And every documented route exists on the server (no "no such route" 404).
+    for (path, ops) in paths {
+        let concrete = path.replace("{serial}", "01").replace("{id}", "treq_0");
+        for method in ops.as_object().unwrap().keys() {
+            let r = match method.as_str() {
+                "get" => get(s, &concrete, None),
+                _ => post_json(s, &concrete, None, &json!({})),
+            };
+            assert!(
+                !(r.status == 404 && r.body.contains("no such route")),
+                "{method} {path} is documented but not served"
+            );
+        }
+    }
+}
+
+#[test]
+fn healthz_and_metrics_report() {
+    let (_, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let h = get(s, "/healthz", None);
+    assert_eq!(h.status, 200, "{}", h.body);
+    assert_eq!(h.json()["hsm"], "ok");
+    let m = get(s, "/metrics", None);
+    assert!(m.content_type.starts_with("text/plain"));
+    assert!(
+        m.body
+            .contains("signet_http_requests_total{route=\"/healthz\",status=\"200\"}"),
+        "{}",
+        m.body
+    );
+    assert!(m.body.contains("signet_hsm_sign_seconds_count"));
+}
+
+#[test]
+fn restart_keeps_certificates_revocations_and_credentials_and_the_audit_chain_verifies() {
+    let (banks, mut guard) = server();
+    let f = fixture();
+    let (live, revoked) = {
+        let s = guard.as_ref().unwrap();
+        let (live, _) = issue_customer(s, &banks.a_officer);
+        let (revoked, _) = issue_customer(s, &banks.a_officer);
+        let r = post_json(
+            s,
+            &format!("/v1/certificates/{revoked}/revoke"),
+            Some(&banks.a_officer),
+            &json!({"reason": "cessationOfOperation"}),
+        );
+        assert_eq!(r.status, 200);
+        (live, revoked)
+    };
+    guard.take().unwrap().stop();
+    let out = f.signet(&["audit", "verify"]);
+    out.assert_ok();
+    *guard = Some(Server::start(f));
+    let s = guard.as_ref().unwrap();
+    let a = get(
+        s,
+        &format!("/v1/certificates/{live}"),
+        Some(&banks.a_officer),
+    );
+    assert_eq!(a.json()["status"], "good", "{}", a.body);
+    let b = get(
+        s,
+        &format!("/v1/certificates/{revoked}"),
+        Some(&banks.a_officer),
+    );
+    assert_eq!(b.json()["status"], "revoked", "{}", b.body);
+    assert_eq!(b.json()["revocation_reason"], "cessationOfOperation");
+}

@@ -1,0 +1,813 @@
+//! Shared fixture for the CLI integration tests.
+//!
+//! One fixture per test binary: a private `SIGNET_HOME` under
+//! `target/tmp/test-homes/<binary>-<pid>`, made by `softhsm/setup.sh` (SoftHSM2
+//! token, PIN files, `signet.toml`), then `signet ca init` and
+//! `signet ca export --out <home>/ca`. Tests of one binary share it (they run as
+//! threads of one process), so a test must never change shared state in a way
+//! another test could observe: tests that tamper with the store or move the clock
+//! work on a copy (`Fixture::store_copy`).
+//!
+//! The home of the last run of each binary is kept for inspection and removed
+//! by the next run.
+//!
+//! pkilint comes from `$PKILINT_BIN` (set by `./test.sh`); a test that needs it
+//! fails, never skips, when it is missing.
+
+#![allow(dead_code)]
+
+use std::ffi::OsStr;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Command-line arguments of mixed types (`&str`, `String`, `&Path`, `&PathBuf`)
+/// as an array of `OsString`.
+#[macro_export]
+macro_rules! args {
+    ($($a:expr),* $(,)?) => { [$(::std::ffi::OsString::from($a)),*] };
+}
+
+/// `[issuance] timeout_secs` in the generated config.
+pub const ISSUANCE_TIMEOUT_SECS: u64 = 300;
+
+pub const SIGNET_BIN: &str = env!("CARGO_BIN_EXE_signet");
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+const TARGET_TMP: &str = env!("CARGO_TARGET_TMPDIR");
+
+// ---------------------------------------------------------------------------------
+// Command output
+
+/// What a finished child process said.
+pub struct Out {
+    pub cmd: String,
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    pub fn success(&self) -> bool {
+        self.status.success()
+    }
+
+    /// Everything about the run, for assertion messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "command: {}\nstatus: {}\n--- stdout ---\n{}\n--- stderr ---\n{}\n---",
+            self.cmd, self.status, self.stdout, self.stderr
+        )
+    }
+
+    /// The command succeeded and did not panic.
+    #[track_caller]
+    pub fn assert_ok(&self) -> &Self {
+        assert!(self.success(), "expected success\n{}", self.describe());
+        self.assert_no_panic();
+        self
+    }
+
+    /// The command failed the way the CLI contract says a refusal looks: non-zero
+    /// exit, a reason on stderr, no panic, no certificate on stdout.
+    #[track_caller]
+    pub fn assert_refused(&self) -> &Self {
+        assert!(
+            !self.success(),
+            "expected a non-zero exit\n{}",
+            self.describe()
+        );
+        assert!(
+            self.status.code().is_some(),
+            "killed by a signal instead of exiting\n{}",
+            self.describe()
+        );
+        assert!(
+            !self.stderr.trim().is_empty(),
+            "refused without a reason on stderr\n{}",
+            self.describe()
+        );
+        assert!(
+            !self.stdout.contains("BEGIN CERTIFICATE"),
+            "refused but printed a certificate\n{}",
+            self.describe()
+        );
+        self.assert_no_panic();
+        self
+    }
+
+    #[track_caller]
+    pub fn assert_no_panic(&self) -> &Self {
+        assert!(
+            !self.stderr.contains("panicked") && !self.stdout.contains("panicked"),
+            "the command panicked\n{}",
+            self.describe()
+        );
+        self
+    }
+
+    /// stderr mentions `needle` (case-insensitive).
+    #[track_caller]
+    pub fn assert_stderr_mentions(&self, needle: &str) -> &Self {
+        assert!(
+            self.stderr.to_lowercase().contains(&needle.to_lowercase()),
+            "expected stderr to mention {needle:?}\n{}",
+            self.describe()
+        );
+        self
+    }
+
+    /// The numbers N of every `event N` on stderr.
+    pub fn named_events(&self) -> Vec<u64> {
+        let mut found = Vec::new();
+        let lower = self.stderr.to_lowercase();
+        let mut rest = lower.as_str();
+        while let Some(i) = rest.find("event") {
+            rest = &rest[i + "event".len()..];
+            let after = rest.trim_start_matches([' ', '#', '=', ':']);
+            let digits: String = after.chars().take_while(|c| c.is_ascii_digit()).collect();
+            if let Ok(n) = digits.parse() {
+                found.push(n);
+            }
+        }
+        found
+    }
+}
+
+/// Runs a command to completion with stdin closed.
+pub fn run(mut cmd: Command) -> Out {
+    let desc = describe_command(&cmd);
+    cmd.stdin(Stdio::null());
+    let output = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot start `{desc}`: {e}"));
+    Out {
+        cmd: desc,
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn describe_command(cmd: &Command) -> String {
+    let mut s = String::new();
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            let _ = write!(s, "{}={} ", k.to_string_lossy(), v.to_string_lossy());
+        }
+    }
+    s.push_str(&cmd.get_program().to_string_lossy());
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&shell_quote(a));
+    }
+    s
+}
+
+fn shell_quote(a: &OsStr) -> String {
+    let a = a.to_string_lossy();
+    if !a.is_empty()
+        && a.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@+%".contains(c))
+    {
+        a.into_owned()
+    } else {
+        format!("'{}'", a.replace('\'', "'\\''"))
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// OpenSSL and pkilint
+
+pub fn openssl<S: AsRef<OsStr>>(args: &[S]) -> Out {
+    let mut cmd = Command::new("openssl");
+    cmd.args(args);
+    run(cmd)
+}
+
+/// Runs a pkilint tool (`lint_pkix_cert`, `lint_crl`, ...) from `$PKILINT_BIN`.
+/// Fails the test when pkilint is not there: run the suite with `./test.sh`.
+pub fn pkilint<S: AsRef<OsStr>>(tool: &str, args: &[S]) -> Out {
+    let dir = std::env::var_os("PKILINT_BIN").unwrap_or_else(|| {
+        panic!(
+            "PKILINT_BIN is not set: pkilint is needed for this test. \
+             Run the suite with ./test.sh, which installs pkilint into \
+             target/tools/venv and sets PKILINT_BIN."
+        )
+    });
+    let exe = Path::new(&dir).join(tool);
+    assert!(
+        exe.is_file(),
+        "{} does not exist (PKILINT_BIN={}): run the suite with ./test.sh, which \
+         installs pkilint into target/tools/venv",
+        exe.display(),
+        Path::new(&dir).display()
+    );
+    let mut cmd = Command::new(exe);
+    cmd.args(args);
+    run(cmd)
+}
+
+/// Asserts that pkilint reported nothing at ERROR or above (its exit code is the
+/// number of findings).
+#[track_caller]
+pub fn assert_lint_clean(out: &Out) {
+    assert!(
+        out.success(),
+        "pkilint reported findings at ERROR or above\n{}",
+        out.describe()
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// Small helpers
+
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock before 1970")
+        .as_secs()
+}
+
+/// A serial as upper-case hex without leading zeros or separators, so that
+/// `signet`'s, OpenSSL's and the database's spellings compare equal.
+pub fn norm_serial(s: &str) -> String {
+    let hex: String = s
+        .trim()
+        .trim_start_matches("0x")
+        .chars()
+        .filter(|c| c.is_ascii_hexdigit())
+        .collect::<String>()
+        .to_uppercase();
+    let t = hex.trim_start_matches('0');
+    if t.is_empty() {
+        "0".into()
+    } else {
+        t.into()
+    }
+}
+
+/// The PEM blocks of a file's text, each with its BEGIN/END lines.
+pub fn pem_blocks(text: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut cur: Option<String> = None;
+    for line in text.lines() {
+        if line.starts_with("-----BEGIN ") {
+            cur = Some(String::new());
+        }
+        if let Some(c) = cur.as_mut() {
+            c.push_str(line);
+            c.push('\n');
+        }
+        if line.starts_with("-----END ") {
+            if let Some(c) = cur.take() {
+                blocks.push(c);
+            }
+        }
+    }
+    blocks
+}
+
+/// `serial <hex>` from a `signet issue` stderr.
+pub fn serial_from_stderr(out: &Out) -> Option<String> {
+    out.stderr.lines().find_map(|l| {
+        let l = l.trim();
+        let rest = l.strip_prefix("serial ")?;
+        let hex = rest.trim();
+        (!hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit())).then(|| hex.to_string())
+    })
+}
+
+/// Reads a SQLite database with a busy timeout (signet may be writing to it).
+pub fn open_db(path: &Path) -> rusqlite::Connection {
+    let conn =
+        rusqlite::Connection::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .expect("busy_timeout");
+    conn
+}
+
+/// `certificates.status` of a serial (`pending`, `issued`, `void`, ...).
+pub fn cert_status(db: &Path, serial: &str) -> Option<String> {
+    let conn = open_db(db);
+    let want = norm_serial(serial);
+    let mut stmt = conn
+        .prepare("SELECT serial, status FROM certificates")
+        .expect("certificates table with serial and status columns");
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        .expect("query certificates");
+    for row in rows {
+        let (s, status) = row.expect("row");
+        if norm_serial(&s) == want {
+            return Some(status);
+        }
+    }
+    None
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum KeyKind {
+    P256,
+    P384,
+    Rsa1024,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Profile {
+    Customer,
+    Teller,
+}
+
+impl Profile {
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Customer => "customer",
+            Profile::Teller => "teller",
+        }
+    }
+}
+
+/// A certificate from `signet issue`.
+pub struct Issued {
+    pub serial: String,
+    /// The leaf alone (PEM).
+    pub leaf: PathBuf,
+    /// What `--out` received: leaf then issuing CA (PEM).
+    pub chain: PathBuf,
+    pub out: Out,
+}
+
+/// `openssl crl -text` of a CRL, parsed just enough for the tests.
+pub struct CrlText {
+    pub text: String,
+    pub number: Option<u128>,
+    /// (normalized serial, the text of its entry: date and extensions)
+    pub entries: Vec<(String, String)>,
+}
+
+impl CrlText {
+    pub fn parse(text: &str) -> CrlText {
+        let lines: Vec<&str> = text.lines().collect();
+        let mut number = None;
+        for (i, l) in lines.iter().enumerate() {
+            if l.contains("X509v3 CRL Number") {
+                if let Some(v) = lines.get(i + 1) {
+                    let v = v.trim();
+                    number = if let Some(h) = v.strip_prefix("0x") {
+                        u128::from_str_radix(h, 16).ok()
+                    } else {
+                        v.parse().ok()
+                    };
+                }
+            }
+        }
+        let mut entries: Vec<(String, String)> = Vec::new();
+        let mut in_revoked = false;
+        for l in &lines {
+            let t = l.trim();
+            if t.starts_with("Revoked Certificates") {
+                in_revoked = true;
+                continue;
+            }
+            if !in_revoked {
+                continue;
+            }
+            if t.starts_with("Signature Algorithm") {
+                break;
+            }
+            if let Some(s) = t.strip_prefix("Serial Number:") {
+                entries.push((norm_serial(s), String::new()));
+            } else if let Some((_, body)) = entries.last_mut() {
+                body.push_str(t);
+                body.push('\n');
+            }
+        }
+        CrlText {
+            text: text.to_string(),
+            number,
+            entries,
+        }
+    }
+
+    pub fn entry(&self, serial: &str) -> Option<&str> {
+        let s = norm_serial(serial);
+        self.entries
+            .iter()
+            .find(|(e, _)| *e == s)
+            .map(|(_, body)| body.as_str())
+    }
+}
+
+/// Replaces `key = ...` in `[section]` of a TOML text; `value` is TOML (quote
+/// strings with `toml_str`). Panics when the key is not there.
+pub fn set_toml_key(text: &str, section: &str, key: &str, value: &str) -> String {
+    let mut out = String::new();
+    let mut current = String::new();
+    let mut done = false;
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with('[') && t.ends_with(']') {
+            current = t[1..t.len() - 1].trim().to_string();
+        }
+        let is_key = current == section
+            && t.split_once('=')
+                .map(|(k, _)| k.trim() == key)
+                .unwrap_or(false);
+        if is_key {
+            let _ = writeln!(out, "{key} = {value}");
+            done = true;
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    assert!(done, "no `{key}` in [{section}] of the config:\n{text}");
+    out
+}
+
+pub fn toml_str(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+// ---------------------------------------------------------------------------------
+// The fixture
+
+pub struct Fixture {
+    pub home: PathBuf,
+    pub config: PathBuf,
+    pub softhsm2_conf: PathBuf,
+    pub db: PathBuf,
+    pub checkpoints: PathBuf,
+    pub ca_dir: PathBuf,
+    pub token_label: String,
+    work: PathBuf,
+    counter: AtomicUsize,
+}
+
+static FIXTURE: OnceLock<Result<Fixture, String>> = OnceLock::new();
+
+/// The shared fixture of this test binary (made on first use).
+pub fn fixture() -> &'static Fixture {
+    match FIXTURE.get_or_init(Fixture::create) {
+        Ok(f) => f,
+        Err(e) => panic!("fixture setup failed:\n{e}"),
+    }
+}
+
+fn binary_name() -> String {
+    let exe = std::env::current_exe().expect("current_exe");
+    let stem = exe
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "tests".into());
+    // cargo names test binaries `<name>-<hash>`
+    match stem.rsplit_once('-') {
+        Some((name, hash)) if hash.chars().all(|c| c.is_ascii_hexdigit()) => name.to_string(),
+        _ => stem,
+    }
+}
+
+/// Removes the homes of earlier runs of this binary whose process is gone.
+fn remove_stale_homes(parent: &Path, binary: &str) {
+    let Ok(dir) = fs::read_dir(parent) else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(binary)
+            .and_then(|r| r.strip_prefix('-'))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+impl Fixture {
+    fn create() -> Result<Fixture, String> {
+        let binary = binary_name();
+        let parent = Path::new(TARGET_TMP).join("test-homes");
+        remove_stale_homes(&parent, &binary);
+        let home = parent.join(format!("{binary}-{}", std::process::id()));
+        if home.exists() {
+            fs::remove_dir_all(&home).map_err(|e| format!("remove {}: {e}", home.display()))?;
+        }
+        fs::create_dir_all(&home).map_err(|e| format!("create {}: {e}", home.display()))?;
+        let token_label = format!("signet-test-{binary}");
+
+        let mut setup = Command::new("bash");
+        setup
+            .arg(Path::new(REPO).join("softhsm/setup.sh"))
+            .current_dir(REPO)
+            .env("SIGNET_HOME", &home)
+            .env("SIGNET_BIN", SIGNET_BIN)
+            .env("SIGNET_TOKEN_LABEL", &token_label)
+            .env_remove("SOFTHSM2_CONF")
+            .env_remove("SIGNET_FAKE_NOW")
+            .env_remove("SIGNET_FAULT");
+        let out = run(setup);
+        if !out.success() {
+            return Err(format!("softhsm/setup.sh failed\n{}", out.describe()));
+        }
+
+        let f = Fixture {
+            config: home.join("signet.toml"),
+            softhsm2_conf: home.join("softhsm2.conf"),
+            db: home.join("signet.db"),
+            checkpoints: home.join("audit-checkpoints.jsonl"),
+            ca_dir: home.join("ca"),
+            work: home.join("work"),
+            token_label,
+            home,
+            counter: AtomicUsize::new(0),
+        };
+        fs::create_dir_all(&f.work).map_err(|e| e.to_string())?;
+
+        let out = f.signet(&["ca", "init"]);
+        if !out.success() || out.stderr.contains("panicked") {
+            return Err(format!("signet ca init failed\n{}", out.describe()));
+        }
+        let ca_dir = f.ca_dir.to_string_lossy().into_owned();
+        let out = f.signet(&["ca", "export", "--out", &ca_dir]);
+        if !out.success() {
+            return Err(format!("signet ca export failed\n{}", out.describe()));
+        }
+        for name in ["root.pem", "customer-ca.pem", "teller-ca.pem"] {
+            if !f.ca_dir.join(name).is_file() {
+                return Err(format!(
+                    "signet ca export did not write {}\n{}",
+                    f.ca_dir.join(name).display(),
+                    out.describe()
+                ));
+            }
+        }
+        Ok(f)
+    }
+
+    /// A fresh path in the fixture's work directory, named after `hint`.
+    pub fn path(&self, hint: &str) -> PathBuf {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        self.work.join(format!("{n:04}-{hint}"))
+    }
+
+    pub fn ca(&self, name: &str) -> PathBuf {
+        self.ca_dir.join(name)
+    }
+
+    /// root.pem + customer-ca.pem (or teller-ca.pem) in one file, for `-CAfile`.
+    pub fn bundle(&self, issuing: &str) -> PathBuf {
+        let p = self.path(&format!("bundle-{issuing}.pem"));
+        let mut text = fs::read_to_string(self.ca("root.pem")).expect("root.pem");
+        text.push_str(&fs::read_to_string(self.ca(issuing)).expect("issuing CA pem"));
+        fs::write(&p, text).expect("write bundle");
+        p
+    }
+
+    /// A `signet` command with the fixture's config and environment, not yet run.
+    pub fn command(&self, config: &Path) -> Command {
+        let mut cmd = Command::new(SIGNET_BIN);
+        cmd.current_dir(&self.home)
+            .env("SOFTHSM2_CONF", &self.softhsm2_conf)
+            .env_remove("SIGNET_FAKE_NOW")
+            .env_remove("SIGNET_FAULT")
+            .arg("--config")
+            .arg(config);
+        cmd
+    }
+
+    /// Runs `signet --config <fixture config> args...`.
+    pub fn signet<S: AsRef<OsStr>>(&self, args: &[S]) -> Out {
+        self.signet_with(&self.config, &[], args)
+    }
+
+    /// Runs `signet` with another config and extra environment variables.
+    pub fn signet_with<S: AsRef<OsStr>>(
+        &self,
+        config: &Path,
+        env: &[(&str, String)],
+        args: &[S],
+    ) -> Out {
+        let mut cmd = self.command(config);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.args(args);
+        run(cmd)
+    }
+
+    /// A fresh key pair and CSR made by OpenSSL (subject `/CN=<hint>`).
+    pub fn csr(&self, kind: KeyKind) -> PathBuf {
+        let key = self.path(&format!("{kind:?}.key"));
+        let csr = self.path(&format!("{kind:?}.csr"));
+        let newkey: &[&str] = match kind {
+            KeyKind::P256 => &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+            KeyKind::P384 => &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-384"],
+            KeyKind::Rsa1024 => &["-newkey", "rsa:1024"],
+        };
+        let mut args = args!["req", "-new"].to_vec();
+        args.extend(newkey.iter().map(std::ffi::OsString::from));
+        args.extend(args![
+            "-nodes",
+            "-subj",
+            "/CN=test applicant",
+            "-keyout",
+            &key,
+            "-out",
+            &csr
+        ]);
+        openssl(&args).assert_ok();
+        csr
+    }
+
+    /// `signet issue` with a fresh P-256 CSR; asserts success.
+    pub fn issue(&self, profile: Profile, subject: &str) -> Issued {
+        let csr = self.csr(KeyKind::P256);
+        self.issue_csr(profile, &csr, subject)
+    }
+
+    pub fn issue_csr(&self, profile: Profile, csr: &Path, subject: &str) -> Issued {
+        let chain = self.path(&format!("{}-chain.pem", profile.name()));
+        let out = self.signet(&args![
+            "issue",
+            "--profile",
+            profile.name(),
+            "--csr",
+            csr,
+            "--subject",
+            subject,
+            "--out",
+            &chain
+        ]);
+        out.assert_ok();
+        let serial = serial_from_stderr(&out)
+            .unwrap_or_else(|| panic!("no `serial <hex>` line on stderr\n{}", out.describe()));
+        let text = fs::read_to_string(&chain)
+            .unwrap_or_else(|e| panic!("--out {}: {e}\n{}", chain.display(), out.describe()));
+        let blocks = pem_blocks(&text);
+        assert!(
+            !blocks.is_empty() && blocks[0].contains("BEGIN CERTIFICATE"),
+            "--out file has no certificate:\n{text}"
+        );
+        let leaf = self.path(&format!("{}-leaf.pem", profile.name()));
+        fs::write(&leaf, &blocks[0]).expect("write leaf");
+        Issued {
+            serial,
+            leaf,
+            chain,
+            out,
+        }
+    }
+
+    pub fn issue_customer(&self) -> Issued {
+        self.issue(Profile::Customer, "CN=张三,serialNumber=110101199003071234")
+    }
+
+    pub fn issue_teller(&self) -> Issued {
+        self.issue(
+            Profile::Teller,
+            "CN=李四,serialNumber=E0012345,OU=Beijing Haidian Branch",
+        )
+    }
+
+    /// `signet crl --issuer <issuer> --out F` with the given config; asserts success.
+    pub fn crl_with(&self, config: &Path, env: &[(&str, String)], issuer: &str) -> PathBuf {
+        let f = self.path(&format!("{issuer}.crl"));
+        let out = self.signet_with(config, env, &args!["crl", "--issuer", issuer, "--out", &f]);
+        out.assert_ok();
+        assert!(f.is_file(), "no CRL written\n{}", out.describe());
+        f
+    }
+
+    pub fn crl(&self, issuer: &str) -> PathBuf {
+        self.crl_with(&self.config, &[], issuer)
+    }
+
+    /// Parses a DER CRL with `openssl crl -text`, verifying its signature
+    /// against `ca_file`.
+    pub fn crl_text(&self, crl: &Path, ca_file: &Path) -> CrlText {
+        let out = openssl(&args![
+            "crl", "-inform", "DER", "-in", crl, "-CAfile", ca_file, "-verify", "-noout", "-text"
+        ]);
+        out.assert_ok();
+        assert!(
+            out.stderr.contains("verify OK") || out.stdout.contains("verify OK"),
+            "openssl did not verify the CRL\n{}",
+            out.describe()
+        );
+        CrlText::parse(&out.stdout)
+    }
+
+    /// The issuing CA file (for `-CAfile` bundles) of a `--issuer` name.
+    pub fn issuer_bundle(&self, issuer: &str) -> PathBuf {
+        match issuer {
+            "root" => self.ca("root.pem"),
+            "customer" => self.bundle("customer-ca.pem"),
+            "teller" => self.bundle("teller-ca.pem"),
+            other => panic!("unknown issuer {other}"),
+        }
+    }
+
+    /// A copy of the config with some keys changed; returns its path.
+    pub fn config_variant(&self, name: &str, edits: &[(&str, &str, String)]) -> PathBuf {
+        let mut text = fs::read_to_string(&self.config).expect("read signet.toml");
+        for (section, key, value) in edits {
+            text = set_toml_key(&text, section, key, value);
+        }
+        let p = self.path(&format!("{name}.toml"));
+        fs::write(&p, text).expect("write config variant");
+        p
+    }
+
+    /// A consistent copy of the store and the audit checkpoint file, and a config
+    /// that points at them (same token). For tests that tamper with the store or
+    /// move the clock without disturbing the tests that share the fixture.
+    pub fn store_copy(&self, name: &str, extra: &[(&str, &str, String)]) -> StoreCopy {
+        let dir = self.path(name);
+        fs::create_dir_all(&dir).expect("mkdir store copy");
+        let db = dir.join("signet.db");
+        let checkpoints = dir.join("audit-checkpoints.jsonl");
+        // Checkpoints first: the database copy is then at least as new as the
+        // last checkpoint, as it is in a live store.
+        if self.checkpoints.exists() {
+            fs::copy(&self.checkpoints, &checkpoints).expect("copy checkpoint file");
+        }
+        let conn = open_db(&self.db);
+        conn.execute("VACUUM INTO ?1", [db.to_string_lossy().as_ref()])
+            .expect("VACUUM INTO (copy of the store)");
+        drop(conn);
+        let mut edits: Vec<(&str, &str, String)> = vec![
+            ("store", "path", toml_str(&db.to_string_lossy())),
+            (
+                "audit",
+                "checkpoint_file",
+                toml_str(&checkpoints.to_string_lossy()),
+            ),
+        ];
+        edits.extend(extra.iter().cloned());
+        let config = self.config_variant(&format!("{name}-config"), &edits);
+        StoreCopy {
+            config,
+            db,
+            checkpoints,
+        }
+    }
+}
+
+pub struct StoreCopy {
+    pub config: PathBuf,
+    pub db: PathBuf,
+    pub checkpoints: PathBuf,
+}
+
+// ---------------------------------------------------------------------------------
+// Dates
+
+/// (year, month 1-12, day 1-31, hour, minute, second) of a Unix time, UTC.
+pub fn civil_utc(unix: u64) -> (i64, u32, u32, u32, u32, u32) {
+    let days = (unix / 86_400) as i64;
+    let secs = unix % 86_400;
+    // Howard Hinnant's civil_from_days
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (
+        y,
+        m,
+        d,
+        (secs / 3600) as u32,
+        (secs / 60 % 60) as u32,
+        (secs % 60) as u32,
+    )
+}
+
+/// `2026-11-01T00:00:00Z`
+pub fn rfc3339(unix: u64) -> String {
+    let (y, mo, d, h, mi, s) = civil_utc(unix);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+}
+
+/// How `openssl ... -text` prints a time: `Nov  1 00:00:00 2026 GMT`.
+pub fn openssl_time(unix: u64) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let (y, mo, d, h, mi, s) = civil_utc(unix);
+    format!(
+        "{} {d:>2} {h:02}:{mi:02}:{s:02} {y} GMT",
+        MONTHS[mo as usize - 1]
+    )
+}
