@@ -57,3 +57,52 @@ impl Clock {
         }
     }
 }
+
+/// `YYYY-MM-DDTHH:MM:SSZ` to Unix seconds.
+pub fn parse_utc(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() != 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+        || b[19] != b'Z'
+    {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<u16>().ok();
+    let dt = der::DateTime::new(
+        n(0..4)?,
+        n(5..7)? as u8,
+        n(8..10)? as u8,
+        n(11..13)? as u8,
+        n(14..16)? as u8,
+        n(17..19)? as u8,
+    )
+    .ok()?;
+    Some(dt.unix_duration().as_secs() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_utc_times() {
+        assert_eq!(parse_utc("1970-01-02T00:00:00Z"), Some(86_400));
+        assert_eq!(parse_utc("2026-11-01T00:00:00Z"), Some(1_793_491_200));
+    }
+
+    #[test]
+    fn refuses_other_shapes() {
+        for bad in [
+            "2026-11-01",
+            "2026-11-01T00:00:00+08:00",
+            "2026-13-01T00:00:00Z",
+            "x",
+        ] {
+            assert_eq!(parse_utc(bad), None, "{bad}");
+        }
+    }
+}

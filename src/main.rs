@@ -573,32 +573,9 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
         .map_err(|e| Failure::from(format!("cannot write {}: {e}", path.display())))
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ` to Unix seconds.
 fn parse_rfc3339(s: &str) -> Result<i64, Failure> {
-    let bad = || Failure {
+    signet::clock::parse_utc(s).ok_or_else(|| Failure {
         message: format!("{s:?} is not a UTC time like 2026-11-01T00:00:00Z"),
         status: EXIT_USAGE,
-    };
-    let b = s.as_bytes();
-    if b.len() != 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || b[10] != b'T'
-        || b[13] != b':'
-        || b[16] != b':'
-        || b[19] != b'Z'
-    {
-        return Err(bad());
-    }
-    let n = |r: std::ops::Range<usize>| s[r].parse::<u16>().map_err(|_| bad());
-    let dt = der::DateTime::new(
-        n(0..4)?,
-        n(5..7)? as u8,
-        n(8..10)? as u8,
-        n(11..13)? as u8,
-        n(14..16)? as u8,
-        n(17..19)? as u8,
-    )
-    .map_err(|_| bad())?;
-    Ok(dt.unix_duration().as_secs() as i64)
+    })
 }

@@ -178,7 +178,7 @@ pub async fn revoke(
         .invalidity_date
         .as_deref()
         .map(|d| {
-            parse_utc(d).ok_or_else(|| {
+            crate::clock::parse_utc(d).ok_or_else(|| {
                 ApiError::bad_request(
                     "invalid_request",
                     "invalidity_date must look like 2026-11-01T00:00:00Z",
@@ -303,30 +303,4 @@ pub async fn metrics(State(state): State<Shared>) -> Response {
 
 pub async fn no_route() -> ApiError {
     ApiError::not_found("no such route; see /openapi.json")
-}
-
-/// `YYYY-MM-DDTHH:MM:SSZ` to Unix seconds.
-pub(crate) fn parse_utc(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() != 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || b[10] != b'T'
-        || b[13] != b':'
-        || b[16] != b':'
-        || b[19] != b'Z'
-    {
-        return None;
-    }
-    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<u16>().ok();
-    let dt = der::DateTime::new(
-        n(0..4)?,
-        n(5..7)? as u8,
-        n(8..10)? as u8,
-        n(11..13)? as u8,
-        n(14..16)? as u8,
-        n(17..19)? as u8,
-    )
-    .ok()?;
-    Some(dt.unix_duration().as_secs() as i64)
 }

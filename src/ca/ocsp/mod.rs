@@ -115,13 +115,10 @@ impl Authority {
         };
         match self.ocsp_signed_response(&ca, &parsed) {
             Ok(answer) => answer,
-            Err(CaError::Hsm(e)) if e.is_unavailable() => {
-                tracing::warn!(error = %e, "OCSP: HSM unavailable, answering tryLater");
-                OcspAnswer::failure(OcspOutcome::TryLater)
-            }
             Err(e) => {
-                tracing::error!(error = %e, "OCSP: answering internalError");
-                OcspAnswer::failure(OcspOutcome::InternalError)
+                let outcome = failure_outcome(&e);
+                tracing::warn!(error = %e, "OCSP: answering {}", outcome.name());
+                OcspAnswer::failure(outcome)
             }
         }
     }
@@ -200,6 +197,15 @@ impl Authority {
             has_nonce: parsed.nonce.is_some(),
             next_update: Some(next_update),
         })
+    }
+}
+
+/// How a failure to answer is told to the client: tryLater while the HSM is down (the service
+/// recovers by itself), internalError for anything else (store trouble included).
+fn failure_outcome(e: &CaError) -> OcspOutcome {
+    match e {
+        CaError::Hsm(h) if h.is_unavailable() => OcspOutcome::TryLater,
+        _ => OcspOutcome::InternalError,
     }
 }
 
@@ -286,6 +292,28 @@ mod tests {
             assert!(decoded.response_bytes.is_none());
             assert!(!a.has_nonce && a.next_update.is_none());
         }
+    }
+
+    #[test]
+    fn an_hsm_outage_is_try_later_and_other_failures_internal_error() {
+        use crate::hsm::HsmError;
+        use crate::store::StoreError;
+        let down = CaError::Hsm(HsmError::Unavailable {
+            token: "t".into(),
+            reason: "re-initializing".into(),
+        });
+        assert_eq!(failure_outcome(&down), OcspOutcome::TryLater);
+        let no_key = CaError::Hsm(HsmError::KeyNotFound {
+            token: "t".into(),
+            key: "k".into(),
+        });
+        assert_eq!(failure_outcome(&no_key), OcspOutcome::InternalError);
+        let store = CaError::Store(StoreError::Unavailable("disk full".into()));
+        assert_eq!(failure_outcome(&store), OcspOutcome::InternalError);
+        assert_eq!(
+            failure_outcome(&CaError::Encoding("x".into())),
+            OcspOutcome::InternalError
+        );
     }
 
     fn record(
