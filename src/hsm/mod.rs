@@ -37,6 +37,8 @@ const P256_EC_PARAMS: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 
 /// Longest wait between two attempts to re-initialize a failed module.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// Extra looks for a token that is not found at start (about 1.5 s in all).
+const TOKEN_LOOKUP_RETRIES: u32 = 7;
 
 /// How to reach a token.
 #[derive(Debug, Clone)]
@@ -172,7 +174,23 @@ impl Hsm {
     /// Loads the module, finds the token and logs in. Fails at once (no retry) so that a wrong
     /// PIN or label is reported to the operator rather than retried.
     pub fn open(config: HsmConfig) -> Result<Self, HsmError> {
-        let ctx = Context::build(&config)?;
+        // SoftHSM rewrites a token's files while another process logs in or writes objects; a
+        // process that initializes at that moment may not see the token. Look again (a fresh
+        // C_Initialize each time) before calling it missing.
+        let mut attempt = 0;
+        let ctx = loop {
+            match Context::build(&config) {
+                Err(e)
+                    if attempt < TOKEN_LOOKUP_RETRIES
+                        && (matches!(e, HsmError::TokenNotFound { .. })
+                            || e.class() == FailureClass::Module) =>
+                {
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(50 * attempt as u64));
+                }
+                other => break other?,
+            }
+        };
         Ok(Hsm {
             config,
             state: Mutex::new(State::Up(Arc::new(ctx))),
@@ -714,15 +732,17 @@ fn find_token(
     _module: &std::path::Path,
 ) -> Result<Option<Slot>, HsmError> {
     let label = selector.to_string();
+    // Each slot's token info is read on its own: one unreadable token (SoftHSM rewriting its
+    // files) must not hide the others.
     let slots = pkcs11
-        .get_slots_with_initialized_token()
+        .get_slots_with_token()
         .map_err(|e| map_err(&label, None, e))?;
     for slot in slots {
         let info = match pkcs11.get_token_info(slot) {
             Ok(i) => i,
             Err(_) => continue,
         };
-        if selector.matches(info.label(), info.serial_number()) {
+        if info.token_initialized() && selector.matches(info.label(), info.serial_number()) {
             return Ok(Some(slot));
         }
     }
