@@ -156,16 +156,20 @@ fn build_tbs(
     ];
     if let Some(url) = idp_url {
         // A shard names itself, so that a CRL of one shard cannot stand in for another's.
-        exts.push(extension(
-            &IssuingDistributionPoint {
-                distribution_point: Some(DistributionPointName::FullName(vec![uri(url)?])),
-                only_contains_user_certs: true,
-                only_contains_ca_certs: false,
-                only_some_reasons: None,
-                indirect_crl: false,
-                only_contains_attribute_certs: false,
-            },
+        // x509-cert 0.3.0 gives IssuingDistributionPoint the OID of subjectInfoAccess, so the
+        // extension is written with the right OID (2.5.29.28) by hand.
+        let idp = IssuingDistributionPoint {
+            distribution_point: Some(DistributionPointName::FullName(vec![uri(url)?])),
+            only_contains_user_certs: true,
+            only_contains_ca_certs: false,
+            only_some_reasons: None,
+            indirect_crl: false,
+            only_contains_attribute_certs: false,
+        };
+        exts.push(raw_extension(
+            x509::ID_CE_ISSUING_DISTRIBUTION_POINT,
             true,
+            idp.to_der()?,
         )?);
     }
     Ok(TbsCertList {

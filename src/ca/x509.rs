@@ -12,6 +12,9 @@ use x509_cert::time::Time;
 
 /// ecdsa-with-SHA256 (RFC 5758): parameters absent.
 pub const ECDSA_WITH_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
+/// id-ce-issuingDistributionPoint (RFC 5280 5.2.5).
+pub const ID_CE_ISSUING_DISTRIBUTION_POINT: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("2.5.29.28");
 /// id-ce-invalidityDate (RFC 5280 5.3.2).
 pub const ID_CE_INVALIDITY_DATE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.24");
 

@@ -1,0 +1,266 @@
+//! Profile and CRL options beyond the defaults: CRL shards with issuingDistributionPoint, and
+//! ID numbers carried as a keyed hash. Each runs on a copy of the fixture's config.
+
+mod common;
+
+use std::fs;
+use std::path::PathBuf;
+
+use common::{fixture, openssl, pkilint, set_toml_key, toml_str, Fixture, KeyKind};
+
+fn config_with(f: &Fixture, name: &str, edit: impl Fn(String) -> String) -> PathBuf {
+    let text = fs::read_to_string(&f.config).unwrap();
+    let path = f.path(name);
+    fs::write(&path, edit(text)).unwrap();
+    path
+}
+
+fn issue_with(f: &Fixture, config: &PathBuf, profile: &str, subject: &str) -> (String, PathBuf) {
+    let csr = f.csr(KeyKind::P256);
+    let chain = f.path("opt-chain.pem");
+    let out = f.signet_with(
+        config,
+        &[],
+        &args![
+            "issue",
+            "--profile",
+            profile,
+            "--csr",
+            &csr,
+            "--subject",
+            subject,
+            "--out",
+            &chain
+        ],
+    );
+    out.assert_ok();
+    let serial = common::serial_from_stderr(&out).expect("serial on stderr");
+    let leaf = f.path("opt-leaf.pem");
+    openssl(&args!["x509", "-in", &chain, "-out", &leaf]).assert_ok();
+    (serial, leaf)
+}
+
+fn cert_text(leaf: &PathBuf) -> String {
+    let out = openssl(&args![
+        "x509", "-in", leaf, "-noout", "-text", "-nameopt", "utf8"
+    ]);
+    out.assert_ok();
+    out.stdout
+}
+
+#[test]
+fn sharded_crl_names_its_shard_and_lists_the_certificates_of_that_shard() {
+    let f = fixture();
+    let config = config_with(f, "sharded.toml", |t| {
+        set_toml_key(&t, "ca", "crl_shards", "2")
+    });
+    let (serial, leaf) = issue_with(f, &config, "customer", "CN=分片,serialNumber=S1");
+    let text = cert_text(&leaf);
+    let url = text
+        .lines()
+        .map(str::trim)
+        .find_map(|l| {
+            l.strip_prefix("URI:")
+                .filter(|u| u.contains("/crl/customer-"))
+        })
+        .unwrap_or_else(|| panic!("no shard CRL distribution point:\n{text}"))
+        .to_string();
+    let shard = url
+        .rsplit_once('-')
+        .and_then(|(_, s)| s.strip_suffix(".crl"))
+        .expect("shard number in the URL")
+        .to_string();
+    common::assert_lint_clean(&pkilint(
+        "lint_pkix_cert",
+        &args!["lint", "-s", "ERROR", &leaf],
+    ));
+
+    f.signet_with(
+        &config,
+        &[],
+        &args!["revoke", "--serial", &serial, "--reason", "keyCompromise"],
+    )
+    .assert_ok();
+    let crl = f.path("shard.crl");
+    f.signet_with(
+        &config,
+        &[],
+        &args!["crl", "--issuer", "customer", "--shard", &shard, "--out", &crl],
+    )
+    .assert_ok();
+    let parsed = f.crl_text(&crl, &f.bundle("customer-ca.pem"));
+    assert!(
+        parsed.entry(&serial).is_some(),
+        "revoked serial on its shard's CRL"
+    );
+    assert!(
+        parsed.text.contains("Issuing Distribution Point"),
+        "{}",
+        parsed.text
+    );
+    assert!(
+        parsed.text.contains(&url),
+        "the IDP names the shard URL {url}:\n{}",
+        parsed.text
+    );
+    common::assert_lint_clean(&pkilint(
+        "lint_crl",
+        &args!["lint", "-t", "CRL", "-p", "PKIX", "-s", "ERROR", &crl],
+    ));
+
+    let other = if shard == "0" { "1" } else { "0" };
+    let crl2 = f.path("other-shard.crl");
+    f.signet_with(
+        &config,
+        &[],
+        &args!["crl", "--issuer", "customer", "--shard", other, "--out", &crl2],
+    )
+    .assert_ok();
+    let parsed2 = f.crl_text(&crl2, &f.bundle("customer-ca.pem"));
+    assert!(
+        parsed2.entry(&serial).is_none(),
+        "not on the other shard's CRL"
+    );
+}
+
+#[test]
+fn sharded_crl_needs_a_valid_shard_number() {
+    let f = fixture();
+    let config = config_with(f, "sharded2.toml", |t| {
+        set_toml_key(&t, "ca", "crl_shards", "2")
+    });
+    let crl = f.path("noshard.crl");
+    f.signet_with(
+        &config,
+        &[],
+        &args!["crl", "--issuer", "customer", "--out", &crl],
+    )
+    .assert_refused()
+    .assert_stderr_mentions("--shard");
+    f.signet_with(
+        &config,
+        &[],
+        &args!["crl", "--issuer", "customer", "--shard", "7", "--out", &crl],
+    )
+    .assert_refused()
+    .assert_stderr_mentions("shard 7");
+}
+
+#[test]
+fn keyed_hash_profile_writes_the_hmac_of_the_id_number_never_the_number() {
+    let f = fixture();
+    let id = "110101199001011237";
+    // A copy of the policies with a privacy-minded profile.
+    let policies = f.path("policies");
+    fs::create_dir_all(&policies).unwrap();
+    for p in ["customer.toml", "teller.toml"] {
+        fs::copy(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("policies")
+                .join(p),
+            policies.join(p),
+        )
+        .unwrap();
+    }
+    let private = fs::read_to_string(policies.join("customer.toml"))
+        .unwrap()
+        .replace("id_number = \"clear\"", "id_number = \"keyed-hash\"");
+    fs::write(policies.join("customer-private.toml"), private).unwrap();
+    let key_hex = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    let key_file = f.path("id-hash.key");
+    fs::write(&key_file, hex_decode(key_hex)).unwrap();
+    let config = config_with(f, "keyed.toml", |t| {
+        let t = set_toml_key(
+            &t,
+            "issuance",
+            "policies",
+            &toml_str(&policies.to_string_lossy()),
+        );
+        // [issuance] is the last section of the generated config.
+        format!(
+            "{t}id_hash_key_file = {}\n",
+            toml_str(&key_file.to_string_lossy())
+        )
+    });
+    let (serial, leaf) = issue_with(
+        f,
+        &config,
+        "customer-private",
+        &format!("CN=隐私,serialNumber={id}"),
+    );
+    let text = cert_text(&leaf);
+    assert!(
+        !text.contains(id),
+        "the certificate must not carry the ID number:\n{text}"
+    );
+
+    let mac_out = openssl(&args![
+        "dgst",
+        "-sha256",
+        "-mac",
+        "HMAC",
+        "-macopt",
+        format!("hexkey:{key_hex}"),
+        &write_tmp(f, id)
+    ]);
+    mac_out.assert_ok();
+    let mac = mac_out
+        .stdout
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .trim()
+        .to_uppercase();
+    assert!(
+        text.contains(&format!("serialNumber={mac}")),
+        "serialNumber is HMAC-SHA256 of the ID:\n{text}"
+    );
+    common::assert_lint_clean(&pkilint(
+        "lint_pkix_cert",
+        &args!["lint", "-s", "ERROR", &leaf],
+    ));
+
+    // Nothing in the store's text columns holds the ID number in clear.
+    let db = common::open_db(&f.db);
+    let hits: i64 = db
+        .query_row(
+            "SELECT (SELECT COUNT(*) FROM certificates WHERE subject LIKE ?1)
+                  + (SELECT COUNT(*) FROM audit_events WHERE details LIKE ?1 OR object LIKE ?1)",
+            [format!("%{id}%")],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(hits, 0, "ID number found in the store (serial {serial})");
+}
+
+#[test]
+fn audit_log_never_holds_a_clear_id_number() {
+    let f = fixture();
+    let id = "31010119800101001X";
+    f.issue(
+        common::Profile::Customer,
+        &format!("CN=审计,serialNumber={id}"),
+    );
+    let db = common::open_db(&f.db);
+    let hits: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM audit_events WHERE details LIKE ?1 OR object LIKE ?1 OR actor LIKE ?1",
+            [format!("%{id}%")],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(hits, 0);
+}
+
+fn write_tmp(f: &Fixture, content: &str) -> PathBuf {
+    let p = f.path("data.txt");
+    fs::write(&p, content).unwrap();
+    p
+}
+
+fn hex_decode(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
