@@ -15,7 +15,12 @@ fn config_with(f: &Fixture, name: &str, edit: impl Fn(String) -> String) -> Path
     path
 }
 
-fn issue_with(f: &Fixture, config: &PathBuf, profile: &str, subject: &str) -> (String, PathBuf) {
+fn issue_with(
+    f: &Fixture,
+    config: &std::path::Path,
+    profile: &str,
+    subject: &str,
+) -> (String, PathBuf) {
     let csr = f.csr(KeyKind::P256);
     let chain = f.path("opt-chain.pem");
     let out = f.signet_with(
@@ -40,7 +45,7 @@ fn issue_with(f: &Fixture, config: &PathBuf, profile: &str, subject: &str) -> (S
     (serial, leaf)
 }
 
-fn cert_text(leaf: &PathBuf) -> String {
+fn cert_text(leaf: &std::path::Path) -> String {
     let out = openssl(&args![
         "x509", "-in", leaf, "-noout", "-text", "-nameopt", "utf8"
     ]);

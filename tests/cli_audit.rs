@@ -1,0 +1,228 @@
+//! `signet audit verify`: the hash-chained audit log detects edits, deletions,
+//! reordering and truncation, and names the event where the chain breaks.
+//!
+//! Every tamper test works on its own copy of the store and checkpoint file, so
+//! the fixture that other tests share stays intact.
+
+mod common;
+
+use common::*;
+use rusqlite::Connection;
+
+/// Opens a store copy as an attacker with file access would: triggers that
+/// guard the audit table are dropped first.
+fn tamper(copy: &StoreCopy) -> Connection {
+    let conn = open_db(&copy.db);
+    let triggers: Vec<String> = conn
+        .prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit_events'",
+        )
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    for t in triggers {
+        conn.execute_batch(&format!("DROP TRIGGER \"{}\"", t.replace('"', "\"\"")))
+            .unwrap();
+    }
+    conn
+}
+
+fn seqs(conn: &Connection) -> Vec<i64> {
+    conn.prepare("SELECT seq FROM audit_events ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// A store copy whose audit log verifies before the test touches it, with at
+/// least `min_events` events.
+fn intact_copy(
+    name: &str,
+    min_events: usize,
+    extra: &[(&str, &str, String)],
+) -> (StoreCopy, Vec<i64>) {
+    let f = fixture();
+    let copy = f.store_copy(name, extra);
+    let mut events = seqs(&open_db(&copy.db));
+    while events.len() < min_events {
+        // Add events to the copy only.
+        let csr = f.csr(KeyKind::P256);
+        let out = f.signet_with(
+            &copy.config,
+            &[],
+            &args![
+                "issue",
+                "--profile",
+                "customer",
+                "--csr",
+                &csr,
+                "--subject",
+                "CN=审计,serialNumber=110101199003071234",
+                "--out",
+                f.path("audit.pem")
+            ],
+        );
+        out.assert_ok();
+        events = seqs(&open_db(&copy.db));
+    }
+    verify(&copy).assert_ok();
+    (copy, events)
+}
+
+fn verify(copy: &StoreCopy) -> Out {
+    fixture().signet_with(&copy.config, &[], &args!["audit", "verify"])
+}
+
+#[track_caller]
+fn assert_names_one_of(out: &Out, allowed: &[i64]) {
+    out.assert_refused();
+    let named = out.named_events();
+    assert!(
+        named.iter().any(|n| allowed.contains(&(*n as i64))),
+        "expected stderr to name event {allowed:?}, it names {named:?}\n{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn audit_verify_passes_on_an_untouched_log() {
+    let f = fixture();
+    f.issue_customer();
+    let out = f.signet(&args!["audit", "verify"]);
+    out.assert_ok();
+}
+
+#[test]
+fn ca_init_and_issuance_are_audited() {
+    let f = fixture();
+    let issued = f.issue_customer();
+    let conn = open_db(&f.db);
+    let actions: Vec<(String, String)> = conn
+        .prepare("SELECT action, object FROM audit_events ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+            ))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(!actions.is_empty(), "no audit events");
+    let serial = norm_serial(&issued.serial);
+    assert!(
+        actions
+            .iter()
+            .any(|(_, object)| norm_serial(object) == serial
+                || object.to_uppercase().contains(&serial)),
+        "no audit event names the issued serial {serial}: {actions:?}"
+    );
+}
+
+#[test]
+fn audit_verify_names_an_edited_event() {
+    let (copy, events) = intact_copy("edited", 3, &[]);
+    let k = events[events.len() / 2];
+    let n = tamper(&copy)
+        .execute(
+            "UPDATE audit_events SET details = coalesce(details, '') || ' ' WHERE seq = ?1",
+            [k],
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_names_one_of(&verify(&copy), &[k]);
+}
+
+#[test]
+fn audit_verify_names_an_event_whose_actor_was_changed() {
+    let (copy, events) = intact_copy("actor", 3, &[]);
+    let k = events[events.len() / 2];
+    tamper(&copy)
+        .execute(
+            "UPDATE audit_events SET actor = 'mallory' WHERE seq = ?1",
+            [k],
+        )
+        .unwrap();
+    assert_names_one_of(&verify(&copy), &[k]);
+}
+
+#[test]
+fn audit_verify_names_a_deleted_event() {
+    let (copy, events) = intact_copy("deleted", 3, &[]);
+    let i = events.len() / 2;
+    let k = events[i];
+    tamper(&copy)
+        .execute("DELETE FROM audit_events WHERE seq = ?1", [k])
+        .unwrap();
+    assert_names_one_of(&verify(&copy), &[k, events[i + 1]]);
+}
+
+#[test]
+fn audit_verify_names_two_swapped_events() {
+    let (copy, events) = intact_copy("swapped", 3, &[]);
+    let i = events.len() / 2 - 1;
+    let (a, b) = (events[i], events[i + 1]);
+    let conn = tamper(&copy);
+    // Swap everything but the sequence numbers. Go through a placeholder hash
+    // in case the column is UNIQUE.
+    conn.execute_batch(&format!(
+        "CREATE TEMP TABLE s AS SELECT * FROM audit_events WHERE seq IN ({a}, {b});
+         UPDATE audit_events SET hash = X'00' WHERE seq = {a};
+         UPDATE audit_events SET (at, actor, action, object, details, prev_hash, hash) =
+           (SELECT at, actor, action, object, details, prev_hash, hash FROM s WHERE seq = {a})
+           WHERE seq = {b};
+         UPDATE audit_events SET (at, actor, action, object, details, prev_hash, hash) =
+           (SELECT at, actor, action, object, details, prev_hash, hash FROM s WHERE seq = {b})
+           WHERE seq = {a};"
+    ))
+    .unwrap();
+    assert_names_one_of(&verify(&copy), &[a, b]);
+}
+
+#[test]
+fn audit_verify_names_the_missing_events_when_the_newest_are_removed() {
+    // A checkpoint after every event, so that the newest events are covered by
+    // an HSM-signed checkpoint.
+    let (copy, events) = intact_copy("truncated", 0, &[("audit", "checkpoint_every", "1".into())]);
+    // Events appended under checkpoint_every = 1.
+    let f = fixture();
+    for _ in 0..2 {
+        let csr = f.csr(KeyKind::P256);
+        f.signet_with(
+            &copy.config,
+            &[],
+            &args![
+                "issue",
+                "--profile",
+                "customer",
+                "--csr",
+                &csr,
+                "--subject",
+                "CN=审计,serialNumber=110101199003071234",
+                "--out",
+                f.path("t.pem")
+            ],
+        )
+        .assert_ok();
+    }
+    verify(&copy).assert_ok();
+    let checkpoints = std::fs::read_to_string(&copy.checkpoints).unwrap_or_default();
+    assert!(
+        !checkpoints.trim().is_empty(),
+        "no checkpoint written to {} with checkpoint_every = 1",
+        copy.checkpoints.display()
+    );
+    let all = seqs(&open_db(&copy.db));
+    assert!(all.len() > events.len());
+    let keep_through = all[all.len() - 3];
+    tamper(&copy)
+        .execute("DELETE FROM audit_events WHERE seq > ?1", [keep_through])
+        .unwrap();
+    let removed: Vec<i64> = all.iter().copied().filter(|s| *s > keep_through).collect();
+    assert_names_one_of(&verify(&copy), &removed);
+}
