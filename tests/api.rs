@@ -20,7 +20,14 @@ struct Server {
 
 impl Server {
     fn start(f: &Fixture) -> Server {
+        Self::start_with(f, &[])
+    }
+
+    fn start_with(f: &Fixture, env: &[(&str, String)]) -> Server {
         let mut cmd = f.command(&f.config);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         cmd.args(["serve", "--listen", "127.0.0.1:0"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -935,6 +942,13 @@ fn restart_keeps_certificates_revocations_and_credentials_and_the_audit_chain_ve
         (live, revoked)
     };
     guard.take().unwrap().stop();
+    // Graceful shutdown checkpointed the chain head: the file's last checkpoint is the head.
+    let head: i64 = common::open_db(&f.db)
+        .query_row("SELECT MAX(seq) FROM audit_events", [], |r| r.get(0))
+        .unwrap();
+    let file = std::fs::read_to_string(&f.checkpoints).unwrap();
+    let last: Value = serde_json::from_str(file.lines().last().unwrap()).unwrap();
+    assert_eq!(last["seq"].as_i64(), Some(head), "checkpoint at shutdown");
     let out = f.signet(&["audit", "verify"]);
     out.assert_ok();
     *guard = Some(Server::start(f));
@@ -952,4 +966,45 @@ fn restart_keeps_certificates_revocations_and_credentials_and_the_audit_chain_ve
     );
     assert_eq!(b.json()["status"], "revoked", "{}", b.body);
     assert_eq!(b.json()["revocation_reason"], "cessationOfOperation");
+}
+
+#[test]
+fn a_pending_teller_request_expires_unapproved() {
+    let (banks, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let f = fixture();
+    let r = post_json(
+        s,
+        "/v1/teller-requests",
+        Some(&banks.a_admin1),
+        &json!({"csr": csr_pem(f), "subject": "CN=柜员丁,serialNumber=E9004,OU=Branch 4"}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    // A second server whose clock stands 25 hours later (tests hold the shared server's lock,
+    // so nothing else is in flight).
+    let later = common::now_unix() + 25 * 3600;
+    let late = Server::start_with(f, &[("SIGNET_FAKE_NOW", later.to_string())]);
+    let approve = post_json(
+        &late,
+        &format!("/v1/teller-requests/{id}/approve"),
+        Some(&banks.a_admin2),
+        &json!({}),
+    );
+    assert_eq!(
+        (approve.status, approve.code().as_str()),
+        (409, "request_expired")
+    );
+    late.stop();
+    let again = post_json(
+        s,
+        &format!("/v1/teller-requests/{id}/approve"),
+        Some(&banks.a_admin2),
+        &json!({}),
+    );
+    assert_eq!(
+        (again.status, again.code().as_str()),
+        (409, "conflict"),
+        "expired stays expired"
+    );
 }
