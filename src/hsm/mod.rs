@@ -37,6 +37,8 @@ const P256_EC_PARAMS: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 
 /// Longest wait between two attempts to re-initialize a failed module.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// Fresh scans that must all miss a token before `init_token` creates it.
+const TOKEN_ABSENT_SCANS: u32 = 5;
 /// Extra looks for a token that is not found at start (about 1.5 s in all).
 const TOKEN_LOOKUP_RETRIES: u32 = 7;
 
@@ -183,7 +185,8 @@ impl Hsm {
                 Err(e)
                     if attempt < TOKEN_LOOKUP_RETRIES
                         && (matches!(e, HsmError::TokenNotFound { .. })
-                            || e.class() == FailureClass::Module) =>
+                            || e.class() == FailureClass::Module
+                            || e.return_code() == Some("CKR_USER_PIN_NOT_INITIALIZED")) =>
                 {
                     attempt += 1;
                     std::thread::sleep(Duration::from_millis(50 * attempt as u64));
@@ -766,6 +769,17 @@ pub fn init_token(
         sessions: 1,
         checkout_timeout: Duration::from_secs(5),
     };
+    // A token being rewritten by another process can be missed by one scan (SoftHSM): only
+    // create one when several fresh scans agree that it is absent, or two would share a label.
+    for _ in 0..TOKEN_ABSENT_SCANS {
+        let pkcs11 = load_module(&config)?;
+        let found = find_token(&pkcs11, &selector, module);
+        let _ = pkcs11.finalize();
+        if let Ok(Some(_)) = found {
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(30));
+    }
     let pkcs11 = load_module(&config)?;
     let result = (|| {
         if find_token(&pkcs11, &selector, module)?.is_some() {
