@@ -9,9 +9,11 @@ use crate::ca::{Authority, CaError, CaSettings, Fault};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::hsm::{Hsm, HsmError};
-use crate::policy::{PolicyError, Profiles};
+use crate::policy::{PolicyError, Profiles, SignaturePolicy};
 use crate::ra::{BankIdentity, Registrar};
 use crate::store::{SqliteStore, Store, StoreError};
+use crate::verify::path::Anchor;
+use crate::verify::Verifier;
 
 /// Why Signet could not start.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +28,10 @@ pub enum OpenError {
     Ca(#[from] CaError),
     #[error("cannot read the ID-hash key {path}: {reason}")]
     IdHashKey { path: String, reason: String },
+    #[error("trust anchor {name}: {reason}")]
+    Anchor { name: String, reason: String },
+    #[error(transparent)]
+    Verify(#[from] crate::verify::VerifyError),
 }
 
 /// An opened Signet: the HSM, the store and the layers above them.
@@ -36,6 +42,8 @@ pub struct Signet {
     pub store: Arc<dyn Store>,
     pub authority: Arc<Authority>,
     pub registrar: Registrar,
+    /// Present once the CA is initialized.
+    pub verifier: Option<Verifier>,
 }
 
 impl Signet {
@@ -67,6 +75,23 @@ impl Signet {
             })?)),
             None => None,
         };
+        // Verification needs the CA and a signature policy; a folder without the policy file
+        // serves issuance only (a policy file that is there but wrong is refused).
+        let policy_file = config
+            .issuance
+            .policies
+            .join(crate::policy::SIGNATURE_POLICY_FILE);
+        let verifier = if authority.is_initialized() && policy_file.exists() {
+            let policy = SignaturePolicy::load(&config.issuance.policies, &profiles)?;
+            Some(Verifier::new(
+                &authority,
+                profiles.clone(),
+                policy,
+                load_anchors(&config)?,
+            )?)
+        } else {
+            None
+        };
         let registrar = Registrar::new(
             authority.clone(),
             profiles,
@@ -83,6 +108,7 @@ impl Signet {
             store,
             authority,
             registrar,
+            verifier,
         })
     }
 
@@ -103,6 +129,40 @@ impl Signet {
     }
 }
 
+/// Reads PEM or DER.
+fn read_der(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if bytes.starts_with(b"-----BEGIN") {
+        der::pem::decode_vec(&bytes)
+            .map(|(_, d)| d)
+            .map_err(|e| format!("{}: {e}", path.display()))
+    } else {
+        Ok(bytes)
+    }
+}
+
+fn load_anchors(config: &Config) -> Result<Vec<Anchor>, OpenError> {
+    use der::Decode;
+    let mut out = Vec::new();
+    for a in &config.verify.anchors {
+        let err = |reason: String| OpenError::Anchor {
+            name: a.name.clone(),
+            reason,
+        };
+        let cert = read_der(&a.certificate).map_err(err)?;
+        let certificate =
+            x509_cert::Certificate::from_der(&cert).map_err(|e| err(e.to_string()))?;
+        let crl = a.crl.as_deref().map(read_der).transpose().map_err(err)?;
+        out.push(Anchor {
+            certificate,
+            own: false,
+            crl,
+            name: a.name.clone(),
+        });
+    }
+    Ok(out)
+}
+
 /// The CA settings a config describes.
 pub fn settings(config: &Config) -> CaSettings {
     CaSettings {
@@ -120,3 +180,33 @@ pub fn settings(config: &Config) -> CaSettings {
         issuance_timeout_secs: config.issuance.timeout_secs,
     }
 }
+
+/// A receipt over a verification report: CMS SignedData over the report's RFC 8785 form,
+/// signed in the HSM by the validation-service key, dated by Signet's clock. Base64 DER.
+pub fn make_receipt(signet: &Signet, report: &serde_json::Value) -> Result<String, ReceiptFailure> {
+    use base64::Engine;
+    let service = signet.authority.validation_service().map_err(|e| {
+        ReceiptFailure(format!(
+            "no validation-service key: {e}; run `signet ca upgrade`"
+        ))
+    })?;
+    let hsm = signet.hsm.clone();
+    let label = service.key_label.clone();
+    let der = crate::verify::receipt::build_receipt(
+        report,
+        signet.clock.now(),
+        &service.certificate_der,
+        &service.chain,
+        &|bytes| {
+            hsm.sign_p256_sha256(&label, bytes)
+                .map_err(|e| e.to_string())
+        },
+    )
+    .map_err(ReceiptFailure)?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(der))
+}
+
+/// A receipt could not be made (the HSM or the validation-service key is missing).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot sign the receipt: {0}")]
+pub struct ReceiptFailure(pub String);

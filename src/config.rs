@@ -29,8 +29,29 @@ pub struct Config {
     pub store: StoreConfig,
     pub audit: AuditConfig,
     pub issuance: IssuanceConfig,
+    #[serde(default)]
+    pub verify: VerifyConfig,
     #[serde(skip)]
     pub path: PathBuf,
+}
+
+/// Verification of signed payment instructions.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyConfig {
+    /// Trust anchors beside Signet's own root, each with its CRL (DER or PEM file).
+    #[serde(default)]
+    pub anchors: Vec<AnchorConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnchorConfig {
+    pub name: String,
+    /// The anchor's certificate (PEM or DER).
+    pub certificate: PathBuf,
+    /// Its CRL (PEM or DER), read at start.
+    pub crl: Option<PathBuf>,
 }
 
 /// Names, validity and URLs of the CA hierarchy.
@@ -160,6 +181,12 @@ impl Config {
         abs(&mut cfg.store.path);
         abs(&mut cfg.audit.checkpoint_file);
         abs(&mut cfg.issuance.policies);
+        for a in &mut cfg.verify.anchors {
+            abs(&mut a.certificate);
+            if let Some(c) = a.crl.as_mut() {
+                abs(c);
+            }
+        }
         for p in [
             cfg.hsm.pin_file.as_mut(),
             cfg.hsm.so_pin_file.as_mut(),

@@ -13,3 +13,4 @@ pub mod hsm;
 pub mod policy;
 pub mod ra;
 pub mod store;
+pub mod verify;

@@ -100,6 +100,24 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Verify a signed payment instruction; prints the JSON report. Exit 0 TOTAL_PASSED,
+    /// 1 TOTAL_FAILED, 2 INDETERMINATE, 3 could not decide, 64 usage.
+    Verify {
+        /// The instruction file (any format: JSON, XML, k=v&...).
+        #[arg(long)]
+        instruction: PathBuf,
+        /// The signature: CMS (DER, PEM or base64) or JWS (compact or JSON).
+        #[arg(long)]
+        signature: PathBuf,
+        /// Add a receipt signed by Signet (base64 DER in the report's `receipt` field).
+        #[arg(long)]
+        receipt: bool,
+    },
+    /// Verification receipts.
+    Receipt {
+        #[command(subcommand)]
+        command: ReceiptCommand,
+    },
     /// Serve the REST API, CRLs and OCSP.
     Serve {
         /// Address to listen on.
@@ -115,6 +133,15 @@ enum Command {
     Credential {
         #[command(subcommand)]
         command: CredentialCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReceiptCommand {
+    /// Check a receipt (DER or base64). Exit 0 valid, 1 invalid, 3 could not decide, 64 usage.
+    Verify {
+        #[arg(long)]
+        receipt: PathBuf,
     },
 }
 
@@ -181,6 +208,8 @@ enum AuditCommand {
 struct Failure {
     message: String,
     status: u8,
+    /// A verdict (verify's 1 and 2, receipt's 1), not a failure to decide.
+    verdict: bool,
 }
 
 impl<E: std::fmt::Display> From<E> for Failure {
@@ -188,6 +217,7 @@ impl<E: std::fmt::Display> From<E> for Failure {
         Failure {
             message: e.to_string(),
             status: 1,
+            verdict: false,
         }
     }
 }
@@ -233,7 +263,24 @@ fn progress(msg: &str) {
     eprintln!("signet: {msg}");
 }
 
+/// Exit status when Signet could not decide (store or HSM unreachable).
+const EXIT_UNDECIDED: u8 = 3;
+
 fn run(cli: Cli) -> Result<(), Failure> {
+    let deciding = matches!(
+        cli.command,
+        Command::Verify { .. } | Command::Receipt { .. }
+    );
+    run_command(cli).map_err(|mut f| {
+        // For verify and receipt, 1 and 2 are verdicts: any other failure is "could not decide".
+        if deciding && !f.verdict && f.status == 1 {
+            f.status = EXIT_UNDECIDED;
+        }
+        f
+    })
+}
+
+fn run_command(cli: Cli) -> Result<(), Failure> {
     let path = cli.config.clone().unwrap_or_else(Config::default_path);
     let config = Config::load(&path)?;
     config.apply_environment();
@@ -252,6 +299,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             return Err(Failure {
                 message: format!("SIGNET_FAULT={other:?} is not a known fault (after-record)"),
                 status: EXIT_USAGE,
+                verdict: false,
             })
         }
         Err(_) => Fault::None,
@@ -263,6 +311,20 @@ fn run(cli: Cli) -> Result<(), Failure> {
     } = &cli.command
     {
         return audit_verify(&signet);
+    }
+    if let Command::Verify {
+        instruction,
+        signature,
+        receipt,
+    } = &cli.command
+    {
+        return verify(&signet, instruction, signature, *receipt, &actor);
+    }
+    if let Command::Receipt {
+        command: ReceiptCommand::Verify { receipt },
+    } = &cli.command
+    {
+        return receipt_verify(&signet, receipt);
     }
     for serial in signet.startup(&actor)? {
         progress(&format!(
@@ -284,7 +346,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
 fn command(signet: &Signet, command: Command, actor: &str) -> Result<(), Failure> {
     let authority = &signet.authority;
     match command {
-        Command::Token { .. } | Command::Audit { .. } | Command::Serve { .. } => {
+        Command::Token { .. }
+        | Command::Audit { .. }
+        | Command::Serve { .. }
+        | Command::Verify { .. }
+        | Command::Receipt { .. } => {
             unreachable!("handled before")
         }
         Command::Tenant {
@@ -302,6 +368,7 @@ fn command(signet: &Signet, command: Command, actor: &str) -> Result<(), Failure
                         Role::ALL.map(|r| r.as_str()).join(", ")
                     ),
                     status: EXIT_USAGE,
+                    verdict: false,
                 })?;
                 let expires = days.map(|d| signet.clock.now() + i64::from(d) * 86_400);
                 let cred = signet
@@ -417,6 +484,7 @@ fn command(signet: &Signet, command: Command, actor: &str) -> Result<(), Failure
                             .join(", ")
                     ),
                     status: EXIT_USAGE,
+                    verdict: false,
                 })?;
             let invalidity = invalidity_date.map(|d| parse_rfc3339(&d)).transpose()?;
             let serial = normalize_serial(&serial)?;
@@ -440,6 +508,7 @@ fn command(signet: &Signet, command: Command, actor: &str) -> Result<(), Failure
             let id = IssuerId::parse(&issuer).ok_or_else(|| Failure {
                 message: format!("{issuer:?} is not an issuer: use root, customer or teller"),
                 status: EXIT_USAGE,
+                verdict: false,
             })?;
             let crl = authority.generate_crl(id, shard, actor)?;
             write_file(&out, &crl.der)?;
@@ -451,6 +520,87 @@ fn command(signet: &Signet, command: Command, actor: &str) -> Result<(), Failure
         }
     }
     Ok(())
+}
+
+/// Largest instruction or signature file read.
+const MAX_VERIFY_INPUT: usize = 4 * 1024 * 1024;
+
+fn verify(
+    signet: &Signet,
+    instruction: &Path,
+    signature: &Path,
+    want_receipt: bool,
+    actor: &str,
+) -> Result<(), Failure> {
+    let usage = |f: Failure| Failure {
+        status: EXIT_USAGE,
+        ..f
+    };
+    let instruction = read_limited(instruction, MAX_VERIFY_INPUT).map_err(usage)?;
+    let signature = read_limited(signature, MAX_VERIFY_INPUT).map_err(usage)?;
+    let verifier = signet.verifier.as_ref().ok_or_else(|| {
+        Failure::from(
+            "verification is not configured: it needs an initialized CA and payment-signature.toml in the policies folder",
+        )
+    })?;
+    let report = verifier.verify(&instruction, &signature, actor, None)?;
+    let mut value = serde_json::to_value(&report)?;
+    if want_receipt {
+        value["receipt"] = serde_json::Value::String(signet::app::make_receipt(signet, &value)?);
+    }
+    println!("{}", serde_json::to_string_pretty(&value)?);
+    match report.exit_code() {
+        0 => Ok(()),
+        code => Err(Failure {
+            message: format!(
+                "the signature is {}",
+                serde_json::to_value(report.indication)?
+                    .as_str()
+                    .unwrap_or("not valid")
+            ),
+            status: code,
+            verdict: true,
+        }),
+    }
+}
+
+fn receipt_verify(signet: &Signet, path: &Path) -> Result<(), Failure> {
+    use base64::Engine;
+    let raw = read_limited(path, MAX_VERIFY_INPUT).map_err(|f| Failure {
+        status: EXIT_USAGE,
+        ..f
+    })?;
+    let der = if raw.first() == Some(&0x30) {
+        raw
+    } else {
+        let text: String = String::from_utf8_lossy(&raw)
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(|_| Failure {
+                message: "the receipt is neither DER nor base64".into(),
+                status: 1,
+                verdict: true,
+            })?
+    };
+    let root = signet.authority.ca(IssuerId::Root)?.certificate;
+    match signet::verify::receipt::verify_receipt(&der, &[root]) {
+        Ok(info) => {
+            println!("{}", serde_json::to_string_pretty(&info.report)?);
+            eprintln!(
+                "receipt valid: signed by {} at Unix time {}",
+                info.signer_subject, info.signing_time
+            );
+            Ok(())
+        }
+        Err(e) => Err(Failure {
+            message: format!("receipt invalid: {e}"),
+            status: 1,
+            verdict: true,
+        }),
+    }
 }
 
 fn serve(signet: Signet, listen: &str) -> Result<(), Failure> {
@@ -501,6 +651,7 @@ fn token_init(config: &Config) -> Result<(), Failure> {
     let so = config.hsm.so_pin_file.clone().ok_or_else(|| Failure {
         message: "[hsm].so_pin_file is not set: token init needs the SO PIN file".into(),
         status: EXIT_USAGE,
+        verdict: false,
     })?;
     let user = config.hsm_config().pin;
     let label = &config.hsm.token;
@@ -508,6 +659,7 @@ fn token_init(config: &Config) -> Result<(), Failure> {
         return Err(Failure {
             message: "token init needs a plain token label in [hsm].token, not a URI".into(),
             status: EXIT_USAGE,
+            verdict: false,
         });
     }
     let created = hsm::init_token(&config.hsm.module, label, &PinSource::File(so), &user)?;
@@ -549,6 +701,7 @@ fn audit_verify(signet: &Signet) -> Result<(), Failure> {
         Err(b) => Err(Failure {
             message: format!("audit chain broken: {b}"),
             status: 1,
+            verdict: true,
         }),
     }
 }
@@ -578,5 +731,6 @@ fn parse_rfc3339(s: &str) -> Result<i64, Failure> {
     signet::clock::parse_utc(s).ok_or_else(|| Failure {
         message: format!("{s:?} is not a UTC time like 2026-11-01T00:00:00Z"),
         status: EXIT_USAGE,
+        verdict: false,
     })
 }

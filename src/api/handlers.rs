@@ -5,6 +5,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::{blocking, ApiError, ApiJson, Caller, Shared};
 use crate::ca::{pem_certificate, Issued, Reason};
@@ -303,4 +304,117 @@ pub async fn metrics(State(state): State<Shared>) -> Response {
 
 pub async fn no_route() -> ApiError {
     ApiError::not_found("no such route; see /openapi.json")
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerificationBody {
+    /// The instruction, base64.
+    instruction: String,
+    /// The signature: base64 of DER, PEM text, or a JWS.
+    signature: String,
+    #[serde(default)]
+    receipt: bool,
+}
+
+fn decode_b64(field: &str, value: &str) -> Result<Vec<u8>, ApiError> {
+    use base64::Engine;
+    let cleaned: String = value.chars().filter(|c| !c.is_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(cleaned.as_bytes())
+        .map_err(|_| ApiError::bad_request("invalid_request", format!("`{field}` is not base64")))
+}
+
+fn verifier_unavailable() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "ca_not_initialized",
+        "verification is not configured: it needs an initialized CA and policies/payment-signature.toml",
+    )
+}
+
+fn verify_failure(e: crate::verify::VerifyError) -> ApiError {
+    tracing::error!(error = %e, "verification could not decide");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        "Signet could not decide (its records are unavailable); retry shortly",
+    )
+}
+
+/// `POST /v1/verifications`: the report (200) for anything well formed, even a signature that
+/// does not parse.
+pub async fn verify_signature(
+    State(state): State<Shared>,
+    Caller(who): Caller,
+    ApiJson(body): ApiJson<VerificationBody>,
+) -> Result<Json<Value>, ApiError> {
+    let instruction = decode_b64("instruction", &body.instruction)?;
+    let signature = if body.signature.trim_start().starts_with("-----BEGIN")
+        || body.signature.trim_start().starts_with('{')
+        || body.signature.contains('.')
+    {
+        body.signature.clone().into_bytes()
+    } else {
+        decode_b64("signature", &body.signature)?
+    };
+    let want_receipt = body.receipt;
+    blocking(move || {
+        state.signet.registrar.authorize_verification(&who)?;
+        let verifier = state
+            .signet
+            .verifier
+            .as_ref()
+            .ok_or_else(verifier_unavailable)?;
+        let report = verifier
+            .verify(&instruction, &signature, &who.actor(), Some(&who.tenant.id))
+            .map_err(verify_failure)?;
+        let mut value = serde_json::to_value(&report).unwrap_or_default();
+        if want_receipt {
+            let receipt = crate::app::make_receipt(&state.signet, &value).map_err(|e| {
+                tracing::error!(error = %e, "receipt");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "hsm_unavailable",
+                    e.to_string(),
+                )
+            })?;
+            value["receipt"] = Value::String(receipt);
+        }
+        Ok(Json(value))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateValidationBody {
+    /// PEM, or base64 of DER.
+    certificate: String,
+}
+
+/// `POST /v1/verifications/certificate`: a certificate alone.
+pub async fn verify_certificate(
+    State(state): State<Shared>,
+    Caller(who): Caller,
+    ApiJson(body): ApiJson<CertificateValidationBody>,
+) -> Result<Json<Value>, ApiError> {
+    let der = if body.certificate.trim_start().starts_with("-----BEGIN") {
+        body.certificate.into_bytes()
+    } else {
+        decode_b64("certificate", &body.certificate)?
+    };
+    blocking(move || {
+        state.signet.registrar.authorize_verification(&who)?;
+        let verifier = state
+            .signet
+            .verifier
+            .as_ref()
+            .ok_or_else(verifier_unavailable)?;
+        let report = verifier
+            .verify_certificate(&der, &who.actor(), Some(&who.tenant.id))
+            .map_err(verify_failure)?;
+        Ok(Json(serde_json::to_value(&report).unwrap_or_default()))
+    })
+    .await
 }

@@ -144,6 +144,11 @@ pub fn router(state: Shared) -> Router {
             post(handlers::approve_teller_request),
         )
         .route("/v1/audit-events", get(handlers::audit_events))
+        .route("/v1/verifications", post(handlers::verify_signature))
+        .route(
+            "/v1/verifications/certificate",
+            post(handlers::verify_certificate),
+        )
         .route("/v1/ca", get(publish::ca_chain))
         .route("/ca/{file}", get(publish::ca_certificate))
         .route("/crl/{file}", get(publish::crl))

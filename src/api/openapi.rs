@@ -38,6 +38,22 @@ const fn route(
 pub const V1_ROUTES: &[Route] = &[
     route(
         "post",
+        "/v1/verifications",
+        "Verify a signed payment instruction (CMS or JWS): ETSI verdict, article 13 section, optional signed receipt",
+        "gateway",
+        Some("VerificationRequest"),
+        "200",
+    ),
+    route(
+        "post",
+        "/v1/verifications/certificate",
+        "Validate a certificate alone",
+        "gateway",
+        Some("CertificateValidationRequest"),
+        "200",
+    ),
+    route(
+        "post",
         "/v1/certificates",
         "Issue a customer certificate from a CSR and vetted subject",
         "ra-officer",
@@ -135,6 +151,18 @@ fn schemas() -> Value {
                 "reason": {"type": "string", "enum": ["unspecified", "keyCompromise", "cACompromise", "affiliationChanged", "superseded", "cessationOfOperation", "privilegeWithdrawn", "aACompromise"]},
                 "invalidity_date": {"type": "string", "example": "2026-11-01T00:00:00Z"}
             }
+        },
+        "VerificationRequest": {
+            "type": "object", "required": ["instruction", "signature"], "additionalProperties": false,
+            "properties": {
+                "instruction": {"type": "string", "description": "the instruction bytes, base64"},
+                "signature": {"type": "string", "description": "CMS SignedData as base64 DER or PEM, or a JWS (compact or JSON)"},
+                "receipt": {"type": "boolean", "default": false, "description": "add a CMS receipt signed by Signet over the report (RFC 8785)"}
+            }
+        },
+        "CertificateValidationRequest": {
+            "type": "object", "required": ["certificate"], "additionalProperties": false,
+            "properties": {"certificate": {"type": "string", "description": "PEM, or base64 DER"}}
         },
         "Error": {
             "type": "object", "required": ["error"],

@@ -204,12 +204,15 @@ impl Authority {
         let audit = self.store.add_cas(&rows, now, &ev)?;
         self.reload_cas()?;
         self.auditor.after_append(&audit)?;
+        if self.ensure_validation_service(actor, progress)? {
+            created.push(s.validation_key_label());
+        }
         self.auditor.checkpoint_head()?;
         Ok(InitReport { created })
     }
 
-    /// Adds what a newer Signet needs and an older ceremony did not create. Nothing yet beyond
-    /// the ceremony's own keys: reports what it checked.
+    /// Adds what a newer Signet needs and an older ceremony did not create (the audit key, the
+    /// validation service's key and certificate): reports what it created.
     pub fn upgrade(&self, actor: &str, progress: &dyn Fn(&str)) -> Result<InitReport, CaError> {
         if !self.is_initialized() {
             return Err(CaError::NotInitialized);
@@ -244,6 +247,9 @@ impl Authority {
             )?;
             self.auditor.after_append(&audit)?;
             created.push(label);
+        }
+        if self.ensure_validation_service(actor, progress)? {
+            created.push(self.settings.validation_key_label());
         }
         Ok(InitReport { created })
     }
@@ -283,6 +289,7 @@ impl Authority {
     ) -> Result<Vec<u8>, CaError> {
         let serial_bytes = self.new_serial()?;
         let serial = hex::encode(&serial_bytes);
+        let spki_for_id = spki.clone();
         let prepared = PreparedCertificate::new(
             &serial_bytes,
             not_before,
@@ -313,6 +320,7 @@ impl Authority {
                 created_at: not_before,
                 revocation: None,
                 owner: None,
+                key_id: Some(hex::encode(x509::key_identifier(&spki_for_id))),
             },
             &AuditEvent::new(actor, "certificate.record", &serial, &details),
         )?;

@@ -8,12 +8,12 @@ use x509_cert::crl::{CertificateList, RevokedCert, TbsCertList};
 use x509_cert::ext::pkix::crl::dp::IssuingDistributionPoint;
 use x509_cert::ext::pkix::crl::CrlNumber;
 use x509_cert::ext::pkix::name::DistributionPointName;
-use x509_cert::ext::pkix::{AuthorityKeyIdentifier, CrlReason};
+use x509_cert::ext::pkix::AuthorityKeyIdentifier;
 use x509_cert::serial_number::SerialNumber;
 
 use super::issue::uri;
 use super::x509::{self, extension, raw_extension};
-use super::{Authority, CaError, IssuerId, Reason};
+use super::{crl_reason, Authority, CaError, IssuerId};
 use crate::audit::AuditEvent;
 use crate::store::RevokedEntry;
 
@@ -180,21 +180,5 @@ fn build_tbs(
         next_update: Some(x509::x509_time(next_update)?),
         revoked_certificates: (!revoked.is_empty()).then_some(revoked),
         crl_extensions: Some(exts),
-    })
-}
-
-fn crl_reason(code: u8) -> Result<CrlReason, CaError> {
-    let reason = Reason::from_code(code)
-        .ok_or_else(|| CaError::Encoding(format!("stored reason code {code} is unknown")))?;
-    Ok(match reason {
-        Reason::Unspecified => CrlReason::Unspecified,
-        Reason::KeyCompromise => CrlReason::KeyCompromise,
-        Reason::CaCompromise => CrlReason::CaCompromise,
-        Reason::AffiliationChanged => CrlReason::AffiliationChanged,
-        Reason::Superseded => CrlReason::Superseded,
-        Reason::CessationOfOperation => CrlReason::CessationOfOperation,
-        Reason::CertificateHold => CrlReason::CertificateHold,
-        Reason::PrivilegeWithdrawn => CrlReason::PrivilegeWithdrawn,
-        Reason::AaCompromise => CrlReason::AaCompromise,
     })
 }

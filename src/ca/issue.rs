@@ -128,6 +128,7 @@ impl Authority {
             created_at: now,
             revocation: None,
             owner: req.owner.clone(),
+            key_id: Some(hex::encode(x509::key_identifier(&req.spki))),
         };
         // The audit log names the subject by digest: it must not carry ID numbers in clear.
         let mut details = serde_json::json!({

@@ -6,6 +6,7 @@ mod ceremony;
 mod crl;
 mod issue;
 pub mod ocsp;
+pub mod service_keys;
 pub mod x509;
 
 pub use ceremony::InitReport;
@@ -131,6 +132,24 @@ impl Reason {
     pub fn from_code(code: u8) -> Option<Self> {
         Self::ALL.into_iter().find(|r| r.code() == code)
     }
+}
+
+/// The CRLReason of a stored reason code (CRL entries and OCSP answers say the same).
+pub(crate) fn crl_reason(code: u8) -> Result<x509_cert::ext::pkix::CrlReason, CaError> {
+    use x509_cert::ext::pkix::CrlReason;
+    let reason = Reason::from_code(code)
+        .ok_or_else(|| CaError::Encoding(format!("stored reason code {code} is unknown")))?;
+    Ok(match reason {
+        Reason::Unspecified => CrlReason::Unspecified,
+        Reason::KeyCompromise => CrlReason::KeyCompromise,
+        Reason::CaCompromise => CrlReason::CaCompromise,
+        Reason::AffiliationChanged => CrlReason::AffiliationChanged,
+        Reason::Superseded => CrlReason::Superseded,
+        Reason::CessationOfOperation => CrlReason::CessationOfOperation,
+        Reason::CertificateHold => CrlReason::CertificateHold,
+        Reason::PrivilegeWithdrawn => CrlReason::PrivilegeWithdrawn,
+        Reason::AaCompromise => CrlReason::AaCompromise,
+    })
 }
 
 /// Fault injection points, for tests of crash consistency. Off unless a test turns one on.

@@ -10,6 +10,11 @@ use serde::Deserialize;
 
 use crate::ca::IssuerId;
 
+mod signature;
+pub use signature::{
+    AcceptedPolicy, PolicyDigest, ReplayRules, SignaturePolicy, TimeRules, SIGNATURE_POLICY_FILE,
+};
+
 /// A profile file that cannot be used: which file, which field, why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("policy {file}: field `{field}`: {reason}")]

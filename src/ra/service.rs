@@ -239,6 +239,11 @@ impl Registrar {
         self.own_certificate(who, serial)
     }
 
+    /// Payment gateways verify signatures (of any bank's signers: certificates are public).
+    pub fn authorize_verification(&self, who: &Principal) -> Result<(), RaError> {
+        self.require(who, &[Role::Gateway], "verify signatures")
+    }
+
     /// One bank's audit events, for its auditor.
     pub fn tenant_audit_events(
         &self,

@@ -89,6 +89,8 @@ pub struct CertRecord {
     pub revocation: Option<RevocationRecord>,
     /// The tenant that requested it (`None`: the CA operator). Opaque to the CA.
     pub owner: Option<String>,
+    /// Hex subjectKeyIdentifier written in the certificate.
+    pub key_id: Option<String>,
 }
 
 /// An entry of a CRL.
@@ -162,6 +164,17 @@ pub struct TellerRequestRecord {
     pub decided_by: Option<String>,
     pub decided_at: Option<i64>,
     pub serial: Option<String>,
+}
+
+/// What the replay guard remembers of a verified instruction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayKeys {
+    /// Hex SHA-256 of the signer's SubjectPublicKeyInfo.
+    pub signer: String,
+    /// Hex SHA-256 of the instruction.
+    pub digest: String,
+    /// The instruction's id, when the policy names an id field and the instruction has one.
+    pub instruction_id: Option<String>,
 }
 
 /// The store. Implementations must be safe to share between threads and between processes
@@ -264,6 +277,23 @@ pub trait Store: Send + Sync {
     fn set_teller_request_serial(&self, id: &str, serial: &str) -> Result<()>;
     /// Puts an approved request whose issuance failed back to pending.
     fn reopen_teller_request(&self, id: &str) -> Result<()>;
+
+    /// A signed certificate by its subjectKeyIdentifier (hex).
+    fn certificate_by_key_id(&self, key_id: &str) -> Result<Option<CertRecord>>;
+    /// A signed certificate by the SHA-256 of its DER (hex).
+    fn certificate_by_thumbprint(&self, thumbprint: &str) -> Result<Option<CertRecord>>;
+
+    /// Records a verification: the replay-guard keys (when given) and its audit event, in one
+    /// transaction. `event` is told when the instruction (or its id) was first seen from this
+    /// signer (`None` the first time, or once the earlier sighting is older than
+    /// `window_secs`), so that the audit records the final verdict; that time is returned.
+    fn record_verification(
+        &self,
+        guard: Option<&ReplayKeys>,
+        at: i64,
+        window_secs: i64,
+        event: &dyn Fn(Option<i64>) -> AuditEvent,
+    ) -> Result<Option<i64>>;
 
     /// Appends one audit event on its own (for changes outside the store, like a key ceremony step).
     fn append_audit(&self, at: i64, event: &AuditEvent) -> Result<AuditRecord>;

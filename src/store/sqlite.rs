@@ -9,6 +9,8 @@ use rusqlite::{
     params, Connection, ErrorCode, OptionalExtension, Row, Transaction, TransactionBehavior,
 };
 
+use sha2::Digest;
+
 use super::*;
 use crate::audit::{chain_hash, AuditEvent, AuditRecord, GENESIS};
 
@@ -171,7 +173,7 @@ fn audit_from_row(r: &Row) -> rusqlite::Result<AuditRecord> {
 }
 
 const CERT_COLUMNS: &str = "serial, issuer, profile, status, subject, subject_serial_digest, shard,
-     not_before, not_after, tbs_der, cert_der, created_at, revoked_at, revocation_reason, invalidity_date, owner";
+     not_before, not_after, tbs_der, cert_der, created_at, revoked_at, revocation_reason, invalidity_date, owner, key_id";
 
 fn cert_from_row(r: &Row) -> rusqlite::Result<(CertRecord, String, String)> {
     let revoked_at: Option<i64> = r.get(12)?;
@@ -199,6 +201,7 @@ fn cert_from_row(r: &Row) -> rusqlite::Result<(CertRecord, String, String)> {
                 invalidity_date: invalidity,
             }),
             owner: r.get(15)?,
+            key_id: r.get(16)?,
         },
         issuer,
         status,
@@ -273,8 +276,8 @@ impl Store for SqliteStore {
         self.tx(|tx| {
             tx.execute(
                 "INSERT INTO certificates (serial, issuer, profile, status, subject, subject_serial_digest,
-                    shard, not_before, not_after, tbs_der, cert_der, created_at, owner)
-                 VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?8, ?9, NULL, ?10, ?11)",
+                    shard, not_before, not_after, tbs_der, cert_der, created_at, owner, key_id)
+                 VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?8, ?9, NULL, ?10, ?11, ?12)",
                 params![
                     rec.serial,
                     rec.issuer.as_str(),
@@ -286,7 +289,8 @@ impl Store for SqliteStore {
                     rec.not_after,
                     rec.tbs_der,
                     rec.created_at,
-                    rec.owner
+                    rec.owner,
+                    rec.key_id
                 ],
             )
             .map_err(|e| {
@@ -310,8 +314,13 @@ impl Store for SqliteStore {
         self.tx(|tx| {
             let n = tx
                 .execute(
-                    "UPDATE certificates SET status = 'issued', cert_der = ?2 WHERE serial = ?1 AND status = 'pending'",
-                    params![serial, cert_der],
+                    "UPDATE certificates SET status = 'issued', cert_der = ?2, thumbprint = ?3
+                     WHERE serial = ?1 AND status = 'pending'",
+                    params![
+                        serial,
+                        cert_der,
+                        hex::encode(sha2::Sha256::digest(cert_der))
+                    ],
                 )
                 .map_err(map_err)?;
             if n != 1 {
@@ -820,6 +829,84 @@ impl Store for SqliteStore {
             )
             .map_err(map_err)?;
             Ok(())
+        })
+    }
+
+    fn certificate_by_key_id(&self, key_id: &str) -> Result<Option<CertRecord>> {
+        self.read(|c| {
+            let raw = c
+                .query_row(
+                    &format!(
+                        "SELECT {CERT_COLUMNS} FROM certificates WHERE key_id = ?1 AND status = 'issued'
+                         ORDER BY created_at DESC LIMIT 1"
+                    ),
+                    [key_id],
+                    cert_from_row,
+                )
+                .optional()
+                .map_err(map_err)?;
+            raw.map(finish_cert).transpose()
+        })
+    }
+
+    fn certificate_by_thumbprint(&self, thumbprint: &str) -> Result<Option<CertRecord>> {
+        self.read(|c| {
+            let raw = c
+                .query_row(
+                    &format!("SELECT {CERT_COLUMNS} FROM certificates WHERE thumbprint = ?1"),
+                    [thumbprint],
+                    cert_from_row,
+                )
+                .optional()
+                .map_err(map_err)?;
+            raw.map(finish_cert).transpose()
+        })
+    }
+
+    fn record_verification(
+        &self,
+        guard: Option<&ReplayKeys>,
+        at: i64,
+        window_secs: i64,
+        event: &dyn Fn(Option<i64>) -> AuditEvent,
+    ) -> Result<Option<i64>> {
+        self.tx(|tx| {
+            let mut first_seen: Option<i64> = None;
+            if let Some(g) = guard {
+                let cutoff = at - window_secs;
+                let mut remember = |table: &str, column: &str, value: &str| -> Result<()> {
+                    let earlier: Option<i64> = tx
+                        .query_row(
+                            &format!("SELECT first_seen FROM {table} WHERE signer = ?1 AND {column} = ?2"),
+                            params![g.signer, value],
+                            |r| r.get(0),
+                        )
+                        .optional()
+                        .map_err(map_err)?;
+                    match earlier {
+                        Some(t) if t > cutoff => {
+                            first_seen = Some(first_seen.map_or(t, |f: i64| f.min(t)));
+                        }
+                        _ => {
+                            tx.execute(
+                                &format!(
+                                    "INSERT INTO {table} (signer, {column}, first_seen) VALUES (?1, ?2, ?3)
+                                     ON CONFLICT (signer, {column}) DO UPDATE SET first_seen = excluded.first_seen"
+                                ),
+                                params![g.signer, value, at],
+                            )
+                            .map_err(map_err)?;
+                        }
+                    }
+                    Ok(())
+                };
+                remember("replay_instructions", "digest", &g.digest)?;
+                if let Some(id) = &g.instruction_id {
+                    remember("replay_instruction_ids", "instruction_id", id)?;
+                }
+            }
+            append(tx, at, &event(first_seen))?;
+            Ok(first_seen)
         })
     }
 }

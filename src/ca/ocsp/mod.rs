@@ -14,7 +14,6 @@ pub use request::{Malformed, MAX_NONCE_LEN, MAX_REQUEST_LEN};
 
 use der::asn1::{Null, OctetString};
 use der::Encode;
-use x509_cert::ext::pkix::CrlReason;
 
 use self::asn1::{
     BasicOcspResponse, CertId, CertStatus, OcspResponse, OcspResponseStatus, ResponderId,
@@ -22,7 +21,7 @@ use self::asn1::{
 };
 use self::request::ParsedRequest;
 use super::x509;
-use super::{Authority, CaCert, CaError, IssuerId, Reason};
+use super::{crl_reason, Authority, CaCert, CaError, IssuerId};
 use crate::store::{CertRecord, CertStatus as StoreStatus, RevocationRecord};
 
 /// The responseStatus of an answer (sigRequired is never sent: requests need no signature).
@@ -251,26 +250,11 @@ fn cert_status(issuer: IssuerId, record: Option<Known>) -> Result<CertStatus, Ca
     })
 }
 
-fn crl_reason(code: u8) -> Result<CrlReason, CaError> {
-    let reason = Reason::from_code(code)
-        .ok_or_else(|| CaError::Encoding(format!("stored reason code {code} is unknown")))?;
-    Ok(match reason {
-        Reason::Unspecified => CrlReason::Unspecified,
-        Reason::KeyCompromise => CrlReason::KeyCompromise,
-        Reason::CaCompromise => CrlReason::CaCompromise,
-        Reason::AffiliationChanged => CrlReason::AffiliationChanged,
-        Reason::Superseded => CrlReason::Superseded,
-        Reason::CessationOfOperation => CrlReason::CessationOfOperation,
-        Reason::CertificateHold => CrlReason::CertificateHold,
-        Reason::PrivilegeWithdrawn => CrlReason::PrivilegeWithdrawn,
-        Reason::AaCompromise => CrlReason::AaCompromise,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use der::Decode;
+    use x509_cert::ext::pkix::CrlReason;
     use x509_cert::ext::Extension;
 
     use crate::ca::ocsp::asn1::ID_PKIX_OCSP_NONCE;

@@ -26,8 +26,12 @@ CREATE TABLE certificates (
     revoked_at      INTEGER,
     revocation_reason INTEGER,             -- RFC 5280 CRLReason code; NULL = unspecified (no reasonCode)
     invalidity_date INTEGER,
-    owner           TEXT                   -- the tenant that requested it (NULL: the CA operator)
+    owner           TEXT,                  -- the tenant that requested it (NULL: the CA operator)
+    key_id          TEXT,                  -- hex subjectKeyIdentifier (as written in the certificate)
+    thumbprint      TEXT                   -- hex SHA-256 of the certificate DER, once signed
 );
+CREATE INDEX certificates_key_id ON certificates(key_id);
+CREATE INDEX certificates_thumbprint ON certificates(thumbprint);
 CREATE INDEX certificates_owner_subject ON certificates(owner, subject_serial_digest);
 CREATE INDEX certificates_pending ON certificates(status, created_at) WHERE status = 'pending';
 CREATE INDEX certificates_revoked ON certificates(issuer, shard) WHERE revoked_at IS NOT NULL;
@@ -96,4 +100,19 @@ CREATE TABLE teller_requests (
     decided_by    TEXT,
     decided_at    INTEGER,
     serial        TEXT
+);
+
+-- Replay guard: a signer (SHA-256 of its SubjectPublicKeyInfo) presenting the same instruction
+-- (SHA-256) or the same instruction id again. Primary keys make it hold across processes.
+CREATE TABLE replay_instructions (
+    signer      TEXT NOT NULL,
+    digest      TEXT NOT NULL,
+    first_seen  INTEGER NOT NULL,
+    PRIMARY KEY (signer, digest)
+);
+CREATE TABLE replay_instruction_ids (
+    signer          TEXT NOT NULL,
+    instruction_id  TEXT NOT NULL,
+    first_seen      INTEGER NOT NULL,
+    PRIMARY KEY (signer, instruction_id)
 );

@@ -1,0 +1,236 @@
+//! Keys of Signet's own services. The validation service signs verification receipts (issue
+//! 4, item 7) with a key made in the token and certified by the customer CA; its certificate
+//! is kept as the `validation` row of the CA table, so that it is found again after a restart.
+
+use std::str::FromStr;
+
+use der::asn1::OctetString;
+use der::{Decode, Encode};
+use spki::{EncodePublicKey, SubjectPublicKeyInfoOwned};
+use x509_cert::ext::pkix::certpolicy::PolicyInformation;
+use x509_cert::ext::pkix::{
+    AuthorityKeyIdentifier, CertificatePolicies, KeyUsage, KeyUsages, SubjectKeyIdentifier,
+};
+use x509_cert::name::Name;
+
+use super::issue::{authority_info_access, crl_distribution_point};
+use super::x509::{self, extension, DecidedProfile, PreparedCertificate};
+use super::{Authority, CaError, CaSettings, IssuerId};
+use crate::audit::AuditEvent;
+use crate::hsm::HsmError;
+use crate::store::{CaRecord, CertRecord, CertStatus, StoreError};
+
+/// The name of the validation service's row in the CA table.
+pub const VALIDATION_ROW: &str = "validation";
+/// The profile name its certificate is recorded under.
+pub const VALIDATION_PROFILE: &str = "validation-service";
+/// The CN of its certificate.
+pub const VALIDATION_COMMON_NAME: &str = "Signet Validation Service";
+/// The certificate policy of the validation service's certificate: what tells a receipt
+/// signer from any other holder of a certificate of the same CA (customer certificates have
+/// the same key usage and no extended key usage either). Under the project's arc
+/// (policies/README.md), in a sub-arc of its own (`.2`: Signet's service keys) so that no
+/// profile's OID can take it.
+pub const VALIDATION_SERVICE_POLICY: const_oid::ObjectIdentifier =
+    const_oid::ObjectIdentifier::new_unwrap("1.3.6.1.4.1.32473.7373.2.1");
+
+const DAY: i64 = 86_400;
+
+/// The validation service's signing key and certificate.
+#[derive(Debug, Clone)]
+pub struct ValidationService {
+    /// Label of its P-256 key in the token.
+    pub key_label: String,
+    /// Its certificate, issued by the customer CA (DER).
+    pub certificate_der: Vec<u8>,
+    /// The issuing CA's certificate, then the root's (DER).
+    pub chain: Vec<Vec<u8>>,
+}
+
+impl CaSettings {
+    /// Label of the validation service's key in the token.
+    pub fn validation_key_label(&self) -> String {
+        format!("{}-validation", self.key_prefix)
+    }
+}
+
+impl Authority {
+    /// Makes the validation service's key (in the token; a key left there by an interrupted
+    /// run is reused) and has the customer CA certify it, recorded before it is signed like
+    /// every certificate. Does nothing when the service already has its certificate. Returns
+    /// whether it created one.
+    pub fn ensure_validation_service(
+        &self,
+        actor: &str,
+        progress: &dyn Fn(&str),
+    ) -> Result<bool, CaError> {
+        if !self.is_initialized() {
+            return Err(CaError::NotInitialized);
+        }
+        if self.store.cas()?.iter().any(|c| c.name == VALIDATION_ROW) {
+            return Ok(false);
+        }
+        let s = &self.settings;
+        let issuer = self.ca(IssuerId::Customer)?;
+        let label = s.validation_key_label();
+        progress(&format!("generating P-256 key {label} in the token"));
+        let pk = match self.hsm.generate_p256(&label) {
+            Ok(pk) => pk,
+            Err(HsmError::KeyExists { .. }) => {
+                progress(&format!("reusing key {label} left by an interrupted run"));
+                self.hsm.public_key(&label)?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let spki = SubjectPublicKeyInfoOwned::from_der(
+            pk.to_public_key_der()
+                .map_err(|e| CaError::Encoding(e.to_string()))?
+                .as_bytes(),
+        )?;
+
+        let now = self.clock.now();
+        let issuer_tbs = issuer.certificate.tbs_certificate();
+        let issuer_not_after = issuer_tbs.validity().not_after.to_unix_duration().as_secs() as i64;
+        let not_after = (now + i64::from(s.issuing_validity_days) * DAY - 1).min(issuer_not_after);
+        if not_after <= now {
+            return Err(CaError::InvalidRequest(
+                "the customer CA certificate has expired; renew the CA first".into(),
+            ));
+        }
+        let esc = crate::ra::escape_dn_value;
+        let subject = Name::from_str(&format!(
+            "CN={},O={},C={}",
+            esc(VALIDATION_COMMON_NAME),
+            esc(&s.organization),
+            esc(&s.country)
+        ))?;
+
+        let serial_bytes = self.new_serial()?;
+        let serial = hex::encode(&serial_bytes);
+        // The same shard rule as end-entity certificates, so that a revocation lands on the CRL
+        // the certificate names.
+        let shard = (s.crl_shards > 1).then(|| u32::from(serial_bytes[15]) % s.crl_shards);
+        let extensions = vec![
+            // No extendedKeyUsage: `openssl cms -verify` (purpose smimesign) then accepts it as
+            // it is, and the key signs nothing but receipts.
+            extension(
+                &KeyUsage(KeyUsages::DigitalSignature | KeyUsages::NonRepudiation),
+                true,
+            )?,
+            extension(
+                &SubjectKeyIdentifier(OctetString::new(x509::key_identifier(&spki))?),
+                false,
+            )?,
+            extension(
+                &AuthorityKeyIdentifier {
+                    key_identifier: Some(OctetString::new(issuer.key_id.clone())?),
+                    ..Default::default()
+                },
+                false,
+            )?,
+            extension(
+                &CertificatePolicies(vec![PolicyInformation {
+                    policy_identifier: VALIDATION_SERVICE_POLICY,
+                    policy_qualifiers: None,
+                }]),
+                false,
+            )?,
+            crl_distribution_point(&s.crl_url(IssuerId::Customer, shard))?,
+            authority_info_access(&s.ca_issuers_url(IssuerId::Customer), Some(&s.ocsp_url()))?,
+        ];
+        let issuer_key =
+            x509::verifying_key(issuer_tbs.subject_public_key_info()).map_err(CaError::Encoding)?;
+        let prepared = PreparedCertificate::new(
+            &serial_bytes,
+            now,
+            not_after,
+            spki.clone(),
+            DecidedProfile {
+                subject: subject.clone(),
+                issuer: issuer_tbs.subject().clone(),
+                extensions,
+            },
+            issuer_key,
+        )?;
+
+        progress("signing the validation service certificate with the customer CA key");
+        let details = serde_json::json!({
+            "issuer": IssuerId::Customer.as_str(),
+            "profile": VALIDATION_PROFILE,
+            "subject": subject.to_string(),
+            "not_after": not_after,
+        });
+        let audit = self.store.record_pending(
+            &CertRecord {
+                serial: serial.clone(),
+                issuer: IssuerId::Customer,
+                profile: VALIDATION_PROFILE.into(),
+                status: CertStatus::Pending,
+                subject: subject.to_string(),
+                subject_serial_digest: None,
+                shard: shard.unwrap_or(0),
+                not_before: now,
+                not_after,
+                tbs_der: prepared.tbs_der.clone(),
+                cert_der: None,
+                created_at: now,
+                revocation: None,
+                owner: None,
+                key_id: Some(hex::encode(x509::key_identifier(&spki))),
+            },
+            &AuditEvent::new(actor, "certificate.record", &serial, &details),
+        )?;
+        self.auditor.after_append(&audit)?;
+        let der = self.sign_certificate(prepared, &issuer.key_label)?;
+        let audit = self.store.complete_issuance(
+            &serial,
+            &der,
+            self.clock.now(),
+            &AuditEvent::new(actor, "certificate.issue", &serial, &details),
+        )?;
+        self.auditor.after_append(&audit)?;
+
+        let row = CaRecord {
+            name: VALIDATION_ROW.into(),
+            key_label: label.clone(),
+            cert_der: Some(der),
+            public_key: spki.to_der()?,
+            created_at: now,
+        };
+        let ev = AuditEvent::new(
+            actor,
+            "ca.validation_service",
+            VALIDATION_ROW,
+            serde_json::json!({"key": label, "serial": serial}),
+        );
+        match self.store.add_cas(&[row], now, &ev) {
+            Ok(audit) => self.auditor.after_append(&audit)?,
+            // Another process made it meanwhile: its certificate serves, ours stays unused
+            // (issued and in the store, like every certificate that was signed).
+            Err(StoreError::Conflict(_)) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+        progress(&format!("validation service certificate serial {serial}"));
+        Ok(true)
+    }
+
+    /// The validation service's key label, certificate and chain, as the store holds them.
+    /// `NotInitialized` when `signet ca upgrade` has not made them yet.
+    pub fn validation_service(&self) -> Result<ValidationService, CaError> {
+        let row = self
+            .store
+            .cas()?
+            .into_iter()
+            .find(|c| c.name == VALIDATION_ROW)
+            .ok_or(CaError::NotInitialized)?;
+        let certificate_der = row.cert_der.ok_or(CaError::NotInitialized)?;
+        Ok(ValidationService {
+            key_label: row.key_label,
+            certificate_der,
+            chain: vec![
+                self.ca(IssuerId::Customer)?.der,
+                self.ca(IssuerId::Root)?.der,
+            ],
+        })
+    }
+}

@@ -1,0 +1,865 @@
+//! From a signer's evidence to its verdict: certificate found, cryptography, algorithm policy,
+//! path, accepted policy and key usage, time, revocation, replay — in that order, the first
+//! failure deciding the sub-indication.
+
+use std::sync::Arc;
+
+use const_oid::ObjectIdentifier;
+use der::{Decode, Encode};
+use sha2::{Digest, Sha256};
+use x509_cert::crl::CertificateList;
+use x509_cert::ext::pkix::{CertificatePolicies, KeyUsages};
+use x509_cert::Certificate;
+
+use super::evidence::{
+    CertificateResolver, Crypto, DigestAlg, SignatureFormat, SignerEvidence, SignerRef,
+};
+use super::path::{self, Anchor, PathError};
+use super::report::{
+    rfc3339, Check, Condition, ElectronicSignatureLaw, Indication, Replay, Report, SignerReport,
+    SignerSummary, SubIndication,
+};
+use super::{cms, input, jws, VerifyError};
+use crate::audit::AuditEvent;
+use crate::ca::{Authority, IssuerId, HOLD_REASON_CODE};
+use crate::clock::Clock;
+use crate::policy::{KeyCustody, KeyType, KeyUsageBit, PolicyDigest, Profiles, SignaturePolicy};
+use crate::store::{CertStatus, ReplayKeys, Store};
+
+/// Verifies signatures of payment instructions.
+pub struct Verifier {
+    store: Arc<dyn Store>,
+    clock: Clock,
+    policy: SignaturePolicy,
+    profiles: Profiles,
+    anchors: Vec<Anchor>,
+    intermediates: Vec<Certificate>,
+}
+
+/// A verdict in progress: the first failure wins.
+struct Verdict {
+    failure: Option<(Indication, SubIndication)>,
+    checks: Vec<Check>,
+}
+
+impl Verdict {
+    fn check(&mut self, name: &str, passed: bool, detail: impl Into<String>) {
+        self.checks.push(Check::new(name, passed, detail));
+    }
+
+    fn fail(
+        &mut self,
+        indication: Indication,
+        sub: SubIndication,
+        name: &str,
+        detail: impl Into<String>,
+    ) {
+        self.check(name, false, detail);
+        if self.failure.is_none() {
+            self.failure = Some((indication, sub));
+        }
+    }
+
+    fn failed(&self) -> bool {
+        self.failure.is_some()
+    }
+}
+
+impl CertificateResolver for Verifier {
+    fn resolve(&self, signer: &SignerRef) -> Option<Certificate> {
+        let rec = match signer {
+            SignerRef::IssuerSerial { issuer_der, serial } => {
+                let rec = self.store.certificate(serial).ok()??;
+                let cert = Certificate::from_der(rec.cert_der.as_deref()?).ok()?;
+                let issuer = cert.tbs_certificate().issuer().to_der().ok()?;
+                return (issuer == *issuer_der).then_some(cert);
+            }
+            SignerRef::SubjectKeyId(id) => {
+                self.store.certificate_by_key_id(&hex::encode(id)).ok()?
+            }
+            SignerRef::Thumbprint(t) => {
+                self.store.certificate_by_thumbprint(&hex::encode(t)).ok()?
+            }
+            SignerRef::None => None,
+        }?;
+        if rec.status != CertStatus::Issued {
+            return None;
+        }
+        Certificate::from_der(rec.cert_der.as_deref()?).ok()
+    }
+}
+
+fn digest_name(d: &DigestAlg) -> String {
+    match d {
+        DigestAlg::Other(s) => s.clone(),
+        other => serde_json::to_value(other)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default(),
+    }
+}
+
+fn policy_digest(d: &DigestAlg) -> Option<PolicyDigest> {
+    match d {
+        DigestAlg::Sha256 => Some(PolicyDigest::Sha256),
+        DigestAlg::Sha384 => Some(PolicyDigest::Sha384),
+        DigestAlg::Sha512 => Some(PolicyDigest::Sha512),
+        _ => None,
+    }
+}
+
+fn not_before(c: &Certificate) -> i64 {
+    c.tbs_certificate()
+        .validity()
+        .not_before
+        .to_unix_duration()
+        .as_secs() as i64
+}
+
+fn not_after(c: &Certificate) -> i64 {
+    c.tbs_certificate()
+        .validity()
+        .not_after
+        .to_unix_duration()
+        .as_secs() as i64
+}
+
+fn serial_hex(c: &Certificate) -> String {
+    let b = c.tbs_certificate().serial_number().as_bytes();
+    let t = hex::encode(b);
+    t.strip_prefix("00").map(String::from).unwrap_or(t)
+}
+
+fn policies_of(c: &Certificate) -> Vec<ObjectIdentifier> {
+    c.tbs_certificate()
+        .get_extension::<CertificatePolicies>()
+        .ok()
+        .flatten()
+        .map(|(_, cp)| cp.0.iter().map(|p| p.policy_identifier).collect())
+        .unwrap_or_default()
+}
+
+/// Revocation status of a certificate as Signet or the anchor's CRL knows it.
+enum Status {
+    Good,
+    /// Revoked (or voided) at this time, with its RFC 5280 reason code.
+    Revoked {
+        at: i64,
+        reason: Option<u8>,
+    },
+    OnHold {
+        since: i64,
+    },
+    Unknown(String),
+}
+
+impl Verifier {
+    /// A verifier for `authority`'s hierarchy and any `extra` anchors.
+    pub fn new(
+        authority: &Authority,
+        profiles: Profiles,
+        policy: SignaturePolicy,
+        extra: Vec<Anchor>,
+    ) -> Result<Self, VerifyError> {
+        let ca = |id| {
+            authority
+                .ca(id)
+                .map(|c| c.certificate)
+                .map_err(|e| VerifyError::Setup(e.to_string()))
+        };
+        let mut anchors = vec![Anchor {
+            certificate: ca(IssuerId::Root)?,
+            own: true,
+            crl: None,
+            name: "signet-root".into(),
+        }];
+        anchors.extend(extra);
+        Ok(Verifier {
+            store: authority.store().clone(),
+            clock: authority.clock().clone(),
+            policy,
+            profiles,
+            anchors,
+            intermediates: vec![ca(IssuerId::Customer)?, ca(IssuerId::Teller)?],
+        })
+    }
+
+    pub fn policy(&self) -> &SignaturePolicy {
+        &self.policy
+    }
+
+    /// Verifies `signature` over `instruction`. `actor`/`tenant` name the caller in the audit.
+    pub fn verify(
+        &self,
+        instruction: &[u8],
+        signature: &[u8],
+        actor: &str,
+        tenant: Option<&str>,
+    ) -> Result<Report, VerifyError> {
+        let now = self.clock.now();
+        let digest = hex::encode(Sha256::digest(instruction));
+        let examined = input::decode_signature(signature).and_then(|input| match input {
+            input::SignatureInput::Cms(der) => cms::examine_cms(&der, instruction, self),
+            input::SignatureInput::Jws(text) => jws::examine_jws(&text, instruction, self),
+        });
+        let evidence = match examined {
+            Ok(list) if !list.is_empty() => list,
+            Ok(_) | Err(_) => {
+                let reason = match examined {
+                    Err(e) => e.to_string(),
+                    _ => "the signature has no signer".into(),
+                };
+                let report = Report::format_failure(
+                    rfc3339(now),
+                    digest.clone(),
+                    self.policy.description.clone(),
+                    &reason,
+                );
+                self.store.record_verification(None, now, 1, &|_| {
+                    AuditEvent::new(
+                        actor,
+                        "signature.verify",
+                        &digest,
+                        serde_json::json!({"indication": report.indication, "sub_indication": report.sub_indication}),
+                    )
+                    .for_tenant(tenant)
+                })?;
+                return Ok(report);
+            }
+        };
+        let format = evidence.first().map(|e| e.format);
+        let mut signers = Vec::new();
+        for ev in &evidence {
+            signers.push(self.assess(ev, instruction, &digest, now, actor, tenant)?);
+        }
+        Ok(Report::combine(
+            format,
+            rfc3339(now),
+            digest,
+            self.policy.description.clone(),
+            signers,
+            Vec::new(),
+        ))
+    }
+
+    /// Validates a certificate alone (path, policy, status now).
+    pub fn verify_certificate(
+        &self,
+        der: &[u8],
+        actor: &str,
+        tenant: Option<&str>,
+    ) -> Result<Report, VerifyError> {
+        let now = self.clock.now();
+        let digest = hex::encode(Sha256::digest(der));
+        let cert = match parse_certificate(der) {
+            Ok(c) => c,
+            Err(reason) => {
+                return Ok(Report::format_failure(
+                    rfc3339(now),
+                    digest,
+                    self.policy.description.clone(),
+                    &reason,
+                ))
+            }
+        };
+        let ev = SignerEvidence {
+            format: SignatureFormat::CmsDetached,
+            certificate: Some(cert),
+            signer_ref: SignerRef::None,
+            other_certificates: Vec::new(),
+            digest: DigestAlg::Sha256,
+            algorithm: super::evidence::SigAlg::Ecdsa,
+            claimed_signing_time: None,
+            signed_attributes: false,
+            checks: Vec::new(),
+            crypto: Crypto::Valid,
+        };
+        let mut v = Verdict {
+            failure: None,
+            checks: Vec::new(),
+        };
+        let summary = self.certificate_checks(
+            &ev,
+            ev.certificate.as_ref().expect("set above"),
+            now,
+            &mut v,
+        );
+        let (indication, sub_indication) = match v.failure {
+            Some((i, s)) => (i, Some(s)),
+            None => (Indication::TotalPassed, None),
+        };
+        let report = SignerReport {
+            indication,
+            sub_indication,
+            signer: Some(summary.clone()),
+            claimed_signing_time: None,
+            electronic_signature_law: article13(&ev, Some(&summary), &v),
+            checks: v.checks,
+            replay: None,
+        };
+        self.store.record_verification(None, now, 1, &|_| {
+            AuditEvent::new(
+                actor,
+                "certificate.validate",
+                &summary.serial,
+                serde_json::json!({"indication": report.indication, "sub_indication": report.sub_indication}),
+            )
+            .for_tenant(tenant)
+        })?;
+        Ok(Report::combine(
+            None,
+            rfc3339(now),
+            digest,
+            self.policy.description.clone(),
+            vec![report],
+            Vec::new(),
+        ))
+    }
+
+    fn assess(
+        &self,
+        ev: &SignerEvidence,
+        instruction: &[u8],
+        digest: &str,
+        now: i64,
+        actor: &str,
+        tenant: Option<&str>,
+    ) -> Result<SignerReport, VerifyError> {
+        let mut v = Verdict {
+            failure: None,
+            checks: ev
+                .checks
+                .iter()
+                .map(|c| Check::new(&c.name, c.passed, c.detail.clone()))
+                .collect(),
+        };
+        use Indication::{Indeterminate, TotalFailed};
+        let mut summary = None;
+        // 1. A certificate to check with.
+        match &ev.certificate {
+            None => v.fail(
+                Indeterminate,
+                SubIndication::NoSigningCertificateFound,
+                "signing-certificate",
+                "the signature carries no signer certificate and none is on record for the signer it names",
+            ),
+            Some(_) => v.check("signing-certificate", true, "found"),
+        }
+        // 2. Cryptography.
+        match &ev.crypto {
+            Crypto::Valid => v.check(
+                "signature",
+                true,
+                "the signature verifies and the content matches",
+            ),
+            Crypto::HashFailure => v.fail(
+                TotalFailed,
+                SubIndication::HashFailure,
+                "message-digest",
+                "the signed digest does not match the instruction",
+            ),
+            Crypto::SigCryptoFailure(why) => v.fail(
+                TotalFailed,
+                SubIndication::SigCryptoFailure,
+                "signature",
+                why.clone(),
+            ),
+            Crypto::AlgorithmNotSupported(what) => v.fail(
+                Indeterminate,
+                SubIndication::CryptoConstraintsFailure,
+                "algorithm",
+                format!("algorithm not supported: {what}"),
+            ),
+            Crypto::NotChecked => {}
+        }
+        // 3. The algorithm policy.
+        match policy_digest(&ev.digest) {
+            Some(d) if self.policy.digest_algorithms.contains(&d) => {
+                v.check("digest-algorithm", true, digest_name(&ev.digest))
+            }
+            _ => v.fail(
+                Indeterminate,
+                SubIndication::CryptoConstraintsFailure,
+                "digest-algorithm",
+                format!(
+                    "{} is not accepted by the signature policy",
+                    digest_name(&ev.digest)
+                ),
+            ),
+        }
+        if let Some(cert) = &ev.certificate {
+            summary = Some(self.certificate_checks(ev, cert, now, &mut v));
+        }
+        // Replay: only a signature that is otherwise good is remembered.
+        let keys = match (&ev.certificate, v.failed()) {
+            (Some(cert), false) => Some(ReplayKeys {
+                signer: hex::encode(Sha256::digest(
+                    cert.tbs_certificate()
+                        .subject_public_key_info()
+                        .to_der()
+                        .unwrap_or_default(),
+                )),
+                digest: digest.to_string(),
+                instruction_id: self.instruction_id(instruction),
+            }),
+            _ => None,
+        };
+        let pre = v.failure;
+        let serial = summary
+            .as_ref()
+            .map(|s| s.serial.clone())
+            .unwrap_or_default();
+        let reject = self.policy.replay.reject;
+        let first_seen = self.store.record_verification(
+            keys.as_ref(),
+            now,
+            self.policy.replay.window_secs,
+            &|seen| {
+                let verdict = match (pre, seen) {
+                    (Some((i, s)), _) => (i, Some(s)),
+                    (None, Some(_)) if reject => {
+                        (Indeterminate, Some(SubIndication::SigConstraintsFailure))
+                    }
+                    (None, _) => (Indication::TotalPassed, None),
+                };
+                AuditEvent::new(
+                    actor,
+                    "signature.verify",
+                    digest,
+                    serde_json::json!({
+                        "signer_serial": serial,
+                        "indication": verdict.0,
+                        "sub_indication": verdict.1,
+                        "replay_first_seen": seen,
+                    }),
+                )
+                .for_tenant(tenant)
+            },
+        )?;
+        let replay = first_seen.map(|t| Replay {
+            first_seen: rfc3339(t),
+        });
+        if let Some(t) = first_seen {
+            if reject {
+                v.fail(
+                    Indeterminate,
+                    SubIndication::SigConstraintsFailure,
+                    "replay",
+                    format!(
+                        "this signer presented the same instruction (or instruction id) at {}",
+                        rfc3339(t)
+                    ),
+                );
+            } else {
+                v.check(
+                    "replay",
+                    true,
+                    format!("seen before at {} (the policy allows replays)", rfc3339(t)),
+                );
+            }
+        } else if keys.is_some() {
+            v.check("replay", true, "first presentation");
+        }
+        let law = article13(ev, summary.as_ref(), &v);
+        let (indication, sub) = match v.failure {
+            Some((i, s)) => (i, Some(s)),
+            None => (Indication::TotalPassed, None),
+        };
+        Ok(SignerReport {
+            indication,
+            sub_indication: sub,
+            signer: summary,
+            claimed_signing_time: ev.claimed_signing_time.map(rfc3339),
+            checks: v.checks,
+            electronic_signature_law: law,
+            replay,
+        })
+    }
+
+    /// Key, path, accepted policy, key usage, time and revocation of the signer's certificate.
+    fn certificate_checks(
+        &self,
+        ev: &SignerEvidence,
+        cert: &Certificate,
+        now: i64,
+        v: &mut Verdict,
+    ) -> SignerSummary {
+        use Indication::{Indeterminate, TotalFailed};
+        let spki = cert.tbs_certificate().subject_public_key_info();
+        let key_ok = self.policy.key_types.contains(&KeyType::P256)
+            && crate::ra::csr::key_type(spki) == crate::ra::csr::CsrKey::Supported(KeyType::P256);
+        if key_ok {
+            v.check("key-type", true, "P-256");
+        } else {
+            v.fail(
+                Indeterminate,
+                SubIndication::CryptoConstraintsFailure,
+                "key-type",
+                format!(
+                    "{} keys are not accepted by the signature policy",
+                    crate::ra::csr::key_type(spki)
+                ),
+            );
+        }
+        let mut summary = SignerSummary {
+            subject: cert.tbs_certificate().subject().to_string(),
+            serial: serial_hex(cert),
+            issuer: cert.tbs_certificate().issuer().to_string(),
+            bank: cert
+                .tbs_certificate()
+                .subject()
+                .organization()
+                .ok()
+                .flatten()
+                .map(|o| o.value().into_owned()),
+            profile: None,
+            policy_oid: None,
+            key_custody: None,
+            not_before: rfc3339(not_before(cert)),
+            not_after: rfc3339(not_after(cert)),
+        };
+        // Path at validation time.
+        let mut intermediates = ev.other_certificates.clone();
+        intermediates.extend(self.intermediates.iter().cloned());
+        let path = match path::validate(cert, &intermediates, &self.anchors, now) {
+            Ok(p) => {
+                v.check(
+                    "certificate-path",
+                    true,
+                    format!("chains to {}", p.anchor.name),
+                );
+                Some(p)
+            }
+            Err(PathError::NoChain(why)) => {
+                v.fail(
+                    Indeterminate,
+                    SubIndication::NoCertificateChainFound,
+                    "certificate-path",
+                    why,
+                );
+                None
+            }
+            Err(PathError::Constraints(why)) => {
+                v.fail(
+                    Indeterminate,
+                    SubIndication::ChainConstraintsFailure,
+                    "certificate-path",
+                    why,
+                );
+                None
+            }
+            Err(PathError::CryptoConstraints(why)) => {
+                v.fail(
+                    Indeterminate,
+                    SubIndication::CryptoConstraintsFailure,
+                    "certificate-path",
+                    why,
+                );
+                None
+            }
+        };
+        let Some(path) = path else { return summary };
+        // Accepted certificate policy (which profiles may sign payments).
+        let asserted = policies_of(cert);
+        let valid_policies: Vec<_> = asserted
+            .iter()
+            .filter(|p| path.policies.contains(p))
+            .copied()
+            .collect();
+        match self.policy.accepts(&valid_policies) {
+            Some(a) => {
+                summary.policy_oid = Some(a.oid.to_string());
+                summary.profile = a.profile.clone();
+                summary.key_custody = a
+                    .profile
+                    .as_deref()
+                    .and_then(|p| self.profiles.get(p))
+                    .map(|p| custody_name(p.key_custody).to_string());
+                v.check("certificate-policy", true, format!("{} is accepted for payments", a.oid));
+            }
+            None => v.fail(
+                Indeterminate,
+                SubIndication::ChainConstraintsFailure,
+                "certificate-policy",
+                "the certificate's policy is not one the signature policy accepts for payment instructions",
+            ),
+        }
+        // Key usage.
+        let ku = path::key_usage(cert);
+        for bit in &self.policy.required_key_usage {
+            let flag = match bit {
+                KeyUsageBit::DigitalSignature => KeyUsages::DigitalSignature,
+                KeyUsageBit::NonRepudiation => KeyUsages::NonRepudiation,
+                KeyUsageBit::KeyEncipherment => KeyUsages::KeyEncipherment,
+                KeyUsageBit::KeyAgreement => KeyUsages::KeyAgreement,
+            };
+            if !ku.as_ref().is_some_and(|k| k.0.contains(flag)) {
+                v.fail(
+                    Indeterminate,
+                    SubIndication::ChainConstraintsFailure,
+                    "key-usage",
+                    format!("the certificate's key usage lacks {bit:?}"),
+                );
+            }
+        }
+        // Time.
+        let claimed = ev.claimed_signing_time;
+        let rules = &self.policy.rules;
+        let (nb, na) = (not_before(cert), not_after(cert));
+        match claimed {
+            Some(t) if t > now + self.policy.max_clock_skew_secs => v.fail(
+                Indeterminate,
+                SubIndication::SigConstraintsFailure,
+                "signing-time",
+                format!("the claimed signing time {} lies in the future", rfc3339(t)),
+            ),
+            Some(t) if t < nb => {
+                let i = if rules.claimed_time_before_not_before_fails {
+                    TotalFailed
+                } else {
+                    Indeterminate
+                };
+                v.fail(
+                    i,
+                    SubIndication::NotYetValid,
+                    "validity",
+                    format!(
+                        "the claimed signing time {} is before the certificate's notBefore {}",
+                        rfc3339(t),
+                        rfc3339(nb)
+                    ),
+                );
+            }
+            Some(t) if t > na => v.fail(
+                Indeterminate,
+                SubIndication::OutOfBoundsNoPoe,
+                "validity",
+                format!(
+                    "the claimed signing time {} is after the certificate's notAfter {}",
+                    rfc3339(t),
+                    rfc3339(na)
+                ),
+            ),
+            Some(t) => v.check(
+                "validity",
+                true,
+                format!("valid at the claimed signing time {}", rfc3339(t)),
+            ),
+            None if now < nb => v.fail(
+                Indeterminate,
+                SubIndication::NotYetValid,
+                "validity",
+                "not yet valid at validation time",
+            ),
+            None if now > na => v.fail(
+                Indeterminate,
+                SubIndication::Expired,
+                "validity",
+                "expired at validation time, and no signing time is claimed",
+            ),
+            None => v.check(
+                "validity",
+                true,
+                "valid at validation time (no signing time claimed)",
+            ),
+        }
+        // Revocation.
+        match self.status(cert, &path.anchor) {
+            Status::Good => v.check("revocation", true, "not revoked"),
+            Status::OnHold { since } => v.fail(
+                Indeterminate,
+                SubIndication::TryLater,
+                "revocation",
+                format!("on hold since {}; ask again later", rfc3339(since)),
+            ),
+            Status::Revoked { at, reason } => {
+                let reason = reason
+                    .and_then(crate::ca::Reason::from_code)
+                    .map(|r| r.name())
+                    .unwrap_or("unspecified");
+                let detail = format!("revoked at {} ({reason})", rfc3339(at));
+                match claimed {
+                    Some(t) if at <= t => {
+                        let i = if rules.revoked_before_claimed_time_fails { TotalFailed } else { Indeterminate };
+                        let s = if i == TotalFailed { SubIndication::Revoked } else { SubIndication::RevokedNoPoe };
+                        v.fail(i, s, "revocation", format!("{detail}, before the claimed signing time"));
+                    }
+                    Some(_) => v.fail(
+                        Indeterminate,
+                        SubIndication::RevokedNoPoe,
+                        "revocation",
+                        format!("{detail}, after the claimed signing time: no proof the signature existed before"),
+                    ),
+                    None if rules.unclaimed_time_is_validation_time => {
+                        v.fail(TotalFailed, SubIndication::Revoked, "revocation", format!("{detail}; no signing time claimed"))
+                    }
+                    None => v.fail(Indeterminate, SubIndication::RevokedNoPoe, "revocation", detail),
+                }
+            }
+            Status::Unknown(why) => {
+                v.fail(Indeterminate, SubIndication::TryLater, "revocation", why)
+            }
+        }
+        summary
+    }
+
+    fn status(&self, cert: &Certificate, anchor: &Anchor) -> Status {
+        let serial = serial_hex(cert);
+        if anchor.own {
+            return match self.store.certificate(&serial) {
+                Ok(Some(rec)) => match (rec.status, rec.revocation) {
+                    (CertStatus::Void, r) => Status::Revoked {
+                        at: r.map_or(rec.created_at, |r| r.revoked_at),
+                        reason: None,
+                    },
+                    (_, Some(r)) if r.reason_code == Some(HOLD_REASON_CODE) => Status::OnHold {
+                        since: r.revoked_at,
+                    },
+                    (_, Some(r)) => Status::Revoked {
+                        at: r.invalidity_date.unwrap_or(r.revoked_at).min(r.revoked_at),
+                        reason: r.reason_code,
+                    },
+                    (CertStatus::Issued, None) => Status::Good,
+                    (CertStatus::Pending, None) => Status::Unknown(
+                        "the certificate is not issued yet in Signet's records".into(),
+                    ),
+                },
+                Ok(None) => Status::Unknown("the certificate is not in Signet's records".into()),
+                Err(e) => Status::Unknown(format!("Signet's records are unavailable: {e}")),
+            };
+        }
+        let Some(crl_der) = &anchor.crl else {
+            return Status::Unknown(format!(
+                "no CRL is configured for the trust anchor {}",
+                anchor.name
+            ));
+        };
+        let Ok(crl) = CertificateList::<x509_cert::certificate::Rfc5280>::from_der(crl_der) else {
+            return Status::Unknown(format!("the CRL of {} cannot be read", anchor.name));
+        };
+        if let Some(next) = crl.tbs_cert_list.next_update {
+            if (next.to_unix_duration().as_secs() as i64) < self.clock.now() {
+                return Status::Unknown(format!(
+                    "the CRL of {} is past its nextUpdate",
+                    anchor.name
+                ));
+            }
+        }
+        for rc in crl.tbs_cert_list.revoked_certificates.iter().flatten() {
+            let s = hex::encode(rc.serial_number.as_bytes());
+            if s.trim_start_matches("00") == serial.trim_start_matches("00") {
+                return Status::Revoked {
+                    at: rc.revocation_date.to_unix_duration().as_secs() as i64,
+                    reason: None,
+                };
+            }
+        }
+        Status::Good
+    }
+
+    /// The instruction's id, when the policy names an id field and the instruction is JSON.
+    fn instruction_id(&self, instruction: &[u8]) -> Option<String> {
+        let field = &self.policy.replay.instruction_id_field;
+        if field.is_empty() {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_slice(instruction).ok()?;
+        match v.get(field)? {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
+    }
+}
+
+fn custody_name(c: KeyCustody) -> &'static str {
+    match c {
+        KeyCustody::CustomerDevice => "customer-device",
+        KeyCustody::Hsm => "hsm",
+    }
+}
+
+fn parse_certificate(bytes: &[u8]) -> Result<Certificate, String> {
+    let text = std::str::from_utf8(bytes).ok().map(str::trim);
+    let der = match text {
+        Some(t) if t.starts_with("-----BEGIN") => der::pem::decode_vec(t.as_bytes())
+            .map(|(_, d)| d)
+            .map_err(|e| format!("bad PEM: {e}"))?,
+        _ => bytes.to_vec(),
+    };
+    Certificate::from_der(&der).map_err(|e| format!("not an X.509 certificate: {e}"))
+}
+
+/// Article 13's four conditions, each with what supports it (or not).
+fn article13(
+    ev: &SignerEvidence,
+    summary: Option<&SignerSummary>,
+    v: &Verdict,
+) -> ElectronicSignatureLaw {
+    let passed = |name: &str| {
+        v.checks.iter().any(|c| c.name == name && c.passed)
+            && !v.checks.iter().any(|c| c.name == name && !c.passed)
+    };
+    let crypto_ok = ev.crypto == Crypto::Valid;
+    let status_ok = passed("revocation") && passed("validity") && passed("certificate-path");
+    let custody = summary.and_then(|s| s.key_custody.as_deref());
+    let (c1, e1, c2, e2) = match custody {
+        Some("customer-device") => (
+            status_ok,
+            format!(
+                "the {} profile vouches that the key was generated on the holder's own device and proven by the CSR's signature at issuance; the certificate binds it to this subject{}",
+                summary.and_then(|s| s.profile.as_deref()).unwrap_or("?"),
+                if status_ok { " and was valid and unrevoked" } else { ", but its path, validity or status does not hold" }
+            ),
+            status_ok,
+            format!(
+                "the key stays on the holder's device under the holder's control (profile key custody `customer-device`); Signet cannot observe the signing act itself{}",
+                if status_ok { "; no revocation or hold suggests loss of control" } else { "; the certificate's status does not support it" }
+            ),
+        ),
+        Some("hsm") => (
+            status_ok,
+            "the key is held in Signet's HSM, bound in its records to exactly one owner".to_string(),
+            status_ok,
+            "the HSM-held key signs only after Signet checks the owner's credential and key PIN for each request; the PIN is checked by Signet, not by the HSM".to_string(),
+        ),
+        _ => (
+            false,
+            "the certificate asserts no profile whose key custody Signet knows".to_string(),
+            false,
+            "no evidence about control of the key at signing time".to_string(),
+        ),
+    };
+    let (c3, e3) = if crypto_ok {
+        (true, format!("the signature verifies under the certificate's key ({}); any change to it would make it fail", if ev.signed_attributes { "over the signed attributes" } else { "over the content" }))
+    } else {
+        (false, "the signature does not verify".to_string())
+    };
+    let (c4, e4) = if crypto_ok {
+        (
+            true,
+            if ev.signed_attributes {
+                "the signed message-digest matches the instruction: any change to its content or form would be detected".to_string()
+            } else {
+                "the signature covers the instruction's bytes: any change to its content or form would be detected".to_string()
+            },
+        )
+    } else {
+        (
+            false,
+            "the instruction does not match what was signed, or the signature does not verify"
+                .to_string(),
+        )
+    };
+    let conditions = vec![
+        Condition { condition: "13(1)", text: "the signature-creation data, when used, belongs exclusively to the signer", supported: c1, evidence: e1 },
+        Condition { condition: "13(2)", text: "the signature-creation data was under the sole control of the signer when signing", supported: c2, evidence: e2 },
+        Condition { condition: "13(3)", text: "any change to the electronic signature after signing can be detected", supported: c3, evidence: e3 },
+        Condition { condition: "13(4)", text: "any change to the content and form of the data message after signing can be detected", supported: c4, evidence: e4 },
+    ];
+    ElectronicSignatureLaw {
+        article: "PRC Electronic Signature Law (2019), article 13",
+        reliable: conditions.iter().all(|c| c.supported),
+        conditions,
+    }
+}

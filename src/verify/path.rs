@@ -1,0 +1,268 @@
+//! Certification path validation (RFC 5280 section 6, the parts a payment verifier needs):
+//! build a chain from the signer to a trust anchor, then check signatures, validity, basic
+//! constraints and path length, key usage, critical extensions and certificate policies.
+
+use const_oid::db::rfc5280 as oids;
+use const_oid::ObjectIdentifier;
+use der::{Decode, Encode};
+use p256::ecdsa::signature::Verifier;
+use x509_cert::ext::pkix::{BasicConstraints, CertificatePolicies, KeyUsage, KeyUsages};
+use x509_cert::Certificate;
+
+/// The deepest chain considered (signer, intermediates, anchor).
+const MAX_DEPTH: usize = 6;
+
+/// anyPolicy.
+const ANY_POLICY: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.32.0");
+
+/// Extensions this validator understands; any other critical one fails the path.
+const KNOWN_EXTENSIONS: &[ObjectIdentifier] = &[
+    oids::ID_CE_BASIC_CONSTRAINTS,
+    oids::ID_CE_KEY_USAGE,
+    oids::ID_CE_EXT_KEY_USAGE,
+    oids::ID_CE_CERTIFICATE_POLICIES,
+    oids::ID_CE_SUBJECT_KEY_IDENTIFIER,
+    oids::ID_CE_AUTHORITY_KEY_IDENTIFIER,
+    oids::ID_CE_CRL_DISTRIBUTION_POINTS,
+    oids::ID_PE_AUTHORITY_INFO_ACCESS,
+    oids::ID_CE_SUBJECT_ALT_NAME,
+];
+
+/// A trust anchor.
+#[derive(Debug, Clone)]
+pub struct Anchor {
+    pub certificate: Certificate,
+    /// Signet's own hierarchy (revocation from the store) or another CA (revocation from its CRL).
+    pub own: bool,
+    /// The anchor's CRL (DER), for anchors other than Signet's.
+    pub crl: Option<Vec<u8>>,
+    pub name: String,
+}
+
+/// Why a path failed, ranked: the most specific first when several candidates fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathError {
+    /// No chain from the signer to any anchor.
+    NoChain(String),
+    /// A chain exists but a constraint fails (basic constraints, key usage, policies,
+    /// unknown critical extension, a CA certificate out of its validity).
+    Constraints(String),
+    /// A certificate of the chain uses an algorithm or key Signet does not verify.
+    CryptoConstraints(String),
+}
+
+/// A validated path: the certificates from the signer up to (and including) the anchor.
+#[derive(Debug, Clone)]
+pub struct ValidPath {
+    pub chain: Vec<Certificate>,
+    pub anchor: Anchor,
+    /// Certificate policies valid for the signer through the whole path.
+    pub policies: Vec<ObjectIdentifier>,
+}
+
+fn ext<'a, T: Decode<'a> + const_oid::AssociatedOid>(c: &'a Certificate) -> Option<(bool, T)> {
+    c.tbs_certificate().get_extension::<T>().ok().flatten()
+}
+
+fn same_name(a: &x509_cert::name::Name, b: &x509_cert::name::Name) -> bool {
+    match (a.to_der(), b.to_der()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// Checks that `issuer`'s key made `cert`'s signature (ECDSA P-256 with SHA-256 only).
+pub fn signed_by(cert: &Certificate, issuer: &Certificate) -> Result<(), PathError> {
+    let alg = &cert.signature_algorithm().oid;
+    if *alg != crate::ca::x509::ECDSA_WITH_SHA256 {
+        return Err(PathError::CryptoConstraints(format!(
+            "certificate signed with {alg}, not ecdsa-with-SHA256"
+        )));
+    }
+    let key = crate::ca::x509::verifying_key(issuer.tbs_certificate().subject_public_key_info())
+        .map_err(PathError::CryptoConstraints)?;
+    let sig = p256::ecdsa::DerSignature::try_from(cert.signature().raw_bytes())
+        .map_err(|_| PathError::NoChain("certificate signature is not DER ECDSA".into()))?;
+    let tbs = cert
+        .tbs_certificate()
+        .to_der()
+        .map_err(|e| PathError::NoChain(e.to_string()))?;
+    key.verify(&tbs, &sig).map_err(|_| {
+        PathError::NoChain(
+            "a certificate's signature does not verify under its issuer's key".into(),
+        )
+    })
+}
+
+/// Builds and validates the path of `leaf` at time `at` (Unix seconds), trying every
+/// candidate chain and reporting the most specific failure when none holds.
+pub fn validate(
+    leaf: &Certificate,
+    intermediates: &[Certificate],
+    anchors: &[Anchor],
+    at: i64,
+) -> Result<ValidPath, PathError> {
+    let mut best: Option<PathError> = None;
+    let mut found = None;
+    search(
+        leaf,
+        intermediates,
+        anchors,
+        &mut vec![leaf.clone()],
+        at,
+        &mut best,
+        &mut found,
+    );
+    match found {
+        Some(p) => Ok(p),
+        None => Err(best.unwrap_or_else(|| {
+            PathError::NoChain("the signer's certificate does not chain to a trusted anchor".into())
+        })),
+    }
+}
+
+fn rank(e: &PathError) -> u8 {
+    match e {
+        PathError::NoChain(_) => 0,
+        PathError::Constraints(_) => 1,
+        PathError::CryptoConstraints(_) => 2,
+    }
+}
+
+fn keep_best(best: &mut Option<PathError>, e: PathError) {
+    if best.as_ref().is_none_or(|b| rank(&e) > rank(b)) {
+        *best = Some(e);
+    }
+}
+
+fn search(
+    current: &Certificate,
+    intermediates: &[Certificate],
+    anchors: &[Anchor],
+    chain: &mut Vec<Certificate>,
+    at: i64,
+    best: &mut Option<PathError>,
+    found: &mut Option<ValidPath>,
+) {
+    if found.is_some() || chain.len() > MAX_DEPTH {
+        return;
+    }
+    let issuer_name = current.tbs_certificate().issuer();
+    for anchor in anchors {
+        if !same_name(anchor.certificate.tbs_certificate().subject(), issuer_name) {
+            continue;
+        }
+        match signed_by(current, &anchor.certificate) {
+            Ok(()) => {
+                let mut full = chain.clone();
+                full.push(anchor.certificate.clone());
+                match check_chain(&full, at) {
+                    Ok(policies) => {
+                        *found = Some(ValidPath {
+                            chain: full,
+                            anchor: anchor.clone(),
+                            policies,
+                        });
+                        return;
+                    }
+                    Err(e) => keep_best(best, e),
+                }
+            }
+            Err(e) => keep_best(best, e),
+        }
+    }
+    for cand in intermediates {
+        if chain.iter().any(|c| c == cand)
+            || !same_name(cand.tbs_certificate().subject(), issuer_name)
+        {
+            continue;
+        }
+        match signed_by(current, cand) {
+            Ok(()) => {
+                chain.push(cand.clone());
+                search(cand, intermediates, anchors, chain, at, best, found);
+                chain.pop();
+                if found.is_some() {
+                    return;
+                }
+            }
+            Err(e) => keep_best(best, e),
+        }
+    }
+}
+
+/// Validity of one certificate at `at`.
+pub fn valid_at(c: &Certificate, at: i64) -> bool {
+    let v = c.tbs_certificate().validity();
+    let nb = v.not_before.to_unix_duration().as_secs() as i64;
+    let na = v.not_after.to_unix_duration().as_secs() as i64;
+    nb <= at && at <= na
+}
+
+/// The checks of RFC 5280 6.1.3-6.1.4 on a complete chain (leaf first, anchor last). The
+/// leaf's own validity is left to the caller (it depends on the claimed signing time).
+fn check_chain(chain: &[Certificate], at: i64) -> Result<Vec<ObjectIdentifier>, PathError> {
+    for c in chain {
+        if let Some(exts) = c.tbs_certificate().extensions() {
+            for e in exts {
+                if e.critical && !KNOWN_EXTENSIONS.contains(&e.extn_id) {
+                    return Err(PathError::Constraints(format!(
+                        "certificate has an unknown critical extension {}",
+                        e.extn_id
+                    )));
+                }
+            }
+        }
+    }
+    // Issuers: CA, keyCertSign, path length, validity.
+    let issuers = &chain[1..];
+    for (i, ca) in issuers.iter().enumerate() {
+        let below = i; // CA certificates between this issuer and the leaf
+        match ext::<BasicConstraints>(ca) {
+            Some((_, bc)) if bc.ca => {
+                if let Some(len) = bc.path_len_constraint {
+                    if below > usize::from(len) {
+                        return Err(PathError::Constraints(
+                            "a CA's path length constraint is exceeded".into(),
+                        ));
+                    }
+                }
+            }
+            _ => {
+                return Err(PathError::Constraints(
+                    "an issuer in the chain is not a CA (basicConstraints)".into(),
+                ))
+            }
+        }
+        if let Some((_, ku)) = ext::<KeyUsage>(ca) {
+            if !ku.0.contains(KeyUsages::KeyCertSign) {
+                return Err(PathError::Constraints(
+                    "an issuer's key usage lacks keyCertSign".into(),
+                ));
+            }
+        }
+        if !valid_at(ca, at) {
+            return Err(PathError::Constraints(
+                "a CA certificate of the chain is outside its validity period".into(),
+            ));
+        }
+    }
+    // Policies: the leaf's policies, restricted by every CA that states policies.
+    let mut policies: Vec<ObjectIdentifier> = ext::<CertificatePolicies>(&chain[0])
+        .map(|(_, cp)| cp.0.iter().map(|p| p.policy_identifier).collect())
+        .unwrap_or_default();
+    for ca in &issuers[..issuers.len().saturating_sub(1)] {
+        if let Some((_, cp)) = ext::<CertificatePolicies>(ca) {
+            let ca_policies: Vec<_> = cp.0.iter().map(|p| p.policy_identifier).collect();
+            if !ca_policies.contains(&ANY_POLICY) {
+                policies.retain(|p| ca_policies.contains(p));
+            }
+        }
+    }
+    Ok(policies)
+}
+
+/// keyUsage of a certificate, if it states one.
+pub fn key_usage(c: &Certificate) -> Option<KeyUsage> {
+    ext::<KeyUsage>(c).map(|(_, ku)| ku)
+}

@@ -1,0 +1,1017 @@
+//! Verification of signed payment instructions, end to end through `signet verify`: signatures
+//! made by OpenSSL (`openssl cms -sign`, with `faketime` for claimed times) and ES256 JWS built
+//! here, over certificates issued by Signet from a real SoftHSM2 token.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use common::{fixture, openssl, Fixture, Out};
+use p256::ecdsa::signature::Signer;
+use p256::pkcs8::DecodePrivateKey;
+use serde_json::Value;
+
+/// A key pair and a certificate Signet issued for it.
+struct Holder {
+    key: PathBuf,
+    cert: PathBuf,
+    serial: String,
+}
+
+fn uniq(f: &Fixture, hint: &str) -> PathBuf {
+    f.path(hint)
+}
+
+fn new_key(f: &Fixture) -> (PathBuf, PathBuf) {
+    let key = uniq(f, "holder.key");
+    let csr = uniq(f, "holder.csr");
+    openssl(&args![
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        "/CN=holder",
+        "-keyout",
+        &key,
+        "-out",
+        &csr
+    ])
+    .assert_ok();
+    (key, csr)
+}
+
+fn issue(f: &Fixture, config: &Path, profile: &str, subject: &str) -> Holder {
+    let (key, csr) = new_key(f);
+    let chain = uniq(f, "holder-chain.pem");
+    let out = f.signet_with(
+        config,
+        &[],
+        &args![
+            "issue",
+            "--profile",
+            profile,
+            "--csr",
+            &csr,
+            "--subject",
+            subject,
+            "--out",
+            &chain
+        ],
+    );
+    out.assert_ok();
+    let cert = uniq(f, "holder.pem");
+    openssl(&args!["x509", "-in", &chain, "-out", &cert]).assert_ok();
+    Holder {
+        key,
+        cert,
+        serial: common::serial_from_stderr(&out).unwrap(),
+    }
+}
+
+fn customer(f: &Fixture) -> Holder {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    issue(
+        f,
+        &f.config,
+        "customer",
+        &format!("CN=付款人{n},serialNumber=5101011990010{n:05}"),
+    )
+}
+
+fn instruction(f: &Fixture, text: &str) -> PathBuf {
+    let p = uniq(f, "instruction.json");
+    fs::write(&p, text).unwrap();
+    p
+}
+
+/// A payment instruction no other test uses (the replay guard remembers them all).
+fn fresh_instruction(f: &Fixture) -> PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    instruction(
+        f,
+        &format!(
+            r#"{{"instruction_id":"PAY-{}-{n}","amount":"1000.00","currency":"CNY","payee":"6222020200112233"}}"#,
+            std::process::id()
+        ),
+    )
+}
+
+/// `openssl cms -sign` with extra flags, optionally under faketime.
+fn cms_sign(
+    f: &Fixture,
+    holder: &Holder,
+    instr: &Path,
+    extra: &[&str],
+    faketime: Option<&str>,
+) -> PathBuf {
+    let out = uniq(f, "sig.der");
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    if let Some(t) = faketime {
+        args.extend(args!["-f", t, "openssl"]);
+    }
+    args.extend(args![
+        "cms",
+        "-sign",
+        "-binary",
+        "-in",
+        instr,
+        "-signer",
+        &holder.cert,
+        "-inkey",
+        &holder.key,
+        "-outform",
+        "DER",
+        "-out",
+        &out
+    ]);
+    if !extra.contains(&"-md") {
+        args.extend(args!["-md", "sha256"]);
+    }
+    args.extend(extra.iter().map(std::ffi::OsString::from));
+    let o = if faketime.is_some() {
+        common::run({
+            let mut c = std::process::Command::new("faketime");
+            c.args(&args);
+            c
+        })
+    } else {
+        openssl(&args)
+    };
+    o.assert_ok();
+    out
+}
+
+struct Verdict {
+    out: Out,
+    report: Value,
+}
+
+impl Verdict {
+    fn indication(&self) -> &str {
+        self.report["indication"].as_str().unwrap_or("?")
+    }
+    fn sub(&self) -> &str {
+        self.report["sub_indication"].as_str().unwrap_or("-")
+    }
+    fn code(&self) -> Option<i32> {
+        self.out.status.code()
+    }
+    fn expect(&self, indication: &str, sub: &str, code: i32) {
+        assert_eq!(
+            (self.indication(), self.sub(), self.code()),
+            (indication, sub, Some(code)),
+            "{}",
+            self.out.describe()
+        );
+        assert!(!self.out.stderr.contains("panicked"));
+    }
+}
+
+fn verify_with(
+    f: &Fixture,
+    config: &Path,
+    env: &[(&str, String)],
+    instr: &Path,
+    sig: &Path,
+    extra: &[&str],
+) -> Verdict {
+    let mut args = args!["verify", "--instruction", instr, "--signature", sig].to_vec();
+    args.extend(extra.iter().map(std::ffi::OsString::from));
+    let out = f.signet_with(config, env, &args);
+    let report = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
+    Verdict { out, report }
+}
+
+fn verify(f: &Fixture, instr: &Path, sig: &Path) -> Verdict {
+    verify_with(f, &f.config, &[], instr, sig, &[])
+}
+
+fn at(offset: i64) -> Vec<(&'static str, String)> {
+    vec![(
+        "SIGNET_FAKE_NOW",
+        (common::now_unix() as i64 + offset).to_string(),
+    )]
+}
+
+// ---------------------------------------------------------------------------------------
+// Valid signatures
+
+#[test]
+fn valid_detached_cms_by_a_customer_passes_with_article_13_supported() {
+    let f = fixture();
+    let h = customer(f);
+    let instr = fresh_instruction(f);
+    let v = verify(f, &instr, &cms_sign(f, &h, &instr, &[], None));
+    v.expect("TOTAL_PASSED", "-", 0);
+    assert_eq!(v.report["signer"]["profile"], "customer");
+    assert_eq!(v.report["signer"]["key_custody"], "customer-device");
+    assert_eq!(
+        v.report["signer"]["serial"].as_str(),
+        Some(h.serial.as_str())
+    );
+    assert!(v.report["claimed_signing_time"].is_string());
+    assert!(v.report["replay"].is_null());
+    let law = &v.report["electronic_signature_law"];
+    assert_eq!(law["reliable"], true);
+    assert_eq!(law["conditions"].as_array().unwrap().len(), 4);
+    let digest = openssl(&args!["dgst", "-sha256", "-r", &instr]);
+    assert!(digest
+        .stdout
+        .starts_with(v.report["instruction_sha256"].as_str().unwrap()));
+}
+
+#[test]
+fn valid_attached_cms_by_a_teller_passes() {
+    let f = fixture();
+    let h = issue(
+        f,
+        &f.config,
+        "teller",
+        "CN=柜员,serialNumber=E7001,OU=Branch 7",
+    );
+    let instr = fresh_instruction(f);
+    let v = verify(f, &instr, &cms_sign(f, &h, &instr, &["-nodetach"], None));
+    v.expect("TOTAL_PASSED", "-", 0);
+    assert_eq!(v.report["signer"]["profile"], "teller");
+    assert_eq!(v.report["format"], "cms-attached");
+}
+
+#[test]
+fn valid_cms_without_signed_attributes_passes_and_checks_at_validation_time() {
+    let f = fixture();
+    let h = customer(f);
+    let instr = fresh_instruction(f);
+    let v = verify(f, &instr, &cms_sign(f, &h, &instr, &["-noattr"], None));
+    v.expect("TOTAL_PASSED", "-", 0);
+    assert!(v.report["claimed_signing_time"].is_null());
+}
+
+#[test]
+fn valid_cades_signature_checks_ess_signing_certificate_v2() {
+    let f = fixture();
+    let h = customer(f);
+    let instr = fresh_instruction(f);
+    let v = verify(f, &instr, &cms_sign(f, &h, &instr, &["-cades"], None));
+    v.expect("TOTAL_PASSED", "-", 0);
+    let checks = v.report["signers"][0]["checks"].as_array().unwrap();
+    assert!(
+        checks
+            .iter()
+            .any(|c| c["name"] == "ess-signing-certificate-v2" && c["passed"] == true),
+        "{checks:?}"
+    );
+}
+
+#[test]
+fn cms_without_certificates_is_verified_with_the_certificate_on_record() {
+    let f = fixture();
+    let h = customer(f);
+    let instr = fresh_instruction(f);
+    let v = verify(f, &instr, &cms_sign(f, &h, &instr, &["-nocerts"], None));
+    v.expect("TOTAL_PASSED", "-", 0);
+}
+
+#[test]
+fn pem_and_base64_cms_are_accepted() {
+    let f = fixture();
+    let h = customer(f);
+    let instr = fresh_instruction(f);
+    let der = cms_sign(f, &h, &instr, &[], None);
+    let b64 = uniq(f, "sig.b64");
+    fs::write(
+        &b64,
+        base64::engine::general_purpose::STANDARD.encode(fs::read(&der).unwrap()),
+    )
+    .unwrap();
+    verify(f, &instr, &b64).expect("TOTAL_PASSED", "-", 0);
+    let pem = uniq(f, "sig.pem");
+    openssl(&args![
+        "cms", "-cmsout", "-inform", "DER", "-in", &der, "-outform", "PEM", "-out", &pem
+    ])
+    .assert_ok();
+    // The same signature again is a replay: the policy rejects it.
+    let again = verify(f, &instr, &pem);
+    again.expect("INDETERMINATE", "SIG_CONSTRAINTS_FAILURE", 2);
+}
+
+fn jws(holder: &Holder, payload: &[u8], detached: bool, extra_header: Value) -> String {
+    let b64 = |d: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(d);
+    let key_pem = fs::read_to_string(&holder.key).unwrap();
+    let key = p256::ecdsa::SigningKey::from_pkcs8_pem(&key_pem).unwrap();
+    let cert_der = pem_to_der(&holder.cert);
+    let mut header = serde_json::json!({
+        "alg": "ES256",
+        "x5c": [base64::engine::general_purpose::STANDARD.encode(&cert_der)],
+    });
+    if let (Value::Object(h), Value::Object(e)) = (&mut header, extra_header) {
+        h.extend(e);
+    }
+    let protected = b64(header.to_string().as_bytes());
+    let input = format!("{protected}.{}", b64(payload));
+    let sig: p256::ecdsa::Signature = key.sign(input.as_bytes());
+    let payload_part = if detached {
+        String::new()
+    } else {
+        b64(payload)
+    };
+    format!("{protected}.{payload_part}.{}", b64(&sig.to_bytes()))
+}
+
+fn pem_to_der(p: &Path) -> Vec<u8> {
+    let text = fs::read_to_string(p).unwrap();
+    let body: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap()
+}
+
+#[test]
+fn valid_jws_compact_with_x5c_passes_embedded_and_detached() {
+    let f = fixture();
+    let h = customer(f);
+    let instr = fresh_instruction(f);
+    let payload = fs::read(&instr).unwrap();
+    let sig = uniq(f, "sig.jws");
+    fs::write(&sig, jws(&h, &payload, false, serde_json::json!({}))).unwrap();
+    let v = verify(f, &instr, &sig);
+    v.expect("TOTAL_PASSED", "-", 0);
+    assert_eq!(v.report["format"], "jws-compact");
+    let instr2 = fresh_instruction(f);
+    fs::write(
+        &sig,
+        jws(&h, &fs::read(&instr2).unwrap(), true, serde_json::json!({})),
+    )
+    .unwrap();
+    verify(f, &instr2, &sig).expect("TOTAL_PASSED", "-", 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// Tampering
+
+fn flip_last_byte(p: &Path) -> PathBuf {
+    let mut bytes = fs::read(p).unwrap();
+    let n = bytes.len() - 2;
+    bytes[n] ^= 0x01;
+    let out = p.with_extension("changed");
+    fs::write(&out, bytes).unwrap();
+    out
+}
+
+#[test]
+fn instruction_changed_by_one_byte_with_signed_attributes_is_a_hash_failure() {
+    let f = fixture();
+    let h = customer(f);
+    let instr = fresh_instruction(f);
+    let sig = cms_sign(f, &h, &instr, &[], None);
+    verify(f, &flip_last_byte(&instr), &sig).expect("TOTAL_FAILED", "HASH_FAILURE", 1);
+}
+
+#[test]
+fn instruction_changed_without_signed_attributes_is_a_signature_failure() {
+    let f = fixture();
+    let h = customer(f);
+    let instr = fresh_instruction(f);
+    let sig = cms_sign(f, &h, &instr, &["-noattr"], None);
+    verify(f, &flip_last_byte(&instr), &sig).expect("TOTAL_FAILED", "SIG_CRYPTO_FAILURE", 1);
+}
+
+#[test]
+fn jws_over_a_changed_instruction_fails() {
+    let f = fixture();
+    let h = customer(f);
+    let instr = fresh_instruction(f);
+    let sig = uniq(f, "sig.jws");
+    fs::write(
+        &sig,
+        jws(&h, &fs::read(&instr).unwrap(), true, serde_json::json!({})),
+    )
+    .unwrap();
+    let v = verify(f, &flip_last_byte(&instr), &sig);
+    assert_eq!(v.indication(), "TOTAL_FAILED", "{}", v.out.describe());
+}
+
+#[test]
+fn signed_attributes_changed_after_signing_are_a_signature_failure() {
+    let f = fixture();
+    let h = customer(f);
+    let instr = fresh_instruction(f);
+    let sig = cms_sign(f, &h, &instr, &[], None);
+    // The signing-time attribute: OID 1.2.840.113549.1.9.5 then SET { UTCTime }. Change a digit.
+    let mut der = fs::read(&sig).unwrap();
+    let oid = [
+        0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x05,
+    ];
+    let at = der
+        .windows(oid.len())
+        .position(|w| w == oid)
+        .expect("signing-time attribute");
+    let time_value = at + oid.len() + 4; // SET hdr (2) + UTCTime hdr (2)
+    der[time_value + 1] = if der[time_value + 1] == b'0' {
+        b'1'
+    } else {
+        b'0'
+    };
+    let changed = uniq(f, "attrs-changed.der");
+    fs::write(&changed, der).unwrap();
+    verify(f, &instr, &changed).expect("TOTAL_FAILED", "SIG_CRYPTO_FAILURE", 1);
+}
+
+#[test]
+fn signature_by_another_key_than_the_certificates_is_a_signature_failure() {
+    let f = fixture();
+    let h = customer(f);
+    let (other_key, _) = new_key(f);
+    let impostor = Holder {
+        key: other_key,
+        cert: h.cert.clone(),
+        serial: h.serial.clone(),
+    };
+    let instr = fresh_instruction(f);
+    let sig = uniq(f, "impostor.jws");
+    fs::write(
+        &sig,
+        jws(
+            &impostor,
+            &fs::read(&instr).unwrap(),
+            false,
+            serde_json::json!({}),
+        ),
+    )
+    .unwrap();
+    verify(f, &instr, &sig).expect("TOTAL_FAILED", "SIG_CRYPTO_FAILURE", 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// Revocation and time
+
+#[test]
+fn revoked_before_the_claimed_signing_time_fails() {
+    let f = fixture();
+    let h = customer(f);
+    f.signet(&args![
+        "revoke",
+        "--serial",
+        &h.serial,
+        "--reason",
+        "keyCompromise"
+    ])
+    .assert_ok();
+    let instr = fresh_instruction(f);
+    let sig = cms_sign(f, &h, &instr, &[], Some("+1h"));
+    verify_with(f, &f.config, &at(7200), &instr, &sig, &[]).expect("TOTAL_FAILED", "REVOKED", 1);
+}
+
+#[test]
+fn revoked_after_the_claimed_signing_time_is_indeterminate_without_proof_of_existence() {
+    let f = fixture();
+    let h = customer(f);
+    let instr = fresh_instruction(f);
+    let sig = cms_sign(f, &h, &instr, &[], None);
+    f.signet_with(
+        &f.config,
+        &at(600),
+        &args!["revoke", "--serial", &h.serial, "--reason", "keyCompromise"],
+    )
+    .assert_ok();
+    verify_with(f, &f.config, &at(1200), &instr, &sig, &[]).expect(
+        "INDETERMINATE",
+        "REVOKED_NO_POE",
+        2,
+    );
+}
+
+#[test]
+fn revoked_with_no_claimed_signing_time_fails() {
+    let f = fixture();
+    let h = customer(f);
+    let instr = fresh_instruction(f);
+    let sig = cms_sign(f, &h, &instr, &["-noattr"], None);
+    f.signet(&args![
+        "revoke",
+        "--serial",
+        &h.serial,
+        "--reason",
+        "superseded"
+    ])
+    .assert_ok();
+    verify(f, &instr, &sig).expect("TOTAL_FAILED", "REVOKED", 1);
+}
+
+#[test]
+fn claimed_signing_time_before_not_before_fails() {
+    let f = fixture();
+    let h = customer(f);
+    let instr = fresh_instruction(f);
+    let sig = cms_sign(f, &h, &instr, &[], Some("-2d"));
+    verify(f, &instr, &sig).expect("TOTAL_FAILED", "NOT_YET_VALID", 1);
+}
+
+#[test]
+fn claimed_signing_time_after_not_after_is_out_of_bounds() {
+    let f = fixture();
+    let h = customer(f);
+    let instr = fresh_instruction(f);
+    let sig = cms_sign(f, &h, &instr, &[], Some("+800d"));
+    verify_with(f, &f.config, &at(801 * 86_400), &instr, &sig, &[]).expect(
+        "INDETERMINATE",
+        "OUT_OF_BOUNDS_NO_POE",
+        2,
+    );
+}
+
+#[test]
+fn expired_with_no_claimed_time_is_indeterminate() {
+    let f = fixture();
+    let h = customer(f);
+    let instr = fresh_instruction(f);
+    let sig = cms_sign(f, &h, &instr, &["-noattr"], None);
+    verify_with(f, &f.config, &at(800 * 86_400), &instr, &sig, &[]).expect(
+        "INDETERMINATE",
+        "EXPIRED",
+        2,
+    );
+}
+
+#[test]
+fn teller_certificate_on_hold_means_try_later() {
+    let f = fixture();
+    let h = issue(
+        f,
+        &f.config,
+        "teller",
+        "CN=暂停柜员,serialNumber=E7002,OU=Branch 7",
+    );
+    f.signet(&args!["hold", "--serial", &h.serial]).assert_ok();
+    let instr = fresh_instruction(f);
+    verify(f, &instr, &cms_sign(f, &h, &instr, &[], None)).expect("INDETERMINATE", "TRY_LATER", 2);
+}
+
+// ---------------------------------------------------------------------------------------
+// Chains, policy and algorithms
+
+/// A CA and a leaf made by OpenSSL alone (not Signet's), with the given key algorithm.
+fn foreign_holder(f: &Fixture, curve_or_rsa: &[&str], md: &str) -> (Holder, PathBuf) {
+    let dir = uniq(f, "foreign");
+    fs::create_dir_all(&dir).unwrap();
+    let ext = dir.join("ext.cnf");
+    fs::write(
+        &ext,
+        "[leaf]\nkeyUsage=critical,digitalSignature,nonRepudiation\ncertificatePolicies=1.3.6.1.4.1.32473.9.9\n\
+         [ca]\nbasicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n",
+    )
+    .unwrap();
+    let ca_key = dir.join("ca.key");
+    let ca = dir.join("ca.pem");
+    let mut a = args![
+        "req",
+        "-x509",
+        "-new",
+        "-nodes",
+        "-days",
+        "30",
+        "-subj",
+        "/CN=Foreign CA",
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca,
+        "-extensions",
+        "ca",
+        "-config",
+        &ext,
+        format!("-{md}")
+    ]
+    .to_vec();
+    a.extend(curve_or_rsa.iter().map(std::ffi::OsString::from));
+    // req -config needs a [req] section.
+    fs::write(
+        &ext,
+        format!(
+            "[req]\ndistinguished_name=dn\n[dn]\n{}",
+            fs::read_to_string(&ext).unwrap()
+        ),
+    )
+    .unwrap();
+    openssl(&a).assert_ok();
+    let key = dir.join("leaf.key");
+    let csr = dir.join("leaf.csr");
+    let mut a = args![
+        "req",
+        "-new",
+        "-nodes",
+        "-subj",
+        "/CN=Foreign signer",
+        "-keyout",
+        &key,
+        "-out",
+        &csr
+    ]
+    .to_vec();
+    a.extend(curve_or_rsa.iter().map(std::ffi::OsString::from));
+    openssl(&a).assert_ok();
+    let cert = dir.join("leaf.pem");
+    openssl(&args![
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-days",
+        "30",
+        "-extfile",
+        &ext,
+        "-extensions",
+        "leaf",
+        "-out",
+        &cert,
+        format!("-{md}")
+    ])
+    .assert_ok();
+    (
+        Holder {
+            key,
+            cert,
+            serial: String::new(),
+        },
+        ca,
+    )
+}
+
+#[test]
+fn certificate_from_an_unknown_ca_has_no_chain() {
+    let f = fixture();
+    let (h, _) = foreign_holder(
+        f,
+        &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        "sha256",
+    );
+    let instr = fresh_instruction(f);
+    verify(f, &instr, &cms_sign(f, &h, &instr, &[], None)).expect(
+        "INDETERMINATE",
+        "NO_CERTIFICATE_CHAIN_FOUND",
+        2,
+    );
+}
+
+#[test]
+fn no_signer_certificate_in_the_cms_nor_in_the_store() {
+    let f = fixture();
+    let (h, _) = foreign_holder(
+        f,
+        &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        "sha256",
+    );
+    let instr = fresh_instruction(f);
+    verify(f, &instr, &cms_sign(f, &h, &instr, &["-nocerts"], None)).expect(
+        "INDETERMINATE",
+        "NO_SIGNING_CERTIFICATE_FOUND",
+        2,
+    );
+}
+
+fn config_with_anchor(f: &Fixture, ca: &Path) -> PathBuf {
+    let text = fs::read_to_string(&f.config).unwrap();
+    let p = uniq(f, "anchor.toml");
+    fs::write(
+        &p,
+        format!(
+            "{text}\n[verify]\nanchors = [{{ name = \"test-ca\", certificate = {} }}]\n",
+            common::toml_str(&ca.to_string_lossy())
+        ),
+    )
+    .unwrap();
+    p
+}
+
+#[test]
+fn p384_key_of_an_extra_anchor_is_a_crypto_constraints_failure() {
+    let f = fixture();
+    let (h, ca) = foreign_holder(
+        f,
+        &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-384"],
+        "sha384",
+    );
+    let config = config_with_anchor(f, &ca);
+    let instr = fresh_instruction(f);
+    let sig = cms_sign(f, &h, &instr, &[], None);
+    verify_with(f, &config, &[], &instr, &sig, &[]).expect(
+        "INDETERMINATE",
+        "CRYPTO_CONSTRAINTS_FAILURE",
+        2,
+    );
+}
+
+#[test]
+fn rsa_key_of_an_extra_anchor_is_a_crypto_constraints_failure() {
+    let f = fixture();
+    let (h, ca) = foreign_holder(f, &["-newkey", "rsa:2048"], "sha256");
+    let config = config_with_anchor(f, &ca);
+    let instr = fresh_instruction(f);
+    let sig = cms_sign(f, &h, &instr, &[], None);
+    verify_with(f, &config, &[], &instr, &sig, &[]).expect(
+        "INDETERMINATE",
+        "CRYPTO_CONSTRAINTS_FAILURE",
+        2,
+    );
+}
+
+#[test]
+fn sha1_digest_is_a_crypto_constraints_failure() {
+    let f = fixture();
+    let h = customer(f);
+    let instr = fresh_instruction(f);
+    let sig = cms_sign(f, &h, &instr, &["-md", "sha1"], None);
+    verify(f, &instr, &sig).expect("INDETERMINATE", "CRYPTO_CONSTRAINTS_FAILURE", 2);
+}
+
+#[test]
+fn certificate_of_a_profile_not_accepted_for_payments_is_a_chain_constraints_failure() {
+    let f = fixture();
+    let policies = uniq(f, "policies");
+    fs::create_dir_all(&policies).unwrap();
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policies");
+    for p in ["customer.toml", "teller.toml", "payment-signature.toml"] {
+        fs::copy(repo.join(p), policies.join(p)).unwrap();
+    }
+    let login = fs::read_to_string(policies.join("customer.toml"))
+        .unwrap()
+        .replace("1.3.6.1.4.1.32473.7373.1.1", "1.3.6.1.4.1.32473.7373.1.9");
+    fs::write(policies.join("login.toml"), login).unwrap();
+    let text = fs::read_to_string(&f.config).unwrap();
+    let config = uniq(f, "login.toml");
+    fs::write(
+        &config,
+        common::set_toml_key(
+            &text,
+            "issuance",
+            "policies",
+            &common::toml_str(&policies.to_string_lossy()),
+        ),
+    )
+    .unwrap();
+    let h = issue(f, &config, "login", "CN=登录,serialNumber=L1");
+    let instr = fresh_instruction(f);
+    verify_with(
+        f,
+        &config,
+        &[],
+        &instr,
+        &cms_sign(f, &h, &instr, &[], None),
+        &[],
+    )
+    .expect("INDETERMINATE", "CHAIN_CONSTRAINTS_FAILURE", 2);
+}
+
+#[test]
+fn two_signers_are_each_reported_and_pass_only_together() {
+    let f = fixture();
+    let a = customer(f);
+    let b = customer(f);
+    let instr = fresh_instruction(f);
+    let sig = cms_sign(
+        f,
+        &a,
+        &instr,
+        &[
+            "-signer",
+            b.cert.to_str().unwrap(),
+            "-inkey",
+            b.key.to_str().unwrap(),
+        ],
+        None,
+    );
+    let v = verify(f, &instr, &sig);
+    v.expect("TOTAL_PASSED", "-", 0);
+    assert_eq!(v.report["signers"].as_array().unwrap().len(), 2);
+
+    let (stranger, _) = foreign_holder(
+        f,
+        &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        "sha256",
+    );
+    let instr2 = fresh_instruction(f);
+    let sig2 = cms_sign(
+        f,
+        &a,
+        &instr2,
+        &[
+            "-signer",
+            stranger.cert.to_str().unwrap(),
+            "-inkey",
+            stranger.key.to_str().unwrap(),
+        ],
+        None,
+    );
+    let v2 = verify(f, &instr2, &sig2);
+    assert_eq!(v2.indication(), "INDETERMINATE", "{}", v2.out.describe());
+    let indications: Vec<_> = v2.report["signers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["indication"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        indications.contains(&"TOTAL_PASSED".to_string())
+            && indications.contains(&"INDETERMINATE".to_string()),
+        "{indications:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Replay
+
+#[test]
+fn the_same_instruction_signed_again_by_the_same_signer_is_a_replay() {
+    let f = fixture();
+    let h = customer(f);
+    let instr = fresh_instruction(f);
+    let first = verify(f, &instr, &cms_sign(f, &h, &instr, &[], None));
+    first.expect("TOTAL_PASSED", "-", 0);
+    // A new signature (other bytes: ECDSA is randomized, and malleable) over the same instruction.
+    let second = verify(f, &instr, &cms_sign(f, &h, &instr, &[], None));
+    second.expect("INDETERMINATE", "SIG_CONSTRAINTS_FAILURE", 2);
+    assert!(
+        second.report["replay"]["first_seen"].is_string(),
+        "{}",
+        second.out.stdout
+    );
+}
+
+#[test]
+fn a_repeated_instruction_id_is_a_replay_even_with_other_content() {
+    let f = fixture();
+    let h = customer(f);
+    let id = format!("DUP-{}", std::process::id());
+    let i1 = instruction(
+        f,
+        &format!(r#"{{"instruction_id":"{id}","amount":"1.00"}}"#),
+    );
+    verify(f, &i1, &cms_sign(f, &h, &i1, &[], None)).expect("TOTAL_PASSED", "-", 0);
+    let i2 = instruction(
+        f,
+        &format!(r#"{{"instruction_id":"{id}","amount":"9999.00"}}"#),
+    );
+    verify(f, &i2, &cms_sign(f, &h, &i2, &[], None)).expect(
+        "INDETERMINATE",
+        "SIG_CONSTRAINTS_FAILURE",
+        2,
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Bad input
+
+#[test]
+fn garbage_truncated_and_nested_signatures_are_format_failures() {
+    let f = fixture();
+    let instr = fresh_instruction(f);
+    let h = customer(f);
+    let good = fs::read(cms_sign(f, &h, &instr, &[], None)).unwrap();
+    let mut nested = Vec::new();
+    for _ in 0..10_000 {
+        nested.extend_from_slice(&[0x30, 0x80]);
+    }
+    for (name, bytes) in [
+        ("garbage", b"\x00\x01 this is not a signature".to_vec()),
+        ("truncated", good[..good.len() / 2].to_vec()),
+        ("nested", nested),
+        ("empty", Vec::new()),
+    ] {
+        let p = uniq(f, name);
+        fs::write(&p, bytes).unwrap();
+        let v = verify(f, &instr, &p);
+        assert_eq!(
+            (v.indication(), v.code()),
+            ("TOTAL_FAILED", Some(1)),
+            "{name}: {}",
+            v.out.describe()
+        );
+        assert!(!v.out.stderr.contains("panicked"), "{name}");
+    }
+}
+
+#[test]
+fn jws_with_alg_none_or_hs256_fails() {
+    let f = fixture();
+    let h = customer(f);
+    let instr = fresh_instruction(f);
+    let payload = fs::read(&instr).unwrap();
+    let b64 = |d: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(d);
+    for alg in ["none", "HS256"] {
+        let header = serde_json::json!({"alg": alg, "x5c": [base64::engine::general_purpose::STANDARD.encode(pem_to_der(&h.cert))]});
+        let token = format!(
+            "{}.{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(&payload),
+            if alg == "none" {
+                String::new()
+            } else {
+                b64(b"not-a-mac")
+            }
+        );
+        let p = uniq(f, "alg.jws");
+        fs::write(&p, token).unwrap();
+        let v = verify(f, &instr, &p);
+        assert_eq!(
+            v.indication(),
+            "TOTAL_FAILED",
+            "{alg}: {}",
+            v.out.describe()
+        );
+        assert!(
+            ["FORMAT_FAILURE", "SIG_CRYPTO_FAILURE"].contains(&v.sub()),
+            "{alg}: {}",
+            v.sub()
+        );
+    }
+}
+
+#[test]
+fn verify_usage_errors_exit_64() {
+    let f = fixture();
+    let out = f.signet(&args!["verify", "--instruction"]);
+    assert_eq!(out.status.code(), Some(64), "{}", out.describe());
+    let missing = uniq(f, "missing");
+    let out = f.signet(&args![
+        "verify",
+        "--instruction",
+        &missing,
+        "--signature",
+        &missing
+    ]);
+    assert_eq!(out.status.code(), Some(64), "{}", out.describe());
+}
+
+// ---------------------------------------------------------------------------------------
+// Receipt
+
+#[test]
+fn receipt_verifies_with_openssl_and_signet_and_one_edited_byte_breaks_it() {
+    let f = fixture();
+    f.signet(&["ca", "upgrade"]).assert_ok();
+    let h = customer(f);
+    let instr = fresh_instruction(f);
+    let v = verify_with(
+        f,
+        &f.config,
+        &[],
+        &instr,
+        &cms_sign(f, &h, &instr, &[], None),
+        &["--receipt"],
+    );
+    v.expect("TOTAL_PASSED", "-", 0);
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(v.report["receipt"].as_str().expect("receipt in the report"))
+        .unwrap();
+    let receipt = uniq(f, "receipt.der");
+    fs::write(&receipt, &der).unwrap();
+    let out = openssl(&args![
+        "cms",
+        "-verify",
+        "-inform",
+        "DER",
+        "-in",
+        &receipt,
+        "-CAfile",
+        f.ca("root.pem")
+    ]);
+    out.assert_ok();
+    assert!(out.stdout.contains("TOTAL_PASSED"), "{}", out.describe());
+    f.signet(&args!["receipt", "verify", "--receipt", &receipt])
+        .assert_ok();
+
+    // One edited byte inside the signed content.
+    let mut edited = der.clone();
+    let pos = edited
+        .windows(12)
+        .position(|w| w == b"TOTAL_PASSED")
+        .unwrap();
+    edited[pos] = b'X';
+    let bad = uniq(f, "receipt-edited.der");
+    fs::write(&bad, edited).unwrap();
+    assert!(!openssl(&args![
+        "cms",
+        "-verify",
+        "-inform",
+        "DER",
+        "-in",
+        &bad,
+        "-CAfile",
+        f.ca("root.pem")
+    ])
+    .success());
+    let out = f.signet(&args!["receipt", "verify", "--receipt", &bad]);
+    assert_eq!(out.status.code(), Some(1), "{}", out.describe());
+}
