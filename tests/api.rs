@@ -883,6 +883,8 @@ fn openapi_document_is_openapi_3_and_lists_every_v1_route() {
         ("post", "/v1/teller-requests/{id}/approve"),
         ("get", "/v1/audit-events"),
         ("get", "/v1/ca"),
+        ("post", "/v1/verifications"),
+        ("post", "/v1/verifications/certificate"),
     ];
     for (method, path) in expected {
         assert!(
@@ -1007,4 +1009,222 @@ fn a_pending_teller_request_expires_unapproved() {
         (409, "conflict"),
         "expired stays expired"
     );
+}
+
+// --------------------------------------------------------------------------------------
+// Verification for payment gateways
+
+fn gateway_signature(f: &Fixture, instruction: &[u8]) -> (String, Vec<u8>) {
+    // A customer of bank A signs with OpenSSL (detached CMS, signed attributes).
+    let key = f.path("payer.key");
+    let csr = f.path("payer.csr");
+    openssl(&args![
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        "/CN=p",
+        "-keyout",
+        &key,
+        "-out",
+        &csr
+    ])
+    .assert_ok();
+    let chain = f.path("payer-chain.pem");
+    let out = f.signet(&args![
+        "issue",
+        "--tenant",
+        "Bank A",
+        "--profile",
+        "customer",
+        "--csr",
+        &csr,
+        "--subject",
+        format!("CN=付款人,serialNumber=G{}", next_id()),
+        "--out",
+        &chain
+    ]);
+    out.assert_ok();
+    let cert = f.path("payer.pem");
+    openssl(&args!["x509", "-in", &chain, "-out", &cert]).assert_ok();
+    let instr = f.path("payment.json");
+    std::fs::write(&instr, instruction).unwrap();
+    let sig = f.path("payment.p7s");
+    openssl(&args![
+        "cms", "-sign", "-binary", "-md", "sha256", "-in", &instr, "-signer", &cert, "-inkey",
+        &key, "-outform", "DER", "-out", &sig
+    ])
+    .assert_ok();
+    (
+        base64_std(&std::fs::read(&cert).unwrap()),
+        std::fs::read(sig).unwrap(),
+    )
+}
+
+#[test]
+fn gateway_gets_a_report_with_the_signers_bank_and_a_receipt() {
+    let (_, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let f = fixture();
+    f.signet(&["ca", "upgrade"]).assert_ok();
+    let gateway = cli_ok(
+        f,
+        &[
+            "credential",
+            "add",
+            "--tenant",
+            "Bank B",
+            "--role",
+            "gateway",
+        ],
+    );
+    let instruction = format!(
+        r#"{{"instruction_id":"API-{}","amount":"88.00"}}"#,
+        next_id()
+    );
+    let (_, sig) = gateway_signature(f, instruction.as_bytes());
+    let r = post_json(
+        s,
+        "/v1/verifications",
+        Some(&gateway),
+        &json!({"instruction": base64_std(instruction.as_bytes()), "signature": base64_std(&sig), "receipt": true}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["indication"], "TOTAL_PASSED", "{}", r.body);
+    assert_eq!(
+        v["signer"]["bank"], "Bank A",
+        "a gateway of bank B sees bank A's signer"
+    );
+    assert_eq!(v["electronic_signature_law"]["reliable"], true);
+    let receipt = f.path("api-receipt.der");
+    std::fs::write(&receipt, base64_decode(v["receipt"].as_str().unwrap())).unwrap();
+    let out = openssl(&args![
+        "cms",
+        "-verify",
+        "-inform",
+        "DER",
+        "-in",
+        &receipt,
+        "-CAfile",
+        f.ca("root.pem")
+    ]);
+    out.assert_ok();
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = 0u32;
+    let mut bits = 0;
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => continue,
+        };
+        buf = (buf << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buf >> bits) as u8);
+        }
+    }
+    out
+}
+
+#[test]
+fn unparseable_signature_is_a_200_format_failure_but_bad_base64_is_a_400() {
+    let (_, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let f = fixture();
+    let gateway = cli_ok(
+        f,
+        &[
+            "credential",
+            "add",
+            "--tenant",
+            "Bank A",
+            "--role",
+            "gateway",
+        ],
+    );
+    let r = post_json(
+        s,
+        "/v1/verifications",
+        Some(&gateway),
+        &json!({"instruction": base64_std(b"pay 1"), "signature": base64_std(b"\x30\x03\x02\x01")}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        (
+            r.json()["indication"].as_str(),
+            r.json()["sub_indication"].as_str()
+        ),
+        (Some("TOTAL_FAILED"), Some("FORMAT_FAILURE"))
+    );
+    let bad = post_json(
+        s,
+        "/v1/verifications",
+        Some(&gateway),
+        &json!({"instruction": "***not base64***", "signature": "AAAA"}),
+    );
+    assert_eq!((bad.status, bad.code().as_str()), (400, "invalid_request"));
+    let missing = post_json(
+        s,
+        "/v1/verifications",
+        Some(&gateway),
+        &json!({"instruction": "AAAA"}),
+    );
+    assert_eq!(
+        (missing.status, missing.code().as_str()),
+        (400, "invalid_request")
+    );
+}
+
+#[test]
+fn only_gateways_verify() {
+    let (banks, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let r = post_json(
+        s,
+        "/v1/verifications",
+        Some(&banks.a_officer),
+        &json!({"instruction": "AAAA", "signature": "AAAA"}),
+    );
+    assert_eq!((r.status, r.code().as_str()), (403, "forbidden"));
+}
+
+#[test]
+fn gateway_validates_a_certificate_alone() {
+    let (_, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let f = fixture();
+    let gateway = cli_ok(
+        f,
+        &[
+            "credential",
+            "add",
+            "--tenant",
+            "Bank A",
+            "--role",
+            "gateway",
+        ],
+    );
+    let (cert_pem_b64, _) = gateway_signature(f, b"irrelevant");
+    let pem = String::from_utf8(base64_decode(&cert_pem_b64)).unwrap();
+    let r = post_json(
+        s,
+        "/v1/verifications/certificate",
+        Some(&gateway),
+        &json!({"certificate": pem}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["indication"], "TOTAL_PASSED", "{}", r.body);
 }
