@@ -6,8 +6,8 @@ use std::path::Path;
 use std::str::FromStr;
 
 use der::asn1::OctetString;
-use der::{Decode, Encode};
-use spki::{EncodePublicKey, SubjectPublicKeyInfoOwned};
+use der::Encode;
+use spki::SubjectPublicKeyInfoOwned;
 use x509_cert::ext::pkix::certpolicy::PolicyInformation;
 use x509_cert::ext::pkix::{
     AuthorityKeyIdentifier, BasicConstraints, CertificatePolicies, KeyUsage, KeyUsages,
@@ -19,7 +19,6 @@ use super::issue::{authority_info_access, crl_distribution_point};
 use super::x509::{self, extension, DecidedProfile, PreparedCertificate};
 use super::{Authority, CaError, IssuerId};
 use crate::audit::AuditEvent;
-use crate::hsm::HsmError;
 use crate::store::{CaRecord, CertRecord, CertStatus};
 
 /// anyPolicy (RFC 5280 4.2.1.4): issuing CAs accept every policy of the project's arc.
@@ -49,19 +48,9 @@ impl Authority {
         let mut created = Vec::new();
 
         let mut key = |label: &str| -> Result<SubjectPublicKeyInfoOwned, CaError> {
-            progress(&format!("generating P-256 key {label} in the token"));
-            let pk = match self.hsm.generate_p256(label) {
-                Ok(pk) => pk,
-                Err(HsmError::KeyExists { .. }) => {
-                    progress(&format!(
-                        "reusing key {label} left by an interrupted ceremony"
-                    ));
-                    self.hsm.public_key(label)?
-                }
-                Err(e) => return Err(e.into()),
-            };
+            let spki = self.key_in_token(label, progress)?;
             created.push(label.to_string());
-            spki_of(&pk)
+            Ok(spki)
         };
         let root_label = s.key_label(IssuerId::Root);
         let root_spki = key(&root_label)?;
@@ -221,18 +210,13 @@ impl Authority {
         let mut created = Vec::new();
         if !present.iter().any(|n| n == "audit") {
             let label = self.settings.audit_key_label();
-            progress(&format!("generating P-256 key {label} in the token"));
-            let pk = match self.hsm.generate_p256(&label) {
-                Ok(pk) => pk,
-                Err(HsmError::KeyExists { .. }) => self.hsm.public_key(&label)?,
-                Err(e) => return Err(e.into()),
-            };
+            let spki = self.key_in_token(&label, progress)?;
             let now = self.clock.now();
             let row = CaRecord {
                 name: "audit".into(),
                 key_label: label.clone(),
                 cert_der: None,
-                public_key: spki_of(&pk)?.to_der()?,
+                public_key: spki.to_der()?,
                 created_at: now,
             };
             let audit = self.store.add_cas(
@@ -335,13 +319,6 @@ impl Authority {
         self.auditor.after_append(&audit)?;
         Ok(der)
     }
-}
-
-fn spki_of(pk: &p256::PublicKey) -> Result<SubjectPublicKeyInfoOwned, CaError> {
-    let der = pk
-        .to_public_key_der()
-        .map_err(|e| CaError::Encoding(e.to_string()))?;
-    Ok(SubjectPublicKeyInfoOwned::from_der(der.as_bytes())?)
 }
 
 /// C, O, CN with RFC 5280 string types (C PrintableString, the rest UTF8String).

@@ -383,6 +383,34 @@ impl Authority {
         Ok(prepared.assemble(&sig)?.to_der()?)
     }
 
+    /// The P-256 key labelled `label` in the token: generated there (sensitive,
+    /// non-extractable, sign-only), or reused when an interrupted run left it.
+    pub fn key_in_token(
+        &self,
+        label: &str,
+        progress: &dyn Fn(&str),
+    ) -> Result<spki::SubjectPublicKeyInfoOwned, CaError> {
+        use spki::EncodePublicKey;
+        progress(&format!("generating P-256 key {label} in the token"));
+        let pk = match self.hsm.generate_p256(label) {
+            Ok(pk) => pk,
+            Err(HsmError::KeyExists { .. }) => {
+                progress(&format!("reusing key {label} left by an interrupted run"));
+                self.hsm.public_key(label)?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let der = pk
+            .to_public_key_der()
+            .map_err(|e| CaError::Encoding(e.to_string()))?;
+        Ok(spki::SubjectPublicKeyInfoOwned::from_der(der.as_bytes())?)
+    }
+
+    /// Signs `data` with a non-CA key of the token (e-seal, teller keys): SHA-256, ECDSA, DER.
+    pub fn sign_with_key(&self, label: &str, data: &[u8]) -> Result<Vec<u8>, CaError> {
+        self.sign(label, data)
+    }
+
     /// Random bytes from the token's generator (identifiers, tokens).
     pub fn hsm_random(&self, len: u32) -> Result<Vec<u8>, CaError> {
         Ok(self.hsm.random(len)?)

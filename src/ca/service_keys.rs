@@ -5,8 +5,7 @@
 use std::str::FromStr;
 
 use der::asn1::OctetString;
-use der::{Decode, Encode};
-use spki::{EncodePublicKey, SubjectPublicKeyInfoOwned};
+use der::Encode;
 use x509_cert::ext::pkix::certpolicy::PolicyInformation;
 use x509_cert::ext::pkix::{
     AuthorityKeyIdentifier, CertificatePolicies, KeyUsage, KeyUsages, SubjectKeyIdentifier,
@@ -17,7 +16,6 @@ use super::issue::{authority_info_access, crl_distribution_point};
 use super::x509::{self, extension, DecidedProfile, PreparedCertificate};
 use super::{Authority, CaError, CaSettings, IssuerId};
 use crate::audit::AuditEvent;
-use crate::hsm::HsmError;
 use crate::store::{CaRecord, CertRecord, CertStatus, StoreError};
 
 /// The name of the validation service's row in the CA table.
@@ -73,20 +71,7 @@ impl Authority {
         let s = &self.settings;
         let issuer = self.ca(IssuerId::Customer)?;
         let label = s.validation_key_label();
-        progress(&format!("generating P-256 key {label} in the token"));
-        let pk = match self.hsm.generate_p256(&label) {
-            Ok(pk) => pk,
-            Err(HsmError::KeyExists { .. }) => {
-                progress(&format!("reusing key {label} left by an interrupted run"));
-                self.hsm.public_key(&label)?
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let spki = SubjectPublicKeyInfoOwned::from_der(
-            pk.to_public_key_der()
-                .map_err(|e| CaError::Encoding(e.to_string()))?
-                .as_bytes(),
-        )?;
+        let spki = self.key_in_token(&label, progress)?;
 
         let now = self.clock.now();
         let issuer_tbs = issuer.certificate.tbs_certificate();

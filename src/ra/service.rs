@@ -74,6 +74,8 @@ impl Registrar {
             decided_by: None,
             decided_at: None,
             serial: None,
+            kind: "certificate".into(),
+            teller_id: None,
         };
         let ev = AuditEvent::new(
             &who.actor(),

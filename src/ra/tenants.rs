@@ -145,6 +145,7 @@ impl Registrar {
             created_at: self.authority().clock().now(),
             expires_at,
             revoked_at: None,
+            teller_id: None,
         };
         let ev = AuditEvent::new(
             actor,

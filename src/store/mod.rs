@@ -148,6 +148,8 @@ pub struct CredentialRecord {
     pub created_at: i64,
     pub expires_at: Option<i64>,
     pub revoked_at: Option<i64>,
+    /// For `teller` credentials: the teller they speak for.
+    pub teller_id: Option<String>,
 }
 
 /// A teller certificate request awaiting a second teller-admin.
@@ -164,6 +166,46 @@ pub struct TellerRequestRecord {
     pub decided_by: Option<String>,
     pub decided_at: Option<i64>,
     pub serial: Option<String>,
+    /// `certificate` (from a CSR) or `hsm-key` (a key made in the HSM for `teller_id`).
+    pub kind: String,
+    pub teller_id: Option<String>,
+}
+
+/// A teller of a bank.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TellerRecord {
+    pub id: String,
+    pub tenant_id: String,
+    pub employee_id: String,
+    pub name: String,
+    pub created_at: i64,
+}
+
+/// A key held in the HSM for one owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigningKeyRecord {
+    pub id: String,
+    pub tenant_id: String,
+    /// `seal` or `teller`.
+    pub kind: String,
+    pub teller_id: Option<String>,
+    pub key_label: String,
+    pub certificate_serial: String,
+    pub pin_hash: Option<String>,
+    pub activation_hash: Option<String>,
+    pub failed_attempts: u32,
+    pub locked: bool,
+    pub created_at: i64,
+}
+
+/// How a PIN attempt changes a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinAttempt {
+    Correct,
+    /// Wrong: the key locks once `max` wrong attempts in a row are reached.
+    Wrong {
+        max: u32,
+    },
 }
 
 /// What the replay guard remembers of a verified instruction.
@@ -294,6 +336,35 @@ pub trait Store: Send + Sync {
         window_secs: i64,
         event: &dyn Fn(Option<i64>) -> AuditEvent,
     ) -> Result<Option<i64>>;
+
+    fn add_teller(&self, teller: &TellerRecord, event: &AuditEvent) -> Result<AuditRecord>;
+    fn teller_by_employee(
+        &self,
+        tenant_id: &str,
+        employee_id: &str,
+    ) -> Result<Option<TellerRecord>>;
+    fn teller(&self, id: &str) -> Result<Option<TellerRecord>>;
+
+    fn add_signing_key(&self, key: &SigningKeyRecord, event: &AuditEvent) -> Result<AuditRecord>;
+    fn signing_key(&self, id: &str) -> Result<Option<SigningKeyRecord>>;
+    /// A bank's signing keys.
+    fn signing_keys(&self, tenant_id: &str) -> Result<Vec<SigningKeyRecord>>;
+    /// Records a PIN attempt (and its audit event) in one transaction; returns the key after it.
+    fn pin_attempt(
+        &self,
+        id: &str,
+        attempt: PinAttempt,
+        at: i64,
+        event: &AuditEvent,
+    ) -> Result<SigningKeyRecord>;
+    /// Sets a key's PIN hash, clears the activation code and the failed attempts.
+    fn set_pin(&self, id: &str, pin_hash: &str, at: i64, event: &AuditEvent)
+        -> Result<AuditRecord>;
+    /// Unlocks a key (failed attempts back to zero).
+    fn unlock_key(&self, id: &str, at: i64, event: &AuditEvent) -> Result<AuditRecord>;
+
+    /// Appends several audit events in one transaction (a batch of signatures).
+    fn append_audit_many(&self, at: i64, events: &[AuditEvent]) -> Result<Vec<AuditRecord>>;
 
     /// Appends one audit event on its own (for changes outside the store, like a key ceremony step).
     fn append_audit(&self, at: i64, event: &AuditEvent) -> Result<AuditRecord>;

@@ -14,7 +14,10 @@ use sha2::Digest;
 use super::*;
 use crate::audit::{chain_hash, AuditEvent, AuditRecord, GENESIS};
 
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_init.sql"),
+    include_str!("migrations/0002_signing.sql"),
+];
 
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {
@@ -668,15 +671,16 @@ impl Store for SqliteStore {
     fn add_credential(&self, cred: &CredentialRecord, event: &AuditEvent) -> Result<AuditRecord> {
         self.tx(|tx| {
             tx.execute(
-                "INSERT INTO credentials (id, tenant_id, role, token_hash, created_at, expires_at, revoked_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)",
+                "INSERT INTO credentials (id, tenant_id, role, token_hash, created_at, expires_at, revoked_at, teller_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7)",
                 params![
                     cred.id,
                     cred.tenant_id,
                     cred.role,
                     cred.token_hash,
                     cred.created_at,
-                    cred.expires_at
+                    cred.expires_at,
+                    cred.teller_id
                 ],
             )
             .map_err(map_err)?;
@@ -740,8 +744,8 @@ impl Store for SqliteStore {
     ) -> Result<AuditRecord> {
         self.tx(|tx| {
             tx.execute(
-                "INSERT INTO teller_requests (id, tenant_id, requested_by, csr, subject, status, created_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7)",
+                "INSERT INTO teller_requests (id, tenant_id, requested_by, csr, subject, status, created_at, expires_at, kind, teller_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7, ?8, ?9)",
                 params![
                     req.id,
                     req.tenant_id,
@@ -749,7 +753,9 @@ impl Store for SqliteStore {
                     req.csr,
                     req.subject,
                     req.created_at,
-                    req.expires_at
+                    req.expires_at,
+                    req.kind,
+                    req.teller_id
                 ],
             )
             .map_err(map_err)?;
@@ -761,7 +767,7 @@ impl Store for SqliteStore {
         self.read(|c| {
             c.query_row(
                 "SELECT id, tenant_id, requested_by, csr, subject, status, created_at, expires_at,
-                        decided_by, decided_at, serial FROM teller_requests WHERE id = ?1",
+                        decided_by, decided_at, serial, kind, teller_id FROM teller_requests WHERE id = ?1",
                 [id],
                 |r| {
                     Ok(TellerRequestRecord {
@@ -776,6 +782,8 @@ impl Store for SqliteStore {
                         decided_by: r.get(8)?,
                         decided_at: r.get(9)?,
                         serial: r.get(10)?,
+                        kind: r.get(11)?,
+                        teller_id: r.get(12)?,
                     })
                 },
             )
@@ -909,6 +917,175 @@ impl Store for SqliteStore {
             Ok(first_seen)
         })
     }
+
+    fn add_teller(&self, teller: &TellerRecord, event: &AuditEvent) -> Result<AuditRecord> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT INTO tellers (id, tenant_id, employee_id, name, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![teller.id, teller.tenant_id, teller.employee_id, teller.name, teller.created_at],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::Conflict(format!(
+                        "employee {} is already a teller of this bank",
+                        teller.employee_id
+                    ))
+                } else {
+                    map_err(e)
+                }
+            })?;
+            append(tx, teller.created_at, event)
+        })
+    }
+
+    fn teller_by_employee(
+        &self,
+        tenant_id: &str,
+        employee_id: &str,
+    ) -> Result<Option<TellerRecord>> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT id, tenant_id, employee_id, name, created_at FROM tellers WHERE tenant_id = ?1 AND employee_id = ?2",
+                [tenant_id, employee_id],
+                teller_from_row,
+            )
+            .optional()
+            .map_err(map_err)
+        })
+    }
+
+    fn teller(&self, id: &str) -> Result<Option<TellerRecord>> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT id, tenant_id, employee_id, name, created_at FROM tellers WHERE id = ?1",
+                [id],
+                teller_from_row,
+            )
+            .optional()
+            .map_err(map_err)
+        })
+    }
+
+    fn add_signing_key(&self, key: &SigningKeyRecord, event: &AuditEvent) -> Result<AuditRecord> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT INTO signing_keys (id, tenant_id, kind, teller_id, key_label, certificate_serial,
+                    pin_hash, activation_hash, failed_attempts, locked, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, 0, ?9)",
+                params![
+                    key.id,
+                    key.tenant_id,
+                    key.kind,
+                    key.teller_id,
+                    key.key_label,
+                    key.certificate_serial,
+                    key.pin_hash,
+                    key.activation_hash,
+                    key.created_at
+                ],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::Conflict(format!("a {} key already exists for this owner", key.kind))
+                } else {
+                    map_err(e)
+                }
+            })?;
+            append(tx, key.created_at, event)
+        })
+    }
+
+    fn signing_key(&self, id: &str) -> Result<Option<SigningKeyRecord>> {
+        self.read(|c| {
+            c.query_row(
+                &format!("SELECT {KEY_COLUMNS} FROM signing_keys WHERE id = ?1"),
+                [id],
+                key_from_row,
+            )
+            .optional()
+            .map_err(map_err)
+        })
+    }
+
+    fn signing_keys(&self, tenant_id: &str) -> Result<Vec<SigningKeyRecord>> {
+        self.read(|c| {
+            let mut st = c
+                .prepare(&format!(
+                    "SELECT {KEY_COLUMNS} FROM signing_keys WHERE tenant_id = ?1 ORDER BY created_at, id"
+                ))
+                .map_err(map_err)?;
+            let rows = st.query_map([tenant_id], key_from_row).map_err(map_err)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(map_err)
+        })
+    }
+
+    fn pin_attempt(
+        &self,
+        id: &str,
+        attempt: PinAttempt,
+        at: i64,
+        event: &AuditEvent,
+    ) -> Result<SigningKeyRecord> {
+        self.tx(|tx| {
+            match attempt {
+                PinAttempt::Correct => tx.execute(
+                    "UPDATE signing_keys SET failed_attempts = 0 WHERE id = ?1 AND locked = 0",
+                    [id],
+                ),
+                PinAttempt::Wrong { max } => tx.execute(
+                    "UPDATE signing_keys SET failed_attempts = failed_attempts + 1,
+                        locked = CASE WHEN failed_attempts + 1 >= ?2 THEN 1 ELSE locked END
+                     WHERE id = ?1",
+                    params![id, max],
+                ),
+            }
+            .map_err(map_err)?;
+            append(tx, at, event)?;
+            tx.query_row(
+                &format!("SELECT {KEY_COLUMNS} FROM signing_keys WHERE id = ?1"),
+                [id],
+                key_from_row,
+            )
+            .map_err(map_err)
+        })
+    }
+
+    fn set_pin(
+        &self,
+        id: &str,
+        pin_hash: &str,
+        at: i64,
+        event: &AuditEvent,
+    ) -> Result<AuditRecord> {
+        self.tx(|tx| {
+            let n = tx
+                .execute(
+                    "UPDATE signing_keys SET pin_hash = ?2, activation_hash = NULL, failed_attempts = 0
+                     WHERE id = ?1 AND locked = 0",
+                    params![id, pin_hash],
+                )
+                .map_err(map_err)?;
+            if n != 1 {
+                return Err(StoreError::Conflict(format!("key {id} is locked")));
+            }
+            append(tx, at, event)
+        })
+    }
+
+    fn unlock_key(&self, id: &str, at: i64, event: &AuditEvent) -> Result<AuditRecord> {
+        self.tx(|tx| {
+            tx.execute(
+                "UPDATE signing_keys SET locked = 0, failed_attempts = 0 WHERE id = ?1",
+                [id],
+            )
+            .map_err(map_err)?;
+            append(tx, at, event)
+        })
+    }
+
+    fn append_audit_many(&self, at: i64, events: &[AuditEvent]) -> Result<Vec<AuditRecord>> {
+        self.tx(|tx| events.iter().map(|e| append(tx, at, e)).collect())
+    }
 }
 
 fn tenant_from_row(r: &Row) -> rusqlite::Result<TenantRecord> {
@@ -920,7 +1097,7 @@ fn tenant_from_row(r: &Row) -> rusqlite::Result<TenantRecord> {
 }
 
 const CREDENTIAL_COLUMNS: &str =
-    "id, tenant_id, role, token_hash, created_at, expires_at, revoked_at";
+    "id, tenant_id, role, token_hash, created_at, expires_at, revoked_at, teller_id";
 
 fn credential_from_row(r: &Row) -> rusqlite::Result<CredentialRecord> {
     Ok(CredentialRecord {
@@ -931,5 +1108,35 @@ fn credential_from_row(r: &Row) -> rusqlite::Result<CredentialRecord> {
         created_at: r.get(4)?,
         expires_at: r.get(5)?,
         revoked_at: r.get(6)?,
+        teller_id: r.get(7)?,
+    })
+}
+
+fn teller_from_row(r: &Row) -> rusqlite::Result<TellerRecord> {
+    Ok(TellerRecord {
+        id: r.get(0)?,
+        tenant_id: r.get(1)?,
+        employee_id: r.get(2)?,
+        name: r.get(3)?,
+        created_at: r.get(4)?,
+    })
+}
+
+const KEY_COLUMNS: &str = "id, tenant_id, kind, teller_id, key_label, certificate_serial, pin_hash,
+     activation_hash, failed_attempts, locked, created_at";
+
+fn key_from_row(r: &Row) -> rusqlite::Result<SigningKeyRecord> {
+    Ok(SigningKeyRecord {
+        id: r.get(0)?,
+        tenant_id: r.get(1)?,
+        kind: r.get(2)?,
+        teller_id: r.get(3)?,
+        key_label: r.get(4)?,
+        certificate_serial: r.get(5)?,
+        pin_hash: r.get(6)?,
+        activation_hash: r.get(7)?,
+        failed_attempts: r.get::<_, i64>(8)? as u32,
+        locked: r.get::<_, i64>(9)? != 0,
+        created_at: r.get(10)?,
     })
 }
