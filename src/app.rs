@@ -44,6 +44,7 @@ pub struct Signet {
     pub registrar: Registrar,
     /// Present once the CA is initialized.
     pub verifier: Option<Verifier>,
+    pub signing: crate::sign::SigningService,
 }
 
 impl Signet {
@@ -92,6 +93,7 @@ impl Signet {
         } else {
             None
         };
+        let authority_for_signing = authority.clone();
         let registrar = Registrar::new(
             authority.clone(),
             profiles,
@@ -109,6 +111,7 @@ impl Signet {
             authority,
             registrar,
             verifier,
+            signing: crate::sign::SigningService::new(authority_for_signing),
         })
     }
 

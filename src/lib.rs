@@ -12,5 +12,6 @@ pub mod config;
 pub mod hsm;
 pub mod policy;
 pub mod ra;
+pub mod sign;
 pub mod store;
 pub mod verify;

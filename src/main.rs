@@ -118,6 +118,29 @@ enum Command {
         #[command(subcommand)]
         command: ReceiptCommand,
     },
+    /// The bank's e-seal (a key in the HSM and its certificate).
+    Seal {
+        #[command(subcommand)]
+        command: SealCommand,
+    },
+    /// Tellers as identities.
+    Teller {
+        #[command(subcommand)]
+        command: TellerCommand,
+    },
+    /// Sign a file with a bank's e-seal key (teller keys sign only through the API).
+    Sign {
+        /// The signing key's id (`signet seal create` prints it).
+        #[arg(long)]
+        key: String,
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// cms-detached, cms-attached or jws.
+        #[arg(long, default_value = "cms-detached")]
+        format: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Serve the REST API, CRLs and OCSP.
     Serve {
         /// Address to listen on.
@@ -146,6 +169,28 @@ enum ReceiptCommand {
 }
 
 #[derive(Subcommand)]
+enum SealCommand {
+    /// Make the bank's e-seal key in the token and its certificate (profile `seal`).
+    Create {
+        #[arg(long)]
+        tenant: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TellerCommand {
+    /// Register a teller of a bank.
+    Add {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        employee: String,
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum TenantCommand {
     /// Register a bank; NAME is its registered name, the O of its certificates.
     Add { name: String },
@@ -163,6 +208,9 @@ enum CredentialCommand {
         /// Lifetime in days (default: no expiry).
         #[arg(long)]
         days: Option<u32>,
+        /// For --role teller: the teller's employee id (`signet teller add`).
+        #[arg(long)]
+        teller: Option<String>,
     },
     /// List a bank's credentials (never their tokens).
     List {
@@ -353,6 +401,62 @@ fn command(signet: &Signet, command: Command, actor: &str) -> Result<(), Failure
         | Command::Receipt { .. } => {
             unreachable!("handled before")
         }
+        Command::Seal {
+            command: SealCommand::Create { tenant },
+        } => {
+            let (key, issued) = signet.registrar.create_seal(&tenant, actor)?;
+            println!("{}", key.id);
+            progress(&format!(
+                "e-seal of {tenant}: key {} (certificate serial {})",
+                key.id, issued.serial
+            ));
+        }
+        Command::Teller {
+            command:
+                TellerCommand::Add {
+                    tenant,
+                    employee,
+                    name,
+                },
+        } => {
+            let t = signet.registrar.tenant_by_name(&tenant)?;
+            let identity = TenantIdentity {
+                id: t.id,
+                name: t.name,
+            };
+            let teller = signet
+                .registrar
+                .add_teller(&identity, &employee, &name, actor)?;
+            println!("{}", teller.id);
+            progress(&format!("teller {employee} of {tenant} registered"));
+        }
+        Command::Sign {
+            key,
+            input,
+            format,
+            out,
+        } => {
+            let format = signet::sign::SignFormat::parse(&format).ok_or_else(|| Failure {
+                message: format!(
+                    "{format:?} is not a format: use cms-detached, cms-attached or jws"
+                ),
+                status: EXIT_USAGE,
+                verdict: false,
+            })?;
+            let data = read_limited(&input, MAX_VERIFY_INPUT)?;
+            let signed = signet.signing.sign_as_operator(&key, format, data, actor)?;
+            let first = signed.signatures.into_iter().next().unwrap_or_default();
+            let bytes = if format == signet::sign::SignFormat::Jws {
+                first.into_bytes()
+            } else {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD
+                    .decode(first)
+                    .map_err(Failure::from)?
+            };
+            write_file(&out, &bytes)?;
+            progress(&format!("signed {} with key {key}", input.display()));
+        }
         Command::Tenant {
             command: TenantCommand::Add { name },
         } => {
@@ -361,7 +465,12 @@ fn command(signet: &Signet, command: Command, actor: &str) -> Result<(), Failure
             progress(&format!("tenant {:?} added as {}", t.name, t.id));
         }
         Command::Credential { command } => match command {
-            CredentialCommand::Add { tenant, role, days } => {
+            CredentialCommand::Add {
+                tenant,
+                role,
+                days,
+                teller,
+            } => {
                 let role = Role::parse(&role).ok_or_else(|| Failure {
                     message: format!(
                         "{role:?} is not a role: use {}",
@@ -371,9 +480,13 @@ fn command(signet: &Signet, command: Command, actor: &str) -> Result<(), Failure
                     verdict: false,
                 })?;
                 let expires = days.map(|d| signet.clock.now() + i64::from(d) * 86_400);
-                let cred = signet
-                    .registrar
-                    .add_credential(&tenant, role, expires, actor)?;
+                let cred = signet.registrar.add_credential(
+                    &tenant,
+                    role,
+                    expires,
+                    teller.as_deref(),
+                    actor,
+                )?;
                 println!("{}", cred.token.as_str());
                 eprintln!("credential {} ({role}) for {tenant}: keep the token above, it is not shown again", cred.id);
             }

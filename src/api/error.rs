@@ -116,6 +116,24 @@ impl From<CaError> for ApiError {
     }
 }
 
+impl From<crate::sign::SignError> for ApiError {
+    fn from(e: crate::sign::SignError) -> Self {
+        use crate::sign::SignError;
+        let msg = e.to_string();
+        match e {
+            SignError::UnknownKey(_) => ApiError::new(StatusCode::NOT_FOUND, "unknown_key", msg),
+            SignError::Forbidden(_) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", msg),
+            SignError::PinRequired => ApiError::bad_request("pin_required", msg),
+            SignError::WrongPin { .. } => ApiError::new(StatusCode::FORBIDDEN, "wrong_pin", msg),
+            SignError::Locked => ApiError::new(StatusCode::LOCKED, "key_locked", msg),
+            SignError::NoPin => ApiError::new(StatusCode::CONFLICT, "no_pin", msg),
+            SignError::Invalid(_) => ApiError::bad_request("invalid_request", msg),
+            SignError::Ca(c) => c.into(),
+            SignError::Store(s) => from_store(&s),
+        }
+    }
+}
+
 impl From<RaError> for ApiError {
     fn from(e: RaError) -> Self {
         let msg = e.to_string();

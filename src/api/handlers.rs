@@ -238,13 +238,31 @@ pub async fn approve_teller_request(
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let issued = blocking(move || {
-        let issued = state.signet.registrar.approve_teller_request(&who, &id)?;
+    let approved = blocking(move || {
+        let approved = state.signet.registrar.approve_teller_request(&who, &id)?;
         state.metrics.issued();
-        Ok(issued)
+        Ok(approved)
     })
     .await?;
-    Ok(created(issued.into()))
+    Ok(match approved {
+        crate::ra::Approved::Certificate(issued) => created(issued.into()),
+        crate::ra::Approved::TellerKey(k) => {
+            let k = *k;
+            let body: IssuedBody = k.issued.into();
+            (
+                StatusCode::CREATED,
+                Json(serde_json::json!({
+                    "key_id": k.key.id,
+                    "activation_code": k.activation_code.as_str(),
+                    "serial": body.serial,
+                    "issuer": body.issuer,
+                    "certificate": body.certificate,
+                    "chain": body.chain,
+                })),
+            )
+                .into_response()
+        }
+    })
 }
 
 #[derive(Deserialize)]
@@ -417,4 +435,174 @@ pub async fn verify_certificate(
         Ok(Json(serde_json::to_value(&report).unwrap_or_default()))
     })
     .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TellerBody {
+    employee_id: String,
+    name: String,
+}
+
+/// `POST /v1/tellers` (teller-admin): registers a teller of the caller's bank.
+pub async fn add_teller(
+    State(state): State<Shared>,
+    Caller(who): Caller,
+    ApiJson(body): ApiJson<TellerBody>,
+) -> Result<Response, ApiError> {
+    let t = blocking(move || {
+        Ok(state
+            .signet
+            .registrar
+            .register_teller(&who, &body.employee_id, &body.name)?)
+    })
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({"id": t.id, "employee_id": t.employee_id, "name": t.name})),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TellerKeyBody {
+    employee_id: String,
+}
+
+/// `POST /v1/teller-keys` (teller-admin): asks for an HSM-held key for a teller.
+pub async fn request_teller_key(
+    State(state): State<Shared>,
+    Caller(who): Caller,
+    ApiJson(body): ApiJson<TellerKeyBody>,
+) -> Result<Response, ApiError> {
+    let r = blocking(move || {
+        Ok(state
+            .signet
+            .registrar
+            .request_teller_key(&who, &body.employee_id)?)
+    })
+    .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({"id": r.id, "status": r.status, "kind": r.kind, "expires_at": r.expires_at})),
+    )
+        .into_response())
+}
+
+/// `GET /v1/signing-keys`: the caller's usable keys.
+pub async fn signing_keys(
+    State(state): State<Shared>,
+    Caller(who): Caller,
+) -> Result<Json<Value>, ApiError> {
+    let keys = blocking(move || Ok(state.signet.signing.usable_keys(&who)?)).await?;
+    let list: Vec<Value> = keys
+        .into_iter()
+        .map(|k| {
+            serde_json::json!({
+                "id": k.key.id,
+                "kind": k.key.kind,
+                "status": if k.key.locked { "locked" } else if k.key.kind == "teller" && k.key.pin_hash.is_none() { "needs_pin" } else { "active" },
+                "certificate": pem_certificate(&k.certificate_der),
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "keys": list })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinBody {
+    activation_code: Option<String>,
+    old_pin: Option<String>,
+    new_pin: String,
+}
+
+/// `POST /v1/signing-keys/{id}/pin`.
+pub async fn set_pin(
+    State(state): State<Shared>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<PinBody>,
+) -> Result<StatusCode, ApiError> {
+    let new_pin = zeroize::Zeroizing::new(body.new_pin);
+    let old_pin = body.old_pin.map(zeroize::Zeroizing::new);
+    blocking(move || {
+        state.signet.signing.set_pin(
+            &who,
+            &id,
+            body.activation_code.as_deref(),
+            old_pin.as_deref().map(|s| s.as_str()),
+            &new_pin,
+        )?;
+        Ok(())
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/signing-keys/{id}/unlock` (teller-admin).
+pub async fn unlock_key(
+    State(state): State<Shared>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    blocking(move || Ok(state.signet.signing.unlock(&who, &id)?)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignatureBody {
+    key: String,
+    format: String,
+    data: Option<String>,
+    hashes: Option<Vec<String>>,
+    pin: Option<String>,
+}
+
+/// `POST /v1/signatures`: `data` (base64) with any format, or `hashes` (base64 SHA-256
+/// digests) with cms-detached; `pin` for teller keys.
+pub async fn create_signatures(
+    State(state): State<Shared>,
+    Caller(who): Caller,
+    ApiJson(body): ApiJson<SignatureBody>,
+) -> Result<Json<Value>, ApiError> {
+    use crate::sign::{SignFormat, SignInput};
+    let format = SignFormat::parse(&body.format).ok_or_else(|| {
+        ApiError::bad_request(
+            "unknown_format",
+            format!(
+                "{:?} is not a format: use cms-detached, cms-attached or jws",
+                body.format
+            ),
+        )
+    })?;
+    let input = match (body.data, body.hashes) {
+        (Some(d), None) => SignInput::Data(decode_b64("data", &d)?),
+        (None, Some(hs)) => SignInput::Hashes(
+            hs.iter()
+                .enumerate()
+                .map(|(i, h)| decode_b64(&format!("hashes[{i}]"), h))
+                .collect::<Result<_, _>>()?,
+        ),
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "give either `data` or `hashes`",
+            ))
+        }
+    };
+    let pin = body.pin.map(zeroize::Zeroizing::new);
+    let signed = blocking(move || {
+        Ok(state
+            .signet
+            .signing
+            .sign(&who, &body.key, format, input, pin)?)
+    })
+    .await?;
+    Ok(Json(serde_json::json!({
+        "format": signed.format.as_str(),
+        "signatures": signed.signatures,
+    })))
 }

@@ -145,6 +145,12 @@ pub fn router(state: Shared) -> Router {
         )
         .route("/v1/audit-events", get(handlers::audit_events))
         .route("/v1/verifications", post(handlers::verify_signature))
+        .route("/v1/tellers", post(handlers::add_teller))
+        .route("/v1/teller-keys", post(handlers::request_teller_key))
+        .route("/v1/signing-keys", get(handlers::signing_keys))
+        .route("/v1/signing-keys/{id}/pin", post(handlers::set_pin))
+        .route("/v1/signing-keys/{id}/unlock", post(handlers::unlock_key))
+        .route("/v1/signatures", post(handlers::create_signatures))
         .route(
             "/v1/verifications/certificate",
             post(handlers::verify_certificate),

@@ -36,6 +36,12 @@ const fn route(
 
 /// Every /v1 route.
 pub const V1_ROUTES: &[Route] = &[
+    route("post", "/v1/tellers", "Register a teller of the bank", "teller-admin", Some("TellerRequestBody"), "201"),
+    route("post", "/v1/teller-keys", "Ask for an HSM-held key for a teller (a second teller-admin approves)", "teller-admin", Some("TellerKeyRequest"), "202"),
+    route("get", "/v1/signing-keys", "The caller's usable signing keys", "sealer, teller", None, "200"),
+    route("post", "/v1/signing-keys/{id}/pin", "Set the key's PIN (activation code) or change it (old PIN)", "teller", Some("PinRequest"), "204"),
+    route("post", "/v1/signing-keys/{id}/unlock", "Unlock a key locked by wrong PINs", "teller-admin", None, "204"),
+    route("post", "/v1/signatures", "Sign data (any format) or a batch of SHA-256 hashes (cms-detached)", "sealer, teller (with PIN)", Some("SignatureRequest"), "200"),
     route(
         "post",
         "/v1/verifications",
@@ -163,6 +169,28 @@ fn schemas() -> Value {
         "CertificateValidationRequest": {
             "type": "object", "required": ["certificate"], "additionalProperties": false,
             "properties": {"certificate": {"type": "string", "description": "PEM, or base64 DER"}}
+        },
+        "TellerRequestBody": {
+            "type": "object", "required": ["employee_id", "name"], "additionalProperties": false,
+            "properties": {"employee_id": {"type": "string"}, "name": {"type": "string"}}
+        },
+        "TellerKeyRequest": {
+            "type": "object", "required": ["employee_id"], "additionalProperties": false,
+            "properties": {"employee_id": {"type": "string"}}
+        },
+        "PinRequest": {
+            "type": "object", "required": ["new_pin"], "additionalProperties": false,
+            "properties": {"activation_code": {"type": "string"}, "old_pin": {"type": "string"}, "new_pin": {"type": "string"}}
+        },
+        "SignatureRequest": {
+            "type": "object", "required": ["key", "format"], "additionalProperties": false,
+            "properties": {
+                "key": {"type": "string"},
+                "format": {"type": "string", "enum": ["cms-detached", "cms-attached", "jws"]},
+                "data": {"type": "string", "description": "base64"},
+                "hashes": {"type": "array", "maxItems": 1000, "items": {"type": "string", "description": "base64 SHA-256"}},
+                "pin": {"type": "string", "description": "required for teller keys"}
+            }
         },
         "Error": {
             "type": "object", "required": ["error"],

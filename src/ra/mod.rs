@@ -3,10 +3,13 @@
 
 pub mod csr;
 mod service;
+mod signing_keys;
 mod subject;
 mod tenants;
 
-pub use service::{StatusChange, TELLER_REQUEST_TTL_SECS};
+pub use signing_keys::{NewTellerKey, SEAL_PROFILE, TELLER_HSM_PROFILE};
+
+pub use service::{Approved, StatusChange, TELLER_REQUEST_TTL_SECS};
 pub use subject::{build as build_subject, escape_dn_value, parse_vetted, BankIdentity};
 pub use tenants::{NewCredential, Principal, Role, MAX_TOKEN_LEN};
 
@@ -146,6 +149,34 @@ impl Registrar {
             actor: req.actor,
             audit_details,
             owner: req.tenant.map(|t| t.id.clone()),
+        })?)
+    }
+
+    /// Issues a certificate for a key Signet made in its token (e-seal, teller keys): no CSR,
+    /// the subject from the bank's data under the profile's rules.
+    fn issue_for_key(
+        &self,
+        profile: &Profile,
+        spki: spki::SubjectPublicKeyInfoOwned,
+        subject: &str,
+        tenant: &TenantIdentity,
+        actor: &str,
+    ) -> Result<Issued, RaError> {
+        let vetted = parse_vetted(subject)?;
+        let bank = BankIdentity {
+            organization: tenant.name.clone(),
+            country: self.bank.country.clone(),
+        };
+        let id_hash = |v: &str| self.keyed_id_hash(&profile.name, v);
+        let name = build_subject(profile, &vetted, &bank, &id_hash)?;
+        Ok(self.authority.issue(LeafRequest {
+            profile,
+            subject: name,
+            subject_serial_digest: None,
+            spki,
+            actor,
+            audit_details: serde_json::json!({"key_custody": "hsm"}),
+            owner: Some(tenant.id.clone()),
         })?)
     }
 

@@ -92,7 +92,7 @@ impl Registrar {
 
     /// `POST /v1/teller-requests/{id}/approve`: a *different* teller-admin of the same bank
     /// approves, and the certificate is issued.
-    pub fn approve_teller_request(&self, who: &Principal, id: &str) -> Result<Issued, RaError> {
+    pub fn approve_teller_request(&self, who: &Principal, id: &str) -> Result<Approved, RaError> {
         self.require(who, &[Role::TellerAdmin], "approve teller requests")?;
         let not_found = || RaError::NotFound(format!("teller request {id}"));
         let rec = self
@@ -139,21 +139,27 @@ impl Registrar {
                 StoreError::Conflict(m) => RaError::Conflict(m),
                 other => store_err(other),
             })?;
-        let profile = self.teller_profile()?;
-        let issued = self.issue(&CertificateRequest {
-            profile: &profile.name,
-            csr: &rec.csr,
-            subject: &rec.subject,
-            actor: &who.actor(),
-            break_glass: false,
-            tenant: Some(&who.tenant),
-        });
+        let issued = if rec.kind == "hsm-key" {
+            self.create_teller_key(who, &rec)
+                .map(|k| Approved::TellerKey(Box::new(k)))
+        } else {
+            let profile = self.teller_profile()?;
+            self.issue(&CertificateRequest {
+                profile: &profile.name,
+                csr: &rec.csr,
+                subject: &rec.subject,
+                actor: &who.actor(),
+                break_glass: false,
+                tenant: Some(&who.tenant),
+            })
+            .map(Approved::Certificate)
+        };
         match issued {
-            Ok(i) => {
+            Ok(a) => {
                 self.store()
-                    .set_teller_request_serial(id, &i.serial)
+                    .set_teller_request_serial(id, a.serial())
                     .map_err(store_err)?;
-                Ok(i)
+                Ok(a)
             }
             Err(e) => {
                 // Nothing issued: the request waits again rather than being lost.
@@ -257,6 +263,23 @@ impl Registrar {
         self.store()
             .tenant_audit_events(&who.tenant.id, after, limit)
             .map_err(store_err)
+    }
+}
+
+/// What an approved teller request produced.
+pub enum Approved {
+    /// A teller certificate from the request's CSR.
+    Certificate(Issued),
+    /// A teller key made in the HSM, with its certificate and one-time activation code.
+    TellerKey(Box<super::NewTellerKey>),
+}
+
+impl Approved {
+    pub fn serial(&self) -> &str {
+        match self {
+            Approved::Certificate(i) => &i.serial,
+            Approved::TellerKey(k) => &k.issued.serial,
+        }
     }
 }
 

@@ -21,14 +21,20 @@ pub enum Role {
     Gateway,
     /// Read-only: its own bank's certificates and audit events.
     Auditor,
+    /// Uses its own bank's e-seal.
+    Sealer,
+    /// One teller: signs with that teller's HSM-held key and PIN.
+    Teller,
 }
 
 impl Role {
-    pub const ALL: [Role; 4] = [
+    pub const ALL: [Role; 6] = [
         Role::RaOfficer,
         Role::TellerAdmin,
         Role::Gateway,
         Role::Auditor,
+        Role::Sealer,
+        Role::Teller,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -37,6 +43,8 @@ impl Role {
             Role::TellerAdmin => "teller-admin",
             Role::Gateway => "gateway",
             Role::Auditor => "auditor",
+            Role::Sealer => "sealer",
+            Role::Teller => "teller",
         }
     }
 
@@ -57,6 +65,8 @@ pub struct Principal {
     pub credential_id: String,
     pub tenant: TenantIdentity,
     pub role: Role,
+    /// For a `teller` credential: the teller it speaks for.
+    pub teller_id: Option<String>,
 }
 
 impl Principal {
@@ -129,9 +139,24 @@ impl Registrar {
         tenant_name: &str,
         role: Role,
         expires_at: Option<i64>,
+        teller_employee_id: Option<&str>,
         actor: &str,
     ) -> Result<NewCredential, RaError> {
         let tenant = self.tenant_by_name(tenant_name)?;
+        let teller_id =
+            match (role, teller_employee_id) {
+                (Role::Teller, Some(e)) => Some(self.teller_by_employee(&tenant.id, e)?.id),
+                (Role::Teller, None) => return Err(RaError::Invalid(
+                    "a teller credential speaks for one teller: name it with --teller EMPLOYEE_ID"
+                        .into(),
+                )),
+                (_, Some(_)) => {
+                    return Err(RaError::Invalid(
+                        "only a teller credential is bound to a teller".into(),
+                    ))
+                }
+                (_, None) => None,
+            };
         let raw = Zeroizing::new(self.authority().hsm_random(32).map_err(RaError::Ca)?);
         let token = Zeroizing::new(format!(
             "{TOKEN_PREFIX}{}",
@@ -145,13 +170,13 @@ impl Registrar {
             created_at: self.authority().clock().now(),
             expires_at,
             revoked_at: None,
-            teller_id: None,
+            teller_id: teller_id.clone(),
         };
         let ev = AuditEvent::new(
             actor,
             "credential.add",
             &rec.id,
-            serde_json::json!({"role": role.as_str(), "expires_at": expires_at}),
+            serde_json::json!({"role": role.as_str(), "expires_at": expires_at, "teller": teller_id}),
         )
         .for_tenant(Some(&tenant.id));
         self.store().add_credential(&rec, &ev).map_err(store_err)?;
@@ -224,6 +249,7 @@ impl Registrar {
                 name: tenant.name,
             },
             role,
+            teller_id: cred.teller_id,
         })
     }
 }

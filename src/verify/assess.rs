@@ -817,11 +817,17 @@ fn article13(
                 if status_ok { "; no revocation or hold suggests loss of control" } else { "; the certificate's status does not support it" }
             ),
         ),
+        Some("hsm") if summary.and_then(|s| s.profile.as_deref()) == Some("seal") => (
+            status_ok,
+            "the bank's e-seal key was generated in Signet's HSM, cannot leave it, and is bound in Signet's records to this bank alone".to_string(),
+            status_ok,
+            "the e-seal key signs only for the bank's own `sealer` credentials, authorized request by request: it is under the bank's control".to_string(),
+        ),
         Some("hsm") => (
             status_ok,
-            "the key is held in Signet's HSM, bound in its records to exactly one owner".to_string(),
+            "the key was generated in Signet's HSM, cannot leave it, and is bound in Signet's records to exactly one teller".to_string(),
             status_ok,
-            "the HSM-held key signs only after Signet checks the owner's credential and key PIN for each request; the PIN is checked by Signet, not by the HSM".to_string(),
+            "the HSM-held key signs only for its teller's own credential together with the key's PIN, checked for every request; the PIN is checked by Signet, not by the HSM (SoftHSM has one user PIN per token)".to_string(),
         ),
         _ => (
             false,

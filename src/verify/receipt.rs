@@ -7,11 +7,9 @@
 //! SHA-256 and ECDSA P-256, the four signed attributes present, every carried certificate on
 //! the signer's path, and content that is canonical JSON. Anything else is not a receipt.
 
-use ::cms::cert::{CertificateChoices, IssuerAndSerialNumber};
+use ::cms::cert::CertificateChoices;
 use ::cms::content_info::{CmsVersion, ContentInfo};
-use ::cms::signed_data::{
-    CertificateSet, EncapsulatedContentInfo, SignedData, SignerIdentifier, SignerInfo, SignerInfos,
-};
+use ::cms::signed_data::{SignedData, SignerIdentifier, SignerInfo};
 use const_oid::db::rfc5911::{
     ID_AA_SIGNING_CERTIFICATE_V_2, ID_CONTENT_TYPE, ID_DATA, ID_MESSAGE_DIGEST, ID_SIGNED_DATA,
     ID_SIGNING_TIME,
@@ -19,18 +17,18 @@ use const_oid::db::rfc5911::{
 use const_oid::db::rfc5912::{ECDSA_WITH_SHA_256, ID_SHA_256};
 use const_oid::ObjectIdentifier;
 use der::asn1::{OctetString, SetOfVec};
-use der::{Any, Decode, Encode, Sequence, Tag, Tagged};
+use der::{Decode, Encode, Tag, Tagged};
 use p256::ecdsa::signature::Verifier;
 use sha2::{Digest, Sha256};
 use spki::AlgorithmIdentifierOwned;
-use x509_cert::attr::{Attribute, AttributeValue};
+use x509_cert::attr::Attribute;
 use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::ext::pkix::{BasicConstraints, CertificatePolicies, KeyUsage, KeyUsages};
-use x509_cert::serial_number::SerialNumber;
 use x509_cert::time::Time;
 use x509_cert::Certificate;
 
 use crate::ca::service_keys::VALIDATION_SERVICE_POLICY;
+use crate::sign::format::{cms_signed_data, CmsContent, SignerCert, SigningCertificateV2};
 
 /// Longest certificate path a receipt may carry (signer, issuing CA, root, with room).
 const MAX_PATH: usize = 8;
@@ -90,68 +88,7 @@ pub fn canonical_json(v: &serde_json::Value) -> Vec<u8> {
 }
 
 // -------------------------------------------------------------------------------------
-// ESS signing-certificate-v2 (RFC 5035)
-
-/// ```text
-/// SigningCertificateV2 ::= SEQUENCE {
-///     certs        SEQUENCE OF ESSCertIDv2,
-///     policies     SEQUENCE OF PolicyInformation OPTIONAL }
-/// ```
-#[derive(Clone, Debug, PartialEq, Eq, Sequence)]
-struct SigningCertificateV2 {
-    certs: Vec<EssCertIdV2>,
-    #[asn1(optional = "true")]
-    policies: Option<Vec<Any>>,
-}
-
-/// ```text
-/// ESSCertIDv2 ::= SEQUENCE {
-///     hashAlgorithm  AlgorithmIdentifier DEFAULT {algorithm id-sha256},
-///     certHash       Hash,
-///     issuerSerial   IssuerSerial OPTIONAL }
-/// ```
-/// DER omits a DEFAULT value: SHA-256 is written as absent.
-#[derive(Clone, Debug, PartialEq, Eq, Sequence)]
-struct EssCertIdV2 {
-    #[asn1(optional = "true")]
-    hash_algorithm: Option<AlgorithmIdentifierOwned>,
-    cert_hash: OctetString,
-    #[asn1(optional = "true")]
-    issuer_serial: Option<IssuerSerial>,
-}
-
-/// `IssuerSerial ::= SEQUENCE { issuer GeneralNames, serialNumber CertificateSerialNumber }`
-#[derive(Clone, Debug, PartialEq, Eq, Sequence)]
-struct IssuerSerial {
-    issuer: Vec<GeneralName>,
-    serial_number: SerialNumber,
-}
-
-// -------------------------------------------------------------------------------------
 // Building
-
-fn sha256_alg() -> AlgorithmIdentifierOwned {
-    // RFC 5754 3: the parameters of SHA-2 algorithm identifiers are absent.
-    AlgorithmIdentifierOwned {
-        oid: ID_SHA_256,
-        parameters: None,
-    }
-}
-
-fn attribute<T: Encode>(oid: ObjectIdentifier, value: &T) -> Result<Attribute, der::Error> {
-    let mut values = SetOfVec::new();
-    values.insert(AttributeValue::from_der(&value.to_der()?)?)?;
-    Ok(Attribute { oid, values })
-}
-
-/// The signing time as CMS wants it (RFC 5652 11.3): UTCTime through 2049, then
-/// GeneralizedTime.
-fn signing_time_value(unix: i64) -> Result<Time, String> {
-    if unix < 0 {
-        return Err(format!("signing time {unix} lies before 1970"));
-    }
-    crate::ca::x509::x509_time(unix).map_err(|e| format!("signing time {unix}: {e}"))
-}
 
 /// Builds a receipt: a DER CMS ContentInfo holding a SignedData (version 1) whose attached
 /// content (id-data) is the JCS form of `report`, signed by one signer identified by issuer
@@ -160,6 +97,9 @@ fn signing_time_value(unix: i64) -> Result<Time, String> {
 /// attributes (a SET) and returns a DER ECDSA P-256 signature over their SHA-256; it is
 /// checked against `signer_cert_der` before the receipt is returned. The receipt carries the
 /// signer's certificate and `chain_der` (issuing CA first).
+///
+/// The SignedData is Signet's one CMS builder, [`cms_signed_data`]; the receipt adds the
+/// check of the signature against the signer's key.
 #[allow(clippy::type_complexity)] // `sign` is the HSM call: a plain closure type reads best
 pub fn build_receipt(
     report: &serde_json::Value,
@@ -168,87 +108,29 @@ pub fn build_receipt(
     chain_der: &[Vec<u8>],
     sign: &dyn Fn(&[u8]) -> Result<Vec<u8>, String>,
 ) -> Result<Vec<u8>, String> {
-    let enc = |e: der::Error| format!("receipt encoding: {e}");
     let content = canonical_json(report);
     let signer = Certificate::from_der(signer_cert_der)
         .map_err(|e| format!("the signer certificate does not parse: {e}"))?;
     let signer_key = subject_p256_key(&signer)
         .map_err(|e| format!("the signer certificate has no P-256 key: {e}"))?;
-    let mut certificates = vec![CertificateChoices::Certificate(signer.clone())];
-    for (i, der) in chain_der.iter().enumerate() {
-        let c = Certificate::from_der(der)
-            .map_err(|e| format!("chain certificate {i} does not parse: {e}"))?;
-        certificates.push(CertificateChoices::Certificate(c));
-    }
-
-    let tbs = signer.tbs_certificate();
-    // The hash of the certificate as the receipt carries it (DER, whatever came in).
-    let signer_der = signer.to_der().map_err(enc)?;
-    let ess = SigningCertificateV2 {
-        certs: vec![EssCertIdV2 {
-            hash_algorithm: None,
-            cert_hash: OctetString::new(Sha256::digest(&signer_der).to_vec()).map_err(enc)?,
-            issuer_serial: Some(IssuerSerial {
-                issuer: vec![GeneralName::DirectoryName(tbs.issuer().clone())],
-                serial_number: tbs.serial_number().clone(),
-            }),
-        }],
-        policies: None,
+    let checked = |to_sign: &[u8]| -> Result<Vec<u8>, String> {
+        let signature = sign(to_sign)?;
+        let der_sig = p256::ecdsa::DerSignature::try_from(signature.as_slice())
+            .map_err(|e| format!("the signer returned no DER ECDSA signature: {e}"))?;
+        signer_key.verify(to_sign, &der_sig).map_err(|_| {
+            "the signature does not verify with the signer certificate's key (wrong key?)"
+        })?;
+        Ok(signature)
     };
-    // SetOfVec keeps its elements in DER order (X.690 11.6), whatever order they come in.
-    let signed_attrs: SetOfVec<Attribute> = SetOfVec::try_from(vec![
-        attribute(ID_CONTENT_TYPE, &ID_DATA).map_err(enc)?,
-        attribute(
-            ID_MESSAGE_DIGEST,
-            &OctetString::new(Sha256::digest(&content).to_vec()).map_err(enc)?,
-        )
-        .map_err(enc)?,
-        attribute(ID_SIGNING_TIME, &signing_time_value(signing_time)?).map_err(enc)?,
-        attribute(ID_AA_SIGNING_CERTIFICATE_V_2, &ess).map_err(enc)?,
-    ])
-    .map_err(enc)?;
-    let to_sign = signed_attrs.to_der().map_err(enc)?;
-    let signature = sign(&to_sign)?;
-    let der_sig = p256::ecdsa::DerSignature::try_from(signature.as_slice())
-        .map_err(|e| format!("the signer returned no DER ECDSA signature: {e}"))?;
-    signer_key.verify(&to_sign, &der_sig).map_err(|_| {
-        "the signature does not verify with the signer certificate's key (wrong key?)"
-    })?;
-
-    let signer_info = SignerInfo {
-        version: CmsVersion::V1,
-        sid: SignerIdentifier::IssuerAndSerialNumber(IssuerAndSerialNumber {
-            issuer: tbs.issuer().clone(),
-            serial_number: tbs.serial_number().clone(),
-        }),
-        digest_alg: sha256_alg(),
-        signed_attrs: Some(signed_attrs),
-        signature_algorithm: AlgorithmIdentifierOwned {
-            oid: ECDSA_WITH_SHA_256,
-            parameters: None,
+    cms_signed_data(
+        CmsContent::Attached(&content),
+        &SignerCert {
+            certificate_der: signer_cert_der.to_vec(),
+            chain: chain_der.to_vec(),
         },
-        signature: OctetString::new(signature).map_err(enc)?,
-        unsigned_attrs: None,
-    };
-    let mut digest_algorithms = SetOfVec::new();
-    digest_algorithms.insert(sha256_alg()).map_err(enc)?;
-    let signed_data = SignedData {
-        version: CmsVersion::V1,
-        digest_algorithms,
-        encap_content_info: EncapsulatedContentInfo {
-            econtent_type: ID_DATA,
-            econtent: Some(Any::new(Tag::OctetString, content).map_err(enc)?),
-        },
-        certificates: Some(CertificateSet::try_from(certificates).map_err(enc)?),
-        crls: None,
-        signer_infos: SignerInfos::try_from(vec![signer_info]).map_err(enc)?,
-    };
-    ContentInfo {
-        content_type: ID_SIGNED_DATA,
-        content: Any::from_der(&signed_data.to_der().map_err(enc)?).map_err(enc)?,
-    }
-    .to_der()
-    .map_err(enc)
+        signing_time,
+        &checked,
+    )
 }
 
 // -------------------------------------------------------------------------------------
@@ -613,6 +495,9 @@ fn build_path(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sign::format::attribute;
+    use ::cms::signed_data::SignerInfos;
+    use der::Any;
     use serde_json::{json, Value};
 
     fn jcs(v: &Value) -> String {

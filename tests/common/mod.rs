@@ -16,6 +16,8 @@
 
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::fs;

@@ -1,0 +1,418 @@
+//! The signing service over real HTTP: the bank's e-seal and a teller's HSM-held key sign
+//! inside SoftHSM2; OpenSSL and Signet's own verifier accept the signatures; only the owner
+//! (with the PIN, for a teller) can sign; wrong PINs lock the key.
+
+mod common;
+
+use std::fs;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use common::http::{base64_decode, base64_std, get, post_json, Server};
+use common::{fixture, openssl, Fixture};
+use serde_json::{json, Value};
+
+struct Setup {
+    seal_key: String,
+    sealer: String,
+    b_sealer: String,
+    admin1: String,
+    admin2: String,
+    teller_key: String,
+    teller_pin: String,
+    teller: String,
+    other_teller: String,
+}
+
+fn cli(f: &Fixture, a: &[&str]) -> String {
+    let out = f.signet(a);
+    out.assert_ok();
+    out.stdout.trim().to_string()
+}
+
+/// Bank A with an e-seal, two teller-admins, two tellers; teller T1 gets an HSM key through
+/// two teller-admins and sets its PIN. Bank B has its own sealer.
+fn setup() -> (&'static Setup, MutexGuard<'static, Server>) {
+    static SETUP: OnceLock<(Setup, Mutex<Server>)> = OnceLock::new();
+    let (setup, server) = SETUP.get_or_init(|| {
+        let f = fixture();
+        cli(f, &["tenant", "add", "Bank A"]);
+        cli(f, &["tenant", "add", "Bank B"]);
+        let seal_key = cli(f, &["seal", "create", "--tenant", "Bank A"]);
+        cli(f, &["seal", "create", "--tenant", "Bank B"]);
+        let cred = |bank: &str, role: &str, teller: Option<&str>| {
+            let mut a = vec!["credential", "add", "--tenant", bank, "--role", role];
+            if let Some(t) = teller {
+                a.extend(["--teller", t]);
+            }
+            cli(f, &a)
+        };
+        cli(
+            f,
+            &[
+                "teller",
+                "add",
+                "--tenant",
+                "Bank A",
+                "--employee",
+                "T2",
+                "--name",
+                "王柜员",
+            ],
+        );
+        let server = Server::start(f);
+        let admin1 = cred("Bank A", "teller-admin", None);
+        let admin2 = cred("Bank A", "teller-admin", None);
+        // T1 registered over the API by a teller-admin.
+        let r = post_json(
+            &server,
+            "/v1/tellers",
+            Some(&admin1),
+            &json!({"employee_id": "T1", "name": "李柜员"}),
+        );
+        assert_eq!(r.status, 201, "{}", r.body);
+        let teller = cred("Bank A", "teller", Some("T1"));
+        let other_teller = cred("Bank A", "teller", Some("T2"));
+        let req = post_json(
+            &server,
+            "/v1/teller-keys",
+            Some(&admin1),
+            &json!({"employee_id": "T1"}),
+        );
+        assert_eq!(req.status, 202, "{}", req.body);
+        let id = req.json()["id"].as_str().unwrap().to_string();
+        let approved = post_json(
+            &server,
+            &format!("/v1/teller-requests/{id}/approve"),
+            Some(&admin2),
+            &json!({}),
+        );
+        assert_eq!(approved.status, 201, "{}", approved.body);
+        let teller_key = approved.json()["key_id"].as_str().unwrap().to_string();
+        let code = approved.json()["activation_code"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let teller_pin = "480912".to_string();
+        let set = post_json(
+            &server,
+            &format!("/v1/signing-keys/{teller_key}/pin"),
+            Some(&teller),
+            &json!({"activation_code": code, "new_pin": teller_pin}),
+        );
+        assert_eq!(set.status, 204, "{}", set.body);
+        let setup = Setup {
+            seal_key,
+            sealer: cred("Bank A", "sealer", None),
+            b_sealer: cred("Bank B", "sealer", None),
+            admin1,
+            admin2,
+            teller_key,
+            teller_pin,
+            teller,
+            other_teller,
+        };
+        (setup, Mutex::new(server))
+    });
+    (setup, server.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+fn sign(s: &Server, token: &str, body: Value) -> common::http::Reply {
+    post_json(s, "/v1/signatures", Some(token), &body)
+}
+
+fn write(f: &Fixture, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+    let p = f.path(name);
+    fs::write(&p, bytes).unwrap();
+    p
+}
+
+fn signet_verify(f: &Fixture, data: &[u8], sig: &[u8]) -> Value {
+    let d = write(f, "data.bin", data);
+    let s = write(f, "sig.bin", sig);
+    let out = f.signet(&args!["verify", "--instruction", &d, "--signature", &s]);
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.describe()))
+}
+
+#[test]
+fn e_seal_signature_verifies_with_openssl_and_signet_with_the_bank_in_control() {
+    let (st, s) = setup();
+    let f = fixture();
+    let data = br#"{"confirmation":"C-1","amount":"500.00"}"#;
+    let r = sign(
+        &s,
+        &st.sealer,
+        json!({"key": st.seal_key, "format": "cms-detached", "data": base64_std(data)}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let sig = base64_decode(r.json()["signatures"][0].as_str().unwrap());
+    let d = write(f, "confirmation.json", data);
+    let p7s = write(f, "confirmation.p7s", &sig);
+    openssl(&args![
+        "cms",
+        "-verify",
+        "-binary",
+        "-inform",
+        "DER",
+        "-in",
+        &p7s,
+        "-content",
+        &d,
+        "-CAfile",
+        f.ca("root.pem"),
+        "-purpose",
+        "any",
+        "-out",
+        "/dev/null"
+    ])
+    .assert_ok();
+    let report = signet_verify(f, data, &sig);
+    assert_eq!(report["indication"], "TOTAL_PASSED", "{report}");
+    assert_eq!(report["signer"]["profile"], "seal");
+    assert_eq!(report["signer"]["key_custody"], "hsm");
+    let law = report["electronic_signature_law"].to_string();
+    assert!(law.contains("under the bank's control"), "{law}");
+}
+
+#[test]
+fn e_seal_signs_attached_cms_and_jws_too() {
+    let (st, s) = setup();
+    let f = fixture();
+    for (format, n) in [("cms-attached", 1), ("jws", 2)] {
+        let data = format!(r#"{{"statement":"S-{n}"}}"#);
+        let r = sign(
+            &s,
+            &st.sealer,
+            json!({"key": st.seal_key, "format": format, "data": base64_std(data.as_bytes())}),
+        );
+        assert_eq!(r.status, 200, "{format}: {}", r.body);
+        let sig = r.json()["signatures"][0].as_str().unwrap().to_string();
+        let sig_bytes = if format == "jws" {
+            sig.into_bytes()
+        } else {
+            base64_decode(&sig)
+        };
+        let report = signet_verify(f, data.as_bytes(), &sig_bytes);
+        assert_eq!(report["indication"], "TOTAL_PASSED", "{format}: {report}");
+    }
+}
+
+#[test]
+fn operator_cli_signs_with_the_e_seal_but_not_with_a_teller_key() {
+    let (st, _s) = setup();
+    let f = fixture();
+    let data = write(f, "stmt.txt", b"monthly statement");
+    let out = f.path("stmt.p7s");
+    f.signet(&args![
+        "sign",
+        "--key",
+        &st.seal_key,
+        "--in",
+        &data,
+        "--format",
+        "cms-detached",
+        "--out",
+        &out
+    ])
+    .assert_ok();
+    openssl(&args![
+        "cms",
+        "-verify",
+        "-binary",
+        "-inform",
+        "DER",
+        "-in",
+        &out,
+        "-content",
+        &data,
+        "-CAfile",
+        f.ca("root.pem"),
+        "-purpose",
+        "any",
+        "-out",
+        "/dev/null"
+    ])
+    .assert_ok();
+    f.signet(&args![
+        "sign",
+        "--key",
+        &st.teller_key,
+        "--in",
+        &data,
+        "--out",
+        &out
+    ])
+    .assert_refused()
+    .assert_stderr_mentions("teller keys sign only through the API");
+}
+
+#[test]
+fn teller_key_signs_only_for_its_teller_with_the_pin() {
+    let (st, s) = setup();
+    let f = fixture();
+    let data = br#"{"authorization":"A-1"}"#;
+    let body = |pin: Option<&str>| {
+        let mut b =
+            json!({"key": st.teller_key, "format": "cms-detached", "data": base64_std(data)});
+        if let Some(p) = pin {
+            b["pin"] = json!(p);
+        }
+        b
+    };
+    let ok = sign(&s, &st.teller, body(Some(&st.teller_pin)));
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let report = signet_verify(
+        f,
+        data,
+        &base64_decode(ok.json()["signatures"][0].as_str().unwrap()),
+    );
+    assert_eq!(report["indication"], "TOTAL_PASSED", "{report}");
+    assert_eq!(report["signer"]["profile"], "teller-hsm");
+    assert!(report["electronic_signature_law"]
+        .to_string()
+        .contains("checked by Signet, not by the HSM"));
+
+    for (who, token) in [
+        ("another teller", &st.other_teller),
+        ("a teller-admin", &st.admin1),
+        ("the sealer", &st.sealer),
+    ] {
+        let r = sign(&s, token, body(Some(&st.teller_pin)));
+        assert_eq!(r.status, 403, "{who}: {}", r.body);
+    }
+    let r = sign(&s, &st.b_sealer, body(Some(&st.teller_pin)));
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (404, "unknown_key"),
+        "another bank"
+    );
+    let r = sign(&s, &st.teller, body(None));
+    assert_eq!((r.status, r.code().as_str()), (400, "pin_required"));
+}
+
+#[test]
+fn five_wrong_pins_lock_the_key_and_a_teller_admin_unlocks_it() {
+    let (st, s) = setup();
+    let f = fixture();
+    let body = |pin: &str| json!({"key": st.teller_key, "format": "jws", "data": base64_std(b"x"), "pin": pin});
+    for i in 1..=4 {
+        let r = sign(&s, &st.teller, body("000000"));
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (403, "wrong_pin"),
+            "attempt {i}"
+        );
+    }
+    let r = sign(&s, &st.teller, body("000000"));
+    assert_eq!((r.status, r.code().as_str()), (423, "key_locked"));
+    // Locked: even the right PIN is refused.
+    let r = sign(&s, &st.teller, body(&st.teller_pin));
+    assert_eq!((r.status, r.code().as_str()), (423, "key_locked"));
+    let keys = get(&s, "/v1/signing-keys", Some(&st.teller));
+    assert_eq!(keys.json()["keys"][0]["status"], "locked", "{}", keys.body);
+    // Only a teller-admin of the bank unlocks.
+    let r = post_json(
+        &s,
+        &format!("/v1/signing-keys/{}/unlock", st.teller_key),
+        Some(&st.teller),
+        &json!({}),
+    );
+    assert_eq!(r.status, 403);
+    let r = post_json(
+        &s,
+        &format!("/v1/signing-keys/{}/unlock", st.teller_key),
+        Some(&st.admin2),
+        &json!({}),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = sign(&s, &st.teller, body(&st.teller_pin));
+    assert_eq!(r.status, 200, "{}", r.body);
+    // All of it is in the audit chain, which still verifies.
+    let db = common::open_db(&f.db);
+    let count = |action: &str| -> i64 {
+        db.query_row(
+            "SELECT COUNT(*) FROM audit_events WHERE action = ?1 AND object = ?2",
+            [action, st.teller_key.as_str()],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert!(count("signing_key.pin_wrong") >= 5);
+    assert!(count("signing_key.lock") >= 1);
+    assert!(count("signing_key.unlock") >= 1);
+    assert!(count("signature.create") >= 1);
+    f.signet(&["audit", "verify"]).assert_ok();
+}
+
+#[test]
+fn a_batch_of_a_thousand_hashes_is_signed_in_one_call() {
+    let (st, s) = setup();
+    // 1,000 distinct 32-byte digests (the service cannot tell them from real SHA-256 values).
+    let hashes: Vec<Vec<u8>> = (0..1000u32)
+        .map(|i| i.to_be_bytes().iter().cycle().take(32).copied().collect())
+        .collect();
+    let r = sign(
+        &s,
+        &st.sealer,
+        json!({"key": st.seal_key, "format": "cms-detached", "hashes": hashes.iter().map(|h| base64_std(h)).collect::<Vec<_>>()}),
+    );
+    assert_eq!(r.status, 200, "{}", &r.body[..r.body.len().min(300)]);
+    let sigs = r.json()["signatures"].as_array().unwrap().clone();
+    assert_eq!(sigs.len(), 1000);
+    // Spot-check one: its message-digest is the hash it was given.
+    let der = base64_decode(sigs[7].as_str().unwrap());
+    assert!(
+        der.windows(32).any(|w| w == hashes[7].as_slice()),
+        "message-digest carries the hash"
+    );
+}
+
+#[test]
+fn bad_signing_requests_get_4xx_with_their_codes() {
+    let (st, s) = setup();
+    let cases = [
+        (
+            json!({"key": st.seal_key, "format": "cms-detached", "hashes": [base64_std(&[1u8; 20])]}),
+            400,
+            "invalid_request",
+        ),
+        (
+            json!({"key": st.seal_key, "format": "jws", "hashes": [base64_std(&[1u8; 32])]}),
+            400,
+            "invalid_request",
+        ),
+        (
+            json!({"key": "key_nope", "format": "jws", "data": base64_std(b"x")}),
+            404,
+            "unknown_key",
+        ),
+        (
+            json!({"key": st.seal_key, "format": "xades", "data": base64_std(b"x")}),
+            400,
+            "unknown_format",
+        ),
+        (
+            json!({"key": st.seal_key, "format": "jws", "data": ""}),
+            400,
+            "invalid_request",
+        ),
+        (
+            json!({"key": st.seal_key, "format": "jws"}),
+            400,
+            "invalid_request",
+        ),
+        (
+            json!({"key": st.seal_key, "format": "jws", "data": "%%%"}),
+            400,
+            "invalid_request",
+        ),
+    ];
+    for (body, status, code) in cases {
+        let r = sign(&s, &st.sealer, body.clone());
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (status, code),
+            "{body}: {}",
+            r.body
+        );
+    }
+}
