@@ -84,6 +84,21 @@ pub fn parse_utc(s: &str) -> Option<i64> {
     Some(dt.unix_duration().as_secs() as i64)
 }
 
+/// Unix seconds to `YYYY-MM-DDTHH:MM:SSZ`; `None` before 1970 or past 9999.
+pub fn format_utc(unix: i64) -> Option<String> {
+    let secs = u64::try_from(unix).ok()?;
+    let d = der::DateTime::from_unix_duration(Duration::from_secs(secs)).ok()?;
+    Some(format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        d.year(),
+        d.month(),
+        d.day(),
+        d.hour(),
+        d.minutes(),
+        d.seconds()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,6 +107,15 @@ mod tests {
     fn parses_utc_times() {
         assert_eq!(parse_utc("1970-01-02T00:00:00Z"), Some(86_400));
         assert_eq!(parse_utc("2026-11-01T00:00:00Z"), Some(1_793_491_200));
+    }
+
+    #[test]
+    fn formats_what_it_parses() {
+        assert_eq!(
+            format_utc(1_793_491_200).as_deref(),
+            Some("2026-11-01T00:00:00Z")
+        );
+        assert_eq!(format_utc(-1), None);
     }
 
     #[test]

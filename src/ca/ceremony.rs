@@ -10,8 +10,7 @@ use der::Encode;
 use spki::SubjectPublicKeyInfoOwned;
 use x509_cert::ext::pkix::certpolicy::PolicyInformation;
 use x509_cert::ext::pkix::{
-    AuthorityKeyIdentifier, BasicConstraints, CertificatePolicies, KeyUsage, KeyUsages,
-    SubjectKeyIdentifier,
+    BasicConstraints, CertificatePolicies, KeyUsage, KeyUsages, SubjectKeyIdentifier,
 };
 use x509_cert::name::Name;
 
@@ -114,7 +113,7 @@ impl Authority {
             let name = ca_name(&s.country, &s.organization, cn)?;
             let not_after =
                 (now + i64::from(s.issuing_validity_days) * DAY - 1).min(root_not_after);
-            let exts = vec![
+            let mut exts = vec![
                 extension(
                     &BasicConstraints {
                         ca: true,
@@ -130,17 +129,6 @@ impl Authority {
                     true,
                 )?,
                 extension(
-                    &SubjectKeyIdentifier(OctetString::new(x509::key_identifier(&spki))?),
-                    false,
-                )?,
-                extension(
-                    &AuthorityKeyIdentifier {
-                        key_identifier: Some(OctetString::new(root_key_id.clone())?),
-                        ..Default::default()
-                    },
-                    false,
-                )?,
-                extension(
                     &CertificatePolicies(vec![PolicyInformation {
                         policy_identifier: ANY_POLICY,
                         policy_qualifiers: None,
@@ -150,6 +138,7 @@ impl Authority {
                 crl_distribution_point(&s.crl_url(IssuerId::Root, None))?,
                 authority_info_access(&s.ca_issuers_url(IssuerId::Root), None)?,
             ];
+            exts.extend(x509::key_id_extensions(&spki, &root_key_id)?);
             let label = s.key_label(id);
             let der = self.ceremony_sign(
                 IssuerId::Root,

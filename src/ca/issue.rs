@@ -1,7 +1,7 @@
 //! Issuing an end-entity certificate: build the TBS from the profile, record it, sign it in the
 //! HSM, store the certificate (design invariant 2).
 
-use der::asn1::{Ia5String, OctetString};
+use der::asn1::Ia5String;
 use der::Encode;
 use sha2::{Digest, Sha256};
 use spki::SubjectPublicKeyInfoOwned;
@@ -9,8 +9,8 @@ use x509_cert::ext::pkix::certpolicy::PolicyInformation;
 use x509_cert::ext::pkix::crl::dp::DistributionPoint;
 use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
 use x509_cert::ext::pkix::{
-    AccessDescription, AuthorityInfoAccessSyntax, AuthorityKeyIdentifier, CertificatePolicies,
-    CrlDistributionPoints, ExtendedKeyUsage, KeyUsage, KeyUsages, SubjectKeyIdentifier,
+    AccessDescription, AuthorityInfoAccessSyntax, CertificatePolicies, CrlDistributionPoints,
+    ExtendedKeyUsage, KeyUsage, KeyUsages,
 };
 use x509_cert::ext::Extension;
 use x509_cert::name::Name;
@@ -186,20 +186,8 @@ impl Authority {
                 KeyUsageBit::KeyAgreement => KeyUsages::KeyAgreement,
             };
         }
-        let mut exts = vec![
-            extension(&KeyUsage(ku), true)?,
-            extension(
-                &SubjectKeyIdentifier(OctetString::new(x509::key_identifier(&req.spki))?),
-                false,
-            )?,
-            extension(
-                &AuthorityKeyIdentifier {
-                    key_identifier: Some(OctetString::new(issuer.key_id.clone())?),
-                    ..Default::default()
-                },
-                false,
-            )?,
-        ];
+        let mut exts = vec![extension(&KeyUsage(ku), true)?];
+        exts.extend(x509::key_id_extensions(&req.spki, &issuer.key_id)?);
         if !p.extended_key_usage.is_empty() {
             exts.push(extension(
                 &ExtendedKeyUsage(p.extended_key_usage.iter().map(|e| e.oid()).collect()),

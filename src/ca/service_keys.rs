@@ -4,12 +4,9 @@
 
 use std::str::FromStr;
 
-use der::asn1::OctetString;
 use der::Encode;
 use x509_cert::ext::pkix::certpolicy::PolicyInformation;
-use x509_cert::ext::pkix::{
-    AuthorityKeyIdentifier, CertificatePolicies, KeyUsage, KeyUsages, SubjectKeyIdentifier,
-};
+use x509_cert::ext::pkix::{CertificatePolicies, KeyUsage, KeyUsages};
 use x509_cert::name::Name;
 
 use super::issue::{authority_info_access, crl_distribution_point};
@@ -95,23 +92,12 @@ impl Authority {
         // The same shard rule as end-entity certificates, so that a revocation lands on the CRL
         // the certificate names.
         let shard = (s.crl_shards > 1).then(|| u32::from(serial_bytes[15]) % s.crl_shards);
-        let extensions = vec![
+        let mut extensions = vec![
             // No extendedKeyUsage: `openssl cms -verify` (purpose smimesign) then accepts it as
             // it is, and the key signs nothing but receipts.
             extension(
                 &KeyUsage(KeyUsages::DigitalSignature | KeyUsages::NonRepudiation),
                 true,
-            )?,
-            extension(
-                &SubjectKeyIdentifier(OctetString::new(x509::key_identifier(&spki))?),
-                false,
-            )?,
-            extension(
-                &AuthorityKeyIdentifier {
-                    key_identifier: Some(OctetString::new(issuer.key_id.clone())?),
-                    ..Default::default()
-                },
-                false,
             )?,
             extension(
                 &CertificatePolicies(vec![PolicyInformation {
@@ -123,6 +109,7 @@ impl Authority {
             crl_distribution_point(&s.crl_url(IssuerId::Customer, shard))?,
             authority_info_access(&s.ca_issuers_url(IssuerId::Customer), Some(&s.ocsp_url()))?,
         ];
+        extensions.extend(x509::key_id_extensions(&spki, &issuer.key_id)?);
         let issuer_key =
             x509::verifying_key(issuer_tbs.subject_public_key_info()).map_err(CaError::Encoding)?;
         let prepared = PreparedCertificate::new(

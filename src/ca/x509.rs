@@ -186,3 +186,25 @@ pub fn verifying_key(
     p256::ecdsa::VerifyingKey::from_sec1_bytes(spki.subject_public_key.raw_bytes())
         .map_err(|e| format!("not a P-256 key: {e}"))
 }
+
+/// subjectKeyIdentifier of `spki` and authorityKeyIdentifier naming the issuer's key: every
+/// certificate but a self-signed root carries both (RFC 5280 4.2.1.1-2).
+pub fn key_id_extensions(
+    spki: &SubjectPublicKeyInfoOwned,
+    issuer_key_id: &[u8],
+) -> Result<[Extension; 2], der::Error> {
+    use x509_cert::ext::pkix::{AuthorityKeyIdentifier, SubjectKeyIdentifier};
+    Ok([
+        extension(
+            &SubjectKeyIdentifier(OctetString::new(key_identifier(spki))?),
+            false,
+        )?,
+        extension(
+            &AuthorityKeyIdentifier {
+                key_identifier: Some(OctetString::new(issuer_key_id.to_vec())?),
+                ..Default::default()
+            },
+            false,
+        )?,
+    ])
+}

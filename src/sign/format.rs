@@ -379,18 +379,7 @@ const B64_STD: base64::engine::GeneralPurpose = base64::engine::general_purpose:
 
 /// RFC 3339 in UTC with seconds (`2026-11-26T10:00:00Z`), the form JAdES gives `sigT`.
 fn rfc3339(unix: i64) -> Result<String, String> {
-    let secs = u64::try_from(unix).map_err(|_| format!("signing time {unix} lies before 1970"))?;
-    let d = der::DateTime::from_unix_duration(std::time::Duration::from_secs(secs))
-        .map_err(|e| format!("signing time {unix}: {e}"))?;
-    Ok(format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        d.year(),
-        d.month(),
-        d.day(),
-        d.hour(),
-        d.minutes(),
-        d.seconds()
-    ))
+    crate::clock::format_utc(unix).ok_or_else(|| format!("signing time {unix} cannot be written"))
 }
 
 /// JWS compact, ES256, protected header

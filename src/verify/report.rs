@@ -201,16 +201,5 @@ impl Report {
 
 /// RFC 3339 UTC text of a Unix time.
 pub fn rfc3339(t: i64) -> String {
-    match der::DateTime::from_unix_duration(std::time::Duration::from_secs(t.max(0) as u64)) {
-        Ok(d) => format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-            d.year(),
-            d.month(),
-            d.day(),
-            d.hour(),
-            d.minutes(),
-            d.seconds()
-        ),
-        Err(_) => t.to_string(),
-    }
+    crate::clock::format_utc(t).unwrap_or_else(|| t.to_string())
 }
