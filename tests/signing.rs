@@ -416,3 +416,117 @@ fn bad_signing_requests_get_4xx_with_their_codes() {
         );
     }
 }
+
+#[test]
+fn concurrent_wrong_pins_cannot_get_past_the_limit() {
+    let (st, s) = setup();
+    let f = fixture();
+    let db = common::open_db(&f.db);
+    let wrong_before: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM audit_events WHERE action = 'signing_key.pin_wrong' AND object = ?1",
+            [st.teller_key.as_str()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let body =
+        json!({"key": st.teller_key, "format": "jws", "data": base64_std(b"x"), "pin": "111111"});
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..12)
+            .map(|_| scope.spawn(|| sign(&s, &st.teller, body.clone()).status))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let wrong_after: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM audit_events WHERE action = 'signing_key.pin_wrong' AND object = ?1",
+            [st.teller_key.as_str()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        wrong_after - wrong_before <= 5,
+        "at most five PINs were tried: {statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|c| *c == 403 || *c == 423),
+        "{statuses:?}"
+    );
+    let r = sign(
+        &s,
+        &st.teller,
+        json!({"key": st.teller_key, "format": "jws", "data": base64_std(b"x"), "pin": st.teller_pin}),
+    );
+    assert_eq!(r.status, 423, "locked, even for the right PIN");
+    let r = post_json(
+        &s,
+        &format!("/v1/signing-keys/{}/unlock", st.teller_key),
+        Some(&st.admin1),
+        &json!({}),
+    );
+    assert_eq!(r.status, 204);
+}
+
+#[test]
+fn the_activation_code_works_once_and_a_teller_gets_one_key() {
+    let (st, s) = setup();
+    let r = post_json(
+        &s,
+        &format!("/v1/signing-keys/{}/pin", st.teller_key),
+        Some(&st.teller),
+        &json!({"activation_code": "0000000000", "new_pin": "999999"}),
+    );
+    assert!(r.status == 400 || r.status == 403, "{}", r.body);
+    let again = post_json(
+        &s,
+        "/v1/teller-keys",
+        Some(&st.admin1),
+        &json!({"employee_id": "T1"}),
+    );
+    assert_eq!(
+        (again.status, again.code().as_str()),
+        (409, "conflict"),
+        "{}",
+        again.body
+    );
+}
+
+#[test]
+fn a_revoked_e_seal_no_longer_signs() {
+    let (_st, s) = setup();
+    let f = fixture();
+    cli(f, &["tenant", "add", "Bank C"]);
+    let out = f.signet(&["seal", "create", "--tenant", "Bank C"]);
+    out.assert_ok();
+    let key = out.stdout.trim().to_string();
+    let serial = out
+        .stderr
+        .split("certificate serial ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .expect("serial on stderr")
+        .to_string();
+    let sealer = cli(
+        f,
+        &[
+            "credential",
+            "add",
+            "--tenant",
+            "Bank C",
+            "--role",
+            "sealer",
+        ],
+    );
+    let body = json!({"key": key, "format": "jws", "data": base64_std(b"statement")});
+    assert_eq!(sign(&s, &sealer, body.clone()).status, 200);
+    f.signet(&["revoke", "--serial", &serial, "--reason", "keyCompromise"])
+        .assert_ok();
+    let r = sign(&s, &sealer, body);
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (403, "forbidden"),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("revoked"), "{}", r.body);
+}

@@ -24,6 +24,8 @@ const CRL_CHECK_EVERY: Duration = Duration::from_secs(30);
 const CRL_DEBOUNCE: Duration = Duration::from_millis(500);
 /// Longest a pre-signed OCSP response is served before it is signed again.
 const OCSP_CACHE_SECS: i64 = 60;
+/// Most pre-signed OCSP responses kept.
+const OCSP_CACHE_ENTRIES: usize = 10_000;
 /// Largest OCSP request accepted.
 const MAX_OCSP_REQUEST: usize = 8 * 1024;
 
@@ -214,6 +216,16 @@ async fn answer_ocsp(state: Shared, request: Vec<u8>) -> Response {
         );
     };
     if answer.status == OcspOutcome::Successful && !answer.has_nonce {
+        let mut cache = state
+            .publish
+            .ocsp_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // Bounded: requests for random serials must not grow it without end.
+        if cache.len() >= OCSP_CACHE_ENTRIES {
+            cache.clear();
+        }
+        drop(cache);
         let until = now
             + OCSP_CACHE_SECS.min(
                 answer

@@ -178,6 +178,17 @@ impl Registrar {
     ) -> Result<TellerRequestRecord, RaError> {
         self.require_role(who, Role::TellerAdmin, "request teller keys")?;
         let teller = self.teller_by_employee(&who.tenant.id, employee_id)?;
+        if self
+            .store()
+            .signing_keys(&who.tenant.id)
+            .map_err(store_err)?
+            .iter()
+            .any(|k| k.teller_id.as_deref() == Some(teller.id.as_str()))
+        {
+            return Err(RaError::Conflict(format!(
+                "teller {employee_id} already has a key in the HSM"
+            )));
+        }
         let now = self.authority().clock().now();
         let rec = TellerRequestRecord {
             id: self.new_id("treq")?,

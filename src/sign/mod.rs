@@ -139,6 +139,35 @@ impl SigningService {
         Ok(key)
     }
 
+    /// A key signs only while its certificate is issued, unrevoked, not on hold and valid.
+    fn check_certificate(&self, key: &SigningKeyRecord) -> Result<(), SignError> {
+        let now = self.now();
+        let rec = self
+            .store()
+            .certificate(&key.certificate_serial)?
+            .ok_or_else(|| {
+                SignError::Store(StoreError::Corrupt(format!(
+                    "certificate of key {}",
+                    key.id
+                )))
+            })?;
+        let why = match rec.revocation {
+            Some(r) if r.reason_code == Some(crate::ca::HOLD_REASON_CODE) => Some("is on hold"),
+            Some(_) => Some("is revoked"),
+            None if rec.status != crate::store::CertStatus::Issued => Some("is not issued"),
+            None if now > rec.not_after => Some("has expired"),
+            None if now < rec.not_before => Some("is not yet valid"),
+            None => None,
+        };
+        match why {
+            Some(w) => Err(SignError::Forbidden(format!(
+                "key {}'s certificate {} {w}: the key no longer signs",
+                key.id, key.certificate_serial
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// `GET /v1/signing-keys`: the caller's usable keys.
     pub fn usable_keys(&self, who: &Principal) -> Result<Vec<UsableKey>, SignError> {
         let mut out = Vec::new();
@@ -197,6 +226,13 @@ impl SigningService {
         }
         let stored = key.pin_hash.as_deref().ok_or(SignError::NoPin)?;
         let given = given.ok_or(SignError::PinRequired)?;
+        // Counted before it is checked: concurrent guesses cannot get past the limit.
+        if !self
+            .store()
+            .reserve_pin_attempt(&key.id, MAX_PIN_ATTEMPTS)?
+        {
+            return Err(SignError::Locked);
+        }
         let ok = pin::verify(given, stored);
         let now = self.now();
         let ev = AuditEvent::new(
@@ -219,7 +255,12 @@ impl SigningService {
         };
         let after = self.store().pin_attempt(&key.id, attempt, now, &ev)?;
         if ok {
-            return Ok(());
+            // Locked by other (wrong) attempts while this one was checked: refused all the same.
+            return if after.locked {
+                Err(SignError::Locked)
+            } else {
+                Ok(())
+            };
         }
         if after.locked {
             let ev = AuditEvent::new(
@@ -252,6 +293,7 @@ impl SigningService {
             return Err(SignError::Invalid("only teller keys have a PIN".into()));
         }
         pin::check_new(new_pin).map_err(SignError::Invalid)?;
+        let mut used_activation = None;
         match (activation_code, old_pin) {
             (Some(code), None) => {
                 let expected = key.activation_hash.as_deref().ok_or_else(|| {
@@ -263,6 +305,7 @@ impl SigningService {
                 if !pin::constant_time_eq(given.as_bytes(), expected.as_bytes()) {
                     return Err(SignError::Forbidden("wrong activation code".into()));
                 }
+                used_activation = Some(expected.to_string());
             }
             (None, Some(old)) => self.check_pin(who, &key, Some(old))?,
             _ => {
@@ -280,7 +323,14 @@ impl SigningService {
             serde_json::json!({}),
         )
         .for_tenant(Some(&who.tenant.id));
-        let rec = self.store().set_pin(key_id, &hash, self.now(), &ev)?;
+        // With an activation code, only while it is unused (two uses at once: one wins).
+        let rec = self
+            .store()
+            .set_pin(key_id, &hash, used_activation.as_deref(), self.now(), &ev)
+            .map_err(|e| match e {
+                StoreError::Conflict(m) => SignError::Forbidden(m),
+                other => SignError::Store(other),
+            })?;
         self.authority
             .auditor()
             .after_append(&rec)
@@ -327,6 +377,7 @@ impl SigningService {
     ) -> Result<Signed, SignError> {
         let key = self.key_for_user(who, key_id)?;
         check_input(format, &input)?;
+        self.check_certificate(&key)?;
         self.check_pin(who, &key, pin.as_deref().map(|s| s.as_str()))?;
         self.produce(&key, format, input, &who.actor(), Some(&who.tenant.id))
     }
@@ -351,6 +402,7 @@ impl SigningService {
         }
         let input = SignInput::Data(data);
         check_input(format, &input)?;
+        self.check_certificate(&key)?;
         self.produce(&key, format, input, actor, Some(&key.tenant_id.clone()))
     }
 

@@ -201,11 +201,10 @@ pub struct SigningKeyRecord {
 /// How a PIN attempt changes a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PinAttempt {
+    /// Right: the count of wrong attempts starts again.
     Correct,
-    /// Wrong: the key locks once `max` wrong attempts in a row are reached.
-    Wrong {
-        max: u32,
-    },
+    /// Wrong (already counted by the reservation): the key locks at `max`.
+    Wrong { max: u32 },
 }
 
 /// What the replay guard remembers of a verified instruction.
@@ -349,7 +348,10 @@ pub trait Store: Send + Sync {
     fn signing_key(&self, id: &str) -> Result<Option<SigningKeyRecord>>;
     /// A bank's signing keys.
     fn signing_keys(&self, tenant_id: &str) -> Result<Vec<SigningKeyRecord>>;
-    /// Records a PIN attempt (and its audit event) in one transaction; returns the key after it.
+    /// Counts a PIN attempt before the PIN is checked, so that concurrent guesses cannot get
+    /// past the limit: false when the key is (or now becomes) locked.
+    fn reserve_pin_attempt(&self, id: &str, max: u32) -> Result<bool>;
+    /// Records the outcome of a reserved PIN attempt (and its audit event); returns the key.
     fn pin_attempt(
         &self,
         id: &str,
@@ -358,8 +360,15 @@ pub trait Store: Send + Sync {
         event: &AuditEvent,
     ) -> Result<SigningKeyRecord>;
     /// Sets a key's PIN hash, clears the activation code and the failed attempts.
-    fn set_pin(&self, id: &str, pin_hash: &str, at: i64, event: &AuditEvent)
-        -> Result<AuditRecord>;
+    /// With `activation_hash`, only while that activation code is still unused.
+    fn set_pin(
+        &self,
+        id: &str,
+        pin_hash: &str,
+        activation_hash: Option<&str>,
+        at: i64,
+        event: &AuditEvent,
+    ) -> Result<AuditRecord>;
     /// Unlocks a key (failed attempts back to zero).
     fn unlock_key(&self, id: &str, at: i64, event: &AuditEvent) -> Result<AuditRecord>;
 

@@ -1033,8 +1033,7 @@ impl Store for SqliteStore {
                     [id],
                 ),
                 PinAttempt::Wrong { max } => tx.execute(
-                    "UPDATE signing_keys SET failed_attempts = failed_attempts + 1,
-                        locked = CASE WHEN failed_attempts + 1 >= ?2 THEN 1 ELSE locked END
+                    "UPDATE signing_keys SET locked = CASE WHEN failed_attempts >= ?2 THEN 1 ELSE locked END
                      WHERE id = ?1",
                     params![id, max],
                 ),
@@ -1050,10 +1049,31 @@ impl Store for SqliteStore {
         })
     }
 
+    fn reserve_pin_attempt(&self, id: &str, max: u32) -> Result<bool> {
+        self.tx(|tx| {
+            let n = tx
+                .execute(
+                    "UPDATE signing_keys SET failed_attempts = failed_attempts + 1
+                     WHERE id = ?1 AND locked = 0 AND failed_attempts < ?2",
+                    params![id, max],
+                )
+                .map_err(map_err)?;
+            if n == 0 {
+                tx.execute(
+                    "UPDATE signing_keys SET locked = 1 WHERE id = ?1 AND failed_attempts >= ?2",
+                    params![id, max],
+                )
+                .map_err(map_err)?;
+            }
+            Ok(n == 1)
+        })
+    }
+
     fn set_pin(
         &self,
         id: &str,
         pin_hash: &str,
+        activation_hash: Option<&str>,
         at: i64,
         event: &AuditEvent,
     ) -> Result<AuditRecord> {
@@ -1061,12 +1081,14 @@ impl Store for SqliteStore {
             let n = tx
                 .execute(
                     "UPDATE signing_keys SET pin_hash = ?2, activation_hash = NULL, failed_attempts = 0
-                     WHERE id = ?1 AND locked = 0",
-                    params![id, pin_hash],
+                     WHERE id = ?1 AND locked = 0 AND (?3 IS NULL OR activation_hash = ?3)",
+                    params![id, pin_hash, activation_hash],
                 )
                 .map_err(map_err)?;
             if n != 1 {
-                return Err(StoreError::Conflict(format!("key {id} is locked")));
+                return Err(StoreError::Conflict(format!(
+                    "key {id} is locked, or its activation code was already used"
+                )));
             }
             append(tx, at, event)
         })

@@ -26,6 +26,9 @@ use crate::clock::Clock;
 use crate::policy::{KeyCustody, KeyType, KeyUsageBit, PolicyDigest, Profiles, SignaturePolicy};
 use crate::store::{CertStatus, ReplayKeys, Store};
 
+/// Certificates a signature carries that path building looks at.
+const MAX_CARRIED_CERTIFICATES: usize = 10;
+
 /// Verifies signatures of payment instructions.
 pub struct Verifier {
     store: Arc<dyn Store>,
@@ -519,7 +522,13 @@ impl Verifier {
             not_after: rfc3339(not_after(cert)),
         };
         // Path at validation time.
-        let mut intermediates = ev.other_certificates.clone();
+        // A signature may carry a few intermediates; more only cost path-building time.
+        let mut intermediates: Vec<Certificate> = ev
+            .other_certificates
+            .iter()
+            .take(MAX_CARRIED_CERTIFICATES)
+            .cloned()
+            .collect();
         intermediates.extend(self.intermediates.iter().cloned());
         let path = match path::validate(cert, &intermediates, &self.anchors, now) {
             Ok(p) => {
@@ -737,6 +746,12 @@ impl Verifier {
         let Ok(crl) = CertificateList::<x509_cert::certificate::Rfc5280>::from_der(crl_der) else {
             return Status::Unknown(format!("the CRL of {} cannot be read", anchor.name));
         };
+        if !crl_signed_by(&crl, &anchor.certificate) {
+            return Status::Unknown(format!(
+                "the CRL configured for {} is not signed by it (or not with ECDSA P-256/SHA-256)",
+                anchor.name
+            ));
+        }
         if let Some(next) = crl.tbs_cert_list.next_update {
             if (next.to_unix_duration().as_secs() as i64) < self.clock.now() {
                 return Status::Unknown(format!(
@@ -770,6 +785,32 @@ impl Verifier {
             _ => None,
         }
     }
+}
+
+/// Was `crl` issued and signed by `issuer` (ECDSA P-256 with SHA-256)?
+fn crl_signed_by(crl: &CertificateList, issuer: &Certificate) -> bool {
+    use p256::ecdsa::signature::Verifier as _;
+    let same_issuer = match (
+        crl.tbs_cert_list.issuer.to_der(),
+        issuer.tbs_certificate().subject().to_der(),
+    ) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    let Ok(key) =
+        crate::ca::x509::verifying_key(issuer.tbs_certificate().subject_public_key_info())
+    else {
+        return false;
+    };
+    let (Ok(tbs), Ok(sig)) = (
+        crl.tbs_cert_list.to_der(),
+        p256::ecdsa::DerSignature::try_from(crl.signature.raw_bytes()),
+    ) else {
+        return false;
+    };
+    same_issuer
+        && crl.signature_algorithm.oid == crate::ca::x509::ECDSA_WITH_SHA256
+        && key.verify(&tbs, &sig).is_ok()
 }
 
 fn custody_name(c: KeyCustody) -> &'static str {

@@ -11,6 +11,9 @@ use x509_cert::Certificate;
 
 /// The deepest chain considered (signer, intermediates, anchor).
 const MAX_DEPTH: usize = 6;
+/// Most signature checks spent building one path: a signature carrying many certificates
+/// must not buy hours of CPU (rustls-webpki bounds its path search the same way).
+const MAX_SIGNATURE_CHECKS: u32 = 100;
 
 /// anyPolicy.
 const ANY_POLICY: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.32.0");
@@ -104,14 +107,18 @@ pub fn validate(
 ) -> Result<ValidPath, PathError> {
     let mut best: Option<PathError> = None;
     let mut found = None;
+    let mut budget = MAX_SIGNATURE_CHECKS;
     search(
         leaf,
         intermediates,
         anchors,
         &mut vec![leaf.clone()],
         at,
-        &mut best,
-        &mut found,
+        &mut Search {
+            best: &mut best,
+            found: &mut found,
+            budget: &mut budget,
+        },
     );
     match found {
         Some(p) => Ok(p),
@@ -135,16 +142,37 @@ fn keep_best(best: &mut Option<PathError>, e: PathError) {
     }
 }
 
+/// The state of one path search.
+struct Search<'a> {
+    best: &'a mut Option<PathError>,
+    found: &'a mut Option<ValidPath>,
+    budget: &'a mut u32,
+}
+
+impl Search<'_> {
+    /// Spends one signature check; false when the budget is gone.
+    fn spend(&mut self) -> bool {
+        if *self.budget == 0 {
+            keep_best(
+                self.best,
+                PathError::NoChain("too many candidate certificates to build a path".into()),
+            );
+            return false;
+        }
+        *self.budget -= 1;
+        true
+    }
+}
+
 fn search(
     current: &Certificate,
     intermediates: &[Certificate],
     anchors: &[Anchor],
     chain: &mut Vec<Certificate>,
     at: i64,
-    best: &mut Option<PathError>,
-    found: &mut Option<ValidPath>,
+    st: &mut Search<'_>,
 ) {
-    if found.is_some() || chain.len() > MAX_DEPTH {
+    if st.found.is_some() || chain.len() > MAX_DEPTH {
         return;
     }
     let issuer_name = current.tbs_certificate().issuer();
@@ -152,23 +180,26 @@ fn search(
         if !same_name(anchor.certificate.tbs_certificate().subject(), issuer_name) {
             continue;
         }
+        if !st.spend() {
+            return;
+        }
         match signed_by(current, &anchor.certificate) {
             Ok(()) => {
                 let mut full = chain.clone();
                 full.push(anchor.certificate.clone());
                 match check_chain(&full, at) {
                     Ok(policies) => {
-                        *found = Some(ValidPath {
+                        *st.found = Some(ValidPath {
                             chain: full,
                             anchor: anchor.clone(),
                             policies,
                         });
                         return;
                     }
-                    Err(e) => keep_best(best, e),
+                    Err(e) => keep_best(st.best, e),
                 }
             }
-            Err(e) => keep_best(best, e),
+            Err(e) => keep_best(st.best, e),
         }
     }
     for cand in intermediates {
@@ -177,16 +208,19 @@ fn search(
         {
             continue;
         }
+        if !st.spend() {
+            return;
+        }
         match signed_by(current, cand) {
             Ok(()) => {
                 chain.push(cand.clone());
-                search(cand, intermediates, anchors, chain, at, best, found);
+                search(cand, intermediates, anchors, chain, at, st);
                 chain.pop();
-                if found.is_some() {
+                if st.found.is_some() {
                     return;
                 }
             }
-            Err(e) => keep_best(best, e),
+            Err(e) => keep_best(st.best, e),
         }
     }
 }
