@@ -1015,3 +1015,21 @@ fn receipt_verifies_with_openssl_and_signet_and_one_edited_byte_breaks_it() {
     let out = f.signet(&args!["receipt", "verify", "--receipt", &bad]);
     assert_eq!(out.status.code(), Some(1), "{}", out.describe());
 }
+
+#[test]
+fn attached_signature_with_no_separate_instruction_names_its_own_content() {
+    let f = fixture();
+    let h = customer(f);
+    let empty = instruction(f, "");
+    for _ in 0..2 {
+        // Two different instructions from the same signer: neither is a replay of the other.
+        let instr = fresh_instruction(f);
+        let sig = cms_sign(f, &h, &instr, &["-nodetach"], None);
+        let v = verify(f, &empty, &sig);
+        v.expect("TOTAL_PASSED", "-", 0);
+        let digest = openssl(&args!["dgst", "-sha256", "-r", &instr]);
+        assert!(digest
+            .stdout
+            .starts_with(v.report["instruction_sha256"].as_str().unwrap()));
+    }
+}

@@ -231,6 +231,12 @@ impl Verifier {
             }
         };
         let format = evidence.first().map(|e| e.format);
+        // An attached signature given with no separate instruction: the report and the replay
+        // guard name the content it carries, not the empty input.
+        let digest = match evidence.first() {
+            Some(ev) if instruction.is_empty() => hex::encode(ev.content_sha256),
+            _ => digest,
+        };
         let mut signers = Vec::new();
         for ev in &evidence {
             signers.push(self.assess(ev, instruction, &digest, now, actor, tenant)?);
@@ -276,6 +282,7 @@ impl Verifier {
             signed_attributes: false,
             checks: Vec::new(),
             crypto: Crypto::Valid,
+            content_sha256: Sha256::digest(der).into(),
         };
         let mut v = Verdict {
             failure: None,
@@ -402,7 +409,7 @@ impl Verifier {
                         .to_der()
                         .unwrap_or_default(),
                 )),
-                digest: digest.to_string(),
+                digest: hex::encode(ev.content_sha256),
                 instruction_id: self.instruction_id(instruction),
             }),
             _ => None,

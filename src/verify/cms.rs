@@ -325,6 +325,7 @@ fn examine_signer(
         signed_attributes: si.signed_attrs.is_some(),
         checks,
         crypto,
+        content_sha256: sha2::Sha256::digest(ctx.content).into(),
     }
 }
 

@@ -101,6 +101,9 @@ pub struct SignerEvidence {
     pub signed_attributes: bool,
     pub checks: Vec<AttributeCheck>,
     pub crypto: Crypto,
+    /// SHA-256 of the content the signature covers (the attached content, or the
+    /// instruction when detached): what the replay guard and the report name.
+    pub content_sha256: [u8; 32],
 }
 
 /// Why a signature could not be read at all (FORMAT_FAILURE).

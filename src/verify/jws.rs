@@ -460,6 +460,7 @@ fn examine_one(
         signed_attributes: true,
         checks,
         crypto,
+        content_sha256: sha2::Sha256::digest(&content).into(),
     })
 }
 
