@@ -1045,3 +1045,44 @@ fn gateway_validates_a_certificate_alone() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["indication"], "TOTAL_PASSED", "{}", r.body);
 }
+
+#[test]
+fn pre_signed_ocsp_answers_change_at_once_after_a_revocation_by_another_process() {
+    let (banks, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let f = fixture();
+    let issuer = f.ca("customer-ca.pem");
+    let (serial, leaf) = issue_customer(s, &banks.a_officer);
+    let ask = || {
+        let out = openssl(&args![
+            "ocsp",
+            "-issuer",
+            &issuer,
+            "-cert",
+            &leaf,
+            "-no_nonce",
+            "-url",
+            s.url("/ocsp"),
+            "-CAfile",
+            f.ca("root.pem")
+        ]);
+        out.assert_ok();
+        out.stdout
+    };
+    assert!(ask().contains(": good"));
+    assert!(
+        ask().contains(": good"),
+        "served from the pre-signed answers"
+    );
+    // The CA operator revokes on the CA host: another process than the server.
+    f.signet(&args![
+        "revoke",
+        "--serial",
+        &serial,
+        "--reason",
+        "keyCompromise"
+    ])
+    .assert_ok();
+    let after = ask();
+    assert!(after.contains(": revoked"), "{after}");
+}

@@ -29,8 +29,8 @@ const OCSP_CACHE_ENTRIES: usize = 10_000;
 /// Largest OCSP request accepted.
 const MAX_OCSP_REQUEST: usize = 8 * 1024;
 
-/// Pre-signed OCSP responses by request DER: (response DER, served until).
-type PreSigned = HashMap<Vec<u8>, (Vec<u8>, i64)>;
+/// Pre-signed OCSP responses by request DER: (response DER, served until, status epoch).
+type PreSigned = HashMap<Vec<u8>, (Vec<u8>, i64, u64)>;
 
 /// State of publication: pre-signed OCSP responses and the CRL refresh trigger.
 pub struct Publisher {
@@ -194,16 +194,25 @@ fn ocsp_response(der: Vec<u8>, max_age: Option<i64>) -> Response {
 
 async fn answer_ocsp(state: Shared, request: Vec<u8>) -> Response {
     let now = state.signet.clock.now();
-    if let Some((der, until)) = state
-        .publish
-        .ocsp_cache
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&request)
-        .cloned()
-    {
-        if now < until {
-            return ocsp_response(der, Some(until - now));
+    // Any process's revocation shows in the store's status epoch: a pre-signed answer from an
+    // older epoch is never served.
+    let st = state.clone();
+    let epoch = tokio::task::spawn_blocking(move || st.signet.store.status_epoch().ok())
+        .await
+        .ok()
+        .flatten();
+    if let Some(epoch) = epoch {
+        if let Some((der, until, at_epoch)) = state
+            .publish
+            .ocsp_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&request)
+            .cloned()
+        {
+            if now < until && at_epoch == epoch {
+                return ocsp_response(der, Some(until - now));
+            }
         }
     }
     let st = state.clone();
@@ -215,7 +224,14 @@ async fn answer_ocsp(state: Shared, request: Vec<u8>) -> Response {
             None,
         );
     };
-    if answer.status == OcspOutcome::Successful && !answer.has_nonce {
+    if let (OcspOutcome::Successful, false, Some(epoch)) = (answer.status, answer.has_nonce, epoch)
+    {
+        let until = now
+            + OCSP_CACHE_SECS.min(
+                answer
+                    .next_update
+                    .map_or(OCSP_CACHE_SECS, |n| (n - now) / 2),
+            );
         let mut cache = state
             .publish
             .ocsp_cache
@@ -225,19 +241,7 @@ async fn answer_ocsp(state: Shared, request: Vec<u8>) -> Response {
         if cache.len() >= OCSP_CACHE_ENTRIES {
             cache.clear();
         }
-        drop(cache);
-        let until = now
-            + OCSP_CACHE_SECS.min(
-                answer
-                    .next_update
-                    .map_or(OCSP_CACHE_SECS, |n| (n - now) / 2),
-            );
-        state
-            .publish
-            .ocsp_cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(request, (answer.der.clone(), until));
+        cache.insert(request, (answer.der.clone(), until, epoch));
         return ocsp_response(answer.der, Some(until - now));
     }
     ocsp_response(answer.der, None)

@@ -372,6 +372,9 @@ pub trait Store: Send + Sync {
     /// Unlocks a key (failed attempts back to zero).
     fn unlock_key(&self, id: &str, at: i64, event: &AuditEvent) -> Result<AuditRecord>;
 
+    /// Grows whenever any process revokes, holds, releases or voids a certificate.
+    fn status_epoch(&self) -> Result<u64>;
+
     /// Appends several audit events in one transaction (a batch of signatures).
     fn append_audit_many(&self, at: i64, events: &[AuditEvent]) -> Result<Vec<AuditRecord>>;
 

@@ -17,6 +17,7 @@ use crate::audit::{chain_hash, AuditEvent, AuditRecord, GENESIS};
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_signing.sql"),
+    include_str!("migrations/0003_status_epoch.sql"),
 ];
 
 /// SQLite-backed [`Store`].
@@ -1102,6 +1103,19 @@ impl Store for SqliteStore {
             )
             .map_err(map_err)?;
             append(tx, at, event)
+        })
+    }
+
+    fn status_epoch(&self) -> Result<u64> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT COALESCE(MAX(seq), 0) FROM audit_events WHERE action IN
+                 ('certificate.revoke', 'certificate.hold', 'certificate.release', 'certificate.void')",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|v| v as u64)
+            .map_err(map_err)
         })
     }
 
