@@ -7,6 +7,9 @@ use serde::Deserialize;
 
 use crate::hsm::{HsmConfig, PinSource, TokenSelector};
 
+/// Environment variable that overrides `[hsm].module`.
+pub const HSM_MODULE_ENV: &str = "SIGNET_HSM_MODULE";
+
 /// Environment variable naming the Signet home folder (default `./.signet`).
 pub const HOME_ENV: &str = "SIGNET_HOME";
 
@@ -239,7 +242,11 @@ impl Config {
             (None, None) => PinSource::Env("SIGNET_HSM_PIN".into()),
         };
         HsmConfig {
-            module: self.hsm.module.clone(),
+            // SIGNET_HSM_MODULE points the same home at another module (p11-kit-client.so, a
+            // network HSM's library) without editing the config.
+            module: std::env::var_os(HSM_MODULE_ENV)
+                .map(PathBuf::from)
+                .unwrap_or_else(|| self.hsm.module.clone()),
             token: TokenSelector::parse(&self.hsm.token)
                 .unwrap_or_else(|_| TokenSelector::Label(self.hsm.token.clone())),
             pin,

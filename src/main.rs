@@ -728,6 +728,13 @@ fn serve(signet: Signet, listen: &str) -> Result<(), Failure> {
             .await
             .map_err(|e| Failure::from(format!("cannot listen on {listen}: {e}")))?;
         let addr = listener.local_addr()?;
+        let hsm = signet.config.hsm_config();
+        eprintln!(
+            "signet: HSM module {}, token {} (PIN from {})",
+            hsm.module.display(),
+            hsm.token,
+            hsm.pin.describe()
+        );
         // The one line scripts wait for.
         eprintln!("signet: serving on http://{addr}");
         signet::api::serve(signet, listener, shutdown_signal())

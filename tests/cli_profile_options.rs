@@ -269,3 +269,16 @@ fn hex_decode(s: &str) -> Vec<u8> {
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
         .collect()
 }
+
+#[test]
+fn signet_hsm_module_in_the_environment_overrides_the_configured_module() {
+    let f = fixture();
+    let crl = f.path("x.crl");
+    f.signet_with(
+        &f.config,
+        &[("SIGNET_HSM_MODULE", "/nonexistent/libnothing.so".into())],
+        &args!["crl", "--issuer", "root", "--out", &crl],
+    )
+    .assert_refused()
+    .assert_stderr_mentions("/nonexistent/libnothing.so");
+}
