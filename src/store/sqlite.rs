@@ -110,6 +110,16 @@ impl SqliteStore {
         f(&conn)
     }
 
+    /// At most one row of a query.
+    fn optional_row<T, P: rusqlite::Params>(
+        &self,
+        sql: &str,
+        params: P,
+        row: impl FnOnce(&Row) -> rusqlite::Result<T>,
+    ) -> Result<Option<T>> {
+        self.read(|c| c.query_row(sql, params, row).optional().map_err(map_err))
+    }
+
     /// Runs raw SQL. For tests that tamper with the store behind Signet's back.
     pub fn execute_raw(&self, sql: &str) -> Result<()> {
         self.read(|c| c.execute_batch(sql).map_err(map_err))
@@ -570,15 +580,11 @@ impl Store for SqliteStore {
     }
 
     fn audit_head(&self) -> Result<Option<AuditRecord>> {
-        self.read(|c| {
-            c.query_row(
-                &format!("SELECT {AUDIT_COLUMNS} FROM audit_events ORDER BY seq DESC LIMIT 1"),
-                [],
-                audit_from_row,
-            )
-            .optional()
-            .map_err(map_err)
-        })
+        self.optional_row(
+            &format!("SELECT {AUDIT_COLUMNS} FROM audit_events ORDER BY seq DESC LIMIT 1"),
+            [],
+            audit_from_row,
+        )
     }
 
     fn add_checkpoint(&self, cp: &Checkpoint) -> Result<()> {
@@ -646,27 +652,19 @@ impl Store for SqliteStore {
     }
 
     fn tenant_by_name(&self, name: &str) -> Result<Option<TenantRecord>> {
-        self.read(|c| {
-            c.query_row(
-                "SELECT id, name, created_at FROM tenants WHERE name = ?1",
-                [name],
-                tenant_from_row,
-            )
-            .optional()
-            .map_err(map_err)
-        })
+        self.optional_row(
+            "SELECT id, name, created_at FROM tenants WHERE name = ?1",
+            [name],
+            tenant_from_row,
+        )
     }
 
     fn tenant(&self, id: &str) -> Result<Option<TenantRecord>> {
-        self.read(|c| {
-            c.query_row(
-                "SELECT id, name, created_at FROM tenants WHERE id = ?1",
-                [id],
-                tenant_from_row,
-            )
-            .optional()
-            .map_err(map_err)
-        })
+        self.optional_row(
+            "SELECT id, name, created_at FROM tenants WHERE id = ?1",
+            [id],
+            tenant_from_row,
+        )
     }
 
     fn add_credential(&self, cred: &CredentialRecord, event: &AuditEvent) -> Result<AuditRecord> {
@@ -690,15 +688,11 @@ impl Store for SqliteStore {
     }
 
     fn credential_by_token_hash(&self, hash: &[u8]) -> Result<Option<CredentialRecord>> {
-        self.read(|c| {
-            c.query_row(
-                &format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE token_hash = ?1"),
-                [hash],
-                credential_from_row,
-            )
-            .optional()
-            .map_err(map_err)
-        })
+        self.optional_row(
+            &format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE token_hash = ?1"),
+            [hash],
+            credential_from_row,
+        )
     }
 
     fn credentials(&self, tenant_id: &str) -> Result<Vec<CredentialRecord>> {
@@ -944,27 +938,19 @@ impl Store for SqliteStore {
         tenant_id: &str,
         employee_id: &str,
     ) -> Result<Option<TellerRecord>> {
-        self.read(|c| {
-            c.query_row(
-                "SELECT id, tenant_id, employee_id, name, created_at FROM tellers WHERE tenant_id = ?1 AND employee_id = ?2",
-                [tenant_id, employee_id],
-                teller_from_row,
-            )
-            .optional()
-            .map_err(map_err)
-        })
+        self.optional_row(
+            "SELECT id, tenant_id, employee_id, name, created_at FROM tellers WHERE tenant_id = ?1 AND employee_id = ?2",
+            [tenant_id, employee_id],
+            teller_from_row,
+        )
     }
 
     fn teller(&self, id: &str) -> Result<Option<TellerRecord>> {
-        self.read(|c| {
-            c.query_row(
-                "SELECT id, tenant_id, employee_id, name, created_at FROM tellers WHERE id = ?1",
-                [id],
-                teller_from_row,
-            )
-            .optional()
-            .map_err(map_err)
-        })
+        self.optional_row(
+            "SELECT id, tenant_id, employee_id, name, created_at FROM tellers WHERE id = ?1",
+            [id],
+            teller_from_row,
+        )
     }
 
     fn add_signing_key(&self, key: &SigningKeyRecord, event: &AuditEvent) -> Result<AuditRecord> {
@@ -997,15 +983,11 @@ impl Store for SqliteStore {
     }
 
     fn signing_key(&self, id: &str) -> Result<Option<SigningKeyRecord>> {
-        self.read(|c| {
-            c.query_row(
-                &format!("SELECT {KEY_COLUMNS} FROM signing_keys WHERE id = ?1"),
-                [id],
-                key_from_row,
-            )
-            .optional()
-            .map_err(map_err)
-        })
+        self.optional_row(
+            &format!("SELECT {KEY_COLUMNS} FROM signing_keys WHERE id = ?1"),
+            [id],
+            key_from_row,
+        )
     }
 
     fn signing_keys(&self, tenant_id: &str) -> Result<Vec<SigningKeyRecord>> {
