@@ -856,41 +856,17 @@ fn a_pending_teller_request_expires_unapproved() {
 
 fn gateway_signature(f: &Fixture, instruction: &[u8]) -> (String, Vec<u8>) {
     // A customer of bank A signs with OpenSSL (detached CMS, signed attributes).
-    let key = f.path("payer.key");
-    let csr = f.path("payer.csr");
-    openssl(&args![
-        "req",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-subj",
-        "/CN=p",
-        "-keyout",
-        &key,
-        "-out",
-        &csr
-    ])
-    .assert_ok();
-    let chain = f.path("payer-chain.pem");
-    let out = f.signet(&args![
-        "issue",
-        "--tenant",
-        "Bank A",
-        "--profile",
-        "customer",
-        "--csr",
-        &csr,
-        "--subject",
-        format!("CN=付款人,serialNumber=G{}", next_id()),
-        "--out",
-        &chain
-    ]);
-    out.assert_ok();
-    let cert = f.path("payer.pem");
-    openssl(&args!["x509", "-in", &chain, "-out", &cert]).assert_ok();
+    let (key, csr) = f.key_and_csr(KeyKind::P256);
+    let subject = format!("CN=付款人,serialNumber=G{}", next_id());
+    let cert = f
+        .issue_with(
+            &f.config,
+            "customer",
+            &csr,
+            &subject,
+            &["--tenant", "Bank A"],
+        )
+        .leaf;
     let instr = f.path("payment.json");
     std::fs::write(&instr, instruction).unwrap();
     let sig = f.path("payment.p7s");
@@ -943,16 +919,7 @@ fn gateway_gets_a_report_with_the_signers_bank_and_a_receipt() {
     assert_eq!(v["electronic_signature_law"]["reliable"], true);
     let receipt = f.path("api-receipt.der");
     std::fs::write(&receipt, base64_decode(v["receipt"].as_str().unwrap())).unwrap();
-    let out = openssl(&args![
-        "cms",
-        "-verify",
-        "-inform",
-        "DER",
-        "-in",
-        &receipt,
-        "-CAfile",
-        f.ca("root.pem")
-    ]);
+    let out = f.openssl_cms_verify(&receipt);
     out.assert_ok();
 }
 

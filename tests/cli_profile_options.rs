@@ -21,28 +21,8 @@ fn issue_with(
     profile: &str,
     subject: &str,
 ) -> (String, PathBuf) {
-    let csr = f.csr(KeyKind::P256);
-    let chain = f.path("opt-chain.pem");
-    let out = f.signet_with(
-        config,
-        &[],
-        &args![
-            "issue",
-            "--profile",
-            profile,
-            "--csr",
-            &csr,
-            "--subject",
-            subject,
-            "--out",
-            &chain
-        ],
-    );
-    out.assert_ok();
-    let serial = common::serial_from_stderr(&out).expect("serial on stderr");
-    let leaf = f.path("opt-leaf.pem");
-    openssl(&args!["x509", "-in", &chain, "-out", &leaf]).assert_ok();
-    (serial, leaf)
+    let issued = f.issue_with(config, profile, &f.csr(KeyKind::P256), subject, &[]);
+    (issued.serial, issued.leaf)
 }
 
 fn cert_text(leaf: &std::path::Path) -> String {

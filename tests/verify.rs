@@ -25,52 +25,16 @@ fn uniq(f: &Fixture, hint: &str) -> PathBuf {
 }
 
 fn new_key(f: &Fixture) -> (PathBuf, PathBuf) {
-    let key = uniq(f, "holder.key");
-    let csr = uniq(f, "holder.csr");
-    openssl(&args![
-        "req",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-subj",
-        "/CN=holder",
-        "-keyout",
-        &key,
-        "-out",
-        &csr
-    ])
-    .assert_ok();
-    (key, csr)
+    f.key_and_csr(common::KeyKind::P256)
 }
 
 fn issue(f: &Fixture, config: &Path, profile: &str, subject: &str) -> Holder {
     let (key, csr) = new_key(f);
-    let chain = uniq(f, "holder-chain.pem");
-    let out = f.signet_with(
-        config,
-        &[],
-        &args![
-            "issue",
-            "--profile",
-            profile,
-            "--csr",
-            &csr,
-            "--subject",
-            subject,
-            "--out",
-            &chain
-        ],
-    );
-    out.assert_ok();
-    let cert = uniq(f, "holder.pem");
-    openssl(&args!["x509", "-in", &chain, "-out", &cert]).assert_ok();
+    let issued = f.issue_with(config, profile, &csr, subject, &[]);
     Holder {
         key,
-        cert,
-        serial: common::serial_from_stderr(&out).unwrap(),
+        cert: issued.leaf,
+        serial: issued.serial,
     }
 }
 
@@ -977,16 +941,7 @@ fn receipt_verifies_with_openssl_and_signet_and_one_edited_byte_breaks_it() {
         .unwrap();
     let receipt = uniq(f, "receipt.der");
     fs::write(&receipt, &der).unwrap();
-    let out = openssl(&args![
-        "cms",
-        "-verify",
-        "-inform",
-        "DER",
-        "-in",
-        &receipt,
-        "-CAfile",
-        f.ca("root.pem")
-    ]);
+    let out = f.openssl_cms_verify(&receipt);
     out.assert_ok();
     assert!(out.stdout.contains("TOTAL_PASSED"), "{}", out.describe());
     f.signet(&args!["receipt", "verify", "--receipt", &receipt])
@@ -1001,17 +956,7 @@ fn receipt_verifies_with_openssl_and_signet_and_one_edited_byte_breaks_it() {
     edited[pos] = b'X';
     let bad = uniq(f, "receipt-edited.der");
     fs::write(&bad, edited).unwrap();
-    assert!(!openssl(&args![
-        "cms",
-        "-verify",
-        "-inform",
-        "DER",
-        "-in",
-        &bad,
-        "-CAfile",
-        f.ca("root.pem")
-    ])
-    .success());
+    assert!(!f.openssl_cms_verify(&bad).success());
     let out = f.signet(&args!["receipt", "verify", "--receipt", &bad]);
     assert_eq!(out.status.code(), Some(1), "{}", out.describe());
 }

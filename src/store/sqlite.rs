@@ -120,6 +120,20 @@ impl SqliteStore {
         self.read(|c| c.query_row(sql, params, row).optional().map_err(map_err))
     }
 
+    /// Every row of a query.
+    fn all_rows<T, P: rusqlite::Params>(
+        &self,
+        sql: &str,
+        params: P,
+        row: impl FnMut(&Row) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>> {
+        self.read(|c| {
+            let mut st = c.prepare(sql).map_err(map_err)?;
+            let rows = st.query_map(params, row).map_err(map_err)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(map_err)
+        })
+    }
+
     /// Runs raw SQL. For tests that tamper with the store behind Signet's back.
     pub fn execute_raw(&self, sql: &str) -> Result<()> {
         self.read(|c| c.execute_batch(sql).map_err(map_err))
@@ -248,12 +262,7 @@ fn shard_key(shard: Option<u32>) -> i64 {
 
 impl Store for SqliteStore {
     fn cas(&self) -> Result<Vec<CaRecord>> {
-        self.read(|c| {
-            let mut st = c
-                .prepare("SELECT name, key_label, cert_der, public_key, created_at FROM ca ORDER BY created_at, name")
-                .map_err(map_err)?;
-            let rows = st
-                .query_map([], |r| {
+        self.all_rows("SELECT name, key_label, cert_der, public_key, created_at FROM ca ORDER BY created_at, name", [], |r| {
                     Ok(CaRecord {
                         name: r.get(0)?,
                         key_label: r.get(1)?,
@@ -262,9 +271,6 @@ impl Store for SqliteStore {
                         created_at: r.get(4)?,
                     })
                 })
-                .map_err(map_err)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(map_err)
-        })
     }
 
     fn add_cas(&self, cas: &[CaRecord], at: i64, event: &AuditEvent) -> Result<AuditRecord> {
@@ -347,15 +353,12 @@ impl Store for SqliteStore {
     }
 
     fn pending_before(&self, cutoff: i64) -> Result<Vec<CertRecord>> {
-        self.read(|c| {
-            let mut st = c
-                .prepare(&format!(
+        self.all_rows(&format!(
                     "SELECT {CERT_COLUMNS} FROM certificates WHERE status = 'pending' AND created_at <= ?1 ORDER BY created_at"
-                ))
-                .map_err(map_err)?;
-            let rows = st.query_map([cutoff], cert_from_row).map_err(map_err)?;
-            rows.map(|r| r.map_err(map_err).and_then(finish_cert)).collect()
-        })
+                ), [cutoff], cert_from_row)?
+            .into_iter()
+            .map(finish_cert)
+            .collect()
     }
 
     fn void_pending(&self, serial: &str, at: i64, event: &AuditEvent) -> Result<AuditRecord> {
@@ -379,15 +382,12 @@ impl Store for SqliteStore {
     }
 
     fn certificates(&self) -> Result<Vec<CertRecord>> {
-        self.read(|c| {
-            let mut st = c
-                .prepare(&format!(
+        self.all_rows(&format!(
                     "SELECT {CERT_COLUMNS} FROM certificates WHERE status = 'issued' ORDER BY created_at, serial"
-                ))
-                .map_err(map_err)?;
-            let rows = st.query_map([], cert_from_row).map_err(map_err)?;
-            rows.map(|r| r.map_err(map_err).and_then(finish_cert)).collect()
-        })
+                ), [], cert_from_row)?
+            .into_iter()
+            .map(finish_cert)
+            .collect()
     }
 
     fn revoke(
@@ -448,28 +448,22 @@ impl Store for SqliteStore {
     }
 
     fn revoked(&self, issuer: IssuerId, shard: Option<u32>) -> Result<Vec<RevokedEntry>> {
-        self.read(|c| {
-            let mut st = c
-                .prepare(
-                    "SELECT serial, revoked_at, revocation_reason, invalidity_date FROM certificates
-                     WHERE issuer = ?1 AND revoked_at IS NOT NULL AND (?2 < 0 OR shard = ?2)
-                     ORDER BY revoked_at, serial",
-                )
-                .map_err(map_err)?;
-            let rows = st
-                .query_map(params![issuer.as_str(), shard_key(shard)], |r| {
-                    Ok(RevokedEntry {
-                        serial: r.get(0)?,
-                        revocation: RevocationRecord {
-                            revoked_at: r.get(1)?,
-                            reason_code: r.get::<_, Option<i64>>(2)?.map(|c| c as u8),
-                            invalidity_date: r.get(3)?,
-                        },
-                    })
+        self.all_rows(
+            "SELECT serial, revoked_at, revocation_reason, invalidity_date FROM certificates
+             WHERE issuer = ?1 AND revoked_at IS NOT NULL AND (?2 < 0 OR shard = ?2)
+             ORDER BY revoked_at, serial",
+            params![issuer.as_str(), shard_key(shard)],
+            |r| {
+                Ok(RevokedEntry {
+                    serial: r.get(0)?,
+                    revocation: RevocationRecord {
+                        revoked_at: r.get(1)?,
+                        reason_code: r.get::<_, Option<i64>>(2)?.map(|c| c as u8),
+                        invalidity_date: r.get(3)?,
+                    },
                 })
-                .map_err(map_err)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(map_err)
-        })
+            },
+        )
     }
 
     fn record_crl(
@@ -547,17 +541,11 @@ impl Store for SqliteStore {
     }
 
     fn audit_events(&self, after: u64) -> Result<Vec<AuditRecord>> {
-        self.read(|c| {
-            let mut st = c
-                .prepare(&format!(
-                    "SELECT {AUDIT_COLUMNS} FROM audit_events WHERE seq > ?1 ORDER BY seq"
-                ))
-                .map_err(map_err)?;
-            let rows = st
-                .query_map([after as i64], audit_from_row)
-                .map_err(map_err)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(map_err)
-        })
+        self.all_rows(
+            &format!("SELECT {AUDIT_COLUMNS} FROM audit_events WHERE seq > ?1 ORDER BY seq"),
+            [after as i64],
+            audit_from_row,
+        )
     }
 
     fn tenant_audit_events(
@@ -566,17 +554,9 @@ impl Store for SqliteStore {
         after: u64,
         limit: u32,
     ) -> Result<Vec<AuditRecord>> {
-        self.read(|c| {
-            let mut st = c
-                .prepare(&format!(
+        self.all_rows(&format!(
                     "SELECT {AUDIT_COLUMNS} FROM audit_events WHERE tenant = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
-                ))
-                .map_err(map_err)?;
-            let rows = st
-                .query_map(params![tenant, after as i64, limit], audit_from_row)
-                .map_err(map_err)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(map_err)
-        })
+                ), params![tenant, after as i64, limit], audit_from_row)
     }
 
     fn audit_head(&self) -> Result<Option<AuditRecord>> {
@@ -599,39 +579,33 @@ impl Store for SqliteStore {
     }
 
     fn checkpoints(&self) -> Result<Vec<Checkpoint>> {
-        self.read(|c| {
-            let mut st = c
-                .prepare("SELECT seq, hash, at, signature FROM audit_checkpoints ORDER BY seq")
-                .map_err(map_err)?;
-            let rows = st
-                .query_map([], |r| {
-                    Ok(Checkpoint {
-                        seq: r.get::<_, i64>(0)? as u64,
-                        hash: r.get(1)?,
-                        at: r.get(2)?,
-                        signature: r.get(3)?,
-                    })
+        self.all_rows(
+            "SELECT seq, hash, at, signature FROM audit_checkpoints ORDER BY seq",
+            [],
+            |r| {
+                Ok(Checkpoint {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    hash: r.get(1)?,
+                    at: r.get(2)?,
+                    signature: r.get(3)?,
                 })
-                .map_err(map_err)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(map_err)
-        })
+            },
+        )
     }
 
     fn certificates_by_subject_serial(&self, owner: &str, digest: &str) -> Result<Vec<CertRecord>> {
-        self.read(|c| {
-            let mut st = c
-                .prepare(&format!(
-                    "SELECT {CERT_COLUMNS} FROM certificates
+        self.all_rows(
+            &format!(
+                "SELECT {CERT_COLUMNS} FROM certificates
                      WHERE owner = ?1 AND subject_serial_digest = ?2 AND status = 'issued'
                      ORDER BY created_at, serial"
-                ))
-                .map_err(map_err)?;
-            let rows = st
-                .query_map(params![owner, digest], cert_from_row)
-                .map_err(map_err)?;
-            rows.map(|r| r.map_err(map_err).and_then(finish_cert))
-                .collect()
-        })
+            ),
+            params![owner, digest],
+            cert_from_row,
+        )?
+        .into_iter()
+        .map(finish_cert)
+        .collect()
     }
 
     fn add_tenant(&self, tenant: &TenantRecord, event: &AuditEvent) -> Result<AuditRecord> {
@@ -696,17 +670,9 @@ impl Store for SqliteStore {
     }
 
     fn credentials(&self, tenant_id: &str) -> Result<Vec<CredentialRecord>> {
-        self.read(|c| {
-            let mut st = c
-                .prepare(&format!(
+        self.all_rows(&format!(
                     "SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE tenant_id = ?1 ORDER BY created_at, id"
-                ))
-                .map_err(map_err)?;
-            let rows = st
-                .query_map([tenant_id], credential_from_row)
-                .map_err(map_err)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(map_err)
-        })
+                ), [tenant_id], credential_from_row)
     }
 
     fn revoke_credential(
@@ -991,15 +957,9 @@ impl Store for SqliteStore {
     }
 
     fn signing_keys(&self, tenant_id: &str) -> Result<Vec<SigningKeyRecord>> {
-        self.read(|c| {
-            let mut st = c
-                .prepare(&format!(
+        self.all_rows(&format!(
                     "SELECT {KEY_COLUMNS} FROM signing_keys WHERE tenant_id = ?1 ORDER BY created_at, id"
-                ))
-                .map_err(map_err)?;
-            let rows = st.query_map([tenant_id], key_from_row).map_err(map_err)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(map_err)
-        })
+                ), [tenant_id], key_from_row)
     }
 
     fn pin_attempt(

@@ -607,6 +607,11 @@ impl Fixture {
 
     /// A fresh key pair and CSR made by OpenSSL (subject `/CN=<hint>`).
     pub fn csr(&self, kind: KeyKind) -> PathBuf {
+        self.key_and_csr(kind).1
+    }
+
+    /// A fresh key pair (PEM, unencrypted) and its CSR, made by OpenSSL.
+    pub fn key_and_csr(&self, kind: KeyKind) -> (PathBuf, PathBuf) {
         let key = self.path(&format!("{kind:?}.key"));
         let csr = self.path(&format!("{kind:?}.csr"));
         let newkey: &[&str] = match kind {
@@ -626,7 +631,21 @@ impl Fixture {
             &csr
         ]);
         openssl(&args).assert_ok();
-        csr
+        (key, csr)
+    }
+
+    /// `openssl cms -verify` of a DER receipt (or any CMS) against the fixture's root.
+    pub fn openssl_cms_verify(&self, cms: &Path) -> Out {
+        openssl(&args![
+            "cms",
+            "-verify",
+            "-inform",
+            "DER",
+            "-in",
+            cms,
+            "-CAfile",
+            self.ca("root.pem")
+        ])
     }
 
     /// `signet issue` with a fresh P-256 CSR; asserts success.
@@ -636,18 +655,34 @@ impl Fixture {
     }
 
     pub fn issue_csr(&self, profile: Profile, csr: &Path, subject: &str) -> Issued {
-        let chain = self.path(&format!("{}-chain.pem", profile.name()));
-        let out = self.signet(&args![
+        self.issue_with(&self.config, profile.name(), csr, subject, &[])
+    }
+
+    /// `signet --config <config> issue --profile <profile> ... [extra]`; asserts success and
+    /// returns the serial, the leaf alone and the chain.
+    pub fn issue_with(
+        &self,
+        config: &Path,
+        profile: &str,
+        csr: &Path,
+        subject: &str,
+        extra: &[&str],
+    ) -> Issued {
+        let chain = self.path(&format!("{profile}-chain.pem"));
+        let mut a = args![
             "issue",
             "--profile",
-            profile.name(),
+            profile,
             "--csr",
             csr,
             "--subject",
             subject,
             "--out",
             &chain
-        ]);
+        ]
+        .to_vec();
+        a.extend(extra.iter().map(std::ffi::OsString::from));
+        let out = self.signet_with(config, &[], &a);
         out.assert_ok();
         let serial = serial_from_stderr(&out)
             .unwrap_or_else(|| panic!("no `serial <hex>` line on stderr\n{}", out.describe()));
@@ -658,7 +693,7 @@ impl Fixture {
             !blocks.is_empty() && blocks[0].contains("BEGIN CERTIFICATE"),
             "--out file has no certificate:\n{text}"
         );
-        let leaf = self.path(&format!("{}-leaf.pem", profile.name()));
+        let leaf = self.path(&format!("{profile}-leaf.pem"));
         fs::write(&leaf, &blocks[0]).expect("write leaf");
         Issued {
             serial,
