@@ -23,6 +23,11 @@ struct Banks {
     b_admin: String,
 }
 
+/// A fresh credential's bearer token.
+fn new_credential(f: &Fixture, bank: &str, role: &str) -> String {
+    cli_ok(f, &["credential", "add", "--tenant", bank, "--role", role])
+}
+
 fn cli_ok(f: &Fixture, args: &[&str]) -> String {
     let out = f.signet(args);
     out.assert_ok();
@@ -887,17 +892,7 @@ fn gateway_gets_a_report_with_the_signers_bank_and_a_receipt() {
     let s = guard.as_ref().unwrap();
     let f = fixture();
     f.signet(&["ca", "upgrade"]).assert_ok();
-    let gateway = cli_ok(
-        f,
-        &[
-            "credential",
-            "add",
-            "--tenant",
-            "Bank B",
-            "--role",
-            "gateway",
-        ],
-    );
+    let gateway = new_credential(f, "Bank B", "gateway");
     let instruction = format!(
         r#"{{"instruction_id":"API-{}","amount":"88.00"}}"#,
         next_id()
@@ -928,17 +923,7 @@ fn unparseable_signature_is_a_200_format_failure_but_bad_base64_is_a_400() {
     let (_, guard) = server();
     let s = guard.as_ref().unwrap();
     let f = fixture();
-    let gateway = cli_ok(
-        f,
-        &[
-            "credential",
-            "add",
-            "--tenant",
-            "Bank A",
-            "--role",
-            "gateway",
-        ],
-    );
+    let gateway = new_credential(f, "Bank A", "gateway");
     let r = post_json(
         s,
         "/v1/verifications",
@@ -990,17 +975,7 @@ fn gateway_validates_a_certificate_alone() {
     let (_, guard) = server();
     let s = guard.as_ref().unwrap();
     let f = fixture();
-    let gateway = cli_ok(
-        f,
-        &[
-            "credential",
-            "add",
-            "--tenant",
-            "Bank A",
-            "--role",
-            "gateway",
-        ],
-    );
+    let gateway = new_credential(f, "Bank A", "gateway");
     let (cert_pem_b64, _) = gateway_signature(f, b"irrelevant");
     let pem = String::from_utf8(base64_decode(&cert_pem_b64)).unwrap();
     let r = post_json(
