@@ -530,3 +530,76 @@ fn a_revoked_e_seal_no_longer_signs() {
     );
     assert!(r.body.contains("revoked"), "{}", r.body);
 }
+
+#[test]
+fn bad_teller_and_pin_requests_get_4xx_with_their_codes() {
+    let (st, s) = setup();
+    let r = post_json(
+        &s,
+        "/v1/tellers",
+        Some(&st.admin1),
+        &json!({"employee_id": "has space", "name": "x"}),
+    );
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (400, "invalid_request"),
+        "{}",
+        r.body
+    );
+    let r = post_json(
+        &s,
+        "/v1/tellers",
+        Some(&st.admin1),
+        &json!({"employee_id": "T1", "name": "again"}),
+    );
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (409, "conflict"),
+        "{}",
+        r.body
+    );
+    let r = post_json(
+        &s,
+        "/v1/tellers",
+        Some(&st.teller),
+        &json!({"employee_id": "T9", "name": "x"}),
+    );
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (403, "forbidden"),
+        "{}",
+        r.body
+    );
+    let r = post_json(
+        &s,
+        "/v1/teller-keys",
+        Some(&st.admin1),
+        &json!({"employee_id": "nobody"}),
+    );
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (404, "not_found"),
+        "{}",
+        r.body
+    );
+    let pin = format!("/v1/signing-keys/{}/pin", st.teller_key);
+    let r = post_json(
+        &s,
+        &pin,
+        Some(&st.teller),
+        &json!({"old_pin": st.teller_pin, "new_pin": "12"}),
+    );
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (400, "invalid_request"),
+        "{}",
+        r.body
+    );
+    let r = post_json(&s, &pin, Some(&st.teller), &json!({"new_pin": "123456"}));
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (400, "invalid_request"),
+        "{}",
+        r.body
+    );
+}
