@@ -6,7 +6,8 @@
 #   ./test.sh --test cli_issue     with arguments: `cargo test --release <arguments>`
 #
 # Installs what is missing first: on Debian, softhsm2 opensc faketime openssl
-# python3-venv (apt); pkilint in a virtualenv at target/tools/venv (PyPI).
+# python3-venv postgresql (apt); pkilint in a virtualenv at target/tools/venv (PyPI);
+# starts a local PostgreSQL (scripts/local-postgres.sh) for the PostgreSQL runs.
 set -euo pipefail
 
 log() { printf 'test.sh: %s\n' "$*" >&2; }
@@ -26,7 +27,7 @@ as_root() {
 }
 
 # --- system packages (Debian) ------------------------------------------------------
-apt_packages=(softhsm2 opensc faketime openssl python3-venv procps)
+apt_packages=(softhsm2 opensc faketime openssl python3-venv procps postgresql)
 if command -v dpkg-query >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
   missing=()
   for p in "${apt_packages[@]}"; do
@@ -67,6 +68,16 @@ if [ ! -x "$venv/bin/lint_pkix_cert" ] \
 fi
 export PKILINT_BIN=$venv/bin
 
+# --- PostgreSQL ---------------------------------------------------------------------------
+# A local server (started with pg_ctlcluster if down); the store tests and the multi-process
+# tests make their databases there, and the store, API and verification suites run once
+# more with every fixture's store in it. An explicit SIGNET_TEST_POSTGRES is kept.
+if [ -z "${SIGNET_TEST_POSTGRES:-}" ]; then
+  SIGNET_TEST_POSTGRES=$(bash "$repo_root/scripts/local-postgres.sh") \
+    || die "cannot start a local PostgreSQL (scripts/local-postgres.sh); set SIGNET_TEST_POSTGRES to a server's postgres:// URL"
+fi
+export SIGNET_TEST_POSTGRES
+
 # --- tests --------------------------------------------------------------------------------
 # Release profile: the same build as quickstart.sh and softhsm/setup.sh use
 # (target/release/signet), so one build serves both; the tests themselves then run
@@ -79,6 +90,10 @@ if [ "$#" -eq 0 ]; then
   cargo test --release --all-targets --no-fail-fast
   log "cargo test --release --doc"
   cargo test --release --doc
+  # The store, API and verification suites again, each fixture's store in PostgreSQL.
+  log "SIGNET_TEST_FIXTURE_STORE=postgres cargo test --release (store, api, verify suites)"
+  SIGNET_TEST_FIXTURE_STORE=postgres cargo test --release --no-fail-fast \
+    --test store --test api --test verify --test verify_formats
 else
   log "cargo test --release $*"
   cargo test --release "$@"

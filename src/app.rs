@@ -8,10 +8,11 @@ use crate::audit::Auditor;
 use crate::ca::{Authority, CaError, CaSettings, Fault};
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::config::{StoreConfig, StoreLocation};
 use crate::hsm::{Hsm, HsmError};
 use crate::policy::{PolicyError, Profiles, SignaturePolicy};
 use crate::ra::{BankIdentity, Registrar};
-use crate::store::{SqliteStore, Store, StoreError};
+use crate::store::{PostgresOptions, PostgresStore, SqliteStore, Store, StoreError};
 use crate::verify::path::Anchor;
 use crate::verify::Verifier;
 
@@ -34,6 +35,36 @@ pub enum OpenError {
     Verify(#[from] crate::verify::VerifyError),
 }
 
+/// Opens the store a config selects: SQLite by default, PostgreSQL for a `postgres://` URL
+/// (`[store].url` or `SIGNET_STORE_URL`).
+pub fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match config.location() {
+        StoreLocation::Sqlite(path) => Arc::new(SqliteStore::open(&path)?),
+        StoreLocation::Postgres(url) => {
+            let password = match &config.password_file {
+                Some(p) => {
+                    let text = Zeroizing::new(std::fs::read_to_string(p).map_err(|e| {
+                        StoreError::Unavailable(format!(
+                            "cannot read the store password file {}: {e}",
+                            p.display()
+                        ))
+                    })?);
+                    Some(Zeroizing::new(
+                        text.trim_end_matches(['\r', '\n']).to_string(),
+                    ))
+                }
+                None => None,
+            };
+            Arc::new(PostgresStore::open(PostgresOptions {
+                url,
+                password,
+                pool: config.pool,
+                connect_timeout: std::time::Duration::from_millis(config.connect_timeout_ms),
+            })?)
+        }
+    })
+}
+
 /// An opened Signet: the HSM, the store and the layers above them.
 pub struct Signet {
     pub config: Config,
@@ -53,7 +84,7 @@ impl Signet {
     pub fn open(config: Config, clock: Clock, fault: Fault) -> Result<Signet, OpenError> {
         let profiles = Profiles::load_dir(&config.issuance.policies)?;
         let hsm = Arc::new(Hsm::open(config.hsm_config())?);
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.store.path)?);
+        let store = open_store(&config.store)?;
         let settings = settings(&config);
         let auditor = Arc::new(Auditor::new(
             store.clone(),

@@ -10,6 +10,9 @@ use crate::hsm::{HsmConfig, PinSource, TokenSelector};
 /// Environment variable that overrides `[hsm].module`.
 pub const HSM_MODULE_ENV: &str = "SIGNET_HSM_MODULE";
 
+/// Environment variable that overrides `[store]`: a `postgres://` URL (or a SQLite file path).
+pub const STORE_URL_ENV: &str = "SIGNET_STORE_URL";
+
 /// Environment variable naming the Signet home folder (default `./.signet`).
 pub const HOME_ENV: &str = "SIGNET_HOME";
 
@@ -98,10 +101,54 @@ pub struct HsmSection {
     pub session_wait_ms: u64,
 }
 
+/// Where the records live: a SQLite file (`path`) or a PostgreSQL database (`url`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    pub path: PathBuf,
+    /// The SQLite database file (the embedded default).
+    pub path: Option<PathBuf>,
+    /// `postgres://user@host/db?...`: a PostgreSQL database shared by several processes.
+    /// Keep the password out of it: use `password_file`.
+    pub url: Option<String>,
+    /// A file holding the PostgreSQL password (read at start, kept zeroized).
+    pub password_file: Option<PathBuf>,
+    /// Connections each process keeps to PostgreSQL.
+    #[serde(default = "default_pool")]
+    pub pool: u32,
+    /// How long a store call waits for a connection before it answers "store unavailable".
+    #[serde(default = "default_store_wait_ms")]
+    pub connect_timeout_ms: u64,
+}
+
+fn default_pool() -> u32 {
+    8
+}
+
+fn default_store_wait_ms() -> u64 {
+    5_000
+}
+
+/// The store a config selects, after the environment override.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl StoreConfig {
+    /// `SIGNET_STORE_URL` when set, else `url`, else `path`.
+    pub fn location(&self) -> StoreLocation {
+        let from_env = std::env::var(STORE_URL_ENV).ok().filter(|v| !v.is_empty());
+        match from_env.or_else(|| self.url.clone()) {
+            Some(u) if is_postgres_url(&u) => StoreLocation::Postgres(u),
+            Some(u) => StoreLocation::Sqlite(PathBuf::from(u.trim_start_matches("sqlite://"))),
+            None => StoreLocation::Sqlite(self.path.clone().unwrap_or_default()),
+        }
+    }
+}
+
+pub fn is_postgres_url(s: &str) -> bool {
+    s.starts_with("postgres://") || s.starts_with("postgresql://")
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -181,7 +228,9 @@ impl Config {
                 *p = base.join(&*p);
             }
         };
-        abs(&mut cfg.store.path);
+        if let Some(p) = cfg.store.path.as_mut() {
+            abs(p);
+        }
         abs(&mut cfg.audit.checkpoint_file);
         abs(&mut cfg.issuance.policies);
         for a in &mut cfg.verify.anchors {
@@ -195,6 +244,7 @@ impl Config {
             cfg.hsm.so_pin_file.as_mut(),
             cfg.hsm.softhsm2_conf.as_mut(),
             cfg.issuance.id_hash_key_file.as_mut(),
+            cfg.store.password_file.as_mut(),
         ]
         .into_iter()
         .flatten()
@@ -209,6 +259,27 @@ impl Config {
             return Err(invalid(
                 "[ca].country must be a two-letter ISO 3166 code such as CN".into(),
             ));
+        }
+        match (&cfg.store.path, &cfg.store.url) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "[store] takes path (SQLite) or url (PostgreSQL), not both".into(),
+                ))
+            }
+            (None, None) => {
+                return Err(invalid(
+                    "[store] needs path (a SQLite file) or url (postgres://...)".into(),
+                ))
+            }
+            (None, Some(u)) if !is_postgres_url(u) => {
+                return Err(invalid(
+                    "[store].url must start with postgres:// (a SQLite file goes in path)".into(),
+                ))
+            }
+            _ => {}
+        }
+        if cfg.store.pool == 0 {
+            return Err(invalid("[store].pool must be at least 1".into()));
         }
         if cfg.audit.checkpoint_every == 0 {
             return Err(invalid(

@@ -790,9 +790,12 @@ fn restart_keeps_certificates_revocations_and_credentials_and_the_audit_chain_ve
     };
     guard.take().unwrap().stop();
     // Graceful shutdown checkpointed the chain head: the file's last checkpoint is the head.
-    let head: i64 = common::open_db(&f.db)
-        .query_row("SELECT MAX(seq) FROM audit_events", [], |r| r.get(0))
-        .unwrap();
+    let head = f
+        .open_store()
+        .audit_head()
+        .unwrap()
+        .expect("audit events")
+        .seq as i64;
     let file = std::fs::read_to_string(&f.checkpoints).unwrap();
     let last: Value = serde_json::from_str(file.lines().last().unwrap()).unwrap();
     assert_eq!(last["seq"].as_i64(), Some(head), "checkpoint at shutdown");

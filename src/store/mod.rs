@@ -2,8 +2,10 @@
 //! same trait. Every state-changing method takes the audit event that describes it and appends
 //! it in the same transaction (design invariant 3).
 
+mod postgres;
 mod sqlite;
 
+pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::SqliteStore;
 
 use crate::audit::{AuditEvent, AuditRecord};

@@ -225,6 +225,86 @@ pub fn assert_lint_clean(out: &Out) {
 }
 
 // ---------------------------------------------------------------------------------
+// PostgreSQL
+
+/// Environment variable: a `postgres://` URL of a server where the suite may create
+/// databases (test.sh sets it from scripts/local-postgres.sh). When set, each test binary's
+/// fixture keeps its store in a fresh database there instead of a SQLite file.
+pub const TEST_POSTGRES_ENV: &str = "SIGNET_TEST_POSTGRES";
+
+pub fn test_postgres() -> Option<String> {
+    std::env::var(TEST_POSTGRES_ENV)
+        .ok()
+        .filter(|v| !v.is_empty())
+}
+
+/// The same server URL with another database name.
+pub fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let server = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    format!("{server}/{db}{query}")
+}
+
+/// Drops databases of earlier runs whose process is gone, then (re)creates
+/// `signet_test_<binary>_<pid>` and returns its URL.
+pub fn fresh_database(server: &str, binary: &str) -> Result<String, String> {
+    let mut admin = postgres::Client::connect(server, postgres::NoTls)
+        .map_err(|e| format!("cannot connect to {TEST_POSTGRES_ENV}: {e}"))?;
+    let prefix = format!("signet_test_{}_", binary.replace('-', "_"));
+    let rows = admin
+        .query(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, $1)",
+            &[&prefix],
+        )
+        .map_err(|e| e.to_string())?;
+    for row in rows {
+        let name: String = row.get(0);
+        let alive = name
+            .strip_prefix(&prefix)
+            .and_then(|p| p.parse::<u32>().ok())
+            .is_some_and(|pid| {
+                pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists()
+            });
+        if !alive {
+            admin
+                .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    let name = format!("{prefix}{}", std::process::id());
+    admin
+        .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+        .map_err(|e| format!("CREATE DATABASE {name}: {e}"))?;
+    Ok(with_database(server, &name))
+}
+
+/// A config text whose `[store]` is the PostgreSQL database `url` instead of a SQLite path.
+pub fn use_store_url(config_text: &str, url: &str) -> String {
+    let mut out = String::new();
+    let mut section = String::new();
+    for line in config_text.lines() {
+        let t = line.trim();
+        if t.starts_with('[') && t.ends_with(']') {
+            section = t[1..t.len() - 1].trim().to_string();
+        }
+        if section == "store" && t.split_once('=').is_some_and(|(k, _)| k.trim() == "path") {
+            out.push_str(&format!("url = {}\n", toml_str(url)));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------
 // Small helpers
 
 pub fn now_unix() -> u64 {
@@ -446,15 +526,33 @@ pub struct Fixture {
     pub checkpoints: PathBuf,
     pub ca_dir: PathBuf,
     pub token_label: String,
+    /// The PostgreSQL database of this binary (`SIGNET_TEST_POSTGRES` set), else `None`:
+    /// the store is the SQLite file `db`.
+    pub store_url: Option<String>,
     work: PathBuf,
     counter: AtomicUsize,
 }
 
 static FIXTURE: OnceLock<Result<Fixture, String>> = OnceLock::new();
 
-/// The shared fixture of this test binary (made on first use).
+/// Environment variable: `postgres` keeps the store of every fixture in PostgreSQL
+/// (test.sh runs the store, API and verification suites once more that way).
+pub const FIXTURE_STORE_ENV: &str = "SIGNET_TEST_FIXTURE_STORE";
+
+/// The shared fixture of this test binary (made on first use): its store is SQLite, or
+/// PostgreSQL when `SIGNET_TEST_FIXTURE_STORE=postgres`.
 pub fn fixture() -> &'static Fixture {
-    match FIXTURE.get_or_init(Fixture::create) {
+    let on_postgres = std::env::var(FIXTURE_STORE_ENV).is_ok_and(|v| v == "postgres");
+    match FIXTURE.get_or_init(|| Fixture::create(on_postgres)) {
+        Ok(f) => f,
+        Err(e) => panic!("fixture setup failed:\n{e}"),
+    }
+}
+
+/// The shared fixture of a test binary that needs PostgreSQL whatever the run (several
+/// processes sharing one database). Fails when `SIGNET_TEST_POSTGRES` is not set.
+pub fn postgres_fixture() -> &'static Fixture {
+    match FIXTURE.get_or_init(|| Fixture::create(true)) {
         Ok(f) => f,
         Err(e) => panic!("fixture setup failed:\n{e}"),
     }
@@ -494,7 +592,7 @@ fn remove_stale_homes(parent: &Path, binary: &str) {
 }
 
 impl Fixture {
-    fn create() -> Result<Fixture, String> {
+    fn create(on_postgres: bool) -> Result<Fixture, String> {
         let binary = binary_name();
         let parent = Path::new(TARGET_TMP).join("test-homes");
         remove_stale_homes(&parent, &binary);
@@ -520,8 +618,24 @@ impl Fixture {
             return Err(format!("softhsm/setup.sh failed\n{}", out.describe()));
         }
 
+        let config = home.join("signet.toml");
+        let store_url = if on_postgres {
+            let server = test_postgres().ok_or_else(|| {
+                format!(
+                    "this fixture keeps its store in PostgreSQL but {TEST_POSTGRES_ENV} is not \
+                     set: run the suite with ./test.sh, which starts a local PostgreSQL"
+                )
+            })?;
+            let url = fresh_database(&server, &binary)?;
+            let text = fs::read_to_string(&config).map_err(|e| e.to_string())?;
+            fs::write(&config, use_store_url(&text, &url)).map_err(|e| e.to_string())?;
+            Some(url)
+        } else {
+            None
+        };
         let f = Fixture {
-            config: home.join("signet.toml"),
+            config,
+            store_url,
             softhsm2_conf: home.join("softhsm2.conf"),
             db: home.join("signet.db"),
             checkpoints: home.join("audit-checkpoints.jsonl"),
@@ -554,6 +668,12 @@ impl Fixture {
         Ok(f)
     }
 
+    /// The fixture's store opened through the library, SQLite or PostgreSQL alike.
+    pub fn open_store(&self) -> std::sync::Arc<dyn signet::store::Store> {
+        let config = signet::config::Config::load(&self.config).expect("fixture config");
+        signet::app::open_store(&config.store).expect("open the fixture's store")
+    }
+
     /// A fresh path in the fixture's work directory, named after `hint`.
     pub fn path(&self, hint: &str) -> PathBuf {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
@@ -580,6 +700,7 @@ impl Fixture {
             .env("SOFTHSM2_CONF", &self.softhsm2_conf)
             .env_remove("SIGNET_FAKE_NOW")
             .env_remove("SIGNET_FAULT")
+            .env_remove("SIGNET_STORE_URL")
             .arg("--config")
             .arg(config);
         cmd

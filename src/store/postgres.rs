@@ -1,0 +1,1163 @@
+//! The shared store: one PostgreSQL database that several Signet processes use at once.
+//!
+//! Every write transaction first takes one transaction-scoped advisory lock, so writes are
+//! serialized across processes exactly as SQLite's `BEGIN IMMEDIATE` serializes them: the
+//! audit chain gets one head, CRL numbers one sequence per issuer. Reads take no lock.
+//!
+//! The `postgres` client is synchronous (it drives its own small runtime), which fits the
+//! synchronous `Store` trait; callers inside the server reach the store through
+//! `spawn_blocking`, never from an async worker thread.
+
+use std::time::Duration;
+
+use ::postgres::error::SqlState;
+use ::postgres::types::ToSql;
+use ::postgres::{NoTls, Row, Transaction};
+use r2d2_postgres::PostgresConnectionManager;
+use sha2::Digest;
+use zeroize::Zeroizing;
+
+use super::*;
+use crate::audit::{chain_hash, AuditEvent, AuditRecord, GENESIS};
+
+const MIGRATIONS: &[&str] = &[include_str!("pg/0001_init.sql")];
+
+/// Key of the advisory lock every write transaction holds until it ends ("SIGNET" in ASCII).
+const WRITE_LOCK: i64 = 0x5349_474e_4554;
+
+type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+/// How to reach the database.
+pub struct PostgresOptions {
+    /// `postgres://user@host:port/db?...` (libpq-style URL or key=value string).
+    pub url: String,
+    /// Overrides any password in the URL.
+    pub password: Option<Zeroizing<String>>,
+    /// Connections kept by this process.
+    pub pool: u32,
+    /// How long a call waits for a connection before it fails as unavailable.
+    pub connect_timeout: Duration,
+}
+
+/// PostgreSQL-backed [`Store`].
+pub struct PostgresStore {
+    // An Option only so that `Drop` can move the pool to a plain thread (see there).
+    pool: Option<Pool>,
+}
+
+fn map_err(e: ::postgres::Error) -> StoreError {
+    let Some(code) = e.code() else {
+        // No SQLSTATE: the connection failed or closed.
+        return StoreError::Unavailable(e.to_string());
+    };
+    match code.code().get(..2) {
+        Some("22") => StoreError::Corrupt(e.to_string()),
+        Some("23") => StoreError::Conflict(e.to_string()),
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+fn is_unique_violation(e: &::postgres::Error) -> bool {
+    e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+}
+
+/// A column of a row, as the Rust type the schema promises (a mismatch is corruption, not a panic).
+fn col<'a, T: ::postgres::types::FromSql<'a>>(r: &'a Row, i: usize) -> Result<T> {
+    r.try_get(i)
+        .map_err(|e| StoreError::Corrupt(format!("column {i}: {e}")))
+}
+
+impl PostgresStore {
+    /// Connects, and applies pending migrations under the write lock (so that two processes
+    /// starting together migrate once).
+    pub fn open(options: PostgresOptions) -> Result<Self> {
+        let mut config: ::postgres::Config = options.url.parse().map_err(|e| {
+            StoreError::Unavailable(format!("the store URL is not a valid postgres:// URL: {e}"))
+        })?;
+        if let Some(pw) = &options.password {
+            config.password(pw.as_bytes());
+        }
+        config.connect_timeout(options.connect_timeout);
+        config.application_name("signet");
+        let manager = PostgresConnectionManager::new(config, NoTls);
+        let pool = r2d2::Pool::builder()
+            .max_size(options.pool)
+            .min_idle(Some(0))
+            .connection_timeout(options.connect_timeout)
+            .build_unchecked(manager);
+        let store = PostgresStore { pool: Some(pool) };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn pool(&self) -> &Pool {
+        self.pool.as_ref().expect("pool present until drop")
+    }
+
+    fn conn(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>> {
+        self.pool()
+            .get()
+            .map_err(|e| StoreError::Unavailable(format!("no PostgreSQL connection: {e}")))
+    }
+
+    fn migrate(&self) -> Result<()> {
+        self.tx(|tx| {
+            tx.batch_execute("CREATE TABLE IF NOT EXISTS signet_schema (version BIGINT NOT NULL);")
+                .map_err(map_err)?;
+            let version = match tx
+                .query_opt("SELECT version FROM signet_schema", &[])
+                .map_err(map_err)?
+            {
+                Some(r) => col::<i64>(&r, 0)? as usize,
+                None => {
+                    tx.execute("INSERT INTO signet_schema (version) VALUES (0)", &[])
+                        .map_err(map_err)?;
+                    0
+                }
+            };
+            if version > MIGRATIONS.len() {
+                return Err(StoreError::Corrupt(format!(
+                    "database schema version {version} is newer than this Signet ({})",
+                    MIGRATIONS.len()
+                )));
+            }
+            for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+                tx.batch_execute(sql).map_err(map_err)?;
+                tx.execute(
+                    "UPDATE signet_schema SET version = $1",
+                    &[&((i + 1) as i64)],
+                )
+                .map_err(map_err)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// A write transaction under the cross-process write lock.
+    fn tx<T>(&self, f: impl FnOnce(&mut Transaction) -> Result<T>) -> Result<T> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(map_err)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
+            .map_err(map_err)?;
+        let out = f(&mut tx)?;
+        tx.commit().map_err(map_err)?;
+        Ok(out)
+    }
+
+    /// At most one row of a query.
+    fn optional_row<T>(
+        &self,
+        sql: &str,
+        params: Params,
+        row: impl FnOnce(&Row) -> Result<T>,
+    ) -> Result<Option<T>> {
+        let mut c = self.conn()?;
+        c.query_opt(sql, params)
+            .map_err(map_err)?
+            .as_ref()
+            .map(row)
+            .transpose()
+    }
+
+    /// Every row of a query.
+    fn all_rows<T>(
+        &self,
+        sql: &str,
+        params: Params,
+        row: impl FnMut(&Row) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        let mut c = self.conn()?;
+        c.query(sql, params)
+            .map_err(map_err)?
+            .iter()
+            .map(row)
+            .collect()
+    }
+
+    /// Runs raw SQL. For tests that tamper with the store behind Signet's back.
+    pub fn execute_raw(&self, sql: &str) -> Result<()> {
+        self.conn()?.batch_execute(sql).map_err(map_err)
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        // Closing a synchronous postgres client runs its own runtime; on an async worker
+        // thread (the server drops its state there) that would panic. Close on a plain thread.
+        if let Some(pool) = self.pool.take() {
+            let _ = std::thread::spawn(move || drop(pool)).join();
+        }
+    }
+}
+
+/// Appends `event` to the chain inside `tx` (which holds the write lock).
+fn append(tx: &mut Transaction, at: i64, event: &AuditEvent) -> Result<AuditRecord> {
+    let head = tx
+        .query_opt(
+            "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
+            &[],
+        )
+        .map_err(map_err)?;
+    let (seq, prev) = match head {
+        Some(r) => (col::<i64>(&r, 0)? as u64 + 1, col::<Vec<u8>>(&r, 1)?),
+        None => (1, GENESIS.to_vec()),
+    };
+    let hash = chain_hash(&prev, seq, at, event);
+    tx.execute(
+        "INSERT INTO audit_events (seq, at, actor, action, object, details, tenant, prev_hash, hash)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        &[
+            &(seq as i64),
+            &at,
+            &event.actor,
+            &event.action,
+            &event.object,
+            &event.details,
+            &event.tenant,
+            &prev,
+            &hash.as_slice(),
+        ],
+    )
+    .map_err(map_err)?;
+    Ok(AuditRecord {
+        seq,
+        at,
+        actor: event.actor.clone(),
+        action: event.action.clone(),
+        object: event.object.clone(),
+        details: event.details.clone(),
+        tenant: event.tenant.clone(),
+        prev_hash: prev,
+        hash: hash.to_vec(),
+    })
+}
+
+const AUDIT_COLUMNS: &str = "seq, at, actor, action, object, details, tenant, prev_hash, hash";
+
+fn audit_from_row(r: &Row) -> Result<AuditRecord> {
+    Ok(AuditRecord {
+        seq: col::<i64>(r, 0)? as u64,
+        at: col(r, 1)?,
+        actor: col(r, 2)?,
+        action: col(r, 3)?,
+        object: col(r, 4)?,
+        details: col(r, 5)?,
+        tenant: col(r, 6)?,
+        prev_hash: col(r, 7)?,
+        hash: col(r, 8)?,
+    })
+}
+
+const CERT_COLUMNS: &str = "serial, issuer, profile, status, subject, subject_serial_digest, shard,
+     not_before, not_after, tbs_der, cert_der, created_at, revoked_at, revocation_reason, invalidity_date, owner, key_id";
+
+fn cert_from_row(r: &Row) -> Result<CertRecord> {
+    let issuer: String = col(r, 1)?;
+    let status: String = col(r, 3)?;
+    let revoked_at: Option<i64> = col(r, 12)?;
+    let reason: Option<i64> = col(r, 13)?;
+    Ok(CertRecord {
+        serial: col(r, 0)?,
+        issuer: IssuerId::parse(&issuer)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown issuer {issuer:?}")))?,
+        profile: col(r, 2)?,
+        status: CertStatus::parse(&status)?,
+        subject: col(r, 4)?,
+        subject_serial_digest: col(r, 5)?,
+        shard: col::<i64>(r, 6)? as u32,
+        not_before: col(r, 7)?,
+        not_after: col(r, 8)?,
+        tbs_der: col(r, 9)?,
+        cert_der: col(r, 10)?,
+        created_at: col(r, 11)?,
+        revocation: match revoked_at {
+            Some(at) => Some(RevocationRecord {
+                revoked_at: at,
+                reason_code: reason.map(|c| c as u8),
+                invalidity_date: col(r, 14)?,
+            }),
+            None => None,
+        },
+        owner: col(r, 15)?,
+        key_id: col(r, 16)?,
+    })
+}
+
+fn get_cert(tx: &mut Transaction, serial: &str) -> Result<Option<CertRecord>> {
+    tx.query_opt(
+        &format!("SELECT {CERT_COLUMNS} FROM certificates WHERE serial = $1"),
+        &[&serial],
+    )
+    .map_err(map_err)?
+    .as_ref()
+    .map(cert_from_row)
+    .transpose()
+}
+
+fn shard_key(shard: Option<u32>) -> i64 {
+    shard.map(i64::from).unwrap_or(-1)
+}
+
+/// Runs one statement that must change exactly one row, or fails with `conflict`.
+fn update_one(
+    tx: &mut Transaction,
+    sql: &str,
+    params: Params,
+    conflict: impl FnOnce() -> StoreError,
+) -> Result<()> {
+    let n = tx.execute(sql, params).map_err(map_err)?;
+    if n == 1 {
+        Ok(())
+    } else {
+        Err(conflict())
+    }
+}
+
+impl Store for PostgresStore {
+    fn cas(&self) -> Result<Vec<CaRecord>> {
+        self.all_rows(
+            "SELECT name, key_label, cert_der, public_key, created_at FROM ca ORDER BY created_at, name",
+            &[],
+            |r| {
+                Ok(CaRecord {
+                    name: col(r, 0)?,
+                    key_label: col(r, 1)?,
+                    cert_der: col(r, 2)?,
+                    public_key: col(r, 3)?,
+                    created_at: col(r, 4)?,
+                })
+            },
+        )
+    }
+
+    fn add_cas(&self, cas: &[CaRecord], at: i64, event: &AuditEvent) -> Result<AuditRecord> {
+        self.tx(|tx| {
+            for ca in cas {
+                tx.execute(
+                    "INSERT INTO ca (name, key_label, cert_der, public_key, created_at) VALUES ($1, $2, $3, $4, $5)",
+                    &[&ca.name, &ca.key_label, &ca.cert_der, &ca.public_key, &ca.created_at],
+                )
+                .map_err(|e| {
+                    if is_unique_violation(&e) {
+                        StoreError::Conflict(format!("CA {} already exists", ca.name))
+                    } else {
+                        map_err(e)
+                    }
+                })?;
+            }
+            append(tx, at, event)
+        })
+    }
+
+    fn record_pending(&self, rec: &CertRecord, event: &AuditEvent) -> Result<AuditRecord> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT INTO certificates (serial, issuer, profile, status, subject, subject_serial_digest,
+                    shard, not_before, not_after, tbs_der, cert_der, created_at, owner, key_id)
+                 VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, NULL, $10, $11, $12)",
+                &[
+                    &rec.serial,
+                    &rec.issuer.as_str(),
+                    &rec.profile,
+                    &rec.subject,
+                    &rec.subject_serial_digest,
+                    &(rec.shard as i64),
+                    &rec.not_before,
+                    &rec.not_after,
+                    &rec.tbs_der,
+                    &rec.created_at,
+                    &rec.owner,
+                    &rec.key_id,
+                ],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::SerialTaken(rec.serial.clone())
+                } else {
+                    map_err(e)
+                }
+            })?;
+            append(tx, rec.created_at, event)
+        })
+    }
+
+    fn complete_issuance(
+        &self,
+        serial: &str,
+        cert_der: &[u8],
+        at: i64,
+        event: &AuditEvent,
+    ) -> Result<AuditRecord> {
+        let thumbprint = hex::encode(sha2::Sha256::digest(cert_der));
+        self.tx(|tx| {
+            update_one(
+                tx,
+                "UPDATE certificates SET status = 'issued', cert_der = $2, thumbprint = $3
+                 WHERE serial = $1 AND status = 'pending'",
+                &[&serial, &cert_der, &thumbprint],
+                || {
+                    StoreError::Conflict(format!(
+                        "certificate {serial} is no longer pending (voided by another process?)"
+                    ))
+                },
+            )?;
+            append(tx, at, event)
+        })
+    }
+
+    fn pending_before(&self, cutoff: i64) -> Result<Vec<CertRecord>> {
+        self.all_rows(
+            &format!(
+                "SELECT {CERT_COLUMNS} FROM certificates WHERE status = 'pending' AND created_at <= $1 ORDER BY created_at"
+            ),
+            &[&cutoff],
+            cert_from_row,
+        )
+    }
+
+    fn void_pending(&self, serial: &str, at: i64, event: &AuditEvent) -> Result<AuditRecord> {
+        self.tx(|tx| {
+            update_one(
+                tx,
+                "UPDATE certificates SET status = 'void', revoked_at = $2, revocation_reason = NULL
+                 WHERE serial = $1 AND status = 'pending'",
+                &[&serial, &at],
+                || StoreError::Conflict(format!("{serial} is not pending")),
+            )?;
+            append(tx, at, event)
+        })
+    }
+
+    fn certificate(&self, serial: &str) -> Result<Option<CertRecord>> {
+        self.optional_row(
+            &format!("SELECT {CERT_COLUMNS} FROM certificates WHERE serial = $1"),
+            &[&serial],
+            cert_from_row,
+        )
+    }
+
+    fn certificates(&self) -> Result<Vec<CertRecord>> {
+        self.all_rows(
+            &format!(
+                "SELECT {CERT_COLUMNS} FROM certificates WHERE status = 'issued' ORDER BY created_at, serial"
+            ),
+            &[],
+            cert_from_row,
+        )
+    }
+
+    fn revoke(
+        &self,
+        serial: &str,
+        revocation: RevocationRecord,
+        event: &AuditEvent,
+    ) -> Result<AuditRecord> {
+        self.tx(|tx| {
+            let cert = get_cert(tx, serial)?
+                .ok_or_else(|| StoreError::NotFound(format!("certificate {serial}")))?;
+            if cert.status != CertStatus::Issued {
+                return Err(StoreError::Conflict(format!(
+                    "certificate {serial} is {}, not issued",
+                    cert.status.as_str()
+                )));
+            }
+            if let Some(existing) = cert.revocation {
+                let on_hold = existing.reason_code == Some(crate::ca::HOLD_REASON_CODE);
+                let to_final = revocation.reason_code != Some(crate::ca::HOLD_REASON_CODE);
+                if !(on_hold && to_final) {
+                    return Err(StoreError::Conflict(format!(
+                        "certificate {serial} is already {}",
+                        if on_hold { "on hold" } else { "revoked" }
+                    )));
+                }
+            }
+            tx.execute(
+                "UPDATE certificates SET revoked_at = $2, revocation_reason = $3, invalidity_date = $4 WHERE serial = $1",
+                &[
+                    &serial,
+                    &revocation.revoked_at,
+                    &revocation.reason_code.map(i64::from),
+                    &revocation.invalidity_date,
+                ],
+            )
+            .map_err(map_err)?;
+            append(tx, revocation.revoked_at, event)
+        })
+    }
+
+    fn release(&self, serial: &str, at: i64, event: &AuditEvent) -> Result<AuditRecord> {
+        self.tx(|tx| {
+            let cert = get_cert(tx, serial)?
+                .ok_or_else(|| StoreError::NotFound(format!("certificate {serial}")))?;
+            if cert.revocation.map(|r| r.reason_code) != Some(Some(crate::ca::HOLD_REASON_CODE)) {
+                return Err(StoreError::Conflict(format!(
+                    "certificate {serial} is not on hold"
+                )));
+            }
+            tx.execute(
+                "UPDATE certificates SET revoked_at = NULL, revocation_reason = NULL, invalidity_date = NULL WHERE serial = $1",
+                &[&serial],
+            )
+            .map_err(map_err)?;
+            append(tx, at, event)
+        })
+    }
+
+    fn revoked(&self, issuer: IssuerId, shard: Option<u32>) -> Result<Vec<RevokedEntry>> {
+        self.all_rows(
+            "SELECT serial, revoked_at, revocation_reason, invalidity_date FROM certificates
+             WHERE issuer = $1 AND revoked_at IS NOT NULL AND ($2::BIGINT < 0 OR shard = $2::BIGINT)
+             ORDER BY revoked_at, serial",
+            &[&issuer.as_str(), &shard_key(shard)],
+            |r| {
+                Ok(RevokedEntry {
+                    serial: col(r, 0)?,
+                    revocation: RevocationRecord {
+                        revoked_at: col(r, 1)?,
+                        reason_code: col::<Option<i64>>(r, 2)?.map(|c| c as u8),
+                        invalidity_date: col(r, 3)?,
+                    },
+                })
+            },
+        )
+    }
+
+    fn record_crl(
+        &self,
+        issuer: IssuerId,
+        shard: Option<u32>,
+        this_update: i64,
+        next_update: i64,
+        build_tbs: &mut dyn FnMut(u64) -> std::result::Result<Vec<u8>, String>,
+        event: &AuditEvent,
+    ) -> Result<(u64, AuditRecord)> {
+        self.tx(|tx| {
+            let row = tx
+                .query_one(
+                    "SELECT MAX(number) FROM crls WHERE issuer = $1 AND shard = $2",
+                    &[&issuer.as_str(), &shard_key(shard)],
+                )
+                .map_err(map_err)?;
+            let number = col::<Option<i64>>(&row, 0)?.unwrap_or(0) as u64 + 1;
+            let tbs = build_tbs(number).map_err(StoreError::Conflict)?;
+            tx.execute(
+                "INSERT INTO crls (issuer, shard, number, this_update, next_update, tbs_der) VALUES ($1, $2, $3, $4, $5, $6)",
+                &[&issuer.as_str(), &shard_key(shard), &(number as i64), &this_update, &next_update, &tbs],
+            )
+            .map_err(map_err)?;
+            let mut ev = event.clone();
+            ev.object = format!("{}#{number}", event.object);
+            let rec = append(tx, this_update, &ev)?;
+            Ok((number, rec))
+        })
+    }
+
+    fn complete_crl(
+        &self,
+        issuer: IssuerId,
+        shard: Option<u32>,
+        number: u64,
+        crl_der: &[u8],
+    ) -> Result<()> {
+        self.tx(|tx| {
+            tx.execute(
+                "UPDATE crls SET crl_der = $4 WHERE issuer = $1 AND shard = $2 AND number = $3",
+                &[
+                    &issuer.as_str(),
+                    &shard_key(shard),
+                    &(number as i64),
+                    &crl_der,
+                ],
+            )
+            .map_err(map_err)?;
+            Ok(())
+        })
+    }
+
+    fn latest_crl(&self, issuer: IssuerId, shard: Option<u32>) -> Result<Option<CrlRecord>> {
+        self.optional_row(
+            "SELECT number, this_update, next_update, crl_der FROM crls
+             WHERE issuer = $1 AND shard = $2 AND crl_der IS NOT NULL ORDER BY number DESC LIMIT 1",
+            &[&issuer.as_str(), &shard_key(shard)],
+            |r| {
+                Ok(CrlRecord {
+                    issuer,
+                    shard,
+                    number: col::<i64>(r, 0)? as u64,
+                    this_update: col(r, 1)?,
+                    next_update: col(r, 2)?,
+                    crl_der: col(r, 3)?,
+                })
+            },
+        )
+    }
+
+    fn certificates_by_subject_serial(&self, owner: &str, digest: &str) -> Result<Vec<CertRecord>> {
+        self.all_rows(
+            &format!(
+                "SELECT {CERT_COLUMNS} FROM certificates
+                 WHERE owner = $1 AND subject_serial_digest = $2 AND status = 'issued'
+                 ORDER BY created_at, serial"
+            ),
+            &[&owner, &digest],
+            cert_from_row,
+        )
+    }
+
+    fn add_tenant(&self, tenant: &TenantRecord, event: &AuditEvent) -> Result<AuditRecord> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3)",
+                &[&tenant.id, &tenant.name, &tenant.created_at],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::Conflict(format!("a tenant named {:?} exists", tenant.name))
+                } else {
+                    map_err(e)
+                }
+            })?;
+            append(tx, tenant.created_at, event)
+        })
+    }
+
+    fn tenant_by_name(&self, name: &str) -> Result<Option<TenantRecord>> {
+        self.optional_row(
+            "SELECT id, name, created_at FROM tenants WHERE name = $1",
+            &[&name],
+            tenant_from_row,
+        )
+    }
+
+    fn tenant(&self, id: &str) -> Result<Option<TenantRecord>> {
+        self.optional_row(
+            "SELECT id, name, created_at FROM tenants WHERE id = $1",
+            &[&id],
+            tenant_from_row,
+        )
+    }
+
+    fn add_credential(&self, cred: &CredentialRecord, event: &AuditEvent) -> Result<AuditRecord> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT INTO credentials (id, tenant_id, role, token_hash, created_at, expires_at, revoked_at, teller_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, NULL, $7)",
+                &[
+                    &cred.id,
+                    &cred.tenant_id,
+                    &cred.role,
+                    &cred.token_hash,
+                    &cred.created_at,
+                    &cred.expires_at,
+                    &cred.teller_id,
+                ],
+            )
+            .map_err(map_err)?;
+            append(tx, cred.created_at, event)
+        })
+    }
+
+    fn credential_by_token_hash(&self, hash: &[u8]) -> Result<Option<CredentialRecord>> {
+        self.optional_row(
+            &format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE token_hash = $1"),
+            &[&hash],
+            credential_from_row,
+        )
+    }
+
+    fn credentials(&self, tenant_id: &str) -> Result<Vec<CredentialRecord>> {
+        self.all_rows(
+            &format!(
+                "SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE tenant_id = $1 ORDER BY created_at, id"
+            ),
+            &[&tenant_id],
+            credential_from_row,
+        )
+    }
+
+    fn revoke_credential(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        at: i64,
+        event: &AuditEvent,
+    ) -> Result<AuditRecord> {
+        self.tx(|tx| {
+            update_one(
+                tx,
+                "UPDATE credentials SET revoked_at = $3 WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL",
+                &[&tenant_id, &id, &at],
+                || StoreError::NotFound(format!("active credential {id} of this tenant")),
+            )?;
+            append(tx, at, event)
+        })
+    }
+
+    fn add_teller_request(
+        &self,
+        req: &TellerRequestRecord,
+        event: &AuditEvent,
+    ) -> Result<AuditRecord> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT INTO teller_requests (id, tenant_id, requested_by, csr, subject, status, created_at, expires_at, kind, teller_id)
+                 VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9)",
+                &[
+                    &req.id,
+                    &req.tenant_id,
+                    &req.requested_by,
+                    &req.csr,
+                    &req.subject,
+                    &req.created_at,
+                    &req.expires_at,
+                    &req.kind,
+                    &req.teller_id,
+                ],
+            )
+            .map_err(map_err)?;
+            append(tx, req.created_at, event)
+        })
+    }
+
+    fn teller_request(&self, id: &str) -> Result<Option<TellerRequestRecord>> {
+        self.optional_row(
+            "SELECT id, tenant_id, requested_by, csr, subject, status, created_at, expires_at,
+                    decided_by, decided_at, serial, kind, teller_id FROM teller_requests WHERE id = $1",
+            &[&id],
+            |r| {
+                Ok(TellerRequestRecord {
+                    id: col(r, 0)?,
+                    tenant_id: col(r, 1)?,
+                    requested_by: col(r, 2)?,
+                    csr: col(r, 3)?,
+                    subject: col(r, 4)?,
+                    status: col(r, 5)?,
+                    created_at: col(r, 6)?,
+                    expires_at: col(r, 7)?,
+                    decided_by: col(r, 8)?,
+                    decided_at: col(r, 9)?,
+                    serial: col(r, 10)?,
+                    kind: col(r, 11)?,
+                    teller_id: col(r, 12)?,
+                })
+            },
+        )
+    }
+
+    fn decide_teller_request(
+        &self,
+        id: &str,
+        status: &str,
+        decided_by: &str,
+        at: i64,
+        event: &AuditEvent,
+    ) -> Result<AuditRecord> {
+        self.tx(|tx| {
+            update_one(
+                tx,
+                "UPDATE teller_requests SET status = $2, decided_by = $3, decided_at = $4
+                 WHERE id = $1 AND status = 'pending'",
+                &[&id, &status, &decided_by, &at],
+                || StoreError::Conflict(format!("teller request {id} is no longer pending")),
+            )?;
+            append(tx, at, event)
+        })
+    }
+
+    fn set_teller_request_serial(&self, id: &str, serial: &str) -> Result<()> {
+        self.tx(|tx| {
+            tx.execute(
+                "UPDATE teller_requests SET serial = $2 WHERE id = $1",
+                &[&id, &serial],
+            )
+            .map_err(map_err)?;
+            Ok(())
+        })
+    }
+
+    fn reopen_teller_request(&self, id: &str) -> Result<()> {
+        self.tx(|tx| {
+            tx.execute(
+                "UPDATE teller_requests SET status = 'pending', decided_by = NULL, decided_at = NULL
+                 WHERE id = $1 AND status = 'approved' AND serial IS NULL",
+                &[&id],
+            )
+            .map_err(map_err)?;
+            Ok(())
+        })
+    }
+
+    fn certificate_by_key_id(&self, key_id: &str) -> Result<Option<CertRecord>> {
+        self.optional_row(
+            &format!(
+                "SELECT {CERT_COLUMNS} FROM certificates WHERE key_id = $1 AND status = 'issued'
+                 ORDER BY created_at DESC LIMIT 1"
+            ),
+            &[&key_id],
+            cert_from_row,
+        )
+    }
+
+    fn certificate_by_thumbprint(&self, thumbprint: &str) -> Result<Option<CertRecord>> {
+        self.optional_row(
+            &format!("SELECT {CERT_COLUMNS} FROM certificates WHERE thumbprint = $1"),
+            &[&thumbprint],
+            cert_from_row,
+        )
+    }
+
+    fn record_verification(
+        &self,
+        guard: Option<&ReplayKeys>,
+        at: i64,
+        window_secs: i64,
+        event: &dyn Fn(Option<i64>) -> AuditEvent,
+    ) -> Result<Option<i64>> {
+        self.tx(|tx| {
+            let mut first_seen: Option<i64> = None;
+            if let Some(g) = guard {
+                let cutoff = at - window_secs;
+                let mut remember = |tx: &mut Transaction,
+                                    table: &str,
+                                    column: &str,
+                                    value: &str|
+                 -> Result<()> {
+                    let earlier = tx
+                        .query_opt(
+                            &format!(
+                                "SELECT first_seen FROM {table} WHERE signer = $1 AND {column} = $2"
+                            ),
+                            &[&g.signer, &value],
+                        )
+                        .map_err(map_err)?;
+                    match earlier.as_ref().map(|r| col::<i64>(r, 0)).transpose()? {
+                        Some(t) if t > cutoff => {
+                            first_seen = Some(first_seen.map_or(t, |f: i64| f.min(t)));
+                        }
+                        _ => {
+                            tx.execute(
+                                &format!(
+                                    "INSERT INTO {table} (signer, {column}, first_seen) VALUES ($1, $2, $3)
+                                     ON CONFLICT (signer, {column}) DO UPDATE SET first_seen = excluded.first_seen"
+                                ),
+                                &[&g.signer, &value, &at],
+                            )
+                            .map_err(map_err)?;
+                        }
+                    }
+                    Ok(())
+                };
+                remember(tx, "replay_instructions", "digest", &g.digest)?;
+                if let Some(id) = &g.instruction_id {
+                    remember(tx, "replay_instruction_ids", "instruction_id", id)?;
+                }
+            }
+            append(tx, at, &event(first_seen))?;
+            Ok(first_seen)
+        })
+    }
+
+    fn add_teller(&self, teller: &TellerRecord, event: &AuditEvent) -> Result<AuditRecord> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT INTO tellers (id, tenant_id, employee_id, name, created_at) VALUES ($1, $2, $3, $4, $5)",
+                &[&teller.id, &teller.tenant_id, &teller.employee_id, &teller.name, &teller.created_at],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::Conflict(format!(
+                        "employee {} is already a teller of this bank",
+                        teller.employee_id
+                    ))
+                } else {
+                    map_err(e)
+                }
+            })?;
+            append(tx, teller.created_at, event)
+        })
+    }
+
+    fn teller_by_employee(
+        &self,
+        tenant_id: &str,
+        employee_id: &str,
+    ) -> Result<Option<TellerRecord>> {
+        self.optional_row(
+            "SELECT id, tenant_id, employee_id, name, created_at FROM tellers WHERE tenant_id = $1 AND employee_id = $2",
+            &[&tenant_id, &employee_id],
+            teller_from_row,
+        )
+    }
+
+    fn teller(&self, id: &str) -> Result<Option<TellerRecord>> {
+        self.optional_row(
+            "SELECT id, tenant_id, employee_id, name, created_at FROM tellers WHERE id = $1",
+            &[&id],
+            teller_from_row,
+        )
+    }
+
+    fn add_signing_key(&self, key: &SigningKeyRecord, event: &AuditEvent) -> Result<AuditRecord> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT INTO signing_keys (id, tenant_id, kind, teller_id, key_label, certificate_serial,
+                    pin_hash, activation_hash, failed_attempts, locked, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, 0, $9)",
+                &[
+                    &key.id,
+                    &key.tenant_id,
+                    &key.kind,
+                    &key.teller_id,
+                    &key.key_label,
+                    &key.certificate_serial,
+                    &key.pin_hash,
+                    &key.activation_hash,
+                    &key.created_at,
+                ],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::Conflict(format!("a {} key already exists for this owner", key.kind))
+                } else {
+                    map_err(e)
+                }
+            })?;
+            append(tx, key.created_at, event)
+        })
+    }
+
+    fn signing_key(&self, id: &str) -> Result<Option<SigningKeyRecord>> {
+        self.optional_row(
+            &format!("SELECT {KEY_COLUMNS} FROM signing_keys WHERE id = $1"),
+            &[&id],
+            key_from_row,
+        )
+    }
+
+    fn signing_keys(&self, tenant_id: &str) -> Result<Vec<SigningKeyRecord>> {
+        self.all_rows(
+            &format!(
+                "SELECT {KEY_COLUMNS} FROM signing_keys WHERE tenant_id = $1 ORDER BY created_at, id"
+            ),
+            &[&tenant_id],
+            key_from_row,
+        )
+    }
+
+    fn reserve_pin_attempt(&self, id: &str, max: u32) -> Result<bool> {
+        let max = i64::from(max);
+        self.tx(|tx| {
+            let n = tx
+                .execute(
+                    "UPDATE signing_keys SET failed_attempts = failed_attempts + 1
+                     WHERE id = $1 AND locked = 0 AND failed_attempts < $2",
+                    &[&id, &max],
+                )
+                .map_err(map_err)?;
+            if n == 0 {
+                tx.execute(
+                    "UPDATE signing_keys SET locked = 1 WHERE id = $1 AND failed_attempts >= $2",
+                    &[&id, &max],
+                )
+                .map_err(map_err)?;
+            }
+            Ok(n == 1)
+        })
+    }
+
+    fn pin_attempt(
+        &self,
+        id: &str,
+        attempt: PinAttempt,
+        at: i64,
+        event: &AuditEvent,
+    ) -> Result<SigningKeyRecord> {
+        self.tx(|tx| {
+            match attempt {
+                PinAttempt::Correct => tx.execute(
+                    "UPDATE signing_keys SET failed_attempts = 0 WHERE id = $1 AND locked = 0",
+                    &[&id],
+                ),
+                PinAttempt::Wrong { max } => tx.execute(
+                    "UPDATE signing_keys SET locked = CASE WHEN failed_attempts >= $2 THEN 1 ELSE locked END
+                     WHERE id = $1",
+                    &[&id, &i64::from(max)],
+                ),
+            }
+            .map_err(map_err)?;
+            append(tx, at, event)?;
+            let row = tx
+                .query_one(
+                    &format!("SELECT {KEY_COLUMNS} FROM signing_keys WHERE id = $1"),
+                    &[&id],
+                )
+                .map_err(map_err)?;
+            key_from_row(&row)
+        })
+    }
+
+    fn set_pin(
+        &self,
+        id: &str,
+        pin_hash: &str,
+        activation_hash: Option<&str>,
+        at: i64,
+        event: &AuditEvent,
+    ) -> Result<AuditRecord> {
+        self.tx(|tx| {
+            update_one(
+                tx,
+                "UPDATE signing_keys SET pin_hash = $2, activation_hash = NULL, failed_attempts = 0
+                 WHERE id = $1 AND locked = 0 AND ($3::TEXT IS NULL OR activation_hash = $3::TEXT)",
+                &[&id, &pin_hash, &activation_hash],
+                || {
+                    StoreError::Conflict(format!(
+                        "key {id} is locked, or its activation code was already used"
+                    ))
+                },
+            )?;
+            append(tx, at, event)
+        })
+    }
+
+    fn unlock_key(&self, id: &str, at: i64, event: &AuditEvent) -> Result<AuditRecord> {
+        self.tx(|tx| {
+            tx.execute(
+                "UPDATE signing_keys SET locked = 0, failed_attempts = 0 WHERE id = $1",
+                &[&id],
+            )
+            .map_err(map_err)?;
+            append(tx, at, event)
+        })
+    }
+
+    fn status_epoch(&self) -> Result<u64> {
+        let epoch = self.optional_row(
+            "SELECT COALESCE(MAX(seq), 0) FROM audit_events WHERE action IN
+             ('certificate.revoke', 'certificate.hold', 'certificate.release', 'certificate.void')",
+            &[],
+            |r| col::<i64>(r, 0),
+        )?;
+        Ok(epoch.unwrap_or(0) as u64)
+    }
+
+    fn append_audit_many(&self, at: i64, events: &[AuditEvent]) -> Result<Vec<AuditRecord>> {
+        self.tx(|tx| events.iter().map(|e| append(tx, at, e)).collect())
+    }
+
+    fn append_audit(&self, at: i64, event: &AuditEvent) -> Result<AuditRecord> {
+        self.tx(|tx| append(tx, at, event))
+    }
+
+    fn audit_events(&self, after: u64) -> Result<Vec<AuditRecord>> {
+        self.all_rows(
+            &format!("SELECT {AUDIT_COLUMNS} FROM audit_events WHERE seq > $1 ORDER BY seq"),
+            &[&(after as i64)],
+            audit_from_row,
+        )
+    }
+
+    fn tenant_audit_events(
+        &self,
+        tenant: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>> {
+        self.all_rows(
+            &format!(
+                "SELECT {AUDIT_COLUMNS} FROM audit_events WHERE tenant = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+            ),
+            &[&tenant, &(after as i64), &i64::from(limit)],
+            audit_from_row,
+        )
+    }
+
+    fn audit_head(&self) -> Result<Option<AuditRecord>> {
+        self.optional_row(
+            &format!("SELECT {AUDIT_COLUMNS} FROM audit_events ORDER BY seq DESC LIMIT 1"),
+            &[],
+            audit_from_row,
+        )
+    }
+
+    fn add_checkpoint(&self, cp: &Checkpoint) -> Result<()> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT INTO audit_checkpoints (seq, hash, at, signature) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (seq) DO NOTHING",
+                &[&(cp.seq as i64), &cp.hash, &cp.at, &cp.signature],
+            )
+            .map_err(map_err)?;
+            Ok(())
+        })
+    }
+
+    fn checkpoints(&self) -> Result<Vec<Checkpoint>> {
+        self.all_rows(
+            "SELECT seq, hash, at, signature FROM audit_checkpoints ORDER BY seq",
+            &[],
+            |r| {
+                Ok(Checkpoint {
+                    seq: col::<i64>(r, 0)? as u64,
+                    hash: col(r, 1)?,
+                    at: col(r, 2)?,
+                    signature: col(r, 3)?,
+                })
+            },
+        )
+    }
+}
+
+fn tenant_from_row(r: &Row) -> Result<TenantRecord> {
+    Ok(TenantRecord {
+        id: col(r, 0)?,
+        name: col(r, 1)?,
+        created_at: col(r, 2)?,
+    })
+}
+
+const CREDENTIAL_COLUMNS: &str =
+    "id, tenant_id, role, token_hash, created_at, expires_at, revoked_at, teller_id";
+
+fn credential_from_row(r: &Row) -> Result<CredentialRecord> {
+    Ok(CredentialRecord {
+        id: col(r, 0)?,
+        tenant_id: col(r, 1)?,
+        role: col(r, 2)?,
+        token_hash: col(r, 3)?,
+        created_at: col(r, 4)?,
+        expires_at: col(r, 5)?,
+        revoked_at: col(r, 6)?,
+        teller_id: col(r, 7)?,
+    })
+}
+
+fn teller_from_row(r: &Row) -> Result<TellerRecord> {
+    Ok(TellerRecord {
+        id: col(r, 0)?,
+        tenant_id: col(r, 1)?,
+        employee_id: col(r, 2)?,
+        name: col(r, 3)?,
+        created_at: col(r, 4)?,
+    })
+}
+
+const KEY_COLUMNS: &str = "id, tenant_id, kind, teller_id, key_label, certificate_serial, pin_hash,
+     activation_hash, failed_attempts, locked, created_at";
+
+fn key_from_row(r: &Row) -> Result<SigningKeyRecord> {
+    Ok(SigningKeyRecord {
+        id: col(r, 0)?,
+        tenant_id: col(r, 1)?,
+        kind: col(r, 2)?,
+        teller_id: col(r, 3)?,
+        key_label: col(r, 4)?,
+        certificate_serial: col(r, 5)?,
+        pin_hash: col(r, 6)?,
+        activation_hash: col(r, 7)?,
+        failed_attempts: col::<i64>(r, 8)? as u32,
+        locked: col::<i64>(r, 9)? != 0,
+        created_at: col(r, 10)?,
+    })
+}

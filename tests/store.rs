@@ -1,0 +1,496 @@
+//! The store's contract, on every engine: SQLite always, PostgreSQL when
+//! `SIGNET_TEST_POSTGRES` names a server (test.sh always sets it). Each test gets a fresh
+//! database; "two processes" are two independent store instances on the same database.
+
+mod common;
+
+use std::sync::{Arc, Barrier};
+use std::thread;
+
+use signet::audit::{AuditEvent, AuditRecord, GENESIS};
+use signet::ca::IssuerId;
+use signet::store::{
+    CertRecord, CertStatus, PostgresOptions, PostgresStore, ReplayKeys, RevocationRecord,
+    SigningKeyRecord, SqliteStore, Store, StoreError, TenantRecord,
+};
+
+#[derive(Clone, Copy, Debug)]
+enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh, empty database of one engine; `open` gives another instance on it.
+struct Db {
+    engine: Engine,
+    sqlite: Option<std::path::PathBuf>,
+    postgres: Option<String>,
+}
+
+impl Db {
+    fn open(&self) -> Arc<dyn Store> {
+        match self.engine {
+            Engine::Sqlite => Arc::new(SqliteStore::open(self.sqlite.as_ref().unwrap()).unwrap()),
+            Engine::Postgres => Arc::new(
+                PostgresStore::open(PostgresOptions {
+                    url: self.postgres.clone().unwrap(),
+                    password: None,
+                    pool: 8,
+                    connect_timeout: std::time::Duration::from_secs(5),
+                })
+                .unwrap(),
+            ),
+        }
+    }
+}
+
+/// One fresh database per engine under test.
+fn databases(test: &str) -> Vec<Db> {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("store-tests")
+        .join(format!("{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut out = vec![Db {
+        engine: Engine::Sqlite,
+        sqlite: Some(dir.join("signet.db")),
+        postgres: None,
+    }];
+    if let Some(server) = common::test_postgres() {
+        let url = common::fresh_database(&server, &format!("store_{test}")).unwrap();
+        out.push(Db {
+            engine: Engine::Postgres,
+            sqlite: None,
+            postgres: Some(url),
+        });
+    }
+    out
+}
+
+fn event(action: &str, object: &str) -> AuditEvent {
+    AuditEvent::new("test", action, object, serde_json::json!({}))
+}
+
+fn pending(serial: &str, issuer: IssuerId, shard: u32) -> CertRecord {
+    CertRecord {
+        serial: serial.into(),
+        issuer,
+        profile: "customer".into(),
+        status: CertStatus::Pending,
+        subject: format!("CN={serial}"),
+        subject_serial_digest: None,
+        shard,
+        not_before: 1_000,
+        not_after: 2_000,
+        tbs_der: vec![0x30, 0x00],
+        cert_der: None,
+        created_at: 1_000,
+        revocation: None,
+        owner: None,
+        key_id: Some(format!("kid-{serial}")),
+    }
+}
+
+fn issue(store: &dyn Store, serial: &str) {
+    store
+        .record_pending(
+            &pending(serial, IssuerId::Customer, 0),
+            &event("certificate.record", serial),
+        )
+        .unwrap();
+    store
+        .complete_issuance(
+            serial,
+            format!("der-{serial}").as_bytes(),
+            1_001,
+            &event("certificate.issue", serial),
+        )
+        .unwrap();
+}
+
+/// The chain links: seq 1.., each prev_hash the hash before it, each hash recomputes.
+fn assert_chain_intact(events: &[AuditRecord]) {
+    let mut prev = GENESIS.to_vec();
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.seq, i as u64 + 1, "gap or duplicate at {}", e.seq);
+        assert_eq!(
+            e.prev_hash, prev,
+            "event {} does not link to its predecessor",
+            e.seq
+        );
+        assert_eq!(
+            e.recompute().as_slice(),
+            e.hash.as_slice(),
+            "event {}",
+            e.seq
+        );
+        prev = e.hash.clone();
+    }
+}
+
+#[test]
+fn postgres_is_under_test_in_this_run() {
+    assert!(
+        common::test_postgres().is_some(),
+        "SIGNET_TEST_POSTGRES is not set, so the PostgreSQL store is not being tested: \
+         run the suite with ./test.sh, which starts a local PostgreSQL and sets it"
+    );
+}
+
+#[test]
+fn a_serial_is_recorded_once_whatever_the_issuer() {
+    for db in databases("serial_once") {
+        let s = db.open();
+        s.record_pending(&pending("0a", IssuerId::Customer, 0), &event("r", "0a"))
+            .unwrap();
+        let again = s.record_pending(&pending("0a", IssuerId::Teller, 0), &event("r", "0a"));
+        assert!(
+            matches!(again, Err(StoreError::SerialTaken(ref x)) if x == "0a"),
+            "{:?}: {again:?}",
+            db.engine
+        );
+    }
+}
+
+#[test]
+fn a_pending_record_completes_once_and_a_completed_one_cannot_be_voided() {
+    for db in databases("complete_once") {
+        let s = db.open();
+        issue(&*s, "0b");
+        let rec = s.certificate("0b").unwrap().unwrap();
+        assert_eq!(rec.status, CertStatus::Issued, "{:?}", db.engine);
+        assert_eq!(rec.cert_der.as_deref(), Some(&b"der-0b"[..]));
+        assert!(matches!(
+            s.complete_issuance("0b", b"other", 1_002, &event("i", "0b")),
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(matches!(
+            s.void_pending("0b", 1_002, &event("v", "0b")),
+            Err(StoreError::Conflict(_))
+        ));
+        let thumb = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"der-0b"));
+        assert_eq!(
+            s.certificate_by_thumbprint(&thumb)
+                .unwrap()
+                .map(|c| c.serial),
+            Some("0b".into())
+        );
+        assert_eq!(
+            s.certificate_by_key_id("kid-0b").unwrap().map(|c| c.serial),
+            Some("0b".into())
+        );
+    }
+}
+
+#[test]
+fn an_interrupted_issuance_is_voided_and_listed_as_revoked() {
+    for db in databases("void") {
+        let s = db.open();
+        s.record_pending(&pending("0c", IssuerId::Customer, 0), &event("r", "0c"))
+            .unwrap();
+        let stale = s.pending_before(1_000).unwrap();
+        assert_eq!(stale.len(), 1, "{:?}", db.engine);
+        s.void_pending("0c", 5_000, &event("certificate.void", "0c"))
+            .unwrap();
+        assert_eq!(
+            s.certificate("0c").unwrap().unwrap().status,
+            CertStatus::Void
+        );
+        let revoked = s.revoked(IssuerId::Customer, Some(0)).unwrap();
+        assert_eq!(revoked.len(), 1);
+        assert_eq!(revoked[0].revocation.revoked_at, 5_000);
+        assert!(s.pending_before(10_000).unwrap().is_empty());
+    }
+}
+
+#[test]
+fn a_hold_can_become_a_revocation_or_be_released_but_a_revocation_is_final() {
+    const HOLD: u8 = 6;
+    for db in databases("hold") {
+        let s = db.open();
+        issue(&*s, "0d");
+        let hold = RevocationRecord {
+            revoked_at: 2_000,
+            reason_code: Some(HOLD),
+            invalidity_date: None,
+        };
+        s.revoke("0d", hold, &event("certificate.hold", "0d"))
+            .unwrap();
+        s.release("0d", 2_001, &event("certificate.release", "0d"))
+            .unwrap();
+        assert!(s.certificate("0d").unwrap().unwrap().revocation.is_none());
+        s.revoke("0d", hold, &event("certificate.hold", "0d"))
+            .unwrap();
+        let keycompromise = RevocationRecord {
+            revoked_at: 2_002,
+            reason_code: Some(1),
+            invalidity_date: Some(1_500),
+        };
+        s.revoke("0d", keycompromise, &event("certificate.revoke", "0d"))
+            .unwrap();
+        assert_eq!(
+            s.certificate("0d").unwrap().unwrap().revocation,
+            Some(keycompromise),
+            "{:?}",
+            db.engine
+        );
+        assert!(matches!(
+            s.revoke("0d", keycompromise, &event("certificate.revoke", "0d")),
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(matches!(
+            s.release("0d", 2_003, &event("certificate.release", "0d")),
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(matches!(
+            s.revoke("ff", keycompromise, &event("certificate.revoke", "ff")),
+            Err(StoreError::NotFound(_))
+        ));
+    }
+}
+
+#[test]
+fn revoked_entries_are_per_issuer_and_shard() {
+    for db in databases("shards") {
+        let s = db.open();
+        for (serial, issuer, shard) in [
+            ("01", IssuerId::Customer, 0),
+            ("02", IssuerId::Customer, 1),
+            ("03", IssuerId::Teller, 0),
+        ] {
+            s.record_pending(&pending(serial, issuer, shard), &event("r", serial))
+                .unwrap();
+            s.void_pending(serial, 3_000, &event("certificate.void", serial))
+                .unwrap();
+        }
+        let serials = |i, sh| -> Vec<String> {
+            s.revoked(i, sh)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.serial)
+                .collect()
+        };
+        assert_eq!(
+            serials(IssuerId::Customer, Some(0)),
+            ["01"],
+            "{:?}",
+            db.engine
+        );
+        assert_eq!(serials(IssuerId::Customer, Some(1)), ["02"]);
+        assert_eq!(serials(IssuerId::Customer, None), ["01", "02"]);
+        assert_eq!(serials(IssuerId::Teller, None), ["03"]);
+    }
+}
+
+#[test]
+fn crl_numbers_are_one_gapless_sequence_per_scope_across_processes() {
+    for db in databases("crl_numbers") {
+        let (a, b) = (db.open(), db.open());
+        let barrier = Arc::new(Barrier::new(4));
+        let handles: Vec<_> = [a.clone(), b.clone(), a, b]
+            .into_iter()
+            .map(|s| {
+                let barrier = barrier.clone();
+                thread::spawn(move || {
+                    barrier.wait();
+                    (0..10)
+                        .map(|_| {
+                            let (n, _) = s
+                                .record_crl(
+                                    IssuerId::Customer,
+                                    Some(0),
+                                    4_000,
+                                    5_000,
+                                    &mut |n| Ok(n.to_be_bytes().to_vec()),
+                                    &event("crl.issue", "customer"),
+                                )
+                                .unwrap();
+                            s.complete_crl(IssuerId::Customer, Some(0), n, &n.to_be_bytes())
+                                .unwrap();
+                            n
+                        })
+                        .collect::<Vec<u64>>()
+                })
+            })
+            .collect();
+        let mut numbers: Vec<u64> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        numbers.sort_unstable();
+        assert_eq!(numbers, (1..=40).collect::<Vec<u64>>(), "{:?}", db.engine);
+        let s = db.open();
+        assert_eq!(
+            s.latest_crl(IssuerId::Customer, Some(0))
+                .unwrap()
+                .unwrap()
+                .number,
+            40
+        );
+        // Another scope starts its own sequence.
+        let (n, _) = s
+            .record_crl(
+                IssuerId::Root,
+                None,
+                4_000,
+                5_000,
+                &mut |n| Ok(vec![n as u8]),
+                &event("crl.issue", "root"),
+            )
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+}
+
+#[test]
+fn concurrent_writers_in_two_processes_leave_one_intact_audit_chain() {
+    for db in databases("audit_chain") {
+        let (a, b) = (db.open(), db.open());
+        let barrier = Arc::new(Barrier::new(6));
+        let handles: Vec<_> = (0..6)
+            .map(|t| {
+                let s = if t % 2 == 0 { a.clone() } else { b.clone() };
+                let barrier = barrier.clone();
+                thread::spawn(move || {
+                    barrier.wait();
+                    for i in 0..15 {
+                        let serial = format!("{t:02x}{i:02x}");
+                        if i % 3 == 0 {
+                            s.append_audit(1_000, &event("note", &serial)).unwrap();
+                        } else {
+                            issue(&*s, &serial);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let events = db.open().audit_events(0).unwrap();
+        // 6 threads x (5 notes + 10 issuances x 2 events)
+        assert_eq!(events.len(), 6 * (5 + 10 * 2), "{:?}", db.engine);
+        assert_chain_intact(&events);
+        assert_eq!(
+            db.open().audit_head().unwrap().map(|h| h.seq),
+            Some(events.len() as u64)
+        );
+    }
+}
+
+#[test]
+fn the_replay_guard_admits_an_instruction_once_across_processes() {
+    for db in databases("replay") {
+        let (a, b) = (db.open(), db.open());
+        let keys = ReplayKeys {
+            signer: "spki".into(),
+            digest: "d1".into(),
+            instruction_id: Some("PAY-1".into()),
+        };
+        let barrier = Arc::new(Barrier::new(8));
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let s = if t % 2 == 0 { a.clone() } else { b.clone() };
+                let (barrier, keys) = (barrier.clone(), keys.clone());
+                thread::spawn(move || {
+                    barrier.wait();
+                    s.record_verification(Some(&keys), 10_000 + t, 3_600, &|_| event("verify", "x"))
+                        .unwrap()
+                })
+            })
+            .collect();
+        let firsts = handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(Option::is_none)
+            .count();
+        assert_eq!(
+            firsts, 1,
+            "{:?}: exactly one verification is the first",
+            db.engine
+        );
+        // The same id with other content is a replay too; after the window it is new again.
+        let other = ReplayKeys {
+            digest: "d2".into(),
+            ..keys.clone()
+        };
+        assert!(a
+            .record_verification(Some(&other), 10_100, 3_600, &|_| event("verify", "x"))
+            .unwrap()
+            .is_some());
+        assert!(b
+            .record_verification(Some(&keys), 20_000, 3_600, &|_| event("verify", "x"))
+            .unwrap()
+            .is_none());
+    }
+}
+
+#[test]
+fn concurrent_wrong_pins_cannot_exceed_the_limit() {
+    for db in databases("pins") {
+        let s = db.open();
+        s.add_tenant(
+            &TenantRecord {
+                id: "t1".into(),
+                name: "Bank".into(),
+                created_at: 1,
+            },
+            &event("tenant.add", "t1"),
+        )
+        .unwrap();
+        s.add_signing_key(
+            &SigningKeyRecord {
+                id: "k1".into(),
+                tenant_id: "t1".into(),
+                kind: "seal".into(),
+                teller_id: None,
+                key_label: "seal-k1".into(),
+                certificate_serial: "01".into(),
+                pin_hash: None,
+                activation_hash: None,
+                failed_attempts: 0,
+                locked: false,
+                created_at: 1,
+            },
+            &event("key.add", "k1"),
+        )
+        .unwrap();
+        let other = db.open();
+        let barrier = Arc::new(Barrier::new(12));
+        let handles: Vec<_> = (0..12)
+            .map(|t| {
+                let s = if t % 2 == 0 { s.clone() } else { other.clone() };
+                let barrier = barrier.clone();
+                thread::spawn(move || {
+                    barrier.wait();
+                    s.reserve_pin_attempt("k1", 5).unwrap()
+                })
+            })
+            .collect();
+        let admitted = handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|ok| *ok)
+            .count();
+        assert_eq!(admitted, 5, "{:?}", db.engine);
+        let key = s.signing_key("k1").unwrap().unwrap();
+        assert!(key.locked);
+        assert_eq!(key.failed_attempts, 5);
+    }
+}
+
+#[test]
+fn reopening_a_store_keeps_its_records_and_migrates_nothing_twice() {
+    for db in databases("reopen") {
+        issue(&*db.open(), "0e");
+        let again = db.open();
+        assert_eq!(
+            again.certificate("0e").unwrap().unwrap().status,
+            CertStatus::Issued,
+            "{:?}",
+            db.engine
+        );
+        assert_eq!(again.certificates().unwrap().len(), 1);
+        assert_chain_intact(&again.audit_events(0).unwrap());
+    }
+}
