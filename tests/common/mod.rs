@@ -285,6 +285,138 @@ pub fn fresh_database(server: &str, binary: &str) -> Result<String, String> {
     Ok(with_database(server, &name))
 }
 
+/// A PostgreSQL server of the test's own (initdb in a temporary folder), which the test
+/// may stop and start; stopped on drop. Runs as the `postgres` user when the test runs as
+/// root (PostgreSQL refuses root).
+pub struct PrivatePostgres {
+    dir: PathBuf,
+    bin: PathBuf,
+    port: u16,
+    run_as_postgres: bool,
+}
+
+impl PrivatePostgres {
+    pub fn start_new(name: &str) -> PrivatePostgres {
+        let bin = fs::read_dir("/usr/lib/postgresql")
+            .expect(
+                "PostgreSQL server binaries in /usr/lib/postgresql (apt-get install postgresql)",
+            )
+            .flatten()
+            .map(|e| e.path().join("bin"))
+            .filter(|b| b.join("initdb").is_file())
+            .max()
+            .expect("initdb under /usr/lib/postgresql/*/bin");
+        let dir = std::env::temp_dir().join(format!("signet-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("sock")).unwrap();
+        let run_as_postgres = run({
+            let mut c = Command::new("id");
+            c.arg("-u");
+            c
+        })
+        .stdout
+        .trim()
+            == "0";
+        if run_as_postgres {
+            let out = run({
+                let mut c = Command::new("chown");
+                c.args(["-R", "postgres:postgres"]).arg(&dir);
+                c
+            });
+            assert!(out.success(), "{}", out.describe());
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let pg = PrivatePostgres {
+            dir,
+            bin,
+            port,
+            run_as_postgres,
+        };
+        let data = pg.dir.join("data");
+        let out = pg.pg_command(
+            "initdb",
+            &args![
+                "-D",
+                &data,
+                "-U",
+                "signet",
+                "-A",
+                "trust",
+                "--no-sync",
+                "-E",
+                "UTF8"
+            ],
+        );
+        assert!(out.success(), "initdb failed\n{}", out.describe());
+        pg.start();
+        pg
+    }
+
+    fn pg_command(&self, tool: &str, a: &[std::ffi::OsString]) -> Out {
+        let exe = self.bin.join(tool);
+        let mut cmd = if self.run_as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(exe);
+            c
+        } else {
+            Command::new(exe)
+        };
+        cmd.args(a).current_dir(&self.dir);
+        run(cmd)
+    }
+
+    pub fn start(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses='' -c fsync=off",
+            self.port,
+            self.dir.join("sock").display()
+        );
+        let out = self.pg_command(
+            "pg_ctl",
+            &args![
+                "-D",
+                self.dir.join("data"),
+                "-o",
+                options,
+                "-l",
+                self.dir.join("log"),
+                "-w",
+                "start"
+            ],
+        );
+        assert!(out.success(), "pg_ctl start failed\n{}", out.describe());
+    }
+
+    /// Stops at once, as a crash or a lost database host would.
+    pub fn stop(&self) {
+        let out = self.pg_command(
+            "pg_ctl",
+            &args!["-D", self.dir.join("data"), "-m", "immediate", "-w", "stop"],
+        );
+        assert!(out.success(), "pg_ctl stop failed\n{}", out.describe());
+    }
+
+    /// The server's `postgres` database, over its Unix socket.
+    pub fn url(&self) -> String {
+        let sock = self.dir.join("sock").to_string_lossy().replace('/', "%2F");
+        format!("postgres://signet@{sock}:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = self.pg_command(
+            "pg_ctl",
+            &args!["-D", self.dir.join("data"), "-m", "immediate", "stop"],
+        );
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A config text whose `[store]` is the PostgreSQL database `url` instead of a SQLite path.
 pub fn use_store_url(config_text: &str, url: &str) -> String {
     let mut out = String::new();
@@ -558,6 +690,15 @@ pub fn postgres_fixture() -> &'static Fixture {
     }
 }
 
+/// The shared fixture of a test binary, its store in a database of the server at `server`
+/// (a private PostgreSQL the binary may stop and start).
+pub fn fixture_on_server(server: &str) -> &'static Fixture {
+    match FIXTURE.get_or_init(|| Fixture::create_with(Some(server.to_string()))) {
+        Ok(f) => f,
+        Err(e) => panic!("fixture setup failed:\n{e}"),
+    }
+}
+
 fn binary_name() -> String {
     let exe = std::env::current_exe().expect("current_exe");
     let stem = exe
@@ -593,6 +734,21 @@ fn remove_stale_homes(parent: &Path, binary: &str) {
 
 impl Fixture {
     fn create(on_postgres: bool) -> Result<Fixture, String> {
+        let server = if on_postgres {
+            Some(test_postgres().ok_or_else(|| {
+                format!(
+                    "this fixture keeps its store in PostgreSQL but {TEST_POSTGRES_ENV} is not \
+                     set: run the suite with ./test.sh, which starts a local PostgreSQL"
+                )
+            })?)
+        } else {
+            None
+        };
+        Self::create_with(server)
+    }
+
+    /// A fixture whose store is a fresh database on `postgres_server`, or SQLite.
+    fn create_with(postgres_server: Option<String>) -> Result<Fixture, String> {
         let binary = binary_name();
         let parent = Path::new(TARGET_TMP).join("test-homes");
         remove_stale_homes(&parent, &binary);
@@ -619,19 +775,14 @@ impl Fixture {
         }
 
         let config = home.join("signet.toml");
-        let store_url = if on_postgres {
-            let server = test_postgres().ok_or_else(|| {
-                format!(
-                    "this fixture keeps its store in PostgreSQL but {TEST_POSTGRES_ENV} is not \
-                     set: run the suite with ./test.sh, which starts a local PostgreSQL"
-                )
-            })?;
-            let url = fresh_database(&server, &binary)?;
-            let text = fs::read_to_string(&config).map_err(|e| e.to_string())?;
-            fs::write(&config, use_store_url(&text, &url)).map_err(|e| e.to_string())?;
-            Some(url)
-        } else {
-            None
+        let store_url = match postgres_server {
+            Some(server) => {
+                let url = fresh_database(&server, &binary)?;
+                let text = fs::read_to_string(&config).map_err(|e| e.to_string())?;
+                fs::write(&config, use_store_url(&text, &url)).map_err(|e| e.to_string())?;
+                Some(url)
+            }
+            None => None,
         };
         let f = Fixture {
             config,
