@@ -200,7 +200,8 @@ impl Load {
                 while !stop.load(Ordering::SeqCst) {
                     i += 1;
                     let url = base.lock().unwrap().clone();
-                    let revoke = revoke_every > 0 && i % revoke_every == 0 && !mine.is_empty();
+                    let revoke =
+                        revoke_every > 0 && i.is_multiple_of(revoke_every) && !mine.is_empty();
                     let sent = Instant::now();
                     let (what, serial, r) = if revoke {
                         let serial = mine.remove(0);
