@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -20,7 +20,18 @@ use common::http::{post_json, Server};
 use common::{fixture, Fixture};
 
 const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
-const P11_KIT_CLIENT: &str = "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so";
+/// Where Debian's p11-kit-modules puts the client module (the multiarch folder varies).
+fn p11_kit_client() -> PathBuf {
+    let found = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("pkcs11/p11-kit-client.so"))
+        .find(|p| p.exists());
+    found.unwrap_or_else(|| {
+        panic!("no /usr/lib/*/pkcs11/p11-kit-client.so: install p11-kit-modules (./test.sh does)")
+    })
+}
 /// `[hsm] call_timeout_ms` of the drill config.
 const CALL_TIMEOUT: Duration = Duration::from_millis(2000);
 /// `[issuance] timeout_secs` of the drill config (the sweep of unsigned records runs every second).
@@ -41,10 +52,6 @@ struct NetworkHsm {
 
 impl NetworkHsm {
     fn start(f: &Fixture, socket: PathBuf) -> NetworkHsm {
-        assert!(
-            Path::new(P11_KIT_CLIENT).exists(),
-            "{P11_KIT_CLIENT} is missing: install p11-kit-modules (./test.sh does)"
-        );
         let mut hsm = NetworkHsm {
             child: None,
             socket,
@@ -184,7 +191,10 @@ impl Drill {
             f,
             &home.config,
             &[
-                ("SIGNET_HSM_MODULE", P11_KIT_CLIENT.to_string()),
+                (
+                    "SIGNET_HSM_MODULE",
+                    p11_kit_client().to_string_lossy().into_owned(),
+                ),
                 ("P11_KIT_SERVER_ADDRESS", hsm.address()),
             ],
         );
