@@ -146,6 +146,7 @@ pub fn crash_drill(home: &DrillHome, store: StoreUnderTest) {
             .assert_ok();
     }
     let officer = home.officer(f, &format!("Crash drill bank ({})", store.name));
+    let crls_before = (store.inspect)().crl_numbers;
     let seed = std::env::var("SIGNET_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -240,6 +241,18 @@ pub fn crash_drill(home: &DrillHome, store: StoreUnderTest) {
     assert!(
         count(Op::Issue, 201) >= CRASHES,
         "too little load got through to show anything"
+    );
+    let new_crls: i64 = last_crl
+        .iter()
+        .map(|(scope, top)| top - crls_before.get(scope).and_then(|n| n.last()).unwrap_or(&0))
+        .sum();
+    eprintln!(
+        "crash drill ({}): {new_crls} CRLs published during the drill",
+        store.name
+    );
+    assert!(
+        new_crls > 0,
+        "no CRL was published: their numbering was not exercised"
     );
 }
 

@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::drill::{
-    csr_pem, customer_request, health, sqlite_certificates, wait_until, DrillHome, Load, Op,
+    csr_pem, customer_request, health, metric, sqlite_certificates, wait_until, DrillHome, Load, Op,
 };
 use common::http::{post_json, Server};
 use common::{fixture, Fixture};
@@ -351,6 +351,7 @@ fn hsm_outage_while_idle_the_first_request_after_the_hsm_returns_succeeds() {
         r.body
     );
 
+    let recoveries = metric(&d.server, "signet_hsm_recoveries_total");
     d.hsm.kill();
     std::thread::sleep(Duration::from_secs(1));
     d.hsm.restart();
@@ -369,6 +370,8 @@ fn hsm_outage_while_idle_the_first_request_after_the_hsm_returns_succeeds() {
         r.body
     );
     assert_eq!(health(&d.server).1, "ok");
+    // It went through a fresh C_Initialize: the old context died with the server.
+    assert!(metric(&d.server, "signet_hsm_recoveries_total") > recoveries);
 }
 
 #[test]
