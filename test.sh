@@ -5,7 +5,7 @@
 #   ./test.sh                      everything
 #   ./test.sh --test cli_issue     with arguments: `cargo test --release <arguments>`
 #
-# Installs what is missing first: on Debian, softhsm2 opensc faketime openssl
+# Installs what is missing first: on Debian, softhsm2 opensc faketime openssl p11-kit
 # python3-venv postgresql (apt); pkilint in a virtualenv at target/tools/venv (PyPI);
 # starts a local PostgreSQL (scripts/local-postgres.sh) for the PostgreSQL runs.
 set -euo pipefail
@@ -27,7 +27,7 @@ as_root() {
 }
 
 # --- system packages (Debian) ------------------------------------------------------
-apt_packages=(softhsm2 opensc faketime openssl python3-venv procps postgresql)
+apt_packages=(softhsm2 opensc faketime openssl python3-venv procps postgresql p11-kit p11-kit-modules)
 if command -v dpkg-query >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
   missing=()
   for p in "${apt_packages[@]}"; do

@@ -99,6 +99,11 @@ pub struct HsmSection {
     pub sessions: usize,
     #[serde(default = "default_checkout_ms")]
     pub session_wait_ms: u64,
+    /// Longest a request waits for one HSM operation (including waiting for a session and
+    /// re-initializing a failed module) before it is answered 503 `hsm_unavailable`; 0 waits
+    /// as long as the module takes.
+    #[serde(default = "default_call_timeout_ms")]
+    pub call_timeout_ms: u64,
 }
 
 /// Where the records live: a SQLite file (`path`) or a PostgreSQL database (`url`).
@@ -191,6 +196,9 @@ fn default_sessions() -> usize {
 }
 fn default_checkout_ms() -> u64 {
     5000
+}
+fn default_call_timeout_ms() -> u64 {
+    10_000
 }
 fn default_checkpoint_every() -> u64 {
     100
@@ -323,6 +331,7 @@ impl Config {
             pin,
             sessions: self.hsm.sessions,
             checkout_timeout: Duration::from_millis(self.hsm.session_wait_ms),
+            call_timeout: Duration::from_millis(self.hsm.call_timeout_ms),
         }
     }
 }

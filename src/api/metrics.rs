@@ -80,6 +80,11 @@ impl Metrics {
         );
         out.push_str("# TYPE signet_hsm_recoveries_total counter\n");
         let _ = writeln!(out, "signet_hsm_recoveries_total {}", hsm.recoveries);
+        out.push_str(
+            "# HELP signet_hsm_timeouts_total HSM operations abandoned at [hsm].call_timeout_ms.\n",
+        );
+        out.push_str("# TYPE signet_hsm_timeouts_total counter\n");
+        let _ = writeln!(out, "signet_hsm_timeouts_total {}", hsm.timeouts);
         out
     }
 }

@@ -188,6 +188,34 @@ async fn observe(State(state): State<Shared>, req: Request, next: Next) -> Respo
     resp
 }
 
+/// Voids, while serving, the issuances recorded but not signed within the issuance timeout
+/// (those a crashed process left and those whose store write failed after signing failed), as
+/// the start-up does; their serials then go on the next CRL.
+async fn sweep_interrupted(state: Shared) {
+    let timeout = state.signet.authority.settings().issuance_timeout_secs;
+    let every = Duration::from_secs((timeout / 2).clamp(1, 60));
+    loop {
+        tokio::time::sleep(every).await;
+        let st = state.clone();
+        let result = blocking(move || {
+            st.signet
+                .authority
+                .resolve_interrupted("service:void-sweep")
+                .map_err(ApiError::from)
+        })
+        .await;
+        match result {
+            Ok(voided) if !voided.is_empty() => {
+                state.publish.status_changed();
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(code = e.code, error = %e.message, "sweep of interrupted issuances failed; will retry")
+            }
+        }
+    }
+}
+
 /// Serves until `shutdown` resolves; in-flight requests finish, then the audit head is
 /// checkpointed.
 pub async fn serve(
@@ -201,6 +229,7 @@ pub async fn serve(
         metrics: Metrics::default(),
     });
     let refresher = tokio::spawn(publish::refresh_crls(state.clone()));
+    let sweeper = tokio::spawn(sweep_interrupted(state.clone()));
     let app = router(state.clone());
     axum::serve(
         listener,
@@ -209,6 +238,7 @@ pub async fn serve(
     .with_graceful_shutdown(shutdown)
     .await?;
     refresher.abort();
+    sweeper.abort();
     let s = state.clone();
     let closing = tokio::task::spawn_blocking(move || s.signet.shutdown()).await;
     match closing {

@@ -147,13 +147,23 @@ impl Authority {
             &AuditEvent::new(req.actor, "certificate.record", &serial, &details)
                 .for_tenant(req.owner.as_deref()),
         )?;
-        self.auditor.after_append(&audit)?;
+        if let Err(e) = self.auditor.after_append(&audit) {
+            let e = CaError::from(e);
+            self.void_unsigned(&serial, &req, &details, &e);
+            return Err(e);
+        }
 
         if self.fault == Fault::AfterRecord {
             return Err(CaError::FaultInjected { serial });
         }
 
-        let der = self.sign_certificate(prepared, &issuer.key_label)?;
+        let der = match self.sign_certificate(prepared, &issuer.key_label) {
+            Ok(der) => der,
+            Err(e) => {
+                self.void_unsigned(&serial, &req, &details, &e);
+                return Err(e);
+            }
+        };
         let audit = self.store.complete_issuance(
             &serial,
             &der,
@@ -168,6 +178,41 @@ impl Authority {
             der,
             chain: vec![issuer],
         })
+    }
+
+    /// Voids a recorded issuance that failed before the HSM handed back a signature (the HSM is
+    /// down or did not answer in time), so that no record is left half-issued. The serial goes
+    /// on the next CRL, as for every voided issuance: a token that signed without answering
+    /// would otherwise leave a valid-looking certificate nobody can revoke. When the store
+    /// cannot take the change either, the record stays pending and the interrupted-issuance
+    /// sweep voids it after the issuance timeout.
+    fn void_unsigned(
+        &self,
+        serial: &str,
+        req: &LeafRequest<'_>,
+        details: &serde_json::Value,
+        why: &CaError,
+    ) {
+        let mut details = details.clone();
+        if let Some(obj) = details.as_object_mut() {
+            obj.insert(
+                "why".into(),
+                serde_json::Value::String(format!("signing failed: {why}")),
+            );
+        }
+        let ev = AuditEvent::new(req.actor, "certificate.void", serial, &details)
+            .for_tenant(req.owner.as_deref());
+        match self.store.void_pending(serial, self.clock.now(), &ev) {
+            Ok(audit) => {
+                tracing::warn!(%serial, error = %why, "voided an issuance whose signing failed");
+                if let Err(e) = self.auditor.after_append(&audit) {
+                    tracing::warn!(error = %e, "audit checkpoint after a void failed");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%serial, error = %e, "cannot void a failed issuance now; the sweep will")
+            }
+        }
     }
 
     fn leaf_extensions(

@@ -8,6 +8,7 @@
 //! a failed module (device error, not initialized, token gone) makes the layer finalize and
 //! re-initialize its whole PKCS#11 context, with bounded backoff while the token stays away.
 
+mod deadline;
 mod error;
 mod pin;
 mod uri;
@@ -53,6 +54,10 @@ pub struct HsmConfig {
     pub sessions: usize,
     /// How long a caller waits for a free session before getting `Unavailable`.
     pub checkout_timeout: Duration,
+    /// Longest a caller waits for any operation (session wait, recovery and the PKCS#11 calls
+    /// together) before getting `Unavailable`; zero calls the module in the caller's thread,
+    /// unbounded.
+    pub call_timeout: Duration,
 }
 
 /// The security attributes of a private key, read back from the token.
@@ -77,6 +82,8 @@ pub struct HsmStats {
     pub sign_seconds: f64,
     pub errors: u64,
     pub recoveries: u64,
+    /// Operations abandoned at the call timeout.
+    pub timeouts: u64,
 }
 
 #[derive(Default)]
@@ -85,10 +92,17 @@ struct Counters {
     sign_nanos: AtomicU64,
     errors: AtomicU64,
     recoveries: AtomicU64,
+    timeouts: AtomicU64,
 }
 
 /// A connection to one token, shared by all threads of the process.
 pub struct Hsm {
+    inner: Arc<Inner>,
+    workers: deadline::Workers,
+}
+
+/// The connection's state; operations run on it from the worker threads.
+struct Inner {
     config: HsmConfig,
     state: Mutex<State>,
     counters: Counters,
@@ -194,30 +208,125 @@ impl Hsm {
                 other => break other?,
             }
         };
+        let max_threads = 4 * config.sessions.max(1) + 4;
         Ok(Hsm {
-            config,
-            state: Mutex::new(State::Up(Arc::new(ctx))),
-            counters: Counters::default(),
+            inner: Arc::new(Inner {
+                config,
+                state: Mutex::new(State::Up(Arc::new(ctx))),
+                counters: Counters::default(),
+            }),
+            workers: deadline::Workers::new(max_threads),
         })
     }
 
     pub fn stats(&self) -> HsmStats {
-        let c = &self.counters;
+        let c = &self.inner.counters;
         HsmStats {
             signs: c.signs.load(Ordering::Relaxed),
             sign_seconds: c.sign_nanos.load(Ordering::Relaxed) as f64 / 1e9,
             errors: c.errors.load(Ordering::Relaxed),
             recoveries: c.recoveries.load(Ordering::Relaxed),
+            timeouts: c.timeouts.load(Ordering::Relaxed),
         }
     }
 
     /// The token's label as configured (for messages).
     pub fn token_name(&self) -> String {
-        self.config.token.to_string()
+        self.inner.token_name()
+    }
+
+    /// Runs one operation with the configured bound on the caller's wait.
+    fn call<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Inner) -> Result<T, HsmError> + Send + 'static,
+    ) -> Result<T, HsmError> {
+        let timeout = self.inner.config.call_timeout;
+        if timeout.is_zero() {
+            return op(&self.inner);
+        }
+        let inner = self.inner.clone();
+        match self.workers.run(timeout, move || op(&inner)) {
+            Ok(result) => result,
+            Err(why) => {
+                let counters = &self.inner.counters;
+                counters.errors.fetch_add(1, Ordering::Relaxed);
+                let reason = match why {
+                    deadline::NoAnswer::TimedOut => {
+                        counters.timeouts.fetch_add(1, Ordering::Relaxed);
+                        format!(
+                            "no answer within {} ms ([hsm].call_timeout_ms)",
+                            timeout.as_millis()
+                        )
+                    }
+                    deadline::NoAnswer::Panicked => "the operation failed unexpectedly".into(),
+                };
+                tracing::warn!(token = %self.token_name(), %reason, "HSM call abandoned");
+                Err(HsmError::Unavailable {
+                    token: self.token_name(),
+                    reason,
+                })
+            }
+        }
     }
 
     /// Is the token reachable right now? (Tries a recovery when one is due.)
     pub fn is_available(&self) -> bool {
+        self.call(|i| Ok(i.is_available())).unwrap_or(false)
+    }
+
+    /// Signs `data` with the P-256 key labelled `key`: SHA-256 in software, CKM_ECDSA in the
+    /// token, and the r‖s result re-encoded as a DER ECDSA-Sig-Value.
+    pub fn sign_p256_sha256(&self, key: &str, data: &[u8]) -> Result<Vec<u8>, HsmError> {
+        let key = key.to_string();
+        let digest = Sha256::digest(data).to_vec();
+        self.call(move |i| i.sign_digest(&key, &digest))
+    }
+
+    /// The public half of the P-256 key pair labelled `key`.
+    pub fn public_key(&self, key: &str) -> Result<p256::PublicKey, HsmError> {
+        let key = key.to_string();
+        self.call(move |i| i.public_key(&key))
+    }
+
+    /// Does the token hold a private key with this label?
+    pub fn has_key(&self, key: &str) -> Result<bool, HsmError> {
+        let key = key.to_string();
+        self.call(move |i| i.has_key(&key))
+    }
+
+    /// Generates a P-256 key pair inside the token: the private half sensitive,
+    /// non-extractable, sign-only (decrypt, unwrap, derive false) and usable without a
+    /// per-operation login. Refuses a label that is already taken.
+    pub fn generate_p256(&self, key: &str) -> Result<p256::PublicKey, HsmError> {
+        let key = key.to_string();
+        self.call(move |i| i.generate_p256(&key))
+    }
+
+    /// Reads back the security attributes of the private key labelled `key`.
+    pub fn key_attributes(&self, key: &str) -> Result<KeyAttributes, HsmError> {
+        let key = key.to_string();
+        self.call(move |i| i.key_attributes(&key))
+    }
+
+    /// Random bytes from the token's generator (C_GenerateRandom).
+    pub fn random(&self, len: u32) -> Result<Vec<u8>, HsmError> {
+        self.call(move |i| i.random(len))
+    }
+
+    /// Test hook: finalizes the PKCS#11 library behind the layer's back, as an HSM restart
+    /// would, so that tests can show the layer recovering by itself.
+    #[doc(hidden)]
+    pub fn fault_finalize_module(&self) {
+        self.inner.fault_finalize_module();
+    }
+}
+
+impl Inner {
+    fn token_name(&self) -> String {
+        self.config.token.to_string()
+    }
+
+    fn is_available(&self) -> bool {
         self.with_session(None, |_, s| {
             s.get_session_info()
                 .map(|_| ())
@@ -226,14 +335,12 @@ impl Hsm {
         .is_ok()
     }
 
-    /// Signs `data` with the P-256 key labelled `key`: SHA-256 in software, CKM_ECDSA in the
-    /// token, and the r‖s result re-encoded as a DER ECDSA-Sig-Value.
-    pub fn sign_p256_sha256(&self, key: &str, data: &[u8]) -> Result<Vec<u8>, HsmError> {
-        let digest = Sha256::digest(data);
+    /// CKM_ECDSA over a SHA-256 digest; the r‖s result re-encoded as DER.
+    fn sign_digest(&self, key: &str, digest: &[u8]) -> Result<Vec<u8>, HsmError> {
         let started = Instant::now();
         let raw = self.with_session(Some(key), |ctx, s| {
             let handle = ctx.private_key(s, key)?;
-            s.sign(&Mechanism::Ecdsa, handle, &digest)
+            s.sign(&Mechanism::Ecdsa, handle, digest)
                 .map_err(|e| map_err(&ctx.token_label, Some(key), e))
         })?;
         self.counters.signs.fetch_add(1, Ordering::Relaxed);
@@ -248,8 +355,7 @@ impl Hsm {
         Ok(sig.to_der().as_bytes().to_vec())
     }
 
-    /// The public half of the P-256 key pair labelled `key`.
-    pub fn public_key(&self, key: &str) -> Result<p256::PublicKey, HsmError> {
+    fn public_key(&self, key: &str) -> Result<p256::PublicKey, HsmError> {
         let point = self.with_session(Some(key), |ctx, s| {
             let template = [
                 Attribute::Class(ObjectClass::PUBLIC_KEY),
@@ -281,17 +387,13 @@ impl Hsm {
         })
     }
 
-    /// Does the token hold a private key with this label?
-    pub fn has_key(&self, key: &str) -> Result<bool, HsmError> {
+    fn has_key(&self, key: &str) -> Result<bool, HsmError> {
         self.with_session(Some(key), |ctx, s| {
             Ok(!find_private_keys(ctx, s, key)?.is_empty())
         })
     }
 
-    /// Generates a P-256 key pair inside the token: the private half sensitive,
-    /// non-extractable, sign-only (decrypt, unwrap, derive false) and usable without a
-    /// per-operation login. Refuses a label that is already taken.
-    pub fn generate_p256(&self, key: &str) -> Result<p256::PublicKey, HsmError> {
+    fn generate_p256(&self, key: &str) -> Result<p256::PublicKey, HsmError> {
         self.with_session(Some(key), |ctx, s| {
             if !find_private_keys(ctx, s, key)?.is_empty() {
                 return Err(HsmError::KeyExists {
@@ -334,8 +436,7 @@ impl Hsm {
         self.public_key(key)
     }
 
-    /// Reads back the security attributes of the private key labelled `key`.
-    pub fn key_attributes(&self, key: &str) -> Result<KeyAttributes, HsmError> {
+    fn key_attributes(&self, key: &str) -> Result<KeyAttributes, HsmError> {
         self.with_session(Some(key), |ctx, s| {
             let handle = ctx.private_key(s, key)?;
             let types = [
@@ -384,18 +485,14 @@ impl Hsm {
         })
     }
 
-    /// Random bytes from the token's generator (C_GenerateRandom).
-    pub fn random(&self, len: u32) -> Result<Vec<u8>, HsmError> {
+    fn random(&self, len: u32) -> Result<Vec<u8>, HsmError> {
         self.with_session(None, |ctx, s| {
             s.generate_random_vec(len)
                 .map_err(|e| map_err(&ctx.token_label, None, e))
         })
     }
 
-    /// Test hook: finalizes the PKCS#11 library behind the layer's back, as an HSM restart
-    /// would, so that tests can show the layer recovering by itself.
-    #[doc(hidden)]
-    pub fn fault_finalize_module(&self) {
+    fn fault_finalize_module(&self) {
         if let State::Up(ctx) = &*self.state.lock().unwrap_or_else(|e| e.into_inner()) {
             let _calls = ctx.calls.write().unwrap_or_else(|e| e.into_inner());
             let _ = ctx.pkcs11.clone().finalize();
@@ -519,7 +616,7 @@ impl Hsm {
     }
 }
 
-impl Drop for Hsm {
+impl Drop for Inner {
     fn drop(&mut self) {
         if let State::Up(ctx) = &*self.state.lock().unwrap_or_else(|e| e.into_inner()) {
             ctx.finalize();
@@ -768,6 +865,7 @@ pub fn init_token(
         pin: user_pin.clone(),
         sessions: 1,
         checkout_timeout: Duration::from_secs(5),
+        call_timeout: Duration::ZERO,
     };
     // A token being rewritten by another process can be missed by one scan (SoftHSM): only
     // create one when several fresh scans agree that it is absent, or two would share a label.

@@ -20,7 +20,12 @@ impl Server {
     }
 
     pub fn start_with(f: &Fixture, env: &[(&str, String)]) -> Server {
-        let mut cmd = f.command(&f.config);
+        Self::start_config(f, &f.config, env)
+    }
+
+    /// `signet serve` with another config (a store copy, other settings) and environment.
+    pub fn start_config(f: &Fixture, config: &std::path::Path, env: &[(&str, String)]) -> Server {
+        let mut cmd = f.command(config);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -52,6 +57,12 @@ impl Server {
 
     pub fn stop(mut self) {
         self.terminate();
+    }
+
+    /// SIGKILL: the process gets no chance to finish anything (a crash, a power cut).
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     fn terminate(&mut self) {

@@ -16,6 +16,7 @@
 
 #![allow(dead_code)]
 
+pub mod drill;
 pub mod http;
 
 use std::ffi::OsStr;

@@ -1,0 +1,264 @@
+//! Store failures: when the store cannot write, Signet answers 503 `store_unavailable`, signs
+//! nothing and changes nothing; when the store can write again, service resumes without a
+//! restart. A state change whose audit event cannot be appended is not applied.
+//!
+//! The drill takes the outage as a parameter ([`StoreOutage`]: how to break the store and how
+//! to mend it), so the same drill runs against another engine (PostgreSQL stopped and started).
+//! The SQLite case fills a small tmpfs that holds the database: it mounts one, so it needs root
+//! (CI runs as root); without root it fails and says so.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::drill::{csr_pem, customer_request, metric, wait_until, with_key, DrillHome};
+use common::http::{get, post_json, Server};
+use common::{fixture, open_db, toml_str, Fixture};
+use serde_json::json;
+
+/// How to take a store away and give it back.
+pub trait StoreOutage {
+    fn name(&self) -> String;
+    /// From now on the store cannot write.
+    fn begin(&self);
+    /// The store can write again.
+    fn end(&self);
+}
+
+/// The outage drill against a running `signet serve` whose store `outage` breaks.
+pub fn store_outage_drill(server: &Server, officer: &str, csr: &str, outage: &dyn StoreOutage) {
+    let name = outage.name();
+    let issue = |n: u64| {
+        post_json(
+            server,
+            "/v1/certificates",
+            Some(officer),
+            &customer_request(csr, n),
+        )
+    };
+    let revoke = |serial: &str| {
+        post_json(
+            server,
+            &format!("/v1/certificates/{serial}/revoke"),
+            Some(officer),
+            &json!({"reason": "keyCompromise"}),
+        )
+    };
+    let before = issue(9_000_001);
+    assert_eq!(
+        before.status, 201,
+        "{name}: issuance before the outage: {}",
+        before.body
+    );
+    let serial = before.json()["serial"].as_str().unwrap().to_string();
+    let signs = metric(server, "signet_hsm_sign_seconds_count");
+    let issued = metric(server, "signet_issuances_total");
+
+    outage.begin();
+    let r = issue(9_000_002);
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (503, "store_unavailable"),
+        "{name}: issuance while the store cannot write: {}",
+        r.body
+    );
+    let r = revoke(&serial);
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (503, "store_unavailable"),
+        "{name}: revocation while the store cannot write: {}",
+        r.body
+    );
+    // Nothing was signed: no certificate, no audit checkpoint.
+    assert_eq!(
+        metric(server, "signet_hsm_sign_seconds_count"),
+        signs,
+        "{name}: the HSM signed while the store could not write"
+    );
+    assert_eq!(metric(server, "signet_issuances_total"), issued);
+    outage.end();
+
+    // The refused revocation was not applied.
+    let r = get(server, &format!("/v1/certificates/{serial}"), Some(officer));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json()["status"],
+        "good",
+        "{name}: a refused revocation was applied"
+    );
+
+    // Service resumes without a restart.
+    let mut n = 9_000_010;
+    let back = wait_until(Duration::from_secs(10), || {
+        n += 1;
+        issue(n).status == 201
+    });
+    eprintln!(
+        "store outage ({name}): issuance back {} ms after the store could write again",
+        back.map(|d| d.as_millis() as i64).unwrap_or(-1)
+    );
+    assert!(
+        back.is_some(),
+        "{name}: issuance did not resume after the store came back"
+    );
+    let r = revoke(&serial);
+    assert_eq!(
+        r.status, 200,
+        "{name}: revocation after the outage: {}",
+        r.body
+    );
+    assert_eq!(r.json()["status"], "revoked");
+}
+
+/// A tmpfs of a few megabytes mounted for the test (unmounted on drop).
+struct SmallTmpfs {
+    dir: PathBuf,
+}
+
+impl SmallTmpfs {
+    fn mount(dir: PathBuf, size: &str) -> SmallTmpfs {
+        let uid = Command::new("id").arg("-u").output().expect("id -u");
+        assert_eq!(
+            String::from_utf8_lossy(&uid.stdout).trim(),
+            "0",
+            "this test needs root: it mounts a small tmpfs (mount -t tmpfs) and fills it to show \
+             a full store; run it as root, as CI does"
+        );
+        std::fs::create_dir_all(&dir).expect("mkdir tmpfs mount point");
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mount -t tmpfs failed (this test needs root and a kernel that allows mounts): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallTmpfs { dir }
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+/// A full filesystem: a filler file takes every free byte; removing it gives the space back.
+struct DiskFull {
+    filler: PathBuf,
+}
+
+impl StoreOutage for DiskFull {
+    fn name(&self) -> String {
+        "SQLite on a full filesystem".into()
+    }
+
+    fn begin(&self) {
+        let mut file = std::fs::File::create(&self.filler).expect("create filler");
+        let chunk = vec![0u8; 64 * 1024];
+        while file.write_all(&chunk).is_ok() {}
+        while file.write_all(&[0u8]).is_ok() {}
+        let _ = file.sync_all();
+    }
+
+    fn end(&self) {
+        std::fs::remove_file(&self.filler).expect("remove filler");
+    }
+}
+
+/// A drill home whose SQLite store lives in `dir`.
+fn home_with_store_in(f: &Fixture, name: &str, dir: &Path) -> (DrillHome, PathBuf) {
+    let home = DrillHome::new(f, name, &[]);
+    let db = dir.join("signet.db");
+    std::fs::copy(&home.db, &db).expect("copy the store into the tmpfs");
+    home.edit_config(|t| with_key(t, "store", "path", &toml_str(&db.to_string_lossy())));
+    (home, db)
+}
+
+#[test]
+fn a_full_filesystem_gets_503_store_unavailable_signs_nothing_and_service_resumes_when_space_returns(
+) {
+    let f = fixture();
+    let tmpfs = SmallTmpfs::mount(f.path("store-tmpfs"), "16m");
+    let (home, _db) = home_with_store_in(f, "store-full", &tmpfs.dir);
+    let officer = home.officer(f, "Full disk bank");
+    let server = Server::start_config(f, &home.config, &[]);
+    store_outage_drill(
+        &server,
+        &officer,
+        &csr_pem(f),
+        &DiskFull {
+            filler: tmpfs.dir.join("filler"),
+        },
+    );
+    server.stop();
+}
+
+#[test]
+fn a_revocation_whose_audit_event_cannot_be_appended_is_not_applied() {
+    let f = fixture();
+    let home = DrillHome::new(f, "audit-append-fails", &[]);
+    let officer = home.officer(f, "Audit failure bank");
+    let server = Server::start_config(f, &home.config, &[]);
+    let csr = csr_pem(f);
+    let r = post_json(
+        &server,
+        "/v1/certificates",
+        Some(&officer),
+        &customer_request(&csr, 1),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let serial = r.json()["serial"].as_str().unwrap().to_string();
+
+    // The audit table refuses appends (as a failing audit write would).
+    let conn = open_db(&home.db);
+    conn.execute_batch(
+        "CREATE TRIGGER audit_refuses BEFORE INSERT ON audit_events
+         BEGIN SELECT RAISE(ABORT, 'audit append refused by the test'); END;",
+    )
+    .unwrap();
+    let r = post_json(
+        &server,
+        &format!("/v1/certificates/{serial}/revoke"),
+        Some(&officer),
+        &json!({"reason": "keyCompromise"}),
+    );
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (503, "store_unavailable"),
+        "{}",
+        r.body
+    );
+    let revoked_at: Option<i64> = conn
+        .query_row(
+            "SELECT revoked_at FROM certificates WHERE serial = ?1",
+            [&serial],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        revoked_at, None,
+        "the revocation was applied without its audit event"
+    );
+    let r = get(
+        &server,
+        &format!("/v1/certificates/{serial}"),
+        Some(&officer),
+    );
+    assert_eq!(r.json()["status"], "good");
+
+    conn.execute_batch("DROP TRIGGER audit_refuses;").unwrap();
+    let r = post_json(
+        &server,
+        &format!("/v1/certificates/{serial}/revoke"),
+        Some(&officer),
+        &json!({"reason": "keyCompromise"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    server.stop();
+}
