@@ -314,6 +314,64 @@ fn update_one(
     }
 }
 
+/// Records a to-be-signed certificate (status pending) and its audit event.
+fn insert_pending(
+    tx: &mut Transaction,
+    rec: &CertRecord,
+    event: &AuditEvent,
+) -> Result<AuditRecord> {
+    tx.execute(
+        "INSERT INTO certificates (serial, issuer, profile, status, subject, subject_serial_digest,
+            shard, not_before, not_after, tbs_der, cert_der, created_at, owner, key_id)
+         VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, NULL, $10, $11, $12)",
+        &[
+            &rec.serial,
+            &rec.issuer.as_str(),
+            &rec.profile,
+            &rec.subject,
+            &rec.subject_serial_digest,
+            &(rec.shard as i64),
+            &rec.not_before,
+            &rec.not_after,
+            &rec.tbs_der,
+            &rec.created_at,
+            &rec.owner,
+            &rec.key_id,
+        ],
+    )
+    .map_err(|e| {
+        if is_unique_violation(&e) {
+            StoreError::SerialTaken(rec.serial.clone())
+        } else {
+            map_err(e)
+        }
+    })?;
+    append(tx, rec.created_at, event)
+}
+
+/// Stores the signed certificate of a pending record and its audit event.
+fn complete_pending(
+    tx: &mut Transaction,
+    serial: &str,
+    cert_der: &[u8],
+    at: i64,
+    event: &AuditEvent,
+) -> Result<AuditRecord> {
+    let thumbprint = hex::encode(sha2::Sha256::digest(cert_der));
+    update_one(
+        tx,
+        "UPDATE certificates SET status = 'issued', cert_der = $2, thumbprint = $3
+         WHERE serial = $1 AND status = 'pending'",
+        &[&serial, &cert_der, &thumbprint],
+        || {
+            StoreError::Conflict(format!(
+                "certificate {serial} is no longer pending (voided by another process?)"
+            ))
+        },
+    )?;
+    append(tx, at, event)
+}
+
 impl Store for PostgresStore {
     fn cas(&self) -> Result<Vec<CaRecord>> {
         self.all_rows(
@@ -351,35 +409,7 @@ impl Store for PostgresStore {
     }
 
     fn record_pending(&self, rec: &CertRecord, event: &AuditEvent) -> Result<AuditRecord> {
-        self.tx(|tx| {
-            tx.execute(
-                "INSERT INTO certificates (serial, issuer, profile, status, subject, subject_serial_digest,
-                    shard, not_before, not_after, tbs_der, cert_der, created_at, owner, key_id)
-                 VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, NULL, $10, $11, $12)",
-                &[
-                    &rec.serial,
-                    &rec.issuer.as_str(),
-                    &rec.profile,
-                    &rec.subject,
-                    &rec.subject_serial_digest,
-                    &(rec.shard as i64),
-                    &rec.not_before,
-                    &rec.not_after,
-                    &rec.tbs_der,
-                    &rec.created_at,
-                    &rec.owner,
-                    &rec.key_id,
-                ],
-            )
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    StoreError::SerialTaken(rec.serial.clone())
-                } else {
-                    map_err(e)
-                }
-            })?;
-            append(tx, rec.created_at, event)
-        })
+        self.tx(|tx| insert_pending(tx, rec, event))
     }
 
     fn complete_issuance(
@@ -389,21 +419,7 @@ impl Store for PostgresStore {
         at: i64,
         event: &AuditEvent,
     ) -> Result<AuditRecord> {
-        let thumbprint = hex::encode(sha2::Sha256::digest(cert_der));
-        self.tx(|tx| {
-            update_one(
-                tx,
-                "UPDATE certificates SET status = 'issued', cert_der = $2, thumbprint = $3
-                 WHERE serial = $1 AND status = 'pending'",
-                &[&serial, &cert_der, &thumbprint],
-                || {
-                    StoreError::Conflict(format!(
-                        "certificate {serial} is no longer pending (voided by another process?)"
-                    ))
-                },
-            )?;
-            append(tx, at, event)
-        })
+        self.tx(|tx| complete_pending(tx, serial, cert_der, at, event))
     }
 
     fn pending_before(&self, cutoff: i64) -> Result<Vec<CertRecord>> {
