@@ -7,6 +7,7 @@ mod handlers;
 mod metrics;
 mod openapi;
 mod publish;
+pub mod tls;
 
 pub use error::ApiError;
 pub use metrics::Metrics;
@@ -108,18 +109,28 @@ impl FromRequestParts<Shared> for Caller {
             .filter(|v| v.len() <= MAX_TOKEN_LEN + 16)
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(|t| t.trim().to_string());
-        let origin = parts
-            .extensions
-            .get::<axum::extract::ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip().to_string())
-            .unwrap_or_else(|| "unknown".into());
+        let origin = tls::peer_of(parts);
+        let client = parts.extensions.get::<tls::ClientCert>().cloned();
         let state = state.clone();
         let principal = blocking(move || {
-            state
-                .signet
-                .registrar
-                .authenticate(token.as_deref(), &origin)
-                .map_err(ApiError::from)
+            let registrar = &state.signet.registrar;
+            match (token, client) {
+                // A client certificate speaks only when no bearer token does.
+                (None, Some(c)) => {
+                    use crate::ra::ClientCertificate;
+                    let check = match &c.verdict {
+                        tls::ClientVerdict::Invalid(why) => ClientCertificate::Invalid(why),
+                        tls::ClientVerdict::Unmapped => ClientCertificate::Unmapped,
+                        tls::ClientVerdict::Mapped { tenant, role } => ClientCertificate::Mapped {
+                            tenant,
+                            role: *role,
+                        },
+                    };
+                    registrar.authenticate_client_certificate(&c.fingerprint, check, &origin)
+                }
+                (token, _) => registrar.authenticate(token.as_deref(), &origin),
+            }
+            .map_err(ApiError::from)
         })
         .await?;
         Ok(Caller(principal))
@@ -189,10 +200,11 @@ async fn observe(State(state): State<Shared>, req: Request, next: Next) -> Respo
 }
 
 /// Serves until `shutdown` resolves; in-flight requests finish, then the audit head is
-/// checkpointed.
+/// checkpointed. With `tls`, HTTPS (and client certificates); without, plain HTTP.
 pub async fn serve(
     signet: Signet,
     listener: tokio::net::TcpListener,
+    tls: Option<tls::TlsSetup>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let state = Arc::new(AppState {
@@ -202,12 +214,17 @@ pub async fn serve(
     });
     let refresher = tokio::spawn(publish::refresh_crls(state.clone()));
     let app = router(state.clone());
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await?;
+    match tls {
+        Some(setup) => tls::serve(app, listener, setup, shutdown).await,
+        None => {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(shutdown)
+            .await?
+        }
+    }
     refresher.abort();
     let s = state.clone();
     let closing = tokio::task::spawn_blocking(move || s.signet.shutdown()).await;
