@@ -26,7 +26,7 @@ as_root() {
 }
 
 # --- system packages (Debian) ------------------------------------------------------
-apt_packages=(softhsm2 opensc faketime openssl python3-venv procps)
+apt_packages=(softhsm2 opensc faketime openssl python3-venv procps curl)
 if command -v dpkg-query >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
   missing=()
   for p in "${apt_packages[@]}"; do
