@@ -11,6 +11,7 @@ pub mod tls;
 
 pub use error::ApiError;
 pub use metrics::Metrics;
+pub use openapi::{Route, V1_ROUTES};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
