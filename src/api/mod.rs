@@ -103,13 +103,19 @@ impl FromRequestParts<Shared> for Caller {
         parts: &mut Parts,
         state: &Shared,
     ) -> Result<Self, Self::Rejection> {
+        // No Authorization header: no token. One that is not a bearer token of a sane length:
+        // an empty (malformed) token, which counts as a failed authentication.
         let token = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| v.len() <= MAX_TOKEN_LEN + 16)
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(|t| t.trim().to_string());
+            .map(|v| {
+                v.to_str()
+                    .ok()
+                    .filter(|v| v.len() <= MAX_TOKEN_LEN + 16)
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .map(|t| t.trim().to_string())
+                    .unwrap_or_default()
+            });
         let origin = tls::peer_of(parts);
         let client = parts.extensions.get::<tls::ClientCert>().cloned();
         let state = state.clone();

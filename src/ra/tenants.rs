@@ -351,8 +351,9 @@ impl Registrar {
 
     /// Checks a bearer token from a client address.
     ///
-    /// Failures are counted per client address and per credential the token names; a key that
-    /// fails too often is refused (`RateLimited`) for a while, before its token is even
+    /// Failures (a token that is malformed, unknown, revoked or expired; a request without any
+    /// token is not an attempt) are counted per client address and per credential the token
+    /// names; a key that fails too often is refused (`RateLimited`) for a while, before its token is even
     /// looked at, so guessing stays slow.
     ///
     /// Audit: each failure below the limit is audited (`auth.fail`, without the token), and
@@ -376,6 +377,10 @@ impl Registrar {
         }
         let failure = match self.check_token(token, now) {
             Ok(p) => return Ok(p),
+            // No credential at all is no attempt to authenticate: nothing to guess with, so
+            // it is neither counted nor audited (a flood of bare requests costs one 401 each
+            // and adds nothing to the audit log).
+            Err(Ok(TokenFailure::Missing)) => return Err(RaError::Unauthenticated),
             Err(Ok(f)) => f,
             Err(Err(e)) => return Err(e),
         };
