@@ -681,6 +681,27 @@ fn no_secret_appears_in_any_output_of_the_failure_paths() {
     )
     .assert_refused();
 
+    // The interrupted path: an issuance stopped between recording and signing (on a copy of
+    // the store, which it leaves a pending record in).
+    let copy = f.store_copy("fault", &[]);
+    let csr = f.csr(KeyKind::P256);
+    cli(
+        &[
+            "issue",
+            "--profile",
+            "customer",
+            "--csr",
+            &csr.to_string_lossy(),
+            "--subject",
+            "CN=中断,serialNumber=110101199003079999",
+            "--out",
+            &f.path("interrupted.pem").to_string_lossy(),
+        ],
+        &[("SIGNET_FAULT", "after-record".into())],
+        &copy.config,
+    )
+    .assert_refused();
+
     // API failure paths, over TLS, on a server of their own with a low failure limit.
     let config = tls_config(
         f,
