@@ -226,7 +226,8 @@ impl Registrar {
             })
     }
 
-    /// Makes a credential for a tenant and role. The token is returned once.
+    /// Makes a credential for a tenant and role. The token is returned once. It expires at
+    /// `expires_at`, or after the default lifetime (`AuthSettings::credential_days`) when `None`.
     pub fn add_credential(
         &self,
         tenant_name: &str,
