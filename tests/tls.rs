@@ -33,6 +33,8 @@ struct Setup {
     unmapped: Client,
     /// Same subject as `officer`, from a CA Signet does not trust.
     rogue: Client,
+    /// Mapped by fingerprint to (BANK, auditor).
+    auditor: Client,
     /// A bearer token of BANK's ra-officer.
     token: String,
 }
@@ -176,7 +178,26 @@ fn setup() -> &'static Setup {
         let officer = make_client(f, &ca, "RA Client 1");
         let unmapped = make_client(f, &ca, "RA Client 2");
         let rogue = make_client(f, &rogue_ca, "RA Client 1");
+        let auditor = make_client(f, &ca, "Audit Client");
         let config = tls_config(f, "tls", &ca.0, &rfc2253_subject(&officer.cert), "");
+        // The auditor's certificate is mapped by its SHA-256 fingerprint, as OpenSSL prints it.
+        let fp = openssl(&args![
+            "x509",
+            "-in",
+            &auditor.cert,
+            "-noout",
+            "-fingerprint",
+            "-sha256"
+        ]);
+        fp.assert_ok();
+        let fp = fp.stdout.trim().rsplit('=').next().unwrap().to_string();
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        text.push_str(&format!(
+            "\n[[tls.client]]\nfingerprint = {}\ntenant = {}\nrole = \"auditor\"\n",
+            toml_str(&fp),
+            toml_str(BANK)
+        ));
+        std::fs::write(&config, text).unwrap();
         let upgrade = f.signet_with(&config, &[], &["ca", "upgrade"]);
         upgrade.assert_ok();
         Setup {
@@ -187,6 +208,7 @@ fn setup() -> &'static Setup {
             officer,
             unmapped,
             rogue,
+            auditor,
             token: add.stdout.trim().to_string(),
         }
     })
@@ -426,6 +448,23 @@ fn a_mapped_client_certificate_issues_a_certificate_with_curl() {
         )
         .unwrap();
     assert!(actor.starts_with("credential:tls-"), "actor {actor}");
+}
+
+#[test]
+fn a_client_certificate_mapped_by_fingerprint_gets_its_role_and_no_more() {
+    let st = setup();
+    let s = start(&st.config);
+    let r = curl(&s, "GET", "/v1/audit-events", Some(&st.auditor), None, None);
+    assert_eq!(r.status, 200, "{} {}", r.body, r.stderr);
+    let r = curl(
+        &s,
+        "POST",
+        "/v1/certificates",
+        Some(&st.auditor),
+        None,
+        Some(&issuance_body(6)),
+    );
+    assert_eq!((r.status, r.code().as_str()), (403, "forbidden"));
 }
 
 #[test]
