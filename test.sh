@@ -27,7 +27,7 @@ as_root() {
 }
 
 # --- system packages (Debian) ------------------------------------------------------
-apt_packages=(softhsm2 opensc faketime openssl python3-venv procps postgresql p11-kit p11-kit-modules)
+apt_packages=(softhsm2 opensc faketime openssl python3-venv procps curl postgresql p11-kit p11-kit-modules)
 if command -v dpkg-query >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
   missing=()
   for p in "${apt_packages[@]}"; do

@@ -133,7 +133,8 @@ impl Signet {
                 country: config.ca.country.clone(),
             },
             id_hash_key,
-        );
+        )
+        .with_auth_settings(auth_settings(&config.auth));
         Ok(Signet {
             config,
             clock,
@@ -195,6 +196,24 @@ fn load_anchors(config: &Config) -> Result<Vec<Anchor>, OpenError> {
         });
     }
     Ok(out)
+}
+
+/// Credential lifetime and failed-authentication limits from `[auth]`.
+pub fn auth_settings(a: &crate::config::AuthConfig) -> crate::ra::AuthSettings {
+    use crate::ra::limiter::Limits;
+    crate::ra::AuthSettings {
+        credential_days: a.credential_days,
+        per_address: Limits {
+            max_failures: a.max_failures_per_address,
+            window_secs: i64::from(a.window_secs),
+            lockout_secs: i64::from(a.lockout_secs),
+        },
+        per_credential: Limits {
+            max_failures: a.max_failures_per_credential,
+            window_secs: i64::from(a.window_secs),
+            lockout_secs: i64::from(a.lockout_secs),
+        },
+    }
 }
 
 /// The CA settings a config describes.

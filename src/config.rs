@@ -37,6 +37,10 @@ pub struct Config {
     pub issuance: IssuanceConfig,
     #[serde(default)]
     pub verify: VerifyConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// HTTPS (and client certificates). Absent: `signet serve` speaks plain HTTP.
+    pub tls: Option<TlsConfig>,
     #[serde(skip)]
     pub path: PathBuf,
 }
@@ -58,6 +62,97 @@ pub struct AnchorConfig {
     pub certificate: PathBuf,
     /// Its CRL (PEM or DER), read at start.
     pub crl: Option<PathBuf>,
+}
+
+/// Bearer tokens and failed authentications.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Lifetime of a new or rotated credential when the command does not say (days).
+    #[serde(default = "default_credential_days")]
+    pub credential_days: u32,
+    /// Failed authentications a client address may have in a window before it is refused
+    /// (429) for `lockout_secs`.
+    #[serde(default = "default_address_failures")]
+    pub max_failures_per_address: u32,
+    /// Failed authentications naming one credential (a token with its id and a wrong
+    /// secret, or an expired/revoked token) in a window before that credential is refused.
+    #[serde(default = "default_credential_failures")]
+    pub max_failures_per_credential: u32,
+    #[serde(default = "default_window")]
+    pub window_secs: u32,
+    #[serde(default = "default_window")]
+    pub lockout_secs: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            credential_days: default_credential_days(),
+            max_failures_per_address: default_address_failures(),
+            max_failures_per_credential: default_credential_failures(),
+            window_secs: default_window(),
+            lockout_secs: default_window(),
+        }
+    }
+}
+
+fn default_credential_days() -> u32 {
+    365
+}
+fn default_address_failures() -> u32 {
+    20
+}
+fn default_credential_failures() -> u32 {
+    10
+}
+fn default_window() -> u32 {
+    60
+}
+
+/// `[tls]`: `signet serve` speaks HTTPS (TLS 1.2 and 1.3 only).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The server's certificate chain (PEM, leaf first). Default `tls-server.pem` beside the
+    /// config: where `signet ca upgrade` writes one issued by Signet's customer CA.
+    #[serde(default = "default_tls_cert")]
+    pub certificate: PathBuf,
+    /// The server's private key (PEM, PKCS#8). Default `tls-server-key.pem` beside the config.
+    #[serde(default = "default_tls_key")]
+    pub key: PathBuf,
+    /// When set, `signet ca upgrade` issues the server certificate (and makes its key) if the
+    /// certificate file does not exist yet: names such as `DNS:localhost`, `IP:127.0.0.1`.
+    #[serde(default)]
+    pub issue_names: Vec<String>,
+    /// CA certificates (PEM files) that client certificates must chain to. None: no client
+    /// certificates are asked for.
+    #[serde(default)]
+    pub client_cas: Vec<PathBuf>,
+    /// Which client certificate speaks for which bank and role.
+    #[serde(default)]
+    pub client: Vec<TlsClientConfig>,
+}
+
+/// One mapping of a verified client certificate to a bank and role. Give `fingerprint`
+/// (hex SHA-256 of the certificate's DER, colons allowed) or `subject` (its subject DN,
+/// RFC 4514, as `openssl x509 -nameopt RFC2253 -subject` prints it), or both.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsClientConfig {
+    pub fingerprint: Option<String>,
+    pub subject: Option<String>,
+    /// The bank's registered name (`signet tenant add`).
+    pub tenant: String,
+    /// ra-officer, teller-admin, gateway, auditor or sealer (a teller signs with a token).
+    pub role: String,
+}
+
+fn default_tls_cert() -> PathBuf {
+    PathBuf::from("tls-server.pem")
+}
+fn default_tls_key() -> PathBuf {
+    PathBuf::from("tls-server-key.pem")
 }
 
 /// Names, validity and URLs of the CA hierarchy.
@@ -246,6 +341,35 @@ impl Config {
             if let Some(c) = a.crl.as_mut() {
                 abs(c);
             }
+        }
+        if let Some(t) = cfg.tls.as_mut() {
+            abs(&mut t.certificate);
+            abs(&mut t.key);
+            for c in &mut t.client_cas {
+                abs(c);
+            }
+            for c in &t.client {
+                if c.fingerprint.is_none() && c.subject.is_none() {
+                    return Err(invalid(
+                        "every [[tls.client]] needs a fingerprint or a subject".into(),
+                    ));
+                }
+            }
+            if !t.client.is_empty() && t.client_cas.is_empty() {
+                return Err(invalid(
+                    "[[tls.client]] mappings need [tls].client_cas to verify certificates against"
+                        .into(),
+                ));
+            }
+        }
+        let a = &cfg.auth;
+        if a.credential_days == 0
+            || a.max_failures_per_address == 0
+            || a.max_failures_per_credential == 0
+            || a.window_secs == 0
+            || a.lockout_secs == 0
+        {
+            return Err(invalid("[auth] values must be at least 1".into()));
         }
         for p in [
             cfg.hsm.pin_file.as_mut(),

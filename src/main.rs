@@ -205,7 +205,7 @@ enum CredentialCommand {
         /// ra-officer, teller-admin, gateway or auditor.
         #[arg(long)]
         role: String,
-        /// Lifetime in days (default: no expiry).
+        /// Lifetime in days (default: [auth].credential_days, 365).
         #[arg(long)]
         days: Option<u32>,
         /// For --role teller: the teller's employee id (`signet teller add`).
@@ -216,6 +216,15 @@ enum CredentialCommand {
     List {
         #[arg(long)]
         tenant: String,
+    },
+    /// Give a credential a new token: prints it alone on stdout (once); the old token stops
+    /// working at once. The expiry starts again from now.
+    Rotate {
+        #[arg(long)]
+        id: String,
+        /// Lifetime of the new token in days (default: [auth].credential_days, 365).
+        #[arg(long)]
+        days: Option<u32>,
     },
     /// Revoke a credential.
     Revoke {
@@ -506,6 +515,15 @@ fn command(signet: &Signet, command: Command, actor: &str) -> Result<(), Failure
                     );
                 }
             }
+            CredentialCommand::Rotate { id, days } => {
+                let expires = days.map(|d| signet.clock.now() + i64::from(d) * 86_400);
+                let cred = signet.registrar.rotate_credential(&id, expires, actor)?;
+                println!("{}", cred.token.as_str());
+                eprintln!(
+                    "credential {} rotated: keep the token above, it is not shown again; the old one no longer works",
+                    cred.id
+                );
+            }
             CredentialCommand::Revoke { tenant, id } => {
                 signet.registrar.revoke_credential(&tenant, &id, actor)?;
                 progress(&format!("credential {id} revoked"));
@@ -521,7 +539,23 @@ fn command(signet: &Signet, command: Command, actor: &str) -> Result<(), Failure
                 ));
             }
             CaCommand::Upgrade => {
-                let report = authority.upgrade(actor, &progress)?;
+                let mut report = authority.upgrade(actor, &progress)?;
+                if let Some(tls) = signet
+                    .config
+                    .tls
+                    .as_ref()
+                    .filter(|t| !t.issue_names.is_empty())
+                {
+                    if authority.ensure_tls_server(
+                        &tls.issue_names,
+                        &tls.certificate,
+                        &tls.key,
+                        actor,
+                        &progress,
+                    )? {
+                        report.created.push("TLS server certificate".into());
+                    }
+                }
                 if report.created.is_empty() {
                     progress("nothing to upgrade: every key and certificate is present");
                 } else {
@@ -720,6 +754,15 @@ fn serve(signet: Signet, listen: &str) -> Result<(), Failure> {
     if !signet.authority.is_initialized() {
         return Err(CaError::NotInitialized.into());
     }
+    // Read the TLS files before serving: a bad certificate or key stops the start.
+    let tls = match &signet.config.tls {
+        Some(cfg) => Some(
+            signet::api::tls::TlsSetup::load(cfg, signet.clock.clone())
+                .map_err(|e| Failure::from(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -736,8 +779,8 @@ fn serve(signet: Signet, listen: &str) -> Result<(), Failure> {
             hsm.pin.describe()
         );
         // The one line scripts wait for.
-        eprintln!("signet: serving on http://{addr}");
-        signet::api::serve(signet, listener, shutdown_signal())
+        eprintln!("signet: serving on {scheme}://{addr}");
+        signet::api::serve(signet, listener, tls, shutdown_signal())
             .await
             .map_err(Failure::from)
     })

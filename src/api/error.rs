@@ -15,6 +15,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds for a `Retry-After` header (429 answers).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -23,6 +25,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -38,7 +41,14 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, Json(body)).into_response()
+        let mut resp = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(secs),
+            );
+        }
+        resp
     }
 }
 
@@ -156,6 +166,17 @@ impl From<RaError> for ApiError {
             RaError::Unauthenticated => {
                 ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", msg)
             }
+            RaError::ClientCertificateInvalid(_) => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "client_certificate_invalid", msg)
+            }
+            RaError::ClientCertificateUnmapped => {
+                ApiError::new(StatusCode::FORBIDDEN, "client_certificate_unmapped", msg)
+            }
+            RaError::TokenExpired => ApiError::new(StatusCode::UNAUTHORIZED, "token_expired", msg),
+            RaError::RateLimited { retry_after_secs } => ApiError {
+                retry_after: Some(retry_after_secs.max(1) as u64),
+                ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", msg)
+            },
             RaError::Forbidden(_) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", msg),
             RaError::TellerNeedsApproval => {
                 ApiError::new(StatusCode::FORBIDDEN, "teller_requires_approval", msg)

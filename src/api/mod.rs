@@ -7,9 +7,11 @@ mod handlers;
 mod metrics;
 mod openapi;
 mod publish;
+pub mod tls;
 
 pub use error::ApiError;
 pub use metrics::Metrics;
+pub use openapi::{Route, V1_ROUTES};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -101,25 +103,41 @@ impl FromRequestParts<Shared> for Caller {
         parts: &mut Parts,
         state: &Shared,
     ) -> Result<Self, Self::Rejection> {
+        // No Authorization header: no token. One that is not a bearer token of a sane length:
+        // an empty (malformed) token, which counts as a failed authentication.
         let token = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| v.len() <= MAX_TOKEN_LEN + 16)
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(|t| t.trim().to_string());
-        let origin = parts
-            .extensions
-            .get::<axum::extract::ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip().to_string())
-            .unwrap_or_else(|| "unknown".into());
+            .map(|v| {
+                v.to_str()
+                    .ok()
+                    .filter(|v| v.len() <= MAX_TOKEN_LEN + 16)
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .map(|t| t.trim().to_string())
+                    .unwrap_or_default()
+            });
+        let origin = tls::peer_of(parts);
+        let client = parts.extensions.get::<tls::ClientCert>().cloned();
         let state = state.clone();
         let principal = blocking(move || {
-            state
-                .signet
-                .registrar
-                .authenticate(token.as_deref(), &origin)
-                .map_err(ApiError::from)
+            let registrar = &state.signet.registrar;
+            match (token, client) {
+                // A client certificate speaks only when no bearer token does.
+                (None, Some(c)) => {
+                    use crate::ra::ClientCertificate;
+                    let check = match &c.verdict {
+                        tls::ClientVerdict::Invalid(why) => ClientCertificate::Invalid(why),
+                        tls::ClientVerdict::Unmapped => ClientCertificate::Unmapped,
+                        tls::ClientVerdict::Mapped { tenant, role } => ClientCertificate::Mapped {
+                            tenant,
+                            role: *role,
+                        },
+                    };
+                    registrar.authenticate_client_certificate(&c.fingerprint, check, &origin)
+                }
+                (token, _) => registrar.authenticate(token.as_deref(), &origin),
+            }
+            .map_err(ApiError::from)
         })
         .await?;
         Ok(Caller(principal))
@@ -217,10 +235,11 @@ async fn sweep_interrupted(state: Shared) {
 }
 
 /// Serves until `shutdown` resolves; in-flight requests finish, then the audit head is
-/// checkpointed.
+/// checkpointed. With `tls`, HTTPS (and client certificates); without, plain HTTP.
 pub async fn serve(
     signet: Signet,
     listener: tokio::net::TcpListener,
+    tls: Option<tls::TlsSetup>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let state = Arc::new(AppState {
@@ -231,12 +250,17 @@ pub async fn serve(
     let refresher = tokio::spawn(publish::refresh_crls(state.clone()));
     let sweeper = tokio::spawn(sweep_interrupted(state.clone()));
     let app = router(state.clone());
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await?;
+    match tls {
+        Some(setup) => tls::serve(app, listener, setup, shutdown).await,
+        None => {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(shutdown)
+            .await?
+        }
+    }
     refresher.abort();
     sweeper.abort();
     let s = state.clone();

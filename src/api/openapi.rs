@@ -218,9 +218,10 @@ pub fn build() -> Value {
             "responses": {
                 *status: {"description": "success"},
                 "400": {"description": "bad request", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
-                "401": {"description": "missing or bad bearer token"},
-                "403": {"description": "the role may not do this"},
+                "401": {"description": "missing, bad or expired bearer token (unauthenticated, token_expired), or a client certificate that does not verify (client_certificate_invalid)"},
+                "403": {"description": "the role may not do this, or the client certificate is not mapped (client_certificate_unmapped)"},
                 "404": {"description": "not found (or another bank's)"},
+                "429": {"description": "too many failed authentications from this address or for this credential (code rate_limited); see Retry-After"},
                 "503": {"description": "HSM or store unavailable; retry"}
             }
         });

@@ -7,6 +7,7 @@ mod crl;
 mod issue;
 pub mod ocsp;
 pub mod service_keys;
+pub mod tls_server;
 pub mod x509;
 
 pub use ceremony::InitReport;

@@ -65,102 +65,33 @@ impl Authority {
         if self.store.cas()?.iter().any(|c| c.name == VALIDATION_ROW) {
             return Ok(false);
         }
-        let s = &self.settings;
-        let issuer = self.ca(IssuerId::Customer)?;
-        let label = s.validation_key_label();
+        let label = self.settings.validation_key_label();
         let spki = self.key_in_token(&label, progress)?;
 
+        let subject = self.service_subject(VALIDATION_COMMON_NAME)?;
+        let (serial, der) = self.certify_service_key(
+            actor,
+            progress,
+            VALIDATION_PROFILE,
+            subject,
+            &spki,
+            vec![
+                // No extendedKeyUsage: `openssl cms -verify` (purpose smimesign) then accepts
+                // it as it is, and the key signs nothing but receipts.
+                extension(
+                    &KeyUsage(KeyUsages::DigitalSignature | KeyUsages::NonRepudiation),
+                    true,
+                )?,
+                extension(
+                    &CertificatePolicies(vec![PolicyInformation {
+                        policy_identifier: VALIDATION_SERVICE_POLICY,
+                        policy_qualifiers: None,
+                    }]),
+                    false,
+                )?,
+            ],
+        )?;
         let now = self.clock.now();
-        let issuer_tbs = issuer.certificate.tbs_certificate();
-        let issuer_not_after = issuer_tbs.validity().not_after.to_unix_duration().as_secs() as i64;
-        let not_after = (now + i64::from(s.issuing_validity_days) * DAY - 1).min(issuer_not_after);
-        if not_after <= now {
-            return Err(CaError::InvalidRequest(
-                "the customer CA certificate has expired; renew the CA first".into(),
-            ));
-        }
-        let esc = crate::ra::escape_dn_value;
-        let subject = Name::from_str(&format!(
-            "CN={},O={},C={}",
-            esc(VALIDATION_COMMON_NAME),
-            esc(&s.organization),
-            esc(&s.country)
-        ))?;
-
-        let serial_bytes = self.new_serial()?;
-        let serial = hex::encode(&serial_bytes);
-        // The same shard rule as end-entity certificates, so that a revocation lands on the CRL
-        // the certificate names.
-        let shard = (s.crl_shards > 1).then(|| u32::from(serial_bytes[15]) % s.crl_shards);
-        let mut extensions = vec![
-            // No extendedKeyUsage: `openssl cms -verify` (purpose smimesign) then accepts it as
-            // it is, and the key signs nothing but receipts.
-            extension(
-                &KeyUsage(KeyUsages::DigitalSignature | KeyUsages::NonRepudiation),
-                true,
-            )?,
-            extension(
-                &CertificatePolicies(vec![PolicyInformation {
-                    policy_identifier: VALIDATION_SERVICE_POLICY,
-                    policy_qualifiers: None,
-                }]),
-                false,
-            )?,
-            crl_distribution_point(&s.crl_url(IssuerId::Customer, shard))?,
-            authority_info_access(&s.ca_issuers_url(IssuerId::Customer), Some(&s.ocsp_url()))?,
-        ];
-        extensions.extend(x509::key_id_extensions(&spki, &issuer.key_id)?);
-        let issuer_key =
-            x509::verifying_key(issuer_tbs.subject_public_key_info()).map_err(CaError::Encoding)?;
-        let prepared = PreparedCertificate::new(
-            &serial_bytes,
-            now,
-            not_after,
-            spki.clone(),
-            DecidedProfile {
-                subject: subject.clone(),
-                issuer: issuer_tbs.subject().clone(),
-                extensions,
-            },
-            issuer_key,
-        )?;
-
-        progress("signing the validation service certificate with the customer CA key");
-        let details = serde_json::json!({
-            "issuer": IssuerId::Customer.as_str(),
-            "profile": VALIDATION_PROFILE,
-            "subject": subject.to_string(),
-            "not_after": not_after,
-        });
-        let audit = self.store.record_pending(
-            &CertRecord {
-                serial: serial.clone(),
-                issuer: IssuerId::Customer,
-                profile: VALIDATION_PROFILE.into(),
-                status: CertStatus::Pending,
-                subject: subject.to_string(),
-                subject_serial_digest: None,
-                shard: shard.unwrap_or(0),
-                not_before: now,
-                not_after,
-                tbs_der: prepared.tbs_der.clone(),
-                cert_der: None,
-                created_at: now,
-                revocation: None,
-                owner: None,
-                key_id: Some(hex::encode(x509::key_identifier(&spki))),
-            },
-            &AuditEvent::new(actor, "certificate.record", &serial, &details),
-        )?;
-        self.auditor.after_append(&audit)?;
-        let der = self.sign_certificate(prepared, &issuer.key_label)?;
-        let audit = self.store.complete_issuance(
-            &serial,
-            &der,
-            self.clock.now(),
-            &AuditEvent::new(actor, "certificate.issue", &serial, &details),
-        )?;
-        self.auditor.after_append(&audit)?;
 
         let row = CaRecord {
             name: VALIDATION_ROW.into(),
@@ -184,6 +115,110 @@ impl Authority {
         }
         progress(&format!("validation service certificate serial {serial}"));
         Ok(true)
+    }
+
+    /// `CN=<cn>,O=<organization>,C=<country>` of a Signet service.
+    pub(super) fn service_subject(&self, cn: &str) -> Result<Name, CaError> {
+        let s = &self.settings;
+        let esc = crate::ra::escape_dn_value;
+        Ok(Name::from_str(&format!(
+            "CN={},O={},C={}",
+            esc(cn),
+            esc(&s.organization),
+            esc(&s.country)
+        ))?)
+    }
+
+    /// Has the customer CA certify one of Signet's own service keys (recorded before it is
+    /// signed, like every certificate; CRL distribution point and AIA as on every issued
+    /// certificate). Returns the serial and the certificate (DER).
+    pub(super) fn certify_service_key(
+        &self,
+        actor: &str,
+        progress: &dyn Fn(&str),
+        profile: &str,
+        subject: Name,
+        spki: &spki::SubjectPublicKeyInfoOwned,
+        mut extensions: Vec<x509_cert::ext::Extension>,
+    ) -> Result<(String, Vec<u8>), CaError> {
+        let s = &self.settings;
+        let issuer = self.ca(IssuerId::Customer)?;
+        let now = self.clock.now();
+        let issuer_tbs = issuer.certificate.tbs_certificate();
+        let issuer_not_after = issuer_tbs.validity().not_after.to_unix_duration().as_secs() as i64;
+        let not_after = (now + i64::from(s.issuing_validity_days) * DAY - 1).min(issuer_not_after);
+        if not_after <= now {
+            return Err(CaError::InvalidRequest(
+                "the customer CA certificate has expired; renew the CA first".into(),
+            ));
+        }
+        let serial_bytes = self.new_serial()?;
+        let serial = hex::encode(&serial_bytes);
+        // The same shard rule as end-entity certificates, so that a revocation lands on the CRL
+        // the certificate names.
+        let shard = (s.crl_shards > 1).then(|| u32::from(serial_bytes[15]) % s.crl_shards);
+        extensions.push(crl_distribution_point(
+            &s.crl_url(IssuerId::Customer, shard),
+        )?);
+        extensions.push(authority_info_access(
+            &s.ca_issuers_url(IssuerId::Customer),
+            Some(&s.ocsp_url()),
+        )?);
+        extensions.extend(x509::key_id_extensions(spki, &issuer.key_id)?);
+        let issuer_key =
+            x509::verifying_key(issuer_tbs.subject_public_key_info()).map_err(CaError::Encoding)?;
+        let prepared = PreparedCertificate::new(
+            &serial_bytes,
+            now,
+            not_after,
+            spki.clone(),
+            DecidedProfile {
+                subject: subject.clone(),
+                issuer: issuer_tbs.subject().clone(),
+                extensions,
+            },
+            issuer_key,
+        )?;
+
+        progress(&format!(
+            "signing the {profile} certificate with the customer CA key"
+        ));
+        let details = serde_json::json!({
+            "issuer": IssuerId::Customer.as_str(),
+            "profile": profile,
+            "subject": subject.to_string(),
+            "not_after": not_after,
+        });
+        let audit = self.store.record_pending(
+            &CertRecord {
+                serial: serial.clone(),
+                issuer: IssuerId::Customer,
+                profile: profile.into(),
+                status: CertStatus::Pending,
+                subject: subject.to_string(),
+                subject_serial_digest: None,
+                shard: shard.unwrap_or(0),
+                not_before: now,
+                not_after,
+                tbs_der: prepared.tbs_der.clone(),
+                cert_der: None,
+                created_at: now,
+                revocation: None,
+                owner: None,
+                key_id: Some(hex::encode(x509::key_identifier(spki))),
+            },
+            &AuditEvent::new(actor, "certificate.record", &serial, &details),
+        )?;
+        self.auditor.after_append(&audit)?;
+        let der = self.sign_certificate(prepared, &issuer.key_label)?;
+        let audit = self.store.complete_issuance(
+            &serial,
+            &der,
+            self.clock.now(),
+            &AuditEvent::new(actor, "certificate.issue", &serial, &details),
+        )?;
+        self.auditor.after_append(&audit)?;
+        Ok((serial, der))
     }
 
     /// The validation service's key label, certificate and chain, as the store holds them.

@@ -2,6 +2,7 @@
 //! certificate will say (profile, vetted subject, checked CSR key), then asks the CA to sign.
 
 pub mod csr;
+pub mod limiter;
 mod service;
 mod signing_keys;
 mod subject;
@@ -11,7 +12,7 @@ pub use signing_keys::{NewTellerKey, SEAL_PROFILE, TELLER_HSM_PROFILE};
 
 pub use service::{Approved, StatusChange, TELLER_REQUEST_TTL_SECS};
 pub use subject::{build as build_subject, escape_dn_value, parse_vetted, BankIdentity};
-pub use tenants::{NewCredential, Principal, Role, MAX_TOKEN_LEN};
+pub use tenants::{AuthSettings, ClientCertificate, NewCredential, Principal, Role, MAX_TOKEN_LEN};
 
 use std::sync::Arc;
 
@@ -55,8 +56,16 @@ pub enum RaError {
     Invalid(String),
     #[error("{0} not found")]
     NotFound(String),
-    #[error("missing, malformed, unknown, expired or revoked bearer token")]
+    #[error("missing, malformed, unknown or revoked bearer token")]
     Unauthenticated,
+    #[error("the client certificate was not accepted: {0}")]
+    ClientCertificateInvalid(String),
+    #[error("the client certificate is valid but no [[tls.client]] mapping names it; present a bearer token or ask the CA operator to map it")]
+    ClientCertificateUnmapped,
+    #[error("the bearer token has expired; ask the CA operator to rotate the credential")]
+    TokenExpired,
+    #[error("too many failed authentications; try again in {retry_after_secs} seconds")]
+    RateLimited { retry_after_secs: i64 },
     #[error("{0}")]
     Forbidden(String),
     #[error("teller certificates are issued only through POST /v1/teller-requests and a second teller-admin's approval")]
@@ -97,6 +106,7 @@ pub struct Registrar {
     profiles: Profiles,
     bank: BankIdentity,
     id_hash_key: Option<Zeroizing<Vec<u8>>>,
+    auth: tenants::AuthGuard,
 }
 
 impl Registrar {
@@ -111,7 +121,14 @@ impl Registrar {
             profiles,
             bank,
             id_hash_key,
+            auth: tenants::AuthGuard::new(AuthSettings::default()),
         }
+    }
+
+    /// Credential lifetime and failed-authentication limits (defaults otherwise).
+    pub fn with_auth_settings(mut self, settings: AuthSettings) -> Self {
+        self.auth = tenants::AuthGuard::new(settings);
+        self
     }
 
     pub fn profiles(&self) -> &Profiles {

@@ -4,7 +4,10 @@ use std::fmt;
 
 use base64::Engine;
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
+
+use super::limiter::FailureLimiter;
 
 use super::{RaError, Registrar, TenantIdentity};
 use crate::audit::AuditEvent;
@@ -82,13 +85,103 @@ pub struct NewCredential {
     pub token: Zeroizing<String>,
 }
 
-/// Bearer tokens are 32 random bytes, base64url, with a prefix that secret scanners can find.
+/// Bearer tokens are `sgt_<credential id hex>_<32 random bytes, base64url>`: a prefix that
+/// secret scanners can find, and the credential's id so that failed guesses at one
+/// credential can be counted against it (the id is no secret; the random part is).
 const TOKEN_PREFIX: &str = "sgt_";
 /// Longest Authorization value looked at (anything longer is not one of ours).
 pub const MAX_TOKEN_LEN: usize = 128;
 
 fn token_hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
+}
+
+/// The credential id a token names (`cred_<hex>`), if it has the current shape.
+fn token_credential_id(token: &str) -> Option<String> {
+    let rest = token.strip_prefix(TOKEN_PREFIX)?;
+    let (id, secret) = rest.split_once('_')?;
+    (id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()) && !secret.is_empty())
+        .then(|| format!("cred_{id}"))
+}
+
+/// Credential lifetime and the limits on failed authentications.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthSettings {
+    /// Lifetime of a credential when its creator does not say (days).
+    pub credential_days: u32,
+    pub per_address: super::limiter::Limits,
+    pub per_credential: super::limiter::Limits,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            credential_days: 365,
+            per_address: super::limiter::Limits {
+                max_failures: 20,
+                window_secs: 60,
+                lockout_secs: 60,
+            },
+            per_credential: super::limiter::Limits {
+                max_failures: 10,
+                window_secs: 60,
+                lockout_secs: 60,
+            },
+        }
+    }
+}
+
+/// Failed-authentication counters of this process.
+#[derive(Debug)]
+pub(super) struct AuthGuard {
+    settings: AuthSettings,
+    addresses: FailureLimiter,
+    credentials: FailureLimiter,
+}
+
+impl AuthGuard {
+    pub(super) fn new(settings: AuthSettings) -> Self {
+        AuthGuard {
+            settings,
+            addresses: FailureLimiter::new(settings.per_address),
+            credentials: FailureLimiter::new(settings.per_credential),
+        }
+    }
+}
+
+/// What the front end found out about a client certificate.
+#[derive(Debug, Clone, Copy)]
+pub enum ClientCertificate<'a> {
+    /// It does not verify against the configured client CAs: why.
+    Invalid(&'a str),
+    /// Verified, but no mapping names it.
+    Unmapped,
+    /// Verified and mapped to a bank and role.
+    Mapped { tenant: &'a str, role: Role },
+}
+
+/// Why a bearer token was refused (for the audit log; the caller sees less).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TokenFailure {
+    Missing,
+    Malformed,
+    Unknown,
+    Revoked,
+    Expired,
+    MissingTenant,
+}
+
+impl TokenFailure {
+    fn why(self) -> &'static str {
+        match self {
+            TokenFailure::Missing => "no bearer token",
+            TokenFailure::Malformed => "malformed token",
+            TokenFailure::Unknown => "unknown token",
+            TokenFailure::Revoked => "revoked credential",
+            TokenFailure::Expired => "expired credential",
+            TokenFailure::MissingTenant => "credential of a missing tenant",
+        }
+    }
 }
 
 impl Registrar {
@@ -133,7 +226,8 @@ impl Registrar {
             })
     }
 
-    /// Makes a credential for a tenant and role. The token is returned once.
+    /// Makes a credential for a tenant and role. The token is returned once. It expires at
+    /// `expires_at`, or after the default lifetime (`AuthSettings::credential_days`) when `None`.
     pub fn add_credential(
         &self,
         tenant_name: &str,
@@ -157,17 +251,16 @@ impl Registrar {
                 }
                 (_, None) => None,
             };
-        let raw = Zeroizing::new(self.authority().hsm_random(32).map_err(RaError::Ca)?);
-        let token = Zeroizing::new(format!(
-            "{TOKEN_PREFIX}{}",
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&*raw)
-        ));
+        let id = format!("cred_{}", self.random_hex(8)?);
+        let token = self.new_token(&id)?;
+        let now = self.authority().clock().now();
+        let expires_at = Some(expires_at.unwrap_or_else(|| self.default_expiry(now)));
         let rec = CredentialRecord {
-            id: format!("cred_{}", self.random_hex(8)?),
+            id,
             tenant_id: tenant.id.clone(),
             role: role.as_str().into(),
             token_hash: token_hash(&token),
-            created_at: self.authority().clock().now(),
+            created_at: now,
             expires_at,
             revoked_at: None,
             teller_id: teller_id.clone(),
@@ -203,45 +296,249 @@ impl Registrar {
         Ok(())
     }
 
-    /// Checks a bearer token. Every failure is audited (without the token) and answered alike.
+    fn new_token(&self, id: &str) -> Result<Zeroizing<String>, RaError> {
+        let raw = Zeroizing::new(self.authority().hsm_random(32).map_err(RaError::Ca)?);
+        let id_hex = id.strip_prefix("cred_").unwrap_or(id);
+        Ok(Zeroizing::new(format!(
+            "{TOKEN_PREFIX}{id_hex}_{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&*raw)
+        )))
+    }
+
+    fn default_expiry(&self, now: i64) -> i64 {
+        now + i64::from(self.auth.settings.credential_days) * 86_400
+    }
+
+    /// Gives a credential a new token (returned once) and a new expiry (`expires_at`, or the
+    /// default lifetime from now); the old token stops working at once. Audited.
+    pub fn rotate_credential(
+        &self,
+        id: &str,
+        expires_at: Option<i64>,
+        actor: &str,
+    ) -> Result<NewCredential, RaError> {
+        let cred = self
+            .store()
+            .credential(id)
+            .map_err(store_err)?
+            .ok_or_else(|| RaError::NotFound(format!("credential {id}")))?;
+        if cred.revoked_at.is_some() {
+            return Err(RaError::Conflict(format!(
+                "credential {id} is revoked; make a new one with `signet credential add`"
+            )));
+        }
+        let now = self.authority().clock().now();
+        let expires_at = expires_at.unwrap_or_else(|| self.default_expiry(now));
+        let token = self.new_token(&cred.id)?;
+        let ev = AuditEvent::new(
+            actor,
+            "credential.rotate",
+            &cred.id,
+            serde_json::json!({"role": cred.role, "expires_at": expires_at}),
+        )
+        .for_tenant(Some(&cred.tenant_id));
+        self.store()
+            .rotate_credential(
+                &cred.id,
+                &cred.token_hash,
+                &token_hash(&token),
+                Some(expires_at),
+                now,
+                &ev,
+            )
+            .map_err(store_err)?;
+        Ok(NewCredential { id: cred.id, token })
+    }
+
+    /// Checks a bearer token from a client address.
+    ///
+    /// Failures (a token that is malformed, unknown, revoked or expired; a request without any
+    /// token is not an attempt) are counted per client address and per credential the token
+    /// names; a key that fails too often is refused (`RateLimited`) for a while, before its token is even
+    /// looked at, so guessing stays slow.
+    ///
+    /// Audit: each failure below the limit is audited (`auth.fail`, without the token), and
+    /// the failure that trips a limit is audited once (`auth.rate_limited`); refusals while a
+    /// key is locked out are not audited one by one. So a flood from one address adds at most
+    /// `max_failures + 1` events per lockout period, instead of one per request, while the log
+    /// still shows who was guessing, from where and when the lock started.
     pub fn authenticate(&self, token: Option<&str>, origin: &str) -> Result<Principal, RaError> {
         let now = self.authority().clock().now();
-        let fail = |why: &str| -> RaError {
-            let ev = AuditEvent::new(
-                "anonymous",
-                "auth.fail",
-                origin,
-                serde_json::json!({"why": why}),
-            );
+        let address_key = format!("address:{origin}");
+        let credential = token.and_then(token_credential_id);
+        let guard = &self.auth;
+        let mut wait = guard.addresses.check(&address_key, now).err();
+        if let Some(c) = &credential {
+            if let Err(w) = guard.credentials.check(c, now) {
+                wait = Some(wait.map_or(w, |a| a.max(w)));
+            }
+        }
+        if let Some(retry_after_secs) = wait {
+            return Err(RaError::RateLimited { retry_after_secs });
+        }
+        let failure = match self.check_token(token, now) {
+            Ok(p) => return Ok(p),
+            // No credential at all is no attempt to authenticate: nothing to guess with, so
+            // it is neither counted nor audited (a flood of bare requests costs one 401 each
+            // and adds nothing to the audit log).
+            Err(Ok(TokenFailure::Missing)) => return Err(RaError::Unauthenticated),
+            Err(Ok(f)) => f,
+            Err(Err(e)) => return Err(e),
+        };
+        self.count_failure(
+            now,
+            origin,
+            credential.as_deref(),
+            serde_json::json!({"why": failure.why(), "credential": credential}),
+        );
+        Err(match failure {
+            TokenFailure::Expired => RaError::TokenExpired,
+            _ => RaError::Unauthenticated,
+        })
+    }
+
+    /// Audits a failed authentication and counts it against the client address (and the
+    /// credential a token names); the failure that locks a key out is audited once more.
+    fn count_failure(
+        &self,
+        now: i64,
+        origin: &str,
+        credential: Option<&str>,
+        details: serde_json::Value,
+    ) {
+        let audit = |action: &str, details: serde_json::Value| {
+            let ev = AuditEvent::new("anonymous", action, origin, details);
             if let Err(e) = self.store().append_audit(now, &ev) {
                 tracing::error!(error = %e, "cannot audit a failed authentication");
             }
-            RaError::Unauthenticated
         };
-        let Some(token) = token else {
-            return Err(fail("no bearer token"));
-        };
-        if token.len() > MAX_TOKEN_LEN || !token.starts_with(TOKEN_PREFIX) {
-            return Err(fail("malformed token"));
+        audit("auth.fail", details);
+        let guard = &self.auth;
+        let mut tripped = None;
+        if let Some(secs) = guard
+            .addresses
+            .record_failure(&format!("address:{origin}"), now)
+        {
+            tripped = Some(("address", secs));
         }
-        let cred = match self.store().credential_by_token_hash(&token_hash(token)) {
-            Ok(Some(c)) => c,
-            Ok(None) => return Err(fail("unknown token")),
-            Err(e) => return Err(store_err(e)),
+        if let Some(c) = credential {
+            if let Some(secs) = guard.credentials.record_failure(c, now) {
+                tripped = Some(("credential", secs));
+            }
+        }
+        if let Some((kind, secs)) = tripped {
+            audit(
+                "auth.rate_limited",
+                serde_json::json!({"limit": kind, "credential": credential, "lockout_secs": secs}),
+            );
+        }
+    }
+
+    /// Authenticates a client that presented a TLS client certificate and no bearer token.
+    /// `fingerprint` is the hex SHA-256 of the certificate; failures are audited and counted
+    /// against the client address like failed tokens.
+    pub fn authenticate_client_certificate(
+        &self,
+        fingerprint: &str,
+        cert: ClientCertificate<'_>,
+        origin: &str,
+    ) -> Result<Principal, RaError> {
+        let now = self.authority().clock().now();
+        if let Err(retry_after_secs) = self.auth.addresses.check(&format!("address:{origin}"), now)
+        {
+            return Err(RaError::RateLimited { retry_after_secs });
+        }
+        let refuse = |why: &str, err: RaError| -> RaError {
+            self.count_failure(
+                now,
+                origin,
+                None,
+                serde_json::json!({"why": why, "client_certificate": fingerprint}),
+            );
+            err
         };
+        let (tenant_name, role) = match cert {
+            ClientCertificate::Invalid(reason) => {
+                return Err(refuse(
+                    "client certificate not verified",
+                    RaError::ClientCertificateInvalid(reason.to_string()),
+                ))
+            }
+            ClientCertificate::Unmapped => {
+                return Err(refuse(
+                    "client certificate not mapped",
+                    RaError::ClientCertificateUnmapped,
+                ))
+            }
+            ClientCertificate::Mapped { tenant, role } => (tenant, role),
+        };
+        let tenant = match self
+            .store()
+            .tenant_by_name(tenant_name)
+            .map_err(store_err)?
+        {
+            Some(t) => t,
+            None => {
+                return Err(refuse(
+                    "client certificate mapped to a missing tenant",
+                    RaError::ClientCertificateUnmapped,
+                ))
+            }
+        };
+        Ok(Principal {
+            credential_id: format!("tls-{}", &fingerprint[..fingerprint.len().min(16)]),
+            tenant: TenantIdentity {
+                id: tenant.id,
+                name: tenant.name,
+            },
+            role,
+            teller_id: None,
+        })
+    }
+
+    /// The principal a token names, or why not (`Err(Ok(_))`), or a store failure.
+    #[allow(clippy::type_complexity)]
+    fn check_token(
+        &self,
+        token: Option<&str>,
+        now: i64,
+    ) -> Result<Principal, Result<TokenFailure, RaError>> {
+        let token = token.ok_or(Ok(TokenFailure::Missing))?;
+        if token.len() > MAX_TOKEN_LEN || !token.starts_with(TOKEN_PREFIX) {
+            return Err(Ok(TokenFailure::Malformed));
+        }
+        let hash = token_hash(token);
+        let cred = match self.store().credential_by_token_hash(&hash) {
+            Ok(Some(c)) => c,
+            Ok(None) => return Err(Ok(TokenFailure::Unknown)),
+            Err(e) => return Err(Err(store_err(e))),
+        };
+        // The lookup found the row by hash; compare again in constant time so that nothing
+        // downstream of the index depends on how much of the hash matched, and check that a
+        // token of the current shape names this very credential.
+        let same_hash: bool = cred.token_hash.as_slice().ct_eq(hash.as_slice()).into();
+        let same_id = token_credential_id(token)
+            .is_none_or(|id| bool::from(id.as_bytes().ct_eq(cred.id.as_bytes())));
+        if !(same_hash && same_id) {
+            return Err(Ok(TokenFailure::Unknown));
+        }
         if cred.revoked_at.is_some() {
-            return Err(fail("revoked credential"));
+            return Err(Ok(TokenFailure::Revoked));
         }
         if cred.expires_at.is_some_and(|e| e <= now) {
-            return Err(fail("expired credential"));
+            return Err(Ok(TokenFailure::Expired));
         }
-        let role = Role::parse(&cred.role)
-            .ok_or_else(|| RaError::Store(StoreError::Corrupt(format!("role {:?}", cred.role))))?;
+        let role = Role::parse(&cred.role).ok_or_else(|| {
+            Err(RaError::Store(StoreError::Corrupt(format!(
+                "role {:?}",
+                cred.role
+            ))))
+        })?;
         let tenant = self
             .store()
             .tenant(&cred.tenant_id)
-            .map_err(store_err)?
-            .ok_or_else(|| fail("credential of a missing tenant"))?;
+            .map_err(|e| Err(store_err(e)))?
+            .ok_or(Ok(TokenFailure::MissingTenant))?;
         Ok(Principal {
             credential_id: cred.id,
             tenant: TenantIdentity {

@@ -292,6 +292,20 @@ pub trait Store: Send + Sync {
     fn add_credential(&self, cred: &CredentialRecord, event: &AuditEvent) -> Result<AuditRecord>;
     fn credential_by_token_hash(&self, hash: &[u8]) -> Result<Option<CredentialRecord>>;
     fn credentials(&self, tenant_id: &str) -> Result<Vec<CredentialRecord>>;
+    /// One credential by its id (any tenant).
+    fn credential(&self, id: &str) -> Result<Option<CredentialRecord>>;
+    /// Replaces an active credential's token hash (and expiry), only while its hash is still
+    /// `old_hash`: of two concurrent rotations one wins, and the old token stops working in
+    /// the same transaction as the audit event.
+    fn rotate_credential(
+        &self,
+        id: &str,
+        old_hash: &[u8],
+        new_hash: &[u8],
+        expires_at: Option<i64>,
+        at: i64,
+        event: &AuditEvent,
+    ) -> Result<AuditRecord>;
     fn revoke_credential(
         &self,
         tenant_id: &str,

@@ -692,6 +692,39 @@ impl Store for PostgresStore {
         )
     }
 
+    fn credential(&self, id: &str) -> Result<Option<CredentialRecord>> {
+        self.optional_row(
+            &format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE id = $1"),
+            &[&id],
+            credential_from_row,
+        )
+    }
+
+    fn rotate_credential(
+        &self,
+        id: &str,
+        old_hash: &[u8],
+        new_hash: &[u8],
+        expires_at: Option<i64>,
+        at: i64,
+        event: &AuditEvent,
+    ) -> Result<AuditRecord> {
+        self.tx(|tx| {
+            update_one(
+                tx,
+                "UPDATE credentials SET token_hash = $3, expires_at = $4
+                 WHERE id = $1 AND token_hash = $2 AND revoked_at IS NULL",
+                &[&id, &old_hash, &new_hash, &expires_at],
+                || {
+                    StoreError::Conflict(format!(
+                        "credential {id} is revoked or was rotated meanwhile"
+                    ))
+                },
+            )?;
+            append(tx, at, event)
+        })
+    }
+
     fn revoke_credential(
         &self,
         tenant_id: &str,

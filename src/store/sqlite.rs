@@ -675,6 +675,40 @@ impl Store for SqliteStore {
                 ), [tenant_id], credential_from_row)
     }
 
+    fn credential(&self, id: &str) -> Result<Option<CredentialRecord>> {
+        self.optional_row(
+            &format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE id = ?1"),
+            [id],
+            credential_from_row,
+        )
+    }
+
+    fn rotate_credential(
+        &self,
+        id: &str,
+        old_hash: &[u8],
+        new_hash: &[u8],
+        expires_at: Option<i64>,
+        at: i64,
+        event: &AuditEvent,
+    ) -> Result<AuditRecord> {
+        self.tx(|tx| {
+            let n = tx
+                .execute(
+                    "UPDATE credentials SET token_hash = ?3, expires_at = ?4
+                     WHERE id = ?1 AND token_hash = ?2 AND revoked_at IS NULL",
+                    params![id, old_hash, new_hash, expires_at],
+                )
+                .map_err(map_err)?;
+            if n != 1 {
+                return Err(StoreError::Conflict(format!(
+                    "credential {id} is revoked or was rotated meanwhile"
+                )));
+            }
+            append(tx, at, event)
+        })
+    }
+
     fn revoke_credential(
         &self,
         tenant_id: &str,

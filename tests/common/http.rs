@@ -1,7 +1,9 @@
 //! An HTTP test client and a `signet serve` child process, for the tests over real HTTP.
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -12,6 +14,8 @@ use super::Fixture;
 pub struct Server {
     child: Child,
     pub base: String,
+    /// Everything the server wrote on stdout and stderr so far.
+    log: Arc<Mutex<String>>,
 }
 
 impl Server {
@@ -23,32 +27,70 @@ impl Server {
         Self::start_config(f, &f.config, env)
     }
 
-    /// `signet serve` with another config (a store copy, other settings) and environment.
-    pub fn start_config(f: &Fixture, config: &std::path::Path, env: &[(&str, String)]) -> Server {
+    /// `signet serve` with another config.
+    pub fn start_config(f: &Fixture, config: &Path, env: &[(&str, String)]) -> Server {
         let mut cmd = f.command(config);
         for (k, v) in env {
             cmd.env(k, v);
         }
         cmd.args(["serve", "--listen", "127.0.0.1:0"])
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start signet serve");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stdout = child.stdout.take().expect("stdout");
+        let out_log = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let mut l = out_log.lock().unwrap_or_else(|e| e.into_inner());
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
         let stderr = child.stderr.take().expect("stderr");
         let mut lines = BufReader::new(stderr).lines();
         let deadline = Instant::now() + Duration::from_secs(30);
         let base = loop {
-            let line = lines
-                .next()
-                .expect("signet serve ended before serving")
-                .expect("read stderr");
+            let line = match lines.next() {
+                Some(l) => l.expect("read stderr"),
+                None => panic!(
+                    "signet serve ended before serving:\n{}",
+                    log.lock().unwrap_or_else(|e| e.into_inner())
+                ),
+            };
+            {
+                let mut l = log.lock().unwrap_or_else(|e| e.into_inner());
+                l.push_str(&line);
+                l.push('\n');
+            }
             if let Some(url) = line.strip_prefix("signet: serving on ") {
                 break url.trim().to_string();
             }
             assert!(Instant::now() < deadline, "signet serve did not start");
         };
-        // Keep draining stderr so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Server { child, base }
+        // Keep draining stderr (into the log) so the server never blocks on a full pipe.
+        let err_log = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let mut l = err_log.lock().unwrap_or_else(|e| e.into_inner());
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        Server { child, base, log }
+    }
+
+    /// What the server has logged so far (stdout and stderr).
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Stops the server and returns everything it logged, to the end.
+    pub fn stop_and_log(mut self) -> String {
+        self.terminate();
+        // The reader threads see end-of-file once the process is gone.
+        std::thread::sleep(Duration::from_millis(200));
+        self.log()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -93,6 +135,8 @@ pub struct Reply {
     pub status: u16,
     pub body: String,
     pub content_type: String,
+    /// The Retry-After header, when present.
+    pub retry_after: Option<String>,
 }
 
 impl Reply {
@@ -122,11 +166,13 @@ pub fn finish(r: Result<ureq::Response, ureq::Error>) -> Reply {
     };
     let status = resp.status();
     let content_type = resp.header("content-type").unwrap_or("").to_string();
+    let retry_after = resp.header("retry-after").map(str::to_string);
     let body = resp.into_string().unwrap_or_default();
     Reply {
         status,
         body,
         content_type,
+        retry_after,
     }
 }
 

@@ -1,0 +1,386 @@
+//! HTTPS for `signet serve` (rustls with the ring provider; TLS 1.2 and 1.3 only) and client
+//! certificates as a way to authenticate.
+//!
+//! Client certificates are asked for but not required (bearer tokens keep working over TLS).
+//! The handshake checks that the client holds the certificate's key (CertificateVerify), but
+//! lets an unknown chain through; the chain is verified against the configured client CAs
+//! once the handshake is done, with Signet's clock, so that a bad certificate is answered
+//! with a 401 and a stable code the client can read rather than with a bare TLS alert.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig};
+use sha2::{Digest, Sha256};
+
+use crate::clock::Clock;
+use crate::config::TlsConfig;
+use crate::ra::Role;
+
+/// Longest a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest in-flight connections get to finish at shutdown.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why the TLS configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("[tls] {path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("[tls]: {0}")]
+    Invalid(String),
+}
+
+fn file_error(path: &Path, reason: impl ToString) -> TlsError {
+    TlsError::File {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// What a connection's client certificate says, attached to each of its requests.
+#[derive(Debug, Clone)]
+pub struct ClientCert {
+    /// Hex SHA-256 of the certificate (DER).
+    pub fingerprint: String,
+    pub verdict: ClientVerdict,
+}
+
+#[derive(Debug, Clone)]
+pub enum ClientVerdict {
+    /// Does not chain to a configured client CA, or is not valid now: why.
+    Invalid(String),
+    Unmapped,
+    Mapped {
+        tenant: String,
+        role: Role,
+    },
+}
+
+/// A `[[tls.client]]` entry, normalized.
+#[derive(Debug, Clone)]
+struct Mapping {
+    fingerprint: Option<String>,
+    subject: Option<String>,
+    tenant: String,
+    role: Role,
+}
+
+/// Verification and mapping of client certificates.
+#[derive(Debug)]
+pub struct ClientAuth {
+    verifier: Arc<dyn ClientCertVerifier>,
+    mappings: Vec<Mapping>,
+    clock: Clock,
+}
+
+impl ClientAuth {
+    /// What the peer certificates of a finished handshake say (`None`: none presented).
+    fn identify(&self, certs: Option<&[CertificateDer<'static>]>) -> Option<ClientCert> {
+        let (leaf, rest) = certs?.split_first()?;
+        let fingerprint = hex::encode(Sha256::digest(leaf.as_ref()));
+        let now = UnixTime::since_unix_epoch(Duration::from_secs(self.clock.now().max(0) as u64));
+        let verdict = match self.verifier.verify_client_cert(leaf, rest, now) {
+            Err(e) => ClientVerdict::Invalid(describe(&e)),
+            Ok(_) => {
+                let subject = subject_of(leaf);
+                match self.mappings.iter().find(|m| {
+                    m.fingerprint.as_deref() == Some(fingerprint.as_str())
+                        || (m.subject.is_some() && m.subject == subject)
+                }) {
+                    Some(m) => ClientVerdict::Mapped {
+                        tenant: m.tenant.clone(),
+                        role: m.role,
+                    },
+                    None => ClientVerdict::Unmapped,
+                }
+            }
+        };
+        Some(ClientCert {
+            fingerprint,
+            verdict,
+        })
+    }
+}
+
+/// A sentence for a refused client chain.
+fn describe(e: &rustls::Error) -> String {
+    use rustls::CertificateError as C;
+    match e {
+        rustls::Error::InvalidCertificate(c) => match c {
+            C::UnknownIssuer => "it is not issued by a configured client CA".into(),
+            C::Expired | C::ExpiredContext { .. } => "it has expired".into(),
+            C::NotValidYet | C::NotValidYetContext { .. } => "it is not valid yet".into(),
+            C::Revoked => "it is revoked".into(),
+            C::InvalidPurpose | C::InvalidPurposeContext { .. } => {
+                "it is not meant for client authentication (extendedKeyUsage)".into()
+            }
+            C::BadEncoding => "it cannot be parsed".into(),
+            C::BadSignature => "its signature does not verify".into(),
+            other => format!("it does not verify ({other:?})"),
+        },
+        other => format!("it does not verify ({other})"),
+    }
+}
+
+/// The subject DN of a certificate as x509-cert prints it (RFC 4514).
+fn subject_of(cert: &CertificateDer<'_>) -> Option<String> {
+    use der::Decode;
+    let c = x509_cert::Certificate::from_der(cert.as_ref()).ok()?;
+    Some(c.tbs_certificate().subject().to_string())
+}
+
+/// The same DN written in the config, printed the same way.
+fn normalize_subject(s: &str) -> Result<String, TlsError> {
+    use std::str::FromStr;
+    x509_cert::name::Name::from_str(s)
+        .map(|n| n.to_string())
+        .map_err(|e| TlsError::Invalid(format!("[[tls.client]] subject {s:?}: {e}")))
+}
+
+fn normalize_fingerprint(s: &str) -> Result<String, TlsError> {
+    let hex: String = s
+        .chars()
+        .filter(|c| *c != ':')
+        .collect::<String>()
+        .to_ascii_lowercase();
+    if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(hex)
+    } else {
+        Err(TlsError::Invalid(format!(
+            "[[tls.client]] fingerprint {s:?} is not a hex SHA-256 (64 hex digits)"
+        )))
+    }
+}
+
+/// Passes the handshake to the WebPKI verifier for the proof of possession and leaves the
+/// chain to [`ClientAuth::identify`], after the handshake.
+#[derive(Debug)]
+struct DeferredChain(Arc<dyn ClientCertVerifier>);
+
+impl ClientCertVerifier for DeferredChain {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        // Checked before any use, by ClientAuth::identify (see the module comment).
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// The rustls server configuration and client-certificate rules a `[tls]` section describes.
+pub struct TlsSetup {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub clients: Option<Arc<ClientAuth>>,
+}
+
+impl TlsSetup {
+    pub fn load(cfg: &TlsConfig, clock: Clock) -> Result<TlsSetup, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cfg.certificate)
+            .map_err(|e| file_error(&cfg.certificate, e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| file_error(&cfg.certificate, e))?;
+        if chain.is_empty() {
+            return Err(file_error(&cfg.certificate, "no CERTIFICATE in the file"));
+        }
+        // The key file's content never reaches an error message.
+        let key = PrivateKeyDer::from_pem_file(&cfg.key)
+            .map_err(|_| file_error(&cfg.key, "cannot read a PEM private key from this file"))?;
+
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| TlsError::Invalid(e.to_string()))?;
+        let clients = if cfg.client_cas.is_empty() {
+            None
+        } else {
+            let mut roots = RootCertStore::empty();
+            for path in &cfg.client_cas {
+                let certs = CertificateDer::pem_file_iter(path)
+                    .map_err(|e| file_error(path, e))?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| file_error(path, e))?;
+                if certs.is_empty() {
+                    return Err(file_error(path, "no CERTIFICATE in the file"));
+                }
+                for c in certs {
+                    roots.add(c).map_err(|e| file_error(path, e))?;
+                }
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider.clone() as Arc<CryptoProvider>,
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| TlsError::Invalid(format!("client CAs: {e}")))?;
+            let mut mappings = Vec::new();
+            for m in &cfg.client {
+                let role = Role::parse(&m.role)
+                    .filter(|r| *r != Role::Teller)
+                    .ok_or_else(|| {
+                        TlsError::Invalid(format!(
+                            "[[tls.client]] role {:?}: use ra-officer, teller-admin, gateway, auditor or sealer (tellers sign with a bearer token bound to them)",
+                            m.role
+                        ))
+                    })?;
+                mappings.push(Mapping {
+                    fingerprint: m
+                        .fingerprint
+                        .as_deref()
+                        .map(normalize_fingerprint)
+                        .transpose()?,
+                    subject: m.subject.as_deref().map(normalize_subject).transpose()?,
+                    tenant: m.tenant.clone(),
+                    role,
+                });
+            }
+            Some(Arc::new(ClientAuth {
+                verifier,
+                mappings,
+                clock,
+            }))
+        };
+        let builder = match &clients {
+            Some(c) => {
+                builder.with_client_cert_verifier(Arc::new(DeferredChain(c.verifier.clone())))
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder
+            .with_single_cert(chain, key)
+            .map_err(|e| TlsError::Invalid(format!("certificate and key: {e}")))?;
+        // HTTP/1.1 only. Over HTTP/2, an answer sent before the request body is read (a 401
+        // from the authentication step of a POST) ends the stream with RST_STREAM, which
+        // curl 7.88 (Debian 12) reports as error 92 instead of showing the answer.
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(TlsSetup {
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+            clients,
+        })
+    }
+}
+
+/// Serves `app` over TLS until `shutdown` resolves, then lets open connections finish.
+pub async fn serve(
+    app: Router,
+    listener: tokio::net::TcpListener,
+    setup: TlsSetup,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let acceptor = setup.acceptor.clone();
+        let clients = setup.clients.clone();
+        let app = app.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let client = clients.and_then(|c| c.identify(tls.get_ref().1.peer_certificates()));
+            let svc = tower::ServiceExt::map_request(
+                app,
+                move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                    if let Some(c) = &client {
+                        req.extensions_mut().insert(c.clone());
+                    }
+                    req
+                },
+            );
+            let svc = hyper_util::service::TowerToHyperService::new(svc);
+            let conn = builder
+                .serve_connection(TokioIo::new(tls), svc)
+                .into_owned();
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the drain timeout; closing them");
+    }
+}
+
+/// Where a client connected from, for the limiter and the audit log.
+pub(crate) fn peer_of(parts: &axum::http::request::Parts) -> String {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
