@@ -7,6 +7,7 @@
 //! goes on (to the HSM, or to answer its client) before its own record is on disk.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +18,9 @@ use crate::audit::AuditRecord;
 /// How the committer groups writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GroupCommitSettings {
-    /// After the first write of a group arrives, how long to wait for more.
+    /// After the first write of a group arrives, how long to wait for more, at most: the
+    /// committer waits only while fewer writes are in hand than issuances are in flight
+    /// (a lone issuance never waits).
     pub max_wait: Duration,
     /// Largest group.
     pub max_writes: usize,
@@ -41,20 +44,39 @@ struct Job {
 /// `GroupCommit` is dropped (after answering what it was given).
 pub struct GroupCommit {
     sender: mpsc::Sender<Job>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// Counts one issuance in flight while it lives (see [`GroupCommit::in_flight`]).
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl GroupCommit {
     /// Starts the committer thread over `store`.
     pub fn start(store: Arc<dyn Store>, settings: GroupCommitSettings) -> GroupCommit {
         let (sender, jobs) = mpsc::channel();
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let counted = in_flight.clone();
         let spawned = std::thread::Builder::new()
             .name("signet-group-commit".into())
-            .spawn(move || run(&*store, &jobs, settings));
+            .spawn(move || run(&*store, &jobs, &counted, settings));
         if let Err(e) = spawned {
             // Without the thread every write answers Unavailable (the receiver is gone).
             tracing::error!(error = %e, "cannot start the group-commit thread");
         }
-        GroupCommit { sender }
+        GroupCommit { sender, in_flight }
+    }
+
+    /// Marks an issuance as in flight until the guard is dropped: the committer then waits
+    /// (up to `max_wait`) for its writes to join a group.
+    pub fn in_flight(&self) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.in_flight.clone())
     }
 
     /// Applies one write with the next group; returns once it is durable (or failed).
@@ -68,7 +90,12 @@ impl GroupCommit {
     }
 }
 
-fn run(store: &dyn Store, jobs: &mpsc::Receiver<Job>, settings: GroupCommitSettings) {
+fn run(
+    store: &dyn Store,
+    jobs: &mpsc::Receiver<Job>,
+    in_flight: &AtomicUsize,
+    settings: GroupCommitSettings,
+) {
     let max = settings.max_writes.max(1);
     while let Ok(first) = jobs.recv() {
         let mut group = vec![first];
@@ -83,7 +110,7 @@ fn run(store: &dyn Store, jobs: &mpsc::Receiver<Job>, settings: GroupCommitSetti
                 Err(TryRecvError::Empty) => {}
             }
             let now = Instant::now();
-            if now >= deadline {
+            if now >= deadline || group.len() >= in_flight.load(Ordering::Relaxed) {
                 break;
             }
             match jobs.recv_timeout(deadline - now) {
