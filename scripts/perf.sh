@@ -62,4 +62,4 @@ log "signet serve pid $server_pid on 127.0.0.1:$port; $(nproc) CPUs; $(softhsm2-
   --token-file "$home/ra.token" --gateway-token-file "$home/gateway.token" \
   --scenario "${SCENARIOS:-issuance,ocsp,verification,mixed}" \
   --clients "${CLIENTS:-8}" --duration "${DURATION:-10}" --rounds "${ROUNDS:-3}" \
-  --cfssl "$(command -v cfssl)" --reference-config "$config"
+  --cfssl "$(command -v cfssl)" --cfssl-db --reference-config "$config"

@@ -181,6 +181,9 @@ enum Command {
         /// Also start `cfssl serve` (this binary, e.g. `cfssl`) and run issuance against it.
         #[arg(long)]
         cfssl: Option<PathBuf>,
+        /// With --cfssl: also run CFSSL recording every certificate in its SQLite certdb.
+        #[arg(long)]
+        cfssl_db: bool,
         /// The server's config: measure the raw SoftHSM2 sign rate in the same run.
         #[arg(long)]
         reference_config: Option<PathBuf>,
@@ -777,6 +780,7 @@ fn bench(command: Command) -> Result<(), Failure> {
         rounds,
         server_pid,
         cfssl,
+        cfssl_db,
         reference_config,
         profile,
         subject,
@@ -817,6 +821,7 @@ fn bench(command: Command) -> Result<(), Failure> {
         rounds,
         server_pid,
         cfssl,
+        cfssl_db,
         reference_config,
         profile,
         subject,

@@ -144,13 +144,13 @@ impl Authority {
         }
         // Counted while in flight, so that the committer waits for this issuance's writes.
         let _in_flight = self.commits.in_flight();
-        // Recorded (committed) before the HSM signs (invariant 2), grouped with concurrent
-        // issuances; on disk, with the rest of its group, before the certificate leaves.
-        let recorded = self.commits.write(IssuanceWrite::Pending {
+        // Durable before the HSM signs (invariant 2), grouped with concurrent issuances.
+        let audit = self.commits.write(IssuanceWrite::Pending {
             record,
             event: AuditEvent::new(req.actor, "certificate.record", &serial, &details)
                 .for_tenant(req.owner.as_deref()),
         })?;
+        self.auditor.after_append(&audit)?;
 
         if self.fault == Fault::AfterRecord {
             return Err(CaError::FaultInjected { serial });
@@ -165,8 +165,6 @@ impl Authority {
             event: AuditEvent::new(req.actor, "certificate.issue", &serial, &details)
                 .for_tenant(req.owner.as_deref()),
         })?;
-        // Checkpoints only over events on disk: the pending record's is now.
-        self.auditor.after_append(&recorded)?;
         self.auditor.after_append(&audit)?;
         Ok(Issued {
             serial,

@@ -1,8 +1,9 @@
 //! CFSSL as the reference issuer: `cfssl serve` with a software P-256 CA made by OpenSSL and a
 //! `customer` profile shaped like Signet's (two years, digitalSignature + nonRepudiation, the
-//! same policy OID, CRL distribution point, OCSP and caIssuers URLs). CFSSL keeps no record of
-//! what it signs here (no certificate database), so it does less work per certificate than
-//! Signet, which stores and audits each one durably.
+//! same policy OID, CRL distribution point, OCSP and caIssuers URLs). Without a certificate
+//! database CFSSL keeps no record of what it signs, so it does less work per certificate than
+//! Signet, which stores and audits each one durably; with `with_db` it records each
+//! certificate in its SQLite certdb (`-db-config`, the schema of CFSSL's sqlite migration).
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -39,7 +40,7 @@ pub struct Cfssl {
 }
 
 impl Cfssl {
-    pub fn start(bin: &Path, subject: &str) -> Result<Cfssl, LoadError> {
+    pub fn start(bin: &Path, subject: &str, with_db: bool) -> Result<Cfssl, LoadError> {
         let dir = Scratch::new("cfssl")?;
         let (key, cert, config) = (
             dir.path("ca-key.pem"),
@@ -76,8 +77,21 @@ impl Cfssl {
             .and_then(|l| l.local_addr())
             .map_err(|e| LoadError::Tool(format!("no free port for CFSSL: {e}")))?
             .port();
-        let child = Command::new(bin)
-            .args(["serve", "-address", "127.0.0.1", "-port", &port.to_string()])
+        let mut cmd = Command::new(bin);
+        if with_db {
+            let db = dir.path("certs.db");
+            let db_config = dir.path("db-config.json");
+            certdb(&db)?;
+            let json = serde_json::json!({"driver": "sqlite3", "data_source": db});
+            std::fs::write(&db_config, json.to_string()).map_err(|e| {
+                LoadError::Tool(format!("cannot write {}: {e}", db_config.display()))
+            })?;
+            cmd.arg("serve").arg("-db-config").arg(&db_config);
+        } else {
+            cmd.arg("serve");
+        }
+        let child = cmd
+            .args(["-address", "127.0.0.1", "-port", &port.to_string()])
             .arg("-ca")
             .arg(&cert)
             .arg("-ca-key")
@@ -149,6 +163,25 @@ impl Drop for Cfssl {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// CFSSL's certdb schema (certdb/sqlite/migrations/001_CreateCertificates.sql).
+fn certdb(path: &Path) -> Result<(), LoadError> {
+    let conn = rusqlite::Connection::open(path)
+        .map_err(|e| LoadError::Tool(format!("cannot create {}: {e}", path.display())))?;
+    conn.execute_batch(
+        "CREATE TABLE certificates (
+           serial_number blob NOT NULL, authority_key_identifier blob NOT NULL, ca_label blob,
+           status blob NOT NULL, reason int, expiry timestamp, revoked_at timestamp,
+           pem blob NOT NULL, PRIMARY KEY(serial_number, authority_key_identifier));
+         CREATE TABLE ocsp_responses (
+           serial_number blob NOT NULL, authority_key_identifier blob NOT NULL,
+           body blob NOT NULL, expiry timestamp,
+           PRIMARY KEY(serial_number, authority_key_identifier),
+           FOREIGN KEY(serial_number, authority_key_identifier)
+             REFERENCES certificates(serial_number, authority_key_identifier));",
+    )
+    .map_err(|e| LoadError::Tool(format!("cannot create CFSSL's certdb: {e}")))
 }
 
 /// The CN of an RFC 4514 subject (`CN=x,serialNumber=y` gives `x`), or the whole text.

@@ -99,6 +99,8 @@ pub struct Options {
     pub server_pid: Option<u32>,
     /// Also run CFSSL's `cfssl serve` with this binary and compare issuance.
     pub cfssl: Option<PathBuf>,
+    /// Also run CFSSL recording each certificate in its SQLite certdb.
+    pub cfssl_db: bool,
     /// The server's config, to measure the raw SoftHSM2 sign rate in the same run.
     pub reference_config: Option<PathBuf>,
     /// Profile and subject of the issuance requests.
@@ -694,13 +696,25 @@ pub fn run(options: &Options) -> Result<Report, LoadError> {
     std::thread::sleep(Duration::from_millis(500));
     report.rss_idle_kib = pid.and_then(rss::rss_kib);
 
-    let cfssl = match &options.cfssl {
-        Some(bin) => Some(cfssl::Cfssl::start(bin, &options.subject)?),
-        None => None,
-    };
-    let cfssl_cycle = cfssl
-        .as_ref()
-        .map(|c| vec![Work::Fixed(c.sign_call(&csr), Expect::CfsslSuccess)]);
+    let mut cfssls = Vec::new();
+    if let Some(bin) = &options.cfssl {
+        let c = cfssl::Cfssl::start(bin, &options.subject, false)?;
+        cfssls.push(("cfssl issuance".to_string(), c));
+        if options.cfssl_db {
+            let c = cfssl::Cfssl::start(bin, &options.subject, true)?;
+            cfssls.push(("cfssl issuance (certdb)".to_string(), c));
+        }
+    }
+    let cfssl_cycles: Vec<_> = cfssls
+        .iter()
+        .map(|(label, c)| {
+            (
+                label.clone(),
+                c.target.clone(),
+                vec![Work::Fixed(c.sign_call(&csr), Expect::CfsslSuccess)],
+            )
+        })
+        .collect();
 
     let mut peak = 0u64;
     for round in 1..=options.rounds.max(1) {
@@ -735,18 +749,11 @@ pub fn run(options: &Options) -> Result<Report, LoadError> {
             );
             report.runs.entry(label).or_default().push(m);
         }
-        if let (Some(c), Some(cycle)) = (&cfssl, &cfssl_cycle) {
-            let label = "cfssl issuance".to_string();
-            runtime.block_on(drive(
-                &label,
-                &c.target,
-                cycle,
-                options.clients,
-                options.warmup,
-            ))?;
+        for (label, target, cycle) in &cfssl_cycles {
+            runtime.block_on(drive(label, target, cycle, options.clients, options.warmup))?;
             let m = runtime.block_on(drive(
-                &label,
-                &c.target,
+                label,
+                target,
                 cycle,
                 options.clients,
                 options.duration,
@@ -757,11 +764,11 @@ pub fn run(options: &Options) -> Result<Report, LoadError> {
                 m.latency.p99,
                 m.error_count()
             );
-            report.runs.entry(label).or_default().push(m);
+            report.runs.entry(label.clone()).or_default().push(m);
         }
     }
     report.rss_peak_kib = (peak > 0).then_some(peak);
-    drop(cfssl);
+    drop(cfssls);
     Ok(report)
 }
 
@@ -858,6 +865,18 @@ impl Report {
                 let _ = writeln!(
                     out,
                     "issuance Signet/CFSSL      {:>8.2}x   (target >= 1.0, aim 1.2)",
+                    s / c
+                );
+            }
+        }
+        if let (Some(s), Some(c)) = (
+            self.rate("signet issuance"),
+            self.rate("cfssl issuance (certdb)"),
+        ) {
+            if c > 0.0 {
+                let _ = writeln!(
+                    out,
+                    "issuance Signet/CFSSL+db   {:>8.2}x   (CFSSL recording each certificate too)",
                     s / c
                 );
             }

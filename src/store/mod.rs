@@ -256,18 +256,10 @@ pub trait Store: Send + Sync {
         at: i64,
         event: &AuditEvent,
     ) -> Result<AuditRecord>;
-    /// Group commit: applies several issuance writes in order, in one transaction, each with
-    /// the result `record_pending` / `complete_issuance` would give it; a write that fails
-    /// leaves the others in place. `Err` means none of them is applied.
-    ///
-    /// Durability: a group that holds a `Complete` is on disk when this returns (one fsync for
-    /// the group). A group of `Pending` records only may be committed without waiting for the
-    /// disk (SQLite `synchronous=NORMAL`, PostgreSQL `synchronous_commit = off`): it is
-    /// committed - visible to every process, kept if this process crashes - before the HSM
-    /// signs, and it reaches the disk with the next durable commit, at the latest the
-    /// certificate's own `Complete`, before the certificate is handed to anyone. A power loss
-    /// before then can lose the pending record only together with the signature, which never
-    /// left the process. The default applies the writes one by one, each durable.
+    /// Group commit: applies several issuance writes in order, in one transaction (one
+    /// fsync), each with the result `record_pending` / `complete_issuance` would give it; a
+    /// write that fails leaves the others in place. Everything is durable when it returns
+    /// `Ok`; `Err` means none of them is applied. The default applies them one by one.
     fn issuance_writes(&self, writes: &[IssuanceWrite]) -> Result<Vec<Result<AuditRecord>>> {
         Ok(writes
             .iter()

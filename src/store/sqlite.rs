@@ -108,10 +108,6 @@ impl SqliteStore {
 
     fn tx<T>(&self, f: impl FnOnce(&Transaction) -> Result<T>) -> Result<T> {
         let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        Self::tx_on(&mut conn, f)
-    }
-
-    fn tx_on<T>(conn: &mut Connection, f: impl FnOnce(&Transaction) -> Result<T>) -> Result<T> {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(map_err)?;
@@ -411,17 +407,7 @@ impl Store for SqliteStore {
     }
 
     fn issuance_writes(&self, writes: &[IssuanceWrite]) -> Result<Vec<Result<AuditRecord>>> {
-        // Pending records alone need not wait for the disk (see the trait): the next group
-        // with a completion syncs the WAL, and with it every frame before it.
-        let lazy = writes
-            .iter()
-            .all(|w| matches!(w, IssuanceWrite::Pending { .. }));
-        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        if lazy {
-            conn.pragma_update(None, "synchronous", "NORMAL")
-                .map_err(map_err)?;
-        }
-        let out = Self::tx_on(&mut conn, |tx| {
+        self.tx(|tx| {
             let mut out = Vec::with_capacity(writes.len());
             for w in writes {
                 // Each write in its own savepoint: one that fails leaves the others in place.
@@ -445,19 +431,7 @@ impl Store for SqliteStore {
                 out.push(r);
             }
             Ok(out)
-        });
-        if lazy {
-            // Back to a durable commit for everything else, whatever happened.
-            let restored = conn
-                .pragma_update(None, "synchronous", "FULL")
-                .or_else(|_| conn.pragma_update(None, "synchronous", "FULL"));
-            if let Err(e) = restored {
-                // A CA whose store no longer promises durability must not go on issuing.
-                tracing::error!(error = %e, "cannot restore synchronous=FULL on the store; stopping");
-                std::process::abort();
-            }
-        }
-        out
+        })
     }
 
     fn pending_before(&self, cutoff: i64) -> Result<Vec<CertRecord>> {
