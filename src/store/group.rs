@@ -162,3 +162,110 @@ fn same_error(e: &StoreError) -> StoreError {
         StoreError::Corrupt(m) => StoreError::Corrupt(m.clone()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{chain_hash, AuditEvent, GENESIS};
+    use crate::ca::IssuerId;
+    use crate::store::{CertRecord, CertStatus, SqliteStore};
+
+    fn pending(serial: &str) -> IssuanceWrite {
+        IssuanceWrite::Pending {
+            record: CertRecord {
+                serial: serial.into(),
+                issuer: IssuerId::Customer,
+                profile: "customer".into(),
+                status: CertStatus::Pending,
+                subject: "CN=x".into(),
+                subject_serial_digest: None,
+                shard: 0,
+                not_before: 1,
+                not_after: 2,
+                tbs_der: vec![0x30, 0x00],
+                cert_der: None,
+                created_at: 1,
+                revocation: None,
+                owner: None,
+                key_id: None,
+            },
+            event: AuditEvent::new("test", "certificate.record", serial, serde_json::json!({})),
+        }
+    }
+
+    fn complete(serial: &str) -> IssuanceWrite {
+        IssuanceWrite::Complete {
+            serial: serial.into(),
+            cert_der: vec![0x30, 0x01, serial.len() as u8],
+            at: 2,
+            event: AuditEvent::new("test", "certificate.issue", serial, serde_json::json!({})),
+        }
+    }
+
+    fn store() -> (tempfile::TempDir, Arc<SqliteStore>) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(&dir.path().join("signet.db")).expect("open store");
+        (dir, Arc::new(store))
+    }
+
+    /// Every event links to the one before it (sequence and hash).
+    fn assert_chain_whole(store: &dyn Store) {
+        let events = store.audit_events(0).expect("events");
+        let mut prev = GENESIS.to_vec();
+        for (i, e) in events.iter().enumerate() {
+            assert_eq!(e.seq, i as u64 + 1);
+            assert_eq!(e.prev_hash, prev);
+            let ev = AuditEvent {
+                actor: e.actor.clone(),
+                action: e.action.clone(),
+                object: e.object.clone(),
+                details: e.details.clone(),
+                tenant: e.tenant.clone(),
+            };
+            assert_eq!(e.hash, chain_hash(&prev, e.seq, e.at, &ev).to_vec());
+            prev = e.hash.clone();
+        }
+    }
+
+    #[test]
+    fn a_failing_write_in_a_group_leaves_the_others_applied() {
+        let (_dir, store) = store();
+        let results = store
+            .issuance_writes(&[pending("01"), pending("01"), pending("02"), complete("03")])
+            .expect("group commits");
+        assert!(results[0].is_ok());
+        assert!(matches!(results[1], Err(StoreError::SerialTaken(_))));
+        assert!(results[2].is_ok());
+        assert!(matches!(results[3], Err(StoreError::Conflict(_))));
+        for serial in ["01", "02"] {
+            let rec = store.certificate(serial).unwrap().expect("recorded");
+            assert_eq!(rec.status, CertStatus::Pending);
+        }
+        assert!(store.certificate("03").unwrap().is_none());
+        // Two events, for the two writes that were applied.
+        assert_eq!(store.audit_events(0).unwrap().len(), 2);
+        assert_chain_whole(&*store);
+    }
+
+    #[test]
+    fn concurrent_issuances_through_the_committer_are_all_recorded_in_one_whole_chain() {
+        let (_dir, store) = store();
+        let commits = GroupCommit::start(store.clone(), GroupCommitSettings::default());
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let commits = &commits;
+                s.spawn(move || {
+                    for i in 0..10 {
+                        let serial = format!("{t:02x}{i:02x}");
+                        let _flight = commits.in_flight();
+                        commits.write(pending(&serial)).expect("pending");
+                        commits.write(complete(&serial)).expect("complete");
+                    }
+                });
+            }
+        });
+        assert_eq!(store.certificates().unwrap().len(), 80);
+        assert_eq!(store.audit_events(0).unwrap().len(), 160);
+        assert_chain_whole(&*store);
+    }
+}
