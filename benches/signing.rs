@@ -17,16 +17,13 @@
 //! it meets the 70 % target, with software p256 signing as a second reference. About 45 s in
 //! all. Needs SoftHSM2 (`setup.sh` installs it with apt-get when missing) and bash.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::{full_run, median, rate, runs, softhsm_version, thousands, BenchCa, BoxError};
 use p256::ecdsa::signature::Signer;
 use sha2::{Digest, Sha256};
-use signet::app::Signet;
-use signet::ca::Fault;
-use signet::clock::Clock;
-use signet::config::Config;
 use signet::sign::format::{cms_signed_data, CmsContent, SignerCert};
 use signet::verify::evidence::{CertificateResolver, Crypto, SignerRef};
 
@@ -36,107 +33,11 @@ const SOFT_RUN: Duration = Duration::from_secs(1);
 const BATCH: usize = 1_000;
 const TARGET: f64 = 0.70;
 
-type BoxError = Box<dyn std::error::Error>;
-
 fn main() {
     if let Err(e) = bench() {
         eprintln!("signing bench: {e}");
         std::process::exit(1);
     }
-}
-
-/// The release `signet` binary, for `setup.sh` and `ca init`. Cargo names it to benches in
-/// `CARGO_BIN_EXE_signet`; without it, `target/release/signet`, built when missing.
-fn signet_binary(repo: &Path) -> Result<PathBuf, BoxError> {
-    if let Some(bin) = option_env!("CARGO_BIN_EXE_signet") {
-        if Path::new(bin).is_file() {
-            eprintln!("signet binary: {bin} (CARGO_BIN_EXE_signet)");
-            return Ok(bin.into());
-        }
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo.join("target"));
-    let bin = target.join("release").join("signet");
-    if !bin.is_file() {
-        eprintln!(
-            "building {} (cargo build --release --bin signet)",
-            bin.display()
-        );
-        let status = Command::new(option_env!("CARGO").unwrap_or("cargo"))
-            .args(["build", "--release", "--bin", "signet"])
-            .current_dir(repo)
-            .status()?;
-        if !status.success() || !bin.is_file() {
-            return Err(format!("cargo build --release --bin signet: {status}").into());
-        }
-    }
-    eprintln!("signet binary: {}", bin.display());
-    Ok(bin)
-}
-
-#[track_caller]
-fn run(cmd: &mut Command, what: &str) -> Result<String, BoxError> {
-    let out = cmd.output().map_err(|e| format!("{what}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{what} failed ({})\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-/// Calls `op` until `run` has passed; returns operations per second (each call does `per`).
-fn rate(
-    run: Duration,
-    per: usize,
-    mut op: impl FnMut() -> Result<(), BoxError>,
-) -> Result<f64, BoxError> {
-    let start = Instant::now();
-    let mut n = 0usize;
-    loop {
-        op()?;
-        n += per;
-        let t = start.elapsed();
-        if t >= run {
-            return Ok(n as f64 / t.as_secs_f64());
-        }
-    }
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let m = s.len() / 2;
-    if s.len() % 2 == 1 {
-        s[m]
-    } else {
-        (s[m - 1] + s[m]) / 2.0
-    }
-}
-
-fn thousands(x: f64) -> String {
-    let n = x.round() as u64;
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-fn runs(v: &[f64]) -> String {
-    v.iter()
-        .map(|x| thousands(*x))
-        .collect::<Vec<_>>()
-        .join("  ")
 }
 
 struct NoResolver;
@@ -149,39 +50,8 @@ impl CertificateResolver for NoResolver {
 
 fn bench() -> Result<(), BoxError> {
     let started = Instant::now();
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let bin = signet_binary(repo)?;
-
-    // A private token and config in a temporary directory.
-    let home = tempfile::Builder::new().prefix("signet-bench-").tempdir()?;
-    let conf = home.path().join("softhsm2.conf");
-    let config_path = home.path().join("signet.toml");
-    run(
-        Command::new("bash")
-            .arg(repo.join("softhsm/setup.sh"))
-            .current_dir(repo)
-            .env("SIGNET_HOME", home.path())
-            .env("SIGNET_BIN", &bin)
-            .env("SIGNET_TOKEN_LABEL", "signet-bench")
-            .env_remove("SOFTHSM2_CONF")
-            .env_remove("SIGNET_FAKE_NOW")
-            .env_remove("SIGNET_FAULT"),
-        "softhsm/setup.sh",
-    )?;
-    run(
-        Command::new(&bin)
-            .arg("--config")
-            .arg(&config_path)
-            .args(["ca", "init"])
-            .current_dir(home.path())
-            .env("SOFTHSM2_CONF", &conf)
-            .env_remove("SIGNET_FAKE_NOW")
-            .env_remove("SIGNET_FAULT"),
-        "signet ca init",
-    )?;
-    // Before the module is loaded, and while this process has one thread.
-    std::env::set_var("SOFTHSM2_CONF", &conf);
-    let signet = Signet::open(Config::load(&config_path)?, Clock::system(), Fault::None)?;
+    let ca = BenchCa::open("signet-bench", |_| Ok(()))?;
+    let signet = &ca.signet;
     let service = signet.authority.validation_service()?;
     let label = service.key_label.clone();
     let signer = SignerCert {
@@ -211,13 +81,7 @@ fn bench() -> Result<(), BoxError> {
         return Err(format!("a batch signature does not verify: {evidence:?}").into());
     }
 
-    let raw = |d: Duration| {
-        let data = [0x5a_u8; 32];
-        rate(d, 1, || {
-            std::hint::black_box(hsm_sign(std::hint::black_box(&data))?);
-            Ok(())
-        })
-    };
+    let raw = |d: Duration| ca.raw_sign_rate(&label, d);
     let batch = |d: Duration| {
         rate(d, BATCH, || {
             let now = signet.clock.now();
@@ -234,9 +98,7 @@ fn bench() -> Result<(), BoxError> {
     batch(Duration::ZERO)?;
     let setup_time = started.elapsed();
 
-    // `cargo bench` passes --bench; under `cargo test --all-targets` this runs as a quick smoke
-    // test of the same code (one short round) so that the test command stays fast.
-    let full = std::env::args().any(|a| a == "--bench");
+    let full = full_run();
     let (rounds, run, soft_run) = if full {
         (ROUNDS, RUN, SOFT_RUN)
     } else {
@@ -268,11 +130,7 @@ fn bench() -> Result<(), BoxError> {
     let (ma, mb, ms) = (median(&a), median(&b), median(&soft));
     let ratio = mb / ma;
     let per_round: Vec<f64> = a.iter().zip(&b).map(|(a, b)| b / a).collect();
-    let softhsm = Command::new("softhsm2-util")
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
+    let softhsm = softhsm_version();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!();
     println!(
@@ -331,7 +189,6 @@ fn bench() -> Result<(), BoxError> {
         1e6 / mb - 1e6 / ma
     );
     println!("total {:.1} s", started.elapsed().as_secs_f64());
-    drop(signet);
-    drop(home);
+    drop(ca);
     Ok(())
 }

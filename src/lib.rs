@@ -10,6 +10,7 @@ pub mod ca;
 pub mod clock;
 pub mod config;
 pub mod hsm;
+pub mod loadgen;
 pub mod policy;
 pub mod ra;
 pub mod sign;

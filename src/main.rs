@@ -147,6 +147,53 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
     },
+    /// Load generator: drive a running Signet over HTTP with N clients for T seconds
+    /// (issuance, verification, ocsp, mixed); optionally CFSSL beside it. Prints requests/s,
+    /// latency percentiles, errors and the server's memory.
+    Bench {
+        /// The server's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        server: String,
+        /// File holding an ra-officer bearer token (never give a token on the command line).
+        #[arg(long)]
+        token_file: PathBuf,
+        /// File holding a gateway bearer token (for the verification scenario).
+        #[arg(long)]
+        gateway_token_file: Option<PathBuf>,
+        /// Scenarios, comma-separated: issuance, verification, ocsp, mixed.
+        #[arg(long, default_value = "issuance,ocsp", value_delimiter = ',')]
+        scenario: Vec<String>,
+        /// Concurrent clients (one keep-alive connection each).
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Seconds of warm-up load before each measurement (not counted).
+        #[arg(long, default_value_t = 1.0)]
+        warmup: f64,
+        /// Repeat every measurement this many times, interleaved; medians are printed.
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
+        /// The server's process id, for its memory (default: the process listening on the port).
+        #[arg(long)]
+        server_pid: Option<u32>,
+        /// Also start `cfssl serve` (this binary, e.g. `cfssl`) and run issuance against it.
+        #[arg(long)]
+        cfssl: Option<PathBuf>,
+        /// With --cfssl: also run CFSSL recording every certificate in its SQLite certdb.
+        #[arg(long)]
+        cfssl_db: bool,
+        /// The server's config: measure the raw SoftHSM2 sign rate in the same run.
+        #[arg(long)]
+        reference_config: Option<PathBuf>,
+        /// Profile of the issuance requests.
+        #[arg(long, default_value = "customer")]
+        profile: String,
+        /// Subject of the issuance requests (RFC 4514).
+        #[arg(long, default_value = "CN=张三,serialNumber=110101199003071234")]
+        subject: String,
+    },
     /// Banks served by this CA.
     Tenant {
         #[command(subcommand)]
@@ -338,6 +385,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
 }
 
 fn run_command(cli: Cli) -> Result<(), Failure> {
+    if let Command::Bench { .. } = &cli.command {
+        return bench(cli.command);
+    }
     let path = cli.config.clone().unwrap_or_else(Config::default_path);
     let config = Config::load(&path)?;
     config.apply_environment();
@@ -406,6 +456,7 @@ fn command(signet: &Signet, command: Command, actor: &str) -> Result<(), Failure
         Command::Token { .. }
         | Command::Audit { .. }
         | Command::Serve { .. }
+        | Command::Bench { .. }
         | Command::Verify { .. }
         | Command::Receipt { .. } => {
             unreachable!("handled before")
@@ -748,6 +799,80 @@ fn receipt_verify(signet: &Signet, path: &Path) -> Result<(), Failure> {
             verdict: true,
         }),
     }
+}
+
+fn bench(command: Command) -> Result<(), Failure> {
+    use signet::loadgen::{Options, Scenario};
+    let Command::Bench {
+        server,
+        token_file,
+        gateway_token_file,
+        scenario,
+        clients,
+        duration,
+        warmup,
+        rounds,
+        server_pid,
+        cfssl,
+        cfssl_db,
+        reference_config,
+        profile,
+        subject,
+    } = command
+    else {
+        unreachable!("called for bench only")
+    };
+    let usage = |message: String| Failure {
+        message,
+        status: EXIT_USAGE,
+        verdict: false,
+    };
+    let mut scenarios = Vec::new();
+    for s in &scenario {
+        scenarios.push(Scenario::parse(s.trim()).ok_or_else(|| {
+            usage(format!(
+                "unknown scenario {s:?} (issuance, verification, ocsp, mixed)"
+            ))
+        })?);
+    }
+    let seconds = |name: &str, v: f64| {
+        if v.is_finite() && (0.0..=3600.0).contains(&v) {
+            Ok(std::time::Duration::from_secs_f64(v))
+        } else {
+            Err(usage(format!(
+                "--{name} must be between 0 and 3600 seconds"
+            )))
+        }
+    };
+    let options = Options {
+        server,
+        token_file,
+        gateway_token_file,
+        scenarios,
+        clients,
+        duration: seconds("duration", duration)?,
+        warmup: seconds("warmup", warmup)?,
+        rounds,
+        server_pid,
+        cfssl,
+        cfssl_db,
+        reference_config,
+        profile,
+        subject,
+    };
+    let report = signet::loadgen::run(&options).map_err(|e| {
+        let status = match e {
+            signet::loadgen::LoadError::Usage(_) => EXIT_USAGE,
+            _ => 1,
+        };
+        Failure {
+            message: e.to_string(),
+            status,
+            verdict: false,
+        }
+    })?;
+    print!("{}", report.render(&options));
+    Ok(())
 }
 
 fn serve(signet: Signet, listen: &str) -> Result<(), Failure> {

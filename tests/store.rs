@@ -494,3 +494,49 @@ fn reopening_a_store_keeps_its_records_and_migrates_nothing_twice() {
         assert_chain_intact(&again.audit_events(0).unwrap());
     }
 }
+
+#[test]
+fn a_group_of_issuance_writes_applies_each_and_a_failing_one_leaves_the_others() {
+    use signet::store::IssuanceWrite;
+    for db in databases("group_commit") {
+        let s = db.open();
+        s.record_pending(&pending("10", IssuerId::Customer, 0), &event("r", "10"))
+            .unwrap();
+        let complete = |serial: &str| IssuanceWrite::Complete {
+            serial: serial.into(),
+            cert_der: format!("der-{serial}").into_bytes(),
+            at: 1_001,
+            event: event("certificate.issue", serial),
+        };
+        let results = s
+            .issuance_writes(&[
+                IssuanceWrite::Pending {
+                    record: pending("11", IssuerId::Customer, 0),
+                    event: event("certificate.record", "11"),
+                },
+                IssuanceWrite::Pending {
+                    record: pending("10", IssuerId::Teller, 0),
+                    event: event("certificate.record", "10"),
+                },
+                complete("10"),
+                complete("99"),
+            ])
+            .unwrap();
+        assert!(results[0].is_ok(), "{:?}: {:?}", db.engine, results[0]);
+        assert!(matches!(results[1], Err(StoreError::SerialTaken(_))));
+        assert!(results[2].is_ok(), "{:?}", results[2]);
+        assert!(matches!(results[3], Err(StoreError::Conflict(_))));
+        assert_eq!(
+            s.certificate("11").unwrap().unwrap().status,
+            CertStatus::Pending
+        );
+        assert_eq!(
+            s.certificate("10").unwrap().unwrap().status,
+            CertStatus::Issued
+        );
+        assert!(s.certificate("99").unwrap().is_none());
+        let events = s.audit_events(0).unwrap();
+        assert_eq!(events.len(), 3, "one event per applied write");
+        assert_chain_intact(&events);
+    }
+}

@@ -23,7 +23,7 @@ use x509_cert::Certificate;
 use crate::audit::{AuditError, Auditor};
 use crate::clock::Clock;
 use crate::hsm::{Hsm, HsmError};
-use crate::store::{Store, StoreError};
+use crate::store::{GroupCommit, GroupCommitSettings, Store, StoreError};
 
 /// The CRLReason code of certificateHold.
 pub const HOLD_REASON_CODE: u8 = 6;
@@ -275,6 +275,8 @@ pub struct Authority {
     clock: Clock,
     settings: CaSettings,
     auditor: Arc<Auditor>,
+    /// Issuance records of concurrent requests go to the store in groups (one fsync each).
+    commits: GroupCommit,
     cas: RwLock<HashMap<IssuerId, CaCert>>,
     fault: Fault,
 }
@@ -289,6 +291,7 @@ impl Authority {
     ) -> Result<Self, CaError> {
         let a = Authority {
             hsm,
+            commits: GroupCommit::start(store.clone(), GroupCommitSettings::default()),
             store,
             clock,
             settings,

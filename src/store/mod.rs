@@ -2,9 +2,11 @@
 //! same trait. Every state-changing method takes the audit event that describes it and appends
 //! it in the same transaction (design invariant 3).
 
+mod group;
 mod postgres;
 mod sqlite;
 
+pub use group::{GroupCommit, GroupCommitSettings, InFlight};
 pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::SqliteStore;
 
@@ -220,6 +222,23 @@ pub struct ReplayKeys {
     pub instruction_id: Option<String>,
 }
 
+/// One durable write of an issuance, for [`Store::issuance_writes`] (group commit).
+#[derive(Debug, Clone)]
+pub enum IssuanceWrite {
+    /// What [`Store::record_pending`] does.
+    Pending {
+        record: CertRecord,
+        event: AuditEvent,
+    },
+    /// What [`Store::complete_issuance`] does.
+    Complete {
+        serial: String,
+        cert_der: Vec<u8>,
+        at: i64,
+        event: AuditEvent,
+    },
+}
+
 /// The store. Implementations must be safe to share between threads and between processes
 /// that use the same database: uniqueness and ordering are database constraints.
 pub trait Store: Send + Sync {
@@ -239,6 +258,24 @@ pub trait Store: Send + Sync {
         at: i64,
         event: &AuditEvent,
     ) -> Result<AuditRecord>;
+    /// Group commit: applies several issuance writes in order, in one transaction (one
+    /// fsync), each with the result `record_pending` / `complete_issuance` would give it; a
+    /// write that fails leaves the others in place. Everything is durable when it returns
+    /// `Ok`; `Err` means none of them is applied. The default applies them one by one.
+    fn issuance_writes(&self, writes: &[IssuanceWrite]) -> Result<Vec<Result<AuditRecord>>> {
+        Ok(writes
+            .iter()
+            .map(|w| match w {
+                IssuanceWrite::Pending { record, event } => self.record_pending(record, event),
+                IssuanceWrite::Complete {
+                    serial,
+                    cert_der,
+                    at,
+                    event,
+                } => self.complete_issuance(serial, cert_der, *at, event),
+            })
+            .collect())
+    }
     /// Pending records created at or before `cutoff`.
     fn pending_before(&self, cutoff: i64) -> Result<Vec<CertRecord>>;
     /// Voids a pending record (it goes on the CRL, dated `at`).

@@ -422,6 +422,35 @@ impl Store for PostgresStore {
         self.tx(|tx| complete_pending(tx, serial, cert_der, at, event))
     }
 
+    fn issuance_writes(&self, writes: &[IssuanceWrite]) -> Result<Vec<Result<AuditRecord>>> {
+        // Group commit: one transaction (one WAL flush) for the group, each write in its own
+        // savepoint so that one that fails leaves the others in place.
+        self.tx(|tx| {
+            let mut out = Vec::with_capacity(writes.len());
+            for w in writes {
+                let mut sp = tx.savepoint("issuance_write").map_err(map_err)?;
+                let r = match w {
+                    IssuanceWrite::Pending { record, event } => {
+                        insert_pending(&mut sp, record, event)
+                    }
+                    IssuanceWrite::Complete {
+                        serial,
+                        cert_der,
+                        at,
+                        event,
+                    } => complete_pending(&mut sp, serial, cert_der, *at, event),
+                };
+                if r.is_ok() {
+                    sp.commit().map_err(map_err)?;
+                } else {
+                    sp.rollback().map_err(map_err)?;
+                }
+                out.push(r);
+            }
+            Ok(out)
+        })
+    }
+
     fn pending_before(&self, cutoff: i64) -> Result<Vec<CertRecord>> {
         self.all_rows(
             &format!(

@@ -1,7 +1,9 @@
 //! The embedded store: one SQLite file in WAL mode. Writers take `BEGIN IMMEDIATE`, so audit
-//! appends are serialized by the database even across processes.
+//! appends are serialized by the database even across processes. Writes go through one
+//! connection; reads use a small pool of their own connections (WAL readers never wait for the
+//! writer, so an fsync in progress does not hold up authentication or OCSP look-ups).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -20,9 +22,16 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0003_status_epoch.sql"),
 ];
 
+/// Read connections kept open for reuse.
+const MAX_IDLE_READERS: usize = 8;
+
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {
+    path: PathBuf,
+    /// The writer: every transaction that changes something.
     conn: Mutex<Connection>,
+    /// Idle read-only connections.
+    readers: Mutex<Vec<Connection>>,
 }
 
 fn map_err(e: rusqlite::Error) -> StoreError {
@@ -69,7 +78,9 @@ impl SqliteStore {
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(map_err)?;
         let store = SqliteStore {
+            path: path.to_path_buf(),
             conn: Mutex::new(conn),
+            readers: Mutex::new(Vec::new()),
         };
         store.migrate()?;
         Ok(store)
@@ -105,9 +116,30 @@ impl SqliteStore {
         Ok(out)
     }
 
+    /// Runs `f` on a read connection (a committed snapshot; never blocked by the writer).
     fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        f(&conn)
+        let idle = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let conn = match idle {
+            Some(c) => c,
+            None => self.open_reader()?,
+        };
+        let out = f(&conn);
+        let mut idle = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(conn);
+        }
+        out
+    }
+
+    fn open_reader(&self) -> Result<Connection> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(map_err)?;
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(map_err)?;
+        Ok(conn)
     }
 
     /// At most one row of a query.
@@ -117,7 +149,11 @@ impl SqliteStore {
         params: P,
         row: impl FnOnce(&Row) -> rusqlite::Result<T>,
     ) -> Result<Option<T>> {
-        self.read(|c| c.query_row(sql, params, row).optional().map_err(map_err))
+        self.read(|c| {
+            c.prepare_cached(sql)
+                .and_then(|mut st| st.query_row(params, row).optional())
+                .map_err(map_err)
+        })
     }
 
     /// Every row of a query.
@@ -128,7 +164,7 @@ impl SqliteStore {
         row: impl FnMut(&Row) -> rusqlite::Result<T>,
     ) -> Result<Vec<T>> {
         self.read(|c| {
-            let mut st = c.prepare(sql).map_err(map_err)?;
+            let mut st = c.prepare_cached(sql).map_err(map_err)?;
             let rows = st.query_map(params, row).map_err(map_err)?;
             rows.collect::<rusqlite::Result<Vec<_>>>().map_err(map_err)
         })
@@ -136,29 +172,31 @@ impl SqliteStore {
 
     /// Runs raw SQL. For tests that tamper with the store behind Signet's back.
     pub fn execute_raw(&self, sql: &str) -> Result<()> {
-        self.read(|c| c.execute_batch(sql).map_err(map_err))
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        conn.execute_batch(sql).map_err(map_err)
     }
 }
 
 /// Appends `event` to the chain inside `tx`.
 fn append(tx: &Transaction, at: i64, event: &AuditEvent) -> Result<AuditRecord> {
     let head: Option<(u64, Vec<u8>)> = tx
-        .query_row(
-            "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
-        )
-        .optional()
+        .prepare_cached("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+        .and_then(|mut st| {
+            st.query_row([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
+                .optional()
+        })
         .map_err(map_err)?;
     let (seq, prev) = match head {
         Some((s, h)) => (s + 1, h),
         None => (1, GENESIS.to_vec()),
     };
     let hash = chain_hash(&prev, seq, at, event);
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO audit_events (seq, at, actor, action, object, details, tenant, prev_hash, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        params![
+    )
+    .and_then(|mut st| {
+        st.execute(params![
             seq as i64,
             at,
             event.actor,
@@ -168,8 +206,8 @@ fn append(tx: &Transaction, at: i64, event: &AuditEvent) -> Result<AuditRecord> 
             event.tenant,
             prev,
             hash.to_vec()
-        ],
-    )
+        ])
+    })
     .map_err(map_err)?;
     Ok(AuditRecord {
         seq,
@@ -182,6 +220,68 @@ fn append(tx: &Transaction, at: i64, event: &AuditEvent) -> Result<AuditRecord> 
         prev_hash: prev,
         hash: hash.to_vec(),
     })
+}
+
+/// Inserts a pending certificate record and its audit event (inside `tx`).
+fn insert_pending(tx: &Transaction, rec: &CertRecord, event: &AuditEvent) -> Result<AuditRecord> {
+    tx.prepare_cached(
+        "INSERT INTO certificates (serial, issuer, profile, status, subject, subject_serial_digest,
+            shard, not_before, not_after, tbs_der, cert_der, created_at, owner, key_id)
+         VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?8, ?9, NULL, ?10, ?11, ?12)",
+    )
+    .and_then(|mut st| {
+        st.execute(params![
+            rec.serial,
+            rec.issuer.as_str(),
+            rec.profile,
+            rec.subject,
+            rec.subject_serial_digest,
+            rec.shard as i64,
+            rec.not_before,
+            rec.not_after,
+            rec.tbs_der,
+            rec.created_at,
+            rec.owner,
+            rec.key_id
+        ])
+    })
+    .map_err(|e| {
+        if is_unique_violation(&e) {
+            StoreError::SerialTaken(rec.serial.clone())
+        } else {
+            map_err(e)
+        }
+    })?;
+    append(tx, rec.created_at, event)
+}
+
+/// Stores the signed certificate of a pending record and its audit event (inside `tx`).
+fn complete_pending(
+    tx: &Transaction,
+    serial: &str,
+    cert_der: &[u8],
+    at: i64,
+    event: &AuditEvent,
+) -> Result<AuditRecord> {
+    let n = tx
+        .prepare_cached(
+            "UPDATE certificates SET status = 'issued', cert_der = ?2, thumbprint = ?3
+             WHERE serial = ?1 AND status = 'pending'",
+        )
+        .and_then(|mut st| {
+            st.execute(params![
+                serial,
+                cert_der,
+                hex::encode(sha2::Sha256::digest(cert_der))
+            ])
+        })
+        .map_err(map_err)?;
+    if n != 1 {
+        return Err(StoreError::Conflict(format!(
+            "certificate {serial} is no longer pending (voided by another process?)"
+        )));
+    }
+    append(tx, at, event)
 }
 
 const AUDIT_COLUMNS: &str = "seq, at, actor, action, object, details, tenant, prev_hash, hash";
@@ -293,35 +393,7 @@ impl Store for SqliteStore {
     }
 
     fn record_pending(&self, rec: &CertRecord, event: &AuditEvent) -> Result<AuditRecord> {
-        self.tx(|tx| {
-            tx.execute(
-                "INSERT INTO certificates (serial, issuer, profile, status, subject, subject_serial_digest,
-                    shard, not_before, not_after, tbs_der, cert_der, created_at, owner, key_id)
-                 VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?8, ?9, NULL, ?10, ?11, ?12)",
-                params![
-                    rec.serial,
-                    rec.issuer.as_str(),
-                    rec.profile,
-                    rec.subject,
-                    rec.subject_serial_digest,
-                    rec.shard as i64,
-                    rec.not_before,
-                    rec.not_after,
-                    rec.tbs_der,
-                    rec.created_at,
-                    rec.owner,
-                    rec.key_id
-                ],
-            )
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    StoreError::SerialTaken(rec.serial.clone())
-                } else {
-                    map_err(e)
-                }
-            })?;
-            append(tx, rec.created_at, event)
-        })
+        self.tx(|tx| insert_pending(tx, rec, event))
     }
 
     fn complete_issuance(
@@ -331,24 +403,34 @@ impl Store for SqliteStore {
         at: i64,
         event: &AuditEvent,
     ) -> Result<AuditRecord> {
+        self.tx(|tx| complete_pending(tx, serial, cert_der, at, event))
+    }
+
+    fn issuance_writes(&self, writes: &[IssuanceWrite]) -> Result<Vec<Result<AuditRecord>>> {
         self.tx(|tx| {
-            let n = tx
-                .execute(
-                    "UPDATE certificates SET status = 'issued', cert_der = ?2, thumbprint = ?3
-                     WHERE serial = ?1 AND status = 'pending'",
-                    params![
+            let mut out = Vec::with_capacity(writes.len());
+            for w in writes {
+                // Each write in its own savepoint: one that fails leaves the others in place.
+                tx.execute_batch("SAVEPOINT issuance_write")
+                    .map_err(map_err)?;
+                let r = match w {
+                    IssuanceWrite::Pending { record, event } => insert_pending(tx, record, event),
+                    IssuanceWrite::Complete {
                         serial,
                         cert_der,
-                        hex::encode(sha2::Sha256::digest(cert_der))
-                    ],
-                )
-                .map_err(map_err)?;
-            if n != 1 {
-                return Err(StoreError::Conflict(format!(
-                    "certificate {serial} is no longer pending (voided by another process?)"
-                )));
+                        at,
+                        event,
+                    } => complete_pending(tx, serial, cert_der, *at, event),
+                };
+                let end = if r.is_ok() {
+                    "RELEASE issuance_write"
+                } else {
+                    "ROLLBACK TO issuance_write; RELEASE issuance_write"
+                };
+                tx.execute_batch(end).map_err(map_err)?;
+                out.push(r);
             }
-            append(tx, at, event)
+            Ok(out)
         })
     }
 

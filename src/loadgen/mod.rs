@@ -1,0 +1,918 @@
+//! `signet bench`: a load generator that drives a running Signet over HTTP with N concurrent
+//! clients (one keep-alive connection each) for T seconds, per scenario (issuance,
+//! verification, ocsp, mixed), and prints requests/s, p50/p99/max latency and errors. It can
+//! also start CFSSL (`cfssl serve`, software P-256 CA, a profile like Signet's customer
+//! profile), drive it with the same CSR and client load, and print Signet/CFSSL; measure the
+//! raw SoftHSM2 C_Sign rate in the same run (given the server's config); and sample the
+//! server's resident memory idle and under load.
+//!
+//! It is a client: it never opens the store, and touches the HSM only for the raw reference.
+
+mod cfssl;
+mod http;
+pub mod rss;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use der::{Decode, Encode};
+use hyper::body::Bytes;
+use sha1::Digest as _;
+use zeroize::Zeroizing;
+
+pub use http::Target;
+use http::{Call, Connection};
+
+/// What the load generator can fail with (before or instead of measuring).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// The options do not make sense.
+    #[error("{0}")]
+    Usage(String),
+    /// The server could not be reached, or closed the connection.
+    #[error("connection failed: {0}")]
+    Transport(String),
+    /// The server answered the setup requests in a way the bench cannot use.
+    #[error("{0}")]
+    Setup(String),
+    /// A helper program (openssl, cfssl) failed.
+    #[error("{0}")]
+    Tool(String),
+}
+
+/// One kind of load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scenario {
+    /// `POST /v1/certificates` (customer profile), the same CSR each time.
+    Issuance,
+    /// `POST /v1/verifications` of a fresh CMS-signed instruction each time.
+    Verification,
+    /// `POST /ocsp` for the serial issued during setup, no nonce.
+    Ocsp,
+    /// Per client, in turn: one issuance, one verification (with a gateway token), three OCSP.
+    Mixed,
+}
+
+impl Scenario {
+    pub fn parse(s: &str) -> Option<Scenario> {
+        match s {
+            "issuance" => Some(Scenario::Issuance),
+            "verification" => Some(Scenario::Verification),
+            "ocsp" => Some(Scenario::Ocsp),
+            "mixed" => Some(Scenario::Mixed),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Issuance => "issuance",
+            Scenario::Verification => "verification",
+            Scenario::Ocsp => "ocsp",
+            Scenario::Mixed => "mixed",
+        }
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The Signet server's base URL, `http://host:port`.
+    pub server: String,
+    /// A file holding an ra-officer bearer token (issuance).
+    pub token_file: PathBuf,
+    /// A file holding a gateway bearer token (verification); without it, no verification.
+    pub gateway_token_file: Option<PathBuf>,
+    pub scenarios: Vec<Scenario>,
+    pub clients: usize,
+    pub duration: Duration,
+    pub warmup: Duration,
+    /// Repetitions of the whole set (medians are reported).
+    pub rounds: usize,
+    /// The server process, for memory; found by port when not given.
+    pub server_pid: Option<u32>,
+    /// Also run CFSSL's `cfssl serve` with this binary and compare issuance.
+    pub cfssl: Option<PathBuf>,
+    /// Also run CFSSL recording each certificate in its SQLite certdb.
+    pub cfssl_db: bool,
+    /// The server's config, to measure the raw SoftHSM2 sign rate in the same run.
+    pub reference_config: Option<PathBuf>,
+    /// Profile and subject of the issuance requests.
+    pub profile: String,
+    pub subject: String,
+}
+
+/// Latency figures of one measurement, milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Latency {
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+/// One scenario run against one target.
+#[derive(Debug, Clone, Default)]
+pub struct Measurement {
+    pub label: String,
+    pub ok: u64,
+    pub seconds: f64,
+    pub latency: Latency,
+    /// Failed requests by kind (`status 503`, `transport`, `check`).
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl Measurement {
+    pub fn rate(&self) -> f64 {
+        if self.seconds > 0.0 {
+            self.ok as f64 / self.seconds
+        } else {
+            0.0
+        }
+    }
+
+    pub fn error_count(&self) -> u64 {
+        self.errors.values().sum()
+    }
+}
+
+/// Everything one `signet bench` run measured.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// Per label (e.g. `signet issuance`), one measurement per round.
+    pub runs: BTreeMap<String, Vec<Measurement>>,
+    /// Raw SoftHSM2 C_Sign per second (one thread), per round.
+    pub raw_hsm: Vec<f64>,
+    /// Software p256 signatures per second (one thread), per round.
+    pub raw_soft: Vec<f64>,
+    pub rss_idle_kib: Option<u64>,
+    pub rss_peak_kib: Option<u64>,
+    pub server_pid: Option<u32>,
+}
+
+/// What a request must get back to count as served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Created,
+    CfsslSuccess,
+    OcspSuccessful,
+    TotalPassed,
+}
+
+/// How each request of a client is made.
+#[derive(Clone)]
+enum Work {
+    Fixed(Call, Expect),
+    /// A verification: a fresh instruction, signed now.
+    Verify(Arc<Verifying>),
+}
+
+/// What a verification request is made of.
+struct Verifying {
+    key: p256::ecdsa::SigningKey,
+    signer: crate::sign::format::SignerCert,
+    authorization: String,
+    run: u64,
+    counter: AtomicU64,
+}
+
+impl Verifying {
+    fn call(&self) -> Result<Call, String> {
+        use p256::ecdsa::signature::Signer;
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let instruction = serde_json::json!({
+            "instruction_id": format!("bench-{}-{n}", self.run),
+            "amount": "100.00",
+            "currency": "CNY",
+            "payee": "6222 0000 0000 0000",
+        })
+        .to_string();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let cms = crate::sign::format::cms_signed_data(
+            crate::sign::format::CmsContent::Detached(instruction.as_bytes()),
+            &self.signer,
+            now,
+            &|bytes| {
+                let sig: p256::ecdsa::DerSignature = self.key.sign(bytes);
+                Ok(sig.as_bytes().to_vec())
+            },
+        )?;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let body = serde_json::json!({
+            "instruction": b64.encode(instruction.as_bytes()),
+            "signature": b64.encode(cms),
+        });
+        Ok(Call {
+            method: hyper::Method::POST,
+            path: "/v1/verifications".into(),
+            content_type: Some("application/json"),
+            authorization: Some(self.authorization.clone()),
+            body: Bytes::from(body.to_string()),
+        })
+    }
+}
+
+fn read_token(path: &Path) -> Result<Zeroizing<String>, LoadError> {
+    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+        LoadError::Usage(format!(
+            "cannot read the token file {}: {e}",
+            path.display()
+        ))
+    })?);
+    let token = Zeroizing::new(text.trim().to_string());
+    if token.is_empty() || token.contains(char::is_whitespace) {
+        return Err(LoadError::Usage(format!(
+            "the token file {} does not hold one token",
+            path.display()
+        )));
+    }
+    Ok(token)
+}
+
+/// A scratch directory, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(what: &str) -> Result<Scratch, LoadError> {
+        let dir = std::env::temp_dir().join(format!(
+            "signet-bench-{what}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| LoadError::Tool(format!("cannot create {}: {e}", dir.display())))?;
+        Ok(Scratch(dir))
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs a helper program; its output on failure.
+fn tool(cmd: &mut Command, what: &str) -> Result<Vec<u8>, LoadError> {
+    let out = cmd
+        .output()
+        .map_err(|e| LoadError::Tool(format!("{what}: cannot run: {e}")))?;
+    if !out.status.success() {
+        return Err(LoadError::Tool(format!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(out.stdout)
+}
+
+/// A P-256 key and its CSR (PEM), made by OpenSSL.
+fn key_and_csr(scratch: &Scratch) -> Result<(p256::ecdsa::SigningKey, String), LoadError> {
+    use p256::pkcs8::DecodePrivateKey;
+    let (key, csr) = (scratch.path("client.key"), scratch.path("client.csr"));
+    tool(
+        Command::new("openssl")
+            .args(["req", "-new", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=bench"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&csr),
+        "openssl req (bench CSR)",
+    )?;
+    let read = |p: &Path| {
+        std::fs::read_to_string(p)
+            .map_err(|e| LoadError::Tool(format!("cannot read {}: {e}", p.display())))
+    };
+    let key_pem = Zeroizing::new(read(&key)?);
+    let key = p256::ecdsa::SigningKey::from_pkcs8_pem(&key_pem)
+        .map_err(|e| LoadError::Tool(format!("openssl's key does not parse: {e}")))?;
+    Ok((key, read(&csr)?))
+}
+
+fn pem_to_der(pem: &str) -> Result<Vec<u8>, LoadError> {
+    der::pem::decode_vec(pem.as_bytes())
+        .map(|(_, d)| d)
+        .map_err(|e| {
+            LoadError::Setup(format!(
+                "the server sent a certificate that is not PEM: {e}"
+            ))
+        })
+}
+
+/// An OCSP request (SHA-1 CertID, no nonce) for `cert`, issued by `issuer`.
+fn ocsp_request(cert_der: &[u8], issuer_der: &[u8]) -> Result<Vec<u8>, LoadError> {
+    use crate::ca::ocsp::asn1::{CertId, OcspRequest, Request, TbsRequest};
+    let bad = |e: der::Error| LoadError::Setup(format!("cannot build the OCSP request: {e}"));
+    let cert = x509_cert::Certificate::from_der(cert_der).map_err(bad)?;
+    let issuer = x509_cert::Certificate::from_der(issuer_der).map_err(bad)?;
+    let name_hash = sha1::Sha1::digest(issuer.tbs_certificate().subject().to_der().map_err(bad)?);
+    let key_hash = sha1::Sha1::digest(
+        issuer
+            .tbs_certificate()
+            .subject_public_key_info()
+            .subject_public_key
+            .raw_bytes(),
+    );
+    let req = OcspRequest {
+        tbs_request: TbsRequest {
+            version: Default::default(),
+            requestor_name: None,
+            request_list: vec![Request {
+                req_cert: CertId {
+                    hash_algorithm: spki::AlgorithmIdentifierOwned {
+                        oid: const_oid::db::rfc5912::ID_SHA_1,
+                        parameters: Some(der::asn1::Null.into()),
+                    },
+                    issuer_name_hash: der::asn1::OctetString::new(name_hash.to_vec())
+                        .map_err(bad)?,
+                    issuer_key_hash: der::asn1::OctetString::new(key_hash.to_vec()).map_err(bad)?,
+                    serial_number: der::asn1::Int::new(
+                        cert.tbs_certificate().serial_number().as_bytes(),
+                    )
+                    .map_err(bad)?,
+                },
+                single_request_extensions: None,
+            }],
+            request_extensions: None,
+        },
+        optional_signature: None,
+    };
+    req.to_der().map_err(bad)
+}
+
+fn contains(body: &[u8], needle: &[u8]) -> bool {
+    body.windows(needle.len()).any(|w| w == needle)
+}
+
+fn check(expect: Expect, status: u16, body: &[u8]) -> Result<(), String> {
+    let ok = match expect {
+        Expect::Created => status == 201,
+        Expect::CfsslSuccess => status == 200 && contains(body, b"\"success\":true"),
+        Expect::OcspSuccessful => {
+            use crate::ca::ocsp::asn1::{OcspResponse, OcspResponseStatus};
+            status == 200
+                && OcspResponse::from_der(body)
+                    .is_ok_and(|r| r.response_status == OcspResponseStatus::Successful)
+        }
+        Expect::TotalPassed => status == 200 && contains(body, b"\"indication\":\"TOTAL_PASSED\""),
+    };
+    if ok {
+        Ok(())
+    } else if status >= 300 {
+        let code = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v["error"]["code"].as_str().map(str::to_string));
+        Err(match code {
+            Some(c) => format!("status {status} ({c})"),
+            None => format!("status {status}"),
+        })
+    } else if expect == Expect::TotalPassed {
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        Err(format!(
+            "verdict {} {}",
+            v["indication"].as_str().unwrap_or("?"),
+            v["sub_indication"].as_str().unwrap_or("")
+        ))
+    } else {
+        Err("unexpected answer".into())
+    }
+}
+
+/// What the setup found out: the requests of each scenario.
+struct Plan {
+    issuance: Work,
+    ocsp: Work,
+    verification: Option<Work>,
+}
+
+impl Plan {
+    /// The requests a client sends in turn for `scenario`.
+    fn cycle(&self, scenario: Scenario) -> Result<Vec<Work>, LoadError> {
+        let no_gateway = || {
+            LoadError::Usage(
+                "the verification scenario needs --gateway-token-file (a gateway credential)"
+                    .into(),
+            )
+        };
+        Ok(match scenario {
+            Scenario::Issuance => vec![self.issuance.clone()],
+            Scenario::Ocsp => vec![self.ocsp.clone()],
+            Scenario::Verification => vec![self.verification.clone().ok_or_else(no_gateway)?],
+            Scenario::Mixed => {
+                let mut v = vec![self.issuance.clone()];
+                v.extend(self.verification.clone());
+                v.extend([self.ocsp.clone(), self.ocsp.clone(), self.ocsp.clone()]);
+                v
+            }
+        })
+    }
+}
+
+async fn one(conn: &mut Connection, call: &Call, expect: Expect) -> Result<(), String> {
+    let answer = conn.send(call).await.map_err(|e| e.to_string())?;
+    check(expect, answer.status, &answer.body)
+}
+
+/// Sends the setup issuance and returns its JSON answer.
+async fn setup_issuance(target: &Target, call: &Call) -> Result<serde_json::Value, LoadError> {
+    let mut conn = Connection::open(target).await?;
+    let answer = conn.send(call).await?;
+    if answer.status != 201 {
+        return Err(LoadError::Setup(format!(
+            "the server refused the bench's issuance request ({}): {}",
+            answer.status,
+            String::from_utf8_lossy(&answer.body)
+        )));
+    }
+    serde_json::from_slice(&answer.body)
+        .map_err(|e| LoadError::Setup(format!("the issuance answer is not JSON: {e}")))
+}
+
+async fn plan(
+    options: &Options,
+    target: &Target,
+    key: p256::ecdsa::SigningKey,
+    csr: &str,
+) -> Result<Plan, LoadError> {
+    let token = read_token(&options.token_file)?;
+    let issue = Call {
+        method: hyper::Method::POST,
+        path: "/v1/certificates".into(),
+        content_type: Some("application/json"),
+        authorization: Some(format!("Bearer {}", token.as_str())),
+        body: Bytes::from(
+            serde_json::json!({
+                "profile": options.profile,
+                "csr": csr,
+                "subject": options.subject,
+            })
+            .to_string(),
+        ),
+    };
+    // One issuance first: its certificate is the OCSP scenario's known serial and the
+    // verification scenario's signer.
+    let issued = setup_issuance(target, &issue).await?;
+    let cert_pem = issued["certificate"].as_str().unwrap_or_default();
+    let issuer_pem = issued["chain"][0].as_str().unwrap_or_default();
+    let cert_der = pem_to_der(cert_pem)?;
+    let issuer_der = pem_to_der(issuer_pem)?;
+    let ocsp = Call {
+        method: hyper::Method::POST,
+        path: "/ocsp".into(),
+        content_type: Some("application/ocsp-request"),
+        authorization: None,
+        body: Bytes::from(ocsp_request(&cert_der, &issuer_der)?),
+    };
+    let verification = match &options.gateway_token_file {
+        Some(path) => {
+            let gateway = read_token(path)?;
+            Some(Work::Verify(Arc::new(Verifying {
+                key,
+                signer: crate::sign::format::SignerCert {
+                    certificate_der: cert_der,
+                    chain: vec![issuer_der],
+                },
+                authorization: format!("Bearer {}", gateway.as_str()),
+                run: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(0),
+                counter: AtomicU64::new(0),
+            })))
+        }
+        None => None,
+    };
+    Ok(Plan {
+        issuance: Work::Fixed(issue, Expect::Created),
+        ocsp: Work::Fixed(ocsp, Expect::OcspSuccessful),
+        verification,
+    })
+}
+
+/// N clients send `cycle` in turn for `duration`; returns what they saw.
+async fn drive(
+    label: &str,
+    target: &Target,
+    cycle: &[Work],
+    clients: usize,
+    duration: Duration,
+) -> Result<Measurement, LoadError> {
+    let mut conns = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        conns.push(Connection::open(target).await?);
+    }
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = Vec::new();
+    for (i, mut conn) in conns.into_iter().enumerate() {
+        let cycle = cycle.to_vec();
+        tasks.push(tokio::spawn(async move {
+            let mut lat: Vec<u32> = Vec::with_capacity(4096);
+            let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+            let mut k = i;
+            loop {
+                let work = &cycle[k % cycle.len()];
+                k += 1;
+                let t = Instant::now();
+                if t >= deadline {
+                    break;
+                }
+                let outcome = match work {
+                    Work::Fixed(call, expect) => one(&mut conn, call, *expect).await,
+                    Work::Verify(v) => match v.call() {
+                        Ok(call) => one(&mut conn, &call, Expect::TotalPassed).await,
+                        Err(e) => Err(format!("cannot sign the instruction: {e}")),
+                    },
+                };
+                match outcome {
+                    Ok(()) => lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32),
+                    Err(e) => {
+                        let transport = e.starts_with("connection failed");
+                        *errors.entry(e).or_default() += 1;
+                        if transport {
+                            // Reconnect (the server may have closed the connection).
+                            match Connection::open(&target_of(&conn)).await {
+                                Ok(c) => conn = c,
+                                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                            }
+                        }
+                    }
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut errors = BTreeMap::new();
+    for t in tasks {
+        let (l, e) = t
+            .await
+            .map_err(|e| LoadError::Transport(format!("a client task failed: {e}")))?;
+        lat.extend(l);
+        for (k, v) in e {
+            *errors.entry(k).or_default() += v;
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    let pick = |q: f64| -> f64 {
+        if lat.is_empty() {
+            return 0.0;
+        }
+        let i = ((lat.len() as f64 * q).ceil() as usize).clamp(1, lat.len()) - 1;
+        lat[i] as f64 / 1000.0
+    };
+    Ok(Measurement {
+        label: label.to_string(),
+        ok: lat.len() as u64,
+        seconds,
+        latency: Latency {
+            p50: pick(0.50),
+            p99: pick(0.99),
+            max: lat.last().map_or(0.0, |m| *m as f64 / 1000.0),
+        },
+        errors,
+    })
+}
+
+fn target_of(conn: &Connection) -> Target {
+    conn.target().clone()
+}
+
+/// Raw SoftHSM2 and software ECDSA rates (one thread), each for about `run`.
+fn raw_rates(config: &Path, run: Duration) -> Result<(f64, f64), LoadError> {
+    use p256::ecdsa::signature::Signer;
+    let config = crate::config::Config::load(config)
+        .map_err(|e| LoadError::Usage(format!("--reference-config: {e}")))?;
+    config.apply_environment();
+    let hsm = crate::hsm::Hsm::open(config.hsm_config())
+        .map_err(|e| LoadError::Setup(format!("cannot open the HSM for the reference: {e}")))?;
+    let label = format!(
+        "{}-{}",
+        config.ca.key_prefix,
+        crate::ca::IssuerId::Customer.key_suffix()
+    );
+    let data = [0x5a_u8; 32];
+    let rate = |op: &mut dyn FnMut() -> Result<(), String>| -> Result<f64, LoadError> {
+        let start = Instant::now();
+        let mut n = 0u64;
+        while start.elapsed() < run {
+            op().map_err(|e| LoadError::Setup(format!("reference signing failed: {e}")))?;
+            n += 1;
+        }
+        Ok(n as f64 / start.elapsed().as_secs_f64())
+    };
+    // Warm-up: session, key handle.
+    hsm.sign_p256_sha256(&label, &data)
+        .map_err(|e| LoadError::Setup(format!("reference signing with {label} failed: {e}")))?;
+    let raw = rate(&mut || {
+        hsm.sign_p256_sha256(&label, std::hint::black_box(&data))
+            .map(|s| {
+                std::hint::black_box(s);
+            })
+            .map_err(|e| e.to_string())
+    })?;
+    let key = p256::ecdsa::SigningKey::from_slice(&[7u8; 32])
+        .map_err(|e| LoadError::Setup(e.to_string()))?;
+    let soft = rate(&mut || {
+        let s: p256::ecdsa::Signature = key.sign(std::hint::black_box(&data));
+        std::hint::black_box(s);
+        Ok(())
+    })?;
+    Ok((raw, soft))
+}
+
+/// Samples a process's RSS every 100 ms while `f` runs; returns f's output and the peak.
+async fn with_rss_peak<T>(
+    pid: Option<u32>,
+    f: impl std::future::Future<Output = T>,
+) -> (T, Option<u64>) {
+    let Some(pid) = pid else {
+        return (f.await, None);
+    };
+    let peak = Arc::new(AtomicU64::new(0));
+    let p = peak.clone();
+    let sampler = tokio::spawn(async move {
+        loop {
+            if let Some(k) = rss::rss_kib(pid) {
+                p.fetch_max(k, Ordering::Relaxed);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let out = f.await;
+    sampler.abort();
+    if let Some(k) = rss::rss_kib(pid) {
+        peak.fetch_max(k, Ordering::Relaxed);
+    }
+    let v = peak.load(Ordering::Relaxed);
+    (out, (v > 0).then_some(v))
+}
+
+/// Runs the whole bench. Progress goes to stderr; the report is returned for printing.
+pub fn run(options: &Options) -> Result<Report, LoadError> {
+    if options.clients == 0 {
+        return Err(LoadError::Usage("--clients must be at least 1".into()));
+    }
+    if options.scenarios.is_empty() {
+        return Err(LoadError::Usage("name at least one --scenario".into()));
+    }
+    let target = Target::parse(&options.server)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| LoadError::Setup(format!("cannot start the client runtime: {e}")))?;
+    let scratch = Scratch::new("client")?;
+    let (key, csr) = key_and_csr(&scratch)?;
+    let plan = runtime.block_on(plan(options, &target, key, &csr))?;
+    let mut cycles = Vec::new();
+    for s in &options.scenarios {
+        cycles.push((*s, plan.cycle(*s)?));
+    }
+
+    let pid = options
+        .server_pid
+        .or_else(|| target.port().and_then(rss::pid_listening_on));
+    let mut report = Report {
+        server_pid: pid,
+        ..Report::default()
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    report.rss_idle_kib = pid.and_then(rss::rss_kib);
+
+    let mut cfssls = Vec::new();
+    if let Some(bin) = &options.cfssl {
+        let c = cfssl::Cfssl::start(bin, &options.subject, false)?;
+        cfssls.push(("cfssl issuance".to_string(), c));
+        if options.cfssl_db {
+            let c = cfssl::Cfssl::start(bin, &options.subject, true)?;
+            cfssls.push(("cfssl issuance (certdb)".to_string(), c));
+        }
+    }
+    let cfssl_cycles: Vec<_> = cfssls
+        .iter()
+        .map(|(label, c)| {
+            (
+                label.clone(),
+                c.target.clone(),
+                vec![Work::Fixed(c.sign_call(&csr), Expect::CfsslSuccess)],
+            )
+        })
+        .collect();
+
+    let mut peak = 0u64;
+    for round in 1..=options.rounds.max(1) {
+        if let Some(config) = &options.reference_config {
+            let (raw, soft) = raw_rates(config, Duration::from_secs(2))?;
+            eprintln!(
+                "bench: round {round}: raw SoftHSM2 C_Sign {raw:.0}/s, software p256 {soft:.0}/s"
+            );
+            report.raw_hsm.push(raw);
+            report.raw_soft.push(soft);
+        }
+        for (scenario, cycle) in &cycles {
+            let label = format!("signet {}", scenario.name());
+            runtime.block_on(drive(
+                &label,
+                &target,
+                cycle,
+                options.clients,
+                options.warmup,
+            ))?;
+            let (m, p) = runtime.block_on(with_rss_peak(
+                pid,
+                drive(&label, &target, cycle, options.clients, options.duration),
+            ));
+            let m = m?;
+            peak = peak.max(p.unwrap_or(0));
+            eprintln!(
+                "bench: round {round}: {label}: {:.0}/s, p99 {:.1} ms, {} errors",
+                m.rate(),
+                m.latency.p99,
+                m.error_count()
+            );
+            report.runs.entry(label).or_default().push(m);
+        }
+        for (label, target, cycle) in &cfssl_cycles {
+            runtime.block_on(drive(label, target, cycle, options.clients, options.warmup))?;
+            let m = runtime.block_on(drive(
+                label,
+                target,
+                cycle,
+                options.clients,
+                options.duration,
+            ))?;
+            eprintln!(
+                "bench: round {round}: {label}: {:.0}/s, p99 {:.1} ms, {} errors",
+                m.rate(),
+                m.latency.p99,
+                m.error_count()
+            );
+            report.runs.entry(label.clone()).or_default().push(m);
+        }
+    }
+    report.rss_peak_kib = (peak > 0).then_some(peak);
+    drop(cfssls);
+    Ok(report)
+}
+
+/// The median of some figures (0 when there are none).
+pub fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let m = s.len() / 2;
+    if s.len() % 2 == 1 {
+        s[m]
+    } else {
+        (s[m - 1] + s[m]) / 2.0
+    }
+}
+
+impl Report {
+    /// Median requests/s of a label.
+    pub fn rate(&self, label: &str) -> Option<f64> {
+        let v: Vec<f64> = self.runs.get(label)?.iter().map(|m| m.rate()).collect();
+        Some(median(&v))
+    }
+
+    /// The report as text: one line per measurement, then references, ratios and memory.
+    pub fn render(&self, options: &Options) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let rounds = options.rounds.max(1);
+        let _ = writeln!(
+            out,
+            "signet bench: {} clients, {:.0} s per measurement, {rounds} round(s), medians",
+            options.clients,
+            options.duration.as_secs_f64()
+        );
+        let _ = writeln!(
+            out,
+            "{:<24} {:>10} {:>9} {:>9} {:>9} {:>8}   per round (req/s)",
+            "measurement", "req/s", "p50 ms", "p99 ms", "max ms", "errors"
+        );
+        let _ = writeln!(out, "{}", "-".repeat(100));
+        for (label, ms) in &self.runs {
+            let med =
+                |f: &dyn Fn(&Measurement) -> f64| median(&ms.iter().map(f).collect::<Vec<_>>());
+            let errors: u64 = ms.iter().map(|m| m.error_count()).sum();
+            let _ = writeln!(
+                out,
+                "{:<24} {:>10.0} {:>9.1} {:>9.1} {:>9.1} {:>8}   {}",
+                label,
+                med(&|m| m.rate()),
+                med(&|m| m.latency.p50),
+                med(&|m| m.latency.p99),
+                ms.iter().map(|m| m.latency.max).fold(0.0, f64::max),
+                errors,
+                ms.iter()
+                    .map(|m| format!("{:.0}", m.rate()))
+                    .collect::<Vec<_>>()
+                    .join("  ")
+            );
+            let mut kinds: BTreeMap<&str, u64> = BTreeMap::new();
+            for m in ms {
+                for (k, v) in &m.errors {
+                    *kinds.entry(k.as_str()).or_default() += v;
+                }
+            }
+            for (k, v) in kinds {
+                let _ = writeln!(out, "{:<24}   error: {v} x {k}", "");
+            }
+        }
+        if !self.raw_hsm.is_empty() {
+            let _ = writeln!(
+                out,
+                "{:<24} {:>10.0}   (one thread, customer CA key)   per round: {}",
+                "raw SoftHSM2 C_Sign",
+                median(&self.raw_hsm),
+                self.raw_hsm
+                    .iter()
+                    .map(|r| format!("{r:.0}"))
+                    .collect::<Vec<_>>()
+                    .join("  ")
+            );
+            let _ = writeln!(
+                out,
+                "{:<24} {:>10.0}   (one thread)",
+                "software p256 sign",
+                median(&self.raw_soft)
+            );
+        }
+        let _ = writeln!(out, "{}", "-".repeat(100));
+        let raw = (!self.raw_hsm.is_empty()).then(|| median(&self.raw_hsm));
+        if let (Some(s), Some(c)) = (self.rate("signet issuance"), self.rate("cfssl issuance")) {
+            if c > 0.0 {
+                let _ = writeln!(
+                    out,
+                    "issuance Signet/CFSSL      {:>8.2}x   (target >= 1.0, aim 1.2)",
+                    s / c
+                );
+            }
+        }
+        if let (Some(s), Some(c)) = (
+            self.rate("signet issuance"),
+            self.rate("cfssl issuance (certdb)"),
+        ) {
+            if c > 0.0 {
+                let _ = writeln!(
+                    out,
+                    "issuance Signet/CFSSL+db   {:>8.2}x   (CFSSL recording each certificate too)",
+                    s / c
+                );
+            }
+        }
+        if let (Some(s), Some(r)) = (self.rate("signet issuance"), raw) {
+            let _ = writeln!(
+                out,
+                "issuance / raw HSM sign    {:>8.1}%   (target >= 40%)",
+                100.0 * s / r
+            );
+        }
+        if let (Some(s), Some(r)) = (self.rate("signet ocsp"), raw) {
+            let _ = writeln!(
+                out,
+                "OCSP / raw HSM sign        {:>8.2}x   (target >= 1.5)",
+                s / r
+            );
+        }
+        match (self.server_pid, self.rss_idle_kib, self.rss_peak_kib) {
+            (Some(pid), idle, peak) => {
+                let mib = |k: Option<u64>| {
+                    k.map_or("unknown".to_string(), |k| {
+                        format!("{:.1} MiB", k as f64 / 1024.0)
+                    })
+                };
+                let _ = writeln!(
+                    out,
+                    "server RSS (pid {pid})       idle {}, peak under load {}   (targets < 64 MiB, < 256 MiB)",
+                    mib(idle),
+                    mib(peak)
+                );
+            }
+            (None, _, _) => {
+                let _ = writeln!(out, "server RSS: unknown (give --server-pid)");
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,271 @@
+//! Group commit of issuance writes: callers hand their write (a pending record, a completed
+//! certificate, each with its audit event) to one committer thread and wait; the committer
+//! gathers what arrives within a short window (or up to a maximum count), applies it in one
+//! transaction through [`Store::issuance_writes`] - one fsync for the whole group, audit
+//! appends in the same transaction, so the hash chain grows in commit order - and answers
+//! each caller with its own result once the transaction is durable. A caller therefore never
+//! goes on (to the HSM, or to answer its client) before its own record is on disk.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{IssuanceWrite, Result, Store, StoreError};
+use crate::audit::AuditRecord;
+
+/// How the committer groups writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupCommitSettings {
+    /// After the first write of a group arrives, how long to wait for more, at most: the
+    /// committer waits only while fewer writes are in hand than issuances are in flight
+    /// (a lone issuance never waits).
+    pub max_wait: Duration,
+    /// Largest group.
+    pub max_writes: usize,
+}
+
+impl Default for GroupCommitSettings {
+    fn default() -> Self {
+        GroupCommitSettings {
+            max_wait: Duration::from_micros(1000),
+            max_writes: 256,
+        }
+    }
+}
+
+struct Job {
+    write: IssuanceWrite,
+    reply: mpsc::SyncSender<Result<AuditRecord>>,
+}
+
+/// The committer: a thread that owns the grouping; cheap to share. The thread ends when the
+/// `GroupCommit` is dropped (after answering what it was given).
+pub struct GroupCommit {
+    sender: mpsc::Sender<Job>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// Counts one issuance in flight while it lives (see [`GroupCommit::in_flight`]).
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl GroupCommit {
+    /// Starts the committer thread over `store`.
+    pub fn start(store: Arc<dyn Store>, settings: GroupCommitSettings) -> GroupCommit {
+        let (sender, jobs) = mpsc::channel();
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let counted = in_flight.clone();
+        let spawned = std::thread::Builder::new()
+            .name("signet-group-commit".into())
+            .spawn(move || run(&*store, &jobs, &counted, settings));
+        if let Err(e) = spawned {
+            // Without the thread every write answers Unavailable (the receiver is gone).
+            tracing::error!(error = %e, "cannot start the group-commit thread");
+        }
+        GroupCommit { sender, in_flight }
+    }
+
+    /// Marks an issuance as in flight until the guard is dropped: the committer then waits
+    /// (up to `max_wait`) for its writes to join a group.
+    pub fn in_flight(&self) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.in_flight.clone())
+    }
+
+    /// Applies one write with the next group; returns once it is durable (or failed).
+    pub fn write(&self, write: IssuanceWrite) -> Result<AuditRecord> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        let stopped = || StoreError::Unavailable("the group-commit thread has stopped".into());
+        self.sender
+            .send(Job { write, reply })
+            .map_err(|_| stopped())?;
+        answer.recv().map_err(|_| stopped())?
+    }
+}
+
+fn run(
+    store: &dyn Store,
+    jobs: &mpsc::Receiver<Job>,
+    in_flight: &AtomicUsize,
+    settings: GroupCommitSettings,
+) {
+    let max = settings.max_writes.max(1);
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        let deadline = Instant::now() + settings.max_wait;
+        while group.len() < max {
+            match jobs.try_recv() {
+                Ok(j) => {
+                    group.push(j);
+                    continue;
+                }
+                Err(TryRecvError::Disconnected) => break,
+                Err(TryRecvError::Empty) => {}
+            }
+            let now = Instant::now();
+            if now >= deadline || group.len() >= in_flight.load(Ordering::Relaxed) {
+                break;
+            }
+            match jobs.recv_timeout(deadline - now) {
+                Ok(j) => group.push(j),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        let (writes, replies): (Vec<_>, Vec<_>) =
+            group.into_iter().map(|j| (j.write, j.reply)).unzip();
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| store.issuance_writes(&writes)))
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(
+                    "the store failed while committing a group of writes".into(),
+                ))
+            });
+        match outcome {
+            Ok(results) if results.len() == replies.len() => {
+                for (result, reply) in results.into_iter().zip(replies) {
+                    // A caller that has gone away (it cannot, it waits) needs no answer.
+                    let _ = reply.send(result);
+                }
+            }
+            Ok(results) => {
+                let why = format!(
+                    "the store answered {} of {} grouped writes",
+                    results.len(),
+                    replies.len()
+                );
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::Corrupt(why.clone())));
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(same_error(&e)));
+                }
+            }
+        }
+    }
+}
+
+/// The same failure for each caller of a group that failed as a whole.
+fn same_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+        StoreError::SerialTaken(m) => StoreError::SerialTaken(m.clone()),
+        StoreError::NotFound(m) => StoreError::NotFound(m.clone()),
+        StoreError::Conflict(m) => StoreError::Conflict(m.clone()),
+        StoreError::Corrupt(m) => StoreError::Corrupt(m.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{chain_hash, AuditEvent, GENESIS};
+    use crate::ca::IssuerId;
+    use crate::store::{CertRecord, CertStatus, SqliteStore};
+
+    fn pending(serial: &str) -> IssuanceWrite {
+        IssuanceWrite::Pending {
+            record: CertRecord {
+                serial: serial.into(),
+                issuer: IssuerId::Customer,
+                profile: "customer".into(),
+                status: CertStatus::Pending,
+                subject: "CN=x".into(),
+                subject_serial_digest: None,
+                shard: 0,
+                not_before: 1,
+                not_after: 2,
+                tbs_der: vec![0x30, 0x00],
+                cert_der: None,
+                created_at: 1,
+                revocation: None,
+                owner: None,
+                key_id: None,
+            },
+            event: AuditEvent::new("test", "certificate.record", serial, serde_json::json!({})),
+        }
+    }
+
+    fn complete(serial: &str) -> IssuanceWrite {
+        IssuanceWrite::Complete {
+            serial: serial.into(),
+            cert_der: vec![0x30, 0x01, serial.len() as u8],
+            at: 2,
+            event: AuditEvent::new("test", "certificate.issue", serial, serde_json::json!({})),
+        }
+    }
+
+    fn store() -> (tempfile::TempDir, Arc<SqliteStore>) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(&dir.path().join("signet.db")).expect("open store");
+        (dir, Arc::new(store))
+    }
+
+    /// Every event links to the one before it (sequence and hash).
+    fn assert_chain_whole(store: &dyn Store) {
+        let events = store.audit_events(0).expect("events");
+        let mut prev = GENESIS.to_vec();
+        for (i, e) in events.iter().enumerate() {
+            assert_eq!(e.seq, i as u64 + 1);
+            assert_eq!(e.prev_hash, prev);
+            let ev = AuditEvent {
+                actor: e.actor.clone(),
+                action: e.action.clone(),
+                object: e.object.clone(),
+                details: e.details.clone(),
+                tenant: e.tenant.clone(),
+            };
+            assert_eq!(e.hash, chain_hash(&prev, e.seq, e.at, &ev).to_vec());
+            prev = e.hash.clone();
+        }
+    }
+
+    #[test]
+    fn a_failing_write_in_a_group_leaves_the_others_applied() {
+        let (_dir, store) = store();
+        let results = store
+            .issuance_writes(&[pending("01"), pending("01"), pending("02"), complete("03")])
+            .expect("group commits");
+        assert!(results[0].is_ok());
+        assert!(matches!(results[1], Err(StoreError::SerialTaken(_))));
+        assert!(results[2].is_ok());
+        assert!(matches!(results[3], Err(StoreError::Conflict(_))));
+        for serial in ["01", "02"] {
+            let rec = store.certificate(serial).unwrap().expect("recorded");
+            assert_eq!(rec.status, CertStatus::Pending);
+        }
+        assert!(store.certificate("03").unwrap().is_none());
+        // Two events, for the two writes that were applied.
+        assert_eq!(store.audit_events(0).unwrap().len(), 2);
+        assert_chain_whole(&*store);
+    }
+
+    #[test]
+    fn concurrent_issuances_through_the_committer_are_all_recorded_in_one_whole_chain() {
+        let (_dir, store) = store();
+        let commits = GroupCommit::start(store.clone(), GroupCommitSettings::default());
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let commits = &commits;
+                s.spawn(move || {
+                    for i in 0..10 {
+                        let serial = format!("{t:02x}{i:02x}");
+                        let _flight = commits.in_flight();
+                        commits.write(pending(&serial)).expect("pending");
+                        commits.write(complete(&serial)).expect("complete");
+                    }
+                });
+            }
+        });
+        assert_eq!(store.certificates().unwrap().len(), 80);
+        assert_eq!(store.audit_events(0).unwrap().len(), 160);
+        assert_chain_whole(&*store);
+    }
+}
