@@ -23,6 +23,8 @@ const MIGRATIONS: &[&str] = &[
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    /// The database file, for the extra read connections of long reads (`each_revoked`).
+    path: std::path::PathBuf,
 }
 
 fn map_err(e: rusqlite::Error) -> StoreError {
@@ -70,6 +72,7 @@ impl SqliteStore {
             .map_err(map_err)?;
         let store = SqliteStore {
             conn: Mutex::new(conn),
+            path: path.to_path_buf(),
         };
         store.migrate()?;
         Ok(store)
@@ -466,6 +469,61 @@ impl Store for SqliteStore {
         )
     }
 
+    /// Reads on a connection of its own (WAL: a snapshot, writers go on meanwhile), so that a
+    /// CRL of a million entries does not hold the store's connection for seconds.
+    fn each_revoked(
+        &self,
+        issuer: IssuerId,
+        shard: Option<u32>,
+        f: &mut dyn FnMut(&RevokedEntry) -> std::result::Result<(), String>,
+    ) -> Result<u64> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(map_err)?;
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(map_err)?;
+        let mut st = conn
+            .prepare(
+                "SELECT serial, revoked_at, revocation_reason, invalidity_date FROM certificates
+                 WHERE issuer = ?1 AND revoked_at IS NOT NULL AND (?2 < 0 OR shard = ?2)
+                 ORDER BY revoked_at, serial",
+            )
+            .map_err(map_err)?;
+        let mut rows = st
+            .query(params![issuer.as_str(), shard_key(shard)])
+            .map_err(map_err)?;
+        let mut n = 0u64;
+        let mut entry = RevokedEntry {
+            serial: String::new(),
+            revocation: RevocationRecord {
+                revoked_at: 0,
+                reason_code: None,
+                invalidity_date: None,
+            },
+        };
+        while let Some(r) = rows.next().map_err(map_err)? {
+            entry.serial.clear();
+            entry.serial.push_str(
+                r.get_ref(0)
+                    .and_then(|v| v.as_str().map_err(Into::into))
+                    .map_err(map_err)?,
+            );
+            entry.revocation = RevocationRecord {
+                revoked_at: r.get(1).map_err(map_err)?,
+                reason_code: r
+                    .get::<_, Option<i64>>(2)
+                    .map_err(map_err)?
+                    .map(|c| c as u8),
+                invalidity_date: r.get(3).map_err(map_err)?,
+            };
+            f(&entry).map_err(StoreError::Conflict)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     fn record_crl(
         &self,
         issuer: IssuerId,
@@ -510,6 +568,14 @@ impl Store for SqliteStore {
                 params![issuer.as_str(), shard_key(shard), number as i64, crl_der],
             )
             .map_err(map_err)?;
+            // Superseded CRLs keep their number, times and to-be-signed bytes; their signed DER
+            // (megabytes each for a large CRL) goes once two newer ones exist.
+            tx.execute(
+                "UPDATE crls SET crl_der = NULL WHERE issuer = ?1 AND shard = ?2 AND number < ?3 - 1
+                 AND crl_der IS NOT NULL",
+                params![issuer.as_str(), shard_key(shard), number as i64],
+            )
+            .map_err(map_err)?;
             Ok(())
         })
     }
@@ -534,6 +600,24 @@ impl Store for SqliteStore {
             .optional()
             .map_err(map_err)
         })
+    }
+
+    fn latest_crl_info(&self, issuer: IssuerId, shard: Option<u32>) -> Result<Option<CrlRecord>> {
+        self.optional_row(
+            "SELECT number, this_update, next_update FROM crls
+             WHERE issuer = ?1 AND shard = ?2 AND crl_der IS NOT NULL ORDER BY number DESC LIMIT 1",
+            params![issuer.as_str(), shard_key(shard)],
+            |r| {
+                Ok(CrlRecord {
+                    issuer,
+                    shard,
+                    number: r.get::<_, i64>(0)? as u64,
+                    this_update: r.get(1)?,
+                    next_update: r.get(2)?,
+                    crl_der: None,
+                })
+            },
+        )
     }
 
     fn append_audit(&self, at: i64, event: &AuditEvent) -> Result<AuditRecord> {

@@ -796,7 +796,6 @@ impl Verifier {
 
 /// Was `crl` issued and signed by `issuer` (ECDSA P-256 with SHA-256)?
 fn crl_signed_by(crl: &CertificateList, issuer: &Certificate) -> bool {
-    use p256::ecdsa::signature::Verifier as _;
     let same_issuer = match (
         crl.tbs_cert_list.issuer.to_der(),
         issuer.tbs_certificate().subject().to_der(),
@@ -804,20 +803,17 @@ fn crl_signed_by(crl: &CertificateList, issuer: &Certificate) -> bool {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
     };
-    let Ok(key) =
-        crate::ca::x509::verifying_key(issuer.tbs_certificate().subject_public_key_info())
-    else {
+    let Ok(tbs) = crl.tbs_cert_list.to_der() else {
         return false;
     };
-    let (Ok(tbs), Ok(sig)) = (
-        crl.tbs_cert_list.to_der(),
-        p256::ecdsa::DerSignature::try_from(crl.signature.raw_bytes()),
-    ) else {
-        return false;
-    };
+    let point = issuer
+        .tbs_certificate()
+        .subject_public_key_info()
+        .subject_public_key
+        .raw_bytes();
     same_issuer
         && crl.signature_algorithm.oid == crate::ca::x509::ECDSA_WITH_SHA256
-        && key.verify(&tbs, &sig).is_ok()
+        && crate::ecdsa::verify_p256_sha256(point, &tbs, crl.signature.raw_bytes()).is_ok()
 }
 
 fn custody_name(c: KeyCustody) -> &'static str {

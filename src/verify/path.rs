@@ -5,7 +5,6 @@
 use const_oid::db::rfc5280 as oids;
 use const_oid::ObjectIdentifier;
 use der::{Decode, Encode};
-use p256::ecdsa::signature::Verifier;
 use x509_cert::ext::pkix::{BasicConstraints, CertificatePolicies, KeyUsage, KeyUsages};
 use x509_cert::Certificate;
 
@@ -82,18 +81,26 @@ pub fn signed_by(cert: &Certificate, issuer: &Certificate) -> Result<(), PathErr
             "certificate signed with {alg}, not ecdsa-with-SHA256"
         )));
     }
-    let key = crate::ca::x509::verifying_key(issuer.tbs_certificate().subject_public_key_info())
-        .map_err(PathError::CryptoConstraints)?;
-    let sig = p256::ecdsa::DerSignature::try_from(cert.signature().raw_bytes())
-        .map_err(|_| PathError::NoChain("certificate signature is not DER ECDSA".into()))?;
     let tbs = cert
         .tbs_certificate()
         .to_der()
         .map_err(|e| PathError::NoChain(e.to_string()))?;
-    key.verify(&tbs, &sig).map_err(|_| {
-        PathError::NoChain(
+    let point = issuer
+        .tbs_certificate()
+        .subject_public_key_info()
+        .subject_public_key
+        .raw_bytes();
+    crate::ecdsa::verify_p256_sha256(point, &tbs, cert.signature().raw_bytes()).map_err(|e| match e
+    {
+        crate::ecdsa::EcdsaError::BadKey(_) => {
+            PathError::CryptoConstraints("not a P-256 key: invalid curve point".into())
+        }
+        crate::ecdsa::EcdsaError::BadEncoding { .. } => {
+            PathError::NoChain("certificate signature is not DER ECDSA".into())
+        }
+        crate::ecdsa::EcdsaError::Mismatch => PathError::NoChain(
             "a certificate's signature does not verify under its issuer's key".into(),
-        )
+        ),
     })
 }
 
