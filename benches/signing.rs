@@ -17,16 +17,11 @@
 //! it meets the 70 % target, with software p256 signing as a second reference. About 45 s in
 //! all. Needs SoftHSM2 (`setup.sh` installs it with apt-get when missing) and bash.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use p256::ecdsa::signature::Signer;
 use sha2::{Digest, Sha256};
-use signet::app::Signet;
-use signet::ca::Fault;
-use signet::clock::Clock;
-use signet::config::Config;
 use signet::sign::format::{cms_signed_data, CmsContent, SignerCert};
 use signet::verify::evidence::{CertificateResolver, Crypto, SignerRef};
 
@@ -36,58 +31,15 @@ const SOFT_RUN: Duration = Duration::from_secs(1);
 const BATCH: usize = 1_000;
 const TARGET: f64 = 0.70;
 
-type BoxError = Box<dyn std::error::Error>;
+mod common;
+
+use common::BoxError;
 
 fn main() {
     if let Err(e) = bench() {
         eprintln!("signing bench: {e}");
         std::process::exit(1);
     }
-}
-
-/// The release `signet` binary, for `setup.sh` and `ca init`. Cargo names it to benches in
-/// `CARGO_BIN_EXE_signet`; without it, `target/release/signet`, built when missing.
-fn signet_binary(repo: &Path) -> Result<PathBuf, BoxError> {
-    if let Some(bin) = option_env!("CARGO_BIN_EXE_signet") {
-        if Path::new(bin).is_file() {
-            eprintln!("signet binary: {bin} (CARGO_BIN_EXE_signet)");
-            return Ok(bin.into());
-        }
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo.join("target"));
-    let bin = target.join("release").join("signet");
-    if !bin.is_file() {
-        eprintln!(
-            "building {} (cargo build --release --bin signet)",
-            bin.display()
-        );
-        let status = Command::new(option_env!("CARGO").unwrap_or("cargo"))
-            .args(["build", "--release", "--bin", "signet"])
-            .current_dir(repo)
-            .status()?;
-        if !status.success() || !bin.is_file() {
-            return Err(format!("cargo build --release --bin signet: {status}").into());
-        }
-    }
-    eprintln!("signet binary: {}", bin.display());
-    Ok(bin)
-}
-
-#[track_caller]
-fn run(cmd: &mut Command, what: &str) -> Result<String, BoxError> {
-    let out = cmd.output().map_err(|e| format!("{what}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{what} failed ({})\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// Calls `op` until `run` has passed; returns operations per second (each call does `per`).
@@ -149,39 +101,8 @@ impl CertificateResolver for NoResolver {
 
 fn bench() -> Result<(), BoxError> {
     let started = Instant::now();
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let bin = signet_binary(repo)?;
-
-    // A private token and config in a temporary directory.
-    let home = tempfile::Builder::new().prefix("signet-bench-").tempdir()?;
-    let conf = home.path().join("softhsm2.conf");
-    let config_path = home.path().join("signet.toml");
-    run(
-        Command::new("bash")
-            .arg(repo.join("softhsm/setup.sh"))
-            .current_dir(repo)
-            .env("SIGNET_HOME", home.path())
-            .env("SIGNET_BIN", &bin)
-            .env("SIGNET_TOKEN_LABEL", "signet-bench")
-            .env_remove("SOFTHSM2_CONF")
-            .env_remove("SIGNET_FAKE_NOW")
-            .env_remove("SIGNET_FAULT"),
-        "softhsm/setup.sh",
-    )?;
-    run(
-        Command::new(&bin)
-            .arg("--config")
-            .arg(&config_path)
-            .args(["ca", "init"])
-            .current_dir(home.path())
-            .env("SOFTHSM2_CONF", &conf)
-            .env_remove("SIGNET_FAKE_NOW")
-            .env_remove("SIGNET_FAULT"),
-        "signet ca init",
-    )?;
-    // Before the module is loaded, and while this process has one thread.
-    std::env::set_var("SOFTHSM2_CONF", &conf);
-    let signet = Signet::open(Config::load(&config_path)?, Clock::system(), Fault::None)?;
+    let temp = common::temp_signet("signet-bench")?;
+    let signet = &temp.signet;
     let service = signet.authority.validation_service()?;
     let label = service.key_label.clone();
     let signer = SignerCert {
@@ -331,7 +252,6 @@ fn bench() -> Result<(), BoxError> {
         1e6 / mb - 1e6 / ma
     );
     println!("total {:.1} s", started.elapsed().as_secs_f64());
-    drop(signet);
-    drop(home);
+    drop(temp);
     Ok(())
 }
