@@ -28,6 +28,8 @@ use crate::store::{CertStatus, ReplayKeys, Store};
 
 /// Certificates a signature carries that path building looks at.
 const MAX_CARRIED_CERTIFICATES: usize = 10;
+/// Certificate signatures remembered (customer certificates and their CAs): 32 bytes each.
+const SIGNATURE_CACHE_ENTRIES: usize = 100_000;
 
 /// Verifies signatures of payment instructions.
 pub struct Verifier {
@@ -37,6 +39,8 @@ pub struct Verifier {
     profiles: Profiles,
     anchors: Vec<Anchor>,
     intermediates: Vec<Certificate>,
+    /// Certificate signatures of chains already validated (see `path::SignatureCache`).
+    signatures: path::SignatureCache,
 }
 
 /// A verdict in progress: the first failure wins.
@@ -184,6 +188,7 @@ impl Verifier {
             profiles,
             anchors,
             intermediates: vec![ca(IssuerId::Customer)?, ca(IssuerId::Teller)?],
+            signatures: path::SignatureCache::new(SIGNATURE_CACHE_ENTRIES),
         })
     }
 
@@ -580,7 +585,13 @@ impl Verifier {
             .cloned()
             .collect();
         intermediates.extend(self.intermediates.iter().cloned());
-        let path = match path::validate(cert, &intermediates, &self.anchors, now) {
+        let path = match path::validate_cached(
+            cert,
+            &intermediates,
+            &self.anchors,
+            now,
+            Some(&self.signatures),
+        ) {
             Ok(p) => {
                 v.check(
                     "certificate-path",
