@@ -195,3 +195,101 @@ fn concurrent_signers_during_a_module_failure_fail_as_unavailable_or_succeed_the
             .expect("all well again");
     }
 }
+
+/// A customer key in software, its certificate from the fixture's CA, and a CMS detached
+/// signature of `instruction` made with it (chain carried).
+fn signed_instruction(s: &Signet, instruction: &[u8]) -> (String, Vec<u8>, Vec<u8>) {
+    use p256::ecdsa::signature::Signer;
+    use x509_cert::builder::{Builder, RequestBuilder};
+    let seed = s.hsm.random(32).unwrap();
+    let key = p256::ecdsa::SigningKey::from_slice(&sha2::Sha256::digest(&seed)).unwrap();
+    let req = RequestBuilder::new("CN=cache test".parse().unwrap())
+        .unwrap()
+        .build::<_, p256::ecdsa::DerSignature>(&key)
+        .unwrap();
+    let issued = s
+        .registrar
+        .issue(&CertificateRequest {
+            profile: "customer",
+            csr: &der::Encode::to_der(&req).unwrap(),
+            subject: "CN=Cache Test,serialNumber=110101199003071234",
+            actor: "test:cache",
+            break_glass: true,
+            tenant: None,
+        })
+        .unwrap();
+    let chain = vec![s.authority.ca(IssuerId::Customer).unwrap().der];
+    let sign = |b: &[u8]| -> Result<Vec<u8>, String> {
+        let sig: p256::ecdsa::DerSignature = key.sign(b);
+        Ok(sig.as_bytes().to_vec())
+    };
+    let cms = |cert: &[u8]| {
+        signet::sign::format::cms_signed_data(
+            signet::sign::format::CmsContent::Detached(instruction),
+            &signet::sign::format::SignerCert {
+                certificate_der: cert.to_vec(),
+                chain: chain.clone(),
+            },
+            s.clock.now(),
+            &sign,
+        )
+        .unwrap()
+    };
+    // The same certificate with one letter of its subject changed, its signature kept.
+    let mut forged = issued.der.clone();
+    let at = forged
+        .windows(10)
+        .position(|w| w == b"Cache Test")
+        .expect("subject in the DER");
+    forged[at] = b'K';
+    (issued.serial, cms(&issued.der), cms(&forged))
+}
+
+use sha2::Digest as _;
+
+#[test]
+fn revocation_after_a_verified_chain_is_seen_by_the_next_verification() {
+    let _normal = normal();
+    let s = signet();
+    let verifier = s.verifier.as_ref().expect("verifier configured");
+    let instruction = br#"{"instruction_id":"CACHE-1","amount":"1.00"}"#;
+    let (serial, cms, _) = signed_instruction(s, instruction);
+    let first = verifier.verify_pure(instruction, &cms);
+    assert_eq!(first.indication, signet::verify::Indication::TotalPassed);
+    s.authority
+        .revoke(
+            &serial,
+            signet::ca::Reason::KeyCompromise,
+            None,
+            "test:cache",
+        )
+        .unwrap();
+    let second = verifier.verify_pure(instruction, &cms);
+    assert_ne!(
+        second.indication,
+        signet::verify::Indication::TotalPassed,
+        "a revoked signer passed after its chain was cached"
+    );
+    let text = serde_json::to_string(&second).unwrap();
+    assert!(text.contains("revoked at"), "{text}");
+}
+
+#[test]
+fn a_certificate_changed_after_its_chain_was_verified_has_no_chain() {
+    let _normal = normal();
+    let s = signet();
+    let verifier = s.verifier.as_ref().expect("verifier configured");
+    let instruction = br#"{"instruction_id":"CACHE-2","amount":"2.00"}"#;
+    let (_, cms, forged) = signed_instruction(s, instruction);
+    assert_eq!(
+        verifier.verify_pure(instruction, &cms).indication,
+        signet::verify::Indication::TotalPassed
+    );
+    let report = verifier.verify_pure(instruction, &forged);
+    assert_eq!(
+        report.signers[0].sub_indication,
+        Some(signet::verify::SubIndication::NoCertificateChainFound),
+        "{}",
+        serde_json::to_string(&report).unwrap()
+    );
+}

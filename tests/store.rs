@@ -279,6 +279,18 @@ fn revoked_entries_are_per_issuer_and_shard() {
         assert_eq!(serials(IssuerId::Customer, Some(1)), ["02"]);
         assert_eq!(serials(IssuerId::Customer, None), ["01", "02"]);
         assert_eq!(serials(IssuerId::Teller, None), ["03"]);
+        // The streaming walk gives the same entries in the same order.
+        for (issuer, shard) in [(IssuerId::Customer, None), (IssuerId::Customer, Some(1))] {
+            let mut walked = Vec::new();
+            let n = s
+                .each_revoked(issuer, shard, &mut |e| {
+                    walked.push(e.clone());
+                    Ok(())
+                })
+                .unwrap();
+            assert_eq!(walked, s.revoked(issuer, shard).unwrap(), "{:?}", db.engine);
+            assert_eq!(n, walked.len() as u64);
+        }
     }
 }
 

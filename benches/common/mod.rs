@@ -195,3 +195,8 @@ pub fn softhsm_version() -> String {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
 }
+
+/// A private token and CA with Signet opened on it, nothing else prepared.
+pub fn temp_signet(label: &str) -> Result<BenchCa, BoxError> {
+    BenchCa::open(label, |_| Ok(()))
+}

@@ -32,9 +32,19 @@ const MAX_OCSP_REQUEST: usize = 8 * 1024;
 /// Pre-signed OCSP responses by request DER: (response DER, served until, status epoch).
 type PreSigned = HashMap<Vec<u8>, (Vec<u8>, i64, u64)>;
 
-/// State of publication: pre-signed OCSP responses and the CRL refresh trigger.
+/// The newest CRL of a scope held in memory: a CRL of a million entries is tens of
+/// megabytes, read from the store once and then shared by every request that fetches it.
+#[derive(Clone)]
+struct CachedCrl {
+    number: u64,
+    next_update: i64,
+    der: Bytes,
+}
+
+/// State of publication: pre-signed OCSP responses, served CRLs and the CRL refresh trigger.
 pub struct Publisher {
     ocsp_cache: Mutex<PreSigned>,
+    crl_cache: Mutex<HashMap<(IssuerId, Option<u32>), CachedCrl>>,
     crl_dirty: Notify,
 }
 
@@ -42,6 +52,7 @@ impl Publisher {
     pub fn new(_signet: &Signet) -> Self {
         Publisher {
             ocsp_cache: Mutex::new(HashMap::new()),
+            crl_cache: Mutex::new(HashMap::new()),
             crl_dirty: Notify::new(),
         }
     }
@@ -53,6 +64,22 @@ impl Publisher {
             .unwrap_or_else(|e| e.into_inner())
             .clear();
         self.crl_dirty.notify_one();
+    }
+
+    fn cached_crl(&self, scope: (IssuerId, Option<u32>)) -> Option<CachedCrl> {
+        self.crl_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&scope)
+            .cloned()
+    }
+
+    /// Keeps `crl` as the scope's served CRL unless a newer one is held already.
+    fn keep_crl(&self, scope: (IssuerId, Option<u32>), crl: CachedCrl) {
+        let mut cache = self.crl_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.get(&scope).is_none_or(|c| c.number < crl.number) {
+            cache.insert(scope, crl);
+        }
     }
 }
 
@@ -72,20 +99,25 @@ fn scopes(signet: &Signet) -> Vec<(IssuerId, Option<u32>)> {
 
 /// Regenerates CRLs whose freshness is half spent, and all of them soon after a revocation.
 pub async fn refresh_crls(state: Shared) {
+    // How long the last regeneration after a revocation took: the next one waits at least as
+    // long, so that a steady stream of revocations against a CRL of a million entries keeps
+    // the CRL current without spending more than half a core on it.
+    let mut last_build = Duration::ZERO;
     loop {
         let dirty = tokio::select! {
             _ = state.publish.crl_dirty.notified() => true,
             _ = tokio::time::sleep(CRL_CHECK_EVERY) => false,
         };
         if dirty {
-            tokio::time::sleep(CRL_DEBOUNCE).await;
+            tokio::time::sleep(CRL_DEBOUNCE.max(last_build)).await;
         }
+        let started = std::time::Instant::now();
         let st = state.clone();
         let result = blocking(move || {
             let signet = &st.signet;
             let now = signet.clock.now();
             for (issuer, shard) in scopes(signet) {
-                let latest = signet.store.latest_crl(issuer, shard).map_err(|e| {
+                let latest = signet.store.latest_crl_info(issuer, shard).map_err(|e| {
                     ApiError::new(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "store_unavailable",
@@ -97,14 +129,26 @@ pub async fn refresh_crls(state: Shared) {
                     Some(c) => now >= c.this_update + (c.next_update - c.this_update) / 2,
                 };
                 if dirty || stale {
-                    signet
-                        .authority
-                        .generate_crl(issuer, shard, "service:crl-refresh")?;
+                    let crl =
+                        signet
+                            .authority
+                            .generate_crl(issuer, shard, "service:crl-refresh")?;
+                    st.publish.keep_crl(
+                        (issuer, shard),
+                        CachedCrl {
+                            number: crl.number,
+                            next_update: crl.next_update,
+                            der: Bytes::from(crl.der),
+                        },
+                    );
                 }
             }
             Ok(())
         })
         .await;
+        if dirty {
+            last_build = started.elapsed();
+        }
         if let Err(e) = result {
             tracing::warn!(code = e.code, error = %e.message, "CRL refresh failed; will retry");
         }
@@ -156,23 +200,60 @@ pub async fn crl(
     let der = blocking(move || {
         let signet = &state.signet;
         let now = signet.clock.now();
-        if let Some(c) = signet.store.latest_crl(issuer, shard).map_err(|e| {
+        let scope = (issuer, shard);
+        let unavailable = |e: crate::store::StoreError| {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store_unavailable",
                 e.to_string(),
             )
-        })? {
-            if now < c.next_update {
-                if let Some(der) = c.crl_der {
-                    return Ok(der);
+        };
+        // The newest CRL any process made; its DER is read from the store only when this
+        // process does not hold that one already.
+        if let Some(info) = signet
+            .store
+            .latest_crl_info(issuer, shard)
+            .map_err(unavailable)?
+        {
+            if now < info.next_update {
+                if let Some(c) = state.publish.cached_crl(scope) {
+                    if c.number >= info.number && now < c.next_update {
+                        return Ok(c.der);
+                    }
+                }
+                if let Some(c) = signet
+                    .store
+                    .latest_crl(issuer, shard)
+                    .map_err(unavailable)?
+                {
+                    if let Some(der) = c.crl_der.filter(|_| now < c.next_update) {
+                        let der = Bytes::from(der);
+                        state.publish.keep_crl(
+                            scope,
+                            CachedCrl {
+                                number: c.number,
+                                next_update: c.next_update,
+                                der: der.clone(),
+                            },
+                        );
+                        return Ok(der);
+                    }
                 }
             }
         }
-        Ok(signet
+        let crl = signet
             .authority
-            .generate_crl(issuer, shard, "service:crl-serve")?
-            .der)
+            .generate_crl(issuer, shard, "service:crl-serve")?;
+        let der = Bytes::from(crl.der);
+        state.publish.keep_crl(
+            scope,
+            CachedCrl {
+                number: crl.number,
+                next_update: crl.next_update,
+                der: der.clone(),
+            },
+        );
+        Ok(der)
     })
     .await?;
     Ok(([(header::CONTENT_TYPE, "application/pkix-crl")], der).into_response())

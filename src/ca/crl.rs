@@ -4,13 +4,14 @@
 use der::asn1::{OctetString, Uint};
 use der::Encode;
 use x509_cert::certificate::Version;
-use x509_cert::crl::{CertificateList, RevokedCert, TbsCertList};
+use x509_cert::crl::{RevokedCert, TbsCertList};
 use x509_cert::ext::pkix::crl::dp::IssuingDistributionPoint;
 use x509_cert::ext::pkix::crl::CrlNumber;
 use x509_cert::ext::pkix::name::DistributionPointName;
 use x509_cert::ext::pkix::AuthorityKeyIdentifier;
 use x509_cert::serial_number::SerialNumber;
 
+use super::crl_der::{CrlBuffer, TbsFrame};
 use super::issue::uri;
 use super::x509::{self, extension, raw_extension};
 use super::{crl_reason, Authority, CaError, IssuerId};
@@ -57,7 +58,6 @@ impl Authority {
             (_, s) => s,
         };
         let ca = self.ca(issuer)?;
-        let entries = self.store.revoked(issuer, shard)?;
         let this_update = self.clock.now();
         let next_update = this_update + i64::from(self.settings.crl_next_update_hours) * 3600;
         let idp_url = shard.map(|_| self.settings.crl_url(issuer, shard));
@@ -65,44 +65,45 @@ impl Authority {
             Some(s) => format!("crl:{issuer}-{s}"),
             None => format!("crl:{issuer}"),
         };
+        // The fields around revokedCertificates, from x509-cert (the CRL number is only in the
+        // extensions after the entries, so the part before them does not depend on it).
+        let frame = |number: u64| -> Result<TbsFrame, CaError> {
+            let tbs = build_tbs(
+                &ca.certificate,
+                &ca.key_id,
+                &[],
+                number,
+                this_update,
+                next_update,
+                idp_url.as_deref(),
+            )?;
+            TbsFrame::split(&tbs.to_der()?)
+        };
+        // Entries straight from the store into the DER buffer, one row at a time.
+        let mut buffer = CrlBuffer::new(&frame(0)?);
+        self.store.each_revoked(issuer, shard, &mut |e| {
+            buffer.push(e).map_err(|e| e.to_string())
+        })?;
         let ev = AuditEvent::new(
             actor,
             "crl.generate",
             &object,
-            serde_json::json!({"entries": entries.len(), "next_update": next_update}),
+            serde_json::json!({"entries": buffer.entries, "next_update": next_update}),
         );
-        let mut built: Option<TbsCertList> = None;
         let (number, audit) = self.store.record_crl(
             issuer,
             shard,
             this_update,
             next_update,
             &mut |number| {
-                let tbs = build_tbs(
-                    &ca.certificate,
-                    &ca.key_id,
-                    &entries,
-                    number,
-                    this_update,
-                    next_update,
-                    idp_url.as_deref(),
-                )
-                .map_err(|e| e.to_string())?;
-                let der = tbs.to_der().map_err(|e| e.to_string())?;
-                built = Some(tbs);
-                Ok(der)
+                let frame = frame(number).map_err(|e| e.to_string())?;
+                Ok(buffer.finish_tbs(&frame).to_vec())
             },
             &ev,
         )?;
         self.auditor.after_append(&audit)?;
-        let tbs = built.ok_or_else(|| CaError::Encoding("CRL was not built".into()))?;
-        let sig = self.sign(&ca.key_label, &tbs.to_der()?)?;
-        let crl = CertificateList {
-            tbs_cert_list: tbs,
-            signature_algorithm: x509::ecdsa_sha256(),
-            signature: x509::signature_bits(&sig)?,
-        };
-        let der = crl.to_der()?;
+        let sig = self.sign(&ca.key_label, buffer.tbs())?;
+        let der = buffer.finish_crl(&x509::ecdsa_sha256().to_der()?, &sig);
         self.store.complete_crl(issuer, shard, number, &der)?;
         Ok(SignedCrl {
             number,

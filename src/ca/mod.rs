@@ -4,6 +4,7 @@
 
 mod ceremony;
 mod crl;
+mod crl_der;
 mod issue;
 pub mod ocsp;
 pub mod service_keys;

@@ -6,7 +6,6 @@ use std::fmt;
 use const_oid::ObjectIdentifier;
 use der::asn1::{ObjectIdentifier as Oid, Uint};
 use der::{Decode, Encode, Sequence};
-use p256::ecdsa::signature::Verifier;
 use spki::SubjectPublicKeyInfoOwned;
 use x509_cert::request::CertReq;
 
@@ -148,17 +147,25 @@ pub fn verify_proof_of_possession(csr: &ParsedCsr) -> Result<(), RaError> {
             csr.req.algorithm.oid
         )));
     }
-    let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(csr.spki().subject_public_key.raw_bytes())
-        .map_err(|_| RaError::NotACsr("the P-256 public key is not a valid curve point".into()))?;
-    let sig = p256::ecdsa::DerSignature::try_from(csr.req.signature.raw_bytes()).map_err(|_| {
-        RaError::CsrSignatureInvalid("the signature is not a DER ECDSA signature".into())
-    })?;
     let info = csr
         .req
         .info
         .to_der()
         .map_err(|e| RaError::NotACsr(e.to_string()))?;
-    key.verify(&info, &sig).map_err(|_| {
-        RaError::CsrSignatureInvalid("the signature does not verify under the CSR's own key".into())
+    crate::ecdsa::verify_p256_sha256(
+        csr.spki().subject_public_key.raw_bytes(),
+        &info,
+        csr.req.signature.raw_bytes(),
+    )
+    .map_err(|e| match e {
+        crate::ecdsa::EcdsaError::BadKey(_) => {
+            RaError::NotACsr("the P-256 public key is not a valid curve point".into())
+        }
+        crate::ecdsa::EcdsaError::BadEncoding { .. } => {
+            RaError::CsrSignatureInvalid("the signature is not a DER ECDSA signature".into())
+        }
+        crate::ecdsa::EcdsaError::Mismatch => RaError::CsrSignatureInvalid(
+            "the signature does not verify under the CSR's own key".into(),
+        ),
     })
 }

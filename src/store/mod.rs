@@ -298,6 +298,24 @@ pub trait Store: Send + Sync {
     /// Revoked, held and void entries of one issuer (and shard, when given).
     fn revoked(&self, issuer: IssuerId, shard: Option<u32>) -> Result<Vec<RevokedEntry>>;
 
+    /// Calls `f` with each entry `revoked` would return, in the same order, one at a time:
+    /// a CRL of a million entries is built without holding them all. Implementations should
+    /// read from a consistent snapshot without blocking writers (a revocation must stay fast
+    /// while a large CRL is built); an error from `f` stops the walk as `Conflict`. Returns
+    /// the number of entries. The default walks `revoked`'s vector.
+    fn each_revoked(
+        &self,
+        issuer: IssuerId,
+        shard: Option<u32>,
+        f: &mut dyn FnMut(&RevokedEntry) -> std::result::Result<(), String>,
+    ) -> Result<u64> {
+        let all = self.revoked(issuer, shard)?;
+        for e in &all {
+            f(e).map_err(StoreError::Conflict)?;
+        }
+        Ok(all.len() as u64)
+    }
+
     /// Takes the next CRL number of (issuer, shard) and records the to-be-signed CRL.
     fn record_crl(
         &self,
@@ -318,6 +336,15 @@ pub trait Store: Send + Sync {
     ) -> Result<()>;
     /// The newest signed CRL of (issuer, shard).
     fn latest_crl(&self, issuer: IssuerId, shard: Option<u32>) -> Result<Option<CrlRecord>>;
+    /// The newest signed CRL of (issuer, shard) without its DER (`crl_der` is `None`): number
+    /// and times, to decide whether a cached copy is current without reading megabytes.
+    /// The default reads the whole record.
+    fn latest_crl_info(&self, issuer: IssuerId, shard: Option<u32>) -> Result<Option<CrlRecord>> {
+        Ok(self.latest_crl(issuer, shard)?.map(|mut c| {
+            c.crl_der = None;
+            c
+        }))
+    }
 
     /// Certificates of `owner` whose subject serialNumber has this digest.
     fn certificates_by_subject_serial(&self, owner: &str, digest: &str) -> Result<Vec<CertRecord>>;

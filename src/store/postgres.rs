@@ -20,7 +20,10 @@ use zeroize::Zeroizing;
 use super::*;
 use crate::audit::{chain_hash, AuditEvent, AuditRecord, GENESIS};
 
-const MIGRATIONS: &[&str] = &[include_str!("pg/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("pg/0001_init.sql"),
+    include_str!("pg/0002_crl_order.sql"),
+];
 
 /// Key of the advisory lock every write transaction holds until it ends ("SIGNET" in ASCII).
 const WRITE_LOCK: i64 = 0x5349_474e_4554;
@@ -295,6 +298,23 @@ fn get_cert(tx: &mut Transaction, serial: &str) -> Result<Option<CertRecord>> {
     .transpose()
 }
 
+/// Revoked, held and void entries of an issuer (all shards when $2 < 0), in CRL order.
+const REVOKED_QUERY: &str =
+    "SELECT serial, revoked_at, revocation_reason, invalidity_date FROM certificates
+     WHERE issuer = $1 AND revoked_at IS NOT NULL AND ($2::BIGINT < 0 OR shard = $2::BIGINT)
+     ORDER BY revoked_at, serial";
+
+fn revoked_from_row(r: &Row) -> Result<RevokedEntry> {
+    Ok(RevokedEntry {
+        serial: col(r, 0)?,
+        revocation: RevocationRecord {
+            revoked_at: col(r, 1)?,
+            reason_code: col::<Option<i64>>(r, 2)?.map(|c| c as u8),
+            invalidity_date: col(r, 3)?,
+        },
+    })
+}
+
 fn shard_key(shard: Option<u32>) -> i64 {
     shard.map(i64::from).unwrap_or(-1)
 }
@@ -551,20 +571,9 @@ impl Store for PostgresStore {
 
     fn revoked(&self, issuer: IssuerId, shard: Option<u32>) -> Result<Vec<RevokedEntry>> {
         self.all_rows(
-            "SELECT serial, revoked_at, revocation_reason, invalidity_date FROM certificates
-             WHERE issuer = $1 AND revoked_at IS NOT NULL AND ($2::BIGINT < 0 OR shard = $2::BIGINT)
-             ORDER BY revoked_at, serial",
+            REVOKED_QUERY,
             &[&issuer.as_str(), &shard_key(shard)],
-            |r| {
-                Ok(RevokedEntry {
-                    serial: col(r, 0)?,
-                    revocation: RevocationRecord {
-                        revoked_at: col(r, 1)?,
-                        reason_code: col::<Option<i64>>(r, 2)?.map(|c| c as u8),
-                        invalidity_date: col(r, 3)?,
-                    },
-                })
-            },
+            revoked_from_row,
         )
     }
 
@@ -616,6 +625,14 @@ impl Store for PostgresStore {
                 ],
             )
             .map_err(map_err)?;
+            // As in SQLite: superseded CRLs keep number, times and TBS; only the newest two
+            // keep their signed DER (a CRL of a million entries is tens of megabytes).
+            tx.execute(
+                "UPDATE crls SET crl_der = NULL WHERE issuer = $1 AND shard = $2 AND number < $3::BIGINT - 1
+                 AND crl_der IS NOT NULL",
+                &[&issuer.as_str(), &shard_key(shard), &(number as i64)],
+            )
+            .map_err(map_err)?;
             Ok(())
         })
     }
@@ -636,6 +653,59 @@ impl Store for PostgresStore {
                 })
             },
         )
+    }
+
+    fn latest_crl_info(&self, issuer: IssuerId, shard: Option<u32>) -> Result<Option<CrlRecord>> {
+        self.optional_row(
+            "SELECT number, this_update, next_update FROM crls
+             WHERE issuer = $1 AND shard = $2 AND crl_der IS NOT NULL ORDER BY number DESC LIMIT 1",
+            &[&issuer.as_str(), &shard_key(shard)],
+            |r| {
+                Ok(CrlRecord {
+                    issuer,
+                    shard,
+                    number: col::<i64>(r, 0)? as u64,
+                    this_update: col(r, 1)?,
+                    next_update: col(r, 2)?,
+                    crl_der: None,
+                })
+            },
+        )
+    }
+
+    fn each_revoked(
+        &self,
+        issuer: IssuerId,
+        shard: Option<u32>,
+        f: &mut dyn FnMut(&RevokedEntry) -> std::result::Result<(), String>,
+    ) -> Result<u64> {
+        // One snapshot, read through a portal in batches: bounded memory, no lock held
+        // against writers (a revocation stays fast while a large CRL is read).
+        let mut conn = self.conn()?;
+        let mut tx = conn
+            .build_transaction()
+            .isolation_level(::postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .map_err(map_err)?;
+        let issuer_name = issuer.as_str();
+        let shard_key = shard_key(shard);
+        let portal = tx
+            .bind(REVOKED_QUERY, &[&issuer_name, &shard_key])
+            .map_err(map_err)?;
+        let mut n = 0u64;
+        loop {
+            let rows = tx.query_portal(&portal, 10_000).map_err(map_err)?;
+            if rows.is_empty() {
+                break;
+            }
+            for r in &rows {
+                f(&revoked_from_row(r)?).map_err(StoreError::Conflict)?;
+                n += 1;
+            }
+        }
+        tx.commit().map_err(map_err)?;
+        Ok(n)
     }
 
     fn certificates_by_subject_serial(&self, owner: &str, digest: &str) -> Result<Vec<CertRecord>> {

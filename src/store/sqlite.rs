@@ -20,6 +20,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_signing.sql"),
     include_str!("migrations/0003_status_epoch.sql"),
+    include_str!("migrations/0004_crl_order.sql"),
 ];
 
 /// Read connections kept open for reuse.
@@ -345,15 +346,25 @@ fn finish_cert(raw: (CertRecord, String, String)) -> Result<CertRecord> {
 }
 
 fn get_cert(conn: &Connection, serial: &str) -> Result<Option<CertRecord>> {
+    // The statement every verification runs (revocation status): prepared once per connection.
     let raw = conn
-        .query_row(
-            &format!("SELECT {CERT_COLUMNS} FROM certificates WHERE serial = ?1"),
-            [serial],
-            cert_from_row,
-        )
-        .optional()
+        .prepare_cached(&format!(
+            "SELECT {CERT_COLUMNS} FROM certificates WHERE serial = ?1"
+        ))
+        .and_then(|mut st| st.query_row([serial], cert_from_row).optional())
         .map_err(map_err)?;
     raw.map(finish_cert).transpose()
+}
+
+/// Writes `bytes` into the zeroblob of `crls.<column>` at `rowid`, in pieces.
+fn write_blob(tx: &Transaction, column: &str, rowid: i64, bytes: &[u8]) -> Result<()> {
+    let mut blob = tx
+        .blob_open(rusqlite::DatabaseName::Main, "crls", column, rowid, false)
+        .map_err(map_err)?;
+    for (i, chunk) in bytes.chunks(1 << 20).enumerate() {
+        blob.write_at(chunk, i << 20).map_err(map_err)?;
+    }
+    Ok(())
 }
 
 fn shard_key(shard: Option<u32>) -> i64 {
@@ -548,6 +559,69 @@ impl Store for SqliteStore {
         )
     }
 
+    /// Reads on a connection of its own (WAL: a snapshot, writers go on meanwhile), so that a
+    /// CRL of a million entries does not hold the store's connection for seconds.
+    fn each_revoked(
+        &self,
+        issuer: IssuerId,
+        shard: Option<u32>,
+        f: &mut dyn FnMut(&RevokedEntry) -> std::result::Result<(), String>,
+    ) -> Result<u64> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(map_err)?;
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(map_err)?;
+        // One statement per case, so that each walks its covering index in order
+        // (migration 0004) instead of sorting a million rows.
+        let sql = match shard {
+            None => {
+                "SELECT serial, revoked_at, revocation_reason, invalidity_date FROM certificates
+                 WHERE issuer = ?1 AND revoked_at IS NOT NULL AND ?2 < 0
+                 ORDER BY revoked_at, serial"
+            }
+            Some(_) => {
+                "SELECT serial, revoked_at, revocation_reason, invalidity_date FROM certificates
+                 WHERE issuer = ?1 AND shard = ?2 AND revoked_at IS NOT NULL
+                 ORDER BY revoked_at, serial"
+            }
+        };
+        let mut st = conn.prepare(sql).map_err(map_err)?;
+        let mut rows = st
+            .query(params![issuer.as_str(), shard_key(shard)])
+            .map_err(map_err)?;
+        let mut n = 0u64;
+        let mut entry = RevokedEntry {
+            serial: String::new(),
+            revocation: RevocationRecord {
+                revoked_at: 0,
+                reason_code: None,
+                invalidity_date: None,
+            },
+        };
+        while let Some(r) = rows.next().map_err(map_err)? {
+            entry.serial.clear();
+            entry.serial.push_str(
+                r.get_ref(0)
+                    .and_then(|v| v.as_str().map_err(Into::into))
+                    .map_err(map_err)?,
+            );
+            entry.revocation = RevocationRecord {
+                revoked_at: r.get(1).map_err(map_err)?,
+                reason_code: r
+                    .get::<_, Option<i64>>(2)
+                    .map_err(map_err)?
+                    .map(|c| c as u8),
+                invalidity_date: r.get(3).map_err(map_err)?,
+            };
+            f(&entry).map_err(StoreError::Conflict)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     fn record_crl(
         &self,
         issuer: IssuerId,
@@ -567,11 +641,14 @@ impl Store for SqliteStore {
                 .map_err(map_err)?;
             let number = last.unwrap_or(0) as u64 + 1;
             let tbs = build_tbs(number).map_err(StoreError::Conflict)?;
+            // zeroblob + incremental write: binding tens of megabytes would copy them twice
+            // more inside SQLite (bound value, then record).
             tx.execute(
-                "INSERT INTO crls (issuer, shard, number, this_update, next_update, tbs_der) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![issuer.as_str(), shard_key(shard), number as i64, this_update, next_update, tbs],
+                "INSERT INTO crls (issuer, shard, number, this_update, next_update, tbs_der) VALUES (?1, ?2, ?3, ?4, ?5, zeroblob(?6))",
+                params![issuer.as_str(), shard_key(shard), number as i64, this_update, next_update, tbs.len() as i64],
             )
             .map_err(map_err)?;
+            write_blob(tx, "tbs_der", tx.last_insert_rowid(), &tbs)?;
             let mut ev = event.clone();
             ev.object = format!("{}#{number}", event.object);
             let rec = append(tx, this_update, &ev)?;
@@ -587,9 +664,20 @@ impl Store for SqliteStore {
         crl_der: &[u8],
     ) -> Result<()> {
         self.tx(|tx| {
+            let rowid: i64 = tx
+                .query_row(
+                    "UPDATE crls SET crl_der = zeroblob(?4) WHERE issuer = ?1 AND shard = ?2 AND number = ?3 RETURNING rowid",
+                    params![issuer.as_str(), shard_key(shard), number as i64, crl_der.len() as i64],
+                    |r| r.get(0),
+                )
+                .map_err(map_err)?;
+            write_blob(tx, "crl_der", rowid, crl_der)?;
+            // Superseded CRLs keep their number, times and to-be-signed bytes; their signed DER
+            // (megabytes each for a large CRL) goes once two newer ones exist.
             tx.execute(
-                "UPDATE crls SET crl_der = ?4 WHERE issuer = ?1 AND shard = ?2 AND number = ?3",
-                params![issuer.as_str(), shard_key(shard), number as i64, crl_der],
+                "UPDATE crls SET crl_der = NULL WHERE issuer = ?1 AND shard = ?2 AND number < ?3 - 1
+                 AND crl_der IS NOT NULL",
+                params![issuer.as_str(), shard_key(shard), number as i64],
             )
             .map_err(map_err)?;
             Ok(())
@@ -616,6 +704,24 @@ impl Store for SqliteStore {
             .optional()
             .map_err(map_err)
         })
+    }
+
+    fn latest_crl_info(&self, issuer: IssuerId, shard: Option<u32>) -> Result<Option<CrlRecord>> {
+        self.optional_row(
+            "SELECT number, this_update, next_update FROM crls
+             WHERE issuer = ?1 AND shard = ?2 AND crl_der IS NOT NULL ORDER BY number DESC LIMIT 1",
+            params![issuer.as_str(), shard_key(shard)],
+            |r| {
+                Ok(CrlRecord {
+                    issuer,
+                    shard,
+                    number: r.get::<_, i64>(0)? as u64,
+                    this_update: r.get(1)?,
+                    next_update: r.get(2)?,
+                    crl_der: None,
+                })
+            },
+        )
     }
 
     fn append_audit(&self, at: i64, event: &AuditEvent) -> Result<AuditRecord> {

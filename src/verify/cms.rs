@@ -28,10 +28,12 @@ use const_oid::ObjectIdentifier;
 use der::asn1::{GeneralizedTime, OctetString, UtcTime};
 use der::{Decode, Encode, Tag, Tagged};
 use sha2::Digest as _;
-use signature::hazmat::PrehashVerifier;
 use spki::AlgorithmIdentifierOwned;
 use x509_cert::ext::pkix::SubjectKeyIdentifier;
 use x509_cert::Certificate;
+
+pub(crate) use crate::ecdsa::SigEncoding;
+use crate::ecdsa::{Curve, EcdsaError, EcdsaKey, Hash};
 
 use super::evidence::{
     AttributeCheck, CertificateResolver, Crypto, DigestAlg, FormatError, SigAlg, SignatureFormat,
@@ -679,8 +681,8 @@ pub(crate) fn digest_bytes(alg: &DigestAlg, data: &[u8]) -> Option<Vec<u8>> {
 
 /// A certificate's public key, as far as verification is concerned.
 pub(crate) enum PublicKey {
-    P256(p256::ecdsa::VerifyingKey),
-    P384(p384::ecdsa::VerifyingKey),
+    P256(crate::ecdsa::EcdsaKey),
+    P384(crate::ecdsa::EcdsaKey),
     /// An EC key that is not a valid point of its curve.
     BadPoint(&'static str),
     Rsa,
@@ -700,10 +702,10 @@ pub(crate) fn public_key_of(cert: &Certificate) -> PublicKey {
                 .filter(|p| p.tag() == Tag::ObjectIdentifier)
                 .and_then(|p| p.decode_as::<ObjectIdentifier>().ok());
             match curve {
-                Some(OID_P256) => p256::ecdsa::VerifyingKey::from_sec1_bytes(bits)
+                Some(OID_P256) => EcdsaKey::from_sec1(Curve::P256, bits)
                     .map(PublicKey::P256)
                     .unwrap_or(PublicKey::BadPoint("P-256")),
-                Some(OID_P384) => p384::ecdsa::VerifyingKey::from_sec1_bytes(bits)
+                Some(OID_P384) => EcdsaKey::from_sec1(Curve::P384, bits)
                     .map(PublicKey::P384)
                     .unwrap_or(PublicKey::BadPoint("P-384")),
                 Some(OID_SM2_CURVE) => PublicKey::Sm2,
@@ -722,15 +724,6 @@ pub(crate) enum VerifyError {
     Unsupported(String),
     /// The signature does not verify (SIG_CRYPTO_FAILURE).
     Failed(String),
-}
-
-/// How an ECDSA signature value is encoded.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum SigEncoding {
-    /// ECDSA-Sig-Value (X.509, CMS).
-    Der,
-    /// r‖s of the curve's size (JWS).
-    Raw,
 }
 
 /// Verifies `sig` over `data` hashed with `digest`, under `key`.
@@ -780,40 +773,35 @@ pub(crate) fn verify_signature(
         }
         (PublicKey::P256(_) | PublicKey::P384(_), SigAlg::Ecdsa) => {}
     }
-    let hash = digest_bytes(digest, data).ok_or_else(|| {
-        Unsupported(format!(
-            "digest algorithm {digest:?} is not verified by Signet"
-        ))
-    })?;
-    let bad_encoding = |what: &str| {
-        Failed(match encoding {
-            SigEncoding::Der => format!("the signature is not a DER ECDSA-Sig-Value for {what}"),
-            SigEncoding::Raw => format!(
-                "the signature is not the {} bytes r‖s of {what} (got {} bytes; DER is not accepted here)",
-                if what == "P-256" { 64 } else { 96 },
+    let hash = match digest {
+        DigestAlg::Sha1 => Hash::Sha1,
+        DigestAlg::Sha256 => Hash::Sha256,
+        DigestAlg::Sha384 => Hash::Sha384,
+        DigestAlg::Sha512 => Hash::Sha512,
+        DigestAlg::Sm3 | DigestAlg::Other(_) => {
+            return Err(Unsupported(format!(
+                "digest algorithm {digest:?} is not verified by Signet"
+            )))
+        }
+    };
+    let key = match key {
+        PublicKey::P256(k) | PublicKey::P384(k) => k,
+        _ => return Err(Unsupported("key type not verified by Signet".into())),
+    };
+    key.verify(hash, data, sig, encoding).map_err(|e| match e {
+        EcdsaError::BadEncoding { curve, .. } => Failed(match encoding {
+            SigEncoding::Der => format!("the signature is not a DER ECDSA-Sig-Value for {curve}"),
+            SigEncoding::Fixed => format!(
+                "the signature is not the {} bytes r‖s of {curve} (got {} bytes; DER is not accepted here)",
+                key.curve().fixed_len(),
                 sig.len()
             ),
-        })
-    };
-    let does_not_verify =
-        || Failed("the signature does not verify under the certificate's public key".into());
-    match key {
-        PublicKey::P256(vk) => {
-            let s = match encoding {
-                SigEncoding::Der => p256::ecdsa::Signature::from_der(sig),
-                SigEncoding::Raw => p256::ecdsa::Signature::from_slice(sig),
-            }
-            .map_err(|_| bad_encoding("P-256"))?;
-            vk.verify_prehash(&hash, &s).map_err(|_| does_not_verify())
+        }),
+        EcdsaError::BadKey(c) => {
+            Failed(format!("the certificate's {c} public key is not a valid curve point"))
         }
-        PublicKey::P384(vk) => {
-            let s = match encoding {
-                SigEncoding::Der => p384::ecdsa::Signature::from_der(sig),
-                SigEncoding::Raw => p384::ecdsa::Signature::from_slice(sig),
-            }
-            .map_err(|_| bad_encoding("P-384"))?;
-            vk.verify_prehash(&hash, &s).map_err(|_| does_not_verify())
+        EcdsaError::Mismatch => {
+            Failed("the signature does not verify under the certificate's public key".into())
         }
-        _ => Err(Unsupported("key type not verified by Signet".into())),
-    }
+    })
 }

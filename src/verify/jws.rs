@@ -438,7 +438,7 @@ fn examine_one(
                     &digest,
                     &signing_input,
                     &signature,
-                    SigEncoding::Raw,
+                    SigEncoding::Fixed,
                 ) {
                     Err(VerifyError::Unsupported(m)) => Crypto::AlgorithmNotSupported(m),
                     Err(VerifyError::Failed(m)) => Crypto::SigCryptoFailure(m),

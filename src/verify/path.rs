@@ -5,7 +5,7 @@
 use const_oid::db::rfc5280 as oids;
 use const_oid::ObjectIdentifier;
 use der::{Decode, Encode};
-use p256::ecdsa::signature::Verifier;
+use sha2::Digest as _;
 use x509_cert::ext::pkix::{BasicConstraints, CertificatePolicies, KeyUsage, KeyUsages};
 use x509_cert::Certificate;
 
@@ -74,27 +74,107 @@ fn same_name(a: &x509_cert::name::Name, b: &x509_cert::name::Name) -> bool {
     }
 }
 
+/// Certificate signatures that verified, by the SHA-256 of (TBS DER, signature value,
+/// issuer's public key). Whether a key made a signature over given bytes never changes, so
+/// nothing here is ever stale; what does change (validity at a time, revocation status,
+/// constraints) is checked on every call. Bounded: emptied when full.
+pub struct SignatureCache {
+    verified: std::sync::Mutex<std::collections::HashSet<[u8; 32]>>,
+    capacity: usize,
+}
+
+impl SignatureCache {
+    pub fn new(capacity: usize) -> Self {
+        SignatureCache {
+            verified: std::sync::Mutex::new(std::collections::HashSet::new()),
+            capacity,
+        }
+    }
+
+    fn contains(&self, key: &[u8; 32]) -> bool {
+        self.verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(key)
+    }
+
+    fn insert(&self, key: [u8; 32]) {
+        let mut set = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if set.len() >= self.capacity {
+            set.clear();
+        }
+        set.insert(key);
+    }
+
+    /// Signatures remembered.
+    pub fn len(&self) -> usize {
+        self.verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Checks that `issuer`'s key made `cert`'s signature (ECDSA P-256 with SHA-256 only).
 pub fn signed_by(cert: &Certificate, issuer: &Certificate) -> Result<(), PathError> {
+    signed_by_cached(cert, issuer, None)
+}
+
+/// [`signed_by`], remembering signatures that verified in `cache`.
+pub fn signed_by_cached(
+    cert: &Certificate,
+    issuer: &Certificate,
+    cache: Option<&SignatureCache>,
+) -> Result<(), PathError> {
     let alg = &cert.signature_algorithm().oid;
     if *alg != crate::ca::x509::ECDSA_WITH_SHA256 {
         return Err(PathError::CryptoConstraints(format!(
             "certificate signed with {alg}, not ecdsa-with-SHA256"
         )));
     }
-    let key = crate::ca::x509::verifying_key(issuer.tbs_certificate().subject_public_key_info())
-        .map_err(PathError::CryptoConstraints)?;
-    let sig = p256::ecdsa::DerSignature::try_from(cert.signature().raw_bytes())
-        .map_err(|_| PathError::NoChain("certificate signature is not DER ECDSA".into()))?;
     let tbs = cert
         .tbs_certificate()
         .to_der()
         .map_err(|e| PathError::NoChain(e.to_string()))?;
-    key.verify(&tbs, &sig).map_err(|_| {
-        PathError::NoChain(
+    let point = issuer
+        .tbs_certificate()
+        .subject_public_key_info()
+        .subject_public_key
+        .raw_bytes();
+    let sig = cert.signature().raw_bytes();
+    let key: Option<[u8; 32]> = cache.map(|_| {
+        let mut h = sha2::Sha256::new();
+        h.update((tbs.len() as u64).to_be_bytes());
+        h.update(&tbs);
+        h.update((sig.len() as u64).to_be_bytes());
+        h.update(sig);
+        h.update(point);
+        h.finalize().into()
+    });
+    if let (Some(cache), Some(key)) = (cache, &key) {
+        if cache.contains(key) {
+            return Ok(());
+        }
+    }
+    crate::ecdsa::verify_p256_sha256(point, &tbs, sig).map_err(|e| match e {
+        crate::ecdsa::EcdsaError::BadKey(_) => {
+            PathError::CryptoConstraints("not a P-256 key: invalid curve point".into())
+        }
+        crate::ecdsa::EcdsaError::BadEncoding { .. } => {
+            PathError::NoChain("certificate signature is not DER ECDSA".into())
+        }
+        crate::ecdsa::EcdsaError::Mismatch => PathError::NoChain(
             "a certificate's signature does not verify under its issuer's key".into(),
-        )
-    })
+        ),
+    })?;
+    if let (Some(cache), Some(key)) = (cache, key) {
+        cache.insert(key);
+    }
+    Ok(())
 }
 
 /// Builds and validates the path of `leaf` at time `at` (Unix seconds), trying every
@@ -104,6 +184,18 @@ pub fn validate(
     intermediates: &[Certificate],
     anchors: &[Anchor],
     at: i64,
+) -> Result<ValidPath, PathError> {
+    validate_cached(leaf, intermediates, anchors, at, None)
+}
+
+/// [`validate`], with certificate signatures remembered in `cache`: every other check (CA
+/// validity at `at`, constraints, policies) runs on every call.
+pub fn validate_cached(
+    leaf: &Certificate,
+    intermediates: &[Certificate],
+    anchors: &[Anchor],
+    at: i64,
+    cache: Option<&SignatureCache>,
 ) -> Result<ValidPath, PathError> {
     let mut best: Option<PathError> = None;
     let mut found = None;
@@ -118,6 +210,7 @@ pub fn validate(
             best: &mut best,
             found: &mut found,
             budget: &mut budget,
+            cache,
         },
     );
     match found {
@@ -147,6 +240,7 @@ struct Search<'a> {
     best: &'a mut Option<PathError>,
     found: &'a mut Option<ValidPath>,
     budget: &'a mut u32,
+    cache: Option<&'a SignatureCache>,
 }
 
 impl Search<'_> {
@@ -183,7 +277,7 @@ fn search(
         if !st.spend() {
             return;
         }
-        match signed_by(current, &anchor.certificate) {
+        match signed_by_cached(current, &anchor.certificate, st.cache) {
             Ok(()) => {
                 let mut full = chain.clone();
                 full.push(anchor.certificate.clone());
@@ -211,7 +305,7 @@ fn search(
         if !st.spend() {
             return;
         }
-        match signed_by(current, cand) {
+        match signed_by_cached(current, cand, st.cache) {
             Ok(()) => {
                 chain.push(cand.clone());
                 search(cand, intermediates, anchors, chain, at, st);
