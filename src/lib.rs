@@ -9,6 +9,7 @@ pub mod audit;
 pub mod ca;
 pub mod clock;
 pub mod config;
+pub mod der_limits;
 pub mod ecdsa;
 pub mod hsm;
 pub mod loadgen;

@@ -647,6 +647,100 @@ fn body_over_the_limit_gets_413() {
     assert!(answer.contains("body_too_large"), "{answer}");
 }
 
+/// Sends `body` to `path` over raw TCP and returns the whole answer: the server may answer
+/// and close before a large body is fully written, so write errors are not the verdict.
+fn post_raw_tcp(s: &Server, path: &str, token: &str, body: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let addr = s.base.trim_start_matches("http://");
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).unwrap();
+    let _ = conn.write_all(body);
+    let mut answer = Vec::new();
+    let _ = conn.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[test]
+fn a_100000_deep_json_array_is_refused_and_the_server_keeps_serving() {
+    let (banks, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let deep = "[".repeat(100_000);
+    let answer = post_raw_tcp(s, "/v1/certificates", &banks.a_officer, deep.as_bytes());
+    // 100,000 bytes: over the body limit, refused before any parsing.
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("body_too_large"), "{answer}");
+    assert_eq!(get(s, "/healthz", None).status, 200);
+}
+
+#[test]
+fn json_nested_past_32_levels_gets_400_json_too_deep_and_the_server_keeps_serving() {
+    let (banks, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let deep = "[".repeat(60_000) + &"]".repeat(5_000);
+    let r = post_raw(
+        s,
+        "/v1/certificates",
+        Some(&banks.a_officer),
+        "application/json",
+        deep.as_bytes(),
+    );
+    assert_eq!((r.status, r.code().as_str()), (400, "json_too_deep"));
+    assert_eq!(get(s, "/healthz", None).status, 200);
+}
+
+/// `levels` DER SEQUENCEs, each holding the next, around an empty one.
+fn nested_der_sequences(levels: usize) -> Vec<u8> {
+    let mut v = vec![0x30, 0x00];
+    for _ in 0..levels {
+        let len = v.len() as u32;
+        let mut head = vec![0x30];
+        match len {
+            0..=0x7f => head.push(len as u8),
+            0x80..=0xff => head.extend_from_slice(&[0x81, len as u8]),
+            0x100..=0xffff => head.extend_from_slice(&[0x82, (len >> 8) as u8, len as u8]),
+            _ => head.extend_from_slice(&[0x83, (len >> 16) as u8, (len >> 8) as u8, len as u8]),
+        }
+        head.extend_from_slice(&v);
+        v = head;
+    }
+    v
+}
+
+#[test]
+fn a_deeply_nested_der_csr_gets_400_not_a_csr_and_the_server_keeps_serving() {
+    let (banks, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let der = nested_der_sequences(5_000);
+    let b64 = base64_std(&der);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|l| std::str::from_utf8(l).unwrap())
+        .collect();
+    let pem = format!(
+        "-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n",
+        lines.join("\n")
+    );
+    let r = post_json(
+        s,
+        "/v1/certificates",
+        Some(&banks.a_officer),
+        &json!({"profile": "customer", "csr": pem, "subject": "CN=x,serialNumber=110101199003071234"}),
+    );
+    assert_eq!((r.status, r.code().as_str()), (400, "not_a_csr"));
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("nested more than"));
+    assert_eq!(get(s, "/healthz", None).status, 200);
+}
+
 #[test]
 fn missing_field_gets_400_invalid_request() {
     let (banks, guard) = server();

@@ -606,3 +606,30 @@ pub async fn create_signatures(
         "signatures": signed.signatures,
     })))
 }
+
+/// Decodes `body` as each JSON request body the API accepts, exactly as the routes do
+/// ([`super::decode_json_body`]), and says per route what came of it. For the fuzz target
+/// and tests: untrusted bytes reach these types and nothing else before a handler runs.
+pub fn decode_request_bodies(body: &[u8]) -> Vec<(&'static str, Result<(), ApiError>)> {
+    fn one<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<(), ApiError> {
+        super::decode_json_body::<T>(body).map(drop)
+    }
+    vec![
+        ("POST /v1/certificates", one::<CertificateRequestBody>(body)),
+        ("POST /v1/certificates/search", one::<SearchBody>(body)),
+        (
+            "POST /v1/certificates/{serial}/revoke",
+            one::<RevokeBody>(body),
+        ),
+        ("POST /v1/teller-requests", one::<TellerRequestBody>(body)),
+        ("POST /v1/verifications", one::<VerificationBody>(body)),
+        (
+            "POST /v1/verifications/certificate",
+            one::<CertificateValidationBody>(body),
+        ),
+        ("POST /v1/tellers", one::<TellerBody>(body)),
+        ("POST /v1/teller-keys", one::<TellerKeyBody>(body)),
+        ("POST /v1/signing-keys/{id}/pin", one::<PinBody>(body)),
+        ("POST /v1/signatures", one::<SignatureBody>(body)),
+    ]
+}

@@ -10,6 +10,7 @@ mod publish;
 pub mod tls;
 
 pub use error::ApiError;
+pub use handlers::decode_request_bodies;
 pub use metrics::Metrics;
 pub use openapi::{Route, V1_ROUTES};
 
@@ -58,6 +59,10 @@ pub(crate) async fn blocking<T: Send + 'static>(
     })
 }
 
+/// Deepest nesting of JSON arrays and objects a request body may have (the API's bodies need
+/// 2). Checked by a byte scan before serde sees the body.
+pub const MAX_JSON_DEPTH: usize = 32;
+
 /// JSON body extractor whose rejections are API errors with stable codes.
 pub struct ApiJson<T>(pub T);
 
@@ -65,32 +70,107 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        use axum::extract::rejection::JsonRejection;
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(ApiJson(v)),
-            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::new(
+        if !is_json_content_type(req.headers()) {
+            return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
                 "send the body as JSON with Content-Type: application/json",
-            )),
-            Err(JsonRejection::BytesRejection(_)) => Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!("request bodies are limited to {MAX_BODY_BYTES} bytes"),
-            )),
-            Err(JsonRejection::JsonDataError(e)) => Err(ApiError::bad_request(
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| match e.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => body_too_large(),
+                _ => ApiError::bad_request("malformed_json", "the body could not be read in full"),
+            })?;
+        decode_json_body(&bytes).map(ApiJson)
+    }
+}
+
+fn body_too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!("request bodies are limited to {MAX_BODY_BYTES} bytes"),
+    )
+}
+
+/// `application/json` or any `application/*+json`, parameters ignored.
+fn is_json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match essence.split_once('/') {
+        Some(("application", sub)) => sub == "json" || sub.ends_with("+json"),
+        _ => false,
+    }
+}
+
+/// Reads a JSON request body as `T`, as every route does. A body over [`MAX_BODY_BYTES`] is
+/// 413 `body_too_large`; one nested deeper than [`MAX_JSON_DEPTH`] is 400 `json_too_deep`
+/// (found by a linear scan before any parser recurses); one that is not JSON is 400
+/// `malformed_json`; JSON without the expected fields is 400 `invalid_request`.
+pub fn decode_json_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.len() > MAX_BODY_BYTES {
+        return Err(body_too_large());
+    }
+    if json_depth_exceeds(bytes, MAX_JSON_DEPTH) {
+        return Err(ApiError::bad_request(
+            "json_too_deep",
+            format!("the JSON body nests arrays or objects more than {MAX_JSON_DEPTH} levels deep"),
+        ));
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        if e.is_data() {
+            ApiError::bad_request(
                 "invalid_request",
-                format!(
-                    "the JSON body does not have the expected fields: {}",
-                    e.body_text()
-                ),
-            )),
-            Err(e) => Err(ApiError::bad_request(
-                "malformed_json",
-                format!("the body is not valid JSON: {}", e.body_text()),
-            )),
+                format!("the JSON body does not have the expected fields: {e}"),
+            )
+        } else {
+            ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
+        }
+    })
+}
+
+/// Whether `[` / `{` outside strings open more than `max` levels at some point. Does not
+/// validate anything else (serde does that next); never allocates.
+fn json_depth_exceeds(bytes: &[u8], max: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in bytes {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
         }
     }
+    false
 }
 
 /// The authenticated caller, from `Authorization: Bearer <token>`.
@@ -271,4 +351,85 @@ pub async fn serve(
         Err(e) => tracing::error!(error = %e, "shutdown task failed"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug)]
+    #[allow(dead_code)]
+    struct Body {
+        a: Vec<u32>,
+    }
+
+    fn code(r: Result<Body, ApiError>) -> (u16, &'static str) {
+        let e = r.unwrap_err();
+        (e.status.as_u16(), e.code)
+    }
+
+    #[test]
+    fn a_100000_deep_json_array_is_found_too_deep_by_the_scan() {
+        assert!(json_depth_exceeds(&[b'['; 100_000], MAX_JSON_DEPTH));
+    }
+
+    #[test]
+    fn a_json_body_nested_past_the_limit_gets_400_json_too_deep() {
+        let deep = "[".repeat(40_000);
+        assert!(deep.len() <= MAX_BODY_BYTES);
+        assert_eq!(
+            code(decode_json_body(deep.as_bytes())),
+            (400, "json_too_deep")
+        );
+    }
+
+    #[test]
+    fn a_json_body_nested_exactly_to_the_limit_is_read() {
+        let n = MAX_JSON_DEPTH - 2;
+        let body = format!("{{\"a\":[7], \"b\": [{}{}]}}", "[".repeat(n), "]".repeat(n));
+        let body: Body = decode_json_body(body.as_bytes()).unwrap();
+        assert_eq!(body.a, vec![7]);
+    }
+
+    #[test]
+    fn brackets_inside_json_strings_do_not_count_as_nesting() {
+        let body = format!(
+            "{{\"a\":[], \"s\": \"{}\\\"{}\"}}",
+            "[".repeat(100),
+            "{".repeat(100)
+        );
+        assert!(!json_depth_exceeds(body.as_bytes(), MAX_JSON_DEPTH));
+    }
+
+    #[test]
+    fn a_body_over_the_limit_gets_413_before_any_scan() {
+        let big = vec![b'['; MAX_BODY_BYTES + 1];
+        assert_eq!(code(decode_json_body(&big)), (413, "body_too_large"));
+    }
+
+    #[test]
+    fn json_without_the_expected_fields_gets_400_invalid_request() {
+        assert_eq!(
+            code(decode_json_body(b"{\"b\":1}")),
+            (400, "invalid_request")
+        );
+    }
+
+    #[test]
+    fn broken_json_gets_400_malformed_json() {
+        assert_eq!(code(decode_json_body(b"{\"a\": ")), (400, "malformed_json"));
+    }
+
+    #[test]
+    fn every_request_body_type_refuses_a_deep_body_with_json_too_deep() {
+        let deep = "[".repeat(1000);
+        for (route, r) in decode_request_bodies(deep.as_bytes()) {
+            let e = r.unwrap_err();
+            assert_eq!(
+                (e.status.as_u16(), e.code),
+                (400, "json_too_deep"),
+                "{route}"
+            );
+        }
+    }
 }

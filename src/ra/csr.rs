@@ -14,6 +14,8 @@ use crate::policy::KeyType;
 
 /// Largest CSR accepted, in bytes (a P-256 CSR is under 1 KiB; RSA-4096 about 2 KiB).
 pub const MAX_CSR_BYTES: usize = 64 * 1024;
+/// Deepest nesting of constructed DER values accepted in a CSR (a CSR with extensions needs 7).
+pub const MAX_CSR_DER_DEPTH: usize = 32;
 
 const ID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
 const RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
@@ -73,6 +75,8 @@ pub fn parse(input: &[u8]) -> Result<ParsedCsr, RaError> {
     } else {
         trimmed.to_vec()
     };
+    crate::der_limits::check(&der, MAX_CSR_DER_DEPTH)
+        .map_err(|e| RaError::NotACsr(format!("not a PKCS#10 request: {e}")))?;
     let req = CertReq::from_der(&der)
         .map_err(|e| RaError::NotACsr(format!("not a PKCS#10 request: {e}")))?;
     let key = key_type(&req.info.public_key);
@@ -168,4 +172,20 @@ pub fn verify_proof_of_possession(csr: &ParsedCsr) -> Result<(), RaError> {
             "the signature does not verify under the CSR's own key".into(),
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deeply_nested_der_csr_is_refused_before_decoding() {
+        let deep = crate::der_limits::nested_sequences(10_000);
+        assert!(deep.len() <= MAX_CSR_BYTES);
+        match parse(&deep) {
+            Err(RaError::NotACsr(m)) => assert!(m.contains("nested more than 32 levels"), "{m}"),
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("accepted"),
+        }
+    }
 }

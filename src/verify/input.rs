@@ -423,53 +423,10 @@ pub(crate) fn read_single(input: &[u8]) -> Result<Tlv<'_>, FormatError> {
 }
 
 /// Walks every value of `input` without recursion: one value spanning the whole input, every
-/// length definite and inside its parent, constructed values nested at most `max_depth` deep.
-/// Primitive values (OCTET STRING, BIT STRING) are not looked into.
+/// length definite and inside its parent, constructed values nested at most `max_depth` deep
+/// (see [`crate::der_limits::check`]).
 pub(crate) fn check_der_structure(input: &[u8], max_depth: usize) -> Result<(), FormatError> {
-    if input.is_empty() {
-        return Err(ferr("DER: empty input"));
-    }
-    // End offsets of the open constructed values; the outermost is the whole input.
-    let mut ends: Vec<usize> = vec![input.len()];
-    let mut pos = 0usize;
-    let mut seen_top = false;
-    while let Some(&end) = ends.last() {
-        if pos == end {
-            ends.pop();
-            continue;
-        }
-        if ends.len() == 1 {
-            if seen_top {
-                return Err(ferr(format!(
-                    "DER: {} bytes of trailing data after the value",
-                    input.len() - pos
-                )));
-            }
-            seen_top = true;
-        }
-        let (hlen, tag, len) = read_header(&input[pos..end])?;
-        let vstart = pos + hlen;
-        let vend = vstart
-            .checked_add(len)
-            .filter(|e| *e <= end)
-            .ok_or_else(|| {
-                ferr(format!(
-                    "DER: value of {len} bytes at offset {pos} runs past its container"
-                ))
-            })?;
-        if tag & 0x20 != 0 {
-            if ends.len() > max_depth {
-                return Err(ferr(format!(
-                    "DER: nested more than {max_depth} levels deep"
-                )));
-            }
-            ends.push(vend);
-            pos = vstart;
-        } else {
-            pos = vend;
-        }
-    }
-    Ok(())
+    crate::der_limits::check(input, max_depth).map_err(|e| ferr(e.to_string()))
 }
 
 #[cfg(test)]

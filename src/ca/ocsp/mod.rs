@@ -10,7 +10,10 @@
 pub mod asn1;
 mod request;
 
-pub use request::{Malformed, MAX_NONCE_LEN, MAX_REQUEST_LEN};
+pub use request::{
+    names_issuer, parse_request, store_serial, Malformed, ParsedRequest, MAX_NONCE_LEN,
+    MAX_REQUEST_LEN,
+};
 
 use der::asn1::{Null, OctetString};
 use der::Encode;
@@ -19,7 +22,6 @@ use self::asn1::{
     BasicOcspResponse, CertId, CertStatus, OcspResponse, OcspResponseStatus, ResponderId,
     ResponseBytes, ResponseData, RevokedInfo, SingleResponse, Version, ID_PKIX_OCSP_BASIC,
 };
-use self::request::ParsedRequest;
 use super::x509;
 use super::{crl_reason, Authority, CaCert, CaError, IssuerId};
 use crate::store::{CertRecord, CertStatus as StoreStatus, RevocationRecord};

@@ -17,6 +17,9 @@ use super::asn1::{
 pub const MAX_REQUEST_LEN: usize = 8 * 1024;
 /// RFC 9654 2.1: a nonce is 1 to 128 octets; outside that the request is malformed.
 pub const MAX_NONCE_LEN: usize = 128;
+/// Deepest nesting of constructed DER values accepted (a signed request with a certificate
+/// needs about 15).
+pub const MAX_REQUEST_DER_DEPTH: usize = 32;
 
 /// Why a request is malformed (for logs; the client only sees malformedRequest).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,6 +53,8 @@ pub fn parse_request(der: &[u8]) -> Result<ParsedRequest, Malformed> {
     if der.len() > MAX_REQUEST_LEN {
         return Err(Malformed::TooLarge(der.len()));
     }
+    crate::der_limits::check(der, MAX_REQUEST_DER_DEPTH)
+        .map_err(|e| Malformed::Der(e.to_string()))?;
     // `from_der` reads only within `der` and rejects trailing bytes and non-DER encodings.
     let req = OcspRequest::from_der(der).map_err(|e| Malformed::Der(e.to_string()))?;
     let tbs = req.tbs_request;
@@ -191,6 +196,19 @@ mod tests {
 
     fn issuer() -> Certificate {
         Certificate::from_pem(ISSUER_PEM).unwrap()
+    }
+
+    #[test]
+    fn a_deeply_nested_request_is_malformed_before_decoding() {
+        let deep = crate::der_limits::nested_sequences(MAX_REQUEST_DER_DEPTH + 100);
+        assert!(deep.len() <= MAX_REQUEST_LEN);
+        let err = parse_request(&deep).unwrap_err();
+        assert_eq!(
+            err,
+            Malformed::Der(
+                crate::der_limits::DerShapeError::TooDeep(MAX_REQUEST_DER_DEPTH).to_string()
+            )
+        );
     }
 
     fn request_with(cert_ids: Vec<CertId>, extensions: Option<Vec<Extension>>) -> Vec<u8> {
