@@ -234,7 +234,10 @@ fn crl_numbers_come_from_one_gapless_sequence_shared_by_the_processes() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert!(numbers.len() >= 5, "every process made its CRL: {numbers:?}");
+    assert!(
+        numbers.len() >= 5,
+        "every process made its CRL: {numbers:?}"
+    );
     assert_eq!(
         numbers,
         (1..=numbers.len() as i64).collect::<Vec<_>>(),
