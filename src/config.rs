@@ -459,3 +459,83 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_with_store(store: &str) -> Result<Config, ConfigError> {
+        let text = format!(
+            r#"
+[ca]
+organization = "Bank"
+country = "CN"
+root_common_name = "Root"
+customer_ca_common_name = "Customer CA"
+teller_ca_common_name = "Teller CA"
+base_url = "http://127.0.0.1:8080"
+
+[hsm]
+module = "/usr/lib/softhsm/libsofthsm2.so"
+token = "signet-dev"
+pin_file = "user.pin"
+
+[store]
+{store}
+
+[audit]
+checkpoint_file = "checkpoints.jsonl"
+
+[issuance]
+timeout_secs = 300
+policies = "policies"
+"#
+        );
+        Config::parse(&text, Path::new("/etc/signet/signet.toml"))
+    }
+
+    fn refusal(store: &str) -> String {
+        match config_with_store(store) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("[store] {store:?} was accepted"),
+        }
+    }
+
+    #[test]
+    fn a_sqlite_path_is_resolved_against_the_config_folder() {
+        let c = config_with_store(r#"path = "signet.db""#).unwrap();
+        assert_eq!(
+            c.store.location(),
+            StoreLocation::Sqlite(PathBuf::from("/etc/signet/signet.db"))
+        );
+    }
+
+    #[test]
+    fn a_postgres_url_selects_postgres() {
+        let c = config_with_store(r#"url = "postgres://signet@db/signet""#).unwrap();
+        assert_eq!(
+            c.store.location(),
+            StoreLocation::Postgres("postgres://signet@db/signet".into())
+        );
+    }
+
+    #[test]
+    fn a_store_with_both_path_and_url_is_refused() {
+        assert!(refusal("path = \"a.db\"\nurl = \"postgres://db/x\"").contains("not both"));
+    }
+
+    #[test]
+    fn a_store_with_neither_path_nor_url_is_refused() {
+        assert!(refusal("pool = 4").contains("needs path"));
+    }
+
+    #[test]
+    fn a_url_that_is_not_postgres_is_refused() {
+        assert!(refusal(r#"url = "mysql://db/x""#).contains("must start with postgres://"));
+    }
+
+    #[test]
+    fn a_pool_of_zero_is_refused() {
+        assert!(refusal("url = \"postgres://db/x\"\npool = 0").contains("pool"));
+    }
+}

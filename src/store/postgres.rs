@@ -1309,3 +1309,39 @@ fn key_from_row(r: &Row) -> Result<SigningKeyRecord> {
         created_at: col(r, 10)?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(url: &str) -> Result<PostgresStore> {
+        PostgresStore::open(PostgresOptions {
+            url: url.into(),
+            password: Some(Zeroizing::new("not-in-any-message".into())),
+            pool: 1,
+            connect_timeout: Duration::from_millis(500),
+        })
+    }
+
+    #[test]
+    fn a_url_that_does_not_parse_is_refused_as_unavailable_with_the_reason() {
+        match open("postgres://user@host:notaport/db") {
+            Err(StoreError::Unavailable(m)) => {
+                assert!(m.contains("not a valid postgres:// URL"), "{m}")
+            }
+            other => panic!("{:?}", other.err()),
+        }
+    }
+
+    #[test]
+    fn an_unreachable_server_is_unavailable_within_the_wait_and_the_password_never_shows() {
+        let started = std::time::Instant::now();
+        match open("postgres://signet@127.0.0.1:1/signet") {
+            Err(StoreError::Unavailable(m)) => {
+                assert!(!m.contains("not-in-any-message"), "{m}");
+            }
+            other => panic!("{:?}", other.err()),
+        }
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+}
