@@ -239,6 +239,41 @@ pub enum IssuanceWrite {
     },
 }
 
+/// The state rule of a revocation or hold, the same for every engine: only an issued
+/// certificate, and a revoked one only when it is on hold and the new reason is final (hold →
+/// revocation is allowed, RFC 5280 5.3.1).
+pub(crate) fn check_revocable(cert: &CertRecord, revocation: &RevocationRecord) -> Result<()> {
+    let serial = &cert.serial;
+    if cert.status != CertStatus::Issued {
+        return Err(StoreError::Conflict(format!(
+            "certificate {serial} is {}, not issued",
+            cert.status.as_str()
+        )));
+    }
+    if let Some(existing) = cert.revocation {
+        let on_hold = existing.reason_code == Some(crate::ca::HOLD_REASON_CODE);
+        let to_final = revocation.reason_code != Some(crate::ca::HOLD_REASON_CODE);
+        if !(on_hold && to_final) {
+            return Err(StoreError::Conflict(format!(
+                "certificate {serial} is already {}",
+                if on_hold { "on hold" } else { "revoked" }
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Only a certificate on hold can be released.
+pub(crate) fn check_releasable(cert: &CertRecord) -> Result<()> {
+    if cert.revocation.map(|r| r.reason_code) != Some(Some(crate::ca::HOLD_REASON_CODE)) {
+        return Err(StoreError::Conflict(format!(
+            "certificate {} is not on hold",
+            cert.serial
+        )));
+    }
+    Ok(())
+}
+
 /// The store. Implementations must be safe to share between threads and between processes
 /// that use the same database: uniqueness and ordering are database constraints.
 pub trait Store: Send + Sync {

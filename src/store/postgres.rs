@@ -521,22 +521,7 @@ impl Store for PostgresStore {
         self.tx(|tx| {
             let cert = get_cert(tx, serial)?
                 .ok_or_else(|| StoreError::NotFound(format!("certificate {serial}")))?;
-            if cert.status != CertStatus::Issued {
-                return Err(StoreError::Conflict(format!(
-                    "certificate {serial} is {}, not issued",
-                    cert.status.as_str()
-                )));
-            }
-            if let Some(existing) = cert.revocation {
-                let on_hold = existing.reason_code == Some(crate::ca::HOLD_REASON_CODE);
-                let to_final = revocation.reason_code != Some(crate::ca::HOLD_REASON_CODE);
-                if !(on_hold && to_final) {
-                    return Err(StoreError::Conflict(format!(
-                        "certificate {serial} is already {}",
-                        if on_hold { "on hold" } else { "revoked" }
-                    )));
-                }
-            }
+            check_revocable(&cert, &revocation)?;
             tx.execute(
                 "UPDATE certificates SET revoked_at = $2, revocation_reason = $3, invalidity_date = $4 WHERE serial = $1",
                 &[
@@ -555,11 +540,7 @@ impl Store for PostgresStore {
         self.tx(|tx| {
             let cert = get_cert(tx, serial)?
                 .ok_or_else(|| StoreError::NotFound(format!("certificate {serial}")))?;
-            if cert.revocation.map(|r| r.reason_code) != Some(Some(crate::ca::HOLD_REASON_CODE)) {
-                return Err(StoreError::Conflict(format!(
-                    "certificate {serial} is not on hold"
-                )));
-            }
+            check_releasable(&cert)?;
             tx.execute(
                 "UPDATE certificates SET revoked_at = NULL, revocation_reason = NULL, invalidity_date = NULL WHERE serial = $1",
                 &[&serial],
