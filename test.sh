@@ -75,6 +75,11 @@ export PKILINT_BIN=$venv/bin
 if [ -z "${SIGNET_TEST_POSTGRES:-}" ]; then
   SIGNET_TEST_POSTGRES=$(bash "$repo_root/scripts/local-postgres.sh") \
     || die "cannot start a local PostgreSQL (scripts/local-postgres.sh); set SIGNET_TEST_POSTGRES to a server's postgres:// URL"
+  # One line, one URL: anything else (a notice that slipped onto standard output) would
+  # only surface later as "invalid connection string" in every PostgreSQL test.
+  [[ "$SIGNET_TEST_POSTGRES" =~ ^postgres(ql)?://[^[:space:]]+$ ]] \
+    || die "scripts/local-postgres.sh printed something other than one postgres:// URL: $SIGNET_TEST_POSTGRES"
+  log "PostgreSQL for the tests: $SIGNET_TEST_POSTGRES"
 fi
 export SIGNET_TEST_POSTGRES
 

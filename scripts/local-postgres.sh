@@ -25,7 +25,9 @@ read -r version cluster port status _ < <(pg_lsclusters --no-header | head -n 1)
   || die "no PostgreSQL cluster: pg_createcluster 15 main"
 if [ "$status" != "online" ]; then
   printf 'local-postgres.sh: starting PostgreSQL %s/%s\n' "$version" "$cluster" >&2
-  as_root pg_ctlcluster "$version" "$cluster" start
+  # pg_ctlcluster prints notices on standard output ("Removed stale pid file."): they must
+  # not end up in the caller's URL.
+  as_root pg_ctlcluster "$version" "$cluster" start >&2
 fi
 
 socket_dir=/var/run/postgresql
