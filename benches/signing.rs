@@ -43,7 +43,7 @@ fn main() {
 struct NoResolver;
 
 impl CertificateResolver for NoResolver {
-    fn resolve(&self, _: &SignerRef) -> Option<x509_cert::Certificate> {
+    fn resolve(&self, _: &SignerRef) -> Option<std::sync::Arc<signet::verify::certs::KnownCert>> {
         None
     }
 }

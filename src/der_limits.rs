@@ -65,6 +65,20 @@ fn header(input: &[u8], at: usize, end: usize) -> Result<(usize, u8, usize), Der
 /// Walks every value of `input` without recursion. Primitive values (OCTET STRING, BIT
 /// STRING) are not looked into.
 pub fn check(input: &[u8], max_depth: usize) -> Result<(), DerShapeError> {
+    check_shape(input, max_depth).map(|_| ())
+}
+
+/// What [`check_shape`] saw beyond the limits it enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// Every length is in its shortest form and no OCTET STRING is constructed: the input is
+    /// already what a BER-to-DER rewrite of lengths would produce (`verify::input` skips it).
+    pub minimal_lengths: bool,
+}
+
+/// [`check`], also telling whether every length is minimal.
+pub fn check_shape(input: &[u8], max_depth: usize) -> Result<Shape, DerShapeError> {
+    let mut minimal_lengths = true;
     if input.is_empty() {
         return Err(DerShapeError::Empty);
     }
@@ -84,6 +98,11 @@ pub fn check(input: &[u8], max_depth: usize) -> Result<(), DerShapeError> {
             seen_top = true;
         }
         let (hlen, tag, len) = header(input, pos, end)?;
+        // A high tag number, a constructed OCTET STRING or a padded length: not canonical.
+        if minimal_lengths && (tag & 0x1f == 0x1f || tag == 0x24 || hlen != 1 + length_octets(len))
+        {
+            minimal_lengths = false;
+        }
         let vstart = pos + hlen;
         let vend = vstart
             .checked_add(len)
@@ -99,7 +118,18 @@ pub fn check(input: &[u8], max_depth: usize) -> Result<(), DerShapeError> {
             pos = vend;
         }
     }
-    Ok(())
+    Ok(Shape { minimal_lengths })
+}
+
+/// Octets of the shortest length field for `len`.
+fn length_octets(len: usize) -> usize {
+    match len {
+        0..=0x7f => 1,
+        0x80..=0xff => 2,
+        0x100..=0xffff => 3,
+        0x1_0000..=0xff_ffff => 4,
+        _ => 5,
+    }
 }
 
 /// `levels` SEQUENCEs, each holding the next, around an empty one (for tests).
@@ -169,6 +199,21 @@ mod tests {
                 len: 0xffff_ffff
             })
         );
+    }
+
+    #[test]
+    fn the_shape_tells_whether_every_length_is_minimal() {
+        let minimal = |b: &[u8]| check_shape(b, 8).unwrap().minimal_lengths;
+        assert!(minimal(&[0x30, 0x03, 0x04, 0x01, 0x00]));
+        assert!(minimal(&nested_sequences(3)));
+        // A one-byte length written in long form.
+        assert!(!minimal(&[0x30, 0x81, 0x02, 0x05, 0x00]));
+        // A constructed OCTET STRING.
+        assert!(!minimal(&[0x24, 0x03, 0x04, 0x01, 0x00]));
+        // A 200-byte value needs the two-octet form, and has it.
+        let mut long = vec![0x04, 0x81, 200];
+        long.extend([0u8; 200]);
+        assert!(minimal(&long));
     }
 
     #[test]

@@ -24,7 +24,6 @@ use signet::verify::evidence::{
     CertificateResolver, Crypto, SignatureFormat, SignerEvidence, SignerRef,
 };
 use signet::verify::jws::examine_jws;
-use x509_cert::Certificate;
 
 const B64_URL: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
@@ -244,7 +243,7 @@ fn sign(bytes: &[u8]) -> Result<Vec<u8>, String> {
 struct NoResolver;
 
 impl CertificateResolver for NoResolver {
-    fn resolve(&self, _: &SignerRef) -> Option<Certificate> {
+    fn resolve(&self, _: &SignerRef) -> Option<std::sync::Arc<signet::verify::certs::KnownCert>> {
         None
     }
 }
@@ -309,7 +308,7 @@ fn assert_valid(signers: Vec<SignerEvidence>, format: SignatureFormat, at: i64) 
         .certificate
         .as_ref()
         .expect("the signer's certificate is carried");
-    assert_eq!(cert.to_der().unwrap(), pki().signer.certificate_der);
+    assert_eq!(cert.der, pki().signer.certificate_der);
     assert_eq!(s.other_certificates.len(), 2, "issuing CA and root carried");
 }
 
@@ -631,7 +630,7 @@ fn signers_in_turn_each_sign_with_their_own_certificate() {
             let signers = examine_cms(&sig, DATA, &NoResolver).unwrap();
             assert_eq!(signers[0].crypto, Crypto::Valid, "round {round}");
             let cert = signers[0].certificate.as_ref().unwrap();
-            assert_eq!(cert.to_der().unwrap(), signer.certificate_der);
+            assert_eq!(cert.der, signer.certificate_der);
             assert_eq!(signers[0].other_certificates.len(), signer.chain.len());
         }
         // A signer that is refused in between leaves the others working.

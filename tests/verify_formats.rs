@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
@@ -14,6 +15,7 @@ use p256::pkcs8::DecodePrivateKey;
 use serde_json::json;
 use sha2::Digest;
 use signature::Signer;
+use signet::verify::certs::KnownCert;
 use signet::verify::cms::examine_cms;
 use signet::verify::evidence::{
     CertificateResolver, Crypto, DigestAlg, SigAlg, SignatureFormat, SignerEvidence, SignerRef,
@@ -219,7 +221,7 @@ impl Pki {
 struct Store(Vec<Certificate>);
 
 impl CertificateResolver for Store {
-    fn resolve(&self, signer: &SignerRef) -> Option<Certificate> {
+    fn resolve(&self, signer: &SignerRef) -> Option<Arc<KnownCert>> {
         self.0
             .iter()
             .find(|c| {
@@ -239,7 +241,7 @@ impl CertificateResolver for Store {
                     SignerRef::None => false,
                 }
             })
-            .cloned()
+            .map(|c| Arc::new(KnownCert::from_certificate(c.clone()).unwrap()))
     }
 }
 
@@ -251,8 +253,10 @@ fn no_store() -> Store {
 struct Always(Certificate);
 
 impl CertificateResolver for Always {
-    fn resolve(&self, _: &SignerRef) -> Option<Certificate> {
-        Some(self.0.clone())
+    fn resolve(&self, _: &SignerRef) -> Option<Arc<KnownCert>> {
+        Some(Arc::new(
+            KnownCert::from_certificate(self.0.clone()).unwrap(),
+        ))
     }
 }
 
@@ -269,6 +273,7 @@ fn subject(e: &SignerEvidence) -> String {
     e.certificate
         .as_ref()
         .expect("a signer certificate")
+        .cert
         .tbs_certificate()
         .subject()
         .to_string()
@@ -330,6 +335,7 @@ fn cms_detached_with_signed_attributes_verifies() {
     // The CA certificate came along as a candidate intermediate.
     assert_eq!(e.other_certificates.len(), 1);
     assert!(e.other_certificates[0]
+        .cert
         .tbs_certificate()
         .subject()
         .to_string()

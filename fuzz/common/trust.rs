@@ -2,6 +2,9 @@
 //! and signer certificate (fuzz/fixtures, made by fuzz/make-seeds.sh), standing in for the
 //! token and the store that `signet::verify::Verifier` reads in the product.
 
+use std::sync::Arc;
+
+use signet::verify::certs::KnownCert;
 use signet::verify::evidence::{CertificateResolver, SignerEvidence, SignerRef};
 use signet::verify::path::{self, Anchor};
 use x509_cert::der::Decode;
@@ -17,7 +20,7 @@ const MAX_CARRIED_CERTIFICATES: usize = 10;
 pub struct Trust {
     pub anchors: Vec<Anchor>,
     pub intermediates: Vec<Certificate>,
-    pub signer: Certificate,
+    pub signer: Arc<KnownCert>,
 }
 
 impl Trust {
@@ -31,7 +34,9 @@ impl Trust {
                 name: "fuzz-root".into(),
             }],
             intermediates: vec![cert(include_bytes!("../fixtures/ca.der"))],
-            signer: cert(include_bytes!("../fixtures/signer.der")),
+            signer: Arc::new(
+                KnownCert::parse(include_bytes!("../fixtures/signer.der")).expect("fixture"),
+            ),
         }
     }
 
@@ -46,19 +51,20 @@ impl Trust {
                 .other_certificates
                 .iter()
                 .take(MAX_CARRIED_CERTIFICATES)
-                .cloned()
+                .map(|c| c.cert.clone())
                 .collect();
             intermediates.extend(self.intermediates.iter().cloned());
-            let _ = path::validate(cert, &intermediates, &self.anchors, AT);
-            let _ = path::key_usage(cert);
-            let _ = path::valid_at(cert, AT);
+            let _ = path::validate(&cert.cert, &intermediates, &self.anchors, AT);
+            let _ = path::key_usage(&cert.cert);
+            let _ = path::valid_at(&cert.cert, AT);
+            let _ = cert.facts();
         }
     }
 }
 
 /// The store's part: a signer that is named but not carried is the fixed signer.
 impl CertificateResolver for Trust {
-    fn resolve(&self, signer: &SignerRef) -> Option<Certificate> {
+    fn resolve(&self, signer: &SignerRef) -> Option<Arc<KnownCert>> {
         match signer {
             SignerRef::None => None,
             _ => Some(self.signer.clone()),

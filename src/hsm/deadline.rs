@@ -39,7 +39,12 @@ struct Queue {
     idle: usize,
     threads: usize,
     closed: bool,
+    handles: Vec<std::thread::JoinHandle<()>>,
 }
+
+/// How long dropping the pool waits for its threads to end. Only a thread stuck in a call
+/// that never returns is left behind after it (the process may be exiting anyway).
+const JOIN_WAIT: Duration = Duration::from_secs(2);
 
 impl Workers {
     /// A pool that starts threads on demand, never more than `max_threads` at once.
@@ -78,8 +83,9 @@ impl Workers {
                 let spawned = std::thread::Builder::new()
                     .name("signet-hsm".into())
                     .spawn(move || worker(shared));
-                if spawned.is_err() {
-                    q.threads -= 1;
+                match spawned {
+                    Ok(handle) => q.handles.push(handle),
+                    Err(_) => q.threads -= 1,
                 }
             } else {
                 self.shared.ready.notify_one();
@@ -97,10 +103,30 @@ impl Workers {
 }
 
 impl Drop for Workers {
+    /// Ends the threads and waits for them (bounded by [`JOIN_WAIT`]). A worker that ran a
+    /// call holds the module's per-thread state (SoftHSM's OpenSSL keeps some): were the
+    /// thread still ending while the process exits, its clean-up would race the library's
+    /// exit handlers - seen as a rare SIGSEGV after `signet ca init` had finished.
     fn drop(&mut self) {
-        let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
-        q.closed = true;
-        self.shared.ready.notify_all();
+        let mut handles = {
+            let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+            q.closed = true;
+            self.shared.ready.notify_all();
+            std::mem::take(&mut q.handles)
+        };
+        let deadline = std::time::Instant::now() + JOIN_WAIT;
+        while !handles.is_empty() {
+            let (done, running): (Vec<_>, Vec<_>) =
+                handles.into_iter().partition(|h| h.is_finished());
+            for h in done {
+                let _ = h.join();
+            }
+            handles = running;
+            if handles.is_empty() || std::time::Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 }
 
@@ -148,6 +174,29 @@ mod tests {
         assert_eq!(r, Err(NoAnswer::TimedOut));
         assert!(started.elapsed() < Duration::from_secs(1));
         assert_eq!(w.run(Duration::from_secs(5), || 2), Ok(2));
+    }
+
+    #[test]
+    fn dropping_the_pool_waits_for_its_idle_threads_to_end() {
+        let w = Workers::new(3);
+        assert_eq!(w.run(Duration::from_secs(5), || 1), Ok(1));
+        let shared = w.shared.clone();
+        drop(w);
+        let q = shared.queue.lock().unwrap();
+        assert_eq!(q.threads, 0, "every worker has returned");
+        assert!(q.handles.is_empty());
+    }
+
+    #[test]
+    fn dropping_the_pool_does_not_wait_forever_for_a_stuck_call() {
+        let w = Workers::new(2);
+        let r = w.run(Duration::from_millis(50), || {
+            std::thread::sleep(Duration::from_secs(30));
+        });
+        assert_eq!(r, Err(NoAnswer::TimedOut));
+        let started = Instant::now();
+        drop(w);
+        assert!(started.elapsed() < JOIN_WAIT + Duration::from_secs(1));
     }
 
     #[test]

@@ -97,8 +97,9 @@ struct Counters {
 
 /// A connection to one token, shared by all threads of the process.
 pub struct Hsm {
-    inner: Arc<Inner>,
+    // Dropped first: the worker threads end before the module is finalized.
     workers: deadline::Workers,
+    inner: Arc<Inner>,
 }
 
 /// The connection's state; operations run on it from the worker threads.

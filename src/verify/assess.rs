@@ -11,6 +11,7 @@ use x509_cert::crl::CertificateList;
 use x509_cert::ext::pkix::{CertificatePolicies, KeyUsages};
 use x509_cert::Certificate;
 
+use super::certs::{CertCache, KnownCert};
 use super::evidence::{
     CertificateResolver, Crypto, DigestAlg, SignatureFormat, SignerEvidence, SignerRef,
 };
@@ -30,6 +31,11 @@ use crate::store::{CertStatus, ReplayKeys, Store};
 const MAX_CARRIED_CERTIFICATES: usize = 10;
 /// Certificate signatures remembered (customer certificates and their CAs): 32 bytes each.
 const SIGNATURE_CACHE_ENTRIES: usize = 100_000;
+/// Decoded certificates kept (about 3 KiB each with their names: a few MiB at most).
+const CERTIFICATE_CACHE_ENTRIES: usize = 2_000;
+/// Validated paths kept (a handful of certificates each, shared with the certificate cache
+/// only by content).
+const PATH_CACHE_ENTRIES: usize = 2_000;
 
 /// Verifies signatures of payment instructions.
 pub struct Verifier {
@@ -41,6 +47,10 @@ pub struct Verifier {
     intermediates: Vec<Certificate>,
     /// Certificate signatures of chains already validated (see `path::SignatureCache`).
     signatures: path::SignatureCache,
+    /// Certificates already decoded (see `certs`).
+    certificates: CertCache,
+    /// Paths already validated (see `path::PathCache`).
+    paths: path::PathCache,
 }
 
 /// A verdict in progress: the first failure wins.
@@ -73,12 +83,15 @@ impl Verdict {
 }
 
 impl CertificateResolver for Verifier {
-    fn resolve(&self, signer: &SignerRef) -> Option<Certificate> {
+    fn resolve(&self, signer: &SignerRef) -> Option<Arc<KnownCert>> {
         let rec = match signer {
             SignerRef::IssuerSerial { issuer_der, serial } => {
                 let rec = self.store.certificate(serial).ok()??;
-                let cert = Certificate::from_der(rec.cert_der.as_deref()?).ok()?;
-                let issuer = cert.tbs_certificate().issuer().to_der().ok()?;
+                let cert = self
+                    .certificates
+                    .get_or_parse(rec.cert_der.as_deref()?)
+                    .ok()?;
+                let issuer = cert.cert.tbs_certificate().issuer().to_der().ok()?;
                 return (issuer == *issuer_der).then_some(cert);
             }
             SignerRef::SubjectKeyId(id) => {
@@ -92,7 +105,13 @@ impl CertificateResolver for Verifier {
         if rec.status != CertStatus::Issued {
             return None;
         }
-        Certificate::from_der(rec.cert_der.as_deref()?).ok()
+        self.certificates
+            .get_or_parse(rec.cert_der.as_deref()?)
+            .ok()
+    }
+
+    fn certificate(&self, der: &[u8]) -> Result<Arc<KnownCert>, der::Error> {
+        self.certificates.get_or_parse(der)
     }
 }
 
@@ -113,28 +132,6 @@ fn policy_digest(d: &DigestAlg) -> Option<PolicyDigest> {
         DigestAlg::Sha512 => Some(PolicyDigest::Sha512),
         _ => None,
     }
-}
-
-fn not_before(c: &Certificate) -> i64 {
-    c.tbs_certificate()
-        .validity()
-        .not_before
-        .to_unix_duration()
-        .as_secs() as i64
-}
-
-fn not_after(c: &Certificate) -> i64 {
-    c.tbs_certificate()
-        .validity()
-        .not_after
-        .to_unix_duration()
-        .as_secs() as i64
-}
-
-fn serial_hex(c: &Certificate) -> String {
-    let b = c.tbs_certificate().serial_number().as_bytes();
-    let t = hex::encode(b);
-    t.strip_prefix("00").map(String::from).unwrap_or(t)
 }
 
 fn policies_of(c: &Certificate) -> Vec<ObjectIdentifier> {
@@ -189,6 +186,8 @@ impl Verifier {
             anchors,
             intermediates: vec![ca(IssuerId::Customer)?, ca(IssuerId::Teller)?],
             signatures: path::SignatureCache::new(SIGNATURE_CACHE_ENTRIES),
+            certificates: CertCache::new(CERTIFICATE_CACHE_ENTRIES),
+            paths: path::PathCache::new(PATH_CACHE_ENTRIES),
         })
     }
 
@@ -265,7 +264,7 @@ impl Verifier {
     ) -> Result<Report, VerifyError> {
         let now = self.clock.now();
         let digest = hex::encode(Sha256::digest(der));
-        let cert = match parse_certificate(der) {
+        let cert = match parse_certificate(der, &self.certificates) {
             Ok(c) => c,
             Err(reason) => {
                 return Ok(Report::format_failure(
@@ -465,7 +464,8 @@ impl Verifier {
         let keys = match (&ev.certificate, v.failed()) {
             (Some(cert), false) => Some(ReplayKeys {
                 signer: hex::encode(Sha256::digest(
-                    cert.tbs_certificate()
+                    cert.cert
+                        .tbs_certificate()
                         .subject_public_key_info()
                         .to_der()
                         .unwrap_or_default(),
@@ -538,11 +538,13 @@ impl Verifier {
     fn certificate_checks(
         &self,
         ev: &SignerEvidence,
-        cert: &Certificate,
+        known: &KnownCert,
         now: i64,
         v: &mut Verdict,
     ) -> SignerSummary {
         use Indication::{Indeterminate, TotalFailed};
+        let cert = &known.cert;
+        let facts = known.facts();
         let spki = cert.tbs_certificate().subject_public_key_info();
         let key_ok = self.policy.key_types.contains(&KeyType::P256)
             && crate::ra::csr::key_type(spki) == crate::ra::csr::CsrKey::Supported(KeyType::P256);
@@ -560,37 +562,27 @@ impl Verifier {
             );
         }
         let mut summary = SignerSummary {
-            subject: cert.tbs_certificate().subject().to_string(),
-            serial: serial_hex(cert),
-            issuer: cert.tbs_certificate().issuer().to_string(),
-            bank: cert
-                .tbs_certificate()
-                .subject()
-                .organization()
-                .ok()
-                .flatten()
-                .map(|o| o.value().into_owned()),
+            subject: facts.subject.clone(),
+            serial: facts.serial.clone(),
+            issuer: facts.issuer.clone(),
+            bank: facts.bank.clone(),
             profile: None,
             policy_oid: None,
             key_custody: None,
-            not_before: rfc3339(not_before(cert)),
-            not_after: rfc3339(not_after(cert)),
+            not_before: facts.not_before_text.clone(),
+            not_after: facts.not_after_text.clone(),
         };
         // Path at validation time.
         // A signature may carry a few intermediates; more only cost path-building time.
-        let mut intermediates: Vec<Certificate> = ev
-            .other_certificates
-            .iter()
-            .take(MAX_CARRIED_CERTIFICATES)
-            .cloned()
-            .collect();
-        intermediates.extend(self.intermediates.iter().cloned());
-        let path = match path::validate_cached(
-            cert,
-            &intermediates,
+        let carried =
+            &ev.other_certificates[..ev.other_certificates.len().min(MAX_CARRIED_CERTIFICATES)];
+        let path = match self.paths.validate(
+            known,
+            carried,
+            &self.intermediates,
             &self.anchors,
             now,
-            Some(&self.signatures),
+            &self.signatures,
         ) {
             Ok(p) => {
                 v.check(
@@ -675,7 +667,7 @@ impl Verifier {
         // Time.
         let claimed = ev.claimed_signing_time;
         let rules = &self.policy.rules;
-        let (nb, na) = (not_before(cert), not_after(cert));
+        let (nb, na) = (facts.not_before, facts.not_after);
         match claimed {
             Some(t) if t > now + self.policy.max_clock_skew_secs => v.fail(
                 Indeterminate,
@@ -734,7 +726,7 @@ impl Verifier {
             ),
         }
         // Revocation.
-        match self.status(cert, &path.anchor) {
+        match self.status(known, &path.anchor) {
             Status::Good => v.check("revocation", true, "not revoked"),
             Status::OnHold { since } => v.fail(
                 Indeterminate,
@@ -773,10 +765,10 @@ impl Verifier {
         summary
     }
 
-    fn status(&self, cert: &Certificate, anchor: &Anchor) -> Status {
-        let serial = serial_hex(cert);
+    fn status(&self, known: &KnownCert, anchor: &Anchor) -> Status {
+        let serial = &known.facts().serial;
         if anchor.own {
-            return match self.store.certificate(&serial) {
+            return match self.store.certificate(serial) {
                 Ok(Some(rec)) => match (rec.status, rec.revocation) {
                     (CertStatus::Void, r) => Status::Revoked {
                         at: r.map_or(rec.created_at, |r| r.revoked_at),
@@ -899,7 +891,7 @@ fn custody_name(c: KeyCustody) -> &'static str {
     }
 }
 
-fn parse_certificate(bytes: &[u8]) -> Result<Certificate, String> {
+fn parse_certificate(bytes: &[u8], cache: &CertCache) -> Result<Arc<KnownCert>, String> {
     let text = std::str::from_utf8(bytes).ok().map(str::trim);
     let der = match text {
         Some(t) if t.starts_with("-----BEGIN") => der::pem::decode_vec(t.as_bytes())
@@ -907,7 +899,9 @@ fn parse_certificate(bytes: &[u8]) -> Result<Certificate, String> {
             .map_err(|e| format!("bad PEM: {e}"))?,
         _ => bytes.to_vec(),
     };
-    Certificate::from_der(&der).map_err(|e| format!("not an X.509 certificate: {e}"))
+    cache
+        .get_or_parse(&der)
+        .map_err(|e| format!("not an X.509 certificate: {e}"))
 }
 
 /// Article 13's four conditions, each with what supports it (or not).

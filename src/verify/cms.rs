@@ -21,9 +21,14 @@
 //! 6. message-digest ≠ digest of the content, or attached content ≠ the instruction →
 //!    `HashFailure`.
 
-use cms::cert::IssuerAndSerialNumber;
-use cms::content_info::ContentInfo;
-use cms::signed_data::{SignedData, SignerIdentifier, SignerInfo};
+use std::sync::Arc;
+
+use cms::cert::{CertificateChoices, IssuerAndSerialNumber};
+use cms::content_info::CmsVersion;
+use cms::revocation::RevocationInfoChoices;
+use cms::signed_data::{
+    DigestAlgorithmIdentifiers, EncapsulatedContentInfo, SignerIdentifier, SignerInfo,
+};
 use const_oid::ObjectIdentifier;
 use der::asn1::{GeneralizedTime, OctetString, UtcTime};
 use der::{Decode, Encode, Tag, Tagged};
@@ -35,6 +40,7 @@ use x509_cert::Certificate;
 pub(crate) use crate::ecdsa::SigEncoding;
 use crate::ecdsa::{Curve, EcdsaError, EcdsaKey, Hash};
 
+use super::certs::KnownCert;
 use super::evidence::{
     AttributeCheck, CertificateResolver, Crypto, DigestAlg, FormatError, SigAlg, SignatureFormat,
     SignerEvidence, SignerRef,
@@ -104,56 +110,78 @@ pub fn examine_cms(
     // BER (indefinite lengths, streamed eContent) → definite lengths; refuses absurd nesting
     // with a bounded recursion, then the iterative walker checks the result again.
     let normalized = normalize_ber(der, MAX_DER_DEPTH)?;
-    let der = normalized.as_slice();
+    let der: &[u8] = &normalized;
     check_der_structure(der, MAX_DER_DEPTH)?;
 
-    // Typed parse with the cms crate.
-    let content_info =
-        ContentInfo::from_der(der).map_err(|e| ferr(format!("CMS ContentInfo: {e}")))?;
-    if content_info.content_type != OID_SIGNED_DATA {
+    // The structure is read field by field: each part is decoded by the cms / x509-cert
+    // types, but the carried certificates go through the resolver, which decodes each distinct
+    // certificate once (a gateway sends the same few again and again), and each SignerInfo is
+    // decoded once, from the bytes the signature over its attributes is checked against.
+    let ci = read_single(der)?;
+    let (content_type, explicit) = match ci.children()?.as_slice() {
+        [oid, explicit] if ci.tag == 0x30 && oid.tag == 0x06 && explicit.tag == 0xa0 => {
+            let oid = ObjectIdentifier::from_der(oid.raw)
+                .map_err(|e| ferr(format!("CMS ContentInfo: {e}")))?;
+            (oid, *explicit)
+        }
+        _ => {
+            return Err(ferr(
+                "CMS ContentInfo: not a SEQUENCE of contentType and [0] content",
+            ))
+        }
+    };
+    if content_type != OID_SIGNED_DATA {
         return Err(ferr(format!(
-            "CMS ContentInfo holds {}, not id-signedData",
-            content_info.content_type
+            "CMS ContentInfo holds {content_type}, not id-signedData"
         )));
     }
-    let signed_data: SignedData = content_info
-        .content
-        .decode_as()
-        .map_err(|e| ferr(format!("CMS SignedData: {e}")))?;
-
-    // Raw view of the same bytes: the structure was checked, so these reads only fail on a
-    // shape the typed parse would also have refused.
-    let ci = read_single(der)?;
-    let ci_parts = ci.children()?;
-    let explicit = ci_parts
-        .get(1)
-        .filter(|t| t.tag == 0xa0)
-        .ok_or_else(|| ferr("CMS ContentInfo without [0] content"))?;
     let sd = read_single(explicit.value)?;
     let sd_parts = sd.children()?;
-    let raw_certs = sd_parts.iter().find(|t| t.tag == 0xa0);
-    let raw_signer_infos = sd_parts
-        .last()
-        .filter(|t| t.tag == 0x31)
-        .ok_or_else(|| ferr("CMS SignedData without signerInfos"))?;
+    let sd_err = |e: der::Error| ferr(format!("CMS SignedData: {e}"));
+    // version, digestAlgorithms, encapContentInfo, [0] certificates?, [1] crls?, signerInfos
+    let (encap, raw_certs, raw_signer_infos) =
+        match sd_parts.as_slice() {
+            [version, digests, encap, middle @ .., infos]
+                if sd.tag == 0x30 && infos.tag == 0x31 && optional_fields_in_order(middle) =>
+            {
+                CmsVersion::from_der(version.raw).map_err(sd_err)?;
+                DigestAlgorithmIdentifiers::from_der(digests.raw).map_err(sd_err)?;
+                let encap = EncapsulatedContentInfo::from_der(encap.raw).map_err(sd_err)?;
+                if let Some(crls) = middle.iter().find(|t| t.tag == 0xa1) {
+                    // [1] IMPLICIT RevocationInfoChoices: checked, not used (status comes from
+                    // Signet's records or the anchor's configured CRL).
+                    let mut set = crls.raw.to_vec();
+                    set[0] = 0x31;
+                    RevocationInfoChoices::from_der(&set).map_err(sd_err)?;
+                }
+                (encap, middle.iter().find(|t| t.tag == 0xa0), *infos)
+            }
+            _ => return Err(ferr(
+                "CMS SignedData: not a SEQUENCE of version, digestAlgorithms, encapContentInfo, \
+                 [0] certificates, [1] crls and signerInfos, in that order",
+            )),
+        };
 
     let mut certificates = Vec::new();
     if let Some(set) = raw_certs {
         for choice in set.children()? {
-            // Only plain X.509 certificates; attribute and other certificates are skipped.
+            // Only plain X.509 certificates are used; other formats are checked, then skipped.
             if choice.tag == 0x30 {
-                let cert = Certificate::from_der(choice.raw)
+                let cert = resolver
+                    .certificate(choice.raw)
                     .map_err(|e| ferr(format!("CMS certificate: {e}")))?;
-                certificates.push((cert, choice.raw));
+                certificates.push(cert);
+            } else {
+                CertificateChoices::from_der(choice.raw)
+                    .map_err(|e| ferr(format!("CMS SignedData: {e}")))?;
             }
         }
     }
 
-    let econtent_type = signed_data.encap_content_info.econtent_type;
+    let econtent_type = encap.econtent_type;
     // An empty eContent is read as detached (some toolkits write one instead of leaving it
     // out): the signature must then cover the instruction, so nothing is given away.
-    let econtent = signed_data
-        .encap_content_info
+    let econtent = encap
         .econtent
         .as_ref()
         .filter(|any| !any.value().is_empty());
@@ -176,7 +204,8 @@ pub fn examine_cms(
             "CMS SignedData has no SignerInfo: it is not a signature",
         ));
     }
-    if raw_infos.len() != signed_data.signer_infos.0.len() {
+    let mut distinct = std::collections::HashSet::with_capacity(raw_infos.len());
+    if !raw_infos.iter().all(|t| distinct.insert(t.raw)) {
         return Err(ferr("CMS SignedData: repeated SignerInfo"));
     }
     let ctx = Ctx {
@@ -201,6 +230,15 @@ pub fn examine_cms(
         .collect()
 }
 
+/// The optional fields between encapContentInfo and signerInfos: `[0]` then `[1]`, each at
+/// most once.
+fn optional_fields_in_order(fields: &[super::input::Tlv<'_>]) -> bool {
+    matches!(
+        fields.iter().map(|t| t.tag).collect::<Vec<_>>().as_slice(),
+        [] | [0xa0] | [0xa1] | [0xa0, 0xa1]
+    )
+}
+
 struct Ctx<'a> {
     format: SignatureFormat,
     /// The signed content: eContent, or the instruction when detached.
@@ -208,8 +246,8 @@ struct Ctx<'a> {
     econtent_type: ObjectIdentifier,
     /// Attached content compared with a non-empty instruction.
     attached_matches: Option<bool>,
-    /// Carried certificates with their DER, in the order sent.
-    certificates: &'a [(Certificate, &'a [u8])],
+    /// Carried certificates, in the order sent.
+    certificates: &'a [Arc<KnownCert>],
 }
 
 /// The octets of eContent: an OCTET STRING's value (a streamed, constructed one was joined by
@@ -229,26 +267,23 @@ fn examine_signer(
     let carried = ctx
         .certificates
         .iter()
-        .position(|(c, _)| names_certificate(&si.sid, c));
+        .position(|c| names_certificate(&si.sid, &c.cert));
     let certificate = match carried {
-        Some(i) => Some(ctx.certificates[i].0.clone()),
+        Some(i) => Some(ctx.certificates[i].clone()),
         None => resolver.resolve(&signer_ref),
     };
-    let other_certificates: Vec<Certificate> = ctx
+    let other_certificates: Vec<Arc<KnownCert>> = ctx
         .certificates
         .iter()
         .enumerate()
         .filter(|(i, _)| Some(*i) != carried)
-        .map(|(_, (c, _))| c.clone())
+        .map(|(_, c)| c.clone())
         .collect();
-    let cert_der: Option<Vec<u8>> = match carried {
-        Some(i) => Some(ctx.certificates[i].1.to_vec()),
-        None => certificate.as_ref().and_then(|c| c.to_der().ok()),
-    };
+    let cert_der: Option<&[u8]> = certificate.as_ref().map(|c| c.der.as_slice());
 
     let digest = digest_alg_of(&si.digest_alg.oid);
     let mut algorithm = sig_alg_of(&si.signature_algorithm.oid);
-    let key = certificate.as_ref().map(public_key_of);
+    let key = certificate.as_ref().map(|c| public_key_of(&c.cert));
     if matches!(key, Some(PublicKey::Sm2)) {
         algorithm = SigAlg::Sm2;
     }
@@ -260,7 +295,7 @@ fn examine_signer(
             attrs,
             ctx,
             &digest,
-            cert_der.as_deref(),
+            cert_der,
             &mut checks,
             &mut claimed_signing_time,
         )

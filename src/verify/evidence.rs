@@ -2,7 +2,9 @@
 //! it names or carries, the algorithms, the claimed signing time, and the outcome of the
 //! cryptographic checks. Path validation, revocation and policy come after, in `verify`.
 
-use x509_cert::Certificate;
+use std::sync::Arc;
+
+use super::certs::KnownCert;
 
 /// The container a signature came in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -88,11 +90,11 @@ pub struct AttributeCheck {
 pub struct SignerEvidence {
     pub format: SignatureFormat,
     /// The signer's certificate: carried by the signature or found through `resolve`.
-    pub certificate: Option<Certificate>,
+    pub certificate: Option<Arc<KnownCert>>,
     /// How the signature named the signer.
     pub signer_ref: SignerRef,
     /// Other certificates the signature carries (candidate intermediates), DER order kept.
-    pub other_certificates: Vec<Certificate>,
+    pub other_certificates: Vec<Arc<KnownCert>>,
     pub digest: DigestAlg,
     pub algorithm: SigAlg,
     /// The signer's claimed signing time (CMS signing-time, JWS `iat`), Unix seconds.
@@ -111,7 +113,13 @@ pub struct SignerEvidence {
 #[error("{0}")]
 pub struct FormatError(pub String);
 
-/// Finds a certificate the signature names but does not carry (from the store).
+/// Where the formats get certificates: those a signature names but does not carry (from the
+/// store), and the decoding of those it carries (which a verifier keeps, see `certs`).
 pub trait CertificateResolver {
-    fn resolve(&self, signer: &SignerRef) -> Option<Certificate>;
+    fn resolve(&self, signer: &SignerRef) -> Option<Arc<KnownCert>>;
+
+    /// Decodes a carried certificate; the default keeps nothing.
+    fn certificate(&self, der: &[u8]) -> Result<Arc<KnownCert>, der::Error> {
+        KnownCert::parse(der).map(Arc::new)
+    }
 }

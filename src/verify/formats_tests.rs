@@ -21,7 +21,7 @@ const SIGNER: &[u8] = include_bytes!("../../tests/data/verify/signer.der");
 
 struct Nobody;
 impl CertificateResolver for Nobody {
-    fn resolve(&self, _: &SignerRef) -> Option<Certificate> {
+    fn resolve(&self, _: &SignerRef) -> Option<std::sync::Arc<super::super::certs::KnownCert>> {
         None
     }
 }
@@ -208,10 +208,21 @@ fn der_walker_refuses_bad_lengths() {
 
 #[test]
 fn ber_is_rewritten_with_definite_lengths() {
-    // DER passes unchanged.
+    // DER passes unchanged, and is not copied.
     for f in [DETACHED, ATTACHED_NOATTR, SIGNER] {
-        assert_eq!(normalize_ber(f, MAX_DER_DEPTH).unwrap(), f.to_vec());
+        let out = normalize_ber(f, MAX_DER_DEPTH).unwrap();
+        assert!(matches!(out, std::borrow::Cow::Borrowed(_)));
+        assert_eq!(out, f.to_vec());
     }
+    // Definite lengths but a constructed OCTET STRING: rewritten (one primitive OCTET STRING).
+    assert_eq!(
+        normalize_ber(
+            &[0x24, 0x07, 0x04, 0x01, b'a', 0x04, 0x02, b'b', b'c'],
+            MAX_DER_DEPTH
+        )
+        .unwrap(),
+        vec![0x04, 0x03, b'a', b'b', b'c']
+    );
     // SEQUENCE (indefinite) { [0] (indefinite) { OCTET STRING (constructed, indefinite)
     //   { "ab", "cde" } }, NULL } → definite lengths, one OCTET STRING.
     let ber = [
@@ -268,7 +279,7 @@ fn cms_fixtures_verify() {
         other => panic!("{other:?}"),
     }
     assert_eq!(
-        e.certificate.as_ref().unwrap().to_der().unwrap(),
+        e.certificate.as_ref().unwrap().cert.to_der().unwrap(),
         SIGNER.to_vec()
     );
 

@@ -295,9 +295,18 @@ fn push_length(out: &mut Vec<u8>, len: usize) {
 ///
 /// Java toolkits (BouncyCastle's `CMSSignedData.getEncoded()`) and `openssl cms -stream` send
 /// SignedData this way; the signed attributes inside are DER in either case.
-pub(crate) fn normalize_ber(input: &[u8], max_depth: usize) -> Result<Vec<u8>, FormatError> {
+pub(crate) fn normalize_ber(
+    input: &[u8],
+    max_depth: usize,
+) -> Result<std::borrow::Cow<'_, [u8]>, FormatError> {
     if input.is_empty() {
         return Err(ferr("DER: empty input"));
+    }
+    // Most signatures are DER already: the rewrite would copy them unchanged.
+    if let Ok(shape) = crate::der_limits::check_shape(input, max_depth) {
+        if shape.minimal_lengths {
+            return Ok(std::borrow::Cow::Borrowed(input));
+        }
     }
     let mut out = Vec::with_capacity(input.len());
     let used = normalize_value(input, 0, max_depth, &mut out)?;
@@ -307,7 +316,7 @@ pub(crate) fn normalize_ber(input: &[u8], max_depth: usize) -> Result<Vec<u8>, F
             input.len() - used
         )));
     }
-    Ok(out)
+    Ok(std::borrow::Cow::Owned(out))
 }
 
 /// Normalizes the value at the start of `input` into `out`; returns the bytes it took.

@@ -30,11 +30,12 @@
 //! - The general JSON serialization is reported as `SignatureFormat::JwsFlattened`.
 
 use base64::Engine as _;
-use der::Decode;
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::{Map, Value};
 use sha2::Digest as _;
-use x509_cert::Certificate;
+use std::sync::Arc;
+
+use super::certs::KnownCert;
 
 use super::cms::{public_key_of, verify_signature, PublicKey, SigEncoding, VerifyError};
 use super::evidence::{
@@ -324,7 +325,7 @@ fn examine_one(
         }
         Some(_) => return Err(ferr("JWS x5t#S256 is not a string")),
     };
-    let mut x5c: Vec<(Certificate, Vec<u8>)> = Vec::new();
+    let mut x5c: Vec<Arc<KnownCert>> = Vec::new();
     match header("x5c") {
         None => {}
         Some(Value::Array(list)) if !list.is_empty() => {
@@ -335,17 +336,18 @@ fn examine_one(
                 let der = B64_STD
                     .decode(s)
                     .map_err(|_| ferr("JWS x5c certificate is not base64"))?;
-                let cert = Certificate::from_der(&der)
+                let cert = resolver
+                    .certificate(&der)
                     .map_err(|e| ferr(format!("JWS x5c certificate: {e}")))?;
-                x5c.push((cert, der));
+                x5c.push(cert);
             }
         }
         Some(_) => return Err(ferr("JWS x5c is not a non-empty array")),
     }
     let mut carried = x5c.into_iter();
     let (certificate, signer_ref) = match carried.next() {
-        Some((cert, der)) => {
-            let thumb = sha2::Sha256::digest(&der).to_vec();
+        Some(cert) => {
+            let thumb = cert.sha256.to_vec();
             if let Some(t) = &x5t {
                 if *t == thumb {
                     checks.push(AttributeCheck {
@@ -371,7 +373,7 @@ fn examine_one(
             None => (None, SignerRef::None),
         },
     };
-    let other_certificates: Vec<Certificate> = carried.map(|(c, _)| c).collect();
+    let other_certificates: Vec<Arc<KnownCert>> = carried.collect();
 
     // Claimed signing time.
     let mut claimed_signing_time = None;
@@ -417,7 +419,7 @@ fn examine_one(
         }
         (_, None) => Crypto::NotChecked,
         (SigAlg::Ecdsa, Some(cert)) => {
-            let key = public_key_of(cert);
+            let key = public_key_of(&cert.cert);
             let fits = matches!(
                 (alg, &key),
                 ("ES256", PublicKey::P256(_)) | ("ES384", PublicKey::P384(_))

@@ -9,6 +9,9 @@ use sha2::Digest as _;
 use x509_cert::ext::pkix::{BasicConstraints, CertificatePolicies, KeyUsage, KeyUsages};
 use x509_cert::Certificate;
 
+use super::certs::KnownCert;
+use std::sync::Arc;
+
 /// The deepest chain considered (signer, intermediates, anchor).
 const MAX_DEPTH: usize = 6;
 /// Most signature checks spent building one path: a signature carrying many certificates
@@ -116,6 +119,96 @@ impl SignatureCache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Paths that validated, by the certificates they were built from (the signer's and those the
+/// signature carried, each by the SHA-256 of its DER; the verifier's own intermediates and
+/// anchors are fixed for the cache's life). A path holds at every time at which each of its CA
+/// certificates is valid, so an entry answers for that window and the search runs again
+/// outside it; failures are not kept. Bounded: emptied when full.
+pub struct PathCache {
+    entries: std::sync::Mutex<std::collections::HashMap<[u8; 32], Arc<WindowedPath>>>,
+    capacity: usize,
+}
+
+struct WindowedPath {
+    path: Arc<ValidPath>,
+    /// The CA certificates' common validity: [from, until].
+    from: i64,
+    until: i64,
+}
+
+impl PathCache {
+    pub fn new(capacity: usize) -> Self {
+        PathCache {
+            entries: std::sync::Mutex::new(std::collections::HashMap::new()),
+            capacity,
+        }
+    }
+
+    /// [`validate_cached`] for `leaf` with the `carried` certificates before `intermediates`,
+    /// answered from an earlier search when its path holds at `at`.
+    pub fn validate(
+        &self,
+        leaf: &KnownCert,
+        carried: &[Arc<KnownCert>],
+        intermediates: &[Certificate],
+        anchors: &[Anchor],
+        at: i64,
+        signatures: &SignatureCache,
+    ) -> Result<Arc<ValidPath>, PathError> {
+        let mut h = sha2::Sha256::new();
+        h.update(leaf.sha256);
+        for c in carried {
+            h.update(c.sha256);
+        }
+        let key: [u8; 32] = h.finalize().into();
+        if let Some(hit) = self.lock().get(&key) {
+            if hit.from <= at && at <= hit.until {
+                return Ok(hit.path.clone());
+            }
+        }
+        let mut candidates: Vec<Certificate> = carried.iter().map(|c| c.cert.clone()).collect();
+        candidates.extend(intermediates.iter().cloned());
+        let path = Arc::new(validate_cached(
+            &leaf.cert,
+            &candidates,
+            anchors,
+            at,
+            Some(signatures),
+        )?);
+        let cas = &path.chain[1..];
+        let from = cas.iter().map(|c| validity(c).0).max().unwrap_or(i64::MIN);
+        let until = cas.iter().map(|c| validity(c).1).min().unwrap_or(i64::MAX);
+        let mut entries = self.lock();
+        if entries.len() >= self.capacity {
+            entries.clear();
+        }
+        entries.insert(
+            key,
+            Arc::new(WindowedPath {
+                path: path.clone(),
+                from,
+                until,
+            }),
+        );
+        Ok(path)
+    }
+
+    /// Paths remembered.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<[u8; 32], Arc<WindowedPath>>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -319,11 +412,18 @@ fn search(
     }
 }
 
+/// notBefore and notAfter, Unix seconds.
+fn validity(c: &Certificate) -> (i64, i64) {
+    let v = c.tbs_certificate().validity();
+    (
+        v.not_before.to_unix_duration().as_secs() as i64,
+        v.not_after.to_unix_duration().as_secs() as i64,
+    )
+}
+
 /// Validity of one certificate at `at`.
 pub fn valid_at(c: &Certificate, at: i64) -> bool {
-    let v = c.tbs_certificate().validity();
-    let nb = v.not_before.to_unix_duration().as_secs() as i64;
-    let na = v.not_after.to_unix_duration().as_secs() as i64;
+    let (nb, na) = validity(c);
     nb <= at && at <= na
 }
 
