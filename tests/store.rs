@@ -508,25 +508,25 @@ fn reopening_a_store_keeps_its_records_and_migrates_nothing_twice() {
 }
 
 #[test]
-fn a_group_of_issuance_writes_applies_each_and_a_failing_one_leaves_the_others() {
-    use signet::store::IssuanceWrite;
+fn a_group_of_writes_applies_each_and_a_failing_one_leaves_the_others() {
+    use signet::store::GroupedWrite;
     for db in databases("group_commit") {
         let s = db.open();
         s.record_pending(&pending("10", IssuerId::Customer, 0), &event("r", "10"))
             .unwrap();
-        let complete = |serial: &str| IssuanceWrite::Complete {
+        let complete = |serial: &str| GroupedWrite::Complete {
             serial: serial.into(),
             cert_der: format!("der-{serial}").into_bytes(),
             at: 1_001,
             event: event("certificate.issue", serial),
         };
         let results = s
-            .issuance_writes(&[
-                IssuanceWrite::Pending {
+            .grouped_writes(&[
+                GroupedWrite::Pending {
                     record: pending("11", IssuerId::Customer, 0),
                     event: event("certificate.record", "11"),
                 },
-                IssuanceWrite::Pending {
+                GroupedWrite::Pending {
                     record: pending("10", IssuerId::Teller, 0),
                     event: event("certificate.record", "10"),
                 },
@@ -549,6 +549,46 @@ fn a_group_of_issuance_writes_applies_each_and_a_failing_one_leaves_the_others()
         assert!(s.certificate("99").unwrap().is_none());
         let events = s.audit_events(0).unwrap();
         assert_eq!(events.len(), 3, "one event per applied write");
+        assert_chain_intact(&events);
+    }
+}
+
+#[test]
+fn verifications_in_one_group_see_each_other_through_the_replay_guard() {
+    use signet::store::{GroupedWrite, VerificationEvent};
+    for db in databases("group_verify") {
+        let s = db.open();
+        let keys = ReplayKeys {
+            signer: "spki".into(),
+            digest: "d1".into(),
+            instruction_id: None,
+        };
+        let verification = |at: i64| GroupedWrite::Verification {
+            guard: Some(keys.clone()),
+            at,
+            window_secs: 3_600,
+            event: VerificationEvent(Arc::new(move |seen: Option<i64>| {
+                AuditEvent::new(
+                    "gateway",
+                    "signature.verify",
+                    "d1",
+                    serde_json::json!({ "replay_first_seen": seen }),
+                )
+            })),
+        };
+        let results = s
+            .grouped_writes(&[verification(5_000), verification(5_001)])
+            .unwrap();
+        let seen: Vec<_> = results
+            .iter()
+            .map(|r| r.as_ref().expect("applied").first_seen)
+            .collect();
+        assert_eq!(seen, [None, Some(5_000)], "{:?}", db.engine);
+        // Each audit event says what its verification was told.
+        let events = s.audit_events(0).unwrap();
+        assert_eq!(events.len(), 2);
+        let details: serde_json::Value = serde_json::from_str(&events[1].details).unwrap();
+        assert_eq!(details["replay_first_seen"], 5_000);
         assert_chain_intact(&events);
     }
 }

@@ -19,7 +19,7 @@ use super::x509::{self, extension, DecidedProfile, PreparedCertificate};
 use super::{Authority, CaCert, CaError, Fault, IssuerId};
 use crate::audit::AuditEvent;
 use crate::policy::{KeyUsageBit, Profile};
-use crate::store::{CertRecord, CertStatus, IssuanceWrite};
+use crate::store::{CertRecord, CertStatus, GroupedWrite};
 
 /// What the registration authority asks the CA to sign: everything already decided.
 pub struct LeafRequest<'a> {
@@ -145,11 +145,14 @@ impl Authority {
         // Counted while in flight, so that the committer waits for this issuance's writes.
         let _in_flight = self.commits.in_flight();
         // Durable before the HSM signs (invariant 2), grouped with concurrent issuances.
-        let audit = self.commits.write(IssuanceWrite::Pending {
-            record,
-            event: AuditEvent::new(req.actor, "certificate.record", &serial, &details)
-                .for_tenant(req.owner.as_deref()),
-        })?;
+        let audit = self
+            .commits
+            .write(GroupedWrite::Pending {
+                record,
+                event: AuditEvent::new(req.actor, "certificate.record", &serial, &details)
+                    .for_tenant(req.owner.as_deref()),
+            })?
+            .audit;
         if let Err(e) = self.auditor.after_append(&audit) {
             let e = CaError::from(e);
             self.void_unsigned(&serial, &req, &details, &e);
@@ -168,13 +171,16 @@ impl Authority {
             }
         };
         // Durable before the certificate is handed out.
-        let audit = self.commits.write(IssuanceWrite::Complete {
-            serial: serial.clone(),
-            cert_der: der.clone(),
-            at: self.clock.now(),
-            event: AuditEvent::new(req.actor, "certificate.issue", &serial, &details)
-                .for_tenant(req.owner.as_deref()),
-        })?;
+        let audit = self
+            .commits
+            .write(GroupedWrite::Complete {
+                serial: serial.clone(),
+                cert_der: der.clone(),
+                at: self.clock.now(),
+                event: AuditEvent::new(req.actor, "certificate.issue", &serial, &details)
+                    .for_tenant(req.owner.as_deref()),
+            })?
+            .audit;
         self.auditor.after_append(&audit)?;
         Ok(Issued {
             serial,

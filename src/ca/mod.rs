@@ -276,7 +276,8 @@ pub struct Authority {
     clock: Clock,
     settings: CaSettings,
     auditor: Arc<Auditor>,
-    /// Issuance records of concurrent requests go to the store in groups (one fsync each).
+    /// Issuance and verification records of concurrent requests go to the store in groups
+    /// (one fsync each).
     commits: GroupCommit,
     cas: RwLock<HashMap<IssuerId, CaCert>>,
     fault: Fault,
@@ -316,6 +317,11 @@ impl Authority {
 
     pub fn clock(&self) -> &Clock {
         &self.clock
+    }
+
+    /// The group committer of this authority's store (the verifier records through it too).
+    pub fn commits(&self) -> &GroupCommit {
+        &self.commits
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

@@ -1,7 +1,7 @@
 //! Group commit of issuance writes: callers hand their write (a pending record, a completed
 //! certificate, each with its audit event) to one committer thread and wait; the committer
 //! gathers what arrives within a short window (or up to a maximum count), applies it in one
-//! transaction through [`Store::issuance_writes`] - one fsync for the whole group, audit
+//! transaction through [`Store::grouped_writes`] - one fsync for the whole group, audit
 //! appends in the same transaction, so the hash chain grows in commit order - and answers
 //! each caller with its own result once the transaction is durable. A caller therefore never
 //! goes on (to the HSM, or to answer its client) before its own record is on disk.
@@ -12,8 +12,7 @@ use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{IssuanceWrite, Result, Store, StoreError};
-use crate::audit::AuditRecord;
+use super::{Applied, GroupedWrite, Result, Store, StoreError};
 
 /// How the committer groups writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,12 +35,13 @@ impl Default for GroupCommitSettings {
 }
 
 struct Job {
-    write: IssuanceWrite,
-    reply: mpsc::SyncSender<Result<AuditRecord>>,
+    write: GroupedWrite,
+    reply: mpsc::SyncSender<Result<Applied>>,
 }
 
-/// The committer: a thread that owns the grouping; cheap to share. The thread ends when the
-/// `GroupCommit` is dropped (after answering what it was given).
+/// The committer: a thread that owns the grouping; cheap to share and to clone. The thread
+/// ends when the last clone is dropped (after answering what it was given).
+#[derive(Clone)]
 pub struct GroupCommit {
     sender: mpsc::Sender<Job>,
     in_flight: Arc<AtomicUsize>,
@@ -80,7 +80,7 @@ impl GroupCommit {
     }
 
     /// Applies one write with the next group; returns once it is durable (or failed).
-    pub fn write(&self, write: IssuanceWrite) -> Result<AuditRecord> {
+    pub fn write(&self, write: GroupedWrite) -> Result<Applied> {
         let (reply, answer) = mpsc::sync_channel(1);
         let stopped = || StoreError::Unavailable("the group-commit thread has stopped".into());
         self.sender
@@ -120,7 +120,7 @@ fn run(
         }
         let (writes, replies): (Vec<_>, Vec<_>) =
             group.into_iter().map(|j| (j.write, j.reply)).unzip();
-        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| store.issuance_writes(&writes)))
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| store.grouped_writes(&writes)))
             .unwrap_or_else(|_| {
                 Err(StoreError::Unavailable(
                     "the store failed while committing a group of writes".into(),
@@ -170,8 +170,8 @@ mod tests {
     use crate::ca::IssuerId;
     use crate::store::{CertRecord, CertStatus, SqliteStore};
 
-    fn pending(serial: &str) -> IssuanceWrite {
-        IssuanceWrite::Pending {
+    fn pending(serial: &str) -> GroupedWrite {
+        GroupedWrite::Pending {
             record: CertRecord {
                 serial: serial.into(),
                 issuer: IssuerId::Customer,
@@ -193,8 +193,8 @@ mod tests {
         }
     }
 
-    fn complete(serial: &str) -> IssuanceWrite {
-        IssuanceWrite::Complete {
+    fn complete(serial: &str) -> GroupedWrite {
+        GroupedWrite::Complete {
             serial: serial.into(),
             cert_der: vec![0x30, 0x01, serial.len() as u8],
             at: 2,
@@ -231,7 +231,7 @@ mod tests {
     fn a_failing_write_in_a_group_leaves_the_others_applied() {
         let (_dir, store) = store();
         let results = store
-            .issuance_writes(&[pending("01"), pending("01"), pending("02"), complete("03")])
+            .grouped_writes(&[pending("01"), pending("01"), pending("02"), complete("03")])
             .expect("group commits");
         assert!(results[0].is_ok());
         assert!(matches!(results[1], Err(StoreError::SerialTaken(_))));

@@ -222,9 +222,10 @@ pub struct ReplayKeys {
     pub instruction_id: Option<String>,
 }
 
-/// One durable write of an issuance, for [`Store::issuance_writes`] (group commit).
+/// One durable write of an issuance or a verification, for [`Store::grouped_writes`] (group
+/// commit).
 #[derive(Debug, Clone)]
-pub enum IssuanceWrite {
+pub enum GroupedWrite {
     /// What [`Store::record_pending`] does.
     Pending {
         record: CertRecord,
@@ -237,6 +238,34 @@ pub enum IssuanceWrite {
         at: i64,
         event: AuditEvent,
     },
+    /// What [`Store::record_verification`] does.
+    Verification {
+        guard: Option<ReplayKeys>,
+        at: i64,
+        window_secs: i64,
+        event: VerificationEvent,
+    },
+}
+
+/// The audit event of a verification, made once the replay guard has said when the
+/// instruction was first seen (see [`Store::record_verification`]).
+#[derive(Clone)]
+pub struct VerificationEvent(pub std::sync::Arc<dyn Fn(Option<i64>) -> AuditEvent + Send + Sync>);
+
+impl std::fmt::Debug for VerificationEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("VerificationEvent(..)")
+    }
+}
+
+/// What one grouped write did.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// Its audit event, as appended.
+    pub audit: AuditRecord,
+    /// For a verification: when the replay guard first saw the instruction (see
+    /// [`Store::record_verification`]); `None` otherwise.
+    pub first_seen: Option<i64>,
 }
 
 /// The state rule of a revocation or hold, the same for every engine: only an issued
@@ -293,24 +322,11 @@ pub trait Store: Send + Sync {
         at: i64,
         event: &AuditEvent,
     ) -> Result<AuditRecord>;
-    /// Group commit: applies several issuance writes in order, in one transaction (one
-    /// fsync), each with the result `record_pending` / `complete_issuance` would give it; a
-    /// write that fails leaves the others in place. Everything is durable when it returns
-    /// `Ok`; `Err` means none of them is applied. The default applies them one by one.
-    fn issuance_writes(&self, writes: &[IssuanceWrite]) -> Result<Vec<Result<AuditRecord>>> {
-        Ok(writes
-            .iter()
-            .map(|w| match w {
-                IssuanceWrite::Pending { record, event } => self.record_pending(record, event),
-                IssuanceWrite::Complete {
-                    serial,
-                    cert_der,
-                    at,
-                    event,
-                } => self.complete_issuance(serial, cert_der, *at, event),
-            })
-            .collect())
-    }
+    /// Group commit: applies several writes in order, in one transaction (one fsync), each
+    /// with the result `record_pending` / `complete_issuance` / `record_verification` would
+    /// give it; a write that fails leaves the others in place. Everything is durable when it
+    /// returns `Ok`; `Err` means none of them is applied.
+    fn grouped_writes(&self, writes: &[GroupedWrite]) -> Result<Vec<Result<Applied>>>;
     /// Pending records created at or before `cutoff`.
     fn pending_before(&self, cutoff: i64) -> Result<Vec<CertRecord>>;
     /// Voids a pending record (it goes on the CRL, dated `at`).

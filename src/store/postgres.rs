@@ -195,6 +195,55 @@ impl Drop for PostgresStore {
 }
 
 /// Appends `event` to the chain inside `tx` (which holds the write lock).
+/// The replay guard's keys and the audit event of one verification (see
+/// [`Store::record_verification`]).
+fn apply_verification(
+    tx: &mut Transaction,
+    guard: Option<&ReplayKeys>,
+    at: i64,
+    window_secs: i64,
+    event: &dyn Fn(Option<i64>) -> AuditEvent,
+) -> Result<Applied> {
+    let mut first_seen: Option<i64> = None;
+    if let Some(g) = guard {
+        let cutoff = at - window_secs;
+        let mut remember = |tx: &mut Transaction,
+                            table: &str,
+                            column: &str,
+                            value: &str|
+         -> Result<()> {
+            let earlier = tx
+                .query_opt(
+                    &format!("SELECT first_seen FROM {table} WHERE signer = $1 AND {column} = $2"),
+                    &[&g.signer, &value],
+                )
+                .map_err(map_err)?;
+            match earlier.as_ref().map(|r| col::<i64>(r, 0)).transpose()? {
+                Some(t) if t > cutoff => {
+                    first_seen = Some(first_seen.map_or(t, |f: i64| f.min(t)));
+                }
+                _ => {
+                    tx.execute(
+                        &format!(
+                            "INSERT INTO {table} (signer, {column}, first_seen) VALUES ($1, $2, $3)
+                             ON CONFLICT (signer, {column}) DO UPDATE SET first_seen = excluded.first_seen"
+                        ),
+                        &[&g.signer, &value, &at],
+                    )
+                    .map_err(map_err)?;
+                }
+            }
+            Ok(())
+        };
+        remember(tx, "replay_instructions", "digest", &g.digest)?;
+        if let Some(id) = &g.instruction_id {
+            remember(tx, "replay_instruction_ids", "instruction_id", id)?;
+        }
+    }
+    let audit = append(tx, at, &event(first_seen))?;
+    Ok(Applied { audit, first_seen })
+}
+
 fn append(tx: &mut Transaction, at: i64, event: &AuditEvent) -> Result<AuditRecord> {
     let head = tx
         .query_opt(
@@ -442,23 +491,33 @@ impl Store for PostgresStore {
         self.tx(|tx| complete_pending(tx, serial, cert_der, at, event))
     }
 
-    fn issuance_writes(&self, writes: &[IssuanceWrite]) -> Result<Vec<Result<AuditRecord>>> {
+    fn grouped_writes(&self, writes: &[GroupedWrite]) -> Result<Vec<Result<Applied>>> {
         // Group commit: one transaction (one WAL flush) for the group, each write in its own
         // savepoint so that one that fails leaves the others in place.
         self.tx(|tx| {
             let mut out = Vec::with_capacity(writes.len());
             for w in writes {
                 let mut sp = tx.savepoint("issuance_write").map_err(map_err)?;
+                let audit_only = |audit| Applied {
+                    audit,
+                    first_seen: None,
+                };
                 let r = match w {
-                    IssuanceWrite::Pending { record, event } => {
-                        insert_pending(&mut sp, record, event)
+                    GroupedWrite::Pending { record, event } => {
+                        insert_pending(&mut sp, record, event).map(audit_only)
                     }
-                    IssuanceWrite::Complete {
+                    GroupedWrite::Complete {
                         serial,
                         cert_der,
                         at,
                         event,
-                    } => complete_pending(&mut sp, serial, cert_der, *at, event),
+                    } => complete_pending(&mut sp, serial, cert_der, *at, event).map(audit_only),
+                    GroupedWrite::Verification {
+                        guard,
+                        at,
+                        window_secs,
+                        event,
+                    } => apply_verification(&mut sp, guard.as_ref(), *at, *window_secs, &*event.0),
                 };
                 if r.is_ok() {
                     sp.commit().map_err(map_err)?;
@@ -943,48 +1002,7 @@ impl Store for PostgresStore {
         window_secs: i64,
         event: &dyn Fn(Option<i64>) -> AuditEvent,
     ) -> Result<Option<i64>> {
-        self.tx(|tx| {
-            let mut first_seen: Option<i64> = None;
-            if let Some(g) = guard {
-                let cutoff = at - window_secs;
-                let mut remember = |tx: &mut Transaction,
-                                    table: &str,
-                                    column: &str,
-                                    value: &str|
-                 -> Result<()> {
-                    let earlier = tx
-                        .query_opt(
-                            &format!(
-                                "SELECT first_seen FROM {table} WHERE signer = $1 AND {column} = $2"
-                            ),
-                            &[&g.signer, &value],
-                        )
-                        .map_err(map_err)?;
-                    match earlier.as_ref().map(|r| col::<i64>(r, 0)).transpose()? {
-                        Some(t) if t > cutoff => {
-                            first_seen = Some(first_seen.map_or(t, |f: i64| f.min(t)));
-                        }
-                        _ => {
-                            tx.execute(
-                                &format!(
-                                    "INSERT INTO {table} (signer, {column}, first_seen) VALUES ($1, $2, $3)
-                                     ON CONFLICT (signer, {column}) DO UPDATE SET first_seen = excluded.first_seen"
-                                ),
-                                &[&g.signer, &value, &at],
-                            )
-                            .map_err(map_err)?;
-                        }
-                    }
-                    Ok(())
-                };
-                remember(tx, "replay_instructions", "digest", &g.digest)?;
-                if let Some(id) = &g.instruction_id {
-                    remember(tx, "replay_instruction_ids", "instruction_id", id)?;
-                }
-            }
-            append(tx, at, &event(first_seen))?;
-            Ok(first_seen)
-        })
+        self.tx(|tx| Ok(apply_verification(tx, guard, at, window_secs, event)?.first_seen))
     }
 
     fn add_teller(&self, teller: &TellerRecord, event: &AuditEvent) -> Result<AuditRecord> {

@@ -179,6 +179,53 @@ impl SqliteStore {
 }
 
 /// Appends `event` to the chain inside `tx`.
+/// The replay guard's keys and the audit event of one verification (see
+/// [`Store::record_verification`]).
+fn apply_verification(
+    tx: &Transaction,
+    guard: Option<&ReplayKeys>,
+    at: i64,
+    window_secs: i64,
+    event: &dyn Fn(Option<i64>) -> AuditEvent,
+) -> Result<Applied> {
+    let mut first_seen: Option<i64> = None;
+    if let Some(g) = guard {
+        let cutoff = at - window_secs;
+        let mut remember = |table: &str, column: &str, value: &str| -> Result<()> {
+            let earlier: Option<i64> = tx
+                .query_row(
+                    &format!("SELECT first_seen FROM {table} WHERE signer = ?1 AND {column} = ?2"),
+                    params![g.signer, value],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(map_err)?;
+            match earlier {
+                Some(t) if t > cutoff => {
+                    first_seen = Some(first_seen.map_or(t, |f: i64| f.min(t)));
+                }
+                _ => {
+                    tx.execute(
+                        &format!(
+                            "INSERT INTO {table} (signer, {column}, first_seen) VALUES (?1, ?2, ?3)
+                             ON CONFLICT (signer, {column}) DO UPDATE SET first_seen = excluded.first_seen"
+                        ),
+                        params![g.signer, value, at],
+                    )
+                    .map_err(map_err)?;
+                }
+            }
+            Ok(())
+        };
+        remember("replay_instructions", "digest", &g.digest)?;
+        if let Some(id) = &g.instruction_id {
+            remember("replay_instruction_ids", "instruction_id", id)?;
+        }
+    }
+    let audit = append(tx, at, &event(first_seen))?;
+    Ok(Applied { audit, first_seen })
+}
+
 fn append(tx: &Transaction, at: i64, event: &AuditEvent) -> Result<AuditRecord> {
     let head: Option<(u64, Vec<u8>)> = tx
         .prepare_cached("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
@@ -417,21 +464,33 @@ impl Store for SqliteStore {
         self.tx(|tx| complete_pending(tx, serial, cert_der, at, event))
     }
 
-    fn issuance_writes(&self, writes: &[IssuanceWrite]) -> Result<Vec<Result<AuditRecord>>> {
+    fn grouped_writes(&self, writes: &[GroupedWrite]) -> Result<Vec<Result<Applied>>> {
         self.tx(|tx| {
             let mut out = Vec::with_capacity(writes.len());
             for w in writes {
                 // Each write in its own savepoint: one that fails leaves the others in place.
                 tx.execute_batch("SAVEPOINT issuance_write")
                     .map_err(map_err)?;
+                let audit_only = |audit| Applied {
+                    audit,
+                    first_seen: None,
+                };
                 let r = match w {
-                    IssuanceWrite::Pending { record, event } => insert_pending(tx, record, event),
-                    IssuanceWrite::Complete {
+                    GroupedWrite::Pending { record, event } => {
+                        insert_pending(tx, record, event).map(audit_only)
+                    }
+                    GroupedWrite::Complete {
                         serial,
                         cert_der,
                         at,
                         event,
-                    } => complete_pending(tx, serial, cert_der, *at, event),
+                    } => complete_pending(tx, serial, cert_der, *at, event).map(audit_only),
+                    GroupedWrite::Verification {
+                        guard,
+                        at,
+                        window_secs,
+                        event,
+                    } => apply_verification(tx, guard.as_ref(), *at, *window_secs, &*event.0),
                 };
                 let end = if r.is_ok() {
                     "RELEASE issuance_write"
@@ -1042,44 +1101,7 @@ impl Store for SqliteStore {
         window_secs: i64,
         event: &dyn Fn(Option<i64>) -> AuditEvent,
     ) -> Result<Option<i64>> {
-        self.tx(|tx| {
-            let mut first_seen: Option<i64> = None;
-            if let Some(g) = guard {
-                let cutoff = at - window_secs;
-                let mut remember = |table: &str, column: &str, value: &str| -> Result<()> {
-                    let earlier: Option<i64> = tx
-                        .query_row(
-                            &format!("SELECT first_seen FROM {table} WHERE signer = ?1 AND {column} = ?2"),
-                            params![g.signer, value],
-                            |r| r.get(0),
-                        )
-                        .optional()
-                        .map_err(map_err)?;
-                    match earlier {
-                        Some(t) if t > cutoff => {
-                            first_seen = Some(first_seen.map_or(t, |f: i64| f.min(t)));
-                        }
-                        _ => {
-                            tx.execute(
-                                &format!(
-                                    "INSERT INTO {table} (signer, {column}, first_seen) VALUES (?1, ?2, ?3)
-                                     ON CONFLICT (signer, {column}) DO UPDATE SET first_seen = excluded.first_seen"
-                                ),
-                                params![g.signer, value, at],
-                            )
-                            .map_err(map_err)?;
-                        }
-                    }
-                    Ok(())
-                };
-                remember("replay_instructions", "digest", &g.digest)?;
-                if let Some(id) = &g.instruction_id {
-                    remember("replay_instruction_ids", "instruction_id", id)?;
-                }
-            }
-            append(tx, at, &event(first_seen))?;
-            Ok(first_seen)
-        })
+        self.tx(|tx| Ok(apply_verification(tx, guard, at, window_secs, event)?.first_seen))
     }
 
     fn add_teller(&self, teller: &TellerRecord, event: &AuditEvent) -> Result<AuditRecord> {

@@ -25,7 +25,7 @@ use crate::audit::AuditEvent;
 use crate::ca::{Authority, IssuerId, HOLD_REASON_CODE};
 use crate::clock::Clock;
 use crate::policy::{KeyCustody, KeyType, KeyUsageBit, PolicyDigest, Profiles, SignaturePolicy};
-use crate::store::{CertStatus, ReplayKeys, Store};
+use crate::store::{CertStatus, GroupCommit, GroupedWrite, ReplayKeys, Store, VerificationEvent};
 
 /// Certificates a signature carries that path building looks at.
 const MAX_CARRIED_CERTIFICATES: usize = 10;
@@ -51,6 +51,8 @@ pub struct Verifier {
     certificates: CertCache,
     /// Paths already validated (see `path::PathCache`).
     paths: path::PathCache,
+    /// The authority's group committer: verification records share its transactions.
+    commits: GroupCommit,
 }
 
 /// A verdict in progress: the first failure wins.
@@ -188,6 +190,7 @@ impl Verifier {
             signatures: path::SignatureCache::new(SIGNATURE_CACHE_ENTRIES),
             certificates: CertCache::new(CERTIFICATE_CACHE_ENTRIES),
             paths: path::PathCache::new(PATH_CACHE_ENTRIES),
+            commits: authority.commits().clone(),
         })
     }
 
@@ -222,15 +225,14 @@ impl Verifier {
                     self.policy.description.clone(),
                     &reason,
                 );
-                self.store.record_verification(None, now, 1, &|_| {
-                    AuditEvent::new(
-                        actor,
-                        "signature.verify",
-                        &digest,
-                        serde_json::json!({"indication": report.indication, "sub_indication": report.sub_indication}),
-                    )
-                    .for_tenant(tenant)
-                })?;
+                let event = AuditEvent::new(
+                    actor,
+                    "signature.verify",
+                    &digest,
+                    serde_json::json!({"indication": report.indication, "sub_indication": report.sub_indication}),
+                )
+                .for_tenant(tenant);
+                self.record(None, now, 1, move |_| event.clone())?;
                 return Ok(report);
             }
         };
@@ -311,15 +313,14 @@ impl Verifier {
             checks: v.checks,
             replay: None,
         };
-        self.store.record_verification(None, now, 1, &|_| {
-            AuditEvent::new(
-                actor,
-                "certificate.validate",
-                &summary.serial,
-                serde_json::json!({"indication": report.indication, "sub_indication": report.sub_indication}),
-            )
-            .for_tenant(tenant)
-        })?;
+        let event = AuditEvent::new(
+            actor,
+            "certificate.validate",
+            &summary.serial,
+            serde_json::json!({"indication": report.indication, "sub_indication": report.sub_indication}),
+        )
+        .for_tenant(tenant);
+        self.record(None, now, 1, move |_| event.clone())?;
         Ok(Report::combine(
             None,
             rfc3339(now),
@@ -481,11 +482,13 @@ impl Verifier {
             .map(|s| s.serial.clone())
             .unwrap_or_default();
         let reject = self.policy.replay.reject;
-        let first_seen = self.store.record_verification(
-            keys.as_ref(),
+        let (actor_owned, digest_owned) = (actor.to_string(), digest.to_string());
+        let tenant_owned = tenant.map(String::from);
+        let first_seen = self.record(
+            keys.clone(),
             now,
             self.policy.replay.window_secs,
-            &|seen| {
+            move |seen| {
                 let verdict = match (pre, seen) {
                     (Some((i, s)), _) => (i, Some(s)),
                     (None, Some(_)) if reject => {
@@ -494,9 +497,9 @@ impl Verifier {
                     (None, _) => (Indication::TotalPassed, None),
                 };
                 AuditEvent::new(
-                    actor,
+                    &actor_owned,
                     "signature.verify",
-                    digest,
+                    &digest_owned,
                     serde_json::json!({
                         "signer_serial": serial,
                         "indication": verdict.0,
@@ -504,7 +507,7 @@ impl Verifier {
                         "replay_first_seen": seen,
                     }),
                 )
-                .for_tenant(tenant)
+                .for_tenant(tenant_owned.as_deref())
             },
         )?;
         let replay = first_seen.map(|t| Replay {
@@ -532,6 +535,26 @@ impl Verifier {
             v.check("replay", true, "first presentation");
         }
         Ok(signer_report(ev, v, summary, replay))
+    }
+
+    /// Records a verification (replay-guard keys and audit event, see
+    /// [`Store::record_verification`]) with the group commit the issuances use: concurrent
+    /// verifications share a transaction and its fsync; each returns once its own record is
+    /// durable.
+    fn record(
+        &self,
+        guard: Option<ReplayKeys>,
+        at: i64,
+        window_secs: i64,
+        event: impl Fn(Option<i64>) -> AuditEvent + Send + Sync + 'static,
+    ) -> Result<Option<i64>, VerifyError> {
+        let applied = self.commits.write(GroupedWrite::Verification {
+            guard,
+            at,
+            window_secs,
+            event: VerificationEvent(Arc::new(event)),
+        })?;
+        Ok(applied.first_seen)
     }
 
     /// Key, path, accepted policy, key usage, time and revocation of the signer's certificate.

@@ -108,10 +108,13 @@ pub fn examine_cms(
         )));
     }
     // BER (indefinite lengths, streamed eContent) → definite lengths; refuses absurd nesting
-    // with a bounded recursion, then the iterative walker checks the result again.
+    // with a bounded recursion, then the iterative walker checks a rewritten result again
+    // (input that was DER already comes back as is, walked once).
     let normalized = normalize_ber(der, MAX_DER_DEPTH)?;
+    if let std::borrow::Cow::Owned(rewritten) = &normalized {
+        check_der_structure(rewritten, MAX_DER_DEPTH)?;
+    }
     let der: &[u8] = &normalized;
-    check_der_structure(der, MAX_DER_DEPTH)?;
 
     // The structure is read field by field: each part is decoded by the cms / x509-cert
     // types, but the carried certificates go through the resolver, which decodes each distinct

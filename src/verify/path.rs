@@ -494,3 +494,70 @@ fn check_chain(chain: &[Certificate], at: i64) -> Result<Vec<ObjectIdentifier>, 
 pub fn key_usage(c: &Certificate) -> Option<KeyUsage> {
     ext::<KeyUsage>(c).map(|(_, ku)| ku)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use der::Decode;
+
+    const ROOT: &[u8] = include_bytes!("../../fuzz/fixtures/root.der");
+    const CA: &[u8] = include_bytes!("../../fuzz/fixtures/ca.der");
+    const SIGNER: &[u8] = include_bytes!("../../fuzz/fixtures/signer.der");
+    /// 2027-01-15, inside every fixture's validity (2026-11-26 .. 2036-11-23).
+    const AT: i64 = 1_800_000_000;
+
+    fn anchors() -> Vec<Anchor> {
+        vec![Anchor {
+            certificate: Certificate::from_der(ROOT).unwrap(),
+            own: true,
+            crl: None,
+            name: "test-root".into(),
+        }]
+    }
+
+    fn known(der: &[u8]) -> Arc<KnownCert> {
+        Arc::new(KnownCert::parse(der).unwrap())
+    }
+
+    #[test]
+    fn a_cached_path_is_the_one_found_and_answers_again_inside_its_window() {
+        let cache = PathCache::new(8);
+        let signatures = SignatureCache::new(8);
+        let (leaf, carried) = (known(SIGNER), vec![known(CA)]);
+        let first = cache
+            .validate(&leaf, &carried, &[], &anchors(), AT, &signatures)
+            .expect("the fixture chain validates");
+        assert_eq!(first.chain.len(), 3);
+        assert_eq!(first.anchor.name, "test-root");
+        let again = cache
+            .validate(&leaf, &carried, &[], &anchors(), AT + 86_400, &signatures)
+            .unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn outside_the_cas_validity_the_cached_path_does_not_answer() {
+        let cache = PathCache::new(8);
+        let signatures = SignatureCache::new(8);
+        let (leaf, carried) = (known(SIGNER), vec![known(CA)]);
+        cache
+            .validate(&leaf, &carried, &[], &anchors(), AT, &signatures)
+            .unwrap();
+        // 2040: the CA and the root have expired.
+        let later = cache.validate(&leaf, &carried, &[], &anchors(), 2_200_000_000, &signatures);
+        assert!(matches!(later, Err(PathError::Constraints(_))), "{later:?}");
+    }
+
+    #[test]
+    fn other_carried_certificates_are_another_entry() {
+        let cache = PathCache::new(8);
+        let signatures = SignatureCache::new(8);
+        let leaf = known(SIGNER);
+        let with_ca = cache.validate(&leaf, &[known(CA)], &[], &anchors(), AT, &signatures);
+        assert!(with_ca.is_ok());
+        // Without the CA the signer does not chain: the earlier success is not reused.
+        let alone = cache.validate(&leaf, &[], &[], &anchors(), AT, &signatures);
+        assert!(matches!(alone, Err(PathError::NoChain(_))), "{alone:?}");
+    }
+}
