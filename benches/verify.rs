@@ -250,17 +250,35 @@ fn bench() -> Result<(), BoxError> {
     row("CMS detached, pure verification", cms_rate);
     row("JWS ES256, pure verification", jws_rate);
     println!("{}", "-".repeat(94));
-    for (name, r) in [("CMS detached", cms_rate), ("JWS", jws_rate)] {
+    // Criterion times each function in its own stretch; on a shared machine the clock speed
+    // and the neighbours change between stretches, and the ratio of two such medians swung
+    // from 69% to 94% between runs. The verdict takes the median of ratios measured
+    // back to back instead: each round times ring, then CMS, then JWS, for a short while.
+    let (rounds, slice) = if full {
+        (9, Duration::from_millis(400))
+    } else {
+        (3, Duration::from_millis(50))
+    };
+    let mut cms_ratios = Vec::new();
+    let mut jws_ratios = Vec::new();
+    for _ in 0..rounds {
+        let raw = rate(slice, ring_verify);
+        cms_ratios.push(rate(slice, cms_verify) / raw);
+        jws_ratios.push(rate(slice, jws_verify) / raw);
+    }
+    for (name, r, ratios) in [
+        ("CMS detached", cms_rate, &mut cms_ratios),
+        ("JWS", jws_rate, &mut jws_ratios),
+    ] {
+        let ratio = common::median(ratios);
         println!(
-            "{name}: {:.1}% of the fastest raw rate ({fastest_name} {:.0}/s): target >= {:.0}% {}",
+            "{name}: {:.1}% of ring's raw rate, median of {rounds} back-to-back rounds \
+             (criterion medians above: {:.1}% of {fastest_name} {:.0}/s): target >= {:.0}% {}",
+            100.0 * ratio,
             100.0 * r / fastest,
             fastest,
             TARGET * 100.0,
-            if r / fastest >= TARGET {
-                "MET"
-            } else {
-                "NOT MET"
-            }
+            if ratio >= TARGET { "MET" } else { "NOT MET" }
         );
     }
     drop(temp);

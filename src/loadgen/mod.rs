@@ -150,6 +150,9 @@ pub struct Report {
     pub raw_hsm: Vec<f64>,
     /// Software p256 signatures per second (one thread), per round.
     pub raw_soft: Vec<f64>,
+    /// ECDSA P-256 verifications per second with ring (the server's verify), one thread, per
+    /// round: the reference of the verification scenario.
+    pub raw_verify: Vec<f64>,
     pub rss_idle_kib: Option<u64>,
     pub rss_peak_kib: Option<u64>,
     pub server_pid: Option<u32>,
@@ -596,7 +599,9 @@ fn target_of(conn: &Connection) -> Target {
 }
 
 /// Raw SoftHSM2 and software ECDSA rates (one thread), each for about `run`.
-fn raw_rates(config: &Path, run: Duration) -> Result<(f64, f64), LoadError> {
+/// Raw rates of this machine now, one thread each: SoftHSM2 C_Sign with the customer CA key,
+/// software p256 signing, and ring's P-256 verify (SHA-256 of a 200-byte message included).
+fn raw_rates(config: &Path, run: Duration) -> Result<(f64, f64, f64), LoadError> {
     use p256::ecdsa::signature::Signer;
     let config = crate::config::Config::load(config)
         .map_err(|e| LoadError::Usage(format!("--reference-config: {e}")))?;
@@ -635,7 +640,18 @@ fn raw_rates(config: &Path, run: Duration) -> Result<(f64, f64), LoadError> {
         std::hint::black_box(s);
         Ok(())
     })?;
-    Ok((raw, soft))
+    let message = [0x42_u8; 200];
+    let signature: p256::ecdsa::DerSignature = key.sign(&message);
+    let point = key.verifying_key().to_sec1_point(false);
+    let verify = rate(&mut || {
+        crate::ecdsa::verify_p256_sha256(
+            point.as_bytes(),
+            std::hint::black_box(&message),
+            signature.as_bytes(),
+        )
+        .map_err(|e| e.to_string())
+    })?;
+    Ok((raw, soft, verify))
 }
 
 /// Samples a process's RSS every 100 ms while `f` runs; returns f's output and the peak.
@@ -719,12 +735,14 @@ pub fn run(options: &Options) -> Result<Report, LoadError> {
     let mut peak = 0u64;
     for round in 1..=options.rounds.max(1) {
         if let Some(config) = &options.reference_config {
-            let (raw, soft) = raw_rates(config, Duration::from_secs(2))?;
+            let (raw, soft, verify) = raw_rates(config, Duration::from_secs(2))?;
             eprintln!(
-                "bench: round {round}: raw SoftHSM2 C_Sign {raw:.0}/s, software p256 {soft:.0}/s"
+                "bench: round {round}: raw SoftHSM2 C_Sign {raw:.0}/s, software p256 {soft:.0}/s, \
+                 ring P-256 verify {verify:.0}/s"
             );
             report.raw_hsm.push(raw);
             report.raw_soft.push(soft);
+            report.raw_verify.push(verify);
         }
         for (scenario, cycle) in &cycles {
             let label = format!("signet {}", scenario.name());
@@ -858,6 +876,14 @@ impl Report {
                 median(&self.raw_soft)
             );
         }
+        if !self.raw_verify.is_empty() {
+            let _ = writeln!(
+                out,
+                "{:<24} {:>10.0}   (one thread, ring, as the server verifies)",
+                "raw P-256 verify",
+                median(&self.raw_verify)
+            );
+        }
         let _ = writeln!(out, "{}", "-".repeat(100));
         let raw = (!self.raw_hsm.is_empty()).then(|| median(&self.raw_hsm));
         if let (Some(s), Some(c)) = (self.rate("signet issuance"), self.rate("cfssl issuance")) {
@@ -886,6 +912,13 @@ impl Report {
                 out,
                 "issuance / raw HSM sign    {:>8.1}%   (target >= 40%)",
                 100.0 * s / r
+            );
+        }
+        if let (Some(s), false) = (self.rate("signet verification"), self.raw_verify.is_empty()) {
+            let _ = writeln!(
+                out,
+                "verification / raw verify  {:>8.1}%   (target >= 50%: replay guard and audit included)",
+                100.0 * s / median(&self.raw_verify)
             );
         }
         if let (Some(s), Some(r)) = (self.rate("signet ocsp"), raw) {

@@ -178,7 +178,6 @@ impl SqliteStore {
     }
 }
 
-/// Appends `event` to the chain inside `tx`.
 /// The replay guard's keys and the audit event of one verification (see
 /// [`Store::record_verification`]).
 fn apply_verification(
@@ -192,26 +191,27 @@ fn apply_verification(
     if let Some(g) = guard {
         let cutoff = at - window_secs;
         let mut remember = |table: &str, column: &str, value: &str| -> Result<()> {
+            // Cached statements: every verification runs these two (parsing the SQL again
+            // each time showed in the verification profile).
             let earlier: Option<i64> = tx
-                .query_row(
-                    &format!("SELECT first_seen FROM {table} WHERE signer = ?1 AND {column} = ?2"),
-                    params![g.signer, value],
-                    |r| r.get(0),
-                )
-                .optional()
+                .prepare_cached(&format!(
+                    "SELECT first_seen FROM {table} WHERE signer = ?1 AND {column} = ?2"
+                ))
+                .and_then(|mut st| {
+                    st.query_row(params![g.signer, value], |r| r.get(0))
+                        .optional()
+                })
                 .map_err(map_err)?;
             match earlier {
                 Some(t) if t > cutoff => {
                     first_seen = Some(first_seen.map_or(t, |f: i64| f.min(t)));
                 }
                 _ => {
-                    tx.execute(
-                        &format!(
-                            "INSERT INTO {table} (signer, {column}, first_seen) VALUES (?1, ?2, ?3)
-                             ON CONFLICT (signer, {column}) DO UPDATE SET first_seen = excluded.first_seen"
-                        ),
-                        params![g.signer, value, at],
-                    )
+                    tx.prepare_cached(&format!(
+                        "INSERT INTO {table} (signer, {column}, first_seen) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (signer, {column}) DO UPDATE SET first_seen = excluded.first_seen"
+                    ))
+                    .and_then(|mut st| st.execute(params![g.signer, value, at]))
                     .map_err(map_err)?;
                 }
             }
@@ -226,6 +226,7 @@ fn apply_verification(
     Ok(Applied { audit, first_seen })
 }
 
+/// Appends `event` to the chain inside `tx`.
 fn append(tx: &Transaction, at: i64, event: &AuditEvent) -> Result<AuditRecord> {
     let head: Option<(u64, Vec<u8>)> = tx
         .prepare_cached("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")

@@ -23,6 +23,7 @@ pub struct KnownCert {
     /// SHA-256 of `der`.
     pub sha256: [u8; 32],
     facts: OnceLock<CertFacts>,
+    issuer_der: OnceLock<Option<Vec<u8>>>,
 }
 
 /// The certificate's names and dates as text, as the report shows them.
@@ -49,6 +50,7 @@ impl KnownCert {
             der: der.to_vec(),
             sha256: Sha256::digest(der).into(),
             facts: OnceLock::new(),
+            issuer_der: OnceLock::new(),
         })
     }
 
@@ -60,7 +62,16 @@ impl KnownCert {
             cert,
             der,
             facts: OnceLock::new(),
+            issuer_der: OnceLock::new(),
         })
+    }
+
+    /// The issuer Name's DER (what a CMS IssuerAndSerialNumber is compared with), encoded on
+    /// first use.
+    pub fn issuer_der(&self) -> Option<&[u8]> {
+        self.issuer_der
+            .get_or_init(|| self.cert.tbs_certificate().issuer().to_der().ok())
+            .as_deref()
     }
 
     /// Names and dates, formatted on first use.

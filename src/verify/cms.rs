@@ -270,7 +270,7 @@ fn examine_signer(
     let carried = ctx
         .certificates
         .iter()
-        .position(|c| names_certificate(&si.sid, &c.cert));
+        .position(|c| names_certificate(&si.sid, &signer_ref, c));
     let certificate = match carried {
         Some(i) => Some(ctx.certificates[i].clone()),
         None => resolver.resolve(&signer_ref),
@@ -659,16 +659,18 @@ pub(crate) fn serial_hex(bytes: &[u8]) -> String {
     hex::encode(b)
 }
 
-fn names_certificate(sid: &SignerIdentifier, cert: &Certificate) -> bool {
-    let tbs = cert.tbs_certificate();
+/// Whether `known` is the certificate the SignerInfo names (`signer_ref` is what
+/// [`signer_ref_of`] made of `sid`: the issuer already encoded).
+fn names_certificate(sid: &SignerIdentifier, signer_ref: &SignerRef, known: &KnownCert) -> bool {
+    let tbs = known.cert.tbs_certificate();
     match sid {
-        SignerIdentifier::IssuerAndSerialNumber(isn) => {
-            serial_hex(isn.serial_number.as_bytes()) == serial_hex(tbs.serial_number().as_bytes())
-                && match (isn.issuer.to_der(), tbs.issuer().to_der()) {
-                    (Ok(a), Ok(b)) => a == b,
-                    _ => false,
-                }
-        }
+        SignerIdentifier::IssuerAndSerialNumber(_) => match signer_ref {
+            SignerRef::IssuerSerial { issuer_der, serial } => {
+                *serial == serial_hex(tbs.serial_number().as_bytes())
+                    && known.issuer_der() == Some(issuer_der.as_slice())
+            }
+            _ => false,
+        },
         SignerIdentifier::SubjectKeyIdentifier(ski) => {
             let want = ski.0.as_bytes();
             match tbs.get_extension::<SubjectKeyIdentifier>() {
