@@ -9,9 +9,12 @@
 //! revoked rows into the store (one transaction, straight SQL: the bench measures the CRL,
 //! not a million revocation requests), then:
 //! - times one revocation through the library with all those rows present;
+//! - starts `signet serve` and GETs `/crl/customer.crl` while no CRL is on record, so that the
+//!   server builds it in that request; reports the request's time and the server's peak RSS
+//!   (`VmHWM`), which then includes the CRL it keeps to serve;
 //! - runs `signet crl --issuer customer` as its own process (the code the server's background
 //!   refresh runs) and reports its wall time and peak RSS (`wait4` rusage of that process);
-//! - checks the result with `openssl crl -verify` and counts its entries.
+//! - checks both CRLs with `openssl crl -verify` and counts their entries.
 //!
 //! Under `cargo test --benches` it runs the same steps with 5,000 entries (a smoke test).
 
@@ -84,6 +87,78 @@ fn run_measured(cmd: &mut Command) -> Result<(f64, i64, bool), BoxError> {
     Ok((started.elapsed().as_secs_f64(), usage.ru_maxrss, ok))
 }
 
+/// The server's resident memory from `/proc/<pid>/status` (`VmRSS` now, `VmHWM` its peak), MiB.
+fn server_memory(pid: u32, field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// What building the CRL inside `signet serve` measured.
+struct ServerBuild {
+    secs: f64,
+    idle_mib: f64,
+    peak_mib: f64,
+    der: Vec<u8>,
+}
+
+/// Starts `signet serve` on the bench's home and GETs `/crl/customer.crl` while no CRL is on
+/// record, so that the server builds it in that request (the code its background refresh runs
+/// too); returns the time of the request, the server's RSS before it and its peak (VmHWM).
+fn build_in_server(bin: &std::path::Path, temp: &common::BenchCa) -> Result<ServerBuild, BoxError> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let log = temp.home.path().join("serve.log");
+    let mut server = Command::new(bin)
+        .arg("--config")
+        .arg(&temp.config_path)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("SOFTHSM2_CONF", temp.home.path().join("softhsm2.conf"))
+        .env_remove("SIGNET_FAKE_NOW")
+        .env_remove("SIGNET_FAULT")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()?;
+    let result = (|| -> Result<ServerBuild, BoxError> {
+        let started = Instant::now();
+        while !std::fs::read_to_string(&log)?.contains("serving on") {
+            if started.elapsed().as_secs() > 60 {
+                return Err(format!(
+                    "signet serve did not start: {}",
+                    std::fs::read_to_string(&log)?
+                )
+                .into());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let pid = server.id();
+        let idle_mib = server_memory(pid, "VmRSS:").ok_or("no /proc status for the server")?;
+        let agent = ureq::AgentBuilder::new()
+            .timeout(std::time::Duration::from_secs(300))
+            .build();
+        let t = Instant::now();
+        let response = agent
+            .get(&format!("http://127.0.0.1:{port}/crl/customer.crl"))
+            .call()?;
+        let mut der = Vec::new();
+        std::io::Read::read_to_end(&mut response.into_reader(), &mut der)?;
+        let secs = t.elapsed().as_secs_f64();
+        let peak_mib = server_memory(pid, "VmHWM:").ok_or("no /proc status for the server")?;
+        Ok(ServerBuild {
+            secs,
+            idle_mib,
+            peak_mib,
+            der,
+        })
+    })();
+    let _ = server.kill();
+    let _ = server.wait();
+    result
+}
+
 fn bench() -> Result<(), BoxError> {
     let full = std::env::args().any(|a| a == "--bench");
     let n: usize = match std::env::var("CRL_BENCH_ENTRIES") {
@@ -133,6 +208,11 @@ fn bench() -> Result<(), BoxError> {
         .revoke(&issued.serial, Reason::KeyCompromise, None, "bench:crl")?;
     let revoke_ms = t.elapsed().as_secs_f64() * 1e3;
 
+    // The CRL built inside the server, in the request that finds none on record.
+    let served = build_in_server(&bin, &temp)?;
+    let served_path = temp.home.path().join("served.crl");
+    std::fs::write(&served_path, &served.der)?;
+
     // The CRL, built by a `signet` process of its own.
     let out = temp.home.path().join("customer.crl");
     let (secs, rss_kib, ok) = run_measured(
@@ -155,28 +235,34 @@ fn bench() -> Result<(), BoxError> {
     let mut pem = signet.authority.ca(IssuerId::Customer)?.pem();
     pem.push_str(&signet.authority.ca(IssuerId::Root)?.pem());
     std::fs::write(&ca, pem)?;
-    let t = Instant::now();
-    let text = Command::new("openssl")
-        .args([
-            "crl", "-inform", "DER", "-noout", "-text", "-verify", "-CAfile",
-        ])
-        .arg(&ca)
-        .arg("-in")
-        .arg(&out)
-        .output()?;
-    let openssl_secs = t.elapsed().as_secs_f64();
-    let listed = String::from_utf8_lossy(&text.stdout)
-        .lines()
-        .filter(|l| l.trim_start().starts_with("Serial Number:"))
-        .count();
-    let verified = String::from_utf8_lossy(&text.stderr).contains("verify OK");
-    if !verified || listed != n + 1 {
-        return Err(format!(
-            "openssl: verified {verified}, {listed} entries listed, {} expected",
-            n + 1
-        )
-        .into());
-    }
+    let openssl_check = |crl: &std::path::Path| -> Result<(f64, usize), BoxError> {
+        let t = Instant::now();
+        let text = Command::new("openssl")
+            .args([
+                "crl", "-inform", "DER", "-noout", "-text", "-verify", "-CAfile",
+            ])
+            .arg(&ca)
+            .arg("-in")
+            .arg(crl)
+            .output()?;
+        let secs = t.elapsed().as_secs_f64();
+        let listed = String::from_utf8_lossy(&text.stdout)
+            .lines()
+            .filter(|l| l.trim_start().starts_with("Serial Number:"))
+            .count();
+        let verified = String::from_utf8_lossy(&text.stderr).contains("verify OK");
+        if !verified || listed != n + 1 {
+            return Err(format!(
+                "openssl on {}: verified {verified}, {listed} entries listed, {} expected",
+                crl.display(),
+                n + 1
+            )
+            .into());
+        }
+        Ok((secs, listed))
+    };
+    let (openssl_secs, listed) = openssl_check(&out)?;
+    openssl_check(&served_path)?;
 
     let rss_mib = rss_kib as f64 / 1024.0;
     println!();
@@ -213,6 +299,27 @@ fn bench() -> Result<(), BoxError> {
         } else {
             "NOT MET"
         }
+    );
+    println!(
+        "{:<52} {:>10.2} s   (target < {TIME_LIMIT_SECS} s) {}",
+        "`signet serve`: GET /crl/customer.crl, built in it",
+        served.secs,
+        if served.secs < TIME_LIMIT_SECS {
+            "MET"
+        } else {
+            "NOT MET"
+        }
+    );
+    println!(
+        "{:<52} {:>10.1} MiB (target < {RSS_LIMIT_MIB} MiB) {}   (idle before: {:.1} MiB; it keeps the CRL it serves)",
+        "`signet serve`: peak RSS (VmHWM)",
+        served.peak_mib,
+        if served.peak_mib < RSS_LIMIT_MIB {
+            "MET"
+        } else {
+            "NOT MET"
+        },
+        served.idle_mib
     );
     println!("{:<52} {:>10.1} MB", "CRL size (DER)", size as f64 / 1e6);
     println!(
