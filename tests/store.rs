@@ -592,3 +592,43 @@ fn verifications_in_one_group_see_each_other_through_the_replay_guard() {
         assert_chain_intact(&events);
     }
 }
+
+#[test]
+fn the_state_of_a_certificate_is_what_its_full_record_says() {
+    use signet::store::CertState;
+    for db in databases("state") {
+        let s = db.open();
+        let state_of = |serial: &str| -> Option<CertState> {
+            let full = s.certificate(serial).unwrap();
+            let state = s.certificate_state(serial).unwrap();
+            assert_eq!(
+                state,
+                full.map(|r| CertState {
+                    status: r.status,
+                    created_at: r.created_at,
+                    revocation: r.revocation,
+                }),
+                "{:?}: {serial}",
+                db.engine
+            );
+            state
+        };
+        assert_eq!(state_of("ff"), None);
+        s.record_pending(&pending("20", IssuerId::Customer, 0), &event("r", "20"))
+            .unwrap();
+        assert_eq!(state_of("20").unwrap().status, CertStatus::Pending);
+        issue(&*s, "21");
+        assert_eq!(state_of("21").unwrap().status, CertStatus::Issued);
+        let revocation = RevocationRecord {
+            revoked_at: 3_000,
+            reason_code: Some(1),
+            invalidity_date: Some(2_500),
+        };
+        s.revoke("21", revocation, &event("certificate.revoke", "21"))
+            .unwrap();
+        assert_eq!(state_of("21").unwrap().revocation, Some(revocation));
+        s.void_pending("20", 4_000, &event("certificate.void", "20"))
+            .unwrap();
+        assert_eq!(state_of("20").unwrap().status, CertStatus::Void);
+    }
+}

@@ -75,6 +75,14 @@ pub struct RevocationRecord {
     pub invalidity_date: Option<i64>,
 }
 
+/// A certificate's status alone, without its DER: what a verification reads on every request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertState {
+    pub status: CertStatus,
+    pub created_at: i64,
+    pub revocation: Option<RevocationRecord>,
+}
+
 /// A certificate as the store knows it.
 #[derive(Debug, Clone)]
 pub struct CertRecord {
@@ -333,6 +341,8 @@ pub trait Store: Send + Sync {
     fn void_pending(&self, serial: &str, at: i64, event: &AuditEvent) -> Result<AuditRecord>;
 
     fn certificate(&self, serial: &str) -> Result<Option<CertRecord>>;
+    /// [`Store::certificate`]'s status, revocation and creation time only (no DER is read).
+    fn certificate_state(&self, serial: &str) -> Result<Option<CertState>>;
     /// Every issued certificate (newest last). For operators' reports and tests.
     fn certificates(&self) -> Result<Vec<CertRecord>>;
 

@@ -561,6 +561,31 @@ impl Store for PostgresStore {
         )
     }
 
+    fn certificate_state(&self, serial: &str) -> Result<Option<CertState>> {
+        self.optional_row(
+            "SELECT status, created_at, revoked_at, revocation_reason, invalidity_date
+             FROM certificates WHERE serial = $1",
+            &[&serial],
+            |r| {
+                let status: String = col(r, 0)?;
+                let revoked_at: Option<i64> = col(r, 2)?;
+                let reason: Option<i64> = col(r, 3)?;
+                Ok(CertState {
+                    status: CertStatus::parse(&status)?,
+                    created_at: col(r, 1)?,
+                    revocation: match revoked_at {
+                        Some(at) => Some(RevocationRecord {
+                            revoked_at: at,
+                            reason_code: reason.map(|c| c as u8),
+                            invalidity_date: col(r, 4)?,
+                        }),
+                        None => None,
+                    },
+                })
+            },
+        )
+    }
+
     fn certificates(&self) -> Result<Vec<CertRecord>> {
         self.all_rows(
             &format!(

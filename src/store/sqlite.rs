@@ -534,6 +534,35 @@ impl Store for SqliteStore {
         self.read(|c| get_cert(c, serial))
     }
 
+    fn certificate_state(&self, serial: &str) -> Result<Option<CertState>> {
+        let raw = self.optional_row(
+            "SELECT status, created_at, revoked_at, revocation_reason, invalidity_date
+             FROM certificates WHERE serial = ?1",
+            [serial],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Option<i64>>(2)?,
+                    r.get::<_, Option<i64>>(3)?,
+                    r.get::<_, Option<i64>>(4)?,
+                ))
+            },
+        )?;
+        raw.map(|(status, created_at, revoked_at, reason, invalidity)| {
+            Ok(CertState {
+                status: CertStatus::parse(&status)?,
+                created_at,
+                revocation: revoked_at.map(|at| RevocationRecord {
+                    revoked_at: at,
+                    reason_code: reason.map(|c| c as u8),
+                    invalidity_date: invalidity,
+                }),
+            })
+        })
+        .transpose()
+    }
+
     fn certificates(&self) -> Result<Vec<CertRecord>> {
         self.all_rows(&format!(
                     "SELECT {CERT_COLUMNS} FROM certificates WHERE status = 'issued' ORDER BY created_at, serial"

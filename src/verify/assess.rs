@@ -791,7 +791,7 @@ impl Verifier {
     fn status(&self, known: &KnownCert, anchor: &Anchor) -> Status {
         let serial = &known.facts().serial;
         if anchor.own {
-            return match self.store.certificate(serial) {
+            return match self.store.certificate_state(serial) {
                 Ok(Some(rec)) => match (rec.status, rec.revocation) {
                     (CertStatus::Void, r) => Status::Revoked {
                         at: r.map_or(rec.created_at, |r| r.revoked_at),
