@@ -304,11 +304,23 @@ fn audit_from_row(r: &Row) -> Result<AuditRecord> {
 const CERT_COLUMNS: &str = "serial, issuer, profile, status, subject, subject_serial_digest, shard,
      not_before, not_after, tbs_der, cert_der, created_at, revoked_at, revocation_reason, invalidity_date, owner, key_id";
 
+/// The revocation in columns `at` (revoked_at), `at + 1` (reason), `at + 2` (invalidity date).
+fn revocation_from(r: &Row, at: usize) -> Result<Option<RevocationRecord>> {
+    let revoked_at: Option<i64> = col(r, at)?;
+    let reason: Option<i64> = col(r, at + 1)?;
+    Ok(match revoked_at {
+        Some(revoked_at) => Some(RevocationRecord {
+            revoked_at,
+            reason_code: reason.map(|c| c as u8),
+            invalidity_date: col(r, at + 2)?,
+        }),
+        None => None,
+    })
+}
+
 fn cert_from_row(r: &Row) -> Result<CertRecord> {
     let issuer: String = col(r, 1)?;
     let status: String = col(r, 3)?;
-    let revoked_at: Option<i64> = col(r, 12)?;
-    let reason: Option<i64> = col(r, 13)?;
     Ok(CertRecord {
         serial: col(r, 0)?,
         issuer: IssuerId::parse(&issuer)
@@ -323,14 +335,7 @@ fn cert_from_row(r: &Row) -> Result<CertRecord> {
         tbs_der: col(r, 9)?,
         cert_der: col(r, 10)?,
         created_at: col(r, 11)?,
-        revocation: match revoked_at {
-            Some(at) => Some(RevocationRecord {
-                revoked_at: at,
-                reason_code: reason.map(|c| c as u8),
-                invalidity_date: col(r, 14)?,
-            }),
-            None => None,
-        },
+        revocation: revocation_from(r, 12)?,
         owner: col(r, 15)?,
         key_id: col(r, 16)?,
     })
@@ -568,19 +573,10 @@ impl Store for PostgresStore {
             &[&serial],
             |r| {
                 let status: String = col(r, 0)?;
-                let revoked_at: Option<i64> = col(r, 2)?;
-                let reason: Option<i64> = col(r, 3)?;
                 Ok(CertState {
                     status: CertStatus::parse(&status)?,
                     created_at: col(r, 1)?,
-                    revocation: match revoked_at {
-                        Some(at) => Some(RevocationRecord {
-                            revoked_at: at,
-                            reason_code: reason.map(|c| c as u8),
-                            invalidity_date: col(r, 4)?,
-                        }),
-                        None => None,
-                    },
+                    revocation: revocation_from(r, 2)?,
                 })
             },
         )
