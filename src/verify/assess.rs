@@ -62,7 +62,12 @@ struct Verdict {
 }
 
 impl Verdict {
-    fn check(&mut self, name: &str, passed: bool, detail: impl Into<String>) {
+    fn check(
+        &mut self,
+        name: &'static str,
+        passed: bool,
+        detail: impl Into<std::borrow::Cow<'static, str>>,
+    ) {
         self.checks.push(Check::new(name, passed, detail));
     }
 
@@ -70,8 +75,8 @@ impl Verdict {
         &mut self,
         indication: Indication,
         sub: SubIndication,
-        name: &str,
-        detail: impl Into<String>,
+        name: &'static str,
+        detail: impl Into<std::borrow::Cow<'static, str>>,
     ) {
         self.check(name, false, detail);
         if self.failure.is_none() {
@@ -387,7 +392,7 @@ impl Verifier {
             checks: ev
                 .checks
                 .iter()
-                .map(|c| Check::new(&c.name, c.passed, c.detail.clone()))
+                .map(|c| Check::new(c.name.clone(), c.passed, c.detail.clone()))
                 .collect(),
         };
         use Indication::{Indeterminate, TotalFailed};

@@ -1,6 +1,8 @@
 //! The verification report: ETSI EN 319 102-1 indications and sub-indications, every check,
 //! and the Electronic Signature Law article 13 section.
 
+use std::borrow::Cow;
+
 use serde::Serialize;
 
 use super::evidence::SignatureFormat;
@@ -35,16 +37,21 @@ pub enum SubIndication {
     TryLater,
 }
 
-/// One check and its outcome.
+/// One check and its outcome. Most names and many details are fixed texts: they are kept
+/// borrowed rather than copied into every report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Check {
-    pub name: String,
+    pub name: Cow<'static, str>,
     pub passed: bool,
-    pub detail: String,
+    pub detail: Cow<'static, str>,
 }
 
 impl Check {
-    pub fn new(name: &str, passed: bool, detail: impl Into<String>) -> Self {
+    pub fn new(
+        name: impl Into<Cow<'static, str>>,
+        passed: bool,
+        detail: impl Into<Cow<'static, str>>,
+    ) -> Self {
         Check {
             name: name.into(),
             passed,
@@ -185,7 +192,7 @@ impl Report {
             electronic_signature_law: None,
             replay: None,
             signers: Vec::new(),
-            checks: vec![Check::new("format", false, reason)],
+            checks: vec![Check::new("format", false, reason.to_string())],
         }
     }
 
