@@ -100,10 +100,25 @@ impl NetworkHsm {
             return;
         };
         let pid = child.id();
-        // Stopped first, so that it forks no new child between the listing and the kill.
+        // Stopped first, so that it forks no new child between the listing and the kill. The
+        // signal is only queued when `kill` returns: wait until the server is really stopped,
+        // then kill its children until none is left (a child killed after its parent would
+        // be re-parented and missed).
         signal("STOP", pid);
-        for c in children(pid) {
-            signal("KILL", c);
+        wait_until(Duration::from_secs(5), || process_state(pid) == Some('T'));
+        for _ in 0..50 {
+            // A killed child stays a zombie while its parent is stopped: not counted.
+            let kids: Vec<u32> = children(pid)
+                .into_iter()
+                .filter(|c| process_state(*c) != Some('Z'))
+                .collect();
+            if kids.is_empty() {
+                break;
+            }
+            for c in kids {
+                signal("KILL", c);
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
         let _ = child.kill();
         let _ = child.wait();
@@ -132,6 +147,17 @@ fn signal(name: &str, pid: u32) {
         .args([format!("-{name}"), pid.to_string()])
         .stderr(Stdio::null())
         .status();
+}
+
+/// The state letter of a process (R, S, T ...) from /proc/<pid>/stat.
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
 }
 
 /// Processes whose parent is `parent` (from /proc/<pid>/stat).
