@@ -225,15 +225,26 @@ fn crl_numbers_come_from_one_gapless_sequence_shared_by_the_processes() {
         .collect();
     let mut db = postgres::Client::connect(f.store_url.as_deref().unwrap(), postgres::NoTls)
         .expect("connect to the test database");
-    let numbers: Vec<i64> = db
-        .query(
+    let read_numbers = |db: &mut postgres::Client| -> Vec<i64> {
+        db.query(
             "SELECT number FROM crls WHERE issuer = 'customer' AND shard = -1 ORDER BY number",
             &[],
         )
         .unwrap()
         .iter()
         .map(|r| r.get(0))
-        .collect();
+        .collect()
+    };
+    // The servers make theirs after the revocations of the load, once their debounce has
+    // passed: that may come after the four processes above have finished.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let numbers = loop {
+        let n = read_numbers(&mut db);
+        if n.len() >= 5 || std::time::Instant::now() >= deadline {
+            break n;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
     assert!(
         numbers.len() >= 5,
         "every process made its CRL: {numbers:?}"
