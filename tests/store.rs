@@ -332,12 +332,25 @@ fn crl_numbers_are_one_gapless_sequence_per_scope_across_processes() {
         numbers.sort_unstable();
         assert_eq!(numbers, (1..=40).collect::<Vec<u64>>(), "{:?}", db.engine);
         let s = db.open();
+        let latest = s.latest_crl(IssuerId::Customer, Some(0)).unwrap().unwrap();
+        assert_eq!(latest.number, 40);
+        assert!(
+            latest.crl_der.is_some(),
+            "the latest CRL comes with its DER"
+        );
+        let info = s
+            .latest_crl_info(IssuerId::Customer, Some(0))
+            .unwrap()
+            .unwrap();
         assert_eq!(
-            s.latest_crl(IssuerId::Customer, Some(0))
-                .unwrap()
-                .unwrap()
-                .number,
-            40
+            (
+                info.number,
+                info.this_update,
+                info.next_update,
+                info.crl_der
+            ),
+            (40, latest.this_update, latest.next_update, None),
+            "the info is the same CRL without its DER"
         );
         // Another scope starts its own sequence.
         let (n, _) = s

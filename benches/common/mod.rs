@@ -157,16 +157,9 @@ pub fn rate(
     }
 }
 
-pub fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let m = s.len() / 2;
-    if s.len() % 2 == 1 {
-        s[m]
-    } else {
-        (s[m - 1] + s[m]) / 2.0
-    }
-}
+/// The median of some figures (the load generator's; not every bench uses it).
+#[allow(unused_imports)]
+pub use signet::loadgen::median;
 
 pub fn thousands(x: f64) -> String {
     let n = x.round() as u64;

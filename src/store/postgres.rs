@@ -318,6 +318,18 @@ fn revocation_from(r: &Row, at: usize) -> Result<Option<RevocationRecord>> {
     })
 }
 
+/// A CRL row: number, thisUpdate, nextUpdate and, when the query selects it, the DER.
+fn crl_from_row(r: &Row, issuer: IssuerId, shard: Option<u32>) -> Result<CrlRecord> {
+    Ok(CrlRecord {
+        issuer,
+        shard,
+        number: col::<i64>(r, 0)? as u64,
+        this_update: col(r, 1)?,
+        next_update: col(r, 2)?,
+        crl_der: if r.len() > 3 { col(r, 3)? } else { None },
+    })
+}
+
 fn cert_from_row(r: &Row) -> Result<CertRecord> {
     let issuer: String = col(r, 1)?;
     let status: String = col(r, 3)?;
@@ -703,16 +715,7 @@ impl Store for PostgresStore {
             "SELECT number, this_update, next_update, crl_der FROM crls
              WHERE issuer = $1 AND shard = $2 AND crl_der IS NOT NULL ORDER BY number DESC LIMIT 1",
             &[&issuer.as_str(), &shard_key(shard)],
-            |r| {
-                Ok(CrlRecord {
-                    issuer,
-                    shard,
-                    number: col::<i64>(r, 0)? as u64,
-                    this_update: col(r, 1)?,
-                    next_update: col(r, 2)?,
-                    crl_der: col(r, 3)?,
-                })
-            },
+            |r| crl_from_row(r, issuer, shard),
         )
     }
 
@@ -721,16 +724,7 @@ impl Store for PostgresStore {
             "SELECT number, this_update, next_update FROM crls
              WHERE issuer = $1 AND shard = $2 AND crl_der IS NOT NULL ORDER BY number DESC LIMIT 1",
             &[&issuer.as_str(), &shard_key(shard)],
-            |r| {
-                Ok(CrlRecord {
-                    issuer,
-                    shard,
-                    number: col::<i64>(r, 0)? as u64,
-                    this_update: col(r, 1)?,
-                    next_update: col(r, 2)?,
-                    crl_der: None,
-                })
-            },
+            |r| crl_from_row(r, issuer, shard),
         )
     }
 

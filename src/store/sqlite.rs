@@ -385,6 +385,22 @@ fn cert_from_row(r: &Row) -> rusqlite::Result<(CertRecord, String, String)> {
     ))
 }
 
+/// A CRL row: number, thisUpdate, nextUpdate and, when the query selects it, the DER.
+fn crl_from_row(r: &Row, issuer: IssuerId, shard: Option<u32>) -> rusqlite::Result<CrlRecord> {
+    Ok(CrlRecord {
+        issuer,
+        shard,
+        number: r.get::<_, i64>(0)? as u64,
+        this_update: r.get(1)?,
+        next_update: r.get(2)?,
+        crl_der: if r.as_ref().column_count() > 3 {
+            r.get(3)?
+        } else {
+            None
+        },
+    })
+}
+
 fn finish_cert(raw: (CertRecord, String, String)) -> Result<CertRecord> {
     let (mut rec, issuer, status) = raw;
     rec.issuer = IssuerId::parse(&issuer)
@@ -755,25 +771,12 @@ impl Store for SqliteStore {
     }
 
     fn latest_crl(&self, issuer: IssuerId, shard: Option<u32>) -> Result<Option<CrlRecord>> {
-        self.read(|c| {
-            c.query_row(
-                "SELECT number, this_update, next_update, crl_der FROM crls
-                 WHERE issuer = ?1 AND shard = ?2 AND crl_der IS NOT NULL ORDER BY number DESC LIMIT 1",
-                params![issuer.as_str(), shard_key(shard)],
-                |r| {
-                    Ok(CrlRecord {
-                        issuer,
-                        shard,
-                        number: r.get::<_, i64>(0)? as u64,
-                        this_update: r.get(1)?,
-                        next_update: r.get(2)?,
-                        crl_der: r.get(3)?,
-                    })
-                },
-            )
-            .optional()
-            .map_err(map_err)
-        })
+        self.optional_row(
+            "SELECT number, this_update, next_update, crl_der FROM crls
+             WHERE issuer = ?1 AND shard = ?2 AND crl_der IS NOT NULL ORDER BY number DESC LIMIT 1",
+            params![issuer.as_str(), shard_key(shard)],
+            |r| crl_from_row(r, issuer, shard),
+        )
     }
 
     fn latest_crl_info(&self, issuer: IssuerId, shard: Option<u32>) -> Result<Option<CrlRecord>> {
@@ -781,16 +784,7 @@ impl Store for SqliteStore {
             "SELECT number, this_update, next_update FROM crls
              WHERE issuer = ?1 AND shard = ?2 AND crl_der IS NOT NULL ORDER BY number DESC LIMIT 1",
             params![issuer.as_str(), shard_key(shard)],
-            |r| {
-                Ok(CrlRecord {
-                    issuer,
-                    shard,
-                    number: r.get::<_, i64>(0)? as u64,
-                    this_update: r.get(1)?,
-                    next_update: r.get(2)?,
-                    crl_der: None,
-                })
-            },
+            |r| crl_from_row(r, issuer, shard),
         )
     }
 

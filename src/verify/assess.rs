@@ -212,18 +212,10 @@ impl Verifier {
         tenant: Option<&str>,
     ) -> Result<Report, VerifyError> {
         let now = self.clock.now();
-        let digest = hex::encode(Sha256::digest(instruction));
-        let examined = input::decode_signature(signature).and_then(|input| match input {
-            input::SignatureInput::Cms(der) => cms::examine_cms(&der, instruction, self),
-            input::SignatureInput::Jws(text) => jws::examine_jws(&text, instruction, self),
-        });
-        let evidence = match examined {
-            Ok(list) if !list.is_empty() => list,
-            Ok(_) | Err(_) => {
-                let reason = match examined {
-                    Err(e) => e.to_string(),
-                    _ => "the signature has no signer".into(),
-                };
+        let (evidence, digest) = match self.examine(instruction, signature) {
+            Ok(examined) => examined,
+            Err(reason) => {
+                let digest = hex::encode(Sha256::digest(instruction));
                 let report = Report::format_failure(
                     rfc3339(now),
                     digest.clone(),
@@ -242,12 +234,6 @@ impl Verifier {
             }
         };
         let format = evidence.first().map(|e| e.format);
-        // An attached signature given with no separate instruction: the report and the replay
-        // guard name the content it carries, not the empty input.
-        let digest = match evidence.first() {
-            Some(ev) if instruction.is_empty() => hex::encode(ev.content_sha256),
-            _ => digest,
-        };
         let mut signers = Vec::new();
         for ev in &evidence {
             signers.push(self.assess(ev, instruction, &digest, now, actor, tenant)?);
@@ -260,6 +246,29 @@ impl Verifier {
             signers,
             Vec::new(),
         ))
+    }
+
+    /// Reads the signature (CMS or JWS) and examines each signer; returns the evidence and the
+    /// hex SHA-256 the report and the replay guard name, or why the signature cannot be read.
+    /// An attached signature given with no separate instruction is named by the content it
+    /// carries, not by the empty input.
+    fn examine(
+        &self,
+        instruction: &[u8],
+        signature: &[u8],
+    ) -> Result<(Vec<SignerEvidence>, String), String> {
+        let evidence = input::decode_signature(signature)
+            .and_then(|input| match input {
+                input::SignatureInput::Cms(der) => cms::examine_cms(&der, instruction, self),
+                input::SignatureInput::Jws(text) => jws::examine_jws(&text, instruction, self),
+            })
+            .map_err(|e| e.to_string())?;
+        let digest = match evidence.first() {
+            None => return Err("the signature has no signer".into()),
+            Some(ev) if instruction.is_empty() => hex::encode(ev.content_sha256),
+            Some(_) => hex::encode(Sha256::digest(instruction)),
+        };
+        Ok((evidence, digest))
     }
 
     /// Validates a certificate alone (path, policy, status now).
@@ -343,30 +352,18 @@ impl Verifier {
     /// verification benchmark measures.
     pub fn verify_pure(&self, instruction: &[u8], signature: &[u8]) -> Report {
         let now = self.clock.now();
-        let examined = input::decode_signature(signature).and_then(|input| match input {
-            input::SignatureInput::Cms(der) => cms::examine_cms(&der, instruction, self),
-            input::SignatureInput::Jws(text) => jws::examine_jws(&text, instruction, self),
-        });
-        let evidence = match examined {
-            Ok(list) if !list.is_empty() => list,
-            Ok(_) | Err(_) => {
-                let reason = match examined {
-                    Err(e) => e.to_string(),
-                    _ => "the signature has no signer".into(),
-                };
+        let (evidence, digest) = match self.examine(instruction, signature) {
+            Ok(examined) => examined,
+            Err(reason) => {
                 return Report::format_failure(
                     rfc3339(now),
                     hex::encode(Sha256::digest(instruction)),
                     self.policy.description.clone(),
                     &reason,
-                );
+                )
             }
         };
         let format = evidence.first().map(|e| e.format);
-        let digest = match evidence.first() {
-            Some(ev) if instruction.is_empty() => hex::encode(ev.content_sha256),
-            _ => hex::encode(Sha256::digest(instruction)),
-        };
         let signers = evidence
             .iter()
             .map(|ev| {
