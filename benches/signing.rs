@@ -19,6 +19,10 @@
 
 mod common;
 
+// The allocator the `signet` binary runs with, so that library figures match the server's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::{Duration, Instant};
 
 use common::{full_run, median, rate, runs, softhsm_version, thousands, BenchCa, BoxError};

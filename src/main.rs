@@ -15,6 +15,11 @@ use signet::hsm::{self, PinSource};
 use signet::ra::csr::MAX_CSR_BYTES;
 use signet::ra::{CertificateRequest, Role, TenantIdentity};
 
+// glibc's malloc showed as a sixth of the server's CPU under load (arena consolidation, free
+// lists); mimalloc's thread-local pages cost a fraction of that.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit status for usage errors (sysexits EX_USAGE), also for clap's own.
 const EXIT_USAGE: u8 = 64;
 

@@ -142,8 +142,6 @@ impl Authority {
         {
             obj.extend(extra.clone());
         }
-        // Counted while in flight, so that the committer waits for this issuance's writes.
-        let _in_flight = self.commits.in_flight();
         // Durable before the HSM signs (invariant 2), grouped with concurrent issuances.
         let audit = self
             .commits

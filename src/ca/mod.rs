@@ -24,7 +24,7 @@ use x509_cert::Certificate;
 use crate::audit::{AuditError, Auditor};
 use crate::clock::Clock;
 use crate::hsm::{Hsm, HsmError};
-use crate::store::{GroupCommit, GroupCommitSettings, Store, StoreError};
+use crate::store::{GroupCommit, Store, StoreError};
 
 /// The CRLReason code of certificateHold.
 pub const HOLD_REASON_CODE: u8 = 6;
@@ -293,7 +293,7 @@ impl Authority {
     ) -> Result<Self, CaError> {
         let a = Authority {
             hsm,
-            commits: GroupCommit::start(store.clone(), GroupCommitSettings::default()),
+            commits: GroupCommit::start(store.clone()),
             store,
             clock,
             settings,

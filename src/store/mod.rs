@@ -6,7 +6,7 @@ mod group;
 mod postgres;
 mod sqlite;
 
-pub use group::{GroupCommit, GroupCommitSettings, InFlight};
+pub use group::GroupCommit;
 pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::SqliteStore;
 
