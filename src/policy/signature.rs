@@ -51,7 +51,19 @@ struct PolicyFile {
 #[derive(Debug, Clone)]
 pub struct AcceptedPolicy {
     pub oid: ObjectIdentifier,
+    /// `oid` in dotted form, as every report that accepts it names it (formatted once).
+    pub oid_text: String,
     pub profile: Option<String>,
+}
+
+impl AcceptedPolicy {
+    fn new(oid: ObjectIdentifier, profile: Option<String>) -> Self {
+        AcceptedPolicy {
+            oid,
+            oid_text: oid.to_string(),
+            profile,
+        }
+    }
 }
 
 /// The validated signature policy.
@@ -82,16 +94,13 @@ impl SignaturePolicy {
         let mut accepted = Vec::new();
         for name in &raw.accepted_profiles {
             if let Some(p) = profiles.get(name) {
-                accepted.push(AcceptedPolicy {
-                    oid: p.policy_oid,
-                    profile: Some(name.clone()),
-                });
+                accepted.push(AcceptedPolicy::new(p.policy_oid, Some(name.clone())));
             }
         }
         for oid in &raw.accepted_policy_oids {
             let oid = ObjectIdentifier::new(oid)
                 .map_err(|e| err("accepted_policy_oids", format!("{oid:?}: {e}")))?;
-            accepted.push(AcceptedPolicy { oid, profile: None });
+            accepted.push(AcceptedPolicy::new(oid, None));
         }
         if accepted.is_empty() {
             return Err(err(

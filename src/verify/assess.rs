@@ -2,13 +2,13 @@
 //! path, accepted policy and key usage, time, revocation, replay — in that order, the first
 //! failure deciding the sub-indication.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
-use const_oid::ObjectIdentifier;
 use der::{Decode, Encode};
 use sha2::{Digest, Sha256};
 use x509_cert::crl::CertificateList;
-use x509_cert::ext::pkix::{CertificatePolicies, KeyUsages};
+use x509_cert::ext::pkix::KeyUsages;
 use x509_cert::Certificate;
 
 use super::certs::{CertCache, KnownCert};
@@ -62,12 +62,7 @@ struct Verdict {
 }
 
 impl Verdict {
-    fn check(
-        &mut self,
-        name: &'static str,
-        passed: bool,
-        detail: impl Into<std::borrow::Cow<'static, str>>,
-    ) {
+    fn check(&mut self, name: &'static str, passed: bool, detail: impl Into<Cow<'static, str>>) {
         self.checks.push(Check::new(name, passed, detail));
     }
 
@@ -76,7 +71,7 @@ impl Verdict {
         indication: Indication,
         sub: SubIndication,
         name: &'static str,
-        detail: impl Into<std::borrow::Cow<'static, str>>,
+        detail: impl Into<Cow<'static, str>>,
     ) {
         self.check(name, false, detail);
         if self.failure.is_none() {
@@ -139,15 +134,6 @@ fn policy_digest(d: &DigestAlg) -> Option<PolicyDigest> {
         DigestAlg::Sha512 => Some(PolicyDigest::Sha512),
         _ => None,
     }
-}
-
-fn policies_of(c: &Certificate) -> Vec<ObjectIdentifier> {
-    c.tbs_certificate()
-        .get_extension::<CertificatePolicies>()
-        .ok()
-        .flatten()
-        .map(|(_, cp)| cp.0.iter().map(|p| p.policy_identifier).collect())
-        .unwrap_or_default()
 }
 
 /// Revocation status of a certificate as Signet or the anchor's CRL knows it.
@@ -265,7 +251,10 @@ impl Verifier {
             .map_err(|e| e.to_string())?;
         let digest = match evidence.first() {
             None => return Err("the signature has no signer".into()),
-            Some(ev) if instruction.is_empty() => hex::encode(ev.content_sha256),
+            // Detached, the signed content is the instruction: its digest is already known.
+            Some(ev) if instruction.is_empty() || ev.format == SignatureFormat::CmsDetached => {
+                hex::encode(ev.content_sha256)
+            }
             Some(_) => hex::encode(Sha256::digest(instruction)),
         };
         Ok((evidence, digest))
@@ -647,22 +636,26 @@ impl Verifier {
         };
         let Some(path) = path else { return summary };
         // Accepted certificate policy (which profiles may sign payments).
-        let asserted = policies_of(cert);
-        let valid_policies: Vec<_> = asserted
+        let valid_policies: Vec<_> = facts
+            .policies
             .iter()
             .filter(|p| path.policies.contains(p))
             .copied()
             .collect();
         match self.policy.accepts(&valid_policies) {
             Some(a) => {
-                summary.policy_oid = Some(a.oid.to_string());
+                summary.policy_oid = Some(a.oid_text.clone());
                 summary.profile = a.profile.clone();
                 summary.key_custody = a
                     .profile
                     .as_deref()
                     .and_then(|p| self.profiles.get(p))
                     .map(|p| custody_name(p.key_custody).to_string());
-                v.check("certificate-policy", true, format!("{} is accepted for payments", a.oid));
+                v.check(
+                    "certificate-policy",
+                    true,
+                    format!("{} is accepted for payments", a.oid_text),
+                );
             }
             None => v.fail(
                 Indeterminate,
@@ -672,7 +665,7 @@ impl Verifier {
             ),
         }
         // Key usage.
-        let ku = path::key_usage(cert);
+        let ku = facts.key_usage;
         for bit in &self.policy.required_key_usage {
             let flag = match bit {
                 KeyUsageBit::DigitalSignature => KeyUsages::DigitalSignature,
@@ -945,62 +938,69 @@ fn article13(
     let (c1, e1, c2, e2) = match custody {
         Some("customer-device") => (
             status_ok,
-            format!(
+            Cow::Owned(format!(
                 "the {} profile vouches that the key was generated on the holder's own device and proven by the CSR's signature at issuance; the certificate binds it to this subject{}",
                 summary.and_then(|s| s.profile.as_deref()).unwrap_or("?"),
                 if status_ok { " and was valid and unrevoked" } else { ", but its path, validity or status does not hold" }
-            ),
+            )),
             status_ok,
-            format!(
-                "the key stays on the holder's device under the holder's control (profile key custody `customer-device`); Signet cannot observe the signing act itself{}",
-                if status_ok { "; no revocation or hold suggests loss of control" } else { "; the certificate's status does not support it" }
-            ),
+            Cow::Borrowed(if status_ok {
+                "the key stays on the holder's device under the holder's control (profile key custody `customer-device`); Signet cannot observe the signing act itself; no revocation or hold suggests loss of control"
+            } else {
+                "the key stays on the holder's device under the holder's control (profile key custody `customer-device`); Signet cannot observe the signing act itself; the certificate's status does not support it"
+            }),
         ),
         Some("hsm") if summary.and_then(|s| s.profile.as_deref()) == Some("seal") => (
             status_ok,
-            "the bank's e-seal key was generated in Signet's HSM, cannot leave it, and is bound in Signet's records to this bank alone".to_string(),
+            "the bank's e-seal key was generated in Signet's HSM, cannot leave it, and is bound in Signet's records to this bank alone".into(),
             status_ok,
-            "the e-seal key signs only for the bank's own `sealer` credentials, authorized request by request: it is under the bank's control".to_string(),
+            "the e-seal key signs only for the bank's own `sealer` credentials, authorized request by request: it is under the bank's control".into(),
         ),
         Some("hsm") => (
             status_ok,
-            "the key was generated in Signet's HSM, cannot leave it, and is bound in Signet's records to exactly one teller".to_string(),
+            "the key was generated in Signet's HSM, cannot leave it, and is bound in Signet's records to exactly one teller".into(),
             status_ok,
-            "the HSM-held key signs only for its teller's own credential together with the key's PIN, checked for every request; the PIN is checked by Signet, not by the HSM (SoftHSM has one user PIN per token)".to_string(),
+            "the HSM-held key signs only for its teller's own credential together with the key's PIN, checked for every request; the PIN is checked by Signet, not by the HSM (SoftHSM has one user PIN per token)".into(),
         ),
         _ => (
             false,
-            "the certificate asserts no profile whose key custody Signet knows".to_string(),
+            "the certificate asserts no profile whose key custody Signet knows".into(),
             false,
-            "no evidence about control of the key at signing time".to_string(),
+            "no evidence about control of the key at signing time".into(),
         ),
     };
     let (c3, e3) = if crypto_ok {
-        (true, format!("the signature verifies under the certificate's key ({}); any change to it would make it fail", if ev.signed_attributes { "over the signed attributes" } else { "over the content" }))
+        (
+            true,
+            if ev.signed_attributes {
+                "the signature verifies under the certificate's key (over the signed attributes); any change to it would make it fail"
+            } else {
+                "the signature verifies under the certificate's key (over the content); any change to it would make it fail"
+            },
+        )
     } else {
-        (false, "the signature does not verify".to_string())
+        (false, "the signature does not verify")
     };
     let (c4, e4) = if crypto_ok {
         (
             true,
             if ev.signed_attributes {
-                "the signed message-digest matches the instruction: any change to its content or form would be detected".to_string()
+                "the signed message-digest matches the instruction: any change to its content or form would be detected"
             } else {
-                "the signature covers the instruction's bytes: any change to its content or form would be detected".to_string()
+                "the signature covers the instruction's bytes: any change to its content or form would be detected"
             },
         )
     } else {
         (
             false,
-            "the instruction does not match what was signed, or the signature does not verify"
-                .to_string(),
+            "the instruction does not match what was signed, or the signature does not verify",
         )
     };
     let conditions = vec![
         Condition { condition: "13(1)", text: "the signature-creation data, when used, belongs exclusively to the signer", supported: c1, evidence: e1 },
         Condition { condition: "13(2)", text: "the signature-creation data was under the sole control of the signer when signing", supported: c2, evidence: e2 },
-        Condition { condition: "13(3)", text: "any change to the electronic signature after signing can be detected", supported: c3, evidence: e3 },
-        Condition { condition: "13(4)", text: "any change to the content and form of the data message after signing can be detected", supported: c4, evidence: e4 },
+        Condition { condition: "13(3)", text: "any change to the electronic signature after signing can be detected", supported: c3, evidence: Cow::Borrowed(e3) },
+        Condition { condition: "13(4)", text: "any change to the content and form of the data message after signing can be detected", supported: c4, evidence: Cow::Borrowed(e4) },
     ];
     ElectronicSignatureLaw {
         article: "PRC Electronic Signature Law (2019), article 13",

@@ -8,10 +8,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use const_oid::ObjectIdentifier;
 use der::{Decode, Encode};
 use sha2::{Digest, Sha256};
+use x509_cert::ext::pkix::{CertificatePolicies, KeyUsage};
 use x509_cert::Certificate;
 
+use super::cms::{public_key_of, PublicKey};
 use super::report::rfc3339;
 
 /// A decoded certificate with its DER and what reports derive from it.
@@ -24,9 +27,11 @@ pub struct KnownCert {
     pub sha256: [u8; 32],
     facts: OnceLock<CertFacts>,
     issuer_der: OnceLock<Option<Vec<u8>>>,
+    public_key: OnceLock<PublicKey>,
 }
 
-/// The certificate's names and dates as text, as the report shows them.
+/// The certificate's names and dates as text, as the report shows them, and the extensions
+/// every verification consults.
 #[derive(Debug, Clone)]
 pub struct CertFacts {
     pub subject: String,
@@ -39,6 +44,9 @@ pub struct CertFacts {
     pub not_after: i64,
     pub not_before_text: String,
     pub not_after_text: String,
+    /// The policy identifiers of its certificatePolicies (empty without the extension).
+    pub policies: Vec<ObjectIdentifier>,
+    pub key_usage: Option<KeyUsage>,
 }
 
 impl KnownCert {
@@ -51,6 +59,7 @@ impl KnownCert {
             sha256: Sha256::digest(der).into(),
             facts: OnceLock::new(),
             issuer_der: OnceLock::new(),
+            public_key: OnceLock::new(),
         })
     }
 
@@ -63,6 +72,7 @@ impl KnownCert {
             der,
             facts: OnceLock::new(),
             issuer_der: OnceLock::new(),
+            public_key: OnceLock::new(),
         })
     }
 
@@ -72,6 +82,11 @@ impl KnownCert {
         self.issuer_der
             .get_or_init(|| self.cert.tbs_certificate().issuer().to_der().ok())
             .as_deref()
+    }
+
+    /// The subject public key, read (and its point checked) on first use.
+    pub(crate) fn public_key(&self) -> &PublicKey {
+        self.public_key.get_or_init(|| public_key_of(&self.cert))
     }
 
     /// Names and dates, formatted on first use.
@@ -95,6 +110,13 @@ impl KnownCert {
                 not_after,
                 not_before_text: rfc3339(not_before),
                 not_after_text: rfc3339(not_after),
+                policies: tbs
+                    .get_extension::<CertificatePolicies>()
+                    .ok()
+                    .flatten()
+                    .map(|(_, cp)| cp.0.iter().map(|p| p.policy_identifier).collect())
+                    .unwrap_or_default(),
+                key_usage: super::path::key_usage(&self.cert),
             }
         })
     }

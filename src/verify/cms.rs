@@ -189,13 +189,17 @@ pub fn examine_cms(
         .as_ref()
         .filter(|any| !any.value().is_empty());
     let (format, content, attached_matches) = match econtent {
-        None => (SignatureFormat::CmsDetached, instruction.to_vec(), None),
+        None => (
+            SignatureFormat::CmsDetached,
+            std::borrow::Cow::Borrowed(instruction),
+            None,
+        ),
         Some(any) => {
-            let content = econtent_bytes(any);
+            let content = std::borrow::Cow::Owned(econtent_bytes(any));
             let matches = if instruction.is_empty() {
                 None
             } else {
-                Some(instruction == content.as_slice())
+                Some(instruction == &*content)
             };
             (SignatureFormat::CmsAttached, content, matches)
         }
@@ -286,7 +290,7 @@ fn examine_signer(
 
     let digest = digest_alg_of(&si.digest_alg.oid);
     let mut algorithm = sig_alg_of(&si.signature_algorithm.oid);
-    let key = certificate.as_ref().map(|c| public_key_of(&c.cert));
+    let key = certificate.as_ref().map(|c| c.public_key());
     if matches!(key, Some(PublicKey::Sm2)) {
         algorithm = SigAlg::Sm2;
     }
@@ -329,7 +333,7 @@ fn examine_signer(
             None => ctx.content.to_vec(),
         };
         match verify_signature(
-            &key,
+            key,
             &algorithm,
             &digest,
             &signed,
@@ -720,6 +724,7 @@ pub(crate) fn digest_bytes(alg: &DigestAlg, data: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// A certificate's public key, as far as verification is concerned.
+#[derive(Debug)]
 pub(crate) enum PublicKey {
     P256(crate::ecdsa::EcdsaKey),
     P384(crate::ecdsa::EcdsaKey),

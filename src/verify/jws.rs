@@ -37,7 +37,7 @@ use std::sync::Arc;
 
 use super::certs::KnownCert;
 
-use super::cms::{public_key_of, verify_signature, PublicKey, SigEncoding, VerifyError};
+use super::cms::{verify_signature, PublicKey, SigEncoding, VerifyError};
 use super::evidence::{
     AttributeCheck, CertificateResolver, Crypto, DigestAlg, FormatError, SigAlg, SignatureFormat,
     SignerEvidence, SignerRef,
@@ -419,7 +419,7 @@ fn examine_one(
         }
         (_, None) => Crypto::NotChecked,
         (SigAlg::Ecdsa, Some(cert)) => {
-            let key = public_key_of(&cert.cert);
+            let key = cert.public_key();
             let fits = matches!(
                 (alg, &key),
                 ("ES256", PublicKey::P256(_)) | ("ES384", PublicKey::P384(_))
@@ -431,11 +431,11 @@ fn examine_one(
             } else if !fits {
                 Crypto::SigCryptoFailure(format!(
                     "JWS alg {alg} does not fit the certificate's key ({})",
-                    key_name(&key)
+                    key_name(key)
                 ))
             } else {
                 match verify_signature(
-                    &key,
+                    key,
                     &algorithm,
                     &digest,
                     &signing_input,

@@ -90,7 +90,7 @@ pub struct Condition {
     pub text: &'static str,
     /// Whether the evidence supports it.
     pub supported: bool,
-    pub evidence: String,
+    pub evidence: Cow<'static, str>,
 }
 
 /// PRC Electronic Signature Law, article 13: a reliable electronic signature.
