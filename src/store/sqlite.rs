@@ -33,6 +33,53 @@ pub struct SqliteStore {
     conn: Mutex<Connection>,
     /// Idle read-only connections.
     readers: Mutex<Vec<Connection>>,
+    /// Copies the WAL into the database beside the writer; stops when the store is dropped.
+    _checkpointer: Option<Checkpointer>,
+}
+
+/// WAL pages after which the writer checkpoints by itself: only if the checkpointer thread
+/// falls far behind or is gone (SQLite's default is 1,000).
+const WRITER_AUTOCHECKPOINT_PAGES: u32 = 10_000;
+/// How often the checkpointer thread copies committed WAL frames into the database.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+
+/// A thread that runs passive checkpoints on its own connection. With SQLite's automatic
+/// checkpoints the writer copied the WAL (and fsynced the database) inside a commit every
+/// 1,000 pages, and every caller waiting on that group commit waited with it.
+struct Checkpointer {
+    _stop: std::sync::mpsc::Sender<()>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path) -> Option<Checkpointer> {
+        let conn = match Connection::open(path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "no checkpointer thread; the writer checkpoints");
+                return None;
+            }
+        };
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("signet-checkpoint".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(CHECKPOINT_EVERY)
+                {
+                    // PASSIVE never waits for readers or the writer; what it cannot copy now
+                    // it copies next time.
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+                    }
+                }
+            })
+            .map_err(
+                |e| tracing::warn!(error = %e, "no checkpointer thread; the writer checkpoints"),
+            )
+            .ok()?;
+        Some(Checkpointer { _stop: stop })
+    }
 }
 
 fn map_err(e: rusqlite::Error) -> StoreError {
@@ -78,10 +125,13 @@ impl SqliteStore {
             .map_err(map_err)?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(map_err)?;
+        conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)
+            .map_err(map_err)?;
         let store = SqliteStore {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
+            _checkpointer: Checkpointer::start(path),
         };
         store.migrate()?;
         Ok(store)
@@ -1366,4 +1416,43 @@ fn key_from_row(r: &Row) -> rusqlite::Result<SigningKeyRecord> {
         locked: r.get::<_, i64>(9)? != 0,
         created_at: r.get(10)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::AuditEvent;
+
+    /// Audit events as the database file alone has them, the WAL ignored (none while even the
+    /// schema is still only in the WAL).
+    fn events_in_database_file(path: &Path) -> i64 {
+        let uri = format!("file:{}?immutable=1", path.display());
+        let conn = Connection::open_with_flags(
+            uri,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI,
+        )
+        .expect("open the database file");
+        conn.query_row("SELECT count(*) FROM audit_events", [], |r| r.get(0))
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn committed_writes_reach_the_database_file_without_the_writer_checkpointing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("signet.db");
+        let store = SqliteStore::open(&path).expect("open");
+        for i in 0..20 {
+            let event = AuditEvent::new("test", "note", &i.to_string(), serde_json::json!({}));
+            store.append_audit(1_000 + i, &event).expect("append");
+        }
+        // Far below the writer's own threshold: only the checkpointer thread copies them.
+        let deadline = std::time::Instant::now() + 20 * CHECKPOINT_EVERY;
+        while events_in_database_file(&path) < 20 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the WAL was not checkpointed into the database file"
+            );
+            std::thread::sleep(CHECKPOINT_EVERY / 4);
+        }
+    }
 }
