@@ -366,7 +366,7 @@ pub async fn verify_signature(
     State(state): State<Shared>,
     Caller(who): Caller,
     ApiJson(body): ApiJson<VerificationBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let instruction = decode_b64("instruction", &body.instruction)?;
     let signature = if body.signature.trim_start().starts_with("-----BEGIN")
         || body.signature.trim_start().starts_with('{')
@@ -387,19 +387,21 @@ pub async fn verify_signature(
         let report = verifier
             .verify(&instruction, &signature, &who.actor(), Some(&who.tenant.id))
             .map_err(verify_failure)?;
-        let mut value = serde_json::to_value(&report).unwrap_or_default();
-        if want_receipt {
-            let receipt = crate::app::make_receipt(&state.signet, &value).map_err(|e| {
-                tracing::error!(error = %e, "receipt");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "hsm_unavailable",
-                    e.to_string(),
-                )
-            })?;
-            value["receipt"] = Value::String(receipt);
+        if !want_receipt {
+            // Serialized once, straight to the body.
+            return Ok(Json(report).into_response());
         }
-        Ok(Json(value))
+        let mut value = serde_json::to_value(&report).unwrap_or_default();
+        let receipt = crate::app::make_receipt(&state.signet, &value).map_err(|e| {
+            tracing::error!(error = %e, "receipt");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "hsm_unavailable",
+                e.to_string(),
+            )
+        })?;
+        value["receipt"] = Value::String(receipt);
+        Ok(Json(value).into_response())
     })
     .await
 }
