@@ -194,7 +194,31 @@ impl Drop for PostgresStore {
     }
 }
 
-/// Appends `event` to the chain inside `tx` (which holds the write lock).
+/// One write of a group, inside the group's transaction.
+fn apply_grouped(tx: &mut Transaction, write: &GroupedWrite) -> Result<Applied> {
+    let audit_only = |audit| Applied {
+        audit,
+        first_seen: None,
+    };
+    match write {
+        GroupedWrite::Pending { record, event } => {
+            insert_pending(tx, record, event).map(audit_only)
+        }
+        GroupedWrite::Complete {
+            serial,
+            cert_der,
+            at,
+            event,
+        } => complete_pending(tx, serial, cert_der, *at, event).map(audit_only),
+        GroupedWrite::Verification {
+            guard,
+            at,
+            window_secs,
+            event,
+        } => apply_verification(tx, guard.as_ref(), *at, *window_secs, &*event.0),
+    }
+}
+
 /// The replay guard's keys and the audit event of one verification (see
 /// [`Store::record_verification`]).
 fn apply_verification(
@@ -244,6 +268,7 @@ fn apply_verification(
     Ok(Applied { audit, first_seen })
 }
 
+/// Appends `event` to the chain inside `tx` (which holds the write lock).
 fn append(tx: &mut Transaction, at: i64, event: &AuditEvent) -> Result<AuditRecord> {
     let head = tx
         .query_opt(
@@ -509,33 +534,24 @@ impl Store for PostgresStore {
     }
 
     fn grouped_writes(&self, writes: &[GroupedWrite]) -> Result<Vec<Result<Applied>>> {
-        // Group commit: one transaction (one WAL flush) for the group, each write in its own
-        // savepoint so that one that fails leaves the others in place.
+        // Group commit: one transaction (one WAL flush) for the group. Nearly always every
+        // write applies, so the first try has no savepoints (two round trips less per write);
+        // if any write fails, that transaction rolls back whole and the group is applied
+        // again, each write in its own savepoint so that one that fails leaves the others.
+        let all = self.tx(|tx| {
+            writes
+                .iter()
+                .map(|w| apply_grouped(tx, w))
+                .collect::<Result<Vec<_>>>()
+        });
+        if let Ok(applied) = all {
+            return Ok(applied.into_iter().map(Ok).collect());
+        }
         self.tx(|tx| {
             let mut out = Vec::with_capacity(writes.len());
             for w in writes {
-                let mut sp = tx.savepoint("issuance_write").map_err(map_err)?;
-                let audit_only = |audit| Applied {
-                    audit,
-                    first_seen: None,
-                };
-                let r = match w {
-                    GroupedWrite::Pending { record, event } => {
-                        insert_pending(&mut sp, record, event).map(audit_only)
-                    }
-                    GroupedWrite::Complete {
-                        serial,
-                        cert_der,
-                        at,
-                        event,
-                    } => complete_pending(&mut sp, serial, cert_der, *at, event).map(audit_only),
-                    GroupedWrite::Verification {
-                        guard,
-                        at,
-                        window_secs,
-                        event,
-                    } => apply_verification(&mut sp, guard.as_ref(), *at, *window_secs, &*event.0),
-                };
+                let mut sp = tx.savepoint("grouped_write").map_err(map_err)?;
+                let r = apply_grouped(&mut sp, w);
                 if r.is_ok() {
                     sp.commit().map_err(map_err)?;
                 } else {
