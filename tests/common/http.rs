@@ -10,6 +10,56 @@ use serde_json::Value;
 
 use super::Fixture;
 
+/// Servers still running, by pid. A server kept in a test binary's static (shared by its
+/// tests) is never dropped: the test process stops what is left as it exits.
+static RUNNING: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+fn register(pid: u32) {
+    static AT_EXIT: std::sync::Once = std::sync::Once::new();
+    AT_EXIT.call_once(|| {
+        // SAFETY: registers a plain `extern "C" fn` that takes no arguments.
+        unsafe {
+            libc::atexit(stop_running_servers);
+        }
+    });
+    RUNNING.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
+}
+
+fn unregister(pid: u32) {
+    RUNNING
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|p| *p != pid);
+}
+
+/// At exit: SIGTERM to every server still running, SIGKILL to any not gone within 10 s.
+extern "C" fn stop_running_servers() {
+    let Ok(running) = RUNNING.try_lock() else {
+        return;
+    };
+    let mut left: Vec<i32> = running.iter().map(|p| *p as i32).collect();
+    drop(running);
+    for pid in &left {
+        // SAFETY: signals a child process of ours.
+        unsafe {
+            libc::kill(*pid, libc::SIGTERM);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !left.is_empty() && Instant::now() < deadline {
+        // SAFETY: reaps our own children without blocking; 0 means still running.
+        left.retain(|pid| unsafe { libc::waitpid(*pid, std::ptr::null_mut(), libc::WNOHANG) } == 0);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for pid in left {
+        // SAFETY: as above; this child ignored SIGTERM for 10 s.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+    }
+}
+
 /// A running `signet serve`; stopped with SIGTERM on drop.
 pub struct Server {
     child: Child,
@@ -37,6 +87,7 @@ impl Server {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start signet serve");
+        register(child.id());
         let log = Arc::new(Mutex::new(String::new()));
         let stdout = child.stdout.take().expect("stdout");
         let out_log = log.clone();
@@ -103,11 +154,13 @@ impl Server {
 
     /// SIGKILL: the process gets no chance to finish anything (a crash, a power cut).
     pub fn kill(mut self) {
+        unregister(self.child.id());
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
     fn terminate(&mut self) {
+        unregister(self.child.id());
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
@@ -125,6 +178,8 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // Before the child is reaped, after which its pid may be another process's.
+        unregister(self.child.id());
         if let Ok(None) = self.child.try_wait() {
             self.terminate();
         }
