@@ -45,18 +45,12 @@ fn push_header(out: &mut Vec<u8>, tag: u8, len: usize) {
     out.extend_from_slice(&l[..n]);
 }
 
-/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
-fn civil(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+/// A stored time as calendar fields (before 1970 read as 1970, as before; past 9999 refused,
+/// as X.509 cannot encode it).
+fn calendar(unix: i64) -> Result<der::DateTime, CaError> {
+    let secs = u64::try_from(unix.max(0)).unwrap_or(0);
+    der::DateTime::from_unix_duration(std::time::Duration::from_secs(secs))
+        .map_err(|_| CaError::Encoding(format!("stored time {unix} is past the year 9999")))
 }
 
 fn two(out: &mut Vec<u8>, v: u32) {
@@ -65,29 +59,29 @@ fn two(out: &mut Vec<u8>, v: u32) {
 }
 
 /// X.509 Time as `x509::x509_time` encodes it: UTCTime through 2049, GeneralizedTime after.
-fn push_time(out: &mut Vec<u8>, unix: i64, always_generalized: bool) {
-    let t = unix.max(0);
-    let (y, mo, d) = civil(t.div_euclid(86_400));
-    let s = t.rem_euclid(86_400) as u32;
-    let general = always_generalized || y > 2049;
-    if general {
+fn push_time(out: &mut Vec<u8>, t: &der::DateTime, always_generalized: bool) {
+    let y = u32::from(t.year());
+    if generalized(t, always_generalized) {
         out.extend_from_slice(&[0x18, 15]);
-        two(out, (y / 100) as u32);
+        two(out, y / 100);
     } else {
         out.extend_from_slice(&[0x17, 13]);
     }
-    two(out, (y % 100) as u32);
-    two(out, mo);
-    two(out, d);
-    two(out, s / 3600);
-    two(out, s / 60 % 60);
-    two(out, s % 60);
+    two(out, y % 100);
+    two(out, t.month().into());
+    two(out, t.day().into());
+    two(out, t.hour().into());
+    two(out, t.minutes().into());
+    two(out, t.seconds().into());
     out.push(b'Z');
 }
 
-fn time_len(unix: i64, always_generalized: bool) -> usize {
-    let y = civil(unix.max(0).div_euclid(86_400)).0;
-    if always_generalized || y > 2049 {
+fn generalized(t: &der::DateTime, always: bool) -> bool {
+    always || t.year() > 2049
+}
+
+fn time_len(t: &der::DateTime, always_generalized: bool) -> usize {
+    if generalized(t, always_generalized) {
         17
     } else {
         15
@@ -139,23 +133,22 @@ pub(crate) fn write_entry(out: &mut Vec<u8>, e: &RevokedEntry) -> Result<usize, 
         }
         None => None,
     };
-    let ext_len = reason.map_or(0, |_| 12) + e.revocation.invalidity_date.map_or(0, |_| 26);
-    let body = 2
-        + s_len
-        + time_len(e.revocation.revoked_at, false)
-        + if ext_len > 0 { 2 + ext_len } else { 0 };
+    let revoked_at = calendar(e.revocation.revoked_at)?;
+    let invalidity = e.revocation.invalidity_date.map(calendar).transpose()?;
+    let ext_len = reason.map_or(0, |_| 12) + invalidity.map_or(0, |_| 26);
+    let body = 2 + s_len + time_len(&revoked_at, false) + if ext_len > 0 { 2 + ext_len } else { 0 };
     let before = out.len();
     push_header(out, 0x30, body);
     push_header(out, 0x02, s_len);
     out.extend_from_slice(&sbuf[s_start..s_start + s_len]);
-    push_time(out, e.revocation.revoked_at, false);
+    push_time(out, &revoked_at, false);
     if ext_len > 0 {
         push_header(out, 0x30, ext_len);
         if let Some(code) = reason {
             out.extend_from_slice(&REASON_EXT);
             out.extend_from_slice(&[0x01, code]);
         }
-        if let Some(d) = e.revocation.invalidity_date {
+        if let Some(d) = &invalidity {
             out.extend_from_slice(&INVALIDITY_EXT);
             push_time(out, d, true);
         }
@@ -393,6 +386,16 @@ mod tests {
         assert!(write_entry(&mut out, &entry(&"7f".repeat(21), 1, None, None)).is_err());
         assert!(write_entry(&mut out, &entry(&"ff".repeat(20), 1, None, None)).is_err());
         assert!(write_entry(&mut out, &entry("01", 1, Some(7), None)).is_err());
+    }
+
+    #[test]
+    fn a_time_past_the_year_9999_is_refused() {
+        let mut out = Vec::new();
+        let last_second = 253_402_300_799;
+        assert!(write_entry(&mut out, &entry("01", last_second, None, None)).is_ok());
+        assert!(write_entry(&mut out, &entry("01", last_second + 1, None, None)).is_err());
+        let late_invalidity = entry("01", 1, None, Some(last_second + 1));
+        assert!(write_entry(&mut out, &late_invalidity).is_err());
     }
 
     #[test]

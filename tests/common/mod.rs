@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Command-line arguments of mixed types (`&str`, `String`, `&Path`, `&PathBuf`)
 /// as an array of `OsString`.
@@ -1080,27 +1080,17 @@ pub struct StoreCopy {
 // ---------------------------------------------------------------------------------
 // Dates
 
-/// (year, month 1-12, day 1-31, hour, minute, second) of a Unix time, UTC.
+/// (year, month 1-12, day 1-31, hour, minute, second) of a Unix time, UTC (years to 9999).
 pub fn civil_utc(unix: u64) -> (i64, u32, u32, u32, u32, u32) {
-    let days = (unix / 86_400) as i64;
-    let secs = unix % 86_400;
-    // Howard Hinnant's civil_from_days
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let t = der::DateTime::from_unix_duration(Duration::from_secs(unix))
+        .expect("a time before the year 10000");
     (
-        y,
-        m,
-        d,
-        (secs / 3600) as u32,
-        (secs / 60 % 60) as u32,
-        (secs % 60) as u32,
+        t.year().into(),
+        t.month().into(),
+        t.day().into(),
+        t.hour().into(),
+        t.minutes().into(),
+        t.seconds().into(),
     )
 }
 
