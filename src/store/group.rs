@@ -15,7 +15,61 @@ use std::panic::AssertUnwindSafe;
 use std::sync::mpsc::{self, TryRecvError};
 use std::sync::Arc;
 
-use super::{Applied, GroupedWrite, Result, Store, StoreError};
+use super::{Applied, CertRecord, GroupedWrite, ReplayKeys, Result, Store, StoreError};
+use crate::audit::{AuditEvent, AuditRecord};
+
+/// An engine's open transaction, as grouped writes need it: each engine writes its own SQL
+/// for the three kinds of write, [`GroupTransaction::apply`] picks the one a write needs.
+pub(super) trait GroupTransaction {
+    /// Records a to-be-signed certificate (status pending) and its audit event.
+    fn insert_pending(&mut self, rec: &CertRecord, event: &AuditEvent) -> Result<AuditRecord>;
+
+    /// Stores the signed certificate of a pending record and its audit event.
+    fn complete_pending(
+        &mut self,
+        serial: &str,
+        cert_der: &[u8],
+        at: i64,
+        event: &AuditEvent,
+    ) -> Result<AuditRecord>;
+
+    /// The replay guard's keys and the audit event of one verification (see
+    /// [`Store::record_verification`]).
+    fn apply_verification(
+        &mut self,
+        guard: Option<&ReplayKeys>,
+        at: i64,
+        window_secs: i64,
+        event: &dyn Fn(Option<i64>) -> AuditEvent,
+    ) -> Result<Applied>;
+
+    /// One write of a group, inside the group's transaction.
+    fn apply(&mut self, write: &GroupedWrite) -> Result<Applied> {
+        let audit_only = |audit| Applied {
+            audit,
+            first_seen: None,
+        };
+        match write {
+            GroupedWrite::Pending { record, event } => {
+                self.insert_pending(record, event).map(audit_only)
+            }
+            GroupedWrite::Complete {
+                serial,
+                cert_der,
+                at,
+                event,
+            } => self
+                .complete_pending(serial, cert_der, *at, event)
+                .map(audit_only),
+            GroupedWrite::Verification {
+                guard,
+                at,
+                window_secs,
+                event,
+            } => self.apply_verification(guard.as_ref(), *at, *window_secs, &*event.0),
+        }
+    }
+}
 
 /// Largest group: bounds one transaction's time and the memory of its results.
 const MAX_GROUP: usize = 256;

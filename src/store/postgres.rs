@@ -17,6 +17,7 @@ use r2d2_postgres::PostgresConnectionManager;
 use sha2::Digest;
 use zeroize::Zeroizing;
 
+use super::group::GroupTransaction;
 use super::*;
 use crate::audit::{chain_hash, AuditEvent, AuditRecord, GENESIS};
 
@@ -194,78 +195,110 @@ impl Drop for PostgresStore {
     }
 }
 
-/// One write of a group, inside the group's transaction.
-fn apply_grouped(tx: &mut Transaction, write: &GroupedWrite) -> Result<Applied> {
-    let audit_only = |audit| Applied {
-        audit,
-        first_seen: None,
-    };
-    match write {
-        GroupedWrite::Pending { record, event } => {
-            insert_pending(tx, record, event).map(audit_only)
-        }
-        GroupedWrite::Complete {
-            serial,
-            cert_der,
-            at,
-            event,
-        } => complete_pending(tx, serial, cert_der, *at, event).map(audit_only),
-        GroupedWrite::Verification {
-            guard,
-            at,
-            window_secs,
-            event,
-        } => apply_verification(tx, guard.as_ref(), *at, *window_secs, &*event.0),
+impl GroupTransaction for Transaction<'_> {
+    fn insert_pending(&mut self, rec: &CertRecord, event: &AuditEvent) -> Result<AuditRecord> {
+        let tx = self;
+        tx.execute(
+            "INSERT INTO certificates (serial, issuer, profile, status, subject, subject_serial_digest,
+                shard, not_before, not_after, tbs_der, cert_der, created_at, owner, key_id)
+             VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, NULL, $10, $11, $12)",
+            &[
+                &rec.serial,
+                &rec.issuer.as_str(),
+                &rec.profile,
+                &rec.subject,
+                &rec.subject_serial_digest,
+                &(rec.shard as i64),
+                &rec.not_before,
+                &rec.not_after,
+                &rec.tbs_der,
+                &rec.created_at,
+                &rec.owner,
+                &rec.key_id,
+            ],
+        )
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::SerialTaken(rec.serial.clone())
+            } else {
+                map_err(e)
+            }
+        })?;
+        append(tx, rec.created_at, event)
     }
-}
 
-/// The replay guard's keys and the audit event of one verification (see
-/// [`Store::record_verification`]).
-fn apply_verification(
-    tx: &mut Transaction,
-    guard: Option<&ReplayKeys>,
-    at: i64,
-    window_secs: i64,
-    event: &dyn Fn(Option<i64>) -> AuditEvent,
-) -> Result<Applied> {
-    let mut first_seen: Option<i64> = None;
-    if let Some(g) = guard {
-        let cutoff = at - window_secs;
-        let mut remember = |tx: &mut Transaction,
-                            table: &str,
-                            column: &str,
-                            value: &str|
-         -> Result<()> {
-            let earlier = tx
-                .query_opt(
-                    &format!("SELECT first_seen FROM {table} WHERE signer = $1 AND {column} = $2"),
-                    &[&g.signer, &value],
-                )
-                .map_err(map_err)?;
-            match earlier.as_ref().map(|r| col::<i64>(r, 0)).transpose()? {
-                Some(t) if t > cutoff => {
-                    first_seen = Some(first_seen.map_or(t, |f: i64| f.min(t)));
-                }
-                _ => {
-                    tx.execute(
+    fn complete_pending(
+        &mut self,
+        serial: &str,
+        cert_der: &[u8],
+        at: i64,
+        event: &AuditEvent,
+    ) -> Result<AuditRecord> {
+        let tx = self;
+        let thumbprint = hex::encode(sha2::Sha256::digest(cert_der));
+        update_one(
+            tx,
+            "UPDATE certificates SET status = 'issued', cert_der = $2, thumbprint = $3
+             WHERE serial = $1 AND status = 'pending'",
+            &[&serial, &cert_der, &thumbprint],
+            || {
+                StoreError::Conflict(format!(
+                    "certificate {serial} is no longer pending (voided by another process?)"
+                ))
+            },
+        )?;
+        append(tx, at, event)
+    }
+
+    fn apply_verification(
+        &mut self,
+        guard: Option<&ReplayKeys>,
+        at: i64,
+        window_secs: i64,
+        event: &dyn Fn(Option<i64>) -> AuditEvent,
+    ) -> Result<Applied> {
+        let tx = self;
+        let mut first_seen: Option<i64> = None;
+        if let Some(g) = guard {
+            let cutoff = at - window_secs;
+            let mut remember = |tx: &mut Transaction,
+                                table: &str,
+                                column: &str,
+                                value: &str|
+             -> Result<()> {
+                let earlier = tx
+                    .query_opt(
                         &format!(
-                            "INSERT INTO {table} (signer, {column}, first_seen) VALUES ($1, $2, $3)
-                             ON CONFLICT (signer, {column}) DO UPDATE SET first_seen = excluded.first_seen"
+                            "SELECT first_seen FROM {table} WHERE signer = $1 AND {column} = $2"
                         ),
-                        &[&g.signer, &value, &at],
+                        &[&g.signer, &value],
                     )
                     .map_err(map_err)?;
+                match earlier.as_ref().map(|r| col::<i64>(r, 0)).transpose()? {
+                    Some(t) if t > cutoff => {
+                        first_seen = Some(first_seen.map_or(t, |f: i64| f.min(t)));
+                    }
+                    _ => {
+                        tx.execute(
+                            &format!(
+                                "INSERT INTO {table} (signer, {column}, first_seen) VALUES ($1, $2, $3)
+                                 ON CONFLICT (signer, {column}) DO UPDATE SET first_seen = excluded.first_seen"
+                            ),
+                            &[&g.signer, &value, &at],
+                        )
+                        .map_err(map_err)?;
+                    }
                 }
+                Ok(())
+            };
+            remember(tx, "replay_instructions", "digest", &g.digest)?;
+            if let Some(id) = &g.instruction_id {
+                remember(tx, "replay_instruction_ids", "instruction_id", id)?;
             }
-            Ok(())
-        };
-        remember(tx, "replay_instructions", "digest", &g.digest)?;
-        if let Some(id) = &g.instruction_id {
-            remember(tx, "replay_instruction_ids", "instruction_id", id)?;
         }
+        let audit = append(tx, at, &event(first_seen))?;
+        Ok(Applied { audit, first_seen })
     }
-    let audit = append(tx, at, &event(first_seen))?;
-    Ok(Applied { audit, first_seen })
 }
 
 /// Appends `event` to the chain inside `tx` (which holds the write lock).
@@ -425,64 +458,6 @@ fn update_one(
     }
 }
 
-/// Records a to-be-signed certificate (status pending) and its audit event.
-fn insert_pending(
-    tx: &mut Transaction,
-    rec: &CertRecord,
-    event: &AuditEvent,
-) -> Result<AuditRecord> {
-    tx.execute(
-        "INSERT INTO certificates (serial, issuer, profile, status, subject, subject_serial_digest,
-            shard, not_before, not_after, tbs_der, cert_der, created_at, owner, key_id)
-         VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, NULL, $10, $11, $12)",
-        &[
-            &rec.serial,
-            &rec.issuer.as_str(),
-            &rec.profile,
-            &rec.subject,
-            &rec.subject_serial_digest,
-            &(rec.shard as i64),
-            &rec.not_before,
-            &rec.not_after,
-            &rec.tbs_der,
-            &rec.created_at,
-            &rec.owner,
-            &rec.key_id,
-        ],
-    )
-    .map_err(|e| {
-        if is_unique_violation(&e) {
-            StoreError::SerialTaken(rec.serial.clone())
-        } else {
-            map_err(e)
-        }
-    })?;
-    append(tx, rec.created_at, event)
-}
-
-/// Stores the signed certificate of a pending record and its audit event.
-fn complete_pending(
-    tx: &mut Transaction,
-    serial: &str,
-    cert_der: &[u8],
-    at: i64,
-    event: &AuditEvent,
-) -> Result<AuditRecord> {
-    let thumbprint = hex::encode(sha2::Sha256::digest(cert_der));
-    update_one(
-        tx,
-        "UPDATE certificates SET status = 'issued', cert_der = $2, thumbprint = $3
-         WHERE serial = $1 AND status = 'pending'",
-        &[&serial, &cert_der, &thumbprint],
-        || {
-            StoreError::Conflict(format!(
-                "certificate {serial} is no longer pending (voided by another process?)"
-            ))
-        },
-    )?;
-    append(tx, at, event)
-}
-
 impl Store for PostgresStore {
     fn cas(&self) -> Result<Vec<CaRecord>> {
         self.all_rows(
@@ -520,7 +495,7 @@ impl Store for PostgresStore {
     }
 
     fn record_pending(&self, rec: &CertRecord, event: &AuditEvent) -> Result<AuditRecord> {
-        self.tx(|tx| insert_pending(tx, rec, event))
+        self.tx(|tx| tx.insert_pending(rec, event))
     }
 
     fn complete_issuance(
@@ -530,7 +505,7 @@ impl Store for PostgresStore {
         at: i64,
         event: &AuditEvent,
     ) -> Result<AuditRecord> {
-        self.tx(|tx| complete_pending(tx, serial, cert_der, at, event))
+        self.tx(|tx| tx.complete_pending(serial, cert_der, at, event))
     }
 
     fn grouped_writes(&self, writes: &[GroupedWrite]) -> Result<Vec<Result<Applied>>> {
@@ -541,7 +516,7 @@ impl Store for PostgresStore {
         let all = self.tx(|tx| {
             writes
                 .iter()
-                .map(|w| apply_grouped(tx, w))
+                .map(|w| tx.apply(w))
                 .collect::<Result<Vec<_>>>()
         });
         if let Ok(applied) = all {
@@ -551,7 +526,7 @@ impl Store for PostgresStore {
             let mut out = Vec::with_capacity(writes.len());
             for w in writes {
                 let mut sp = tx.savepoint("grouped_write").map_err(map_err)?;
-                let r = apply_grouped(&mut sp, w);
+                let r = sp.apply(w);
                 if r.is_ok() {
                     sp.commit().map_err(map_err)?;
                 } else {
@@ -1033,7 +1008,11 @@ impl Store for PostgresStore {
         window_secs: i64,
         event: &dyn Fn(Option<i64>) -> AuditEvent,
     ) -> Result<Option<i64>> {
-        self.tx(|tx| Ok(apply_verification(tx, guard, at, window_secs, event)?.first_seen))
+        self.tx(|tx| {
+            Ok(tx
+                .apply_verification(guard, at, window_secs, event)?
+                .first_seen)
+        })
     }
 
     fn add_teller(&self, teller: &TellerRecord, event: &AuditEvent) -> Result<AuditRecord> {

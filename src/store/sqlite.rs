@@ -13,6 +13,7 @@ use rusqlite::{
 
 use sha2::Digest;
 
+use super::group::GroupTransaction;
 use super::*;
 use crate::audit::{chain_hash, AuditEvent, AuditRecord, GENESIS};
 
@@ -157,12 +158,12 @@ impl SqliteStore {
         })
     }
 
-    fn tx<T>(&self, f: impl FnOnce(&Transaction) -> Result<T>) -> Result<T> {
+    fn tx<T>(&self, f: impl FnOnce(&mut Transaction) -> Result<T>) -> Result<T> {
         let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        let tx = conn
+        let mut tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(map_err)?;
-        let out = f(&tx)?;
+        let out = f(&mut tx)?;
         tx.commit().map_err(map_err)?;
         Ok(out)
     }
@@ -228,77 +229,115 @@ impl SqliteStore {
     }
 }
 
-/// One write of a group, inside the group's transaction.
-fn apply_grouped(tx: &Transaction, write: &GroupedWrite) -> Result<Applied> {
-    let audit_only = |audit| Applied {
-        audit,
-        first_seen: None,
-    };
-    match write {
-        GroupedWrite::Pending { record, event } => {
-            insert_pending(tx, record, event).map(audit_only)
-        }
-        GroupedWrite::Complete {
-            serial,
-            cert_der,
-            at,
-            event,
-        } => complete_pending(tx, serial, cert_der, *at, event).map(audit_only),
-        GroupedWrite::Verification {
-            guard,
-            at,
-            window_secs,
-            event,
-        } => apply_verification(tx, guard.as_ref(), *at, *window_secs, &*event.0),
-    }
-}
-
-/// The replay guard's keys and the audit event of one verification (see
-/// [`Store::record_verification`]).
-fn apply_verification(
-    tx: &Transaction,
-    guard: Option<&ReplayKeys>,
-    at: i64,
-    window_secs: i64,
-    event: &dyn Fn(Option<i64>) -> AuditEvent,
-) -> Result<Applied> {
-    let mut first_seen: Option<i64> = None;
-    if let Some(g) = guard {
-        let cutoff = at - window_secs;
-        let mut remember = |table: &str, column: &str, value: &str| -> Result<()> {
-            // Cached statements: every verification runs these two (parsing the SQL again
-            // each time showed in the verification profile).
-            let earlier: Option<i64> = tx
-                .prepare_cached(&format!(
-                    "SELECT first_seen FROM {table} WHERE signer = ?1 AND {column} = ?2"
-                ))
-                .and_then(|mut st| {
-                    st.query_row(params![g.signer, value], |r| r.get(0))
-                        .optional()
-                })
-                .map_err(map_err)?;
-            match earlier {
-                Some(t) if t > cutoff => {
-                    first_seen = Some(first_seen.map_or(t, |f: i64| f.min(t)));
-                }
-                _ => {
-                    tx.prepare_cached(&format!(
-                        "INSERT INTO {table} (signer, {column}, first_seen) VALUES (?1, ?2, ?3)
-                         ON CONFLICT (signer, {column}) DO UPDATE SET first_seen = excluded.first_seen"
-                    ))
-                    .and_then(|mut st| st.execute(params![g.signer, value, at]))
-                    .map_err(map_err)?;
-                }
+impl GroupTransaction for Transaction<'_> {
+    fn insert_pending(&mut self, rec: &CertRecord, event: &AuditEvent) -> Result<AuditRecord> {
+        let tx: &Transaction = self;
+        tx.prepare_cached(
+            "INSERT INTO certificates (serial, issuer, profile, status, subject, subject_serial_digest,
+                shard, not_before, not_after, tbs_der, cert_der, created_at, owner, key_id)
+             VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?8, ?9, NULL, ?10, ?11, ?12)",
+        )
+        .and_then(|mut st| {
+            st.execute(params![
+                rec.serial,
+                rec.issuer.as_str(),
+                rec.profile,
+                rec.subject,
+                rec.subject_serial_digest,
+                rec.shard as i64,
+                rec.not_before,
+                rec.not_after,
+                rec.tbs_der,
+                rec.created_at,
+                rec.owner,
+                rec.key_id
+            ])
+        })
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::SerialTaken(rec.serial.clone())
+            } else {
+                map_err(e)
             }
-            Ok(())
-        };
-        remember("replay_instructions", "digest", &g.digest)?;
-        if let Some(id) = &g.instruction_id {
-            remember("replay_instruction_ids", "instruction_id", id)?;
-        }
+        })?;
+        append(tx, rec.created_at, event)
     }
-    let audit = append(tx, at, &event(first_seen))?;
-    Ok(Applied { audit, first_seen })
+
+    fn complete_pending(
+        &mut self,
+        serial: &str,
+        cert_der: &[u8],
+        at: i64,
+        event: &AuditEvent,
+    ) -> Result<AuditRecord> {
+        let tx: &Transaction = self;
+        let n = tx
+            .prepare_cached(
+                "UPDATE certificates SET status = 'issued', cert_der = ?2, thumbprint = ?3
+                 WHERE serial = ?1 AND status = 'pending'",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    serial,
+                    cert_der,
+                    hex::encode(sha2::Sha256::digest(cert_der))
+                ])
+            })
+            .map_err(map_err)?;
+        if n != 1 {
+            return Err(StoreError::Conflict(format!(
+                "certificate {serial} is no longer pending (voided by another process?)"
+            )));
+        }
+        append(tx, at, event)
+    }
+
+    fn apply_verification(
+        &mut self,
+        guard: Option<&ReplayKeys>,
+        at: i64,
+        window_secs: i64,
+        event: &dyn Fn(Option<i64>) -> AuditEvent,
+    ) -> Result<Applied> {
+        let tx: &Transaction = self;
+        let mut first_seen: Option<i64> = None;
+        if let Some(g) = guard {
+            let cutoff = at - window_secs;
+            let mut remember = |table: &str, column: &str, value: &str| -> Result<()> {
+                // Cached statements: every verification runs these two (parsing the SQL again
+                // each time showed in the verification profile).
+                let earlier: Option<i64> = tx
+                    .prepare_cached(&format!(
+                        "SELECT first_seen FROM {table} WHERE signer = ?1 AND {column} = ?2"
+                    ))
+                    .and_then(|mut st| {
+                        st.query_row(params![g.signer, value], |r| r.get(0))
+                            .optional()
+                    })
+                    .map_err(map_err)?;
+                match earlier {
+                    Some(t) if t > cutoff => {
+                        first_seen = Some(first_seen.map_or(t, |f: i64| f.min(t)));
+                    }
+                    _ => {
+                        tx.prepare_cached(&format!(
+                            "INSERT INTO {table} (signer, {column}, first_seen) VALUES (?1, ?2, ?3)
+                             ON CONFLICT (signer, {column}) DO UPDATE SET first_seen = excluded.first_seen"
+                        ))
+                        .and_then(|mut st| st.execute(params![g.signer, value, at]))
+                        .map_err(map_err)?;
+                    }
+                }
+                Ok(())
+            };
+            remember("replay_instructions", "digest", &g.digest)?;
+            if let Some(id) = &g.instruction_id {
+                remember("replay_instruction_ids", "instruction_id", id)?;
+            }
+        }
+        let audit = append(tx, at, &event(first_seen))?;
+        Ok(Applied { audit, first_seen })
+    }
 }
 
 /// Appends `event` to the chain inside `tx`.
@@ -344,68 +383,6 @@ fn append(tx: &Transaction, at: i64, event: &AuditEvent) -> Result<AuditRecord> 
         prev_hash: prev,
         hash: hash.to_vec(),
     })
-}
-
-/// Inserts a pending certificate record and its audit event (inside `tx`).
-fn insert_pending(tx: &Transaction, rec: &CertRecord, event: &AuditEvent) -> Result<AuditRecord> {
-    tx.prepare_cached(
-        "INSERT INTO certificates (serial, issuer, profile, status, subject, subject_serial_digest,
-            shard, not_before, not_after, tbs_der, cert_der, created_at, owner, key_id)
-         VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?8, ?9, NULL, ?10, ?11, ?12)",
-    )
-    .and_then(|mut st| {
-        st.execute(params![
-            rec.serial,
-            rec.issuer.as_str(),
-            rec.profile,
-            rec.subject,
-            rec.subject_serial_digest,
-            rec.shard as i64,
-            rec.not_before,
-            rec.not_after,
-            rec.tbs_der,
-            rec.created_at,
-            rec.owner,
-            rec.key_id
-        ])
-    })
-    .map_err(|e| {
-        if is_unique_violation(&e) {
-            StoreError::SerialTaken(rec.serial.clone())
-        } else {
-            map_err(e)
-        }
-    })?;
-    append(tx, rec.created_at, event)
-}
-
-/// Stores the signed certificate of a pending record and its audit event (inside `tx`).
-fn complete_pending(
-    tx: &Transaction,
-    serial: &str,
-    cert_der: &[u8],
-    at: i64,
-    event: &AuditEvent,
-) -> Result<AuditRecord> {
-    let n = tx
-        .prepare_cached(
-            "UPDATE certificates SET status = 'issued', cert_der = ?2, thumbprint = ?3
-             WHERE serial = ?1 AND status = 'pending'",
-        )
-        .and_then(|mut st| {
-            st.execute(params![
-                serial,
-                cert_der,
-                hex::encode(sha2::Sha256::digest(cert_der))
-            ])
-        })
-        .map_err(map_err)?;
-    if n != 1 {
-        return Err(StoreError::Conflict(format!(
-            "certificate {serial} is no longer pending (voided by another process?)"
-        )));
-    }
-    append(tx, at, event)
 }
 
 const AUDIT_COLUMNS: &str = "seq, at, actor, action, object, details, tenant, prev_hash, hash";
@@ -543,7 +520,7 @@ impl Store for SqliteStore {
     }
 
     fn record_pending(&self, rec: &CertRecord, event: &AuditEvent) -> Result<AuditRecord> {
-        self.tx(|tx| insert_pending(tx, rec, event))
+        self.tx(|tx| tx.insert_pending(rec, event))
     }
 
     fn complete_issuance(
@@ -553,7 +530,7 @@ impl Store for SqliteStore {
         at: i64,
         event: &AuditEvent,
     ) -> Result<AuditRecord> {
-        self.tx(|tx| complete_pending(tx, serial, cert_der, at, event))
+        self.tx(|tx| tx.complete_pending(serial, cert_der, at, event))
     }
 
     fn grouped_writes(&self, writes: &[GroupedWrite]) -> Result<Vec<Result<Applied>>> {
@@ -563,7 +540,7 @@ impl Store for SqliteStore {
         let all = self.tx(|tx| {
             writes
                 .iter()
-                .map(|w| apply_grouped(tx, w))
+                .map(|w| tx.apply(w))
                 .collect::<Result<Vec<_>>>()
         });
         if let Ok(applied) = all {
@@ -575,7 +552,7 @@ impl Store for SqliteStore {
                 // Each write in its own savepoint: one that fails leaves the others in place.
                 tx.execute_batch("SAVEPOINT grouped_write")
                     .map_err(map_err)?;
-                let r = apply_grouped(tx, w);
+                let r = tx.apply(w);
                 let end = if r.is_ok() {
                     "RELEASE grouped_write"
                 } else {
@@ -1192,7 +1169,11 @@ impl Store for SqliteStore {
         window_secs: i64,
         event: &dyn Fn(Option<i64>) -> AuditEvent,
     ) -> Result<Option<i64>> {
-        self.tx(|tx| Ok(apply_verification(tx, guard, at, window_secs, event)?.first_seen))
+        self.tx(|tx| {
+            Ok(tx
+                .apply_verification(guard, at, window_secs, event)?
+                .first_seen)
+        })
     }
 
     fn add_teller(&self, teller: &TellerRecord, event: &AuditEvent) -> Result<AuditRecord> {
