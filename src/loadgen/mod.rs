@@ -609,9 +609,9 @@ fn target_of(conn: &Connection) -> Target {
     conn.target().clone()
 }
 
-/// Raw SoftHSM2 and software ECDSA rates (one thread), each for about `run`.
-/// Raw rates of this machine now, one thread each: SoftHSM2 C_Sign with the customer CA key,
-/// software p256 signing, and ring's P-256 verify (SHA-256 of a 200-byte message included).
+/// Raw rates of this machine now, one thread each for about `run`: SoftHSM2 C_Sign with the
+/// customer CA key, software p256 signing, and ring's P-256 verify (SHA-256 of a 200-byte
+/// message included).
 fn raw_rates(config: &Path, run: Duration) -> Result<(f64, f64, f64), LoadError> {
     use p256::ecdsa::signature::Signer;
     let config = crate::config::Config::load(config)

@@ -64,14 +64,24 @@ impl Checkpointer {
         std::thread::Builder::new()
             .name("signet-checkpoint".into())
             .spawn(move || {
+                let mut failing = false;
                 while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                     stopped.recv_timeout(CHECKPOINT_EVERY)
                 {
                     // PASSIVE never waits for readers or the writer; what it cannot copy now
                     // it copies next time.
-                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                    {
-                        tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+                    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                        // Once per spell of failures (a full disk would fail five times a
+                        // second), and once when they end.
+                        Err(e) if !failing => {
+                            failing = true;
+                            tracing::warn!(error = %e, "WAL checkpoint failed; retrying quietly");
+                        }
+                        Ok(()) if failing => {
+                            failing = false;
+                            tracing::info!("WAL checkpoints work again");
+                        }
+                        _ => {}
                     }
                 }
             })

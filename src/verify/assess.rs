@@ -93,8 +93,7 @@ impl CertificateResolver for Verifier {
                     .certificates
                     .get_or_parse(rec.cert_der.as_deref()?)
                     .ok()?;
-                let issuer = cert.cert.tbs_certificate().issuer().to_der().ok()?;
-                return (issuer == *issuer_der).then_some(cert);
+                return (cert.issuer_der() == Some(issuer_der.as_slice())).then_some(cert);
             }
             SignerRef::SubjectKeyId(id) => {
                 self.store.certificate_by_key_id(&hex::encode(id)).ok()?

@@ -93,9 +93,7 @@ impl KnownCert {
     pub fn facts(&self) -> &CertFacts {
         self.facts.get_or_init(|| {
             let tbs = self.cert.tbs_certificate();
-            let validity = tbs.validity();
-            let not_before = validity.not_before.to_unix_duration().as_secs() as i64;
-            let not_after = validity.not_after.to_unix_duration().as_secs() as i64;
+            let (not_before, not_after) = super::path::validity(&self.cert);
             CertFacts {
                 subject: tbs.subject().to_string(),
                 issuer: tbs.issuer().to_string(),

@@ -413,7 +413,7 @@ fn search(
 }
 
 /// notBefore and notAfter, Unix seconds.
-fn validity(c: &Certificate) -> (i64, i64) {
+pub(crate) fn validity(c: &Certificate) -> (i64, i64) {
     let v = c.tbs_certificate().validity();
     (
         v.not_before.to_unix_duration().as_secs() as i64,

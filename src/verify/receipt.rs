@@ -30,6 +30,8 @@ use x509_cert::Certificate;
 use crate::ca::service_keys::VALIDATION_SERVICE_POLICY;
 use crate::sign::format::{cms_signed_data, CmsContent, SignerCert, SigningCertificateV2};
 
+use super::path::valid_at;
+
 /// Longest certificate path a receipt may carry (signer, issuing CA, root, with room).
 const MAX_PATH: usize = 8;
 
@@ -413,11 +415,6 @@ fn has_policy(c: &Certificate, oid: ObjectIdentifier) -> bool {
         c.tbs_certificate().get_extension::<CertificatePolicies>(),
         Ok(Some((_, cp))) if cp.0.iter().any(|p| p.policy_identifier == oid)
     )
-}
-
-fn valid_at(c: &Certificate, t: i64) -> bool {
-    let v = c.tbs_certificate().validity();
-    unix(v.not_before) <= t && t <= unix(v.not_after)
 }
 
 fn is_ca(c: &Certificate) -> bool {
