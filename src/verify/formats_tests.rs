@@ -312,6 +312,83 @@ fn cms_empty_econtent_reads_as_detached() {
     );
 }
 
+/// The detached fixture's SignedData fields (version, digestAlgorithms, encapContentInfo,
+/// [0] certificates, signerInfos) with a `[1] crls` holding an empty SET added, as DER TLVs.
+fn detached_fields_with_crls() -> Vec<Vec<u8>> {
+    use cms::revocation::RevocationInfoChoices;
+    use cms::signed_data::SignedData;
+    let ci = <cms::content_info::ContentInfo as der::Decode>::from_der(DETACHED).unwrap();
+    let mut sd: SignedData = ci.content.decode_as().unwrap();
+    sd.crls = Some(RevocationInfoChoices(Default::default()));
+    let sd_der = sd.to_der().unwrap();
+    let fields = crate::verify::input::read_single(&sd_der)
+        .unwrap()
+        .children()
+        .unwrap()
+        .iter()
+        .map(|t| t.raw.to_vec())
+        .collect::<Vec<_>>();
+    assert_eq!(
+        fields.len(),
+        6,
+        "version, digests, encap, [0], [1], signerInfos"
+    );
+    assert_eq!((fields[3][0], fields[4][0]), (0xa0, 0xa1));
+    fields
+}
+
+/// ContentInfo { id-signedData, [0] SEQUENCE { fields } }.
+fn signed_data_of(fields: &[Vec<u8>]) -> Vec<u8> {
+    let sd = der::Any::new(der::Tag::Sequence, fields.concat()).unwrap();
+    let content = der::Any::new(
+        der::Tag::ContextSpecific {
+            constructed: true,
+            number: der::TagNumber(0),
+        },
+        sd.to_der().unwrap(),
+    )
+    .unwrap();
+    let oid = const_oid::db::rfc5911::ID_SIGNED_DATA.to_der().unwrap();
+    der::Any::new(
+        der::Tag::Sequence,
+        [oid, content.to_der().unwrap()].concat(),
+    )
+    .unwrap()
+    .to_der()
+    .unwrap()
+}
+
+#[test]
+fn cms_crls_field_is_read_and_does_not_change_the_verdict() {
+    let der = signed_data_of(&detached_fields_with_crls());
+    let e = &examine_cms(&der, INSTRUCTION, &Nobody).unwrap()[0];
+    assert_eq!(e.crypto, Crypto::Valid);
+}
+
+#[test]
+fn cms_optional_fields_out_of_order_are_a_format_error() {
+    let mut fields = detached_fields_with_crls();
+    fields.swap(3, 4);
+    let err = examine_cms(&signed_data_of(&fields), INSTRUCTION, &Nobody).unwrap_err();
+    assert!(err.0.contains("in that order"), "{err}");
+}
+
+#[test]
+fn cms_a_signer_info_given_twice_is_a_format_error() {
+    let mut fields = detached_fields_with_crls();
+    let infos = fields.pop().unwrap();
+    let one = crate::verify::input::read_single(&infos)
+        .unwrap()
+        .children()
+        .unwrap()[0]
+        .raw
+        .to_vec();
+    let twice = der::Any::new(der::Tag::Set, [one.clone(), one].concat()).unwrap();
+    fields.push(twice.to_der().unwrap());
+    let err = examine_cms(&signed_data_of(&fields), INSTRUCTION, &Nobody).unwrap_err();
+    assert!(err.0.contains("repeated SignerInfo"), "{err}");
+}
+
 #[test]
 fn cms_other_content_types_and_empty_signed_data() {
     // ContentInfo { id-data, [0] OCTET STRING "" }.
