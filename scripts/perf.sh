@@ -4,7 +4,7 @@
 # `cfssl serve` beside it (same CSR, same client load) and the raw SoftHSM2 sign rate measured
 # in the same run. Prints the table README.md's "Performance" section shows.
 #
-#   scripts/perf.sh                      (about 3 minutes; needs softhsm2, openssl, golang-cfssl)
+#   scripts/perf.sh                      (about 5 minutes; needs softhsm2, openssl, golang-cfssl)
 #
 # Environment: CLIENTS (default 8), DURATION seconds per measurement (10), ROUNDS (3),
 # SCENARIOS (issuance,ocsp,verification,mixed), KEEP=1 keeps the temporary directory,
