@@ -1125,3 +1125,49 @@ fn pre_signed_ocsp_answers_change_at_once_after_a_revocation_by_another_process(
     let after = ask();
     assert!(after.contains(": revoked"), "{after}");
 }
+
+/// Not a test on its own: the child process of
+/// `a_server_kept_in_a_static_is_stopped_when_the_test_binary_exits`.
+#[test]
+#[ignore = "run as a child process by another test"]
+fn child_process_keeping_a_server_in_a_static() {
+    static KEPT: OnceLock<Server> = OnceLock::new();
+    let server = KEPT.get_or_init(|| Server::start(fixture()));
+    println!("kept server pid {}", server.pid());
+}
+
+#[test]
+fn a_server_kept_in_a_static_is_stopped_when_the_test_binary_exits() {
+    // Statics are never dropped: only the exit handler of tests/common/http.rs stops it.
+    let out = std::process::Command::new(std::env::current_exe().expect("this test binary"))
+        .args([
+            "child_process_keeping_a_server_in_a_static",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .output()
+        .expect("run the child test process");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pid: u32 = stdout
+        .lines()
+        .find_map(|l| l.split_once("kept server pid ").map(|(_, p)| p))
+        .and_then(|p| p.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("the child printed no server pid:\n{stdout}"));
+    // Gone, or at most a zombie no one has reaped yet (the child that started it has exited).
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+    let state = state
+        .as_deref()
+        .and_then(|s| s.rsplit_once(") "))
+        .and_then(|(_, rest)| rest.chars().next());
+    assert!(
+        matches!(state, None | Some('Z' | 'X')),
+        "signet serve (pid {pid}) outlived the test binary that started it: state {state:?}"
+    );
+}
