@@ -439,13 +439,17 @@ fn revoked_after_the_claimed_signing_time_is_indeterminate_without_proof_of_exis
     let h = customer(f);
     let instr = fresh_instruction(f);
     let sig = cms_sign(f, &h, &instr, &[], None);
+    // Less than the issuance timeout ahead: `revoke` starts by voiding pending issuances older
+    // than the timeout by its clock, and further ahead it would void other tests' issuances
+    // in flight on this shared fixture (seen once in CI).
+    assert!(150 < common::ISSUANCE_TIMEOUT_SECS as i64);
     f.signet_with(
         &f.config,
-        &at(600),
+        &at(150),
         &args!["revoke", "--serial", &h.serial, "--reason", "keyCompromise"],
     )
     .assert_ok();
-    verify_with(f, &f.config, &at(1200), &instr, &sig, &[]).expect(
+    verify_with(f, &f.config, &at(240), &instr, &sig, &[]).expect(
         "INDETERMINATE",
         "REVOKED_NO_POE",
         2,
