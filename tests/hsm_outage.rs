@@ -449,3 +449,63 @@ fn a_wedged_hsm_that_never_answers_gets_503_at_the_call_timeout_not_a_hang() {
     });
     assert!(left.is_some(), "records left pending: {:?}", d.pending());
 }
+
+/// A module that fails while one of its calls never returns (p11-kit's client does this when
+/// its server dies between a reply's header and its body: the other waiting threads are never
+/// woken). The layer finalizes the failed context without waiting for that call past the call
+/// timeout, re-initializes, and signs again while the call is still stuck. In process, on the
+/// fixture's SoftHSM2 token: the stuck call is a test hook holding the context as a call would.
+#[test]
+fn a_call_that_never_returns_does_not_keep_the_hsm_layer_from_re_initializing() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let f = fixture();
+    let config = signet::config::Config::load(&f.config).expect("fixture config loads");
+    // SAFETY of set_var: the drills run one at a time; their servers get their own environment.
+    std::env::set_var("SOFTHSM2_CONF", &f.softhsm2_conf);
+    let hsm_config = signet::hsm::HsmConfig {
+        call_timeout: CALL_TIMEOUT,
+        ..config.hsm_config()
+    };
+    let hsm = signet::hsm::Hsm::open(hsm_config).expect("the fixture's token opens");
+    let key = format!("{}-audit", config.ca.key_prefix);
+    hsm.sign_p256_sha256(&key, b"before")
+        .expect("signs before the fault");
+    let recoveries = hsm.stats().recoveries;
+
+    // The HSM restarts behind the layer's back while a call is in it that will not return.
+    hsm.fault_finalize_module();
+    let stuck = hsm
+        .fault_hold_call()
+        .expect("a live context to hold a call in");
+
+    let mut refused = 0;
+    let recovered = wait_until(CALL_TIMEOUT + Duration::from_secs(5), || {
+        match hsm.sign_p256_sha256(&key, b"after") {
+            Ok(_) => true,
+            Err(e) => {
+                assert!(e.is_unavailable(), "only unavailability may show: {e}");
+                refused += 1;
+                false
+            }
+        }
+    });
+    eprintln!(
+        "stuck call: signing again after {:?} ms ({refused} refused meanwhile, call timeout {} ms)",
+        recovered.map(|t| t.as_millis()),
+        CALL_TIMEOUT.as_millis()
+    );
+    let recovered = recovered.expect("signing did not resume while a call stayed stuck");
+    // The call was given the call timeout to return before the module was finalized under it.
+    assert!(
+        recovered >= CALL_TIMEOUT - Duration::from_millis(100),
+        "re-initialized after {} ms, before the stuck call had outlived the call timeout",
+        recovered.as_millis()
+    );
+    assert!(recovered < CALL_TIMEOUT + Duration::from_secs(3));
+    assert!(hsm.stats().recoveries > recoveries, "a fresh context");
+    // /healthz's check answers too, and the stuck call ending late disturbs nothing.
+    assert!(hsm.is_available());
+    drop(stuck);
+    hsm.sign_p256_sha256(&key, b"settled")
+        .expect("signs after the stuck call ends");
+}

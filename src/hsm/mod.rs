@@ -20,7 +20,7 @@ pub use uri::TokenSelector;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Function, Pkcs11};
@@ -58,6 +58,14 @@ pub struct HsmConfig {
     /// together) before getting `Unavailable`; zero calls the module in the caller's thread,
     /// unbounded.
     pub call_timeout: Duration,
+}
+
+impl HsmConfig {
+    /// How long finalizing a failed context waits for its calls still in the module: as long
+    /// as a caller waits for one (after that nobody is waiting for the answer).
+    fn finalize_wait(&self) -> Option<Duration> {
+        (!self.call_timeout.is_zero()).then_some(self.call_timeout)
+    }
 }
 
 /// The security attributes of a private key, read back from the token.
@@ -115,6 +123,10 @@ enum State {
         reason: String,
         next_attempt: Instant,
         backoff: Duration,
+        /// A thread is finalizing the failed context or building the next one. Both run
+        /// outside the state lock (a module may block in either), and meanwhile other
+        /// callers are told the HSM is unavailable rather than made to wait.
+        busy: bool,
     },
 }
 
@@ -134,8 +146,9 @@ struct Context {
     pool: Mutex<PoolState>,
     pool_freed: Condvar,
     keys: Mutex<HashMap<String, ObjectHandle>>,
-    /// Held (shared) during every PKCS#11 call; finalize takes it exclusively, so C_Finalize
-    /// never runs under another thread's call.
+    /// Held (shared) during every PKCS#11 call made through the context (see [`Context::enter`]);
+    /// finalize takes it exclusively, so C_Finalize does not run under another thread's call -
+    /// unless that call has outlived the call timeout (see [`Context::finalize`]).
     calls: RwLock<()>,
     /// Finalized: its sessions are forgotten, never closed (their handle numbers may be reused
     /// by the next context).
@@ -176,7 +189,10 @@ impl Drop for Lease {
         } else if self.bad {
             pool.open = pool.open.saturating_sub(1);
             drop(pool);
-            let _ = session.close();
+            // Closed only while the context lives (a session of a finalized module is forgotten).
+            if let Some(_call) = self.ctx.enter() {
+                let _ = session.close();
+            }
             self.ctx.pool_freed.notify_one();
             return;
         } else {
@@ -184,6 +200,22 @@ impl Drop for Lease {
         }
         drop(pool);
         self.ctx.pool_freed.notify_one();
+    }
+}
+
+/// A call held in the module by [`Hsm::fault_hold_call`]; it returns when this is dropped.
+#[doc(hidden)]
+pub struct HeldCall {
+    release: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for HeldCall {
+    fn drop(&mut self) {
+        drop(self.release.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -319,6 +351,34 @@ impl Hsm {
     #[doc(hidden)]
     pub fn fault_finalize_module(&self) {
         self.inner.fault_finalize_module();
+    }
+
+    /// Test hook: a call that stays in the current context until the handle is dropped, as a
+    /// call into a network HSM's client may stay forever (see `Context::finalize`). `None`
+    /// when no context is up.
+    #[doc(hidden)]
+    pub fn fault_hold_call(&self) -> Option<HeldCall> {
+        let ctx = match &*self.inner.state.lock().unwrap_or_else(|e| e.into_inner()) {
+            State::Up(ctx) => ctx.clone(),
+            State::Down { .. } => return None,
+        };
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (entered, is_entered) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let call = ctx.enter();
+            let _ = entered.send(call.is_some());
+            let _ = released.recv();
+            drop(call);
+        });
+        if is_entered.recv() != Ok(true) {
+            drop(release);
+            let _ = thread.join();
+            return None;
+        }
+        Some(HeldCall {
+            release: Some(release),
+            thread: Some(thread),
+        })
     }
 }
 
@@ -520,7 +580,12 @@ impl Inner {
                 Err(e) => return Err(e),
             };
             let result = {
-                let _call = ctx.calls.read().unwrap_or_else(|e| e.into_inner());
+                let Some(_call) = ctx.enter() else {
+                    // Another thread's failure finalized this context under us: try the next.
+                    drop(lease);
+                    last_error = Some(ctx.finalized());
+                    continue;
+                };
                 op(&ctx, lease.session())
             };
             let err = match result {
@@ -556,43 +621,51 @@ impl Inner {
 
     /// The current context, rebuilding it when the module is down and an attempt is due.
     fn context(&self) -> Result<Arc<Context>, HsmError> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        match &*state {
-            State::Up(ctx) => Ok(ctx.clone()),
-            State::Down {
-                reason,
-                next_attempt,
-                backoff,
-            } => {
-                if Instant::now() < *next_attempt {
-                    return Err(HsmError::Unavailable {
-                        token: self.token_name(),
-                        reason: reason.clone(),
-                    });
-                }
-                let backoff = *backoff;
-                match Context::build(&self.config) {
-                    Ok(ctx) => {
-                        tracing::info!(token = %self.token_name(), "HSM context re-initialized");
-                        let ctx = Arc::new(ctx);
-                        *state = State::Up(ctx.clone());
-                        self.counters.recoveries.fetch_add(1, Ordering::Relaxed);
-                        Ok(ctx)
-                    }
-                    Err(e) => {
-                        let next = (backoff * 2).min(MAX_BACKOFF);
-                        tracing::warn!(token = %self.token_name(), error = %e, retry_in_ms = next.as_millis() as u64, "HSM still unavailable");
-                        *state = State::Down {
-                            reason: e.to_string(),
-                            next_attempt: Instant::now() + backoff,
-                            backoff: next,
-                        };
-                        Err(HsmError::Unavailable {
+        let backoff = {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            match &mut *state {
+                State::Up(ctx) => return Ok(ctx.clone()),
+                State::Down {
+                    reason,
+                    next_attempt,
+                    backoff,
+                    busy,
+                } => {
+                    if *busy || Instant::now() < *next_attempt {
+                        return Err(HsmError::Unavailable {
                             token: self.token_name(),
-                            reason: e.to_string(),
-                        })
+                            reason: reason.clone(),
+                        });
                     }
+                    *busy = true;
+                    *backoff
                 }
+            }
+        };
+        // Outside the lock: a network HSM's C_Initialize may take as long as its server likes.
+        let built = Context::build(&self.config);
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match built {
+            Ok(ctx) => {
+                tracing::info!(token = %self.token_name(), "HSM context re-initialized");
+                let ctx = Arc::new(ctx);
+                *state = State::Up(ctx.clone());
+                self.counters.recoveries.fetch_add(1, Ordering::Relaxed);
+                Ok(ctx)
+            }
+            Err(e) => {
+                let next = (backoff * 2).min(MAX_BACKOFF);
+                tracing::warn!(token = %self.token_name(), error = %e, retry_in_ms = next.as_millis() as u64, "HSM still unavailable");
+                *state = State::Down {
+                    reason: e.to_string(),
+                    next_attempt: Instant::now() + backoff,
+                    backoff: next,
+                    busy: false,
+                };
+                Err(HsmError::Unavailable {
+                    token: self.token_name(),
+                    reason: e.to_string(),
+                })
             }
         }
     }
@@ -608,19 +681,26 @@ impl Inner {
             return;
         }
         tracing::warn!(token = %failed.token_label, error = %error, "HSM module failed; re-initializing");
-        failed.finalize();
         *state = State::Down {
             reason: error.to_string(),
             next_attempt: Instant::now(),
             backoff: FIRST_BACKOFF,
+            busy: true,
         };
+        drop(state);
+        // Outside the lock: finalize waits for the calls still in the failed module.
+        failed.finalize(self.config.finalize_wait());
+        if let State::Down { busy, .. } = &mut *self.state.lock().unwrap_or_else(|e| e.into_inner())
+        {
+            *busy = false;
+        }
     }
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         if let State::Up(ctx) = &*self.state.lock().unwrap_or_else(|e| e.into_inner()) {
-            ctx.finalize();
+            ctx.finalize(self.config.finalize_wait());
         }
     }
 }
@@ -657,7 +737,7 @@ impl Context {
             };
             LIVE_CONTEXTS.fetch_add(1, Ordering::SeqCst);
             if let Err(e) = ctx.login(config) {
-                ctx.finalize();
+                ctx.finalize(None); // never published: no call can be in it
                 return Err(e);
             }
             Ok(ctx)
@@ -699,6 +779,9 @@ impl Context {
 
     /// Re-opens the login session if it went stale, and logs in again if needed.
     fn refresh_login(&self, config: &HsmConfig) -> Result<(), HsmError> {
+        let Some(_call) = self.enter() else {
+            return Err(self.finalized());
+        };
         {
             let mut session = self.login_session.lock().unwrap_or_else(|e| e.into_inner());
             if session.get_session_info().is_err() {
@@ -726,7 +809,14 @@ impl Context {
             if pool.open < pool.capacity {
                 pool.open += 1;
                 drop(pool);
-                return match self.pkcs11.open_rw_session_no_drop(self.slot) {
+                let opened = match self.enter() {
+                    Some(_call) => self
+                        .pkcs11
+                        .open_rw_session_no_drop(self.slot)
+                        .map_err(|e| map_err(&self.token_label, None, e)),
+                    None => Err(self.finalized()),
+                };
+                return match opened {
                     Ok(session) => Ok(Lease {
                         ctx: self.clone(),
                         session: Some(session),
@@ -735,7 +825,7 @@ impl Context {
                     Err(e) => {
                         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
                         pool.open -= 1;
-                        Err(map_err(&self.token_label, None, e))
+                        Err(e)
                     }
                 };
             }
@@ -786,11 +876,45 @@ impl Context {
         self.keys.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
-    fn finalize(&self) {
+    /// Enters a PKCS#11 call on this context: `None` once the context is finalized (or being
+    /// finalized). Not to be nested: a waiting finalize would block the inner one.
+    fn enter(&self) -> Option<RwLockReadGuard<'_, ()>> {
+        let call = self.calls.read().unwrap_or_else(|e| e.into_inner());
+        (!self.dead.load(Ordering::SeqCst)).then_some(call)
+    }
+
+    /// What a caller is told when the context it holds was finalized under it.
+    fn finalized(&self) -> HsmError {
+        HsmError::Unavailable {
+            token: self.token_label.clone(),
+            reason: "the PKCS#11 module is being re-initialized".into(),
+        }
+    }
+
+    /// Ends the context: its sessions are forgotten and, with the last live context, the module
+    /// is finalized. Calls already in the module are waited for, but only for `wait` (`None`:
+    /// as long as they take). A call that outlives it has been abandoned by its caller at the
+    /// call timeout, and it may never return: p11-kit's client, whose server died between a
+    /// reply's header and its body, leaves the other threads waiting for that reply on a
+    /// condition variable that nobody signals again (seen here). Waiting for it would keep the
+    /// module from ever being re-initialized, so C_Finalize then runs under it; its thread is
+    /// left where it is.
+    fn finalize(&self, wait: Option<Duration>) {
         if self.dead.swap(true, Ordering::SeqCst) {
             return;
         }
-        let _calls = self.calls.write().unwrap_or_else(|e| e.into_inner());
+        let drained = match wait {
+            None => Some(self.calls.write().unwrap_or_else(|e| e.into_inner())),
+            Some(wait) => self.drain_calls(wait),
+        };
+        if drained.is_none() {
+            tracing::error!(
+                token = %self.token_label,
+                waited_ms = wait.unwrap_or_default().as_millis() as u64,
+                "PKCS#11 calls of the failed context have not returned; finalizing the module \
+                 under them (their threads are abandoned)"
+            );
+        }
         // Idle sessions are forgotten, not closed: after C_Finalize their handles mean nothing.
         self.pool
             .lock()
@@ -799,6 +923,19 @@ impl Context {
             .clear();
         if LIVE_CONTEXTS.fetch_sub(1, Ordering::SeqCst) == 1 {
             let _ = self.pkcs11.clone().finalize();
+        }
+    }
+
+    /// Waits up to `wait` for the calls in flight to end (new ones see `dead` and leave).
+    fn drain_calls(&self, wait: Duration) -> Option<RwLockWriteGuard<'_, ()>> {
+        let deadline = Instant::now() + wait;
+        loop {
+            match self.calls.try_write() {
+                Ok(all) => return Some(all),
+                Err(TryLockError::Poisoned(e)) => return Some(e.into_inner()),
+                Err(TryLockError::WouldBlock) if Instant::now() >= deadline => return None,
+                Err(TryLockError::WouldBlock) => std::thread::sleep(Duration::from_millis(1)),
+            }
         }
     }
 }
