@@ -2,17 +2,27 @@
 //! that stops answering (a wedged server, a black-holed connection) would hold the caller for
 //! as long as the module likes. Every operation of the layer therefore runs on a small pool of
 //! worker threads, and the caller waits at most the configured call timeout for its answer.
-//! A worker stuck in a call stays stuck (its answer is dropped when it comes); the pool starts
-//! another one in its place, up to a bound.
+//!
+//! A worker whose caller gave up stays in its call (its answer is dropped when it comes), and
+//! stops counting against the pool's bound, so that another thread can take its place; it
+//! rejoins the pool if its call returns. Threads are bounded all the same, stuck ones
+//! included, at twice the pool's bound: past that the pool grows no more, and callers meet the
+//! call timeout.
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc::{sync_channel, RecvTimeoutError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-type Job = Box<dyn FnOnce() + Send>;
+/// An operation and its state, which its caller and its worker change under the queue's lock.
+type Job = (Box<dyn FnOnce() + Send>, Arc<AtomicU8>);
+
+const QUEUED: u8 = 0;
+const RUNNING: u8 = 1;
+const DONE: u8 = 2;
+const GIVEN_UP: u8 = 3;
 
 /// Why a bounded call gave no answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +47,10 @@ struct Shared {
 struct Queue {
     jobs: VecDeque<Job>,
     idle: usize,
+    /// Threads counted against the bound: idle, or running a job whose caller still waits.
     threads: usize,
+    /// Threads still running a job whose caller gave up.
+    stuck: usize,
     closed: bool,
     handles: Vec<std::thread::JoinHandle<()>>,
 }
@@ -47,7 +60,8 @@ struct Queue {
 const JOIN_WAIT: Duration = Duration::from_secs(2);
 
 impl Workers {
-    /// A pool that starts threads on demand, never more than `max_threads` at once.
+    /// A pool that starts threads on demand: at most `max_threads` that callers wait for, and
+    /// `2 * max_threads` counting those stuck in calls their callers gave up on.
     pub(super) fn new(max_threads: usize) -> Self {
         Workers {
             shared: Arc::new(Shared {
@@ -66,38 +80,59 @@ impl Workers {
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, NoAnswer> {
         let (tx, rx) = sync_channel(1);
-        let abandoned = Arc::new(AtomicBool::new(false));
-        let skip = abandoned.clone();
-        let job: Job = Box::new(move || {
-            if skip.load(Ordering::SeqCst) {
-                return;
-            }
+        let state = Arc::new(AtomicU8::new(QUEUED));
+        let op = Box::new(move || {
             let _ = tx.send(f());
         });
         {
             let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
-            q.jobs.push_back(job);
-            if q.idle < q.jobs.len() && q.threads < self.shared.max_threads {
-                q.threads += 1;
-                let shared = self.shared.clone();
-                let spawned = std::thread::Builder::new()
-                    .name("signet-hsm".into())
-                    .spawn(move || worker(shared));
-                match spawned {
-                    Ok(handle) => q.handles.push(handle),
-                    Err(_) => q.threads -= 1,
-                }
-            } else {
-                self.shared.ready.notify_one();
-            }
+            q.jobs.push_back((op, state.clone()));
+            self.shared.start_thread_if_needed(&mut q);
         }
         match rx.recv_timeout(timeout) {
             Ok(v) => Ok(v),
             Err(RecvTimeoutError::Timeout) => {
-                abandoned.store(true, Ordering::SeqCst);
-                Err(NoAnswer::TimedOut)
+                let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+                match state.swap(GIVEN_UP, Ordering::SeqCst) {
+                    // Answered at the deadline: take it.
+                    DONE => rx.try_recv().map_err(|_| NoAnswer::Panicked),
+                    RUNNING => {
+                        q.threads -= 1;
+                        q.stuck += 1;
+                        self.shared.start_thread_if_needed(&mut q);
+                        Err(NoAnswer::TimedOut)
+                    }
+                    _ => Err(NoAnswer::TimedOut),
+                }
             }
             Err(RecvTimeoutError::Disconnected) => Err(NoAnswer::Panicked),
+        }
+    }
+
+    /// (threads counted against the bound, threads stuck in jobs given up on)
+    #[cfg(test)]
+    fn census(&self) -> (usize, usize) {
+        let q = self.shared.queue.lock().unwrap();
+        (q.threads, q.stuck)
+    }
+}
+
+impl Shared {
+    /// Starts a thread for a job that no idle thread will take, within the bounds.
+    fn start_thread_if_needed(self: &Arc<Self>, q: &mut Queue) {
+        let room = q.threads < self.max_threads && q.threads + q.stuck < 2 * self.max_threads;
+        if q.idle < q.jobs.len() && room && !q.closed {
+            q.threads += 1;
+            let shared = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name("signet-hsm".into())
+                .spawn(move || worker(shared));
+            match spawned {
+                Ok(handle) => q.handles.push(handle),
+                Err(_) => q.threads -= 1,
+            }
+        } else {
+            self.ready.notify_one();
         }
     }
 }
@@ -131,24 +166,41 @@ impl Drop for Workers {
 }
 
 fn worker(shared: Arc<Shared>) {
+    let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
     loop {
-        let job = {
-            let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
-            loop {
-                if let Some(job) = q.jobs.pop_front() {
-                    break job;
-                }
-                if q.closed {
-                    q.threads -= 1;
-                    return;
-                }
-                q.idle += 1;
-                q = shared.ready.wait(q).unwrap_or_else(|e| e.into_inner());
-                q.idle -= 1;
+        let (op, state) = loop {
+            if let Some(job) = q.jobs.pop_front() {
+                break job;
             }
+            if q.closed {
+                q.threads -= 1;
+                return;
+            }
+            q.idle += 1;
+            q = shared.ready.wait(q).unwrap_or_else(|e| e.into_inner());
+            q.idle -= 1;
         };
+        if state
+            .compare_exchange(QUEUED, RUNNING, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            continue; // its caller left before it started
+        }
+        drop(q);
         // A panicking operation loses its answer (the caller sees Panicked), not the worker.
-        let _ = catch_unwind(AssertUnwindSafe(job));
+        let _ = catch_unwind(AssertUnwindSafe(op));
+        q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if state
+            .compare_exchange(RUNNING, DONE, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            // Back from a call its caller gave up on: rejoin the pool if there is room.
+            q.stuck -= 1;
+            if q.closed || q.threads >= shared.max_threads {
+                return;
+            }
+            q.threads += 1;
+        }
     }
 }
 
@@ -197,6 +249,46 @@ mod tests {
         let started = Instant::now();
         drop(w);
         assert!(started.elapsed() < JOIN_WAIT + Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_stuck_call_does_not_take_the_place_of_the_next() {
+        let w = Workers::new(1);
+        let r = w.run(Duration::from_millis(50), || {
+            std::thread::sleep(Duration::from_secs(2));
+        });
+        assert_eq!(r, Err(NoAnswer::TimedOut));
+        assert_eq!(w.census(), (0, 1), "the stuck thread is written off");
+        let started = Instant::now();
+        assert_eq!(w.run(Duration::from_secs(1), || 7), Ok(7));
+        assert!(started.elapsed() < Duration::from_millis(500));
+        assert_eq!(w.census(), (1, 1), "a new thread took its place");
+    }
+
+    #[test]
+    fn a_stuck_call_that_returns_rejoins_the_pool_within_its_bound() {
+        let w = Workers::new(1);
+        let r = w.run(Duration::from_millis(20), || {
+            std::thread::sleep(Duration::from_millis(200));
+        });
+        assert_eq!(r, Err(NoAnswer::TimedOut));
+        assert_eq!(w.run(Duration::from_secs(1), || 1), Ok(1));
+        std::thread::sleep(Duration::from_millis(400));
+        // The late thread found the pool full (the replacement is idle there) and ended.
+        assert_eq!(w.census(), (1, 0));
+        assert_eq!(w.run(Duration::from_secs(1), || 2), Ok(2));
+    }
+
+    #[test]
+    fn stuck_threads_are_bounded_too() {
+        let w = Workers::new(2);
+        for _ in 0..5 {
+            let _ = w.run(Duration::from_millis(20), || {
+                std::thread::sleep(Duration::from_secs(1));
+            });
+        }
+        let (threads, stuck) = w.census();
+        assert!(threads + stuck <= 4, "{threads} threads, {stuck} stuck");
     }
 
     #[test]
