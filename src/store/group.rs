@@ -89,10 +89,17 @@ pub struct GroupCommit {
 impl GroupCommit {
     /// Starts the committer thread over `store`.
     pub fn start(store: Arc<dyn Store>) -> GroupCommit {
+        Self::start_applying(move |writes| store.grouped_writes(writes))
+    }
+
+    /// Starts the committer thread with what commits a group (the store, or a test's stand-in).
+    fn start_applying(
+        commit: impl Fn(&[GroupedWrite]) -> GroupResults + Send + 'static,
+    ) -> GroupCommit {
         let (sender, jobs) = mpsc::channel();
         let spawned = std::thread::Builder::new()
             .name("signet-group-commit".into())
-            .spawn(move || run(&*store, &jobs));
+            .spawn(move || run(&commit, &jobs));
         if let Err(e) = spawned {
             // Without the thread every write answers Unavailable (the receiver is gone).
             tracing::error!(error = %e, "cannot start the group-commit thread");
@@ -111,7 +118,10 @@ impl GroupCommit {
     }
 }
 
-fn run(store: &dyn Store, jobs: &mpsc::Receiver<Job>) {
+/// The results of a group's writes, each its own (or the group's failure as a whole).
+type GroupResults = Result<Vec<Result<Applied>>>;
+
+fn run(commit: &dyn Fn(&[GroupedWrite]) -> GroupResults, jobs: &mpsc::Receiver<Job>) {
     while let Ok(first) = jobs.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -122,7 +132,7 @@ fn run(store: &dyn Store, jobs: &mpsc::Receiver<Job>) {
         }
         let (writes, replies): (Vec<_>, Vec<_>) =
             group.into_iter().map(|j| (j.write, j.reply)).unzip();
-        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| store.grouped_writes(&writes)))
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| commit(&writes)))
             .unwrap_or_else(|_| {
                 Err(StoreError::Unavailable(
                     "the store failed while committing a group of writes".into(),
@@ -247,6 +257,93 @@ mod tests {
         // Two events, for the two writes that were applied.
         assert_eq!(store.audit_events(0).unwrap().len(), 2);
         assert_chain_whole(&*store);
+    }
+
+    #[test]
+    fn writes_that_arrive_while_a_group_commits_are_committed_together_in_the_next() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::{Condvar, Mutex};
+        use std::time::Duration;
+        // A stand-in store whose first commit is held until nine more writers have handed in
+        // their writes; it notes the size of every group.
+        let entered = Arc::new(AtomicBool::new(false));
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let commits = {
+            let (entered, gate, sizes) = (entered.clone(), gate.clone(), sizes.clone());
+            GroupCommit::start_applying(move |writes| {
+                entered.store(true, Ordering::SeqCst);
+                let (open, opened) = &*gate;
+                let mut open = open.lock().unwrap();
+                while !*open {
+                    open = opened.wait(open).unwrap();
+                }
+                sizes.lock().unwrap().push(writes.len());
+                Ok(writes
+                    .iter()
+                    .map(|w| {
+                        let GroupedWrite::Pending { record, .. } = w else {
+                            unreachable!("only pending writes here")
+                        };
+                        Ok(Applied {
+                            audit: AuditRecord {
+                                seq: 0,
+                                at: 0,
+                                actor: String::new(),
+                                action: String::new(),
+                                object: record.serial.clone(),
+                                details: String::new(),
+                                tenant: None,
+                                prev_hash: Vec::new(),
+                                hash: Vec::new(),
+                            },
+                            first_seen: None,
+                        })
+                    })
+                    .collect())
+            })
+        };
+        let handed_in = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            let first = s.spawn(|| commits.write(pending("00")));
+            while !entered.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let writers: Vec<_> = (1..10)
+                .map(|i| {
+                    let (commits, handed_in) = (&commits, &handed_in);
+                    s.spawn(move || {
+                        handed_in.fetch_add(1, Ordering::SeqCst);
+                        commits.write(pending(&format!("{i:02}")))
+                    })
+                })
+                .collect();
+            while handed_in.load(Ordering::SeqCst) < 9 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            // Each writer sends right after counting itself; give the last ones time to.
+            std::thread::sleep(Duration::from_millis(200));
+            let (open, opened) = &*gate;
+            *open.lock().unwrap() = true;
+            opened.notify_all();
+            // Each caller gets its own write's answer.
+            assert_eq!(first.join().unwrap().unwrap().audit.object, "00");
+            for (i, w) in writers.into_iter().enumerate() {
+                let answer = w.join().unwrap().unwrap();
+                assert_eq!(answer.audit.object, format!("{:02}", i + 1));
+            }
+        });
+        let sizes = sizes.lock().unwrap().clone();
+        assert_eq!(sizes.iter().sum::<usize>(), 10, "{sizes:?}");
+        assert_eq!(
+            sizes[0], 1,
+            "the first write was committed alone: {sizes:?}"
+        );
+        assert_eq!(
+            sizes[1..],
+            [9],
+            "the nine waiting writes make one group: {sizes:?}"
+        );
     }
 
     #[test]
