@@ -266,28 +266,29 @@ impl GroupTransaction for Transaction<'_> {
                                 column: &str,
                                 value: &str|
              -> Result<()> {
-                let earlier = tx
+                // One statement (one round trip) in the common case, as in the SQLite store.
+                let recorded = tx
                     .query_opt(
                         &format!(
-                            "SELECT first_seen FROM {table} WHERE signer = $1 AND {column} = $2"
+                            "INSERT INTO {table} (signer, {column}, first_seen) VALUES ($1, $2, $3)
+                             ON CONFLICT (signer, {column}) DO UPDATE SET first_seen = excluded.first_seen
+                             WHERE {table}.first_seen <= $4
+                             RETURNING first_seen"
                         ),
-                        &[&g.signer, &value],
+                        &[&g.signer, &value, &at, &cutoff],
                     )
                     .map_err(map_err)?;
-                match earlier.as_ref().map(|r| col::<i64>(r, 0)).transpose()? {
-                    Some(t) if t > cutoff => {
-                        first_seen = Some(first_seen.map_or(t, |f: i64| f.min(t)));
-                    }
-                    _ => {
-                        tx.execute(
+                if recorded.is_none() {
+                    let earlier = tx
+                        .query_one(
                             &format!(
-                                "INSERT INTO {table} (signer, {column}, first_seen) VALUES ($1, $2, $3)
-                                 ON CONFLICT (signer, {column}) DO UPDATE SET first_seen = excluded.first_seen"
+                                "SELECT first_seen FROM {table} WHERE signer = $1 AND {column} = $2"
                             ),
-                            &[&g.signer, &value, &at],
+                            &[&g.signer, &value],
                         )
                         .map_err(map_err)?;
-                    }
+                    let t = col::<i64>(&earlier, 0)?;
+                    first_seen = Some(first_seen.map_or(t, |f: i64| f.min(t)));
                 }
                 Ok(())
             };

@@ -314,29 +314,30 @@ impl GroupTransaction for Transaction<'_> {
         if let Some(g) = guard {
             let cutoff = at - window_secs;
             let mut remember = |table: &str, column: &str, value: &str| -> Result<()> {
-                // Cached statements: every verification runs these two (parsing the SQL again
-                // each time showed in the verification profile).
-                let earlier: Option<i64> = tx
+                // One statement in the common case (a key not seen within the window): it is
+                // recorded, or an expired sighting replaced, and RETURNING says so. Only a
+                // replay reads the earlier time. Cached statements: every verification runs
+                // this (parsing the SQL again each time showed in the verification profile).
+                let recorded: Option<i64> = tx
                     .prepare_cached(&format!(
-                        "SELECT first_seen FROM {table} WHERE signer = ?1 AND {column} = ?2"
+                        "INSERT INTO {table} (signer, {column}, first_seen) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (signer, {column}) DO UPDATE SET first_seen = excluded.first_seen
+                         WHERE {table}.first_seen <= ?4
+                         RETURNING first_seen"
                     ))
                     .and_then(|mut st| {
-                        st.query_row(params![g.signer, value], |r| r.get(0))
+                        st.query_row(params![g.signer, value, at, cutoff], |r| r.get(0))
                             .optional()
                     })
                     .map_err(map_err)?;
-                match earlier {
-                    Some(t) if t > cutoff => {
-                        first_seen = Some(first_seen.map_or(t, |f: i64| f.min(t)));
-                    }
-                    _ => {
-                        tx.prepare_cached(&format!(
-                            "INSERT INTO {table} (signer, {column}, first_seen) VALUES (?1, ?2, ?3)
-                             ON CONFLICT (signer, {column}) DO UPDATE SET first_seen = excluded.first_seen"
+                if recorded.is_none() {
+                    let t: i64 = tx
+                        .prepare_cached(&format!(
+                            "SELECT first_seen FROM {table} WHERE signer = ?1 AND {column} = ?2"
                         ))
-                        .and_then(|mut st| st.execute(params![g.signer, value, at]))
+                        .and_then(|mut st| st.query_row(params![g.signer, value], |r| r.get(0)))
                         .map_err(map_err)?;
-                    }
+                    first_seen = Some(first_seen.map_or(t, |f: i64| f.min(t)));
                 }
                 Ok(())
             };
