@@ -509,3 +509,44 @@ fn a_call_that_never_returns_does_not_keep_the_hsm_layer_from_re_initializing() 
     hsm.sign_p256_sha256(&key, b"settled")
         .expect("signs after the stuck call ends");
 }
+
+/// Every session taken (here by a call that does not return) is load, not a failed module: a
+/// caller that finds none within the session wait is refused as unavailable, and the context
+/// is neither finalized nor rebuilt; the next caller after the session comes back is served.
+#[test]
+fn every_session_busy_is_refused_as_load_and_leaves_the_module_up() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let f = fixture();
+    let config = signet::config::Config::load(&f.config).expect("fixture config loads");
+    // SAFETY of set_var: the drills run one at a time; their servers get their own environment.
+    std::env::set_var("SOFTHSM2_CONF", &f.softhsm2_conf);
+    let hsm = signet::hsm::Hsm::open(signet::hsm::HsmConfig {
+        sessions: 1,
+        checkout_timeout: Duration::from_millis(100),
+        call_timeout: CALL_TIMEOUT,
+        ..config.hsm_config()
+    })
+    .expect("the fixture's token opens");
+    let key = format!("{}-audit", config.ca.key_prefix);
+    hsm.sign_p256_sha256(&key, b"before").expect("signs");
+    let recoveries = hsm.stats().recoveries;
+
+    let held = hsm.fault_hold_call().expect("the only session, held");
+    let sent = Instant::now();
+    let refused = hsm
+        .sign_p256_sha256(&key, b"no session")
+        .expect_err("no session within the session wait");
+    assert!(refused.is_unavailable(), "{refused}");
+    assert!(
+        sent.elapsed() < CALL_TIMEOUT,
+        "refused at the session wait, not the call timeout"
+    );
+    drop(held);
+    hsm.sign_p256_sha256(&key, b"after")
+        .expect("served once the session is back");
+    assert_eq!(
+        hsm.stats().recoveries,
+        recoveries,
+        "the module was not re-initialized"
+    );
+}

@@ -92,9 +92,12 @@ impl Workers {
         match rx.recv_timeout(timeout) {
             Ok(v) => Ok(v),
             Err(RecvTimeoutError::Timeout) => {
+                // Answered at the deadline: take it.
+                if let Ok(v) = rx.try_recv() {
+                    return Ok(v);
+                }
                 let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
                 match state.swap(GIVEN_UP, Ordering::SeqCst) {
-                    // Answered at the deadline: take it.
                     DONE => rx.try_recv().map_err(|_| NoAnswer::Panicked),
                     RUNNING => {
                         q.threads -= 1;
@@ -102,7 +105,12 @@ impl Workers {
                         self.shared.start_thread_if_needed(&mut q);
                         Err(NoAnswer::TimedOut)
                     }
-                    _ => Err(NoAnswer::TimedOut),
+                    _ => {
+                        // Still queued: taken out, so that a pool with no thread to spare
+                        // does not pile up jobs nobody waits for.
+                        q.jobs.retain(|(_, s)| !Arc::ptr_eq(s, &state));
+                        Err(NoAnswer::TimedOut)
+                    }
                 }
             }
             Err(RecvTimeoutError::Disconnected) => Err(NoAnswer::Panicked),
@@ -128,7 +136,11 @@ impl Shared {
                 .name("signet-hsm".into())
                 .spawn(move || worker(shared));
             match spawned {
-                Ok(handle) => q.handles.push(handle),
+                Ok(handle) => {
+                    // Threads that ended (back from a stuck call to a full pool) are let go.
+                    q.handles.retain(|h| !h.is_finished());
+                    q.handles.push(handle);
+                }
                 Err(_) => q.threads -= 1,
             }
         } else {
@@ -277,6 +289,32 @@ mod tests {
         // The late thread found the pool full (the replacement is idle there) and ended.
         assert_eq!(w.census(), (1, 0));
         assert_eq!(w.run(Duration::from_secs(1), || 2), Ok(2));
+    }
+
+    #[test]
+    fn a_job_given_up_before_it_started_leaves_the_queue() {
+        let w = Workers::new(1);
+        let r = w.run(Duration::from_millis(20), || {
+            std::thread::sleep(Duration::from_millis(300));
+        });
+        assert_eq!(r, Err(NoAnswer::TimedOut));
+        // The replacement thread is stuck too; the pool is full (1 + 1): these only queue.
+        let _ = w.run(Duration::from_millis(20), || {
+            std::thread::sleep(Duration::from_millis(300));
+        });
+        for _ in 0..5 {
+            assert_eq!(
+                w.run(Duration::from_millis(10), || ()),
+                Err(NoAnswer::TimedOut)
+            );
+        }
+        assert_eq!(w.shared.queue.lock().unwrap().jobs.len(), 0);
+        std::thread::sleep(Duration::from_millis(400));
+        assert_eq!(
+            w.run(Duration::from_secs(1), || 5),
+            Ok(5),
+            "the pool works again"
+        );
     }
 
     #[test]

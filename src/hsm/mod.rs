@@ -130,6 +130,19 @@ enum State {
     },
 }
 
+/// Clears `State::Down::busy` when dropped: also when the thread that set it unwinds from a
+/// panic in the module's C_Initialize or C_Finalize, which would otherwise leave every later
+/// call refused. (Declared before the state's lock guard, so dropped after it.)
+struct ClearBusy<'a>(&'a Mutex<State>);
+
+impl Drop for ClearBusy<'_> {
+    fn drop(&mut self) {
+        if let State::Down { busy, .. } = &mut *self.0.lock().unwrap_or_else(|e| e.into_inner()) {
+            *busy = false;
+        }
+    }
+}
+
 static GENERATION: AtomicU64 = AtomicU64::new(1);
 
 /// Live contexts of this process: C_Finalize is called only when the last one goes, since the
@@ -353,22 +366,25 @@ impl Hsm {
         self.inner.fault_finalize_module();
     }
 
-    /// Test hook: a call that stays in the current context until the handle is dropped, as a
-    /// call into a network HSM's client may stay forever (see `Context::finalize`). `None`
-    /// when no context is up.
+    /// Test hook: a call that stays in the current context, on one of its sessions, until the
+    /// handle is dropped, as a call into a network HSM's client may stay forever (see
+    /// `Context::finalize`). `None` when no context is up or no session is free.
     #[doc(hidden)]
     pub fn fault_hold_call(&self) -> Option<HeldCall> {
         let ctx = match &*self.inner.state.lock().unwrap_or_else(|e| e.into_inner()) {
             State::Up(ctx) => ctx.clone(),
             State::Down { .. } => return None,
         };
+        let inner = self.inner.clone();
         let (release, released) = std::sync::mpsc::channel::<()>();
         let (entered, is_entered) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
-            let call = ctx.enter();
+            let lease = ctx.checkout(&inner.config).ok();
+            let call = lease.as_ref().and_then(|_| ctx.enter());
             let _ = entered.send(call.is_some());
             let _ = released.recv();
             drop(call);
+            drop(lease);
         });
         if is_entered.recv() != Ok(true) {
             drop(release);
@@ -401,6 +417,7 @@ impl Inner {
         let started = Instant::now();
         let raw = self.with_session(Some(key), |ctx, s| {
             let handle = ctx.private_key(s, key)?;
+            ctx.alive()?;
             s.sign(&Mechanism::Ecdsa, handle, digest)
                 .map_err(|e| map_err(&ctx.token_label, Some(key), e))
         })?;
@@ -429,6 +446,7 @@ impl Inner {
                 token: ctx.token_label.clone(),
                 key: key.into(),
             })?;
+            ctx.alive()?;
             let attrs = s
                 .get_attributes(handle, &[AttributeType::EcPoint])
                 .map_err(|e| map_err(&ctx.token_label, Some(key), e))?;
@@ -490,6 +508,7 @@ impl Inner {
                 Attribute::Label(key.as_bytes().to_vec()),
                 Attribute::Id(id),
             ];
+            ctx.alive()?;
             s.generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)
                 .map_err(|e| map_err(&ctx.token_label, Some(key), e))?;
             Ok(())
@@ -572,6 +591,14 @@ impl Inner {
             let ctx = self.context()?;
             let mut lease = match ctx.checkout(&self.config) {
                 Ok(l) => l,
+                // Every session busy is load, not a failed module: the context stays.
+                Err(e @ HsmError::Unavailable { .. }) => {
+                    if ctx.dead.load(Ordering::SeqCst) {
+                        last_error = Some(e);
+                        continue; // finalized under us: try the next context
+                    }
+                    return Err(e);
+                }
                 Err(e) if e.class() == FailureClass::Module => {
                     self.mark_down(&ctx, &e);
                     last_error = Some(e);
@@ -642,6 +669,7 @@ impl Inner {
                 }
             }
         };
+        let _clear = ClearBusy(&self.state);
         // Outside the lock: a network HSM's C_Initialize may take as long as its server likes.
         let built = Context::build(&self.config);
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -688,12 +716,9 @@ impl Inner {
             busy: true,
         };
         drop(state);
+        let _clear = ClearBusy(&self.state);
         // Outside the lock: finalize waits for the calls still in the failed module.
         failed.finalize(self.config.finalize_wait());
-        if let State::Down { busy, .. } = &mut *self.state.lock().unwrap_or_else(|e| e.into_inner())
-        {
-            *busy = false;
-        }
     }
 }
 
@@ -760,6 +785,7 @@ impl Context {
         let auth = AuthPin::from(pin.as_str());
         drop(pin);
         let session = self.login_session.lock().unwrap_or_else(|e| e.into_inner());
+        self.alive()?; // it may have been finalized while this waited for the session
         match session.login(UserType::User, Some(&auth)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
             Err(CkError::Pkcs11(
@@ -784,6 +810,7 @@ impl Context {
         };
         {
             let mut session = self.login_session.lock().unwrap_or_else(|e| e.into_inner());
+            self.alive()?; // it may have been finalized while this waited for the session
             if session.get_session_info().is_err() {
                 // Forgotten, not closed: it is already gone.
                 *session = self
@@ -799,6 +826,7 @@ impl Context {
         let deadline = Instant::now() + config.checkout_timeout;
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
         loop {
+            self.alive()?;
             if let Some(session) = pool.idle.pop() {
                 return Ok(Lease {
                     ctx: self.clone(),
@@ -825,6 +853,8 @@ impl Context {
                     Err(e) => {
                         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
                         pool.open -= 1;
+                        drop(pool);
+                        self.pool_freed.notify_one();
                         Err(e)
                     }
                 };
@@ -883,6 +913,16 @@ impl Context {
         (!self.dead.load(Ordering::SeqCst)).then_some(call)
     }
 
+    /// Checked between the calls of one operation: a context finalized meanwhile (under a
+    /// call that outlived the call timeout) gets no further call, whose handles might by now
+    /// belong to the next context.
+    fn alive(&self) -> Result<(), HsmError> {
+        if self.dead.load(Ordering::SeqCst) {
+            return Err(self.finalized());
+        }
+        Ok(())
+    }
+
     /// What a caller is told when the context it holds was finalized under it.
     fn finalized(&self) -> HsmError {
         HsmError::Unavailable {
@@ -921,6 +961,8 @@ impl Context {
             .unwrap_or_else(|e| e.into_inner())
             .idle
             .clear();
+        // Callers waiting for a session learn that there will be none.
+        self.pool_freed.notify_all();
         if LIVE_CONTEXTS.fetch_sub(1, Ordering::SeqCst) == 1 {
             let _ = self.pkcs11.clone().finalize();
         }
