@@ -295,12 +295,12 @@ mod tests {
     fn a_job_given_up_before_it_started_leaves_the_queue() {
         let w = Workers::new(1);
         let r = w.run(Duration::from_millis(20), || {
-            std::thread::sleep(Duration::from_millis(300));
+            std::thread::sleep(Duration::from_secs(1));
         });
         assert_eq!(r, Err(NoAnswer::TimedOut));
         // The replacement thread is stuck too; the pool is full (1 + 1): these only queue.
         let _ = w.run(Duration::from_millis(20), || {
-            std::thread::sleep(Duration::from_millis(300));
+            std::thread::sleep(Duration::from_secs(1));
         });
         for _ in 0..5 {
             assert_eq!(
@@ -309,7 +309,7 @@ mod tests {
             );
         }
         assert_eq!(w.shared.queue.lock().unwrap().jobs.len(), 0);
-        std::thread::sleep(Duration::from_millis(400));
+        std::thread::sleep(Duration::from_millis(1200));
         assert_eq!(
             w.run(Duration::from_secs(1), || 5),
             Ok(5),
