@@ -52,11 +52,16 @@ struct PolicyFile {
 pub struct AcceptedPolicy {
     pub oid: ObjectIdentifier,
     /// `oid` in dotted form, as every report that accepts it names it (formatted once).
-    pub oid_text: String,
+    oid_text: String,
     pub profile: Option<String>,
 }
 
 impl AcceptedPolicy {
+    /// The OID in dotted form.
+    pub fn oid_text(&self) -> &str {
+        &self.oid_text
+    }
+
     fn new(oid: ObjectIdentifier, profile: Option<String>) -> Self {
         AcceptedPolicy {
             oid,

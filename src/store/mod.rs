@@ -276,6 +276,20 @@ pub struct Applied {
     pub first_seen: Option<i64>,
 }
 
+/// The `thumbprint` column of an issued certificate: hex SHA-256 of its DER, the key of
+/// [`Store::certificate_by_thumbprint`].
+pub(crate) fn thumbprint(cert_der: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(cert_der))
+}
+
+/// A signed certificate arrived for a record that is no longer pending (voided meanwhile).
+pub(crate) fn no_longer_pending(serial: &str) -> StoreError {
+    StoreError::Conflict(format!(
+        "certificate {serial} is no longer pending (voided by another process?)"
+    ))
+}
+
 /// The state rule of a revocation or hold, the same for every engine: only an issued
 /// certificate, and a revoked one only when it is on hold and the new reason is final (hold →
 /// revocation is allowed, RFC 5280 5.3.1).

@@ -14,7 +14,6 @@ use ::postgres::error::SqlState;
 use ::postgres::types::ToSql;
 use ::postgres::{NoTls, Row, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
-use sha2::Digest;
 use zeroize::Zeroizing;
 
 use super::group::GroupTransaction;
@@ -235,17 +234,12 @@ impl GroupTransaction for Transaction<'_> {
         event: &AuditEvent,
     ) -> Result<AuditRecord> {
         let tx = self;
-        let thumbprint = hex::encode(sha2::Sha256::digest(cert_der));
         update_one(
             tx,
             "UPDATE certificates SET status = 'issued', cert_der = $2, thumbprint = $3
              WHERE serial = $1 AND status = 'pending'",
-            &[&serial, &cert_der, &thumbprint],
-            || {
-                StoreError::Conflict(format!(
-                    "certificate {serial} is no longer pending (voided by another process?)"
-                ))
-            },
+            &[&serial, &cert_der, &super::thumbprint(cert_der)],
+            || super::no_longer_pending(serial),
         )?;
         append(tx, at, event)
     }

@@ -11,8 +11,6 @@ use rusqlite::{
     params, Connection, ErrorCode, OptionalExtension, Row, Transaction, TransactionBehavior,
 };
 
-use sha2::Digest;
-
 use super::group::GroupTransaction;
 use super::*;
 use crate::audit::{chain_hash, AuditEvent, AuditRecord, GENESIS};
@@ -286,18 +284,10 @@ impl GroupTransaction for Transaction<'_> {
                 "UPDATE certificates SET status = 'issued', cert_der = ?2, thumbprint = ?3
                  WHERE serial = ?1 AND status = 'pending'",
             )
-            .and_then(|mut st| {
-                st.execute(params![
-                    serial,
-                    cert_der,
-                    hex::encode(sha2::Sha256::digest(cert_der))
-                ])
-            })
+            .and_then(|mut st| st.execute(params![serial, cert_der, super::thumbprint(cert_der)]))
             .map_err(map_err)?;
         if n != 1 {
-            return Err(StoreError::Conflict(format!(
-                "certificate {serial} is no longer pending (voided by another process?)"
-            )));
+            return Err(super::no_longer_pending(serial));
         }
         append(tx, at, event)
     }

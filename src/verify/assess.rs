@@ -643,7 +643,7 @@ impl Verifier {
             .collect();
         match self.policy.accepts(&valid_policies) {
             Some(a) => {
-                summary.policy_oid = Some(a.oid_text.clone());
+                summary.policy_oid = Some(a.oid_text().to_string());
                 summary.profile = a.profile.clone();
                 summary.key_custody = a
                     .profile
@@ -653,7 +653,7 @@ impl Verifier {
                 v.check(
                     "certificate-policy",
                     true,
-                    format!("{} is accepted for payments", a.oid_text),
+                    format!("{} is accepted for payments", a.oid_text()),
                 );
             }
             None => v.fail(
