@@ -1175,3 +1175,29 @@ fn map_err(token: &str, key: Option<&str>, e: CkError) -> HsmError {
 fn function_name(f: Function) -> String {
     format!("C_{f:?}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::panic::AssertUnwindSafe;
+
+    fn busy(state: &Mutex<State>) -> bool {
+        matches!(&*state.lock().unwrap(), State::Down { busy: true, .. })
+    }
+
+    #[test]
+    fn a_thread_that_panics_while_busy_leaves_the_layer_free_to_try_again() {
+        let state = Mutex::new(State::Down {
+            reason: "test".into(),
+            next_attempt: Instant::now(),
+            backoff: FIRST_BACKOFF,
+            busy: true,
+        });
+        let unwound = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let _clear = ClearBusy(&state);
+            panic!("the module's C_Initialize panicked");
+        }));
+        assert!(unwound.is_err());
+        assert!(!busy(&state), "busy cleared on unwind");
+    }
+}
