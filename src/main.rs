@@ -165,12 +165,15 @@ enum Command {
         /// File holding a gateway bearer token (for the verification scenario).
         #[arg(long)]
         gateway_token_file: Option<PathBuf>,
-        /// Scenarios, comma-separated: issuance, verification, ocsp, mixed.
+        /// Scenarios, comma-separated: issuance, verification, verification-batch, ocsp, mixed.
         #[arg(long, default_value = "issuance,ocsp", value_delimiter = ',')]
         scenario: Vec<String>,
         /// Concurrent clients (one keep-alive connection each).
         #[arg(long, default_value_t = 8)]
         clients: usize,
+        /// Instructions per request of the verification-batch scenario (1 to 64).
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
         /// Seconds per measurement.
         #[arg(long, default_value_t = 10.0)]
         duration: f64,
@@ -814,6 +817,7 @@ fn bench(command: Command) -> Result<(), Failure> {
         gateway_token_file,
         scenario,
         clients,
+        batch,
         duration,
         warmup,
         rounds,
@@ -836,7 +840,7 @@ fn bench(command: Command) -> Result<(), Failure> {
     for s in &scenario {
         scenarios.push(Scenario::parse(s.trim()).ok_or_else(|| {
             usage(format!(
-                "unknown scenario {s:?} (issuance, verification, ocsp, mixed)"
+                "unknown scenario {s:?} (issuance, verification, verification-batch, ocsp, mixed)"
             ))
         })?);
     }
@@ -855,6 +859,7 @@ fn bench(command: Command) -> Result<(), Failure> {
         gateway_token_file,
         scenarios,
         clients,
+        batch,
         duration: seconds("duration", duration)?,
         warmup: seconds("warmup", warmup)?,
         rounds,

@@ -1055,6 +1055,135 @@ fn unparseable_signature_is_a_200_format_failure_but_bad_base64_is_a_400() {
 }
 
 #[test]
+fn a_batch_gets_one_report_per_instruction_in_order_each_replay_guarded_and_audited() {
+    let (banks, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let f = fixture();
+    let gateway = new_credential(f, "Bank A", "gateway");
+    let instruction = format!(
+        r#"{{"instruction_id":"BATCH-{}","amount":"12.00"}}"#,
+        next_id()
+    );
+    let changed = instruction.replace("12.00", "99.00");
+    let (_, sig) = gateway_signature(f, instruction.as_bytes());
+    let before = get(s, "/v1/audit-events?since=0", Some(&banks.a_auditor)).json()["events"]
+        .as_array()
+        .and_then(|e| e.last().map(|e| e["seq"].as_u64().unwrap()))
+        .unwrap_or(0);
+    let item = |text: &str, receipt: bool| json!({"instruction": base64_std(text.as_bytes()), "signature": base64_std(&sig), "receipt": receipt});
+    let r = post_json(
+        s,
+        "/v1/verifications/batch",
+        Some(&gateway),
+        &json!({"items": [item(&instruction, true), item(&changed, false), item(&instruction, false)]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let results = r.json()["results"].as_array().unwrap().clone();
+    let verdict = |v: &Value| {
+        (
+            v["indication"].as_str().unwrap_or("").to_string(),
+            v["sub_indication"].as_str().unwrap_or("").to_string(),
+        )
+    };
+    assert_eq!(results.len(), 3);
+    assert_eq!(verdict(&results[0]), ("TOTAL_PASSED".into(), "".into()));
+    assert_eq!(
+        verdict(&results[1]),
+        ("TOTAL_FAILED".into(), "HASH_FAILURE".into())
+    );
+    // The same instruction again, later in the same batch: a replay of the first.
+    assert_eq!(
+        verdict(&results[2]),
+        ("INDETERMINATE".into(), "SIG_CONSTRAINTS_FAILURE".into()),
+        "{}",
+        results[2]
+    );
+    assert!(
+        results[2]["signers"][0]["replay"]["first_seen"].is_string(),
+        "{}",
+        results[2]
+    );
+    // Only the item that asked for a receipt has one, and it verifies with OpenSSL.
+    assert!(results[1].get("receipt").is_none() && results[2].get("receipt").is_none());
+    let receipt = f.path("batch-receipt.der");
+    std::fs::write(
+        &receipt,
+        base64_decode(results[0]["receipt"].as_str().unwrap()),
+    )
+    .unwrap();
+    f.openssl_cms_verify(&receipt).assert_ok();
+    // One audit event per instruction, in the batch's order.
+    let digest = |text: &str| {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(text.as_bytes()))
+    };
+    let events = get(
+        s,
+        &format!("/v1/audit-events?since={before}"),
+        Some(&banks.a_auditor),
+    )
+    .json()["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "signature.verify")
+        .map(|e| e["object"].as_str().unwrap().to_string())
+        .filter(|o| *o == digest(&instruction) || *o == digest(&changed))
+        .collect::<Vec<_>>();
+    assert_eq!(
+        events,
+        [digest(&instruction), digest(&changed), digest(&instruction)]
+    );
+}
+
+#[test]
+fn a_batch_too_large_or_with_bad_base64_is_refused_whole_naming_the_item() {
+    let (_, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let f = fixture();
+    let gateway = new_credential(f, "Bank A", "gateway");
+    let item = json!({"instruction": "AAAA", "signature": "AAAA"});
+    let empty = post_json(
+        s,
+        "/v1/verifications/batch",
+        Some(&gateway),
+        &json!({"items": []}),
+    );
+    assert_eq!(
+        (empty.status, empty.code().as_str()),
+        (400, "invalid_batch")
+    );
+    let many = vec![item.clone(); 65];
+    let r = post_json(
+        s,
+        "/v1/verifications/batch",
+        Some(&gateway),
+        &json!({"items": many}),
+    );
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (400, "invalid_batch"),
+        "{}",
+        r.body
+    );
+    let bad = post_json(
+        s,
+        "/v1/verifications/batch",
+        Some(&gateway),
+        &json!({"items": [item, {"instruction": "AAAA", "signature": "***"}]}),
+    );
+    assert_eq!((bad.status, bad.code().as_str()), (400, "invalid_request"));
+    assert!(
+        bad.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("items[1].signature"),
+        "{}",
+        bad.body
+    );
+}
+
+#[test]
 fn only_gateways_verify() {
     let (banks, guard) = server();
     let s = guard.as_ref().unwrap();

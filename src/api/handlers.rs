@@ -367,39 +367,50 @@ fn verify_failure(e: crate::verify::VerifyError) -> ApiError {
     )
 }
 
-/// `POST /v1/verifications`: the report (200) for anything well formed, even a signature that
-/// does not parse.
-pub async fn verify_signature(
-    State(state): State<Shared>,
-    Caller(who): Caller,
-    ApiJson(body): ApiJson<VerificationBody>,
-) -> Result<Response, ApiError> {
-    let instruction = decode_b64("instruction", &body.instruction)?;
-    let signature = if body.signature.trim_start().starts_with("-----BEGIN")
-        || body.signature.trim_start().starts_with('{')
-        || body.signature.contains('.')
-    {
-        body.signature.clone().into_bytes()
-    } else {
-        decode_b64("signature", &body.signature)?
-    };
-    let want_receipt = body.receipt;
-    blocking(move || {
-        state.signet.registrar.authorize_verification(&who)?;
-        let verifier = state
-            .signet
-            .verifier
-            .as_ref()
-            .ok_or_else(verifier_unavailable)?;
-        let report = verifier
-            .verify(&instruction, &signature, &who.actor(), Some(&who.tenant.id))
-            .map_err(verify_failure)?;
-        if !want_receipt {
-            // Serialized once, straight to the body.
-            return Ok(Json(report).into_response());
+/// An instruction and its signature from a request body, decoded.
+struct PresentedBody {
+    instruction: Vec<u8>,
+    signature: Vec<u8>,
+    receipt: bool,
+}
+
+impl PresentedBody {
+    /// `at` names the body's place in error messages ("" for a single verification,
+    /// "items[3]." in a batch).
+    fn decode(body: VerificationBody, at: &str) -> Result<PresentedBody, ApiError> {
+        let instruction = decode_b64(&format!("{at}instruction"), &body.instruction)?;
+        let signature = if body.signature.trim_start().starts_with("-----BEGIN")
+            || body.signature.trim_start().starts_with('{')
+            || body.signature.contains('.')
+        {
+            body.signature.into_bytes()
+        } else {
+            decode_b64(&format!("{at}signature"), &body.signature)?
+        };
+        Ok(PresentedBody {
+            instruction,
+            signature,
+            receipt: body.receipt,
+        })
+    }
+
+    fn presented(&self) -> crate::verify::Presented<'_> {
+        crate::verify::Presented {
+            instruction: &self.instruction,
+            signature: &self.signature,
         }
-        let mut value = serde_json::to_value(&report).unwrap_or_default();
-        let receipt = crate::app::make_receipt(&state.signet, &value).map_err(|e| {
+    }
+}
+
+/// A report as the API answers it: serialized once, with the receipt over it if asked for.
+fn report_body(
+    signet: &crate::app::Signet,
+    report: &crate::verify::Report,
+    want_receipt: bool,
+) -> Result<Value, ApiError> {
+    let mut value = serde_json::to_value(report).unwrap_or_default();
+    if want_receipt {
+        let receipt = crate::app::make_receipt(signet, &value).map_err(|e| {
             tracing::error!(error = %e, "receipt");
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -408,7 +419,114 @@ pub async fn verify_signature(
             )
         })?;
         value["receipt"] = Value::String(receipt);
-        Ok(Json(value).into_response())
+    }
+    Ok(value)
+}
+
+/// `POST /v1/verifications`: the report (200) for anything well formed, even a signature that
+/// does not parse.
+pub async fn verify_signature(
+    State(state): State<Shared>,
+    Caller(who): Caller,
+    ApiJson(body): ApiJson<VerificationBody>,
+) -> Result<Response, ApiError> {
+    let item = PresentedBody::decode(body, "")?;
+    blocking(move || {
+        state.signet.registrar.authorize_verification(&who)?;
+        let verifier = state
+            .signet
+            .verifier
+            .as_ref()
+            .ok_or_else(verifier_unavailable)?;
+        let report = verifier
+            .verify(
+                &item.instruction,
+                &item.signature,
+                &who.actor(),
+                Some(&who.tenant.id),
+            )
+            .map_err(verify_failure)?;
+        if !item.receipt {
+            // Serialized once, straight to the body.
+            return Ok(Json(report).into_response());
+        }
+        Ok(Json(report_body(&state.signet, &report, true)?).into_response())
+    })
+    .await
+}
+
+/// Most instructions one batch may hold (its body is bounded by the API's body limit too).
+pub const MAX_BATCH_ITEMS: usize = 64;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerificationBatchBody {
+    items: Vec<VerificationBody>,
+}
+
+/// `POST /v1/verifications/batch`: `{"results": [...]}`, one per item in order: its report
+/// (as `POST /v1/verifications` answers it), or `{"error": ...}` for an item whose record
+/// could not be written (the others stand; retry that one).
+pub async fn verify_signatures(
+    State(state): State<Shared>,
+    Caller(who): Caller,
+    ApiJson(body): ApiJson<VerificationBatchBody>,
+) -> Result<Response, ApiError> {
+    if body.items.is_empty() || body.items.len() > MAX_BATCH_ITEMS {
+        return Err(ApiError::bad_request(
+            "invalid_batch",
+            format!(
+                "a batch holds 1 to {MAX_BATCH_ITEMS} items; this one has {}",
+                body.items.len()
+            ),
+        ));
+    }
+    let items = body
+        .items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| PresentedBody::decode(item, &format!("items[{i}].")))
+        .collect::<Result<Vec<_>, _>>()?;
+    blocking(move || {
+        state.signet.registrar.authorize_verification(&who)?;
+        let verifier = state
+            .signet
+            .verifier
+            .as_ref()
+            .ok_or_else(verifier_unavailable)?;
+        let presented: Vec<_> = items.iter().map(PresentedBody::presented).collect();
+        let reports = verifier.verify_batch(&presented, &who.actor(), Some(&who.tenant.id));
+        // Written straight to the body, each report serialized once (a JSON tree of a whole
+        // batch's reports showed in the profile).
+        let mut body = Vec::with_capacity(items.len() * 4096);
+        body.extend_from_slice(b"{\"results\":[");
+        for (i, (report, item)) in reports.into_iter().zip(&items).enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            let written = match report.map_err(verify_failure) {
+                Ok(r) if !item.receipt => serde_json::to_writer(&mut body, &r),
+                Ok(r) => match report_body(&state.signet, &r, true) {
+                    Ok(v) => serde_json::to_writer(&mut body, &v),
+                    Err(e) => serde_json::to_writer(&mut body, &e.body()),
+                },
+                Err(e) => serde_json::to_writer(&mut body, &e.body()),
+            };
+            written.map_err(|e| {
+                tracing::error!(error = %e, "cannot write a report");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the reports could not be written",
+                )
+            })?;
+        }
+        body.extend_from_slice(b"]}");
+        Ok((
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response())
     })
     .await
 }
@@ -632,6 +750,10 @@ pub fn decode_request_bodies(body: &[u8]) -> Vec<(&'static str, Result<(), ApiEr
         ),
         ("POST /v1/teller-requests", one::<TellerRequestBody>(body)),
         ("POST /v1/verifications", one::<VerificationBody>(body)),
+        (
+            "POST /v1/verifications/batch",
+            one::<VerificationBatchBody>(body),
+        ),
         (
             "POST /v1/verifications/certificate",
             one::<CertificateValidationBody>(body),

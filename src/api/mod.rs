@@ -4,6 +4,7 @@
 
 mod error;
 mod handlers;
+pub use handlers::MAX_BATCH_ITEMS;
 mod metrics;
 mod openapi;
 mod publish;
@@ -243,6 +244,7 @@ pub fn router(state: Shared) -> Router {
         )
         .route("/v1/audit-events", get(handlers::audit_events))
         .route("/v1/verifications", post(handlers::verify_signature))
+        .route("/v1/verifications/batch", post(handlers::verify_signatures))
         .route("/v1/tellers", post(handlers::add_teller))
         .route("/v1/teller-keys", post(handlers::request_teller_key))
         .route("/v1/signing-keys", get(handlers::signing_keys))

@@ -52,6 +52,14 @@ pub const V1_ROUTES: &[Route] = &[
     ),
     route(
         "post",
+        "/v1/verifications/batch",
+        "Verify up to 64 signed payment instructions in one request: each its own report, replay guard, audit event and optional receipt",
+        "gateway",
+        Some("VerificationBatchRequest"),
+        "200",
+    ),
+    route(
+        "post",
         "/v1/verifications/certificate",
         "Validate a certificate alone",
         "gateway",
@@ -164,6 +172,13 @@ fn schemas() -> Value {
                 "instruction": {"type": "string", "description": "the instruction bytes, base64"},
                 "signature": {"type": "string", "description": "CMS SignedData as base64 DER or PEM, or a JWS (compact or JSON)"},
                 "receipt": {"type": "boolean", "default": false, "description": "add a CMS receipt signed by Signet over the report (RFC 8785)"}
+            }
+        },
+        "VerificationBatchRequest": {
+            "type": "object", "required": ["items"], "additionalProperties": false,
+            "properties": {
+                "items": {"type": "array", "minItems": 1, "maxItems": 64, "items": {"$ref": "#/components/schemas/VerificationRequest"},
+                          "description": "answered in order as {\"results\": [...]}: each a report (with its receipt if asked for), or {\"error\": {code, message}} if its record could not be written (retry that one)"}
             }
         },
         "CertificateValidationRequest": {

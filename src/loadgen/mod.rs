@@ -53,6 +53,8 @@ pub enum Scenario {
     Issuance,
     /// `POST /v1/verifications` of a fresh CMS-signed instruction each time.
     Verification,
+    /// `POST /v1/verifications/batch` of fresh CMS-signed instructions (`--batch` per request).
+    VerificationBatch,
     /// `POST /ocsp` for the serial issued during setup, no nonce.
     Ocsp,
     /// Per client, in turn: one issuance, one verification (with a gateway token), three OCSP.
@@ -64,6 +66,7 @@ impl Scenario {
         match s {
             "issuance" => Some(Scenario::Issuance),
             "verification" => Some(Scenario::Verification),
+            "verification-batch" => Some(Scenario::VerificationBatch),
             "ocsp" => Some(Scenario::Ocsp),
             "mixed" => Some(Scenario::Mixed),
             _ => None,
@@ -74,6 +77,7 @@ impl Scenario {
         match self {
             Scenario::Issuance => "issuance",
             Scenario::Verification => "verification",
+            Scenario::VerificationBatch => "verification-batch",
             Scenario::Ocsp => "ocsp",
             Scenario::Mixed => "mixed",
         }
@@ -91,6 +95,8 @@ pub struct Options {
     pub gateway_token_file: Option<PathBuf>,
     pub scenarios: Vec<Scenario>,
     pub clients: usize,
+    /// Instructions per request of the verification-batch scenario.
+    pub batch: usize,
     pub duration: Duration,
     pub warmup: Duration,
     /// Repetitions of the whole set (medians are reported).
@@ -120,7 +126,10 @@ pub struct Latency {
 #[derive(Debug, Clone, Default)]
 pub struct Measurement {
     pub label: String,
+    /// Requests served as expected.
     pub ok: u64,
+    /// What those requests carried: instructions for a batch, else one per request.
+    pub items: u64,
     pub seconds: f64,
     pub latency: Latency,
     /// Failed requests by kind (`status 503`, `transport`, `check`).
@@ -128,9 +137,10 @@ pub struct Measurement {
 }
 
 impl Measurement {
+    /// Items (requests, or a batch's instructions) served per second.
     pub fn rate(&self) -> f64 {
         if self.seconds > 0.0 {
-            self.ok as f64 / self.seconds
+            self.items as f64 / self.seconds
         } else {
             0.0
         }
@@ -165,6 +175,8 @@ enum Expect {
     CfsslSuccess,
     OcspSuccessful,
     TotalPassed,
+    /// A batch's answer: this many results, every one TOTAL_PASSED.
+    AllPassed(usize),
 }
 
 /// How each request of a client is made.
@@ -173,6 +185,18 @@ enum Work {
     Fixed(Call, Expect),
     /// A verification: a fresh instruction, signed now.
     Verify(Arc<Verifying>),
+    /// A batch of this many verifications, each a fresh instruction signed now.
+    VerifyBatch(Arc<Verifying>, usize),
+}
+
+impl Work {
+    /// Instructions (or requests) one of these requests carries.
+    fn items(&self) -> u64 {
+        match self {
+            Work::VerifyBatch(_, n) => *n as u64,
+            _ => 1,
+        }
+    }
 }
 
 /// What a verification request is made of.
@@ -189,6 +213,27 @@ struct Verifying {
 
 impl Verifying {
     fn call(&self) -> Result<Call, String> {
+        Ok(self.post("/v1/verifications", self.item()?.to_string()))
+    }
+
+    fn batch_call(&self, n: usize) -> Result<Call, String> {
+        let items = (0..n).map(|_| self.item()).collect::<Result<Vec<_>, _>>()?;
+        let body = serde_json::json!({ "items": items });
+        Ok(self.post("/v1/verifications/batch", body.to_string()))
+    }
+
+    fn post(&self, path: &str, body: String) -> Call {
+        Call {
+            method: hyper::Method::POST,
+            path: path.into(),
+            content_type: Some("application/json"),
+            authorization: Some(self.authorization.clone()),
+            body: Bytes::from(body),
+        }
+    }
+
+    /// One verification request's body: a fresh instruction, CMS-signed (detached) now.
+    fn item(&self) -> Result<serde_json::Value, String> {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let instruction = serde_json::json!({
             "instruction_id": format!("bench-{}-{n}", self.run),
@@ -213,17 +258,10 @@ impl Verifying {
             },
         )?;
         let b64 = base64::engine::general_purpose::STANDARD;
-        let body = serde_json::json!({
+        Ok(serde_json::json!({
             "instruction": b64.encode(instruction.as_bytes()),
             "signature": b64.encode(cms),
-        });
-        Ok(Call {
-            method: hyper::Method::POST,
-            path: "/v1/verifications".into(),
-            content_type: Some("application/json"),
-            authorization: Some(self.authorization.clone()),
-            body: Bytes::from(body.to_string()),
-        })
+        }))
     }
 }
 
@@ -384,6 +422,11 @@ fn check(expect: Expect, status: u16, body: &[u8]) -> Result<(), String> {
                     .is_ok_and(|r| r.response_status == OcspResponseStatus::Successful)
         }
         Expect::TotalPassed => status == 200 && contains(body, b"\"indication\":\"TOTAL_PASSED\""),
+        Expect::AllPassed(n) => {
+            status == 200
+                && batch_verdicts(body)
+                    .is_ok_and(|v| v.len() == n && v.iter().all(|i| i == "TOTAL_PASSED"))
+        }
     };
     if ok {
         Ok(())
@@ -402,13 +445,48 @@ fn check(expect: Expect, status: u16, body: &[u8]) -> Result<(), String> {
             v["indication"].as_str().unwrap_or("?"),
             v["sub_indication"].as_str().unwrap_or("")
         ))
+    } else if let Expect::AllPassed(n) = expect {
+        Err(match batch_verdicts(body) {
+            Ok(v) if v.len() != n => format!("{} results for {n} instructions", v.len()),
+            Ok(v) => format!(
+                "verdicts {}",
+                v.into_iter()
+                    .filter(|i| i != "TOTAL_PASSED")
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+            Err(e) => e,
+        })
     } else {
         Err("unexpected answer".into())
     }
 }
 
+/// The main indication of each result of a batch answer (`?` for an item that failed).
+fn batch_verdicts(body: &[u8]) -> Result<Vec<String>, String> {
+    // Typed, so that the rest of each report is skipped rather than built: the client shares
+    // the machine with the server it measures.
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        results: Vec<Indication>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Indication {
+        indication: Option<String>,
+    }
+    let answer: Answer = serde_json::from_slice(body)
+        .map_err(|_| "the batch answer is not a list of results".to_string())?;
+    Ok(answer
+        .results
+        .into_iter()
+        .map(|r| r.indication.unwrap_or_else(|| "?".into()))
+        .collect())
+}
+
 /// What the setup found out: the requests of each scenario.
 struct Plan {
+    /// Instructions per request of the verification-batch scenario.
+    batch: usize,
     issuance: Work,
     ocsp: Work,
     verification: Option<Work>,
@@ -427,6 +505,10 @@ impl Plan {
             Scenario::Issuance => vec![self.issuance.clone()],
             Scenario::Ocsp => vec![self.ocsp.clone()],
             Scenario::Verification => vec![self.verification.clone().ok_or_else(no_gateway)?],
+            Scenario::VerificationBatch => match &self.verification {
+                Some(Work::Verify(v)) => vec![Work::VerifyBatch(v.clone(), self.batch)],
+                _ => return Err(no_gateway()),
+            },
             Scenario::Mixed => {
                 let mut v = vec![self.issuance.clone()];
                 v.extend(self.verification.clone());
@@ -513,6 +595,7 @@ async fn plan(
         None => None,
     };
     Ok(Plan {
+        batch: options.batch,
         issuance: Work::Fixed(issue, Expect::Created),
         ocsp: Work::Fixed(ocsp, Expect::OcspSuccessful),
         verification,
@@ -539,6 +622,7 @@ async fn drive(
         tasks.push(tokio::spawn(async move {
             let mut lat: Vec<u32> = Vec::with_capacity(4096);
             let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+            let mut items = 0u64;
             let mut k = i;
             loop {
                 let work = &cycle[k % cycle.len()];
@@ -553,9 +637,16 @@ async fn drive(
                         Ok(call) => one(&mut conn, &call, Expect::TotalPassed).await,
                         Err(e) => Err(format!("cannot sign the instruction: {e}")),
                     },
+                    Work::VerifyBatch(v, n) => match v.batch_call(*n) {
+                        Ok(call) => one(&mut conn, &call, Expect::AllPassed(*n)).await,
+                        Err(e) => Err(format!("cannot sign the instructions: {e}")),
+                    },
                 };
                 match outcome {
-                    Ok(()) => lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32),
+                    Ok(()) => {
+                        lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                        items += work.items();
+                    }
                     Err(e) => {
                         let transport = e.starts_with("connection failed");
                         *errors.entry(e).or_default() += 1;
@@ -569,16 +660,18 @@ async fn drive(
                     }
                 }
             }
-            (lat, errors)
+            (lat, items, errors)
         }));
     }
     let mut lat = Vec::new();
+    let mut items = 0;
     let mut errors = BTreeMap::new();
     for t in tasks {
-        let (l, e) = t
+        let (l, n, e) = t
             .await
             .map_err(|e| LoadError::Transport(format!("a client task failed: {e}")))?;
         lat.extend(l);
+        items += n;
         for (k, v) in e {
             *errors.entry(k).or_default() += v;
         }
@@ -595,6 +688,7 @@ async fn drive(
     Ok(Measurement {
         label: label.to_string(),
         ok: lat.len() as u64,
+        items,
         seconds,
         latency: Latency {
             p50: pick(0.50),
@@ -699,6 +793,12 @@ pub fn run(options: &Options) -> Result<Report, LoadError> {
     }
     if options.scenarios.is_empty() {
         return Err(LoadError::Usage("name at least one --scenario".into()));
+    }
+    if !(1..=crate::api::MAX_BATCH_ITEMS).contains(&options.batch) {
+        return Err(LoadError::Usage(format!(
+            "--batch must be between 1 and {}",
+            crate::api::MAX_BATCH_ITEMS
+        )));
     }
     let target = Target::parse(&options.server)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -930,6 +1030,17 @@ impl Report {
                 out,
                 "verification / raw verify  {:>8.1}%   (target >= 50%: replay guard and audit included)",
                 100.0 * s / median(&self.raw_verify)
+            );
+        }
+        if let (Some(s), false) = (
+            self.rate("signet verification-batch"),
+            self.raw_verify.is_empty(),
+        ) {
+            let _ = writeln!(
+                out,
+                "batch verification / raw   {:>8.1}%   ({} instructions per request; replay guard and audit of each included)",
+                100.0 * s / median(&self.raw_verify),
+                options.batch
             );
         }
         if let (Some(s), Some(r)) = (self.rate("signet ocsp"), raw) {

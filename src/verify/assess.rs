@@ -25,7 +25,9 @@ use crate::audit::AuditEvent;
 use crate::ca::{Authority, IssuerId, HOLD_REASON_CODE};
 use crate::clock::Clock;
 use crate::policy::{KeyCustody, KeyType, KeyUsageBit, PolicyDigest, Profiles, SignaturePolicy};
-use crate::store::{CertStatus, GroupCommit, GroupedWrite, ReplayKeys, Store, VerificationEvent};
+use crate::store::{
+    Applied, CertStatus, GroupCommit, GroupedWrite, ReplayKeys, Store, VerificationEvent,
+};
 
 /// Certificates a signature carries that path building looks at.
 const MAX_CARRIED_CERTIFICATES: usize = 10;
@@ -196,11 +198,54 @@ impl Verifier {
         actor: &str,
         tenant: Option<&str>,
     ) -> Result<Report, VerifyError> {
+        let presented = Presented {
+            instruction,
+            signature,
+        };
+        self.verify_batch(&[presented], actor, tenant)
+            .pop()
+            .unwrap_or_else(|| Err(VerifyError::Setup("no report was made".into())))
+    }
+
+    /// Verifies several instructions for one caller: each gets its own report, replay-guard
+    /// keys and audit event, exactly as [`Verifier::verify`] would give it, in the order given
+    /// (an instruction presented twice in one batch is a replay the second time). Their
+    /// records are handed to the group committer together and share its transaction. An
+    /// instruction whose record could not be written gets its own error; the others stand.
+    pub fn verify_batch(
+        &self,
+        items: &[Presented<'_>],
+        actor: &str,
+        tenant: Option<&str>,
+    ) -> Vec<Result<Report, VerifyError>> {
         let now = self.clock.now();
-        let (evidence, digest) = match self.examine(instruction, signature) {
+        let mut writes = Vec::new();
+        let decided: Vec<Decided> = items
+            .iter()
+            .map(|item| self.decide(item, now, actor, tenant, &mut writes))
+            .collect();
+        let mut outcomes = self.commits.write_all(writes).into_iter();
+        decided
+            .into_iter()
+            .map(|d| d.finish(self, now, &mut outcomes))
+            .collect()
+    }
+
+    /// Everything about one instruction but what its records answer (the replay guard): the
+    /// decision so far, and its writes appended to `writes` (one per signer, or one for a
+    /// signature that cannot be read).
+    fn decide(
+        &self,
+        item: &Presented<'_>,
+        now: i64,
+        actor: &str,
+        tenant: Option<&str>,
+        writes: &mut Vec<GroupedWrite>,
+    ) -> Decided {
+        let (evidence, digest) = match self.examine(item.instruction, item.signature) {
             Ok(examined) => examined,
             Err(reason) => {
-                let digest = hex::encode(Sha256::digest(instruction));
+                let digest = hex::encode(Sha256::digest(item.instruction));
                 let report = Report::format_failure(
                     rfc3339(now),
                     digest.clone(),
@@ -214,25 +259,20 @@ impl Verifier {
                     serde_json::json!({"indication": report.indication, "sub_indication": report.sub_indication}),
                 )
                 .for_tenant(tenant);
-                self.record(None, now, 1, move |_| event.clone())?;
-                return Ok(report);
+                writes.push(verification_write(None, now, 1, move |_| event.clone()));
+                return Decided::Unreadable(Box::new(report));
             }
         };
-        let format = evidence.first().map(|e| e.format);
-        let mut signers = Vec::new();
-        for ev in &evidence {
-            signers.push(self.assess(ev, instruction, &digest, now, actor, tenant)?);
-        }
-        Ok(Report::combine(
-            format,
-            rfc3339(now),
+        let signers = evidence
+            .iter()
+            .map(|ev| self.assess(ev, item.instruction, &digest, now, actor, tenant, writes))
+            .collect();
+        Decided::Signers {
+            evidence,
             digest,
-            self.policy.description.clone(),
             signers,
-            Vec::new(),
-        ))
+        }
     }
-
     /// Reads the signature (CMS or JWS) and examines each signer; returns the evidence and the
     /// hex SHA-256 the report and the replay guard name, or why the signature cannot be read.
     /// An attached signature given with no separate instruction is named by the content it
@@ -322,7 +362,8 @@ impl Verifier {
             serde_json::json!({"indication": report.indication, "sub_indication": report.sub_indication}),
         )
         .for_tenant(tenant);
-        self.record(None, now, 1, move |_| event.clone())?;
+        self.commits
+            .write(verification_write(None, now, 1, move |_| event.clone()))?;
         Ok(Report::combine(
             None,
             rfc3339(now),
@@ -440,6 +481,9 @@ impl Verifier {
         (v, summary)
     }
 
+    /// One signer's verdict before the replay guard; its record (replay-guard keys and audit
+    /// event) is appended to `writes`.
+    #[allow(clippy::too_many_arguments)]
     fn assess(
         &self,
         ev: &SignerEvidence,
@@ -448,11 +492,12 @@ impl Verifier {
         now: i64,
         actor: &str,
         tenant: Option<&str>,
-    ) -> Result<SignerReport, VerifyError> {
+        writes: &mut Vec<GroupedWrite>,
+    ) -> Assessed {
         use Indication::Indeterminate;
-        let (mut v, summary) = self.judge(ev, now);
+        let (verdict, summary) = self.judge(ev, now);
         // Replay: only a signature that is otherwise good is remembered.
-        let keys = match (&ev.certificate, v.failed()) {
+        let keys = match (&ev.certificate, verdict.failed()) {
             (Some(cert), false) => Some(ReplayKeys {
                 signer: hex::encode(Sha256::digest(
                     cert.cert
@@ -466,7 +511,7 @@ impl Verifier {
             }),
             _ => None,
         };
-        let pre = v.failure;
+        let pre = verdict.failure;
         let serial = summary
             .as_ref()
             .map(|s| s.serial.clone())
@@ -474,8 +519,9 @@ impl Verifier {
         let reject = self.policy.replay.reject;
         let (actor_owned, digest_owned) = (actor.to_string(), digest.to_string());
         let tenant_owned = tenant.map(String::from);
-        let first_seen = self.record(
-            keys.clone(),
+        let guarded = keys.is_some();
+        writes.push(verification_write(
+            keys,
             now,
             self.policy.replay.window_secs,
             move |seen| {
@@ -499,52 +545,12 @@ impl Verifier {
                 )
                 .for_tenant(tenant_owned.as_deref())
             },
-        )?;
-        let replay = first_seen.map(|t| Replay {
-            first_seen: rfc3339(t),
-        });
-        if let Some(t) = first_seen {
-            if reject {
-                v.fail(
-                    Indeterminate,
-                    SubIndication::SigConstraintsFailure,
-                    "replay",
-                    format!(
-                        "this signer presented the same instruction (or instruction id) at {}",
-                        rfc3339(t)
-                    ),
-                );
-            } else {
-                v.check(
-                    "replay",
-                    true,
-                    format!("seen before at {} (the policy allows replays)", rfc3339(t)),
-                );
-            }
-        } else if keys.is_some() {
-            v.check("replay", true, "first presentation");
+        ));
+        Assessed {
+            verdict,
+            summary,
+            guarded,
         }
-        Ok(signer_report(ev, v, summary, replay))
-    }
-
-    /// Records a verification (replay-guard keys and audit event, see
-    /// [`Store::record_verification`]) with the group commit the issuances use: concurrent
-    /// verifications share a transaction and its fsync; each returns once its own record is
-    /// durable.
-    fn record(
-        &self,
-        guard: Option<ReplayKeys>,
-        at: i64,
-        window_secs: i64,
-        event: impl Fn(Option<i64>) -> AuditEvent + Send + Sync + 'static,
-    ) -> Result<Option<i64>, VerifyError> {
-        let applied = self.commits.write(GroupedWrite::Verification {
-            guard,
-            at,
-            window_secs,
-            event: VerificationEvent(Arc::new(event)),
-        })?;
-        Ok(applied.first_seen)
     }
 
     /// Key, path, accepted policy, key usage, time and revocation of the signer's certificate.
@@ -877,6 +883,130 @@ fn crl_signed_by(crl: &CertificateList, issuer: &Certificate) -> bool {
     same_issuer
         && crl.signature_algorithm.oid == crate::ca::x509::ECDSA_WITH_SHA256
         && crate::ecdsa::verify_p256_sha256(point, &tbs, crl.signature.raw_bytes()).is_ok()
+}
+
+/// One instruction and its signature, as a gateway presents them.
+#[derive(Debug, Clone, Copy)]
+pub struct Presented<'a> {
+    pub instruction: &'a [u8],
+    /// DER, PEM or a JWS (compact or JSON).
+    pub signature: &'a [u8],
+}
+
+/// An instruction decided but for what its records answer.
+enum Decided {
+    /// The signature could not be read: the report is final (one record, no replay keys).
+    Unreadable(Box<Report>),
+    Signers {
+        evidence: Vec<SignerEvidence>,
+        digest: String,
+        /// One per signer, in the evidence's order.
+        signers: Vec<Assessed>,
+    },
+}
+
+/// A signer's verdict before the replay guard has answered.
+struct Assessed {
+    verdict: Verdict,
+    summary: Option<SignerSummary>,
+    /// Its replay-guard keys were recorded (it was otherwise good).
+    guarded: bool,
+}
+
+impl Decided {
+    /// The report, once the records' results are known: takes this instruction's results
+    /// (one per write [`Verifier::decide`] made) from `outcomes`, in order.
+    fn finish(
+        self,
+        verifier: &Verifier,
+        now: i64,
+        outcomes: &mut impl Iterator<Item = crate::store::Result<Applied>>,
+    ) -> Result<Report, VerifyError> {
+        let mut next = || {
+            outcomes.next().unwrap_or_else(|| {
+                Err(crate::store::StoreError::Unavailable(
+                    "a verification record went unanswered".into(),
+                ))
+            })
+        };
+        match self {
+            Decided::Unreadable(report) => next().map(|_| *report).map_err(Into::into),
+            Decided::Signers {
+                evidence,
+                digest,
+                signers,
+            } => {
+                // Every result is taken, failed or not, so the next instruction gets its own.
+                let results: Vec<_> = signers.iter().map(|_| next()).collect();
+                let mut reports = Vec::with_capacity(signers.len());
+                for ((ev, signer), result) in evidence.iter().zip(signers).zip(results) {
+                    let first_seen = result?.first_seen;
+                    reports.push(signer.finish(ev, first_seen, verifier.policy.replay.reject));
+                }
+                Ok(Report::combine(
+                    evidence.first().map(|e| e.format),
+                    rfc3339(now),
+                    digest,
+                    verifier.policy.description.clone(),
+                    reports,
+                    Vec::new(),
+                ))
+            }
+        }
+    }
+}
+
+impl Assessed {
+    /// The signer's report, with the replay guard's answer: `first_seen` is when the same
+    /// instruction (or instruction id) was presented before within the window, if it was.
+    fn finish(self, ev: &SignerEvidence, first_seen: Option<i64>, reject: bool) -> SignerReport {
+        let Assessed {
+            verdict: mut v,
+            summary,
+            guarded,
+        } = self;
+        let replay = first_seen.map(|t| Replay {
+            first_seen: rfc3339(t),
+        });
+        if let Some(t) = first_seen {
+            if reject {
+                v.fail(
+                    Indication::Indeterminate,
+                    SubIndication::SigConstraintsFailure,
+                    "replay",
+                    format!(
+                        "this signer presented the same instruction (or instruction id) at {}",
+                        rfc3339(t)
+                    ),
+                );
+            } else {
+                v.check(
+                    "replay",
+                    true,
+                    format!("seen before at {} (the policy allows replays)", rfc3339(t)),
+                );
+            }
+        } else if guarded {
+            v.check("replay", true, "first presentation");
+        }
+        signer_report(ev, v, summary, replay)
+    }
+}
+
+/// A verification's record for the group committer (see [`Store::record_verification`]):
+/// replay-guard keys and an audit event that may depend on the guard's answer.
+fn verification_write(
+    guard: Option<ReplayKeys>,
+    at: i64,
+    window_secs: i64,
+    event: impl Fn(Option<i64>) -> AuditEvent + Send + Sync + 'static,
+) -> GroupedWrite {
+    GroupedWrite::Verification {
+        guard,
+        at,
+        window_secs,
+        event: VerificationEvent(Arc::new(event)),
+    }
 }
 
 fn signer_report(

@@ -15,7 +15,7 @@ pub mod report;
 
 mod assess;
 
-pub use assess::Verifier;
+pub use assess::{Presented, Verifier};
 pub use report::{Indication, Report, SubIndication};
 
 /// Failures that keep Signet from deciding (the CLI exits 3, the API answers 503).
