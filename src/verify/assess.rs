@@ -273,6 +273,7 @@ impl Verifier {
             signers,
         }
     }
+
     /// Reads the signature (CMS or JWS) and examines each signer; returns the evidence and the
     /// hex SHA-256 the report and the replay guard name, or why the signature cannot be read.
     /// An attached signature given with no separate instruction is named by the content it
