@@ -1055,6 +1055,119 @@ fn unparseable_signature_is_a_200_format_failure_but_bad_base64_is_a_400() {
 }
 
 #[test]
+fn a_certificate_batch_issues_each_good_request_and_answers_each_bad_one_with_its_own_error() {
+    let (banks, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let f = fixture();
+    let n = next_id();
+    let good = |i: u64| json!({"profile": "customer", "csr": csr_pem(f), "subject": format!("CN=批量{n}-{i},serialNumber=11010119900307{i:04}")});
+    let r = post_json(
+        s,
+        "/v1/certificates/batch",
+        Some(&banks.a_officer),
+        &json!({"items": [
+            good(1),
+            {"profile": "customer", "csr": "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", "subject": "CN=x,serialNumber=1"},
+            {"profile": "teller", "csr": csr_pem(f), "subject": "CN=y,serialNumber=2"},
+            good(2),
+        ]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let results = r.json()["results"].as_array().unwrap().clone();
+    assert_eq!(results.len(), 4);
+    // The bad ones get the codes POST /v1/certificates would give them.
+    let single =
+        |body: Value| post_json(s, "/v1/certificates", Some(&banks.a_officer), &body).code();
+    assert_eq!(
+        results[1]["error"]["code"].as_str().unwrap(),
+        single(
+            json!({"profile": "customer", "csr": "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", "subject": "CN=x,serialNumber=1"})
+        ),
+        "{}",
+        results[1]
+    );
+    assert_eq!(
+        results[2]["error"]["code"].as_str().unwrap(),
+        single(json!({"profile": "teller", "csr": csr_pem(f), "subject": "CN=y,serialNumber=2"})),
+        "{}",
+        results[2]
+    );
+    // The good ones are issued, in order, each in the store and valid for OpenSSL.
+    for (i, result) in [(1, &results[0]), (2, &results[3])] {
+        let serial = result["serial"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{result}"));
+        let leaf = f.path(&format!("batch-leaf-{i}.pem"));
+        std::fs::write(&leaf, result["certificate"].as_str().unwrap()).unwrap();
+        openssl(&args![
+            "verify",
+            "-x509_strict",
+            "-CAfile",
+            f.ca("root.pem"),
+            "-untrusted",
+            f.ca("customer-ca.pem"),
+            &leaf
+        ])
+        .assert_ok();
+        let subject = openssl(&args![
+            "x509", "-noout", "-subject", "-nameopt", "utf8", "-in", &leaf
+        ]);
+        assert!(
+            subject.stdout.contains(&format!("批量{n}-{i}")),
+            "{}",
+            subject.stdout
+        );
+        let rec = get(
+            s,
+            &format!("/v1/certificates/{serial}"),
+            Some(&banks.a_officer),
+        );
+        assert_eq!(rec.json()["status"], "good", "{}", rec.body);
+    }
+}
+
+#[test]
+fn a_certificate_batch_of_the_wrong_size_or_role_is_refused_whole() {
+    let (banks, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let f = fixture();
+    let item = json!({"profile": "customer", "csr": csr_pem(f), "subject": "CN=z,serialNumber=3"});
+    let empty = post_json(
+        s,
+        "/v1/certificates/batch",
+        Some(&banks.a_officer),
+        &json!({"items": []}),
+    );
+    assert_eq!(
+        (empty.status, empty.code().as_str()),
+        (400, "invalid_batch")
+    );
+    let many = vec![item.clone(); 65];
+    let r = post_json(
+        s,
+        "/v1/certificates/batch",
+        Some(&banks.a_officer),
+        &json!({"items": many}),
+    );
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (400, "invalid_batch"),
+        "{}",
+        r.body
+    );
+    let gateway = post_json(
+        s,
+        "/v1/certificates/batch",
+        Some(&banks.a_gateway),
+        &json!({"items": [item]}),
+    );
+    assert_eq!(
+        (gateway.status, gateway.code().as_str()),
+        (403, "forbidden")
+    );
+}
+
+#[test]
 fn a_batch_gets_one_report_per_instruction_in_order_each_replay_guarded_and_audited() {
     let (banks, guard) = server();
     let s = guard.as_ref().unwrap();

@@ -106,6 +106,43 @@ pub async fn request_certificate(
     Ok(created(issued.into()))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateBatchBody {
+    items: Vec<CertificateRequestBody>,
+}
+
+/// `POST /v1/certificates/batch`: `{"results": [...]}`, one per item in order: what
+/// `POST /v1/certificates` answers with 201 (serial, issuer, certificate, chain), or
+/// `{"error": ...}` with the code that route would give (the others are issued regardless).
+pub async fn request_certificates(
+    State(state): State<Shared>,
+    Caller(who): Caller,
+    ApiJson(body): ApiJson<CertificateBatchBody>,
+) -> Result<Json<Value>, ApiError> {
+    check_batch_size(body.items.len())?;
+    let results = blocking(move || {
+        let items: Vec<_> = body
+            .items
+            .iter()
+            .map(|i| (i.profile.as_str(), i.csr.as_bytes(), i.subject.as_str()))
+            .collect();
+        let results = state.signet.registrar.request_certificates(&who, &items)?;
+        Ok(results
+            .into_iter()
+            .map(|r| match r {
+                Ok(issued) => {
+                    state.metrics.issued();
+                    serde_json::to_value(IssuedBody::from(issued)).unwrap_or_default()
+                }
+                Err(e) => ApiError::from(e).body(),
+            })
+            .collect::<Vec<_>>())
+    })
+    .await?;
+    Ok(Json(serde_json::json!({ "results": results })))
+}
+
 pub async fn get_certificate(
     State(state): State<Shared>,
     Caller(who): Caller,
@@ -455,8 +492,19 @@ pub async fn verify_signature(
     .await
 }
 
-/// Most instructions one batch may hold (its body is bounded by the API's body limit too).
+/// Most items (instructions, certificate requests) one batch may hold (its body is bounded by
+/// the API's body limit too).
 pub const MAX_BATCH_ITEMS: usize = 64;
+
+fn check_batch_size(n: usize) -> Result<(), ApiError> {
+    if n == 0 || n > MAX_BATCH_ITEMS {
+        return Err(ApiError::bad_request(
+            "invalid_batch",
+            format!("a batch holds 1 to {MAX_BATCH_ITEMS} items; this one has {n}"),
+        ));
+    }
+    Ok(())
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -472,15 +520,7 @@ pub async fn verify_signatures(
     Caller(who): Caller,
     ApiJson(body): ApiJson<VerificationBatchBody>,
 ) -> Result<Response, ApiError> {
-    if body.items.is_empty() || body.items.len() > MAX_BATCH_ITEMS {
-        return Err(ApiError::bad_request(
-            "invalid_batch",
-            format!(
-                "a batch holds 1 to {MAX_BATCH_ITEMS} items; this one has {}",
-                body.items.len()
-            ),
-        ));
-    }
+    check_batch_size(body.items.len())?;
     let items = body
         .items
         .into_iter()
@@ -743,6 +783,10 @@ pub fn decode_request_bodies(body: &[u8]) -> Vec<(&'static str, Result<(), ApiEr
     }
     vec![
         ("POST /v1/certificates", one::<CertificateRequestBody>(body)),
+        (
+            "POST /v1/certificates/batch",
+            one::<CertificateBatchBody>(body),
+        ),
         ("POST /v1/certificates/search", one::<SearchBody>(body)),
         (
             "POST /v1/certificates/{serial}/revoke",

@@ -230,6 +230,10 @@ pub fn router(state: Shared) -> Router {
     Router::new()
         .route("/v1/certificates", post(handlers::request_certificate))
         .route(
+            "/v1/certificates/batch",
+            post(handlers::request_certificates),
+        )
+        .route(
             "/v1/certificates/search",
             post(handlers::search_certificates),
         )

@@ -76,6 +76,14 @@ pub const V1_ROUTES: &[Route] = &[
     ),
     route(
         "post",
+        "/v1/certificates/batch",
+        "Issue up to 64 customer certificates in one request: each checked and issued on its own, answered in order",
+        "ra-officer",
+        Some("CertificateBatchRequest"),
+        "200",
+    ),
+    route(
+        "post",
         "/v1/certificates/search",
         "Find the bank's certificates by the subject's ID number",
         "ra-officer, teller-admin, auditor",
@@ -172,6 +180,13 @@ fn schemas() -> Value {
                 "instruction": {"type": "string", "description": "the instruction bytes, base64"},
                 "signature": {"type": "string", "description": "CMS SignedData as base64 DER or PEM, or a JWS (compact or JSON)"},
                 "receipt": {"type": "boolean", "default": false, "description": "add a CMS receipt signed by Signet over the report (RFC 8785)"}
+            }
+        },
+        "CertificateBatchRequest": {
+            "type": "object", "required": ["items"], "additionalProperties": false,
+            "properties": {
+                "items": {"type": "array", "minItems": 1, "maxItems": 64, "items": {"$ref": "#/components/schemas/CertificateRequest"},
+                          "description": "answered in order as {\"results\": [...]}: each {serial, issuer, certificate, chain}, or {\"error\": {code, message}} with the code POST /v1/certificates would give"}
             }
         },
         "VerificationBatchRequest": {

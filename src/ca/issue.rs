@@ -63,6 +63,110 @@ const DAY: i64 = 86_400;
 impl Authority {
     /// Issues an end-entity certificate.
     pub fn issue(&self, req: LeafRequest<'_>) -> Result<Issued, CaError> {
+        self.issue_batch(vec![req])
+            .pop()
+            .unwrap_or_else(|| Err(CaError::InvalidRequest("nothing to issue".into())))
+    }
+
+    /// Issues several end-entity certificates, each exactly as [`Authority::issue`] would: its
+    /// own serial, pending record, HSM signature, certificate record and audit events, and its
+    /// own result (one refused or failed leaves the others issued). The batch's pending
+    /// records are handed to the group committer together, then its certificates: two
+    /// commits for the batch rather than two per certificate.
+    pub fn issue_batch(&self, reqs: Vec<LeafRequest<'_>>) -> Vec<Result<Issued, CaError>> {
+        let mut leaves: Vec<Result<Leaf<'_>, CaError>> =
+            reqs.into_iter().map(|req| self.prepare_leaf(req)).collect();
+
+        // Durable before the HSM signs (invariant 2), grouped with concurrent issuances.
+        let writes = ok_mut(&mut leaves).map(|l| l.pending_write()).collect();
+        let mut recorded = self.commits.write_all(writes).into_iter();
+        for slot in &mut leaves {
+            let Ok(leaf) = slot else { continue };
+            let outcome = recorded
+                .next()
+                .unwrap_or_else(|| Err(unanswered()))
+                .map_err(CaError::from)
+                .and_then(|applied| {
+                    self.auditor.after_append(&applied.audit).map_err(|e| {
+                        let e = CaError::from(e);
+                        self.void_unsigned(leaf, &e);
+                        e
+                    })
+                });
+            if let Err(e) = outcome {
+                *slot = Err(e);
+            } else if self.fault == Fault::AfterRecord {
+                *slot = Err(CaError::FaultInjected {
+                    serial: leaf.serial.clone(),
+                });
+            }
+        }
+
+        // Each issuer's certificates in one HSM call: one hand-off to an HSM thread per batch.
+        let mut labels: Vec<String> = Vec::new();
+        for leaf in ok_mut(&mut leaves) {
+            if !labels.contains(&leaf.issuer.key_label) {
+                labels.push(leaf.issuer.key_label.clone());
+            }
+        }
+        for label in &labels {
+            let group: Vec<usize> = (0..leaves.len())
+                .filter(|&i| matches!(&leaves[i], Ok(l) if &l.issuer.key_label == label))
+                .collect();
+            let signed = {
+                let tbs: Vec<&[u8]> = group
+                    .iter()
+                    .filter_map(|&i| leaves[i].as_ref().ok())
+                    .map(|l| l.record.tbs_der.as_slice())
+                    .collect();
+                self.hsm.sign_many_p256_sha256(label, &tbs)
+            };
+            for (k, &i) in group.iter().enumerate() {
+                let failed = {
+                    let Ok(leaf) = &mut leaves[i] else { continue };
+                    let der = match &signed {
+                        Ok(signatures) => leaf.assemble(signatures.get(k)),
+                        Err(e) => Err(CaError::Hsm(e.clone())),
+                    };
+                    match der {
+                        Ok(der) => {
+                            leaf.der = der;
+                            None
+                        }
+                        Err(e) => {
+                            self.void_unsigned(leaf, &e);
+                            Some(e)
+                        }
+                    }
+                };
+                if let Some(e) = failed {
+                    leaves[i] = Err(e);
+                }
+            }
+        }
+
+        // Durable before the certificates are handed out.
+        let at = self.clock.now();
+        let writes = ok_mut(&mut leaves).map(|l| l.complete_write(at)).collect();
+        let mut stored = self.commits.write_all(writes).into_iter();
+        leaves
+            .into_iter()
+            .map(|slot| {
+                let leaf = slot?;
+                let applied = stored.next().unwrap_or_else(|| Err(unanswered()))?;
+                self.auditor.after_append(&applied.audit)?;
+                Ok(Issued {
+                    serial: leaf.serial,
+                    issuer: leaf.issuer.id,
+                    der: leaf.der,
+                    chain: vec![leaf.issuer],
+                })
+            })
+            .collect()
+    }
+
+    /// A leaf's TBS certificate and records, decided: validity, serial, shard, extensions.
+    fn prepare_leaf<'a>(&self, req: LeafRequest<'a>) -> Result<Leaf<'a>, CaError> {
         let issuer = self.ca(req.profile.issuer)?;
         let now = self.clock.now();
         let issuer_not_after = issuer
@@ -109,21 +213,18 @@ impl Authority {
             },
             issuer_key,
         )?;
-        let tbs_der = prepared.tbs_der.clone();
-        let subject_text = req.subject.to_string();
         let subject_digest = hex::encode(Sha256::digest(req.subject.to_der()?));
-
         let record = CertRecord {
             serial: serial.clone(),
             issuer: issuer.id,
             profile: req.profile.name.clone(),
             status: CertStatus::Pending,
-            subject: subject_text,
+            subject: req.subject.to_string(),
             subject_serial_digest: req.subject_serial_digest.clone(),
             shard: shard.unwrap_or(0),
             not_before: now,
             not_after,
-            tbs_der: tbs_der.clone(),
+            tbs_der: prepared.tbs_der.clone(),
             cert_der: None,
             created_at: now,
             revocation: None,
@@ -142,49 +243,15 @@ impl Authority {
         {
             obj.extend(extra.clone());
         }
-        // Durable before the HSM signs (invariant 2), grouped with concurrent issuances.
-        let audit = self
-            .commits
-            .write(GroupedWrite::Pending {
-                record,
-                event: AuditEvent::new(req.actor, "certificate.record", &serial, &details)
-                    .for_tenant(req.owner.as_deref()),
-            })?
-            .audit;
-        if let Err(e) = self.auditor.after_append(&audit) {
-            let e = CaError::from(e);
-            self.void_unsigned(&serial, &req, &details, &e);
-            return Err(e);
-        }
-
-        if self.fault == Fault::AfterRecord {
-            return Err(CaError::FaultInjected { serial });
-        }
-
-        let der = match self.sign_certificate(prepared, &issuer.key_label) {
-            Ok(der) => der,
-            Err(e) => {
-                self.void_unsigned(&serial, &req, &details, &e);
-                return Err(e);
-            }
-        };
-        // Durable before the certificate is handed out.
-        let audit = self
-            .commits
-            .write(GroupedWrite::Complete {
-                serial: serial.clone(),
-                cert_der: der.clone(),
-                at: self.clock.now(),
-                event: AuditEvent::new(req.actor, "certificate.issue", &serial, &details)
-                    .for_tenant(req.owner.as_deref()),
-            })?
-            .audit;
-        self.auditor.after_append(&audit)?;
-        Ok(Issued {
+        Ok(Leaf {
+            actor: req.actor,
+            owner: req.owner,
             serial,
-            issuer: issuer.id,
-            der,
-            chain: vec![issuer],
+            issuer,
+            details,
+            record,
+            prepared: Some(prepared),
+            der: Vec::new(),
         })
     }
 
@@ -194,22 +261,17 @@ impl Authority {
     /// would otherwise leave a valid-looking certificate nobody can revoke. When the store
     /// cannot take the change either, the record stays pending and the interrupted-issuance
     /// sweep voids it after the issuance timeout.
-    fn void_unsigned(
-        &self,
-        serial: &str,
-        req: &LeafRequest<'_>,
-        details: &serde_json::Value,
-        why: &CaError,
-    ) {
-        let mut details = details.clone();
+    fn void_unsigned(&self, leaf: &Leaf<'_>, why: &CaError) {
+        let serial = &leaf.serial;
+        let mut details = leaf.details.clone();
         if let Some(obj) = details.as_object_mut() {
             obj.insert(
                 "why".into(),
                 serde_json::Value::String(format!("signing failed: {why}")),
             );
         }
-        let ev = AuditEvent::new(req.actor, "certificate.void", serial, &details)
-            .for_tenant(req.owner.as_deref());
+        let ev = AuditEvent::new(leaf.actor, "certificate.void", serial, &details)
+            .for_tenant(leaf.owner.as_deref());
         match self.store.void_pending(serial, self.clock.now(), &ev) {
             Ok(audit) => {
                 tracing::warn!(%serial, error = %why, "voided an issuance whose signing failed");
@@ -263,6 +325,66 @@ impl Authority {
         )?);
         Ok(exts)
     }
+}
+
+/// A certificate on its way through [`Authority::issue_batch`].
+struct Leaf<'a> {
+    actor: &'a str,
+    owner: Option<String>,
+    serial: String,
+    issuer: CaCert,
+    /// The audit events' details (the subject by digest, never in clear).
+    details: serde_json::Value,
+    /// The pending record.
+    record: CertRecord,
+    /// The TBS certificate, until the HSM signs it.
+    prepared: Option<PreparedCertificate>,
+    /// The signed certificate, once signed.
+    der: Vec<u8>,
+}
+
+impl Leaf<'_> {
+    /// The certificate: the TBS with the HSM's signature attached, DER.
+    fn assemble(&mut self, signature: Option<&Vec<u8>>) -> Result<Vec<u8>, CaError> {
+        let missing = || CaError::Encoding("the HSM returned no signature for it".into());
+        let signature = signature.ok_or_else(missing)?;
+        let prepared = self.prepared.take().ok_or_else(missing)?;
+        Ok(prepared.assemble(signature)?.to_der()?)
+    }
+
+    fn pending_write(&self) -> GroupedWrite {
+        GroupedWrite::Pending {
+            record: self.record.clone(),
+            event: AuditEvent::new(
+                self.actor,
+                "certificate.record",
+                &self.serial,
+                &self.details,
+            )
+            .for_tenant(self.owner.as_deref()),
+        }
+    }
+
+    fn complete_write(&self, at: i64) -> GroupedWrite {
+        GroupedWrite::Complete {
+            serial: self.serial.clone(),
+            cert_der: self.der.clone(),
+            at,
+            event: AuditEvent::new(self.actor, "certificate.issue", &self.serial, &self.details)
+                .for_tenant(self.owner.as_deref()),
+        }
+    }
+}
+
+/// The leaves still on their way (those not refused or failed so far).
+fn ok_mut<'s, 'a>(
+    leaves: &'s mut [Result<Leaf<'a>, CaError>],
+) -> impl Iterator<Item = &'s mut Leaf<'a>> {
+    leaves.iter_mut().filter_map(|l| l.as_mut().ok())
+}
+
+fn unanswered() -> crate::store::StoreError {
+    crate::store::StoreError::Unavailable("an issuance record went unanswered".into())
 }
 
 pub(super) fn uri(s: &str) -> Result<GeneralName, CaError> {

@@ -13,7 +13,7 @@ impl fmt::Display for ReturnCode {
 }
 
 /// What went wrong in the HSM layer.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum HsmError {
     /// The PKCS#11 module could not be loaded (wrong path, missing library).

@@ -323,9 +323,35 @@ impl Hsm {
     /// Signs `data` with the P-256 key labelled `key`: SHA-256 in software, CKM_ECDSA in the
     /// token, and the r‖s result re-encoded as a DER ECDSA-Sig-Value.
     pub fn sign_p256_sha256(&self, key: &str, data: &[u8]) -> Result<Vec<u8>, HsmError> {
-        let key = key.to_string();
-        let digest = Sha256::digest(data).to_vec();
-        self.call(move |i| i.sign_digest(&key, &digest))
+        self.sign_many_p256_sha256(key, &[data])?
+            .pop()
+            .ok_or_else(|| self.no_signature(key))
+    }
+
+    /// ECDSA P-256 signatures (DER) over the SHA-256 of each of `datas` with the key labelled
+    /// `key`, in order: one call into the layer and one session for them all, so that a batch
+    /// of certificates costs one hand-off to an HSM thread rather than one per certificate.
+    /// All or nothing: a failure fails the whole call.
+    pub fn sign_many_p256_sha256(
+        &self,
+        key: &str,
+        datas: &[&[u8]],
+    ) -> Result<Vec<Vec<u8>>, HsmError> {
+        let label = key.to_string();
+        let digests: Vec<Vec<u8>> = datas.iter().map(|d| Sha256::digest(d).to_vec()).collect();
+        let signatures = self.call(move |i| i.sign_digests(&label, &digests))?;
+        if signatures.len() != datas.len() {
+            return Err(self.no_signature(key));
+        }
+        Ok(signatures)
+    }
+
+    fn no_signature(&self, key: &str) -> HsmError {
+        HsmError::BadTokenData {
+            token: self.token_name(),
+            key: key.into(),
+            reason: "fewer signatures than were asked for".into(),
+        }
     }
 
     /// The public half of the P-256 key pair labelled `key`.
@@ -413,24 +439,37 @@ impl Inner {
     }
 
     /// CKM_ECDSA over a SHA-256 digest; the r‖s result re-encoded as DER.
-    fn sign_digest(&self, key: &str, digest: &[u8]) -> Result<Vec<u8>, HsmError> {
+    fn sign_digests(&self, key: &str, digests: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, HsmError> {
         let started = Instant::now();
-        let raw = self.with_session(Some(key), |ctx, s| {
+        let raws = self.with_session(Some(key), |ctx, s| {
             let handle = ctx.private_key(s, key)?;
-            ctx.alive()?;
-            s.sign(&Mechanism::Ecdsa, handle, digest)
-                .map_err(|e| map_err(&ctx.token_label, Some(key), e))
+            digests
+                .iter()
+                .map(|digest| {
+                    ctx.alive()?;
+                    s.sign(&Mechanism::Ecdsa, handle, digest)
+                        .map_err(|e| map_err(&ctx.token_label, Some(key), e))
+                })
+                .collect::<Result<Vec<_>, _>>()
         })?;
-        self.counters.signs.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .signs
+            .fetch_add(raws.len() as u64, Ordering::Relaxed);
         self.counters
             .sign_nanos
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        let sig = p256::ecdsa::Signature::from_slice(&raw).map_err(|e| HsmError::BadTokenData {
-            token: self.token_name(),
-            key: key.into(),
-            reason: format!("ECDSA signature of {} bytes: {e}", raw.len()),
-        })?;
-        Ok(sig.to_der().as_bytes().to_vec())
+        raws.iter()
+            .map(|raw| {
+                let sig = p256::ecdsa::Signature::from_slice(raw).map_err(|e| {
+                    HsmError::BadTokenData {
+                        token: self.token_name(),
+                        key: key.into(),
+                        reason: format!("ECDSA signature of {} bytes: {e}", raw.len()),
+                    }
+                })?;
+                Ok(sig.to_der().as_bytes().to_vec())
+            })
+            .collect()
     }
 
     fn public_key(&self, key: &str) -> Result<p256::PublicKey, HsmError> {

@@ -51,6 +51,8 @@ pub enum LoadError {
 pub enum Scenario {
     /// `POST /v1/certificates` (customer profile), the same CSR each time.
     Issuance,
+    /// `POST /v1/certificates/batch`: `--batch` requests (the same CSR) per call.
+    IssuanceBatch,
     /// `POST /v1/verifications` of a fresh CMS-signed instruction each time.
     Verification,
     /// `POST /v1/verifications/batch` of fresh CMS-signed instructions (`--batch` per request).
@@ -65,6 +67,7 @@ impl Scenario {
     pub fn parse(s: &str) -> Option<Scenario> {
         match s {
             "issuance" => Some(Scenario::Issuance),
+            "issuance-batch" => Some(Scenario::IssuanceBatch),
             "verification" => Some(Scenario::Verification),
             "verification-batch" => Some(Scenario::VerificationBatch),
             "ocsp" => Some(Scenario::Ocsp),
@@ -76,6 +79,7 @@ impl Scenario {
     pub fn name(self) -> &'static str {
         match self {
             Scenario::Issuance => "issuance",
+            Scenario::IssuanceBatch => "issuance-batch",
             Scenario::Verification => "verification",
             Scenario::VerificationBatch => "verification-batch",
             Scenario::Ocsp => "ocsp",
@@ -177,6 +181,8 @@ enum Expect {
     TotalPassed,
     /// A batch's answer: this many results, every one TOTAL_PASSED.
     AllPassed(usize),
+    /// A certificate batch's answer: this many results, every one a certificate.
+    AllIssued(usize),
 }
 
 /// How each request of a client is made.
@@ -193,7 +199,7 @@ impl Work {
     /// Instructions (or requests) one of these requests carries.
     fn items(&self) -> u64 {
         match self {
-            Work::VerifyBatch(_, n) => *n as u64,
+            Work::VerifyBatch(_, n) | Work::Fixed(_, Expect::AllIssued(n)) => *n as u64,
             _ => 1,
         }
     }
@@ -427,6 +433,9 @@ fn check(expect: Expect, status: u16, body: &[u8]) -> Result<(), String> {
                 && batch_verdicts(body)
                     .is_ok_and(|v| v.len() == n && v.iter().all(|i| i == "TOTAL_PASSED"))
         }
+        Expect::AllIssued(n) => {
+            status == 200 && batch_issued(body).is_ok_and(|(issued, _)| issued == n)
+        }
     };
     if ok {
         Ok(())
@@ -445,6 +454,11 @@ fn check(expect: Expect, status: u16, body: &[u8]) -> Result<(), String> {
             v["indication"].as_str().unwrap_or("?"),
             v["sub_indication"].as_str().unwrap_or("")
         ))
+    } else if let Expect::AllIssued(n) = expect {
+        Err(match batch_issued(body) {
+            Ok((issued, codes)) => format!("{issued} of {n} issued; {}", codes.join(" ")),
+            Err(e) => e,
+        })
     } else if let Expect::AllPassed(n) = expect {
         Err(match batch_verdicts(body) {
             Ok(v) if v.len() != n => format!("{} results for {n} instructions", v.len()),
@@ -460,6 +474,29 @@ fn check(expect: Expect, status: u16, body: &[u8]) -> Result<(), String> {
     } else {
         Err("unexpected answer".into())
     }
+}
+
+/// How many results of a certificate batch hold a certificate, and the error codes of the rest.
+fn batch_issued(body: &[u8]) -> Result<(usize, Vec<String>), String> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        results: Vec<Issued>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Issued {
+        serial: Option<String>,
+        error: Option<serde_json::Value>,
+    }
+    let answer: Answer = serde_json::from_slice(body)
+        .map_err(|_| "the batch answer is not a list of results".to_string())?;
+    let issued = answer.results.iter().filter(|r| r.serial.is_some()).count();
+    let codes = answer
+        .results
+        .iter()
+        .filter_map(|r| r.error.as_ref())
+        .map(|e| e["code"].as_str().unwrap_or("?").to_string())
+        .collect();
+    Ok((issued, codes))
 }
 
 /// The main indication of each result of a batch answer (`?` for an item that failed).
@@ -488,6 +525,7 @@ struct Plan {
     /// Instructions per request of the verification-batch scenario.
     batch: usize,
     issuance: Work,
+    issuance_batch: Work,
     ocsp: Work,
     verification: Option<Work>,
 }
@@ -503,6 +541,7 @@ impl Plan {
         };
         Ok(match scenario {
             Scenario::Issuance => vec![self.issuance.clone()],
+            Scenario::IssuanceBatch => vec![self.issuance_batch.clone()],
             Scenario::Ocsp => vec![self.ocsp.clone()],
             Scenario::Verification => vec![self.verification.clone().ok_or_else(no_gateway)?],
             Scenario::VerificationBatch => match &self.verification {
@@ -560,6 +599,15 @@ async fn plan(
             .to_string(),
         ),
     };
+    let one_request =
+        serde_json::json!({"profile": options.profile, "csr": csr, "subject": options.subject});
+    let issue_batch = Call {
+        path: "/v1/certificates/batch".into(),
+        body: Bytes::from(
+            serde_json::json!({ "items": vec![one_request; options.batch] }).to_string(),
+        ),
+        ..issue.clone()
+    };
     // One issuance first: its certificate is the OCSP scenario's known serial and the
     // verification scenario's signer.
     let issued = setup_issuance(target, &issue).await?;
@@ -597,6 +645,7 @@ async fn plan(
     Ok(Plan {
         batch: options.batch,
         issuance: Work::Fixed(issue, Expect::Created),
+        issuance_batch: Work::Fixed(issue_batch, Expect::AllIssued(options.batch)),
         ocsp: Work::Fixed(ocsp, Expect::OcspSuccessful),
         verification,
     })
@@ -1023,6 +1072,27 @@ impl Report {
                 out,
                 "issuance / raw HSM sign    {:>8.1}%   (target >= 40%)",
                 100.0 * s / r
+            );
+        }
+        if let (Some(s), Some(c)) = (
+            self.rate("signet issuance-batch"),
+            self.rate("cfssl issuance"),
+        ) {
+            if c > 0.0 {
+                let _ = writeln!(
+                    out,
+                    "batch issuance / CFSSL     {:>8.2}x   ({} per Signet request; CFSSL one per request)",
+                    s / c,
+                    options.batch
+                );
+            }
+        }
+        if let (Some(s), Some(r)) = (self.rate("signet issuance-batch"), raw) {
+            let _ = writeln!(
+                out,
+                "batch issuance / raw sign  {:>8.1}%   ({} per request; each durable and audited)",
+                100.0 * s / r,
+                options.batch
             );
         }
         if let (Some(s), false) = (self.rate("signet verification"), self.raw_verify.is_empty()) {

@@ -150,6 +150,41 @@ impl Registrar {
 
     /// Checks a request and has the CA issue it.
     pub fn issue(&self, req: &CertificateRequest<'_>) -> Result<Issued, RaError> {
+        let leaf = self.leaf_request(req)?;
+        Ok(self.authority.issue(leaf)?)
+    }
+
+    /// Checks and issues several requests: each is checked and issued as [`Registrar::issue`]
+    /// would (a refused one leaves the others), the CA signing the accepted ones as one batch.
+    pub fn issue_batch(&self, reqs: &[CertificateRequest<'_>]) -> Vec<Result<Issued, RaError>> {
+        let mut checked: Vec<Result<(), RaError>> = Vec::with_capacity(reqs.len());
+        let mut leaves = Vec::new();
+        for req in reqs {
+            match self.leaf_request(req) {
+                Ok(leaf) => {
+                    leaves.push(leaf);
+                    checked.push(Ok(()));
+                }
+                Err(e) => checked.push(Err(e)),
+            }
+        }
+        let mut issued = self.authority.issue_batch(leaves).into_iter();
+        checked
+            .into_iter()
+            .map(|c| {
+                c?;
+                let unanswered =
+                    || crate::ca::CaError::InvalidRequest("the request was not issued".into());
+                Ok(issued.next().unwrap_or_else(|| Err(unanswered()))?)
+            })
+            .collect()
+    }
+
+    /// A request checked (profile, CSR, key, subject) and turned into what the CA signs.
+    fn leaf_request<'a>(
+        &'a self,
+        req: &CertificateRequest<'a>,
+    ) -> Result<LeafRequest<'a>, RaError> {
         let profile = self.profile(req.profile)?;
         let (subject, spki, subject_serial_digest) =
             self.check_request(profile, req.csr, req.subject, req.tenant)?;
@@ -158,7 +193,7 @@ impl Registrar {
         } else {
             serde_json::json!({})
         };
-        Ok(self.authority.issue(LeafRequest {
+        Ok(LeafRequest {
             profile,
             subject,
             subject_serial_digest,
@@ -166,7 +201,7 @@ impl Registrar {
             actor: req.actor,
             audit_details,
             owner: req.tenant.map(|t| t.id.clone()),
-        })?)
+        })
     }
 
     /// Issues a certificate for a key Signet made in its token (e-seal, teller keys): no CSR,

@@ -32,19 +32,48 @@ impl Registrar {
         csr: &[u8],
         subject: &str,
     ) -> Result<Issued, RaError> {
+        self.request_certificates(who, &[(profile, csr, subject)])?
+            .pop()
+            .unwrap_or_else(|| Err(not_issued()))
+    }
+
+    /// `POST /v1/certificates/batch`: several of [`Registrar::request_certificate`] at once,
+    /// each with its own result.
+    pub fn request_certificates(
+        &self,
+        who: &Principal,
+        items: &[(&str, &[u8], &str)],
+    ) -> Result<Vec<Result<Issued, RaError>>, RaError> {
         self.require(who, &[Role::RaOfficer], "request certificates")?;
-        let p = self.profile(profile)?;
-        if p.issuer == IssuerId::Teller {
-            return Err(RaError::TellerNeedsApproval);
+        let actor = who.actor();
+        let mut refused = Vec::with_capacity(items.len());
+        let mut reqs = Vec::new();
+        for &(profile, csr, subject) in items {
+            let teller = self.profile(profile).map(|p| p.issuer == IssuerId::Teller);
+            refused.push(match teller {
+                Ok(true) => Some(RaError::TellerNeedsApproval),
+                Ok(false) => None,
+                Err(e) => Some(e),
+            });
+            if refused.last().is_some_and(Option::is_none) {
+                reqs.push(CertificateRequest {
+                    profile,
+                    csr,
+                    subject,
+                    actor: &actor,
+                    break_glass: false,
+                    tenant: Some(&who.tenant),
+                });
+            }
         }
-        self.issue(&CertificateRequest {
-            profile,
-            csr,
-            subject,
-            actor: &who.actor(),
-            break_glass: false,
-            tenant: Some(&who.tenant),
-        })
+        let mut issued = self.issue_batch(&reqs).into_iter();
+        Ok(refused
+            .into_iter()
+            .map(|r| match r {
+                Some(e) => Err(e),
+                None => issued.next().unwrap_or_else(|| Err(not_issued())),
+            })
+            .collect())
     }
 
     /// `POST /v1/teller-requests`: a teller-admin files a teller certificate request. It is
@@ -289,4 +318,10 @@ pub enum StatusChange {
     Revoke(Reason, Option<i64>),
     Hold,
     Release,
+}
+
+fn not_issued() -> RaError {
+    RaError::Ca(crate::ca::CaError::InvalidRequest(
+        "the request was not issued".into(),
+    ))
 }
