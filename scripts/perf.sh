@@ -7,7 +7,8 @@
 #   scripts/perf.sh                      (about 5 minutes; needs softhsm2, openssl, golang-cfssl)
 #
 # Environment: CLIENTS (default 8), DURATION seconds per measurement (10), ROUNDS (3),
-# SCENARIOS (issuance,ocsp,verification,verification-batch,mixed), BATCH instructions per batch (16), KEEP=1 keeps the temporary directory,
+# SCENARIOS (issuance,issuance-batch,ocsp,verification,verification-batch,mixed), BATCH items per
+# batch request (16), KEEP=1 keeps the temporary directory,
 # SIGNET_BIN uses that binary instead of building one.
 set -euo pipefail
 
@@ -60,6 +61,6 @@ log "signet serve pid $server_pid on 127.0.0.1:$port; $(nproc) CPUs; $(softhsm2-
 
 "$bin" bench --server "http://127.0.0.1:$port" --server-pid "$server_pid" \
   --token-file "$home/ra.token" --gateway-token-file "$home/gateway.token" \
-  --scenario "${SCENARIOS:-issuance,ocsp,verification,verification-batch,mixed}" \
+  --scenario "${SCENARIOS:-issuance,issuance-batch,ocsp,verification,verification-batch,mixed}" \
   --clients "${CLIENTS:-8}" --batch "${BATCH:-16}" --duration "${DURATION:-10}" --rounds "${ROUNDS:-3}" \
   --cfssl "$(command -v cfssl)" --cfssl-db --reference-config "$config"

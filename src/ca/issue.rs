@@ -219,7 +219,7 @@ impl Authority {
             issuer: issuer.id,
             profile: req.profile.name.clone(),
             status: CertStatus::Pending,
-            subject: req.subject.to_string(),
+            subject: x509::name_text(&req.subject),
             subject_serial_digest: req.subject_serial_digest.clone(),
             shard: shard.unwrap_or(0),
             not_before: now,
