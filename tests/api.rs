@@ -1250,6 +1250,38 @@ fn a_batch_gets_one_report_per_instruction_in_order_each_replay_guarded_and_audi
 }
 
 #[test]
+fn a_batch_body_may_pass_the_64_kib_limit_of_other_routes_up_to_256_kib() {
+    let (_, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let f = fixture();
+    let gateway = new_credential(f, "Bank A", "gateway");
+    let instruction = format!(r#"{{"instruction_id":"BIG-{}"}}"#, next_id());
+    let (_, sig) = gateway_signature(f, instruction.as_bytes());
+    let item =
+        json!({"instruction": base64_std(instruction.as_bytes()), "signature": base64_std(&sig)});
+    let items = vec![item; 64];
+    let body = json!({ "items": items });
+    let size = body.to_string().len();
+    assert!(size > 64 * 1024 && size < 256 * 1024, "{size} bytes");
+    let r = post_json(s, "/v1/verifications/batch", Some(&gateway), &body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let results = r.json()["results"].as_array().unwrap().clone();
+    assert_eq!(results.len(), 64);
+    assert_eq!(results[0]["indication"], "TOTAL_PASSED");
+    assert_eq!(
+        results[63]["sub_indication"], "SIG_CONSTRAINTS_FAILURE",
+        "a replay"
+    );
+    let huge = json!({"items": [{"instruction": "A".repeat(300 * 1024), "signature": "AAAA"}]});
+    let r = post_json(s, "/v1/verifications/batch", Some(&gateway), &huge);
+    assert_eq!((r.status, r.code().as_str()), (413, "body_too_large"));
+    // Other routes keep their 64 KiB.
+    let big = json!({"instruction": "A".repeat(70 * 1024), "signature": "AAAA"});
+    let r = post_json(s, "/v1/verifications", Some(&gateway), &big);
+    assert_eq!((r.status, r.code().as_str()), (413, "body_too_large"));
+}
+
+#[test]
 fn a_batch_too_large_or_with_bad_base64_is_refused_whole_naming_the_item() {
     let (_, guard) = server();
     let s = guard.as_ref().unwrap();

@@ -7,7 +7,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{blocking, ApiError, ApiJson, Caller, Shared};
+use super::{blocking, ApiError, ApiJson, Caller, Shared, MAX_BATCH_BODY_BYTES};
 use crate::ca::{pem_certificate, Issued, Reason};
 use crate::ra::{Principal, StatusChange};
 use crate::store::CertRecord;
@@ -118,7 +118,7 @@ pub struct CertificateBatchBody {
 pub async fn request_certificates(
     State(state): State<Shared>,
     Caller(who): Caller,
-    ApiJson(body): ApiJson<CertificateBatchBody>,
+    ApiJson(body): ApiJson<CertificateBatchBody, MAX_BATCH_BODY_BYTES>,
 ) -> Result<Json<Value>, ApiError> {
     check_batch_size(body.items.len())?;
     let results = blocking(move || {
@@ -493,7 +493,7 @@ pub async fn verify_signature(
 }
 
 /// Most items (instructions, certificate requests) one batch may hold (its body is bounded by
-/// the API's body limit too).
+/// [`MAX_BATCH_BODY_BYTES`] too).
 pub const MAX_BATCH_ITEMS: usize = 64;
 
 fn check_batch_size(n: usize) -> Result<(), ApiError> {
@@ -518,7 +518,7 @@ pub struct VerificationBatchBody {
 pub async fn verify_signatures(
     State(state): State<Shared>,
     Caller(who): Caller,
-    ApiJson(body): ApiJson<VerificationBatchBody>,
+    ApiJson(body): ApiJson<VerificationBatchBody, MAX_BATCH_BODY_BYTES>,
 ) -> Result<Response, ApiError> {
     check_batch_size(body.items.len())?;
     let items = body
@@ -781,11 +781,14 @@ pub fn decode_request_bodies(body: &[u8]) -> Vec<(&'static str, Result<(), ApiEr
     fn one<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<(), ApiError> {
         super::decode_json_body::<T>(body).map(drop)
     }
+    fn batch<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<(), ApiError> {
+        super::decode_json_body_within::<T>(body, MAX_BATCH_BODY_BYTES).map(drop)
+    }
     vec![
         ("POST /v1/certificates", one::<CertificateRequestBody>(body)),
         (
             "POST /v1/certificates/batch",
-            one::<CertificateBatchBody>(body),
+            batch::<CertificateBatchBody>(body),
         ),
         ("POST /v1/certificates/search", one::<SearchBody>(body)),
         (
@@ -796,7 +799,7 @@ pub fn decode_request_bodies(body: &[u8]) -> Vec<(&'static str, Result<(), ApiEr
         ("POST /v1/verifications", one::<VerificationBody>(body)),
         (
             "POST /v1/verifications/batch",
-            one::<VerificationBatchBody>(body),
+            batch::<VerificationBatchBody>(body),
         ),
         (
             "POST /v1/verifications/certificate",

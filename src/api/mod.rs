@@ -32,8 +32,11 @@ use tower_http::timeout::TimeoutLayer;
 use crate::app::Signet;
 use crate::ra::{Principal, MAX_TOKEN_LEN};
 
-/// Largest request body on any route.
+/// Largest request body on any route but the batch routes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Largest body of a batch route (`/v1/certificates/batch`, `/v1/verifications/batch`): 64
+/// items of a few KiB each.
+pub const MAX_BATCH_BODY_BYTES: usize = 256 * 1024;
 /// Longest a request may take before it is answered 408.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -64,10 +67,11 @@ pub(crate) async fn blocking<T: Send + 'static>(
 /// 2). Checked by a byte scan before serde sees the body.
 pub const MAX_JSON_DEPTH: usize = 32;
 
-/// JSON body extractor whose rejections are API errors with stable codes.
-pub struct ApiJson<T>(pub T);
+/// JSON body extractor whose rejections are API errors with stable codes; bodies of more than
+/// `LIMIT` bytes are refused (413).
+pub struct ApiJson<T, const LIMIT: usize = MAX_BODY_BYTES>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+impl<S: Send + Sync, T: DeserializeOwned, const LIMIT: usize> FromRequest<S> for ApiJson<T, LIMIT> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
@@ -81,18 +85,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
             .map_err(|e| match e.status() {
-                StatusCode::PAYLOAD_TOO_LARGE => body_too_large(),
+                StatusCode::PAYLOAD_TOO_LARGE => body_too_large(LIMIT),
                 _ => ApiError::bad_request("malformed_json", "the body could not be read in full"),
             })?;
-        decode_json_body(&bytes).map(ApiJson)
+        decode_json_body_within(&bytes, LIMIT).map(ApiJson)
     }
 }
 
-fn body_too_large() -> ApiError {
+fn body_too_large(limit: usize) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         "body_too_large",
-        format!("request bodies are limited to {MAX_BODY_BYTES} bytes"),
+        format!("request bodies are limited to {limit} bytes on this route"),
     )
 }
 
@@ -121,8 +125,16 @@ fn is_json_content_type(headers: &axum::http::HeaderMap) -> bool {
 /// (found by a linear scan before any parser recurses); one that is not JSON is 400
 /// `malformed_json`; JSON without the expected fields is 400 `invalid_request`.
 pub fn decode_json_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    if bytes.len() > MAX_BODY_BYTES {
-        return Err(body_too_large());
+    decode_json_body_within(bytes, MAX_BODY_BYTES)
+}
+
+/// [`decode_json_body`] with another size limit (the batch routes').
+pub fn decode_json_body_within<T: DeserializeOwned>(
+    bytes: &[u8],
+    limit: usize,
+) -> Result<T, ApiError> {
+    if bytes.len() > limit {
+        return Err(body_too_large(limit));
     }
     if json_depth_exceeds(bytes, MAX_JSON_DEPTH) {
         return Err(ApiError::bad_request(
@@ -231,7 +243,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/certificates", post(handlers::request_certificate))
         .route(
             "/v1/certificates/batch",
-            post(handlers::request_certificates),
+            post(handlers::request_certificates).layer(DefaultBodyLimit::max(MAX_BATCH_BODY_BYTES)),
         )
         .route(
             "/v1/certificates/search",
@@ -248,7 +260,10 @@ pub fn router(state: Shared) -> Router {
         )
         .route("/v1/audit-events", get(handlers::audit_events))
         .route("/v1/verifications", post(handlers::verify_signature))
-        .route("/v1/verifications/batch", post(handlers::verify_signatures))
+        .route(
+            "/v1/verifications/batch",
+            post(handlers::verify_signatures).layer(DefaultBodyLimit::max(MAX_BATCH_BODY_BYTES)),
+        )
         .route("/v1/tellers", post(handlers::add_teller))
         .route("/v1/teller-keys", post(handlers::request_teller_key))
         .route("/v1/signing-keys", get(handlers::signing_keys))
