@@ -132,7 +132,8 @@ fn bench() -> Result<(), BoxError> {
         .signet
         .authority
         .ca(signet::ca::IssuerId::Customer)?
-        .key_label;
+        .key_label
+        .clone();
 
     // Sanity and warm-up, outside the timing.
     issue_one(&ca, &who, &csr)?;

@@ -110,7 +110,7 @@ fn bench() -> Result<(), BoxError> {
     })?;
     let signer = SignerCert {
         certificate_der: issued.der.clone(),
-        chain: vec![signet.authority.ca(IssuerId::Customer)?.der],
+        chain: vec![signet.authority.ca(IssuerId::Customer)?.der.clone()],
     };
     let sign = |bytes: &[u8]| -> Result<Vec<u8>, String> {
         let sig: p256::ecdsa::DerSignature = key.sign(bytes);

@@ -791,7 +791,7 @@ fn receipt_verify(signet: &Signet, path: &Path) -> Result<(), Failure> {
                 verdict: true,
             })?
     };
-    let root = signet.authority.ca(IssuerId::Root)?.certificate;
+    let root = signet.authority.ca(IssuerId::Root)?.certificate.clone();
     match signet::verify::receipt::verify_receipt(&der, &[root]) {
         Ok(info) => {
             println!("{}", serde_json::to_string_pretty(&info.report)?);

@@ -218,7 +218,7 @@ fn signed_instruction(s: &Signet, instruction: &[u8]) -> (String, Vec<u8>, Vec<u
             tenant: None,
         })
         .unwrap();
-    let chain = vec![s.authority.ca(IssuerId::Customer).unwrap().der];
+    let chain = vec![s.authority.ca(IssuerId::Customer).unwrap().der.clone()];
     let sign = |b: &[u8]| -> Result<Vec<u8>, String> {
         let sig: p256::ecdsa::DerSignature = key.sign(b);
         Ok(sig.as_bytes().to_vec())

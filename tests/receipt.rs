@@ -400,7 +400,7 @@ fn validation_certificate_chains_is_lint_clean_and_its_key_stays_in_the_token() 
         vs.chain,
         vec![
             ca.der.clone(),
-            signet().authority.ca(IssuerId::Root).unwrap().der
+            signet().authority.ca(IssuerId::Root).unwrap().der.clone()
         ]
     );
     let token_key = signet().hsm.public_key(&vs.key_label).unwrap();

@@ -175,7 +175,7 @@ pub async fn ca_certificate(
         .strip_suffix(".der")
         .and_then(IssuerId::parse)
         .ok_or_else(|| ApiError::not_found(format!("no CA certificate {file:?}")))?;
-    let der = state.signet.authority.ca(id)?.der;
+    let der = state.signet.authority.ca(id)?.der.clone();
     Ok(([(header::CONTENT_TYPE, "application/pkix-cert")], der).into_response())
 }
 

@@ -44,7 +44,7 @@ pub struct Issued {
     pub serial: String,
     pub issuer: IssuerId,
     pub der: Vec<u8>,
-    pub chain: Vec<CaCert>,
+    pub chain: Vec<std::sync::Arc<CaCert>>,
 }
 
 impl Issued {
@@ -74,8 +74,18 @@ impl Authority {
     /// records are handed to the group committer together, then its certificates: two
     /// commits for the batch rather than two per certificate.
     pub fn issue_batch(&self, reqs: Vec<LeafRequest<'_>>) -> Vec<Result<Issued, CaError>> {
-        let mut leaves: Vec<Result<Leaf<'_>, CaError>> =
-            reqs.into_iter().map(|req| self.prepare_leaf(req)).collect();
+        let mut serials = match self.new_serials(reqs.len()) {
+            Ok(serials) => serials.into_iter().map(Ok).collect(),
+            Err(e) => vec![Err(e); reqs.len()],
+        }
+        .into_iter();
+        let mut leaves: Vec<Result<Leaf<'_>, CaError>> = reqs
+            .into_iter()
+            .map(|req| match serials.next() {
+                Some(serial) => self.prepare_leaf(req, serial?),
+                None => Err(CaError::Encoding("no serial number was drawn".into())),
+            })
+            .collect();
 
         // Durable before the HSM signs (invariant 2), grouped with concurrent issuances.
         let writes = ok_mut(&mut leaves).map(|l| l.pending_write()).collect();
@@ -166,7 +176,11 @@ impl Authority {
     }
 
     /// A leaf's TBS certificate and records, decided: validity, serial, shard, extensions.
-    fn prepare_leaf<'a>(&self, req: LeafRequest<'a>) -> Result<Leaf<'a>, CaError> {
+    fn prepare_leaf<'a>(
+        &self,
+        req: LeafRequest<'a>,
+        serial_bytes: Vec<u8>,
+    ) -> Result<Leaf<'a>, CaError> {
         let issuer = self.ca(req.profile.issuer)?;
         let now = self.clock.now();
         let issuer_not_after = issuer
@@ -186,7 +200,6 @@ impl Authority {
         }
         lint_leaf_subject(&req.subject)?;
 
-        let serial_bytes = self.new_serial()?;
         let serial = hex::encode(&serial_bytes);
         let shard = if self.settings.crl_shards > 1 {
             Some(u32::from(serial_bytes[15]) % self.settings.crl_shards)
@@ -332,7 +345,7 @@ struct Leaf<'a> {
     actor: &'a str,
     owner: Option<String>,
     serial: String,
-    issuer: CaCert,
+    issuer: std::sync::Arc<CaCert>,
     /// The audit events' details (the subject by digest, never in clear).
     details: serde_json::Value,
     /// The pending record.

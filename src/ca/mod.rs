@@ -279,7 +279,8 @@ pub struct Authority {
     /// Issuance and verification records of concurrent requests go to the store in groups
     /// (one fsync each).
     commits: GroupCommit,
-    cas: RwLock<HashMap<IssuerId, CaCert>>,
+    /// Shared, not cloned, per issuance: a certificate's deep clone showed in its profile.
+    cas: RwLock<HashMap<IssuerId, Arc<CaCert>>>,
     fault: Fault,
 }
 
@@ -347,13 +348,13 @@ impl Authority {
             );
             map.insert(
                 id,
-                CaCert {
+                Arc::new(CaCert {
                     id,
                     key_label: row.key_label,
                     certificate,
                     der,
                     key_id,
-                },
+                }),
             );
         }
         *self.cas.write().unwrap_or_else(|e| e.into_inner()) = map;
@@ -369,7 +370,7 @@ impl Authority {
     }
 
     /// The certificate of one CA.
-    pub fn ca(&self, id: IssuerId) -> Result<CaCert, CaError> {
+    pub fn ca(&self, id: IssuerId) -> Result<Arc<CaCert>, CaError> {
         self.cas
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -429,11 +430,25 @@ impl Authority {
 
     /// Draws a fresh 16-byte serial from the token's generator.
     fn new_serial(&self) -> Result<Vec<u8>, CaError> {
-        loop {
-            if let Some(s) = x509::serial_from_random(self.hsm.random(16)?) {
-                return Ok(s);
-            }
+        self.new_serials(1)?
+            .pop()
+            .ok_or_else(|| CaError::Encoding("no serial number was drawn".into()))
+    }
+
+    /// `n` serial numbers from the token's generator, drawn in as few calls as may be (one,
+    /// unless a draw makes no valid serial: 1 in 128).
+    fn new_serials(&self, n: usize) -> Result<Vec<Vec<u8>>, HsmError> {
+        let mut serials = Vec::with_capacity(n);
+        while serials.len() < n {
+            let missing = n - serials.len();
+            let random = self.hsm.random(16 * missing as u32)?;
+            serials.extend(
+                random
+                    .chunks(16)
+                    .filter_map(|c| x509::serial_from_random(c.to_vec())),
+            );
         }
+        Ok(serials)
     }
 
     /// Voids issuances recorded but never signed, once older than the issuance timeout (so that
@@ -568,7 +583,7 @@ impl Authority {
     }
 
     /// The DER certificate of a serial, with its issuer's certificate.
-    pub fn certificate(&self, serial: &str) -> Result<(Vec<u8>, CaCert), CaError> {
+    pub fn certificate(&self, serial: &str) -> Result<(Vec<u8>, Arc<CaCert>), CaError> {
         let rec = self.known_serial(serial)?;
         let der = rec
             .cert_der

@@ -235,8 +235,8 @@ impl Authority {
             key_label: row.key_label,
             certificate_der,
             chain: vec![
-                self.ca(IssuerId::Customer)?.der,
-                self.ca(IssuerId::Root)?.der,
+                self.ca(IssuerId::Customer)?.der.clone(),
+                self.ca(IssuerId::Root)?.der.clone(),
             ],
         })
     }

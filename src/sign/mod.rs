@@ -205,8 +205,8 @@ impl SigningService {
         Ok(SignerCert {
             certificate_der,
             chain: vec![
-                self.authority.ca(issuer)?.der,
-                self.authority.ca(IssuerId::Root)?.der,
+                self.authority.ca(issuer)?.der.clone(),
+                self.authority.ca(IssuerId::Root)?.der.clone(),
             ],
         })
     }

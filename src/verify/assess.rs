@@ -162,7 +162,7 @@ impl Verifier {
         let ca = |id| {
             authority
                 .ca(id)
-                .map(|c| c.certificate)
+                .map(|c| c.certificate.clone())
                 .map_err(|e| VerifyError::Setup(e.to_string()))
         };
         let mut anchors = vec![Anchor {

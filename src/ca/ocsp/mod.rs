@@ -23,6 +23,8 @@ use self::asn1::{
     ResponseBytes, ResponseData, RevokedInfo, SingleResponse, Version, ID_PKIX_OCSP_BASIC,
 };
 use super::x509;
+use std::sync::Arc;
+
 use super::{crl_reason, Authority, CaCert, CaError, IssuerId};
 use crate::store::{CertRecord, CertStatus as StoreStatus, RevocationRecord};
 
@@ -127,12 +129,12 @@ impl Authority {
     /// The one CA that every CertID of the request names; `None` when one names no CA of ours
     /// or two name different CAs (RFC 6960 allows unauthorized for both: a response is signed
     /// by a single CA key here).
-    fn ocsp_issuer(&self, cert_ids: &[CertId]) -> Option<CaCert> {
-        let cas: Vec<CaCert> = IssuerId::ALL
+    fn ocsp_issuer(&self, cert_ids: &[CertId]) -> Option<Arc<CaCert>> {
+        let cas: Vec<Arc<CaCert>> = IssuerId::ALL
             .into_iter()
             .filter_map(|id| self.ca(id).ok())
             .collect();
-        let mut found: Option<&CaCert> = None;
+        let mut found: Option<&Arc<CaCert>> = None;
         for id in cert_ids {
             let ca = cas
                 .iter()
