@@ -49,7 +49,8 @@ fn figures(report: &str, label: &str) -> Vec<f64> {
 }
 
 #[test]
-fn bench_drives_issuance_verification_and_ocsp_over_http_and_reports_rates_latency_and_memory() {
+fn bench_drives_issuance_verification_and_ocsp_one_by_one_and_in_batches_and_reports_rates_latency_and_memory(
+) {
     let f = fixture();
     cli_ok(f, &["tenant", "add", "Bench Bank"]);
     let officer = token_file(f, "ra-officer");
@@ -65,7 +66,9 @@ fn bench_drives_issuance_verification_and_ocsp_over_http_and_reports_rates_laten
         "--gateway-token-file",
         gateway.to_str().unwrap(),
         "--scenario",
-        "issuance,verification,ocsp,mixed",
+        "issuance,issuance-batch,verification,verification-batch,ocsp,mixed",
+        "--batch",
+        "4",
         "--clients",
         "2",
         "--duration",
@@ -76,8 +79,10 @@ fn bench_drives_issuance_verification_and_ocsp_over_http_and_reports_rates_laten
     out.assert_ok();
     let report = out.stdout.clone();
     for label in [
-        "signet issuance",
-        "signet verification",
+        "signet issuance ",
+        "signet issuance-batch",
+        "signet verification ",
+        "signet verification-batch",
         "signet ocsp",
         "signet mixed",
     ] {
@@ -90,6 +95,10 @@ fn bench_drives_issuance_verification_and_ocsp_over_http_and_reports_rates_laten
         );
         assert_eq!(errors, 0.0, "{label}: errors\n{report}");
     }
+    assert!(
+        report.contains("batch rows: items per second, 4 per request"),
+        "{report}"
+    );
     // The server was found by its port, and its memory sampled idle and under load.
     assert!(
         report.contains("server RSS (pid") && report.contains("idle ") && report.contains(" MiB"),

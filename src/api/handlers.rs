@@ -106,24 +106,17 @@ pub async fn request_certificate(
     Ok(created(issued.into()))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CertificateBatchBody {
-    items: Vec<CertificateRequestBody>,
-}
-
 /// `POST /v1/certificates/batch`: `{"results": [...]}`, one per item in order: what
 /// `POST /v1/certificates` answers with 201 (serial, issuer, certificate, chain), or
 /// `{"error": ...}` with the code that route would give (the others are issued regardless).
 pub async fn request_certificates(
     State(state): State<Shared>,
     Caller(who): Caller,
-    ApiJson(body): ApiJson<CertificateBatchBody, MAX_BATCH_BODY_BYTES>,
+    ApiJson(body): ApiJson<BatchBody<CertificateRequestBody>, MAX_BATCH_BODY_BYTES>,
 ) -> Result<Json<Value>, ApiError> {
-    check_batch_size(body.items.len())?;
+    let items = body.items()?;
     let results = blocking(move || {
-        let items: Vec<_> = body
-            .items
+        let items: Vec<_> = items
             .iter()
             .map(|i| (i.profile.as_str(), i.csr.as_bytes(), i.subject.as_str()))
             .collect();
@@ -496,20 +489,25 @@ pub async fn verify_signature(
 /// [`MAX_BATCH_BODY_BYTES`] too).
 pub const MAX_BATCH_ITEMS: usize = 64;
 
-fn check_batch_size(n: usize) -> Result<(), ApiError> {
-    if n == 0 || n > MAX_BATCH_ITEMS {
-        return Err(ApiError::bad_request(
-            "invalid_batch",
-            format!("a batch holds 1 to {MAX_BATCH_ITEMS} items; this one has {n}"),
-        ));
-    }
-    Ok(())
-}
-
+/// The body of a batch route: `{"items": [...]}`, each item what the single route takes.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct VerificationBatchBody {
-    items: Vec<VerificationBody>,
+pub struct BatchBody<T> {
+    items: Vec<T>,
+}
+
+impl<T> BatchBody<T> {
+    /// The items, if there are 1 to [`MAX_BATCH_ITEMS`] of them.
+    fn items(self) -> Result<Vec<T>, ApiError> {
+        let n = self.items.len();
+        if n == 0 || n > MAX_BATCH_ITEMS {
+            return Err(ApiError::bad_request(
+                "invalid_batch",
+                format!("a batch holds 1 to {MAX_BATCH_ITEMS} items; this one has {n}"),
+            ));
+        }
+        Ok(self.items)
+    }
 }
 
 /// `POST /v1/verifications/batch`: `{"results": [...]}`, one per item in order: its report
@@ -518,11 +516,10 @@ pub struct VerificationBatchBody {
 pub async fn verify_signatures(
     State(state): State<Shared>,
     Caller(who): Caller,
-    ApiJson(body): ApiJson<VerificationBatchBody, MAX_BATCH_BODY_BYTES>,
+    ApiJson(body): ApiJson<BatchBody<VerificationBody>, MAX_BATCH_BODY_BYTES>,
 ) -> Result<Response, ApiError> {
-    check_batch_size(body.items.len())?;
     let items = body
-        .items
+        .items()?
         .into_iter()
         .enumerate()
         .map(|(i, item)| PresentedBody::decode(item, &format!("items[{i}].")))
@@ -788,7 +785,7 @@ pub fn decode_request_bodies(body: &[u8]) -> Vec<(&'static str, Result<(), ApiEr
         ("POST /v1/certificates", one::<CertificateRequestBody>(body)),
         (
             "POST /v1/certificates/batch",
-            batch::<CertificateBatchBody>(body),
+            batch::<BatchBody<CertificateRequestBody>>(body),
         ),
         ("POST /v1/certificates/search", one::<SearchBody>(body)),
         (
@@ -799,7 +796,7 @@ pub fn decode_request_bodies(body: &[u8]) -> Vec<(&'static str, Result<(), ApiEr
         ("POST /v1/verifications", one::<VerificationBody>(body)),
         (
             "POST /v1/verifications/batch",
-            batch::<VerificationBatchBody>(body),
+            batch::<BatchBody<VerificationBody>>(body),
         ),
         (
             "POST /v1/verifications/certificate",

@@ -985,9 +985,16 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "{:<24} {:>10} {:>9} {:>9} {:>9} {:>8}   per round (req/s)",
-            "measurement", "req/s", "p50 ms", "p99 ms", "max ms", "errors"
+            "{:<24} {:>10} {:>9} {:>9} {:>9} {:>8}   per round (per s)",
+            "measurement", "per s", "p50 ms", "p99 ms", "max ms", "errors"
         );
+        if self.runs.keys().any(|l| l.ends_with("-batch")) {
+            let _ = writeln!(
+                out,
+                "(batch rows: items per second, {} per request; latency and errors per request)",
+                options.batch
+            );
+        }
         let _ = writeln!(out, "{}", "-".repeat(100));
         for (label, ms) in &self.runs {
             let med =
