@@ -74,16 +74,20 @@ impl Authority {
     /// records are handed to the group committer together, then its certificates: two
     /// commits for the batch rather than two per certificate.
     pub fn issue_batch(&self, reqs: Vec<LeafRequest<'_>>) -> Vec<Result<Issued, CaError>> {
-        let mut serials = match self.new_serials(reqs.len()) {
+        // Refusals first, so that a request the CA refuses is told why even with the HSM down.
+        let accepted: Vec<_> = reqs.into_iter().map(|r| self.accept_leaf(r)).collect();
+        let wanted = accepted.iter().filter(|a| a.is_ok()).count();
+        let mut serials = match self.new_serials(wanted) {
             Ok(serials) => serials.into_iter().map(Ok).collect(),
-            Err(e) => vec![Err(e); reqs.len()],
+            Err(e) => vec![Err(e); wanted],
         }
         .into_iter();
-        let mut leaves: Vec<Result<Leaf<'_>, CaError>> = reqs
+        let mut leaves: Vec<Result<Leaf<'_>, CaError>> = accepted
             .into_iter()
-            .map(|req| match serials.next() {
-                Some(serial) => self.prepare_leaf(req, serial?),
-                None => Err(CaError::Encoding("no serial number was drawn".into())),
+            .map(|accepted| match (accepted, serials.next()) {
+                (Ok(accepted), Some(serial)) => self.prepare_leaf(accepted, serial?),
+                (Ok(_), None) => Err(CaError::Encoding("no serial number was drawn".into())),
+                (Err(e), _) => Err(e),
             })
             .collect();
 
@@ -175,12 +179,9 @@ impl Authority {
             .collect()
     }
 
-    /// A leaf's TBS certificate and records, decided: validity, serial, shard, extensions.
-    fn prepare_leaf<'a>(
-        &self,
-        req: LeafRequest<'a>,
-        serial_bytes: Vec<u8>,
-    ) -> Result<Leaf<'a>, CaError> {
+    /// The CA's own checks of a request: its issuer is there and not expired, its subject
+    /// is sound. Decides the validity.
+    fn accept_leaf<'a>(&self, req: LeafRequest<'a>) -> Result<Accepted<'a>, CaError> {
         let issuer = self.ca(req.profile.issuer)?;
         let now = self.clock.now();
         let issuer_not_after = issuer
@@ -199,7 +200,26 @@ impl Authority {
             )));
         }
         lint_leaf_subject(&req.subject)?;
+        Ok(Accepted {
+            req,
+            issuer,
+            now,
+            not_after,
+        })
+    }
 
+    /// An accepted request's TBS certificate and records, with its serial number.
+    fn prepare_leaf<'a>(
+        &self,
+        accepted: Accepted<'a>,
+        serial_bytes: Vec<u8>,
+    ) -> Result<Leaf<'a>, CaError> {
+        let Accepted {
+            req,
+            issuer,
+            now,
+            not_after,
+        } = accepted;
         let serial = hex::encode(&serial_bytes);
         let shard = if self.settings.crl_shards > 1 {
             Some(u32::from(serial_bytes[15]) % self.settings.crl_shards)
@@ -338,6 +358,14 @@ impl Authority {
         )?);
         Ok(exts)
     }
+}
+
+/// A request the CA accepted, waiting for its serial number.
+struct Accepted<'a> {
+    req: LeafRequest<'a>,
+    issuer: std::sync::Arc<CaCert>,
+    now: i64,
+    not_after: i64,
 }
 
 /// A certificate on its way through [`Authority::issue_batch`].
