@@ -88,6 +88,20 @@ fn issue_customer(s: &Server, token: &str) -> (String, PathBuf) {
     (v["serial"].as_str().unwrap().to_string(), leaf)
 }
 
+/// A batch route refuses an empty batch and one of 65 items, whole (400 `invalid_batch`).
+fn assert_batch_size_refused(s: &Server, path: &str, token: &str, item: &Value) {
+    for items in [Vec::new(), vec![item.clone(); 65]] {
+        let n = items.len();
+        let r = post_json(s, path, Some(token), &json!({ "items": items }));
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (400, "invalid_batch"),
+            "{path} with {n} items: {}",
+            r.body
+        );
+    }
+}
+
 /// `openssl verify -x509_strict` accepts a customer certificate under the root and customer CA.
 fn assert_customer_certificate_verifies(f: &Fixture, leaf: &Path) {
     openssl(&args![
@@ -1128,29 +1142,7 @@ fn a_certificate_batch_of_the_wrong_size_or_role_is_refused_whole() {
     let s = guard.as_ref().unwrap();
     let f = fixture();
     let item = json!({"profile": "customer", "csr": csr_pem(f), "subject": "CN=z,serialNumber=3"});
-    let empty = post_json(
-        s,
-        "/v1/certificates/batch",
-        Some(&banks.a_officer),
-        &json!({"items": []}),
-    );
-    assert_eq!(
-        (empty.status, empty.code().as_str()),
-        (400, "invalid_batch")
-    );
-    let many = vec![item.clone(); 65];
-    let r = post_json(
-        s,
-        "/v1/certificates/batch",
-        Some(&banks.a_officer),
-        &json!({"items": many}),
-    );
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (400, "invalid_batch"),
-        "{}",
-        r.body
-    );
+    assert_batch_size_refused(s, "/v1/certificates/batch", &banks.a_officer, &item);
     let gateway = post_json(
         s,
         "/v1/certificates/batch",
@@ -1284,29 +1276,7 @@ fn a_batch_too_large_or_with_bad_base64_is_refused_whole_naming_the_item() {
     let f = fixture();
     let gateway = new_credential(f, "Bank A", "gateway");
     let item = json!({"instruction": "AAAA", "signature": "AAAA"});
-    let empty = post_json(
-        s,
-        "/v1/verifications/batch",
-        Some(&gateway),
-        &json!({"items": []}),
-    );
-    assert_eq!(
-        (empty.status, empty.code().as_str()),
-        (400, "invalid_batch")
-    );
-    let many = vec![item.clone(); 65];
-    let r = post_json(
-        s,
-        "/v1/verifications/batch",
-        Some(&gateway),
-        &json!({"items": many}),
-    );
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (400, "invalid_batch"),
-        "{}",
-        r.body
-    );
+    assert_batch_size_refused(s, "/v1/verifications/batch", &gateway, &item);
     let bad = post_json(
         s,
         "/v1/verifications/batch",

@@ -139,3 +139,22 @@ fn bench_refuses_an_unknown_scenario() {
     out.assert_refused();
     out.assert_stderr_mentions("teleport");
 }
+
+#[test]
+fn bench_refuses_a_batch_size_the_api_would_refuse() {
+    let f = fixture();
+    for size in ["0", "65"] {
+        let out = f.signet(&[
+            "bench",
+            "--token-file",
+            "/dev/null",
+            "--scenario",
+            "verification-batch",
+            "--batch",
+            size,
+        ]);
+        out.assert_refused();
+        out.assert_stderr_mentions("--batch must be between 1 and 64");
+        assert_eq!(out.status.code(), Some(64), "{}", out.describe());
+    }
+}

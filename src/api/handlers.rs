@@ -380,6 +380,19 @@ fn decode_b64(field: &str, value: &str) -> Result<Vec<u8>, ApiError> {
         .map_err(|_| ApiError::bad_request("invalid_request", format!("`{field}` is not base64")))
 }
 
+/// The verifier, for a caller allowed to verify.
+fn verifier_for<'s>(
+    state: &'s Shared,
+    who: &crate::ra::Principal,
+) -> Result<&'s crate::verify::Verifier, ApiError> {
+    state.signet.registrar.authorize_verification(who)?;
+    state
+        .signet
+        .verifier
+        .as_ref()
+        .ok_or_else(verifier_unavailable)
+}
+
 fn verifier_unavailable() -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -462,12 +475,7 @@ pub async fn verify_signature(
 ) -> Result<Response, ApiError> {
     let item = PresentedBody::decode(body, "")?;
     blocking(move || {
-        state.signet.registrar.authorize_verification(&who)?;
-        let verifier = state
-            .signet
-            .verifier
-            .as_ref()
-            .ok_or_else(verifier_unavailable)?;
+        let verifier = verifier_for(&state, &who)?;
         let report = verifier
             .verify(
                 &item.instruction,
@@ -525,12 +533,7 @@ pub async fn verify_signatures(
         .map(|(i, item)| PresentedBody::decode(item, &format!("items[{i}].")))
         .collect::<Result<Vec<_>, _>>()?;
     blocking(move || {
-        state.signet.registrar.authorize_verification(&who)?;
-        let verifier = state
-            .signet
-            .verifier
-            .as_ref()
-            .ok_or_else(verifier_unavailable)?;
+        let verifier = verifier_for(&state, &who)?;
         let presented: Vec<_> = items.iter().map(PresentedBody::presented).collect();
         let reports = verifier.verify_batch(&presented, &who.actor(), Some(&who.tenant.id));
         // Written straight to the body, each report serialized once (a JSON tree of a whole
@@ -587,12 +590,7 @@ pub async fn verify_certificate(
         decode_b64("certificate", &body.certificate)?
     };
     blocking(move || {
-        state.signet.registrar.authorize_verification(&who)?;
-        let verifier = state
-            .signet
-            .verifier
-            .as_ref()
-            .ok_or_else(verifier_unavailable)?;
+        let verifier = verifier_for(&state, &who)?;
         let report = verifier
             .verify_certificate(&der, &who.actor(), Some(&who.tenant.id))
             .map_err(verify_failure)?;
