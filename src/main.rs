@@ -410,9 +410,12 @@ fn run_command(cli: Cli) -> Result<(), Failure> {
 
     let fault = match std::env::var("SIGNET_FAULT").as_deref() {
         Ok("after-record") => Fault::AfterRecord,
+        Ok("sign-fails") => Fault::SignFails,
         Ok(other) => {
             return Err(Failure {
-                message: format!("SIGNET_FAULT={other:?} is not a known fault (after-record)"),
+                message: format!(
+                    "SIGNET_FAULT={other:?} is not a known fault (after-record, sign-fails)"
+                ),
                 status: EXIT_USAGE,
                 verdict: false,
             })

@@ -1137,6 +1137,51 @@ fn a_certificate_batch_issues_each_good_request_and_answers_each_bad_one_with_it
 }
 
 #[test]
+fn a_certificate_batch_whose_signing_call_fails_voids_every_record_and_answers_each_item() {
+    let (banks, guard) = server();
+    drop(guard); // only its credentials are needed: this test has a server of its own
+    let f = fixture();
+    // A copy of the store, served with every certificate-signing call failing.
+    let copy = f.store_copy("api-sign-fails", &[]);
+    let s = Server::start_config(f, &copy.config, &[("SIGNET_FAULT", "sign-fails".into())]);
+    let n = next_id();
+    let item = |i: u64| json!({"profile": "customer", "csr": csr_pem(f), "subject": format!("CN=签名失败{n}-{i},serialNumber=11010119900308{i:04}")});
+    let r = post_json(
+        &s,
+        "/v1/certificates/batch",
+        Some(&banks.a_officer),
+        &json!({"items": [item(1), item(2), item(3)]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let results = r.json()["results"].as_array().unwrap().clone();
+    assert_eq!(results.len(), 3);
+    for result in &results {
+        assert_eq!(result["error"]["code"], "hsm_unavailable", "{result}");
+        assert!(result.get("certificate").is_none(), "{result}");
+    }
+    // Each was recorded before the HSM was asked, then voided: none is left pending, and
+    // each void is in the audit log.
+    let db = common::open_db(&copy.db);
+    let statuses: Vec<String> = db
+        .prepare("SELECT status FROM certificates WHERE subject LIKE ?1")
+        .unwrap()
+        .query_map([format!("%签名失败{n}-%")], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(statuses, ["void", "void", "void"]);
+    let voids: i64 = db
+        .query_row(
+            "SELECT count(*) FROM audit_events WHERE action = 'certificate.void'
+             AND object IN (SELECT serial FROM certificates WHERE subject LIKE ?1)",
+            [format!("%签名失败{n}-%")],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(voids, 3);
+}
+
+#[test]
 fn a_certificate_batch_of_the_wrong_size_or_role_is_refused_whole() {
     let (banks, guard) = server();
     let s = guard.as_ref().unwrap();

@@ -535,22 +535,32 @@ fn a_group_of_writes_applies_each_and_a_failing_one_leaves_the_others() {
         };
         let results = s
             .grouped_writes(&[
-                GroupedWrite::Pending {
+                vec![GroupedWrite::Pending {
                     record: pending("11", IssuerId::Customer, 0),
                     event: event("certificate.record", "11"),
-                },
-                GroupedWrite::Pending {
+                }],
+                vec![GroupedWrite::Pending {
                     record: pending("10", IssuerId::Teller, 0),
                     event: event("certificate.record", "10"),
-                },
-                complete("10"),
-                complete("99"),
+                }],
+                vec![complete("10")],
+                vec![complete("99")],
+                // A unit stands or falls whole: "12" is not kept, as "98" fails.
+                vec![
+                    GroupedWrite::Pending {
+                        record: pending("12", IssuerId::Customer, 0),
+                        event: event("certificate.record", "12"),
+                    },
+                    complete("98"),
+                ],
             ])
             .unwrap();
         assert!(results[0].is_ok(), "{:?}: {:?}", db.engine, results[0]);
         assert!(matches!(results[1], Err(StoreError::SerialTaken(_))));
         assert!(results[2].is_ok(), "{:?}", results[2]);
         assert!(matches!(results[3], Err(StoreError::Conflict(_))));
+        assert!(matches!(results[4], Err(StoreError::Conflict(_))));
+        assert!(s.certificate("12").unwrap().is_none(), "{:?}", db.engine);
         assert_eq!(
             s.certificate("11").unwrap().unwrap().status,
             CertStatus::Pending
@@ -590,11 +600,11 @@ fn verifications_in_one_group_see_each_other_through_the_replay_guard() {
             })),
         };
         let results = s
-            .grouped_writes(&[verification(5_000), verification(5_001)])
+            .grouped_writes(&[vec![verification(5_000)], vec![verification(5_001)]])
             .unwrap();
         let seen: Vec<_> = results
             .iter()
-            .map(|r| r.as_ref().expect("applied").first_seen)
+            .map(|r| r.as_ref().expect("applied")[0].first_seen)
             .collect();
         assert_eq!(seen, [None, Some(5_000)], "{:?}", db.engine);
         // Each audit event says what its verification was told.

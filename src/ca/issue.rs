@@ -133,7 +133,14 @@ impl Authority {
                     .filter_map(|&i| leaves[i].as_ref().ok())
                     .map(|l| l.record.tbs_der.as_slice())
                     .collect();
-                self.hsm.sign_many_p256_sha256(label, &tbs)
+                if self.fault == Fault::SignFails {
+                    Err(crate::hsm::HsmError::Unavailable {
+                        token: self.hsm.token_name(),
+                        reason: "fault injected: the signing call failed".into(),
+                    })
+                } else {
+                    self.hsm.sign_many_p256_sha256(label, &tbs)
+                }
             };
             for (k, &i) in group.iter().enumerate() {
                 let failed = {

@@ -15,7 +15,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::mpsc::{self, TryRecvError};
 use std::sync::Arc;
 
-use super::{Applied, CertRecord, GroupedWrite, ReplayKeys, Result, Store, StoreError};
+use super::{Applied, CertRecord, GroupedWrite, ReplayKeys, Result, Store, StoreError, WriteUnit};
 use crate::audit::{AuditEvent, AuditRecord};
 
 /// An engine's open transaction, as grouped writes need it: each engine writes its own SQL
@@ -69,14 +69,20 @@ pub(super) trait GroupTransaction {
             } => self.apply_verification(guard.as_ref(), *at, *window_secs, &*event.0),
         }
     }
+
+    /// A unit's writes, in order; the first that fails fails the unit (the caller rolls the
+    /// unit back).
+    fn apply_unit(&mut self, unit: &[GroupedWrite]) -> Result<Vec<Applied>> {
+        unit.iter().map(|w| self.apply(w)).collect()
+    }
 }
 
 /// Largest group: bounds one transaction's time and the memory of its results.
 const MAX_GROUP: usize = 256;
 
 struct Job {
-    write: GroupedWrite,
-    reply: mpsc::SyncSender<Result<Applied>>,
+    unit: WriteUnit,
+    reply: mpsc::SyncSender<Result<Vec<Applied>>>,
 }
 
 /// The committer: a thread that owns the grouping; cheap to share and to clone. The thread
@@ -94,7 +100,7 @@ impl GroupCommit {
 
     /// Starts the committer thread with what commits a group (the store, or a test's stand-in).
     fn start_applying(
-        commit: impl Fn(&[GroupedWrite]) -> GroupResults + Send + 'static,
+        commit: impl Fn(&[WriteUnit]) -> GroupResults + Send + 'static,
     ) -> GroupCommit {
         let (sender, jobs) = mpsc::channel();
         let spawned = std::thread::Builder::new()
@@ -118,21 +124,44 @@ impl GroupCommit {
     /// durable (or failed), with each write's own result. Handed in together, they nearly
     /// always share one transaction: a batch of verifications costs one fsync, not one each.
     pub fn write_all(&self, writes: Vec<GroupedWrite>) -> Vec<Result<Applied>> {
-        let answers: Vec<_> = writes
+        self.write_units(writes.into_iter().map(|w| vec![w]).collect())
             .into_iter()
-            .map(|write| {
+            .map(|unit| unit?.pop().ok_or_else(unanswered))
+            .collect()
+    }
+
+    /// Applies several units of writes, in order, with the next group (or groups): each unit
+    /// stands or falls whole. Returns once each is durable (or failed), with each unit's
+    /// results, one per write.
+    pub fn write_units(&self, units: Vec<WriteUnit>) -> Vec<Result<Vec<Applied>>> {
+        let answers: Vec<_> = units
+            .into_iter()
+            .map(|unit| {
+                let expected = unit.len();
                 let (reply, answer) = mpsc::sync_channel(1);
-                self.sender.send(Job { write, reply }).ok().map(|()| answer)
+                self.sender
+                    .send(Job { unit, reply })
+                    .ok()
+                    .map(|()| (answer, expected))
             })
             .collect();
         answers
             .into_iter()
-            .map(|answer| match answer {
-                Some(answer) => answer.recv().map_err(|_| stopped())?,
-                None => Err(stopped()),
+            .map(|answer| {
+                let (answer, expected) = answer.ok_or_else(stopped)?;
+                let applied = answer.recv().map_err(|_| stopped())??;
+                if applied.len() == expected {
+                    Ok(applied)
+                } else {
+                    Err(unanswered())
+                }
             })
             .collect()
     }
+}
+
+fn unanswered() -> StoreError {
+    StoreError::Corrupt("the store did not answer every write of a unit".into())
 }
 
 fn stopped() -> StoreError {
@@ -140,9 +169,9 @@ fn stopped() -> StoreError {
 }
 
 /// The results of a group's writes, each its own (or the group's failure as a whole).
-type GroupResults = Result<Vec<Result<Applied>>>;
+type GroupResults = Result<Vec<Result<Vec<Applied>>>>;
 
-fn run(commit: &dyn Fn(&[GroupedWrite]) -> GroupResults, jobs: &mpsc::Receiver<Job>) {
+fn run(commit: &dyn Fn(&[WriteUnit]) -> GroupResults, jobs: &mpsc::Receiver<Job>) {
     while let Ok(first) = jobs.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -151,10 +180,10 @@ fn run(commit: &dyn Fn(&[GroupedWrite]) -> GroupResults, jobs: &mpsc::Receiver<J
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
-        let (writes, replies): (Vec<_>, Vec<_>) =
-            group.into_iter().map(|j| (j.write, j.reply)).unzip();
-        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| commit(&writes)))
-            .unwrap_or_else(|_| {
+        let (units, replies): (Vec<_>, Vec<_>) =
+            group.into_iter().map(|j| (j.unit, j.reply)).unzip();
+        let outcome =
+            std::panic::catch_unwind(AssertUnwindSafe(|| commit(&units))).unwrap_or_else(|_| {
                 Err(StoreError::Unavailable(
                     "the store failed while committing a group of writes".into(),
                 ))
@@ -264,7 +293,12 @@ mod tests {
     fn a_failing_write_in_a_group_leaves_the_others_applied() {
         let (_dir, store) = store();
         let results = store
-            .grouped_writes(&[pending("01"), pending("01"), pending("02"), complete("03")])
+            .grouped_writes(&[
+                vec![pending("01")],
+                vec![pending("01")],
+                vec![pending("02")],
+                vec![complete("03")],
+            ])
             .expect("group commits");
         assert!(results[0].is_ok());
         assert!(matches!(results[1], Err(StoreError::SerialTaken(_))));
@@ -281,6 +315,34 @@ mod tests {
     }
 
     #[test]
+    fn a_unit_whose_last_write_fails_leaves_none_of_its_writes_applied() {
+        let (_dir, store) = store();
+        let commits = GroupCommit::start(store.clone());
+        let results = commits.write_units(vec![
+            vec![pending("01")],
+            // "02" would be recorded, but "03" was never pending: the unit fails whole.
+            vec![pending("02"), complete("03")],
+            vec![pending("04"), complete("04")],
+        ]);
+        assert_eq!(results[0].as_ref().expect("applied").len(), 1);
+        assert!(
+            matches!(results[1], Err(StoreError::Conflict(_))),
+            "{:?}",
+            results[1].as_ref().err()
+        );
+        let unit = results[2].as_ref().expect("applied");
+        assert_eq!(unit.len(), 2, "one result per write of the unit");
+        assert!(store.certificate("02").unwrap().is_none());
+        assert_eq!(
+            store.certificate("04").unwrap().expect("recorded").status,
+            CertStatus::Issued
+        );
+        // Three events: the first unit's one and the last unit's two.
+        assert_eq!(store.audit_events(0).unwrap().len(), 3);
+        assert_chain_whole(&*store);
+    }
+
+    #[test]
     fn writes_that_arrive_while_a_group_commits_are_committed_together_in_the_next() {
         use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
         use std::sync::{Condvar, Mutex};
@@ -292,21 +354,21 @@ mod tests {
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let commits = {
             let (entered, gate, sizes) = (entered.clone(), gate.clone(), sizes.clone());
-            GroupCommit::start_applying(move |writes| {
+            GroupCommit::start_applying(move |units| {
                 entered.store(true, Ordering::SeqCst);
                 let (open, opened) = &*gate;
                 let mut open = open.lock().unwrap();
                 while !*open {
                     open = opened.wait(open).unwrap();
                 }
-                sizes.lock().unwrap().push(writes.len());
-                Ok(writes
+                sizes.lock().unwrap().push(units.len());
+                Ok(units
                     .iter()
-                    .map(|w| {
-                        let GroupedWrite::Pending { record, .. } = w else {
-                            unreachable!("only pending writes here")
+                    .map(|unit| {
+                        let [GroupedWrite::Pending { record, .. }] = unit.as_slice() else {
+                            unreachable!("only single pending writes here")
                         };
-                        Ok(Applied {
+                        Ok(vec![Applied {
                             audit: AuditRecord {
                                 seq: 0,
                                 at: 0,
@@ -319,7 +381,7 @@ mod tests {
                                 hash: Vec::new(),
                             },
                             first_seen: None,
-                        })
+                        }])
                     })
                     .collect())
             })

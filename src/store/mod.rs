@@ -255,6 +255,11 @@ pub enum GroupedWrite {
     },
 }
 
+/// Writes that stand or fall together in a group commit: the records of one payment
+/// instruction's signers (one signer's replay keys must not be kept when another's record
+/// fails, or a retry of the instruction would be taken for a replay).
+pub type WriteUnit = Vec<GroupedWrite>;
+
 /// The audit event of a verification, made once the replay guard has said when the
 /// instruction was first seen (see [`Store::record_verification`]).
 #[derive(Clone)]
@@ -344,11 +349,12 @@ pub trait Store: Send + Sync {
         at: i64,
         event: &AuditEvent,
     ) -> Result<AuditRecord>;
-    /// Group commit: applies several writes in order, in one transaction (one fsync), each
-    /// with the result `record_pending` / `complete_issuance` / `record_verification` would
-    /// give it; a write that fails leaves the others in place. Everything is durable when it
-    /// returns `Ok`; `Err` means none of them is applied.
-    fn grouped_writes(&self, writes: &[GroupedWrite]) -> Result<Vec<Result<Applied>>>;
+    /// Group commit: applies several units of writes in order, in one transaction (one
+    /// fsync), each write with the result `record_pending` / `complete_issuance` /
+    /// `record_verification` would give it. A unit stands or falls whole: a write that fails
+    /// fails its unit (none of the unit's writes is applied) and leaves the other units in
+    /// place. Everything is durable when it returns `Ok`; `Err` means nothing is applied.
+    fn grouped_writes(&self, units: &[WriteUnit]) -> Result<Vec<Result<Vec<Applied>>>>;
     /// Pending records created at or before `cutoff`.
     fn pending_before(&self, cutoff: i64) -> Result<Vec<CertRecord>>;
     /// Voids a pending record (it goes on the CRL, dated `at`).

@@ -503,25 +503,25 @@ impl Store for PostgresStore {
         self.tx(|tx| tx.complete_pending(serial, cert_der, at, event))
     }
 
-    fn grouped_writes(&self, writes: &[GroupedWrite]) -> Result<Vec<Result<Applied>>> {
+    fn grouped_writes(&self, units: &[WriteUnit]) -> Result<Vec<Result<Vec<Applied>>>> {
         // Group commit: one transaction (one WAL flush) for the group. Nearly always every
         // write applies, so the first try has no savepoints (two round trips less per write);
         // if any write fails, that transaction rolls back whole and the group is applied
-        // again, each write in its own savepoint so that one that fails leaves the others.
+        // again, each unit in its own savepoint so that one that fails leaves the others.
         let all = self.tx(|tx| {
-            writes
+            units
                 .iter()
-                .map(|w| tx.apply(w))
+                .map(|u| tx.apply_unit(u))
                 .collect::<Result<Vec<_>>>()
         });
         if let Ok(applied) = all {
             return Ok(applied.into_iter().map(Ok).collect());
         }
         self.tx(|tx| {
-            let mut out = Vec::with_capacity(writes.len());
-            for w in writes {
+            let mut out = Vec::with_capacity(units.len());
+            for unit in units {
                 let mut sp = tx.savepoint("grouped_write").map_err(map_err)?;
-                let r = sp.apply(w);
+                let r = sp.apply_unit(unit);
                 if r.is_ok() {
                     sp.commit().map_err(map_err)?;
                 } else {

@@ -534,26 +534,26 @@ impl Store for SqliteStore {
         self.tx(|tx| tx.complete_pending(serial, cert_der, at, event))
     }
 
-    fn grouped_writes(&self, writes: &[GroupedWrite]) -> Result<Vec<Result<Applied>>> {
+    fn grouped_writes(&self, units: &[WriteUnit]) -> Result<Vec<Result<Vec<Applied>>>> {
         // Nearly always every write applies: one transaction, no savepoints (their statement
         // journal showed in the commit thread's profile). If any write fails, that
-        // transaction rolls back whole and the group is applied again write by write.
+        // transaction rolls back whole and the group is applied again unit by unit.
         let all = self.tx(|tx| {
-            writes
+            units
                 .iter()
-                .map(|w| tx.apply(w))
+                .map(|u| tx.apply_unit(u))
                 .collect::<Result<Vec<_>>>()
         });
         if let Ok(applied) = all {
             return Ok(applied.into_iter().map(Ok).collect());
         }
         self.tx(|tx| {
-            let mut out = Vec::with_capacity(writes.len());
-            for w in writes {
-                // Each write in its own savepoint: one that fails leaves the others in place.
+            let mut out = Vec::with_capacity(units.len());
+            for unit in units {
+                // Each unit in its own savepoint: one that fails leaves the others in place.
                 tx.execute_batch("SAVEPOINT grouped_write")
                     .map_err(map_err)?;
-                let r = tx.apply(w);
+                let r = tx.apply_unit(unit);
                 let end = if r.is_ok() {
                     "RELEASE grouped_write"
                 } else {

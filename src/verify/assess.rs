@@ -26,7 +26,7 @@ use crate::ca::{Authority, IssuerId, HOLD_REASON_CODE};
 use crate::clock::Clock;
 use crate::policy::{KeyCustody, KeyType, KeyUsageBit, PolicyDigest, Profiles, SignaturePolicy};
 use crate::store::{
-    Applied, CertStatus, GroupCommit, GroupedWrite, ReplayKeys, Store, VerificationEvent,
+    Applied, CertStatus, GroupCommit, GroupedWrite, ReplayKeys, Store, VerificationEvent, WriteUnit,
 };
 
 /// Certificates a signature carries that path building looks at.
@@ -219,29 +219,28 @@ impl Verifier {
         tenant: Option<&str>,
     ) -> Vec<Result<Report, VerifyError>> {
         let now = self.clock.now();
-        let mut writes = Vec::new();
-        let decided: Vec<Decided> = items
+        let (decided, units): (Vec<Decided>, Vec<WriteUnit>) = items
             .iter()
-            .map(|item| self.decide(item, now, actor, tenant, &mut writes))
-            .collect();
-        let mut outcomes = self.commits.write_all(writes).into_iter();
+            .map(|item| self.decide(item, now, actor, tenant))
+            .unzip();
+        let outcomes = self.commits.write_units(units);
         decided
             .into_iter()
-            .map(|d| d.finish(self, now, &mut outcomes))
+            .zip(outcomes)
+            .map(|(d, applied)| d.finish(self, now, applied))
             .collect()
     }
 
     /// Everything about one instruction but what its records answer (the replay guard): the
-    /// decision so far, and its writes appended to `writes` (one per signer, or one for a
-    /// signature that cannot be read).
+    /// decision so far, and its records as one unit (one write per signer, or one for a
+    /// signature that cannot be read): all of them are kept, or none.
     fn decide(
         &self,
         item: &Presented<'_>,
         now: i64,
         actor: &str,
         tenant: Option<&str>,
-        writes: &mut Vec<GroupedWrite>,
-    ) -> Decided {
+    ) -> (Decided, WriteUnit) {
         let (evidence, digest) = match self.examine(item.instruction, item.signature) {
             Ok(examined) => examined,
             Err(reason) => {
@@ -259,19 +258,31 @@ impl Verifier {
                     serde_json::json!({"indication": report.indication, "sub_indication": report.sub_indication}),
                 )
                 .for_tenant(tenant);
-                writes.push(verification_write(None, now, 1, move |_| event.clone()));
-                return Decided::Unreadable(Box::new(report));
+                let write = verification_write(None, now, 1, move |_| event.clone());
+                return (Decided::Unreadable(Box::new(report)), vec![write]);
             }
         };
+        let mut writes = Vec::with_capacity(evidence.len());
         let signers = evidence
             .iter()
-            .map(|ev| self.assess(ev, item.instruction, &digest, now, actor, tenant, writes))
+            .map(|ev| {
+                self.assess(
+                    ev,
+                    item.instruction,
+                    &digest,
+                    now,
+                    actor,
+                    tenant,
+                    &mut writes,
+                )
+            })
             .collect();
-        Decided::Signers {
+        let decided = Decided::Signers {
             evidence,
             digest,
             signers,
-        }
+        };
+        (decided, writes)
     }
 
     /// Reads the signature (CMS or JWS) and examines each signer; returns the evidence and the
@@ -915,33 +926,25 @@ struct Assessed {
 }
 
 impl Decided {
-    /// The report, once the records' results are known: takes this instruction's results
-    /// (one per write [`Verifier::decide`] made) from `outcomes`, in order.
+    /// The report, once the records' results are known: `applied` answers the unit of
+    /// records [`Verifier::decide`] made, one result per write.
     fn finish(
         self,
         verifier: &Verifier,
         now: i64,
-        outcomes: &mut impl Iterator<Item = crate::store::Result<Applied>>,
+        applied: crate::store::Result<Vec<Applied>>,
     ) -> Result<Report, VerifyError> {
-        let mut next = || {
-            outcomes.next().unwrap_or_else(|| {
-                Err(crate::store::StoreError::Unavailable(
-                    "a verification record went unanswered".into(),
-                ))
-            })
-        };
+        let applied = applied?;
         match self {
-            Decided::Unreadable(report) => next().map(|_| *report).map_err(Into::into),
+            Decided::Unreadable(report) => Ok(*report),
             Decided::Signers {
                 evidence,
                 digest,
                 signers,
             } => {
-                // Every result is taken, failed or not, so the next instruction gets its own.
-                let results: Vec<_> = signers.iter().map(|_| next()).collect();
                 let mut reports = Vec::with_capacity(signers.len());
-                for ((ev, signer), result) in evidence.iter().zip(signers).zip(results) {
-                    let first_seen = result?.first_seen;
+                for ((ev, signer), record) in evidence.iter().zip(signers).zip(&applied) {
+                    let first_seen = record.first_seen;
                     reports.push(signer.finish(ev, first_seen, verifier.policy.replay.reject));
                 }
                 Ok(Report::combine(
