@@ -203,7 +203,21 @@ impl Work {
             _ => 1,
         }
     }
+
+    /// Instructions per request of a verification, `None` for other work.
+    fn instructions(&self) -> Option<(&Arc<Verifying>, usize)> {
+        match self {
+            Work::Verify(v) => Some((v, 1)),
+            Work::VerifyBatch(v, n) => Some((v, *n)),
+            Work::Fixed(..) => None,
+        }
+    }
 }
+
+/// Instructions signed before a verification measurement, per second of it: more than this
+/// machine verifies, so that the load generator signs nothing while the server is measured.
+/// Its signing took a third of a core, which the raw verify reference never shares.
+const PREPARED_INSTRUCTIONS_PER_SECOND: f64 = 10_000.0;
 
 /// What a verification request is made of.
 struct Verifying {
@@ -215,15 +229,80 @@ struct Verifying {
     authorization: String,
     run: u64,
     counter: AtomicU64,
+    /// Requests signed before the measurement (see [`Verifying::prepare`]), and of how many
+    /// instructions each.
+    prepared: std::sync::Mutex<(usize, Vec<Call>)>,
+    /// Requests signed during a measurement, the prepared ones having run out.
+    signed_late: AtomicU64,
 }
 
 impl Verifying {
-    fn call(&self) -> Result<Call, String> {
-        Ok(self.post("/v1/verifications", self.item()?.to_string()))
+    /// Signs, before a measurement of `duration`, the requests of `per_request` instructions
+    /// it will send (on both cores: nothing else runs yet).
+    fn prepare(&self, per_request: usize, duration: Duration) -> Result<(), String> {
+        let wanted = (duration.as_secs_f64() * PREPARED_INSTRUCTIONS_PER_SECOND
+            / per_request as f64)
+            .ceil() as usize;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let calls = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..threads)
+                .map(|t| {
+                    let share = wanted / threads + usize::from(t < wanted % threads);
+                    s.spawn(move || {
+                        (0..share)
+                            .map(|_| self.make(per_request))
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+                })
+                .collect();
+            let mut calls = Vec::with_capacity(wanted);
+            for w in workers {
+                calls.extend(
+                    w.join()
+                        .map_err(|_| "a signing thread panicked".to_string())??,
+                );
+            }
+            Ok::<_, String>(calls)
+        })?;
+        *self.prepared.lock().unwrap_or_else(|e| e.into_inner()) = (per_request, calls);
+        self.signed_late.store(0, Ordering::Relaxed);
+        Ok(())
     }
 
-    fn batch_call(&self, n: usize) -> Result<Call, String> {
-        let items = (0..n).map(|_| self.item()).collect::<Result<Vec<_>, _>>()?;
+    /// A prepared request of `per_request` instructions, or one signed now when none is left.
+    fn take(&self, per_request: usize) -> Result<Call, String> {
+        let prepared = {
+            let mut stock = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
+            if stock.0 == per_request {
+                stock.1.pop()
+            } else {
+                None
+            }
+        };
+        match prepared {
+            Some(call) => Ok(call),
+            None => {
+                self.signed_late.fetch_add(1, Ordering::Relaxed);
+                self.make(per_request)
+            }
+        }
+    }
+
+    /// Drops what was not sent; returns how many requests were signed during the measurement.
+    fn finish(&self) -> u64 {
+        *self.prepared.lock().unwrap_or_else(|e| e.into_inner()) = (0, Vec::new());
+        self.signed_late.swap(0, Ordering::Relaxed)
+    }
+
+    /// A request of `per_request` fresh instructions, signed now: `POST /v1/verifications`
+    /// for one, the batch route for more.
+    fn make(&self, per_request: usize) -> Result<Call, String> {
+        if per_request == 1 {
+            return Ok(self.post("/v1/verifications", self.item()?.to_string()));
+        }
+        let items = (0..per_request)
+            .map(|_| self.item())
+            .collect::<Result<Vec<_>, _>>()?;
         let body = serde_json::json!({ "items": items });
         Ok(self.post("/v1/verifications/batch", body.to_string()))
     }
@@ -638,6 +717,8 @@ async fn plan(
                     .map(|d| d.as_nanos() as u64)
                     .unwrap_or(0),
                 counter: AtomicU64::new(0),
+                prepared: std::sync::Mutex::new((0, Vec::new())),
+                signed_late: AtomicU64::new(0),
             })))
         }
         None => None,
@@ -659,6 +740,10 @@ async fn drive(
     clients: usize,
     duration: Duration,
 ) -> Result<Measurement, LoadError> {
+    for (v, per_request) in cycle.iter().filter_map(Work::instructions) {
+        v.prepare(per_request, duration)
+            .map_err(|e| LoadError::Setup(format!("cannot sign the instructions: {e}")))?;
+    }
     let mut conns = Vec::with_capacity(clients);
     for _ in 0..clients {
         conns.push(Connection::open(target).await?);
@@ -682,11 +767,11 @@ async fn drive(
                 }
                 let outcome = match work {
                     Work::Fixed(call, expect) => one(&mut conn, call, *expect).await,
-                    Work::Verify(v) => match v.call() {
+                    Work::Verify(v) => match v.take(1) {
                         Ok(call) => one(&mut conn, &call, Expect::TotalPassed).await,
                         Err(e) => Err(format!("cannot sign the instruction: {e}")),
                     },
-                    Work::VerifyBatch(v, n) => match v.batch_call(*n) {
+                    Work::VerifyBatch(v, n) => match v.take(*n) {
                         Ok(call) => one(&mut conn, &call, Expect::AllPassed(*n)).await,
                         Err(e) => Err(format!("cannot sign the instructions: {e}")),
                     },
@@ -726,6 +811,15 @@ async fn drive(
         }
     }
     let seconds = start.elapsed().as_secs_f64();
+    for (v, _) in cycle.iter().filter_map(Work::instructions) {
+        let late = v.finish();
+        if late > 0 {
+            eprintln!(
+                "bench: {label}: the prepared instructions ran out; {late} requests were signed \
+                 during the measurement (the load generator took some of the server's CPU)"
+            );
+        }
+    }
     lat.sort_unstable();
     let pick = |q: f64| -> f64 {
         if lat.is_empty() {
