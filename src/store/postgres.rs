@@ -23,6 +23,7 @@ use crate::audit::{chain_hash, AuditEvent, AuditRecord, GENESIS};
 const MIGRATIONS: &[&str] = &[
     include_str!("pg/0001_init.sql"),
     include_str!("pg/0002_crl_order.sql"),
+    include_str!("pg/0003_write_less.sql"),
 ];
 
 /// Key of the advisory lock every write transaction holds until it ends ("SIGNET" in ASCII).

@@ -20,6 +20,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_signing.sql"),
     include_str!("migrations/0003_status_epoch.sql"),
     include_str!("migrations/0004_crl_order.sql"),
+    include_str!("migrations/0005_write_less.sql"),
 ];
 
 /// Read connections kept open for reuse.
@@ -1433,6 +1434,56 @@ mod tests {
         .expect("open the database file");
         conn.query_row("SELECT count(*) FROM audit_events", [], |r| r.get(0))
             .unwrap_or(0)
+    }
+
+    #[test]
+    fn a_version_4_store_keeps_its_replay_keys_and_thumbprints_through_the_upgrade() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("signet.db");
+        {
+            // A store as version 4 left it, with a remembered instruction and a certificate.
+            let conn = Connection::open(&path).expect("create");
+            for (i, sql) in MIGRATIONS[..4].iter().enumerate() {
+                conn.execute_batch(sql).expect("migration");
+                conn.pragma_update(None, "user_version", i + 1).unwrap();
+            }
+            conn.execute_batch(
+                "INSERT INTO replay_instructions VALUES ('spki', 'd1', 5000);
+                 INSERT INTO replay_instruction_ids VALUES ('spki', 'id-1', 5000);
+                 INSERT INTO certificates (serial, issuer, profile, status, subject, shard,
+                     not_before, not_after, tbs_der, cert_der, created_at, thumbprint)
+                 VALUES ('0a', 'customer', 'customer', 'issued', 'CN=x', 0, 1, 2, x'30', x'30',
+                     1, 'ab12');
+                 INSERT INTO certificates (serial, issuer, profile, status, subject, shard,
+                     not_before, not_after, tbs_der, created_at)
+                 VALUES ('0b', 'customer', 'customer', 'pending', 'CN=y', 0, 1, 2, x'30', 1);",
+            )
+            .expect("version 4 rows");
+        }
+        let store = SqliteStore::open(&path).expect("open and upgrade");
+        let version: usize = store
+            .tx(|tx| {
+                tx.query_row("PRAGMA user_version", [], |r| r.get(0))
+                    .map_err(map_err)
+            })
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len());
+        let note = |_| AuditEvent::new("test", "signature.verify", "d1", serde_json::json!({}));
+        let again = |digest: &str, id: Option<&str>| {
+            let keys = ReplayKeys {
+                signer: "spki".into(),
+                digest: digest.into(),
+                instruction_id: id.map(String::from),
+            };
+            store
+                .record_verification(Some(&keys), 6_000, 3_600, &note)
+                .expect("recorded")
+        };
+        assert_eq!(again("d1", None), Some(5_000), "the instruction's digest");
+        assert_eq!(again("d2", Some("id-1")), Some(5_000), "the instruction id");
+        assert_eq!(again("d3", None), None, "a new instruction");
+        let found = store.certificate_by_thumbprint("ab12").unwrap();
+        assert_eq!(found.map(|c| c.serial).as_deref(), Some("0a"));
     }
 
     #[test]
