@@ -214,7 +214,7 @@ fn bench() -> Result<(), BoxError> {
     println!("{}", "-".repeat(110));
     println!(
         "{:<48} {:>9}   {}",
-        "(a) raw SoftHSM2 C_Sign (sign_p256_sha256)",
+        "(a) raw SoftHSM2 C_Sign (one session, 64 a call)",
         thousands(ma),
         runs(&a)
     );

@@ -8,7 +8,8 @@
 //! It makes a private SoftHSM2 token in a temporary directory (`softhsm/setup.sh` with
 //! `SIGNET_HOME` there, then `signet ca init`), opens Signet on it and signs with the
 //! validation-service key (its label, certificate and chain). Interleaved, five rounds of:
-//! - (a) raw: `Hsm::sign_p256_sha256(label, 32 bytes)` in a loop for about 3 s;
+//! - (a) raw: C_SignInit and C_Sign over a 32-byte digest on one session, in calls of 64
+//!   (`signet::loadgen::raw_sign_rate`), for about 3 s;
 //! - (b) batch: 1,000 random SHA-256 digests, each made into
 //!   `cms_signed_data(CmsContent::DetachedDigest(..))` signed through the same HSM call, the
 //!   batch repeated for about 3 s.
@@ -154,7 +155,7 @@ fn bench() -> Result<(), BoxError> {
     println!("{}", "-".repeat(110));
     println!(
         "{:<48} {:>9}   {}",
-        "(a) raw SoftHSM2 C_Sign (sign_p256_sha256)",
+        "(a) raw SoftHSM2 C_Sign (one session, 64 a call)",
         thousands(ma),
         runs(&a)
     );

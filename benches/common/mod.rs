@@ -128,14 +128,13 @@ impl BenchCa {
         })
     }
 
-    /// Raw SoftHSM2 C_Sign of 32 bytes with `label` (`Hsm::sign_p256_sha256`), one thread.
+    /// Raw SoftHSM2 C_Sign with `label`, one thread (see `signet::loadgen::raw_sign_rate`).
     pub fn raw_sign_rate(&self, label: &str, run: Duration) -> Result<f64, BoxError> {
-        let hsm = &self.signet.hsm;
-        let data = [0x5a_u8; 32];
-        rate(run, 1, || {
-            std::hint::black_box(hsm.sign_p256_sha256(label, std::hint::black_box(&data))?);
-            Ok(())
-        })
+        Ok(signet::loadgen::raw_sign_rate(
+            &self.signet.hsm,
+            label,
+            run,
+        )?)
     }
 }
 
