@@ -161,8 +161,8 @@ pub enum Fault {
     None,
     /// Stop after the to-be-signed certificate is recorded, before the HSM signs it.
     AfterRecord,
-    /// The HSM's answer to every call signing certificates is an error (the whole call fails,
-    /// as a token that goes away mid-batch makes it).
+    /// The HSM's answer to every call signing end-entity certificates (`issue_batch`) is an
+    /// error: the whole call fails, as a token that goes away mid-batch makes it.
     SignFails,
 }
 

@@ -138,6 +138,9 @@ pub struct Measurement {
     pub latency: Latency,
     /// Failed requests by kind (`status 503`, `transport`, `check`).
     pub errors: BTreeMap<String, u64>,
+    /// Verification requests signed while the scenario ran, the prepared ones having run out
+    /// (the load generator then took some of the server's CPU).
+    pub signed_live: u64,
 }
 
 impl Measurement {
@@ -214,10 +217,38 @@ impl Work {
     }
 }
 
-/// Instructions signed before a verification measurement, per second of it: more than this
-/// machine verifies, so that the load generator signs nothing while the server is measured.
-/// Its signing took a third of a core, which the raw verify reference never shares.
+/// Instructions signed before a scenario's warm-up and measurement, per second of them (scaled
+/// by the share of verification requests in the scenario's cycle): more than this machine
+/// verifies, so that the load generator signs nothing while the server is measured. Its
+/// signing took a third of a core, which the raw verify reference never shares.
 const PREPARED_INSTRUCTIONS_PER_SECOND: f64 = 10_000.0;
+/// At most this many prepared instructions (about 2.5 KB of request each): past it, a long
+/// run signs the rest as it goes, and says so.
+const MAX_PREPARED_INSTRUCTIONS: usize = 150_000;
+
+/// Signs, before a scenario runs for `run` (warm-up and measurement), the verification
+/// requests its cycle will send.
+fn prepare_instructions(cycle: &[Work], run: Duration) -> Result<(), LoadError> {
+    let share = cycle.iter().filter(|w| w.instructions().is_some()).count() as f64
+        / cycle.len().max(1) as f64;
+    let wanted = ((run.as_secs_f64() * PREPARED_INSTRUCTIONS_PER_SECOND * share) as usize)
+        .min(MAX_PREPARED_INSTRUCTIONS);
+    for (v, per_request) in cycle.iter().filter_map(Work::instructions) {
+        v.prepare(per_request, wanted.div_ceil(per_request))
+            .map_err(|e| LoadError::Setup(format!("cannot sign the instructions: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Drops the prepared requests left over; returns how many requests were signed while the
+/// scenario ran (the prepared ones having run out).
+fn finish_instructions(cycle: &[Work]) -> u64 {
+    cycle
+        .iter()
+        .filter_map(Work::instructions)
+        .map(|(v, _)| v.finish())
+        .sum()
+}
 
 /// What a verification request is made of.
 struct Verifying {
@@ -237,12 +268,9 @@ struct Verifying {
 }
 
 impl Verifying {
-    /// Signs, before a measurement of `duration`, the requests of `per_request` instructions
-    /// it will send (on both cores: nothing else runs yet).
-    fn prepare(&self, per_request: usize, duration: Duration) -> Result<(), String> {
-        let wanted = (duration.as_secs_f64() * PREPARED_INSTRUCTIONS_PER_SECOND
-            / per_request as f64)
-            .ceil() as usize;
+    /// Signs `wanted` requests of `per_request` instructions each, before they are sent (on
+    /// both cores: nothing else runs yet).
+    fn prepare(&self, per_request: usize, wanted: usize) -> Result<(), String> {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let calls = std::thread::scope(|s| {
             let workers: Vec<_> = (0..threads)
@@ -740,10 +768,6 @@ async fn drive(
     clients: usize,
     duration: Duration,
 ) -> Result<Measurement, LoadError> {
-    for (v, per_request) in cycle.iter().filter_map(Work::instructions) {
-        v.prepare(per_request, duration)
-            .map_err(|e| LoadError::Setup(format!("cannot sign the instructions: {e}")))?;
-    }
     let mut conns = Vec::with_capacity(clients);
     for _ in 0..clients {
         conns.push(Connection::open(target).await?);
@@ -811,15 +835,6 @@ async fn drive(
         }
     }
     let seconds = start.elapsed().as_secs_f64();
-    for (v, _) in cycle.iter().filter_map(Work::instructions) {
-        let late = v.finish();
-        if late > 0 {
-            eprintln!(
-                "bench: {label}: the prepared instructions ran out; {late} requests were signed \
-                 during the measurement (the load generator took some of the server's CPU)"
-            );
-        }
-    }
     lat.sort_unstable();
     let pick = |q: f64| -> f64 {
         if lat.is_empty() {
@@ -839,6 +854,7 @@ async fn drive(
             max: lat.last().map_or(0.0, |m| *m as f64 / 1000.0),
         },
         errors,
+        signed_live: 0,
     })
 }
 
@@ -1015,6 +1031,8 @@ pub fn run(options: &Options) -> Result<Report, LoadError> {
         }
         for (scenario, cycle) in &cycles {
             let label = format!("signet {}", scenario.name());
+            // Signed before the warm-up, so that the warm-up leads straight into the measurement.
+            prepare_instructions(cycle, options.warmup + options.duration)?;
             runtime.block_on(drive(
                 &label,
                 &target,
@@ -1026,7 +1044,15 @@ pub fn run(options: &Options) -> Result<Report, LoadError> {
                 pid,
                 drive(&label, &target, cycle, options.clients, options.duration),
             ));
-            let m = m?;
+            let mut m = m?;
+            m.signed_live = finish_instructions(cycle);
+            if m.signed_live > 0 {
+                eprintln!(
+                    "bench: round {round}: {label}: the prepared instructions ran out; {} \
+                     requests were signed while it ran",
+                    m.signed_live
+                );
+            }
             peak = peak.max(p.unwrap_or(0));
             eprintln!(
                 "bench: round {round}: {label}: {:.0}/s, p99 {:.1} ms, {} errors",
@@ -1131,6 +1157,14 @@ impl Report {
             }
             for (k, v) in kinds {
                 let _ = writeln!(out, "{:<24}   error: {v} x {k}", "");
+            }
+            let live: u64 = ms.iter().map(|m| m.signed_live).sum();
+            if live > 0 {
+                let _ = writeln!(
+                    out,
+                    "{:<24}   note: {live} requests signed while measured (the prepared ones ran out)",
+                    ""
+                );
             }
         }
         if !self.raw_hsm.is_empty() {

@@ -942,6 +942,7 @@ impl Decided {
                 digest,
                 signers,
             } => {
+                debug_assert_eq!(applied.len(), signers.len(), "one record per signer");
                 let mut reports = Vec::with_capacity(signers.len());
                 for ((ev, signer), record) in evidence.iter().zip(signers).zip(&applied) {
                     let first_seen = record.first_seen;
