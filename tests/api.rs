@@ -130,20 +130,6 @@ fn assert_batch_size_refused(s: &Server, path: &str, token: &str, item: &Value) 
     }
 }
 
-/// `openssl verify -x509_strict` accepts a customer certificate under the root and customer CA.
-fn assert_customer_certificate_verifies(f: &Fixture, leaf: &Path) {
-    openssl(&args![
-        "verify",
-        "-x509_strict",
-        "-CAfile",
-        f.ca("root.pem"),
-        "-untrusted",
-        f.ca("customer-ca.pem"),
-        leaf
-    ])
-    .assert_ok();
-}
-
 fn ocsp_status(s: &Server, issuer: &Path, cert_args: &[&std::ffi::OsStr]) -> String {
     let f = fixture();
     let mut a = args!["ocsp", "-issuer", issuer].to_vec();
@@ -168,7 +154,7 @@ fn customer_certificate_issued_over_the_api_verifies_with_openssl() {
     let s = guard.as_ref().unwrap();
     let f = fixture();
     let (_, leaf) = issue_customer(s, &banks.a_officer);
-    assert_customer_certificate_verifies(f, &leaf);
+    f.assert_customer_certificate_verifies(&leaf);
     let subject = openssl(&args![
         "x509", "-in", &leaf, "-noout", "-subject", "-nameopt", "utf8"
     ]);
@@ -1146,7 +1132,7 @@ fn a_certificate_batch_issues_each_good_request_and_answers_each_bad_one_with_it
             .unwrap_or_else(|| panic!("{result}"));
         let leaf = f.path(&format!("batch-leaf-{i}.pem"));
         std::fs::write(&leaf, result["certificate"].as_str().unwrap()).unwrap();
-        assert_customer_certificate_verifies(f, &leaf);
+        f.assert_customer_certificate_verifies(&leaf);
         let subject = openssl(&args![
             "x509", "-noout", "-subject", "-nameopt", "utf8", "-in", &leaf
         ]);

@@ -296,3 +296,16 @@ fn missing_config_file_is_refused() {
     );
     out.assert_refused();
 }
+
+#[test]
+fn an_unknown_fault_hook_is_refused_naming_the_known_ones() {
+    let f = fixture();
+    let out = f.signet_with(
+        &f.config,
+        &[("SIGNET_FAULT", "sign-sometimes".to_string())],
+        &args!["crl", "--issuer", "root", "--out", f.path("fault.crl")],
+    );
+    out.assert_refused();
+    assert_eq!(out.status.code(), Some(64), "{}", out.describe());
+    out.assert_stderr_mentions("after-record, sign-fails");
+}

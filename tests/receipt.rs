@@ -323,17 +323,7 @@ fn validation_certificate_chains_is_lint_clean_and_its_key_stays_in_the_token() 
     let pem = signet::ca::pem_certificate(&vs.certificate_der);
     let cert_path = write("validation.pem", pem.as_bytes());
 
-    let out = openssl(&args![
-        "verify",
-        "-x509_strict",
-        "-CAfile",
-        f.ca("root.pem"),
-        "-untrusted",
-        f.ca("customer-ca.pem"),
-        &cert_path
-    ]);
-    out.assert_ok();
-    assert!(out.stdout.contains(": OK"), "{}", out.describe());
+    f.assert_customer_certificate_verifies(cert_path.as_ref());
     // The purpose `openssl cms -verify` checks by default.
     let out = openssl(&args![
         "verify",

@@ -1196,79 +1196,84 @@ impl Report {
         }
         let _ = writeln!(out, "{}", "-".repeat(100));
         let raw = (!self.raw_hsm.is_empty()).then(|| median(&self.raw_hsm));
-        if let (Some(s), Some(c)) = (self.rate("signet issuance"), self.rate("cfssl issuance")) {
-            if c > 0.0 {
-                let _ = writeln!(
-                    out,
-                    "issuance Signet/CFSSL      {:>8.2}x   (target >= 1.0, aim 1.2)",
-                    s / c
-                );
-            }
-        }
-        if let (Some(s), Some(c)) = (
-            self.rate("signet issuance"),
-            self.rate("cfssl issuance (certdb)"),
-        ) {
-            if c > 0.0 {
-                let _ = writeln!(
-                    out,
-                    "issuance Signet/CFSSL+db   {:>8.2}x   (CFSSL recording each certificate too)",
-                    s / c
-                );
-            }
-        }
-        if let (Some(s), Some(r)) = (self.rate("signet issuance"), raw) {
-            let _ = writeln!(
-                out,
-                "issuance / raw HSM sign    {:>8.1}%   (target >= 40%)",
-                100.0 * s / r
-            );
-        }
-        if let (Some(s), Some(c)) = (
-            self.rate("signet issuance-batch"),
+        let verify = (!self.raw_verify.is_empty()).then(|| median(&self.raw_verify));
+        let (cfssl, cfssl_db) = (
             self.rate("cfssl issuance"),
-        ) {
-            if c > 0.0 {
-                let _ = writeln!(
-                    out,
-                    "batch issuance / CFSSL     {:>8.2}x   ({} per Signet request; CFSSL one per request)",
-                    s / c,
-                    options.batch
-                );
+            self.rate("cfssl issuance (certdb)"),
+        );
+        let b = options.batch;
+        // (line, Signet measurement, reference, as a percentage rather than a factor, note)
+        let ratios = [
+            (
+                "issuance Signet/CFSSL",
+                "signet issuance",
+                cfssl,
+                false,
+                "target >= 1.0, aim 1.2".to_string(),
+            ),
+            (
+                "issuance Signet/CFSSL+db",
+                "signet issuance",
+                cfssl_db,
+                false,
+                "CFSSL recording each certificate too".into(),
+            ),
+            (
+                "issuance / raw HSM sign",
+                "signet issuance",
+                raw,
+                true,
+                "target >= 40%".into(),
+            ),
+            (
+                "batch issuance / CFSSL",
+                "signet issuance-batch",
+                cfssl,
+                false,
+                format!("{b} per Signet request; CFSSL one per request"),
+            ),
+            (
+                "batch issuance / raw sign",
+                "signet issuance-batch",
+                raw,
+                true,
+                format!("{b} per request; each durable and audited"),
+            ),
+            (
+                "verification / raw verify",
+                "signet verification",
+                verify,
+                true,
+                "target >= 50%: replay guard and audit included".into(),
+            ),
+            (
+                "batch verification / raw",
+                "signet verification-batch",
+                verify,
+                true,
+                format!("{b} instructions per request; replay guard and audit of each included"),
+            ),
+            (
+                "OCSP / raw HSM sign",
+                "signet ocsp",
+                raw,
+                false,
+                "target >= 1.5".into(),
+            ),
+        ];
+        for (line, measured, reference, percent, note) in ratios {
+            let (Some(s), Some(r)) = (self.rate(measured), reference) else {
+                continue;
+            };
+            if r <= 0.0 {
+                continue;
             }
-        }
-        if let (Some(s), Some(r)) = (self.rate("signet issuance-batch"), raw) {
-            let _ = writeln!(
-                out,
-                "batch issuance / raw sign  {:>8.1}%   ({} per request; each durable and audited)",
-                100.0 * s / r,
-                options.batch
-            );
-        }
-        if let (Some(s), false) = (self.rate("signet verification"), self.raw_verify.is_empty()) {
-            let _ = writeln!(
-                out,
-                "verification / raw verify  {:>8.1}%   (target >= 50%: replay guard and audit included)",
-                100.0 * s / median(&self.raw_verify)
-            );
-        }
-        if let (Some(s), false) = (
-            self.rate("signet verification-batch"),
-            self.raw_verify.is_empty(),
-        ) {
-            let _ = writeln!(
-                out,
-                "batch verification / raw   {:>8.1}%   ({} instructions per request; replay guard and audit of each included)",
-                100.0 * s / median(&self.raw_verify),
-                options.batch
-            );
-        }
-        if let (Some(s), Some(r)) = (self.rate("signet ocsp"), raw) {
-            let _ = writeln!(
-                out,
-                "OCSP / raw HSM sign        {:>8.2}x   (target >= 1.5)",
-                s / r
-            );
+            let figure = if percent {
+                format!("{:>8.1}%", 100.0 * s / r)
+            } else {
+                format!("{:>8.2}x", s / r)
+            };
+            let _ = writeln!(out, "{line:<27}{figure}   ({note})");
         }
         match (self.server_pid, self.rss_idle_kib, self.rss_peak_kib) {
             (Some(pid), idle, peak) => {
@@ -1289,5 +1294,90 @@ impl Report {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn served(label: &str, items: u64) -> Measurement {
+        Measurement {
+            label: label.into(),
+            ok: items,
+            items,
+            seconds: 1.0,
+            ..Measurement::default()
+        }
+    }
+
+    fn options() -> Options {
+        Options {
+            server: "http://127.0.0.1:1".into(),
+            token_file: PathBuf::new(),
+            gateway_token_file: None,
+            scenarios: Vec::new(),
+            clients: 8,
+            batch: 16,
+            duration: Duration::from_secs(1),
+            warmup: Duration::from_secs(1),
+            rounds: 1,
+            server_pid: None,
+            cfssl: None,
+            cfssl_db: false,
+            reference_config: None,
+            profile: "customer".into(),
+            subject: "CN=x".into(),
+        }
+    }
+
+    #[test]
+    fn each_ratio_is_a_signet_median_over_its_reference_of_the_same_run() {
+        let mut report = Report {
+            raw_hsm: vec![10_000.0, 8_000.0, 12_000.0],
+            raw_verify: vec![20_000.0],
+            ..Report::default()
+        };
+        for (label, per_second) in [
+            ("signet issuance", 2_000),
+            ("signet issuance-batch", 4_500),
+            ("cfssl issuance", 4_000),
+            ("cfssl issuance (certdb)", 1_000),
+            ("signet verification", 5_000),
+            ("signet verification-batch", 12_000),
+            ("signet ocsp", 25_000),
+        ] {
+            report
+                .runs
+                .insert(label.into(), vec![served(label, per_second)]);
+        }
+        let text = report.render(&options());
+        let line = |start: &str| {
+            text.lines()
+                .find(|l| l.starts_with(start))
+                .unwrap_or_else(|| panic!("no {start:?} line in\n{text}"))
+                .to_string()
+        };
+        // Raw C_Sign's median is 10,000/s; ring's 20,000/s.
+        assert!(line("issuance Signet/CFSSL ").contains("    0.50x"));
+        assert!(line("issuance Signet/CFSSL+db").contains("    2.00x"));
+        assert!(line("issuance / raw HSM sign").contains("    20.0%   (target >= 40%)"));
+        assert!(line("batch issuance / CFSSL").contains("    1.12x   (16 per Signet request"));
+        assert!(line("batch issuance / raw sign").contains("    45.0%"));
+        assert!(line("verification / raw verify").contains("    25.0%"));
+        assert!(line("batch verification / raw").contains("    60.0%"));
+        assert!(line("OCSP / raw HSM sign").contains("    2.50x   (target >= 1.5)"));
+    }
+
+    #[test]
+    fn a_ratio_without_its_reference_is_not_printed() {
+        let mut report = Report::default();
+        report.runs.insert(
+            "signet issuance".into(),
+            vec![served("signet issuance", 2_000)],
+        );
+        let text = report.render(&options());
+        assert!(!text.contains("raw HSM sign"), "{text}");
+        assert!(!text.contains("CFSSL"), "{text}");
     }
 }

@@ -907,6 +907,22 @@ impl Fixture {
         (key, csr)
     }
 
+    /// `openssl verify -x509_strict` of a certificate (PEM) issued by the customer CA, under
+    /// the fixture's root.
+    pub fn assert_customer_certificate_verifies(&self, cert: &Path) {
+        let out = openssl(&args![
+            "verify",
+            "-x509_strict",
+            "-CAfile",
+            self.ca("root.pem"),
+            "-untrusted",
+            self.ca("customer-ca.pem"),
+            cert
+        ]);
+        out.assert_ok();
+        assert!(out.stdout.contains(": OK"), "{}", out.describe());
+    }
+
     /// `openssl cms -verify` of a DER receipt (or any CMS) against the fixture's root.
     pub fn openssl_cms_verify(&self, cms: &Path) -> Out {
         openssl(&args![
