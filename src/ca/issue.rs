@@ -397,7 +397,7 @@ impl Leaf<'_> {
         let missing = || CaError::Encoding("the HSM returned no signature for it".into());
         let signature = signature.ok_or_else(missing)?;
         let prepared = self.prepared.take().ok_or_else(missing)?;
-        Ok(prepared.assemble(signature)?.to_der()?)
+        Ok(prepared.assemble(signature)?)
     }
 
     fn pending_write(&self) -> GroupedWrite {

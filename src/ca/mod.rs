@@ -393,9 +393,8 @@ impl Authority {
         prepared: x509::PreparedCertificate,
         key_label: &str,
     ) -> Result<Vec<u8>, CaError> {
-        use der::Encode;
         let sig = self.sign(key_label, &prepared.tbs_der)?;
-        Ok(prepared.assemble(&sig)?.to_der()?)
+        Ok(prepared.assemble(&sig)?)
     }
 
     /// The P-256 key labelled `label` in the token: generated there (sensitive,

@@ -692,7 +692,7 @@ mod tests {
         )
         .unwrap();
         let sig = soft_sign(issuer_key, &prepared.tbs_der);
-        prepared.assemble(&sig).unwrap().to_der().unwrap()
+        prepared.assemble(&sig).unwrap()
     }
 
     struct Pki {
