@@ -248,6 +248,47 @@ fn signed_instruction(s: &Signet, instruction: &[u8]) -> (String, Vec<u8>, Vec<u
 use sha2::Digest as _;
 
 #[test]
+fn a_verification_whose_audit_event_falls_due_checkpoints_the_chain() {
+    let _normal = normal();
+    let s = signet();
+    let verifier = s.verifier.as_ref().expect("verifier configured");
+    let every = signet::config::Config::load(&common::fixture().config)
+        .unwrap()
+        .audit
+        .checkpoint_every;
+    let instruction = br#"{"instruction_id":"CHECKPOINT-1","amount":"1.00"}"#;
+    let (_, cms, _) = signed_instruction(s, instruction);
+    let start = s.store.audit_head().unwrap().map_or(0, |h| h.seq);
+    // Every presentation is audited (all but the first as replays). Other tests of this binary
+    // append too, so go on until one of these events has a due sequence number.
+    let mut due = None;
+    for _ in 0..3 * every {
+        verifier
+            .verify(instruction, &cms, "test:checkpoint", None)
+            .unwrap();
+        due = s
+            .store
+            .audit_events(start)
+            .unwrap()
+            .into_iter()
+            .find(|e| e.actor == "test:checkpoint" && e.seq % every == 0);
+        if due.is_some() {
+            break;
+        }
+    }
+    let due = due.expect("a verification event fell due");
+    assert_eq!(due.action, "signature.verify");
+    let checkpoint = s
+        .store
+        .checkpoints()
+        .unwrap()
+        .into_iter()
+        .find(|c| c.seq == due.seq)
+        .expect("the verification that fell due checkpointed the chain");
+    assert_eq!(checkpoint.hash, due.hash);
+}
+
+#[test]
 fn revocation_after_a_verified_chain_is_seen_by_the_next_verification() {
     let _normal = normal();
     let s = signet();

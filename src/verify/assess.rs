@@ -21,7 +21,7 @@ use super::report::{
     SignerSummary, SubIndication,
 };
 use super::{cms, input, jws, VerifyError};
-use crate::audit::AuditEvent;
+use crate::audit::{AuditEvent, AuditRecord, Auditor};
 use crate::ca::{Authority, IssuerId, HOLD_REASON_CODE};
 use crate::clock::Clock;
 use crate::policy::{KeyCustody, KeyType, KeyUsageBit, PolicyDigest, Profiles, SignaturePolicy};
@@ -38,7 +38,6 @@ const CERTIFICATE_CACHE_ENTRIES: usize = 2_000;
 /// Validated paths kept (a handful of certificates each, shared with the certificate cache
 /// only by content).
 const PATH_CACHE_ENTRIES: usize = 2_000;
-
 /// Verifies signatures of payment instructions.
 pub struct Verifier {
     store: Arc<dyn Store>,
@@ -55,6 +54,8 @@ pub struct Verifier {
     paths: path::PathCache,
     /// The authority's group committer: verification records share its transactions.
     commits: GroupCommit,
+    /// Checkpoints the audit chain when a verification's event is due for one.
+    auditor: Arc<Auditor>,
 }
 
 /// A verdict in progress: the first failure wins.
@@ -183,11 +184,22 @@ impl Verifier {
             certificates: CertCache::new(CERTIFICATE_CACHE_ENTRIES),
             paths: path::PathCache::new(PATH_CACHE_ENTRIES),
             commits: authority.commits().clone(),
+            auditor: authority.auditor().clone(),
         })
     }
 
     pub fn policy(&self) -> &SignaturePolicy {
         &self.policy
+    }
+
+    /// Checkpoints the audit chain when `audit` is due for one (every
+    /// `[audit].checkpoint_every` events), as every other writer of the chain does. A failed
+    /// checkpoint leaves the verification standing: its event is committed and chained, and the
+    /// next due event (or the shutdown) checkpoints the head again.
+    fn checkpoint_if_due(&self, audit: &AuditRecord) {
+        if let Err(e) = self.auditor.after_append(audit) {
+            tracing::warn!(error = %e, seq = audit.seq, "audit checkpoint failed; the next due event tries again");
+        }
     }
 
     /// Verifies `signature` over `instruction`. `actor`/`tenant` name the caller in the audit.
@@ -374,8 +386,10 @@ impl Verifier {
             serde_json::json!({"indication": report.indication, "sub_indication": report.sub_indication}),
         )
         .for_tenant(tenant);
-        self.commits
+        let applied = self
+            .commits
             .write(verification_write(None, now, 1, move |_| event.clone()))?;
+        self.checkpoint_if_due(&applied.audit);
         Ok(Report::combine(
             None,
             rfc3339(now),
@@ -935,6 +949,9 @@ impl Decided {
         applied: crate::store::Result<Vec<Applied>>,
     ) -> Result<Report, VerifyError> {
         let applied = applied?;
+        for record in &applied {
+            verifier.checkpoint_if_due(&record.audit);
+        }
         match self {
             Decided::Unreadable(report) => Ok(*report),
             Decided::Signers {
