@@ -451,6 +451,56 @@ fn the_replay_guard_admits_an_instruction_once_across_processes() {
 }
 
 #[test]
+fn replay_keys_seen_before_a_time_are_forgotten_oldest_first_each_pass_audited() {
+    for db in databases("forget_replay") {
+        let s = db.open();
+        let keys = |n: i64| ReplayKeys {
+            signer: "spki".into(),
+            digest: format!("d{n}"),
+            instruction_id: Some(format!("PAY-{n}")),
+        };
+        let verify = |n: i64, at: i64| {
+            s.record_verification(Some(&keys(n)), at, 3_600, &|_| event("verify", "x"))
+                .unwrap()
+        };
+        for n in 0..5 {
+            assert_eq!(verify(n, 1_000 + n), None);
+        }
+        let head = s.audit_head().unwrap().unwrap().seq;
+        let forget = || {
+            s.forget_replay_keys(1_003, 2, 9_000, &|k| event("replay.forget", &k.to_string()))
+                .unwrap()
+                .map_or(0, |(keys, audit)| {
+                    assert_eq!(audit.object, keys.to_string(), "its own event");
+                    keys
+                })
+        };
+        // Keys 0-2 were first seen before 1,003; at most two of each kind go per pass.
+        assert_eq!(forget(), 4, "{:?}: keys 0 and 1, digest and id", db.engine);
+        assert_eq!(forget(), 2, "{:?}: key 2", db.engine);
+        assert_eq!(forget(), 0, "{:?}: none left that old", db.engine);
+        let events = s.audit_events(head).unwrap();
+        let passes: Vec<_> = events
+            .iter()
+            .map(|e| (e.action.as_str(), e.object.as_str(), e.at))
+            .collect();
+        assert_eq!(
+            passes,
+            [("replay.forget", "4", 9_000), ("replay.forget", "2", 9_000)],
+            "{:?}: one event per pass that forgot something",
+            db.engine
+        );
+        assert_chain_intact(&s.audit_events(0).unwrap());
+        // Inside the window a forgotten key is new again; the ones kept (first seen at 1,003
+        // and later) are still replays.
+        assert_eq!(verify(0, 1_010), None, "{:?}", db.engine);
+        assert_eq!(verify(2, 1_010), None, "{:?}", db.engine);
+        assert_eq!(verify(3, 1_010), Some(1_003), "{:?}", db.engine);
+        assert_eq!(verify(4, 1_010), Some(1_004), "{:?}", db.engine);
+    }
+}
+
+#[test]
 fn concurrent_wrong_pins_cannot_exceed_the_limit() {
     for db in databases("pins") {
         let s = db.open();

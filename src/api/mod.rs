@@ -335,6 +335,39 @@ async fn sweep_interrupted(state: Shared) {
     }
 }
 
+/// How often the service forgets replay-guard keys past twice their window (and once at start).
+const REPLAY_SWEEP_EVERY: Duration = Duration::from_secs(600);
+
+async fn forget_expired_replay_keys(state: Shared) {
+    loop {
+        // One transaction at a time until none that old are left: other writers commit between.
+        loop {
+            let st = state.clone();
+            let result = blocking(move || {
+                Ok(match &st.signet.verifier {
+                    Some(v) => v
+                        .forget_expired_replay_keys("service:replay-sweep")
+                        .map_err(|e| e.to_string()),
+                    None => Ok(0),
+                })
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.message.to_string()));
+            match result {
+                Ok(0) => break,
+                Ok(keys) => {
+                    tracing::info!(keys, "forgot replay-guard keys past twice their window")
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "forgetting expired replay-guard keys failed; will retry");
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(REPLAY_SWEEP_EVERY).await;
+    }
+}
+
 /// Serves until `shutdown` resolves; in-flight requests finish, then the audit head is
 /// checkpointed. With `tls`, HTTPS (and client certificates); without, plain HTTP.
 pub async fn serve(
@@ -350,6 +383,7 @@ pub async fn serve(
     });
     let refresher = tokio::spawn(publish::refresh_crls(state.clone()));
     let sweeper = tokio::spawn(sweep_interrupted(state.clone()));
+    let forgetter = tokio::spawn(forget_expired_replay_keys(state.clone()));
     let app = router(state.clone());
     match tls {
         Some(setup) => tls::serve(app, listener, setup, shutdown).await,
@@ -364,6 +398,7 @@ pub async fn serve(
     }
     refresher.abort();
     sweeper.abort();
+    forgetter.abort();
     let s = state.clone();
     let closing = tokio::task::spawn_blocking(move || s.signet.shutdown()).await;
     match closing {

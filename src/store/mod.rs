@@ -330,6 +330,28 @@ pub(crate) fn check_releasable(cert: &CertRecord) -> Result<()> {
     Ok(())
 }
 
+/// The replay guard's tables, each with the column that holds its key beside `signer`.
+pub(crate) const REPLAY_TABLES: [(&str, &str); 2] = [
+    ("replay_instructions", "digest"),
+    ("replay_instruction_ids", "instruction_id"),
+];
+
+/// Deletes at most `limit` keys of a replay table first seen before `seen_before`, oldest
+/// first (both placeholders as the engine writes them). The outer `first_seen` test is for
+/// PostgreSQL: a key seen again while the statement waited for its row is checked again, and
+/// kept.
+pub(crate) fn forget_replay_keys_sql(
+    (table, column): (&str, &str),
+    seen_before: &str,
+    limit: &str,
+) -> String {
+    format!(
+        "DELETE FROM {table} WHERE first_seen < {seen_before} AND (signer, {column}) IN
+         (SELECT signer, {column} FROM {table} WHERE first_seen < {seen_before}
+          ORDER BY first_seen LIMIT {limit})"
+    )
+}
+
 /// The store. Implementations must be safe to share between threads and between processes
 /// that use the same database: uniqueness and ordering are database constraints.
 pub trait Store: Send + Sync {
@@ -496,6 +518,18 @@ pub trait Store: Send + Sync {
         window_secs: i64,
         event: &dyn Fn(Option<i64>) -> AuditEvent,
     ) -> Result<Option<i64>>;
+
+    /// Forgets replay-guard keys first seen before `seen_before`: at most `limit` of each kind
+    /// (instruction digests, instruction ids), in one transaction that appends
+    /// `event(forgotten)` when any went. Returns how many went and that event; None when none
+    /// were that old.
+    fn forget_replay_keys(
+        &self,
+        seen_before: i64,
+        limit: u32,
+        at: i64,
+        event: &dyn Fn(u64) -> AuditEvent,
+    ) -> Result<Option<(u64, AuditRecord)>>;
 
     fn add_teller(&self, teller: &TellerRecord, event: &AuditEvent) -> Result<AuditRecord>;
     fn teller_by_employee(

@@ -24,6 +24,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("pg/0001_init.sql"),
     include_str!("pg/0002_crl_order.sql"),
     include_str!("pg/0003_write_less.sql"),
+    include_str!("pg/0004_replay_expiry.sql"),
 ];
 
 /// Key of the advisory lock every write transaction holds until it ends ("SIGNET" in ASCII).
@@ -1008,6 +1009,30 @@ impl Store for PostgresStore {
             Ok(tx
                 .apply_verification(guard, at, window_secs, event)?
                 .first_seen)
+        })
+    }
+
+    fn forget_replay_keys(
+        &self,
+        seen_before: i64,
+        limit: u32,
+        at: i64,
+        event: &dyn Fn(u64) -> AuditEvent,
+    ) -> Result<Option<(u64, AuditRecord)>> {
+        self.tx(|tx| {
+            let mut forgotten = 0;
+            for table in REPLAY_TABLES {
+                forgotten += tx
+                    .execute(
+                        &forget_replay_keys_sql(table, "$1", "$2"),
+                        &[&seen_before, &i64::from(limit)],
+                    )
+                    .map_err(map_err)?;
+            }
+            if forgotten == 0 {
+                return Ok(None);
+            }
+            Ok(Some((forgotten, append(tx, at, &event(forgotten))?)))
         })
     }
 

@@ -21,6 +21,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0003_status_epoch.sql"),
     include_str!("migrations/0004_crl_order.sql"),
     include_str!("migrations/0005_write_less.sql"),
+    include_str!("migrations/0006_replay_expiry.sql"),
 ];
 
 /// Read connections kept open for reuse.
@@ -1175,6 +1176,28 @@ impl Store for SqliteStore {
             Ok(tx
                 .apply_verification(guard, at, window_secs, event)?
                 .first_seen)
+        })
+    }
+
+    fn forget_replay_keys(
+        &self,
+        seen_before: i64,
+        limit: u32,
+        at: i64,
+        event: &dyn Fn(u64) -> AuditEvent,
+    ) -> Result<Option<(u64, AuditRecord)>> {
+        self.tx(|tx| {
+            let mut forgotten = 0;
+            for table in REPLAY_TABLES {
+                forgotten += tx
+                    .prepare_cached(&forget_replay_keys_sql(table, "?1", "?2"))
+                    .and_then(|mut st| st.execute(params![seen_before, limit]))
+                    .map_err(map_err)? as u64;
+            }
+            if forgotten == 0 {
+                return Ok(None);
+            }
+            Ok(Some((forgotten, append(tx, at, &event(forgotten))?)))
         })
     }
 

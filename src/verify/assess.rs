@@ -38,6 +38,14 @@ const CERTIFICATE_CACHE_ENTRIES: usize = 2_000;
 /// Validated paths kept (a handful of certificates each, shared with the certificate cache
 /// only by content).
 const PATH_CACHE_ENTRIES: usize = 2_000;
+/// Replay-guard keys are kept this many replay windows. After one a key makes no replay (the
+/// guard takes it as unseen); the second lets an operator double the window without losing
+/// sightings the longer window should still catch.
+const REPLAY_KEY_WINDOWS: i64 = 2;
+/// Most replay-guard keys of each kind forgotten in one transaction: the store's writer is
+/// held for milliseconds, and verifications commit between two of them.
+const REPLAY_KEYS_FORGOTTEN_AT_ONCE: u32 = 5_000;
+
 /// Verifies signatures of payment instructions.
 pub struct Verifier {
     store: Arc<dyn Store>,
@@ -200,6 +208,38 @@ impl Verifier {
         if let Err(e) = self.auditor.after_append(audit) {
             tracing::warn!(error = %e, seq = audit.seq, "audit checkpoint failed; the next due event tries again");
         }
+    }
+
+    /// Forgets one transaction's worth of replay-guard keys first seen more than two replay
+    /// windows ago, with an audit event that says how many and up to when. Returns how many
+    /// went: 0 when none that old are left. Not evidence: each verification's own audit event
+    /// keeps the instruction's digest.
+    pub fn forget_expired_replay_keys(&self, actor: &str) -> Result<u64, VerifyError> {
+        let now = self.clock.now();
+        let seen_before = now.saturating_sub(
+            self.policy
+                .replay
+                .window_secs
+                .saturating_mul(REPLAY_KEY_WINDOWS),
+        );
+        let event = |keys: u64| {
+            AuditEvent::new(
+                actor,
+                "replay.forget",
+                "replay-guard",
+                serde_json::json!({"first_seen_before": rfc3339(seen_before), "keys": keys}),
+            )
+        };
+        let forgotten = self.store.forget_replay_keys(
+            seen_before,
+            REPLAY_KEYS_FORGOTTEN_AT_ONCE,
+            now,
+            &event,
+        )?;
+        Ok(forgotten.map_or(0, |(keys, audit)| {
+            self.checkpoint_if_due(&audit);
+            keys
+        }))
     }
 
     /// Verifies `signature` over `instruction`. `actor`/`tenant` name the caller in the audit.
