@@ -278,13 +278,21 @@ fn a_verification_whose_audit_event_falls_due_checkpoints_the_chain() {
     }
     let due = due.expect("a verification event fell due");
     assert_eq!(due.action, "signature.verify");
-    let checkpoint = s
-        .store
-        .checkpoints()
-        .unwrap()
-        .into_iter()
-        .find(|c| c.seq == due.seq)
-        .expect("the verification that fell due checkpointed the chain");
+    // Signed on the checkpoint thread: the verification did not wait for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let checkpoint = loop {
+        let found = s
+            .store
+            .checkpoints()
+            .unwrap()
+            .into_iter()
+            .find(|c| c.seq == due.seq);
+        if found.is_some() || std::time::Instant::now() > deadline {
+            break found;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    .expect("the verification that fell due checkpointed the chain");
     assert_eq!(checkpoint.hash, due.hash);
 }
 

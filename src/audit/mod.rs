@@ -11,7 +11,8 @@ pub use verify::{read_checkpoint_file, verify_chain, ChainBreak, VerifyReport};
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -87,6 +88,10 @@ pub struct Auditor {
     clock: Clock,
     /// Serializes checkpoint writes of this process (the file is appended in order).
     writing: Mutex<()>,
+    /// The token was seen to hold the audit key: no need to look again. (Signing with a
+    /// missing key is a session failure to the HSM layer, which then drops its cached key
+    /// handles and logs in again; one search first is cheaper.)
+    key_present: AtomicBool,
 }
 
 impl Auditor {
@@ -106,6 +111,7 @@ impl Auditor {
             file,
             clock,
             writing: Mutex::new(()),
+            key_present: AtomicBool::new(false),
         }
     }
 
@@ -139,9 +145,18 @@ impl Auditor {
 
     fn checkpoint(&self, seq: u64, hash: &[u8]) -> Result<Checkpoint, AuditError> {
         let _guard = self.writing.lock().unwrap_or_else(|e| e.into_inner());
-        // Before the ceremony made the audit key, signing fails with KeyNotFound. No search of
-        // the token first: C_FindObjects costs SoftHSM more than the signature, and this runs
-        // every `every` events on the issuing path.
+        // Searched for until found once: C_FindObjects costs SoftHSM more than the signature,
+        // and this runs every `every` events on the issuing path.
+        if !self.key_present.load(Ordering::Relaxed) {
+            if !self.hsm.has_key(&self.key_label)? {
+                // Before the ceremony made the audit key there is nothing to sign with.
+                return Err(AuditError::Hsm(HsmError::KeyNotFound {
+                    token: self.hsm.token_name(),
+                    key: self.key_label.clone(),
+                }));
+            }
+            self.key_present.store(true, Ordering::Relaxed);
+        }
         let at = self.clock.now();
         let signature = self
             .hsm
@@ -168,5 +183,172 @@ impl Auditor {
         f.sync_data().map_err(file_err)?;
         self.store.add_checkpoint(&cp)?;
         Ok(cp)
+    }
+}
+
+/// Checkpoints signed on a thread of their own, for writers of the chain that must not wait for
+/// the HSM (verifications need no HSM otherwise). The latest due event waits in a slot and the
+/// thread checkpoints it: a hung HSM holds that one thread, never a request, and the events
+/// that fall due meanwhile are covered by the checkpoint of the latest.
+pub struct BackgroundCheckpoints {
+    every: u64,
+    shared: Arc<(Mutex<Slot>, Condvar)>,
+    /// Joined on drop: a checkpoint in flight finishes before its owner (and the HSM context
+    /// it signs through) goes; a process that exits while a PKCS#11 call runs on another thread
+    /// can hang in the module's teardown.
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Slot {
+    /// (seq, hash) of the latest due event not yet handed to the thread.
+    due: Option<(u64, Vec<u8>)>,
+    closed: bool,
+}
+
+impl BackgroundCheckpoints {
+    pub fn start(auditor: Arc<Auditor>) -> std::io::Result<Self> {
+        let every = auditor.every;
+        Self::start_with(every, move |seq, hash| {
+            auditor.checkpoint(seq, hash).map(|_| ())
+        })
+    }
+
+    /// With what signs a checkpoint (the auditor, or a test's stand-in).
+    fn start_with(
+        every: u64,
+        checkpoint: impl Fn(u64, &[u8]) -> Result<(), AuditError> + Send + 'static,
+    ) -> std::io::Result<Self> {
+        let shared = Arc::new((Mutex::new(Slot::default()), Condvar::new()));
+        let theirs = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("signet-audit-checkpoints".into())
+            .spawn(move || {
+                let (slot, wake) = &*theirs;
+                loop {
+                    let (seq, hash) = {
+                        let mut s = slot.lock().unwrap_or_else(|e| e.into_inner());
+                        loop {
+                            if s.closed {
+                                return;
+                            }
+                            if let Some(due) = s.due.take() {
+                                break due;
+                            }
+                            s = wake.wait(s).unwrap_or_else(|e| e.into_inner());
+                        }
+                    };
+                    if let Err(e) = checkpoint(seq, &hash) {
+                        tracing::warn!(error = %e, seq, "audit checkpoint failed; the next due event tries again");
+                    }
+                }
+            })?;
+        Ok(BackgroundCheckpoints {
+            every,
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Hands `rec` to the thread when it is due for a checkpoint; never waits for one.
+    pub fn after_append(&self, rec: &AuditRecord) {
+        if !rec.seq.is_multiple_of(self.every) {
+            return;
+        }
+        let (slot, wake) = &*self.shared;
+        let mut s = slot.lock().unwrap_or_else(|e| e.into_inner());
+        if s.due.as_ref().is_none_or(|(seq, _)| *seq < rec.seq) {
+            s.due = Some((rec.seq, rec.hash.clone()));
+        }
+        wake.notify_one();
+    }
+}
+
+impl Drop for BackgroundCheckpoints {
+    fn drop(&mut self) {
+        let (slot, wake) = &*self.shared;
+        slot.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
+        wake.notify_one();
+        // A due event not yet taken is left: the owner's shutdown checkpoints the head.
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod background_tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    fn record(seq: u64) -> AuditRecord {
+        AuditRecord {
+            seq,
+            at: 0,
+            actor: "test".into(),
+            action: "signature.verify".into(),
+            object: "x".into(),
+            details: "{}".into(),
+            tenant: None,
+            prev_hash: vec![],
+            hash: vec![seq as u8],
+        }
+    }
+
+    #[test]
+    fn a_due_event_is_checkpointed_on_the_thread_and_others_are_not() {
+        let (signed, checkpoints) = mpsc::channel();
+        let bg = BackgroundCheckpoints::start_with(10, move |seq, hash| {
+            signed.send((seq, hash.to_vec())).unwrap();
+            Ok(())
+        })
+        .unwrap();
+        for seq in 1..=10 {
+            bg.after_append(&record(seq));
+        }
+        let got = checkpoints.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(got, (10, vec![10]));
+        assert!(checkpoints
+            .recv_timeout(Duration::from_millis(200))
+            .is_err());
+    }
+
+    #[test]
+    fn a_hung_checkpoint_keeps_no_caller_waiting_and_the_latest_due_event_is_signed_next() {
+        let (signed, checkpoints) = mpsc::channel();
+        let (release, released) = mpsc::channel::<()>();
+        let released = Mutex::new(released);
+        let bg = BackgroundCheckpoints::start_with(1, move |seq, _| {
+            signed.send(seq).unwrap();
+            if seq == 1 {
+                // A hung HSM: this call returns only when the test says so.
+                released.lock().unwrap().recv().unwrap();
+            }
+            Ok(())
+        })
+        .unwrap();
+        bg.after_append(&record(1));
+        assert_eq!(checkpoints.recv_timeout(Duration::from_secs(5)), Ok(1));
+        let started = Instant::now();
+        for seq in 2..=50 {
+            bg.after_append(&record(seq));
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "callers waited for the hung checkpoint"
+        );
+        assert!(checkpoints
+            .recv_timeout(Duration::from_millis(200))
+            .is_err());
+        release.send(()).unwrap();
+        assert_eq!(
+            checkpoints.recv_timeout(Duration::from_secs(5)),
+            Ok(50),
+            "the latest due event, once; the ones between are covered by it"
+        );
+        assert!(checkpoints
+            .recv_timeout(Duration::from_millis(200))
+            .is_err());
     }
 }

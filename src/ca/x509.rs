@@ -338,31 +338,59 @@ mod tests {
     }
 
     #[test]
-    fn an_assembled_certificate_is_the_signed_tbs_with_its_algorithm_and_signature() {
-        use super::{ecdsa_sha256, DecidedProfile, PreparedCertificate};
+    fn an_assembled_certificate_is_what_x509_cert_would_assemble_and_verifies() {
+        use super::{
+            ecdsa_sha256, key_id_extensions, raw_extension, signature_bits, x509_time,
+            DecidedProfile, HsmKeyRef, PreparedCertificate,
+        };
         use p256::ecdsa::signature::{Signer, Verifier};
+        use x509_cert::builder::Builder;
         let issuer_key = p256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
         let subject_key = p256::ecdsa::SigningKey::from_slice(&[9u8; 32]).unwrap();
         let spki = spki::SubjectPublicKeyInfoOwned::from_key(subject_key.verifying_key()).unwrap();
+        let [ski, aki] = key_id_extensions(&spki, &[1u8; 20]).unwrap();
+        // Certificate-sized: past 255 bytes, so the TBS has a two-octet length as real ones do.
+        let filler = raw_extension("1.3.6.1.4.1.99999.1".parse().unwrap(), false, {
+            let mut v = vec![0x04, 0x81, 200];
+            v.extend([0x5a; 200]);
+            v
+        })
+        .unwrap();
+        let profile = || DecidedProfile {
+            subject: Name::from_str("CN=Subject,serialNumber=110101199003071234,C=CN").unwrap(),
+            issuer: Name::from_str("CN=Issuer,O=Bank,C=CN").unwrap(),
+            extensions: vec![ski.clone(), aki.clone(), filler.clone()],
+        };
+        let (serial, from, until) = ([0x42; 16], 1_700_000_000, 1_800_000_000);
         let prepared = PreparedCertificate::new(
-            &[0x42; 16],
-            1_700_000_000,
-            1_800_000_000,
-            spki,
-            DecidedProfile {
-                subject: Name::from_str("CN=Subject,C=CN").unwrap(),
-                issuer: Name::from_str("CN=Issuer,C=CN").unwrap(),
-                extensions: vec![],
-            },
+            &serial,
+            from,
+            until,
+            spki.clone(),
+            profile(),
             *issuer_key.verifying_key(),
         )
         .unwrap();
+        assert_eq!(prepared.tbs_der[..2], [0x30, 0x82], "a two-octet length");
         let signature: p256::ecdsa::DerSignature = issuer_key.sign(&prepared.tbs_der);
         let der = prepared.assemble(signature.as_bytes()).unwrap();
 
+        // The same inputs through x509-cert's own assembly.
+        let mut builder = x509_cert::builder::CertificateBuilder::new(
+            profile(),
+            x509_cert::serial_number::SerialNumber::new(&serial).unwrap(),
+            x509_cert::time::Validity::new(x509_time(from).unwrap(), x509_time(until).unwrap()),
+            spki,
+        )
+        .unwrap();
+        let signer = HsmKeyRef(*issuer_key.verifying_key());
+        assert_eq!(builder.finalize(&signer).unwrap(), prepared.tbs_der);
+        let theirs = builder
+            .assemble(signature_bits(signature.as_bytes()).unwrap(), &signer)
+            .unwrap();
+        assert_eq!(der, theirs.to_der().unwrap(), "byte for byte");
+
         let cert = x509_cert::Certificate::from_der(&der).unwrap();
-        assert_eq!(cert.to_der().unwrap(), der, "canonical DER");
-        assert_eq!(cert.tbs_certificate().to_der().unwrap(), prepared.tbs_der);
         assert_eq!(cert.signature_algorithm(), &ecdsa_sha256());
         assert_eq!(
             cert.tbs_certificate().signature(),

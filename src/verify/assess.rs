@@ -21,7 +21,7 @@ use super::report::{
     SignerSummary, SubIndication,
 };
 use super::{cms, input, jws, VerifyError};
-use crate::audit::{AuditEvent, AuditRecord, Auditor};
+use crate::audit::{AuditEvent, AuditRecord, BackgroundCheckpoints};
 use crate::ca::{Authority, IssuerId, HOLD_REASON_CODE};
 use crate::clock::Clock;
 use crate::policy::{KeyCustody, KeyType, KeyUsageBit, PolicyDigest, Profiles, SignaturePolicy};
@@ -63,7 +63,7 @@ pub struct Verifier {
     /// The authority's group committer: verification records share its transactions.
     commits: GroupCommit,
     /// Checkpoints the audit chain when a verification's event is due for one.
-    auditor: Arc<Auditor>,
+    checkpoints: BackgroundCheckpoints,
 }
 
 /// A verdict in progress: the first failure wins.
@@ -192,7 +192,9 @@ impl Verifier {
             certificates: CertCache::new(CERTIFICATE_CACHE_ENTRIES),
             paths: path::PathCache::new(PATH_CACHE_ENTRIES),
             commits: authority.commits().clone(),
-            auditor: authority.auditor().clone(),
+            checkpoints: BackgroundCheckpoints::start(authority.auditor().clone()).map_err(
+                |e| VerifyError::Setup(format!("cannot start the audit checkpoint thread: {e}")),
+            )?,
         })
     }
 
@@ -200,14 +202,13 @@ impl Verifier {
         &self.policy
     }
 
-    /// Checkpoints the audit chain when `audit` is due for one (every
-    /// `[audit].checkpoint_every` events), as every other writer of the chain does. A failed
-    /// checkpoint leaves the verification standing: its event is committed and chained, and the
-    /// next due event (or the shutdown) checkpoints the head again.
+    /// Has the audit chain checkpointed when `audit` is due for one (every
+    /// `[audit].checkpoint_every` events), as every other writer of the chain does: on the
+    /// checkpoint thread, so that a verification never waits for the HSM. Its event is committed
+    /// and chained already; a checkpoint that fails is tried again at the next due event and at
+    /// shutdown.
     fn checkpoint_if_due(&self, audit: &AuditRecord) {
-        if let Err(e) = self.auditor.after_append(audit) {
-            tracing::warn!(error = %e, seq = audit.seq, "audit checkpoint failed; the next due event tries again");
-        }
+        self.checkpoints.after_append(audit);
     }
 
     /// Forgets one transaction's worth of replay-guard keys first seen more than two replay
