@@ -337,6 +337,8 @@ async fn sweep_interrupted(state: Shared) {
 
 /// How often the service forgets replay-guard keys past twice their window (and once at start).
 const REPLAY_SWEEP_EVERY: Duration = Duration::from_secs(600);
+/// Pause between two transactions of one sweep.
+const REPLAY_SWEEP_PAUSE: Duration = Duration::from_millis(100);
 
 async fn forget_expired_replay_keys(state: Shared) {
     loop {
@@ -356,7 +358,9 @@ async fn forget_expired_replay_keys(state: Shared) {
             match result {
                 Ok(0) => break,
                 Ok(keys) => {
-                    tracing::info!(keys, "forgot replay-guard keys past twice their window")
+                    tracing::info!(keys, "forgot replay-guard keys past twice their window");
+                    // A backlog (the first start after an upgrade) must not hog the writer.
+                    tokio::time::sleep(REPLAY_SWEEP_PAUSE).await;
                 }
                 Err(error) => {
                     tracing::warn!(%error, "forgetting expired replay-guard keys failed; will retry");

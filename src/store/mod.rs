@@ -337,9 +337,10 @@ pub(crate) const REPLAY_TABLES: [(&str, &str); 2] = [
 ];
 
 /// Deletes at most `limit` keys of a replay table first seen before `seen_before`, oldest
-/// first (both placeholders as the engine writes them). The outer `first_seen` test is for
-/// PostgreSQL: a key seen again while the statement waited for its row is checked again, and
-/// kept.
+/// first (both placeholders as the engine writes them). Writers are serialized (SQLite's one
+/// writer; PostgreSQL's advisory write lock), so no key is seen again while this runs; the
+/// outer `first_seen` test would keep such a key (PostgreSQL checks it again on the updated
+/// row) should that ever change.
 pub(crate) fn forget_replay_keys_sql(
     (table, column): (&str, &str),
     seen_before: &str,
