@@ -77,13 +77,38 @@ impl CheckpointLine {
     }
 }
 
+/// When an appended event is due for a checkpoint: when its sequence number is a multiple of
+/// `every`, or, in a process that has seen earlier events, when a multiple lies between the
+/// latest it has seen and this one. (The event that took the multiple may have come from a
+/// writer that checkpoints nothing, or from another process.)
+#[derive(Debug)]
+struct Due {
+    every: u64,
+    latest: std::sync::atomic::AtomicU64,
+}
+
+impl Due {
+    fn new(every: u64) -> Self {
+        Due {
+            every: every.max(1),
+            latest: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn is_due(&self, seq: u64) -> bool {
+        let before = self.latest.fetch_max(seq, Ordering::Relaxed);
+        seq.is_multiple_of(self.every)
+            || (before != 0 && seq > before && seq / self.every > before / self.every)
+    }
+}
+
 /// Writes signed checkpoints of the chain head: every `every` events and on demand (shutdown,
 /// end of a CLI command).
 pub struct Auditor {
     store: Arc<dyn Store>,
     hsm: Arc<Hsm>,
     key_label: String,
-    every: u64,
+    due: Due,
     file: PathBuf,
     clock: Clock,
     /// Serializes checkpoint writes of this process (the file is appended in order).
@@ -107,7 +132,7 @@ impl Auditor {
             store,
             hsm,
             key_label,
-            every: every.max(1),
+            due: Due::new(every),
             file,
             clock,
             writing: Mutex::new(()),
@@ -121,7 +146,7 @@ impl Auditor {
 
     /// Called after each append: checkpoints when the event's sequence number is due.
     pub fn after_append(&self, rec: &AuditRecord) -> Result<(), AuditError> {
-        if rec.seq.is_multiple_of(self.every) {
+        if self.due.is_due(rec.seq) {
             self.checkpoint(rec.seq, &rec.hash)?;
         }
         Ok(())
@@ -191,7 +216,7 @@ impl Auditor {
 /// thread checkpoints it: a hung HSM holds that one thread, never a request, and the events
 /// that fall due meanwhile are covered by the checkpoint of the latest.
 pub struct BackgroundCheckpoints {
-    every: u64,
+    is_due: Box<dyn Fn(u64) -> bool + Send + Sync>,
     shared: Arc<(Mutex<Slot>, Condvar)>,
     /// Joined on drop: a checkpoint in flight finishes before its owner (and the HSM context
     /// it signs through) goes; a process that exits while a PKCS#11 call runs on another thread
@@ -208,15 +233,16 @@ struct Slot {
 
 impl BackgroundCheckpoints {
     pub fn start(auditor: Arc<Auditor>) -> std::io::Result<Self> {
-        let every = auditor.every;
-        Self::start_with(every, move |seq, hash| {
-            auditor.checkpoint(seq, hash).map(|_| ())
-        })
+        let theirs = auditor.clone();
+        Self::start_with(
+            move |seq| auditor.due.is_due(seq),
+            move |seq, hash| theirs.checkpoint(seq, hash).map(|_| ()),
+        )
     }
 
     /// With what signs a checkpoint (the auditor, or a test's stand-in).
     fn start_with(
-        every: u64,
+        is_due: impl Fn(u64) -> bool + Send + Sync + 'static,
         checkpoint: impl Fn(u64, &[u8]) -> Result<(), AuditError> + Send + 'static,
     ) -> std::io::Result<Self> {
         let shared = Arc::new((Mutex::new(Slot::default()), Condvar::new()));
@@ -244,7 +270,7 @@ impl BackgroundCheckpoints {
                 }
             })?;
         Ok(BackgroundCheckpoints {
-            every,
+            is_due: Box::new(is_due),
             shared,
             thread: Some(thread),
         })
@@ -252,7 +278,7 @@ impl BackgroundCheckpoints {
 
     /// Hands `rec` to the thread when it is due for a checkpoint; never waits for one.
     pub fn after_append(&self, rec: &AuditRecord) {
-        if !rec.seq.is_multiple_of(self.every) {
+        if !(self.is_due)(rec.seq) {
             return;
         }
         let (slot, wake) = &*self.shared;
@@ -282,6 +308,30 @@ mod background_tests {
     use std::sync::mpsc;
     use std::time::{Duration, Instant};
 
+    fn every(n: u64) -> impl Fn(u64) -> bool + Send + Sync {
+        let due = Due::new(n);
+        move |seq| due.is_due(seq)
+    }
+
+    #[test]
+    fn an_event_is_due_on_a_multiple_or_past_one_another_writer_took() {
+        let due = Due::new(100);
+        assert!(!due.is_due(98), "the process's first event, no multiple");
+        assert!(!due.is_due(99));
+        assert!(due.is_due(100));
+        assert!(!due.is_due(101));
+        // 200 went to a writer that does not checkpoint: 203 is the first this one sees past it.
+        assert!(!due.is_due(199));
+        assert!(due.is_due(203));
+        assert!(!due.is_due(204));
+        // Out of order across threads: 202 arrives after 204 and is not due again.
+        assert!(!due.is_due(202));
+        // A process whose first event is past a multiple it never saw waits for the next one.
+        let fresh = Due::new(100);
+        assert!(!fresh.is_due(250));
+        assert!(fresh.is_due(300));
+    }
+
     fn record(seq: u64) -> AuditRecord {
         AuditRecord {
             seq,
@@ -299,7 +349,7 @@ mod background_tests {
     #[test]
     fn a_due_event_is_checkpointed_on_the_thread_and_others_are_not() {
         let (signed, checkpoints) = mpsc::channel();
-        let bg = BackgroundCheckpoints::start_with(10, move |seq, hash| {
+        let bg = BackgroundCheckpoints::start_with(every(10), move |seq, hash| {
             signed.send((seq, hash.to_vec())).unwrap();
             Ok(())
         })
@@ -319,7 +369,7 @@ mod background_tests {
         let (signed, checkpoints) = mpsc::channel();
         let (release, released) = mpsc::channel::<()>();
         let released = Mutex::new(released);
-        let bg = BackgroundCheckpoints::start_with(1, move |seq, _| {
+        let bg = BackgroundCheckpoints::start_with(every(1), move |seq, _| {
             signed.send(seq).unwrap();
             if seq == 1 {
                 // A hung HSM: this call returns only when the test says so.
