@@ -129,6 +129,10 @@ pub struct TlsConfig {
     /// certificates are asked for.
     #[serde(default)]
     pub client_cas: Vec<PathBuf>,
+    /// CRLs (PEM or DER files) of the client CAs: a client certificate they list is refused.
+    /// Read again when a file changes (looked at on each new connection).
+    #[serde(default)]
+    pub client_crls: Vec<PathBuf>,
     /// Which client certificate speaks for which bank and role.
     #[serde(default)]
     pub client: Vec<TlsClientConfig>,
@@ -345,7 +349,7 @@ impl Config {
         if let Some(t) = cfg.tls.as_mut() {
             abs(&mut t.certificate);
             abs(&mut t.key);
-            for c in &mut t.client_cas {
+            for c in t.client_cas.iter_mut().chain(t.client_crls.iter_mut()) {
                 abs(c);
             }
             for c in &t.client {
@@ -354,6 +358,12 @@ impl Config {
                         "every [[tls.client]] needs a fingerprint or a subject".into(),
                     ));
                 }
+            }
+            if !t.client_crls.is_empty() && t.client_cas.is_empty() {
+                return Err(invalid(
+                    "[tls].client_crls need [tls].client_cas: the CAs whose certificates they revoke"
+                        .into(),
+                ));
             }
             if !t.client.is_empty() && t.client_cas.is_empty() {
                 return Err(invalid(

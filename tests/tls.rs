@@ -77,6 +77,11 @@ fn make_ca(f: &Fixture, cn: &str) -> (PathBuf, PathBuf) {
 
 /// A client certificate (clientAuth) for `cn`, issued by the CA (ca_cert, ca_key).
 fn make_client(f: &Fixture, ca: &(PathBuf, PathBuf), cn: &str) -> Client {
+    make_client_serial(f, ca, cn, "0x5eed")
+}
+
+/// As `make_client`, with the serial number given (hex, `0x...`).
+fn make_client_serial(f: &Fixture, ca: &(PathBuf, PathBuf), cn: &str, serial: &str) -> Client {
     let key = f.path("client.key");
     let csr = f.path("client.csr");
     let cert = f.path("client.pem");
@@ -110,7 +115,7 @@ fn make_client(f: &Fixture, ca: &(PathBuf, PathBuf), cn: &str) -> Client {
         "-CAkey",
         &ca.1,
         "-set_serial",
-        "0x5eed",
+        serial,
         "-days",
         "30",
         "-extfile",
@@ -120,6 +125,36 @@ fn make_client(f: &Fixture, ca: &(PathBuf, PathBuf), cn: &str) -> Client {
     ])
     .assert_ok();
     Client { cert, key }
+}
+
+/// A CRL of the CA (ca_cert, ca_key) listing the `revoked` certificates, made by `openssl ca`.
+fn make_crl(f: &Fixture, ca: &(PathBuf, PathBuf), revoked: &[&Path]) -> PathBuf {
+    let dir = f.path("crl-ca");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("index.txt"), "").unwrap();
+    std::fs::write(dir.join("crlnumber"), "1000\n").unwrap();
+    let cnf = dir.join("ca.cnf");
+    std::fs::write(
+        &cnf,
+        format!(
+            "[ca]\ndefault_ca = d\n[d]\ndatabase = {}\ncrlnumber = {}\ndefault_md = sha256\ndefault_crl_days = 7\n",
+            dir.join("index.txt").display(),
+            dir.join("crlnumber").display()
+        ),
+    )
+    .unwrap();
+    for cert in revoked {
+        openssl(&args![
+            "ca", "-config", &cnf, "-keyfile", &ca.1, "-cert", &ca.0, "-revoke", cert
+        ])
+        .assert_ok();
+    }
+    let crl = dir.join("crl.pem");
+    openssl(&args![
+        "ca", "-config", &cnf, "-keyfile", &ca.1, "-cert", &ca.0, "-gencrl", "-out", &crl
+    ])
+    .assert_ok();
+    crl
 }
 
 fn rfc2253_subject(cert: &Path) -> String {
@@ -503,6 +538,55 @@ fn a_client_certificate_from_an_untrusted_ca_is_refused_401_even_with_a_mapped_s
         "{}",
         r.stderr
     );
+}
+
+#[test]
+fn a_client_certificate_on_a_client_crl_is_refused_401_and_a_changed_crl_is_read_again() {
+    setup();
+    let f = fixture();
+    let ca = make_ca(f, "TLS Bank CRL Client CA");
+    let kept = make_client_serial(f, &ca, "CRL Client", "0x1001");
+    let revoked = make_client_serial(f, &ca, "CRL Client", "0x1002");
+    let crl = f.path("client-ca.crl");
+    std::fs::copy(make_crl(f, &ca, &[&revoked.cert]), &crl).unwrap();
+    let config = tls_config(f, "tls-crl", &ca.0, &rfc2253_subject(&kept.cert), "");
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "\nclient_cas = ",
+        &format!(
+            "\nclient_crls = [{}]\nclient_cas = ",
+            toml_str(&crl.to_string_lossy())
+        ),
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    let s = start(&config);
+    let issue = |client: &Client, n: u32| {
+        curl(
+            &s,
+            "POST",
+            "/v1/certificates",
+            Some(client),
+            None,
+            Some(&issuance_body(n)),
+        )
+    };
+    let assert_revoked = |r: CurlReply| {
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (401, "client_certificate_invalid"),
+            "{}",
+            r.body
+        );
+        assert!(r.body.contains("revoked"), "{}", r.body);
+    };
+
+    assert_revoked(issue(&revoked, 41));
+    let r = issue(&kept, 42);
+    assert_eq!(r.status, 201, "the same subject, not revoked: {}", r.body);
+
+    // The CA revokes the other one too and its CRL file is replaced: the next connection sees it.
+    std::fs::copy(make_crl(f, &ca, &[&revoked.cert, &kept.cert]), &crl).unwrap();
+    assert_revoked(issue(&kept, 43));
 }
 
 #[test]

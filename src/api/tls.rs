@@ -8,7 +8,7 @@
 //! with a 401 and a stable code the client can read rather than with a bare TLS alert.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig};
@@ -80,18 +80,105 @@ struct Mapping {
 /// Verification and mapping of client certificates.
 #[derive(Debug)]
 pub struct ClientAuth {
+    /// For the handshake's signatures (the chain is checked after it, by `identify`).
     verifier: Arc<dyn ClientCertVerifier>,
+    /// Checks chains: the client CAs and their CRLs as last read.
+    chains: std::sync::RwLock<ChainCheck>,
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+    crl_files: Vec<PathBuf>,
     mappings: Vec<Mapping>,
     clock: Clock,
 }
 
+/// A chain verifier and the state of the CRL files it was built from.
+#[derive(Debug)]
+struct ChainCheck {
+    verifier: Arc<dyn ClientCertVerifier>,
+    read: Vec<FileStamp>,
+}
+
+/// What says a file changed: its modification time and length (None: unreadable).
+type FileStamp = Option<(std::time::SystemTime, u64)>;
+
+fn stamp(path: &Path) -> FileStamp {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// The CRLs in `paths` (PEM `X509 CRL` blocks, or one DER CRL per file).
+fn read_crls(paths: &[PathBuf]) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let mut out = Vec::new();
+    for path in paths {
+        let bytes = std::fs::read(path).map_err(|e| file_error(path, e))?;
+        if bytes.first() == Some(&0x30) {
+            out.push(CertificateRevocationListDer::from(bytes));
+            continue;
+        }
+        let crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| file_error(path, e))?;
+        if crls.is_empty() {
+            return Err(file_error(path, "no X509 CRL in the file"));
+        }
+        out.extend(crls);
+    }
+    Ok(out)
+}
+
+/// A verifier of client chains to `roots`, checking revocation against `crls`. A certificate
+/// whose issuer has no CRL here is not checked for revocation; a CRL past its nextUpdate still
+/// counts (it lists what it lists).
+fn chain_verifier(
+    roots: &Arc<RootCertStore>,
+    provider: &Arc<CryptoProvider>,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let mut builder = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+        .allow_unauthenticated();
+    if !crls.is_empty() {
+        builder = builder.with_crls(crls).allow_unknown_revocation_status();
+    }
+    builder
+        .build()
+        .map_err(|e| TlsError::Invalid(format!("client CAs and CRLs: {e}")))
+}
+
 impl ClientAuth {
+    /// The chain verifier, built again first when a CRL file changed since it was read. A
+    /// file that cannot be used keeps the previous verifier (and says so once per change).
+    fn chain_verifier(&self) -> Arc<dyn ClientCertVerifier> {
+        let now: Vec<FileStamp> = self.crl_files.iter().map(|p| stamp(p)).collect();
+        {
+            let current = self.chains.read().unwrap_or_else(|e| e.into_inner());
+            if current.read == now {
+                return current.verifier.clone();
+            }
+        }
+        let mut current = self.chains.write().unwrap_or_else(|e| e.into_inner());
+        if current.read != now {
+            match read_crls(&self.crl_files)
+                .and_then(|crls| chain_verifier(&self.roots, &self.provider, crls))
+            {
+                Ok(v) => {
+                    tracing::info!(files = self.crl_files.len(), "client CRLs read again");
+                    current.verifier = v;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "a client CRL changed but cannot be used; the CRLs read before still apply")
+                }
+            }
+            current.read = now;
+        }
+        current.verifier.clone()
+    }
+
     /// What the peer certificates of a finished handshake say (`None`: none presented).
     fn identify(&self, certs: Option<&[CertificateDer<'static>]>) -> Option<ClientCert> {
         let (leaf, rest) = certs?.split_first()?;
         let fingerprint = hex::encode(Sha256::digest(leaf.as_ref()));
         let now = UnixTime::since_unix_epoch(Duration::from_secs(self.clock.now().max(0) as u64));
-        let verdict = match self.verifier.verify_client_cert(leaf, rest, now) {
+        let verdict = match self.chain_verifier().verify_client_cert(leaf, rest, now) {
             Err(e) => ClientVerdict::Invalid(describe(&e)),
             Ok(_) => {
                 let subject = subject_of(leaf);
@@ -254,13 +341,10 @@ impl TlsSetup {
                     roots.add(c).map_err(|e| file_error(path, e))?;
                 }
             }
-            let verifier = WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider.clone() as Arc<CryptoProvider>,
-            )
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| TlsError::Invalid(format!("client CAs: {e}")))?;
+            let roots = Arc::new(roots);
+            let provider = provider.clone() as Arc<CryptoProvider>;
+            let read = cfg.client_crls.iter().map(|p| stamp(p)).collect();
+            let verifier = chain_verifier(&roots, &provider, read_crls(&cfg.client_crls)?)?;
             let mut mappings = Vec::new();
             for m in &cfg.client {
                 let role = Role::parse(&m.role)
@@ -283,7 +367,14 @@ impl TlsSetup {
                 });
             }
             Some(Arc::new(ClientAuth {
+                chains: std::sync::RwLock::new(ChainCheck {
+                    verifier: verifier.clone(),
+                    read,
+                }),
                 verifier,
+                roots,
+                provider,
+                crl_files: cfg.client_crls.clone(),
                 mappings,
                 clock,
             }))
