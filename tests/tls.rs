@@ -584,6 +584,18 @@ fn a_client_certificate_on_a_client_crl_is_refused_401_and_a_changed_crl_is_read
     let r = issue(&kept, 42);
     assert_eq!(r.status, 201, "the same subject, not revoked: {}", r.body);
 
+    // A CRL in the CA's name but signed by another key is not used: the CRLs read before stay.
+    let impostor = make_ca(f, "TLS Bank CRL Client CA");
+    std::fs::copy(make_crl(f, &impostor, &[&kept.cert]), &crl).unwrap();
+    let r = issue(&kept, 44);
+    assert_eq!(r.status, 201, "an impostor's CRL revoked it: {}", r.body);
+    assert_revoked(issue(&revoked, 45));
+    assert!(
+        s.log().contains("not signed by that client CA"),
+        "the log says why: {}",
+        s.log()
+    );
+
     // The CA revokes the other one too and its CRL file is replaced: the next connection sees it.
     std::fs::copy(make_crl(f, &ca, &[&revoked.cert, &kept.cert]), &crl).unwrap();
     assert_revoked(issue(&kept, 43));

@@ -85,6 +85,8 @@ pub struct ClientAuth {
     /// Checks chains: the client CAs and their CRLs as last read.
     chains: std::sync::RwLock<ChainCheck>,
     roots: Arc<RootCertStore>,
+    /// The client CAs, decoded: each CRL must be one of theirs.
+    cas: Vec<x509_cert::Certificate>,
     provider: Arc<CryptoProvider>,
     crl_files: Vec<PathBuf>,
     mappings: Vec<Mapping>,
@@ -98,30 +100,67 @@ struct ChainCheck {
     read: Vec<FileStamp>,
 }
 
-/// What says a file changed: its modification time and length (None: unreadable).
-type FileStamp = Option<(std::time::SystemTime, u64)>;
+/// What says a file changed: its inode (a file renamed into place), modification time and
+/// length (None: unreadable).
+type FileStamp = Option<(u64, std::time::SystemTime, u64)>;
 
 fn stamp(path: &Path) -> FileStamp {
+    use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
+    Some((m.ino(), m.modified().ok()?, m.len()))
 }
 
-/// The CRLs in `paths` (PEM `X509 CRL` blocks, or one DER CRL per file).
-fn read_crls(paths: &[PathBuf]) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
-    let mut out = Vec::new();
+/// The CRLs in `paths` (PEM `X509 CRL` blocks, else one DER CRL per file), each checked to be
+/// the CRL of one of `cas`, signed by it when its key is P-256 (other keys' signatures are
+/// checked when the CRL is used), and no two of one CA: rustls would use the first and
+/// ignore a newer one.
+fn read_crls(
+    paths: &[PathBuf],
+    cas: &[x509_cert::Certificate],
+) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    use der::{Decode, Encode};
+    let mut out: Vec<CertificateRevocationListDer<'static>> = Vec::new();
+    let mut issuers = Vec::new();
     for path in paths {
         let bytes = std::fs::read(path).map_err(|e| file_error(path, e))?;
-        if bytes.first() == Some(&0x30) {
-            out.push(CertificateRevocationListDer::from(bytes));
-            continue;
-        }
-        let crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
+        let mut crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| file_error(path, e))?;
         if crls.is_empty() {
-            return Err(file_error(path, "no X509 CRL in the file"));
+            crls.push(CertificateRevocationListDer::from(bytes));
         }
-        out.extend(crls);
+        for crl in crls {
+            let list = x509_cert::crl::CertificateList::from_der(crl.as_ref())
+                .map_err(|e| file_error(path, format!("not a CRL (PEM X509 CRL or DER): {e}")))?;
+            let issuer = list.tbs_cert_list.issuer.to_der().unwrap_or_default();
+            let name = crate::ca::x509::name_text(&list.tbs_cert_list.issuer);
+            let ca = cas
+                .iter()
+                .find(|c| c.tbs_certificate().subject().to_der().ok() == Some(issuer.clone()))
+                .ok_or_else(|| {
+                    file_error(
+                        path,
+                        format!("a CRL of {name}, which is none of [tls].client_cas"),
+                    )
+                })?;
+            let p256 =
+                crate::ca::x509::verifying_key(ca.tbs_certificate().subject_public_key_info())
+                    .is_ok();
+            if p256 && !crate::ca::x509::crl_signed_by(&list, ca) {
+                return Err(file_error(
+                    path,
+                    format!("the CRL of {name} is not signed by that client CA's key"),
+                ));
+            }
+            if issuers.contains(&issuer) {
+                return Err(file_error(
+                    path,
+                    format!("a second CRL of {name}: give only the newest"),
+                ));
+            }
+            issuers.push(issuer);
+            out.push(crl);
+        }
     }
     Ok(out)
 }
@@ -157,7 +196,7 @@ impl ClientAuth {
         }
         let mut current = self.chains.write().unwrap_or_else(|e| e.into_inner());
         if current.read != now {
-            match read_crls(&self.crl_files)
+            match read_crls(&self.crl_files, &self.cas)
                 .and_then(|crls| chain_verifier(&self.roots, &self.provider, crls))
             {
                 Ok(v) => {
@@ -329,6 +368,7 @@ impl TlsSetup {
             None
         } else {
             let mut roots = RootCertStore::empty();
+            let mut cas = Vec::new();
             for path in &cfg.client_cas {
                 let certs = CertificateDer::pem_file_iter(path)
                     .map_err(|e| file_error(path, e))?
@@ -338,13 +378,18 @@ impl TlsSetup {
                     return Err(file_error(path, "no CERTIFICATE in the file"));
                 }
                 for c in certs {
+                    use der::Decode;
+                    cas.push(
+                        x509_cert::Certificate::from_der(c.as_ref())
+                            .map_err(|e| file_error(path, e))?,
+                    );
                     roots.add(c).map_err(|e| file_error(path, e))?;
                 }
             }
             let roots = Arc::new(roots);
             let provider = provider.clone() as Arc<CryptoProvider>;
             let read = cfg.client_crls.iter().map(|p| stamp(p)).collect();
-            let verifier = chain_verifier(&roots, &provider, read_crls(&cfg.client_crls)?)?;
+            let verifier = chain_verifier(&roots, &provider, read_crls(&cfg.client_crls, &cas)?)?;
             let mut mappings = Vec::new();
             for m in &cfg.client {
                 let role = Role::parse(&m.role)
@@ -373,6 +418,7 @@ impl TlsSetup {
                 }),
                 verifier,
                 roots,
+                cas,
                 provider,
                 crl_files: cfg.client_crls.clone(),
                 mappings,

@@ -185,6 +185,31 @@ impl PreparedCertificate {
     }
 }
 
+/// Was `crl` issued and signed by `issuer` (ECDSA P-256 with SHA-256)?
+pub fn crl_signed_by(
+    crl: &x509_cert::crl::CertificateList,
+    issuer: &x509_cert::Certificate,
+) -> bool {
+    let same_issuer = match (
+        crl.tbs_cert_list.issuer.to_der(),
+        issuer.tbs_certificate().subject().to_der(),
+    ) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    let Ok(tbs) = crl.tbs_cert_list.to_der() else {
+        return false;
+    };
+    let point = issuer
+        .tbs_certificate()
+        .subject_public_key_info()
+        .subject_public_key
+        .raw_bytes();
+    same_issuer
+        && crl.signature_algorithm.oid == ECDSA_WITH_SHA256
+        && crate::ecdsa::verify_p256_sha256(point, &tbs, crl.signature.raw_bytes()).is_ok()
+}
+
 /// The P-256 verifying key of a certificate's subject.
 pub fn verifying_key(
     spki: &SubjectPublicKeyInfoOwned,

@@ -889,7 +889,7 @@ impl Verifier {
         let Ok(crl) = CertificateList::<x509_cert::certificate::Rfc5280>::from_der(crl_der) else {
             return Status::Unknown(format!("the CRL of {} cannot be read", anchor.name));
         };
-        if !crl_signed_by(&crl, &anchor.certificate) {
+        if !crate::ca::x509::crl_signed_by(&crl, &anchor.certificate) {
             return Status::Unknown(format!(
                 "the CRL configured for {} is not signed by it (or not with ECDSA P-256/SHA-256)",
                 anchor.name
@@ -928,28 +928,6 @@ impl Verifier {
             _ => None,
         }
     }
-}
-
-/// Was `crl` issued and signed by `issuer` (ECDSA P-256 with SHA-256)?
-fn crl_signed_by(crl: &CertificateList, issuer: &Certificate) -> bool {
-    let same_issuer = match (
-        crl.tbs_cert_list.issuer.to_der(),
-        issuer.tbs_certificate().subject().to_der(),
-    ) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    };
-    let Ok(tbs) = crl.tbs_cert_list.to_der() else {
-        return false;
-    };
-    let point = issuer
-        .tbs_certificate()
-        .subject_public_key_info()
-        .subject_public_key
-        .raw_bytes();
-    same_issuer
-        && crl.signature_algorithm.oid == crate::ca::x509::ECDSA_WITH_SHA256
-        && crate::ecdsa::verify_p256_sha256(point, &tbs, crl.signature.raw_bytes()).is_ok()
 }
 
 /// One instruction and its signature, as a gateway presents them.
