@@ -540,6 +540,91 @@ fn a_client_certificate_from_an_untrusted_ca_is_refused_401_even_with_a_mapped_s
     );
 }
 
+/// Adds `crl` as `[tls] client_crls` to a config made by `tls_config`.
+fn with_client_crl(config: &Path, crl: &Path) {
+    let text = std::fs::read_to_string(config).unwrap().replacen(
+        "\nclient_cas = ",
+        &format!(
+            "\nclient_crls = [{}]\nclient_cas = ",
+            toml_str(&crl.to_string_lossy())
+        ),
+        1,
+    );
+    std::fs::write(config, text).unwrap();
+}
+
+/// `signet serve` with `config` must stop before serving: what it said on stderr.
+fn refuses_to_serve(config: &Path) -> String {
+    use std::io::Read;
+    let mut child = fixture()
+        .command(config)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start signet serve");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("signet serve started with {}", config.display());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+#[test]
+fn a_client_crl_that_is_not_a_crl_of_a_client_ca_stops_the_server_from_starting() {
+    setup();
+    let f = fixture();
+    let ca = make_ca(f, "TLS Bank CRL Start CA");
+    let client = make_client_serial(f, &ca, "CRL Start Client", "0x2001");
+    let subject = rfc2253_subject(&client.cert);
+
+    let garbage = f.path("garbage.crl");
+    std::fs::write(&garbage, "this is not a CRL\n").unwrap();
+    let other_ca = make_ca(f, "Some Other CA");
+    let foreign = make_crl(f, &other_ca, &[]);
+    for (name, crl, says) in [
+        ("tls-crl-garbage", &garbage, "not a CRL"),
+        ("tls-crl-foreign", &foreign, "none of [tls].client_cas"),
+    ] {
+        let config = tls_config(f, name, &ca.0, &subject, "");
+        with_client_crl(&config, crl);
+        let stderr = refuses_to_serve(&config);
+        assert!(
+            stderr.contains(says) && stderr.contains(&*crl.to_string_lossy()),
+            "{name}: {stderr}"
+        );
+    }
+
+    // CRLs without the CAs they belong to: a config error.
+    let config = tls_config(f, "tls-crl-no-cas", &ca.0, &subject, "");
+    with_client_crl(&config, &foreign);
+    // `[tls]` comes last in the file, client_crls before client_cas and the mappings.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let without_cas = &text[..text.find("\nclient_cas = ").unwrap() + 1];
+    std::fs::write(&config, without_cas).unwrap();
+    let stderr = refuses_to_serve(&config);
+    assert!(
+        stderr.contains("client_crls need [tls].client_cas"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn a_client_certificate_on_a_client_crl_is_refused_401_and_a_changed_crl_is_read_again() {
     setup();
@@ -550,15 +635,7 @@ fn a_client_certificate_on_a_client_crl_is_refused_401_and_a_changed_crl_is_read
     let crl = f.path("client-ca.crl");
     std::fs::copy(make_crl(f, &ca, &[&revoked.cert]), &crl).unwrap();
     let config = tls_config(f, "tls-crl", &ca.0, &rfc2253_subject(&kept.cert), "");
-    let text = std::fs::read_to_string(&config).unwrap().replacen(
-        "\nclient_cas = ",
-        &format!(
-            "\nclient_crls = [{}]\nclient_cas = ",
-            toml_str(&crl.to_string_lossy())
-        ),
-        1,
-    );
-    std::fs::write(&config, text).unwrap();
+    with_client_crl(&config, &crl);
     let s = start(&config);
     let issue = |client: &Client, n: u32| {
         curl(

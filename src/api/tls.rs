@@ -168,7 +168,7 @@ fn read_crls(
 /// A verifier of client chains to `roots`, checking revocation against `crls`. A certificate
 /// whose issuer has no CRL here is not checked for revocation; a CRL past its nextUpdate still
 /// counts (it lists what it lists).
-fn chain_verifier(
+fn build_chain_verifier(
     roots: &Arc<RootCertStore>,
     provider: &Arc<CryptoProvider>,
     crls: Vec<CertificateRevocationListDer<'static>>,
@@ -197,7 +197,7 @@ impl ClientAuth {
         let mut current = self.chains.write().unwrap_or_else(|e| e.into_inner());
         if current.read != now {
             match read_crls(&self.crl_files, &self.cas)
-                .and_then(|crls| chain_verifier(&self.roots, &self.provider, crls))
+                .and_then(|crls| build_chain_verifier(&self.roots, &self.provider, crls))
             {
                 Ok(v) => {
                     tracing::info!(files = self.crl_files.len(), "client CRLs read again");
@@ -389,7 +389,8 @@ impl TlsSetup {
             let roots = Arc::new(roots);
             let provider = provider.clone() as Arc<CryptoProvider>;
             let read = cfg.client_crls.iter().map(|p| stamp(p)).collect();
-            let verifier = chain_verifier(&roots, &provider, read_crls(&cfg.client_crls, &cas)?)?;
+            let verifier =
+                build_chain_verifier(&roots, &provider, read_crls(&cfg.client_crls, &cas)?)?;
             let mut mappings = Vec::new();
             for m in &cfg.client {
                 let role = Role::parse(&m.role)
