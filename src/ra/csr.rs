@@ -73,7 +73,8 @@ pub fn parse(input: &[u8]) -> Result<ParsedCsr, RaError> {
         }
         der
     } else {
-        trimmed.to_vec()
+        // DER as given: its last bytes may well be 0x20 or 0x0a, which trimming would cut.
+        input.to_vec()
     };
     crate::der_limits::check(&der, MAX_CSR_DER_DEPTH)
         .map_err(|e| RaError::NotACsr(format!("not a PKCS#10 request: {e}")))?;
@@ -177,6 +178,27 @@ pub fn verify_proof_of_possession(csr: &ParsedCsr) -> Result<(), RaError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_der_csr_that_ends_in_a_whitespace_byte_is_read_whole() {
+        use sha2::Digest;
+        use x509_cert::builder::{Builder, RequestBuilder};
+        // About one signature in fifty ends in a byte that is ASCII whitespace.
+        let der = (0u32..)
+            .map(|i| {
+                let key =
+                    p256::ecdsa::SigningKey::from_slice(&sha2::Sha256::digest(i.to_be_bytes()))
+                        .unwrap();
+                let req = RequestBuilder::new("CN=whitespace".parse().unwrap())
+                    .unwrap()
+                    .build::<_, p256::ecdsa::DerSignature>(&key)
+                    .unwrap();
+                der::Encode::to_der(&req).unwrap()
+            })
+            .find(|der| der.last().is_some_and(|b| b.is_ascii_whitespace()))
+            .unwrap();
+        parse(&der).unwrap();
+    }
 
     #[test]
     fn a_deeply_nested_der_csr_is_refused_before_decoding() {
