@@ -147,12 +147,17 @@ impl Signet {
         })
     }
 
-    /// Start-up duties: void issuances interrupted longer ago than the issuance timeout.
+    /// Start-up duties: void issuances interrupted longer ago than the issuance timeout, then
+    /// checkpoint the chain's head. A process killed before its shutdown checkpoint leaves its
+    /// newest events unsigned; without this they would stay so until the next multiple of
+    /// `checkpoint_every`, open to a rewrite by anyone who can write to the database.
     pub fn startup(&self, actor: &str) -> Result<Vec<String>, CaError> {
         if !self.authority.is_initialized() {
             return Ok(Vec::new());
         }
-        self.authority.resolve_interrupted(actor)
+        let voided = self.authority.resolve_interrupted(actor)?;
+        self.authority.auditor().checkpoint_head()?;
+        Ok(voided)
     }
 
     /// Shutdown duties: checkpoint the audit chain's head.

@@ -9,8 +9,10 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::http::{base64_decode, base64_std, get, get_bytes, post_json, post_raw, Server};
-use common::{fixture, openssl, Fixture, KeyKind};
+use common::{fixture, norm_serial, openssl, Fixture, KeyKind};
+use der::Decode;
 use serde_json::{json, Value};
+use signet::ca::IssuerId;
 
 /// Two banks with a credential of each role (and a second teller-admin of bank A).
 struct Banks {
@@ -943,6 +945,47 @@ fn restart_keeps_certificates_revocations_and_credentials_and_the_audit_chain_ve
     );
     assert_eq!(b.json()["status"], "revoked", "{}", b.body);
     assert_eq!(b.json()["revocation_reason"], "cessationOfOperation");
+}
+
+#[test]
+fn a_revocation_just_before_a_graceful_stop_is_on_a_crl_when_the_process_ends() {
+    let (banks, mut guard) = server();
+    let f = fixture();
+    let serial = {
+        let s = guard.as_ref().unwrap();
+        let (serial, _) = issue_customer(s, &banks.a_officer);
+        let r = post_json(
+            s,
+            &format!("/v1/certificates/{serial}/revoke"),
+            Some(&banks.a_officer),
+            &json!({"reason": "keyCompromise"}),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        serial
+    };
+    // Stopped inside the wait that gathers a burst of revocations into one CRL: the process
+    // makes that CRL before it ends, or the revocation would be on none until a later refresh.
+    guard.take().unwrap().stop();
+    let store = f.open_store();
+    let crl = store
+        .latest_crl(IssuerId::Customer, None)
+        .unwrap()
+        .and_then(|c| c.crl_der)
+        .expect("a customer CRL");
+    let crl =
+        x509_cert::crl::CertificateList::<x509_cert::certificate::Rfc5280>::from_der(&crl).unwrap();
+    let listed = crl
+        .tbs_cert_list
+        .revoked_certificates
+        .unwrap_or_default()
+        .iter()
+        .any(|e| norm_serial(&hex::encode(e.serial_number.as_bytes())) == norm_serial(&serial));
+    assert!(listed, "{serial} is not on the newest customer CRL");
+    // That CRL's audit event came before the shutdown checkpoint, which is the chain's head.
+    let head = store.audit_head().unwrap().expect("audit events").seq;
+    let last = store.checkpoints().unwrap().last().map(|c| c.seq);
+    assert_eq!(last, Some(head), "the shutdown checkpoint is not the head");
+    *guard = Some(Server::start(f));
 }
 
 #[test]

@@ -406,3 +406,51 @@ fn postgres_store_survives_sigkill_at_random_moments_under_issuance_and_revocati
     let _ = std::fs::remove_file(&home.checkpoints);
     crash_drill(&home, StoreUnderTest::postgres(url));
 }
+
+/// (Newest audit event, newest checkpoint) of a SQLite store, by sequence number.
+fn head_and_checkpoint(db: &Path) -> (i64, i64) {
+    let conn = open_db(db);
+    let max = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+    (
+        max("SELECT COALESCE(MAX(seq), 0) FROM audit_events"),
+        max("SELECT COALESCE(MAX(seq), 0) FROM audit_checkpoints"),
+    )
+}
+
+#[test]
+fn a_server_started_after_a_crash_checkpoints_the_events_the_killed_one_left_unsigned() {
+    let f = fixture();
+    // No checkpoint falls due while the first server runs.
+    let home = DrillHome::new(
+        f,
+        "unsigned-tail",
+        &[("audit", "checkpoint_every", "1000000".into())],
+    );
+    let officer = home.officer(f, "Unsigned tail bank");
+    let server = Server::start_config(f, &home.config, &[]);
+    for n in 1..=3 {
+        let r = common::http::post_json(
+            &server,
+            "/v1/certificates",
+            Some(&officer),
+            &common::drill::customer_request(&csr_pem(f), n),
+        );
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+    server.kill();
+    let (head, checkpointed) = head_and_checkpoint(&home.db);
+    assert!(
+        checkpointed < head,
+        "the killed server left no unsigned events (head {head}, checkpoint {checkpointed})"
+    );
+
+    let server = Server::start_config(f, &home.config, &[]);
+    let (_, checkpointed) = head_and_checkpoint(&home.db);
+    assert!(
+        checkpointed >= head,
+        "serving again, the events up to {head} are still unsigned (newest checkpoint {checkpointed})"
+    );
+    server.stop();
+    f.signet_with(&home.config, &[], &["audit", "verify"])
+        .assert_ok();
+}

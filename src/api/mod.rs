@@ -63,6 +63,37 @@ pub(crate) async fn blocking<T: Send + 'static>(
     })
 }
 
+/// The stop signal of the background tasks. Each finishes the store or HSM work it has begun
+/// (aborting the task would not stop that work, which runs on a blocking thread), so that no
+/// event is appended to the audit chain after the shutdown checkpoint.
+#[derive(Clone)]
+pub(crate) struct Stopping(tokio::sync::watch::Receiver<bool>);
+
+impl Stopping {
+    /// Resolves once a stop is asked for (at once if it already was).
+    pub(crate) async fn requested(&mut self) {
+        // An error means the sender is gone: that is a stop too.
+        let _ = self.0.wait_for(|stop| *stop).await;
+    }
+
+    pub(crate) fn is_requested(&self) -> bool {
+        *self.0.borrow() || self.0.has_changed().is_err()
+    }
+
+    /// Sleeps for `d`, cut short by a stop; true when the task may go on.
+    pub(crate) async fn pause(&mut self, d: Duration) -> bool {
+        tokio::select! {
+            biased;
+            _ = self.requested() => false,
+            _ = tokio::time::sleep(d) => true,
+        }
+    }
+}
+
+/// Longest the shutdown waits for the background tasks' current work (a CRL of a million
+/// entries takes seconds) before it checkpoints anyway.
+const BACKGROUND_STOP_WAIT: Duration = Duration::from_secs(60);
+
 /// Deepest nesting of JSON arrays and objects a request body may have (the API's bodies need
 /// 2). Checked by a byte scan before serde sees the body.
 pub const MAX_JSON_DEPTH: usize = 32;
@@ -310,11 +341,13 @@ async fn observe(State(state): State<Shared>, req: Request, next: Next) -> Respo
 /// Voids, while serving, the issuances recorded but not signed within the issuance timeout
 /// (those a crashed process left and those whose store write failed after signing failed), as
 /// the start-up does; their serials then go on the next CRL.
-async fn sweep_interrupted(state: Shared) {
+async fn sweep_interrupted(state: Shared, mut stop: Stopping) {
     let timeout = state.signet.authority.settings().issuance_timeout_secs;
     let every = Duration::from_secs((timeout / 2).clamp(1, 60));
     loop {
-        tokio::time::sleep(every).await;
+        if !stop.pause(every).await {
+            return;
+        }
         let st = state.clone();
         let result = blocking(move || {
             st.signet
@@ -340,7 +373,7 @@ const REPLAY_SWEEP_EVERY: Duration = Duration::from_secs(600);
 /// Pause between two transactions of one sweep.
 const REPLAY_SWEEP_PAUSE: Duration = Duration::from_millis(100);
 
-async fn forget_expired_replay_keys(state: Shared) {
+async fn forget_expired_replay_keys(state: Shared, mut stop: Stopping) {
     loop {
         // One transaction at a time until none that old are left: other writers commit between.
         loop {
@@ -360,7 +393,9 @@ async fn forget_expired_replay_keys(state: Shared) {
                 Ok(keys) => {
                     tracing::info!(keys, "forgot replay-guard keys past twice their window");
                     // A backlog (the first start after an upgrade) must not hog the writer.
-                    tokio::time::sleep(REPLAY_SWEEP_PAUSE).await;
+                    if !stop.pause(REPLAY_SWEEP_PAUSE).await {
+                        return;
+                    }
                 }
                 Err(error) => {
                     tracing::warn!(%error, "forgetting expired replay-guard keys failed; will retry");
@@ -368,12 +403,14 @@ async fn forget_expired_replay_keys(state: Shared) {
                 }
             }
         }
-        tokio::time::sleep(REPLAY_SWEEP_EVERY).await;
+        if !stop.pause(REPLAY_SWEEP_EVERY).await {
+            return;
+        }
     }
 }
 
-/// Serves until `shutdown` resolves; in-flight requests finish, then the audit head is
-/// checkpointed. With `tls`, HTTPS (and client certificates); without, plain HTTP.
+/// Serves until `shutdown` resolves; in-flight requests and the background tasks' current work
+/// finish (a revocation not yet on a CRL gets one), then the audit head is checkpointed. With `tls`, HTTPS (and client certificates); without, plain HTTP.
 pub async fn serve(
     signet: Signet,
     listener: tokio::net::TcpListener,
@@ -385,9 +422,18 @@ pub async fn serve(
         signet,
         metrics: Metrics::default(),
     });
-    let refresher = tokio::spawn(publish::refresh_crls(state.clone()));
-    let sweeper = tokio::spawn(sweep_interrupted(state.clone()));
-    let forgetter = tokio::spawn(forget_expired_replay_keys(state.clone()));
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let background = [
+        tokio::spawn(publish::refresh_crls(
+            state.clone(),
+            Stopping(stopping.clone()),
+        )),
+        tokio::spawn(sweep_interrupted(state.clone(), Stopping(stopping.clone()))),
+        tokio::spawn(forget_expired_replay_keys(
+            state.clone(),
+            Stopping(stopping),
+        )),
+    ];
     let app = router(state.clone());
     match tls {
         Some(setup) => tls::serve(app, listener, setup, shutdown).await,
@@ -400,9 +446,21 @@ pub async fn serve(
             .await?
         }
     }
-    refresher.abort();
-    sweeper.abort();
-    forgetter.abort();
+    let _ = stop.send(true);
+    let finishing = async {
+        for task in background {
+            let _ = task.await;
+        }
+    };
+    if tokio::time::timeout(BACKGROUND_STOP_WAIT, finishing)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "background work (CRL refresh, sweeps) still running after {} s; checkpointing the audit chain without it",
+            BACKGROUND_STOP_WAIT.as_secs()
+        );
+    }
     let s = state.clone();
     let closing = tokio::task::spawn_blocking(move || s.signet.shutdown()).await;
     match closing {

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use tokio::sync::Notify;
 
-use super::{blocking, ApiError, Shared};
+use super::{blocking, ApiError, Shared, Stopping};
 use crate::app::Signet;
 use crate::ca::ocsp::OcspOutcome;
 use crate::ca::IssuerId;
@@ -98,19 +98,40 @@ fn scopes(signet: &Signet) -> Vec<(IssuerId, Option<u32>)> {
 }
 
 /// Regenerates CRLs whose freshness is half spent, and all of them soon after a revocation.
-pub async fn refresh_crls(state: Shared) {
+/// A status change this process did not see (another process's, or one of a process killed
+/// before its CRLs were made) is found by the store's status epoch within `CRL_CHECK_EVERY`.
+/// On a stop, a pending change still gets its CRLs before the task ends.
+pub(crate) async fn refresh_crls(state: Shared, mut stop: Stopping) {
     // How long the last regeneration after a revocation took: the next one waits at least as
     // long, so that a steady stream of revocations against a CRL of a million entries keeps
     // the CRL current without spending more than half a core on it.
     let mut last_build = Duration::ZERO;
+    // The status epoch the CRLs were last made at by this process (none yet: unknown, so the
+    // first check makes them all, in case a killed process left a change unlisted).
+    let mut built_at: Option<u64> = None;
+    // This process changed a status that is not on a CRL yet.
+    let mut pending = false;
     loop {
-        let dirty = tokio::select! {
+        let notified = tokio::select! {
+            biased;
+            _ = stop.requested() => false,
             _ = state.publish.crl_dirty.notified() => true,
             _ = tokio::time::sleep(CRL_CHECK_EVERY) => false,
         };
-        if dirty {
-            tokio::time::sleep(CRL_DEBOUNCE.max(last_build)).await;
+        if notified {
+            pending = true;
+            // Cut short by a stop: the change is then listed before the process ends.
+            stop.pause(CRL_DEBOUNCE.max(last_build)).await;
         }
+        let st = state.clone();
+        let epoch = blocking(move || Ok(st.signet.store.status_epoch().ok()))
+            .await
+            .ok()
+            .flatten();
+        let stopping = stop.is_requested();
+        let Some(dirty) = crl_pass(pending, built_at, epoch, stopping) else {
+            return;
+        };
         let started = std::time::Instant::now();
         let st = state.clone();
         let result = blocking(move || {
@@ -149,10 +170,39 @@ pub async fn refresh_crls(state: Shared) {
         if dirty {
             last_build = started.elapsed();
         }
-        if let Err(e) = result {
-            tracing::warn!(code = e.code, error = %e.message, "CRL refresh failed; will retry");
+        match result {
+            // Changes after the epoch was read make a later one: they are looked at next time.
+            Ok(()) if dirty => {
+                built_at = epoch;
+                pending = false;
+            }
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!(code = e.code, error = %e.message, "CRL refresh failed; will retry")
+            }
+        }
+        if stopping {
+            return;
         }
     }
+}
+
+/// What a pass of the CRL refresher does: `Some(true)` makes every CRL, `Some(false)` only
+/// those whose freshness is half spent, `None` ends the task (on a stop with nothing to list).
+/// `pending`: this process changed a status since its last CRLs; `built_at`: the status epoch
+/// of those CRLs; `epoch`: the store's now (none when it could not be read).
+fn crl_pass(
+    pending: bool,
+    built_at: Option<u64>,
+    epoch: Option<u64>,
+    stopping: bool,
+) -> Option<bool> {
+    let changed = epoch.is_none() || epoch != built_at;
+    // On a stop: CRLs for changes known to be unlisted, not a fresh set at every stop.
+    if stopping && !(pending || (built_at.is_some() && changed)) {
+        return None;
+    }
+    Some(pending || changed)
 }
 
 pub async fn ca_chain(State(state): State<Shared>) -> Result<Response, ApiError> {
@@ -356,5 +406,52 @@ pub async fn ocsp_get(State(state): State<Shared>, Path(encoded): Path<String>) 
             crate::ca::ocsp::failure_response(OcspOutcome::MalformedRequest),
             None,
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::crl_pass;
+
+    const MAKE_ALL: Option<bool> = Some(true);
+    const STALE_ONLY: Option<bool> = Some(false);
+    const END: Option<bool> = None;
+
+    #[test]
+    fn a_status_change_of_this_process_makes_every_crl() {
+        assert_eq!(crl_pass(true, Some(7), Some(8), false), MAKE_ALL);
+    }
+
+    #[test]
+    fn the_first_pass_of_a_process_makes_every_crl_in_case_a_killed_one_left_a_change_unlisted() {
+        assert_eq!(crl_pass(false, None, Some(8), false), MAKE_ALL);
+    }
+
+    #[test]
+    fn a_change_made_by_another_process_makes_every_crl() {
+        assert_eq!(crl_pass(false, Some(7), Some(9), false), MAKE_ALL);
+    }
+
+    #[test]
+    fn without_a_change_only_crls_half_way_to_their_next_update_are_made() {
+        assert_eq!(crl_pass(false, Some(9), Some(9), false), STALE_ONLY);
+    }
+
+    #[test]
+    fn an_unreadable_status_epoch_counts_as_a_change() {
+        assert_eq!(crl_pass(false, Some(9), None, false), MAKE_ALL);
+    }
+
+    #[test]
+    fn a_stop_lists_a_pending_change_first() {
+        assert_eq!(crl_pass(true, Some(7), Some(8), true), MAKE_ALL);
+        assert_eq!(crl_pass(false, Some(7), Some(8), true), MAKE_ALL);
+    }
+
+    #[test]
+    fn a_stop_with_nothing_known_to_be_unlisted_makes_no_crl() {
+        assert_eq!(crl_pass(false, Some(9), Some(9), true), END);
+        // A process that made no CRL yet does not make a fresh set at every stop.
+        assert_eq!(crl_pass(false, None, Some(9), true), END);
     }
 }

@@ -95,6 +95,11 @@ impl Due {
         }
     }
 
+    /// Notes `seq` as seen without asking whether it is due (the head at a checkpoint).
+    fn seen(&self, seq: u64) {
+        self.latest.fetch_max(seq, Ordering::Relaxed);
+    }
+
     fn is_due(&self, seq: u64) -> bool {
         let before = self.latest.fetch_max(seq, Ordering::Relaxed);
         seq.is_multiple_of(self.every)
@@ -157,6 +162,8 @@ impl Auditor {
         let Some(head) = self.store.audit_head()? else {
             return Ok(None);
         };
+        // From here on, a multiple of `every` passed by events of other writers is noticed.
+        self.due.seen(head.seq);
         if self
             .store
             .checkpoints()?
