@@ -678,6 +678,123 @@ fn a_client_certificate_on_a_client_crl_is_refused_401_and_a_changed_crl_is_read
     assert_revoked(issue(&kept, 43));
 }
 
+/// One TLS connection held open by `openssl s_client`, presenting a client certificate:
+/// HTTP/1.1 requests go one after another over it (keep-alive).
+struct KeptConnection {
+    child: std::process::Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl KeptConnection {
+    fn open(s: &Server, client: &Client) -> KeptConnection {
+        let f = fixture();
+        let mut child = Command::new("openssl")
+            .args(["s_client", "-quiet", "-connect", &authority(s), "-CAfile"])
+            .arg(f.ca("root.pem"))
+            .arg("-cert")
+            .arg(&client.cert)
+            .arg("-key")
+            .arg(&client.key)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start openssl s_client");
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        KeptConnection { child, out }
+    }
+
+    /// GET `path` on this connection: (status, body).
+    fn get(&mut self, path: &str) -> (u16, String) {
+        use std::io::{BufRead, Read, Write};
+        let stdin = self.child.stdin.as_mut().unwrap();
+        write!(
+            stdin,
+            "GET {path} HTTP/1.1\r\nHost: signet.localhost\r\n\r\n"
+        )
+        .unwrap();
+        stdin.flush().unwrap();
+        let mut line = String::new();
+        self.out.read_line(&mut line).unwrap();
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no HTTP status line: {line:?}"));
+        let mut length = 0;
+        loop {
+            line.clear();
+            self.out.read_line(&mut line).unwrap();
+            if line.trim().is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().unwrap();
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        self.out.read_exact(&mut body).unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+}
+
+impl Drop for KeptConnection {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_keep_alive_connection_is_refused_once_its_client_certificate_is_on_a_changed_crl() {
+    setup();
+    let f = fixture();
+    let ca = make_ca(f, "TLS Bank Keep-alive CA");
+    let client = make_client_serial(f, &ca, "Keep-alive Client", "0x3001");
+    let crl = f.path("keep-alive-ca.crl");
+    std::fs::copy(make_crl(f, &ca, &[]), &crl).unwrap();
+    let config = tls_config(
+        f,
+        "tls-crl-keep-alive",
+        &ca.0,
+        &rfc2253_subject(&client.cert),
+        "",
+    );
+    with_client_crl(&config, &crl);
+    let s = start(&config);
+    let r = curl(
+        &s,
+        "POST",
+        "/v1/certificates",
+        Some(&client),
+        None,
+        Some(&issuance_body(51)),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let serial = serde_json::from_str::<Value>(&r.body).unwrap()["serial"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = format!("/v1/certificates/{serial}");
+
+    let mut conn = KeptConnection::open(&s, &client);
+    let (status, body) = conn.get(&path);
+    assert_eq!(status, 200, "{body}");
+    // The CA revokes the client's certificate while the connection stays open.
+    std::fs::copy(make_crl(f, &ca, &[&client.cert]), &crl).unwrap();
+    let (status, body) = conn.get(&path);
+    assert_eq!(
+        status, 401,
+        "the same connection, after the CRL changed: {body}"
+    );
+    assert!(
+        body.contains("client_certificate_invalid") && body.contains("revoked"),
+        "{body}"
+    );
+}
+
 #[test]
 fn without_a_client_certificate_a_bearer_token_works_over_tls() {
     let st = setup();

@@ -5,7 +5,8 @@
 //! The handshake checks that the client holds the certificate's key (CertificateVerify), but
 //! lets an unknown chain through; the chain is verified against the configured client CAs
 //! once the handshake is done, with Signet's clock, so that a bad certificate is answered
-//! with a 401 and a stable code the client can read rather than with a bare TLS alert.
+//! with a 401 and a stable code the client can read rather than with a bare TLS alert. A
+//! connection's requests use that verdict until the client CRLs change or it is a minute old.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -32,6 +33,10 @@ use crate::ra::Role;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest in-flight connections get to finish at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Oldest a connection's verdict on its client certificate may be when a request uses it:
+/// past this, or once the client CRLs were read again, the request judges the chain anew (a
+/// keep-alive connection must not outlive the certificate's expiry or revocation).
+const VERDICT_MAX_AGE_SECS: i64 = 60;
 
 /// Why the TLS configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +103,30 @@ pub struct ClientAuth {
 struct ChainCheck {
     verifier: Arc<dyn ClientCertVerifier>,
     read: Vec<FileStamp>,
+    /// Counts the times the CRLs were read again: a verdict of an older one is judged anew.
+    generation: u64,
+}
+
+/// The client chain of one TLS connection and the latest verdict on it.
+pub struct ConnectionClient {
+    chain: Vec<CertificateDer<'static>>,
+    latest: std::sync::Mutex<Judged>,
+}
+
+#[derive(Debug, Clone)]
+struct Judged {
+    cert: ClientCert,
+    /// The [`ChainCheck::generation`] it was judged with.
+    generation: u64,
+    /// When, by Signet's clock (Unix seconds).
+    at: i64,
+}
+
+impl Judged {
+    /// Whether a request at `now`, with the CRLs of `generation`, must judge the chain anew.
+    fn is_stale(&self, generation: u64, now: i64) -> bool {
+        generation != self.generation || now < self.at || now - self.at >= VERDICT_MAX_AGE_SECS
+    }
 }
 
 /// What says a file changed: its inode (a file renamed into place), modification time and
@@ -184,14 +213,15 @@ fn build_chain_verifier(
 }
 
 impl ClientAuth {
-    /// The chain verifier, built again first when a CRL file changed since it was read. A
-    /// file that cannot be used keeps the previous verifier (and says so once per change).
-    fn chain_verifier(&self) -> Arc<dyn ClientCertVerifier> {
+    /// The chain verifier and its generation, built again first when a CRL file changed since
+    /// it was read. A file that cannot be used keeps the previous verifier (and says so once
+    /// per change).
+    fn chain_verifier(&self) -> (Arc<dyn ClientCertVerifier>, u64) {
         let now: Vec<FileStamp> = self.crl_files.iter().map(|p| stamp(p)).collect();
         {
             let current = self.chains.read().unwrap_or_else(|e| e.into_inner());
             if current.read == now {
-                return current.verifier.clone();
+                return (current.verifier.clone(), current.generation);
             }
         }
         let mut current = self.chains.write().unwrap_or_else(|e| e.into_inner());
@@ -202,6 +232,7 @@ impl ClientAuth {
                 Ok(v) => {
                     tracing::info!(files = self.crl_files.len(), "client CRLs read again");
                     current.verifier = v;
+                    current.generation += 1;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "a client CRL changed but cannot be used; the CRLs read before still apply")
@@ -209,15 +240,44 @@ impl ClientAuth {
             }
             current.read = now;
         }
-        current.verifier.clone()
+        (current.verifier.clone(), current.generation)
     }
 
-    /// What the peer certificates of a finished handshake say (`None`: none presented).
-    fn identify(&self, certs: Option<&[CertificateDer<'static>]>) -> Option<ClientCert> {
-        let (leaf, rest) = certs?.split_first()?;
+    /// The client chain of a finished handshake, judged (`None`: no certificate presented).
+    pub fn connection(
+        &self,
+        certs: Option<&[CertificateDer<'static>]>,
+    ) -> Option<ConnectionClient> {
+        let chain = certs?.to_vec();
+        let judged = self.judge(&chain)?;
+        Some(ConnectionClient {
+            chain,
+            latest: std::sync::Mutex::new(judged),
+        })
+    }
+
+    /// What a request on `conn` is authenticated by: the connection's verdict, judged anew
+    /// when the client CRLs were read again since or it is `VERDICT_MAX_AGE_SECS` old.
+    pub fn verdict(&self, conn: &ConnectionClient) -> ClientCert {
+        let generation = self.chain_verifier().1;
+        let now = self.clock.now();
+        let mut latest = conn.latest.lock().unwrap_or_else(|e| e.into_inner());
+        if latest.is_stale(generation, now) {
+            if let Some(judged) = self.judge(&conn.chain) {
+                *latest = judged;
+            }
+        }
+        latest.cert.clone()
+    }
+
+    /// What a client chain says now (`None`: empty).
+    fn judge(&self, chain: &[CertificateDer<'static>]) -> Option<Judged> {
+        let (leaf, rest) = chain.split_first()?;
         let fingerprint = hex::encode(Sha256::digest(leaf.as_ref()));
-        let now = UnixTime::since_unix_epoch(Duration::from_secs(self.clock.now().max(0) as u64));
-        let verdict = match self.chain_verifier().verify_client_cert(leaf, rest, now) {
+        let at = self.clock.now();
+        let now = UnixTime::since_unix_epoch(Duration::from_secs(at.max(0) as u64));
+        let (verifier, generation) = self.chain_verifier();
+        let verdict = match verifier.verify_client_cert(leaf, rest, now) {
             Err(e) => ClientVerdict::Invalid(describe(&e)),
             Ok(_) => {
                 let subject = subject_of(leaf);
@@ -233,9 +293,13 @@ impl ClientAuth {
                 }
             }
         };
-        Some(ClientCert {
-            fingerprint,
-            verdict,
+        Some(Judged {
+            cert: ClientCert {
+                fingerprint,
+                verdict,
+            },
+            generation,
+            at,
         })
     }
 }
@@ -416,6 +480,7 @@ impl TlsSetup {
                 chains: std::sync::RwLock::new(ChainCheck {
                     verifier: verifier.clone(),
                     read,
+                    generation: 0,
                 }),
                 verifier,
                 roots,
@@ -485,13 +550,16 @@ pub async fn serve(
                     return;
                 }
             };
-            let client = clients.and_then(|c| c.identify(tls.get_ref().1.peer_certificates()));
+            let client = clients.and_then(|auth| {
+                let conn = auth.connection(tls.get_ref().1.peer_certificates())?;
+                Some((auth, Arc::new(conn)))
+            });
             let svc = tower::ServiceExt::map_request(
                 app,
                 move |mut req: axum::http::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(ConnectInfo(peer));
-                    if let Some(c) = &client {
-                        req.extensions_mut().insert(c.clone());
+                    if let Some((auth, conn)) = &client {
+                        req.extensions_mut().insert(auth.verdict(conn));
                     }
                     req
                 },
@@ -521,4 +589,42 @@ pub(crate) fn peer_of(parts: &axum::http::request::Parts) -> String {
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip().to_string())
         .unwrap_or_else(|| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn judged_at(at: i64, generation: u64) -> Judged {
+        Judged {
+            cert: ClientCert {
+                fingerprint: String::new(),
+                verdict: ClientVerdict::Unmapped,
+            },
+            generation,
+            at,
+        }
+    }
+
+    #[test]
+    fn a_fresh_verdict_with_the_same_crls_is_used_as_it_is() {
+        let j = judged_at(1_000, 3);
+        assert!(!j.is_stale(3, 1_000));
+        assert!(!j.is_stale(3, 1_000 + VERDICT_MAX_AGE_SECS - 1));
+    }
+
+    #[test]
+    fn a_verdict_made_before_the_crls_were_read_again_is_judged_anew() {
+        assert!(judged_at(1_000, 3).is_stale(4, 1_001));
+    }
+
+    #[test]
+    fn a_verdict_a_minute_old_is_judged_anew_for_the_certificate_may_have_expired() {
+        assert!(judged_at(1_000, 3).is_stale(3, 1_000 + VERDICT_MAX_AGE_SECS));
+    }
+
+    #[test]
+    fn a_verdict_from_the_future_of_a_clock_set_back_is_judged_anew() {
+        assert!(judged_at(1_000, 3).is_stale(3, 999));
+    }
 }
