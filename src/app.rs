@@ -13,8 +13,10 @@ use crate::hsm::{Hsm, HsmError};
 use crate::policy::{PolicyError, Profiles, SignaturePolicy};
 use crate::ra::{BankIdentity, Registrar};
 use crate::store::{PostgresOptions, PostgresStore, SqliteStore, Store, StoreError};
+use crate::verify::anchor_crl::RevocationList;
 use crate::verify::path::Anchor;
 use crate::verify::Verifier;
+use crate::watched::Watched;
 
 /// Why Signet could not start.
 #[derive(Debug, thiserror::Error)]
@@ -192,7 +194,19 @@ fn load_anchors(config: &Config) -> Result<Vec<Anchor>, OpenError> {
         let cert = read_der(&a.certificate).map_err(err)?;
         let certificate =
             x509_cert::Certificate::from_der(&cert).map_err(|e| err(e.to_string()))?;
-        let crl = a.crl.as_deref().map(read_der).transpose().map_err(err)?;
+        let crl = match &a.crl {
+            Some(path) => {
+                let anchor = certificate.clone();
+                let crl = Watched::new(
+                    vec![path.clone()],
+                    format!("the CRL of trust anchor {}", a.name),
+                    move |paths| RevocationList::of_anchor(&read_der(&paths[0])?, &anchor),
+                )
+                .map_err(|e| err(format!("{}: {e}", path.display())))?;
+                Some(Arc::new(crl))
+            }
+            None => None,
+        };
         out.push(Anchor {
             certificate,
             own: false,

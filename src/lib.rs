@@ -18,3 +18,4 @@ pub mod ra;
 pub mod sign;
 pub mod store;
 pub mod verify;
+pub mod watched;

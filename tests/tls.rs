@@ -127,34 +127,8 @@ fn make_client_serial(f: &Fixture, ca: &(PathBuf, PathBuf), cn: &str, serial: &s
     Client { cert, key }
 }
 
-/// A CRL of the CA (ca_cert, ca_key) listing the `revoked` certificates, made by `openssl ca`.
 fn make_crl(f: &Fixture, ca: &(PathBuf, PathBuf), revoked: &[&Path]) -> PathBuf {
-    let dir = f.path("crl-ca");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("index.txt"), "").unwrap();
-    std::fs::write(dir.join("crlnumber"), "1000\n").unwrap();
-    let cnf = dir.join("ca.cnf");
-    std::fs::write(
-        &cnf,
-        format!(
-            "[ca]\ndefault_ca = d\n[d]\ndatabase = {}\ncrlnumber = {}\ndefault_md = sha256\ndefault_crl_days = 7\n",
-            dir.join("index.txt").display(),
-            dir.join("crlnumber").display()
-        ),
-    )
-    .unwrap();
-    for cert in revoked {
-        openssl(&args![
-            "ca", "-config", &cnf, "-keyfile", &ca.1, "-cert", &ca.0, "-revoke", cert
-        ])
-        .assert_ok();
-    }
-    let crl = dir.join("crl.pem");
-    openssl(&args![
-        "ca", "-config", &cnf, "-keyfile", &ca.1, "-cert", &ca.0, "-gencrl", "-out", &crl
-    ])
-    .assert_ok();
-    crl
+    openssl_crl(f, &ca.0, &ca.1, revoked)
 }
 
 fn rfc2253_subject(cert: &Path) -> String {

@@ -8,6 +8,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
+use common::http::{base64_std, post_json, Server};
 use common::{fixture, openssl, Fixture, Out};
 use p256::ecdsa::signature::Signer;
 use p256::pkcs8::DecodePrivateKey;
@@ -650,17 +651,172 @@ fn no_signer_certificate_in_the_cms_nor_in_the_store() {
 }
 
 fn config_with_anchor(f: &Fixture, ca: &Path) -> PathBuf {
-    let text = fs::read_to_string(&f.config).unwrap();
-    let p = uniq(f, "anchor.toml");
-    fs::write(
-        &p,
-        format!(
-            "{text}\n[verify]\nanchors = [{{ name = \"test-ca\", certificate = {} }}]\n",
+    config_with_anchor_entry(
+        f,
+        &format!(
+            "{{ name = \"test-ca\", certificate = {} }}",
             common::toml_str(&ca.to_string_lossy())
         ),
     )
-    .unwrap();
+}
+
+/// The fixture's config with one `[verify] anchors` entry (an inline TOML table).
+fn config_with_anchor_entry(f: &Fixture, entry: &str) -> PathBuf {
+    let text = fs::read_to_string(&f.config).unwrap();
+    let p = uniq(f, "anchor.toml");
+    fs::write(&p, format!("{text}\n[verify]\nanchors = [{entry}]\n")).unwrap();
     p
+}
+
+/// The certificate policy of `foreign_holder`'s signer certificates.
+const FOREIGN_POLICY: &str = "1.3.6.1.4.1.32473.9.9";
+
+/// A foreign P-256 CA as a trust anchor whose CRL is the file `crl`, under a signature policy
+/// that accepts the foreign signer's certificate policy.
+fn config_with_anchor_crl(f: &Fixture, ca: &Path, crl: &Path) -> PathBuf {
+    let config = config_with_anchor_entry(
+        f,
+        &format!(
+            "{{ name = \"test-ca\", certificate = {}, crl = {} }}",
+            common::toml_str(&ca.to_string_lossy()),
+            common::toml_str(&crl.to_string_lossy())
+        ),
+    );
+    let policies = uniq(f, "policies");
+    fs::create_dir_all(&policies).unwrap();
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policies");
+    for p in ["customer.toml", "teller.toml", "payment-signature.toml"] {
+        fs::copy(repo.join(p), policies.join(p)).unwrap();
+    }
+    let signature_policy = policies.join("payment-signature.toml");
+    let text = fs::read_to_string(&signature_policy).unwrap().replace(
+        "accepted_policy_oids = []",
+        &format!("accepted_policy_oids = [\"{FOREIGN_POLICY}\"]"),
+    );
+    fs::write(&signature_policy, text).unwrap();
+    let text = fs::read_to_string(&config).unwrap();
+    let policies = common::toml_str(&policies.to_string_lossy());
+    fs::write(
+        &config,
+        common::set_toml_key(&text, "issuance", "policies", &policies),
+    )
+    .unwrap();
+    config
+}
+
+fn p256_foreign_holder(f: &Fixture) -> (Holder, PathBuf, PathBuf) {
+    let (h, ca) = foreign_holder(
+        f,
+        &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        "sha256",
+    );
+    let ca_key = ca.with_file_name("ca.key");
+    (h, ca, ca_key)
+}
+
+#[test]
+fn a_signer_listed_on_its_anchors_crl_is_revoked_and_one_not_listed_is_not() {
+    let f = fixture();
+    let (h, ca, ca_key) = p256_foreign_holder(f);
+    let instr = fresh_instruction(f);
+    let sig = cms_sign(f, &h, &instr, &[], None);
+    let empty = common::openssl_crl(f, &ca, &ca_key, &[]);
+    let config = config_with_anchor_crl(f, &ca, &empty);
+    verify_with(f, &config, &[], &instr, &sig, &[]).expect("TOTAL_PASSED", "-", 0);
+    // Revoked before the next instruction is signed.
+    let listing = common::openssl_crl(f, &ca, &ca_key, &[&h.cert]);
+    let config = config_with_anchor_crl(f, &ca, &listing);
+    let instr = fresh_instruction(f);
+    let sig = cms_sign(f, &h, &instr, &[], None);
+    verify_with(f, &config, &[], &instr, &sig, &[]).expect("TOTAL_FAILED", "REVOKED", 1);
+}
+
+#[test]
+fn a_running_service_reads_a_replaced_anchor_crl_without_a_restart() {
+    let f = fixture();
+    let (h, ca, ca_key) = p256_foreign_holder(f);
+    let crl = uniq(f, "anchor.crl");
+    fs::copy(common::openssl_crl(f, &ca, &ca_key, &[]), &crl).unwrap();
+    let config = config_with_anchor_crl(f, &ca, &crl);
+    let cli = |args: &[&str]| {
+        let out = f.signet_with(&config, &[], args);
+        out.assert_ok();
+        out.stdout.trim().to_string()
+    };
+    cli(&["tenant", "add", "Anchor CRL bank"]);
+    let gateway = cli(&[
+        "credential",
+        "add",
+        "--tenant",
+        "Anchor CRL bank",
+        "--role",
+        "gateway",
+    ]);
+    let server = Server::start_config(f, &config, &[]);
+    let verify_over_http = || {
+        let instr = fresh_instruction(f);
+        let sig = cms_sign(f, &h, &instr, &[], None);
+        let body = serde_json::json!({
+            "instruction": base64_std(&fs::read(&instr).unwrap()),
+            "signature": base64_std(&fs::read(&sig).unwrap()),
+        });
+        let r = post_json(&server, "/v1/verifications", Some(&gateway), &body);
+        assert_eq!(r.status, 200, "{}", r.body);
+        let v = r.json();
+        (
+            v["indication"].as_str().unwrap_or_default().to_string(),
+            v["sub_indication"].as_str().unwrap_or("-").to_string(),
+        )
+    };
+    assert_eq!(verify_over_http(), ("TOTAL_PASSED".into(), "-".into()));
+    // The partner CA revokes the signer; the operator renames its new CRL into place.
+    let new = uniq(f, "anchor.crl.new");
+    fs::copy(common::openssl_crl(f, &ca, &ca_key, &[&h.cert]), &new).unwrap();
+    fs::rename(&new, &crl).unwrap();
+    assert_eq!(
+        verify_over_http(),
+        ("TOTAL_FAILED".into(), "REVOKED".into()),
+        "the service still uses the CRL it read at start"
+    );
+    server.stop();
+}
+
+#[test]
+fn an_anchor_crl_of_another_ca_or_signed_by_another_key_stops_the_start() {
+    let f = fixture();
+    let (h, ca, _) = p256_foreign_holder(f);
+    let instr = fresh_instruction(f);
+    let sig = cms_sign(f, &h, &instr, &[], None);
+    let (_, other_ca, other_key) = p256_foreign_holder(f);
+    // The other CA has the same name ("Foreign CA") but its own key: an impostor's CRL.
+    let impostor = common::openssl_crl(f, &other_ca, &other_key, &[]);
+    let garbage = uniq(f, "garbage.crl");
+    fs::write(&garbage, "not a CRL\n").unwrap();
+    for (crl, says) in [
+        (&impostor, "not signed by the anchor's key"),
+        (&garbage, "not a CRL"),
+    ] {
+        let out = verify_with(
+            f,
+            &config_with_anchor_crl(f, &ca, crl),
+            &[],
+            &instr,
+            &sig,
+            &[],
+        )
+        .out;
+        assert!(
+            !out.success() && out.stdout.is_empty(),
+            "{}",
+            out.describe()
+        );
+        assert!(
+            out.stderr.contains("trust anchor test-ca") && out.stderr.contains(says),
+            "{}",
+            out.describe()
+        );
+        assert!(!out.stderr.contains("panicked"), "{}", out.describe());
+    }
 }
 
 #[test]

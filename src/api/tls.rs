@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 use crate::clock::Clock;
 use crate::config::TlsConfig;
 use crate::ra::Role;
+use crate::watched::Watched;
 
 /// Longest a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -87,24 +88,11 @@ struct Mapping {
 pub struct ClientAuth {
     /// For the handshake's signatures (the chain is checked after it, by `identify`).
     verifier: Arc<dyn ClientCertVerifier>,
-    /// Checks chains: the client CAs and their CRLs as last read.
-    chains: std::sync::RwLock<ChainCheck>,
-    roots: Arc<RootCertStore>,
-    /// The client CAs, decoded: each CRL must be one of theirs.
-    cas: Vec<x509_cert::Certificate>,
-    provider: Arc<CryptoProvider>,
-    crl_files: Vec<PathBuf>,
+    /// Checks chains: the client CAs and their CRLs as last read (its generation counts the
+    /// times they were read again).
+    chains: Watched<Arc<dyn ClientCertVerifier>, TlsError>,
     mappings: Vec<Mapping>,
     clock: Clock,
-}
-
-/// A chain verifier and the state of the CRL files it was built from.
-#[derive(Debug)]
-struct ChainCheck {
-    verifier: Arc<dyn ClientCertVerifier>,
-    read: Vec<FileStamp>,
-    /// Counts the times the CRLs were read again: a verdict of an older one is judged anew.
-    generation: u64,
 }
 
 /// The client chain of one TLS connection and the latest verdict on it.
@@ -116,7 +104,7 @@ pub struct ConnectionClient {
 #[derive(Debug, Clone)]
 struct Judged {
     cert: ClientCert,
-    /// The [`ChainCheck::generation`] it was judged with.
+    /// The generation of the client CRLs it was judged with.
     generation: u64,
     /// When, by Signet's clock (Unix seconds).
     at: i64,
@@ -127,16 +115,6 @@ impl Judged {
     fn is_stale(&self, generation: u64, now: i64) -> bool {
         generation != self.generation || now < self.at || now - self.at >= VERDICT_MAX_AGE_SECS
     }
-}
-
-/// What says a file changed: its inode (a file renamed into place), modification time and
-/// length (None: unreadable).
-type FileStamp = Option<(u64, std::time::SystemTime, u64)>;
-
-fn stamp(path: &Path) -> FileStamp {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.ino(), m.modified().ok()?, m.len()))
 }
 
 /// The CRLs in `paths` (PEM `X509 CRL` blocks, else one DER CRL per file), each checked to be
@@ -217,30 +195,8 @@ impl ClientAuth {
     /// it was read. A file that cannot be used keeps the previous verifier (and says so once
     /// per change).
     fn chain_verifier(&self) -> (Arc<dyn ClientCertVerifier>, u64) {
-        let now: Vec<FileStamp> = self.crl_files.iter().map(|p| stamp(p)).collect();
-        {
-            let current = self.chains.read().unwrap_or_else(|e| e.into_inner());
-            if current.read == now {
-                return (current.verifier.clone(), current.generation);
-            }
-        }
-        let mut current = self.chains.write().unwrap_or_else(|e| e.into_inner());
-        if current.read != now {
-            match read_crls(&self.crl_files, &self.cas)
-                .and_then(|crls| build_chain_verifier(&self.roots, &self.provider, crls))
-            {
-                Ok(v) => {
-                    tracing::info!(files = self.crl_files.len(), "client CRLs read again");
-                    current.verifier = v;
-                    current.generation += 1;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "a client CRL changed but cannot be used; the CRLs read before still apply")
-                }
-            }
-            current.read = now;
-        }
-        (current.verifier.clone(), current.generation)
+        let (verifier, generation) = self.chains.current();
+        ((*verifier).clone(), generation)
     }
 
     /// The client chain of a finished handshake, judged (`None`: no certificate presented).
@@ -452,9 +408,10 @@ impl TlsSetup {
             }
             let roots = Arc::new(roots);
             let provider = provider.clone() as Arc<CryptoProvider>;
-            let read = cfg.client_crls.iter().map(|p| stamp(p)).collect();
-            let verifier =
-                build_chain_verifier(&roots, &provider, read_crls(&cfg.client_crls, &cas)?)?;
+            let chains = Watched::new(cfg.client_crls.clone(), "client CRLs", move |files| {
+                build_chain_verifier(&roots, &provider, read_crls(files, &cas)?)
+            })?;
+            let verifier = chains.current().0.as_ref().clone();
             let mut mappings = Vec::new();
             for m in &cfg.client {
                 let role = Role::parse(&m.role)
@@ -477,16 +434,8 @@ impl TlsSetup {
                 });
             }
             Some(Arc::new(ClientAuth {
-                chains: std::sync::RwLock::new(ChainCheck {
-                    verifier: verifier.clone(),
-                    read,
-                    generation: 0,
-                }),
+                chains,
                 verifier,
-                roots,
-                cas,
-                provider,
-                crl_files: cfg.client_crls.clone(),
                 mappings,
                 clock,
             }))

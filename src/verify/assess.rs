@@ -5,9 +5,8 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use der::{Decode, Encode};
+use der::Encode;
 use sha2::{Digest, Sha256};
-use x509_cert::crl::CertificateList;
 use x509_cert::ext::pkix::KeyUsages;
 use x509_cert::Certificate;
 
@@ -880,39 +879,24 @@ impl Verifier {
                 Err(e) => Status::Unknown(format!("Signet's records are unavailable: {e}")),
             };
         }
-        let Some(crl_der) = &anchor.crl else {
+        let Some(crl) = &anchor.crl else {
             return Status::Unknown(format!(
                 "no CRL is configured for the trust anchor {}",
                 anchor.name
             ));
         };
-        let Ok(crl) = CertificateList::<x509_cert::certificate::Rfc5280>::from_der(crl_der) else {
-            return Status::Unknown(format!("the CRL of {} cannot be read", anchor.name));
-        };
-        if !crate::ca::x509::crl_signed_by(&crl, &anchor.certificate) {
-            return Status::Unknown(format!(
-                "the CRL configured for {} is not signed by it (or not with ECDSA P-256/SHA-256)",
-                anchor.name
-            ));
+        // Checked (issuer, signature) when read: see RevocationList::of_anchor.
+        let (crl, _) = crl.current();
+        if crl
+            .next_update()
+            .is_some_and(|next| next < self.clock.now())
+        {
+            return Status::Unknown(format!("the CRL of {} is past its nextUpdate", anchor.name));
         }
-        if let Some(next) = crl.tbs_cert_list.next_update {
-            if (next.to_unix_duration().as_secs() as i64) < self.clock.now() {
-                return Status::Unknown(format!(
-                    "the CRL of {} is past its nextUpdate",
-                    anchor.name
-                ));
-            }
+        match crl.revoked_at(serial) {
+            Some(at) => Status::Revoked { at, reason: None },
+            None => Status::Good,
         }
-        for rc in crl.tbs_cert_list.revoked_certificates.iter().flatten() {
-            let s = hex::encode(rc.serial_number.as_bytes());
-            if s.trim_start_matches("00") == serial.trim_start_matches("00") {
-                return Status::Revoked {
-                    at: rc.revocation_date.to_unix_duration().as_secs() as i64,
-                    reason: None,
-                };
-            }
-        }
-        Status::Good
     }
 
     /// The instruction's id, when the policy names an id field and the instruction is JSON.

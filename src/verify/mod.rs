@@ -4,6 +4,7 @@
 //! guard, and writes the report (with its article 13 section). It reads the store and writes
 //! only the replay guard and the audit log.
 
+pub mod anchor_crl;
 pub mod certs;
 pub mod cms;
 pub mod evidence;

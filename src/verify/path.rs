@@ -40,8 +40,8 @@ pub struct Anchor {
     pub certificate: Certificate,
     /// Signet's own hierarchy (revocation from the store) or another CA (revocation from its CRL).
     pub own: bool,
-    /// The anchor's CRL (DER), for anchors other than Signet's.
-    pub crl: Option<Vec<u8>>,
+    /// The anchor's CRL, for anchors other than Signet's: read again when its file changes.
+    pub crl: Option<std::sync::Arc<crate::watched::Watched<super::anchor_crl::RevocationList>>>,
     pub name: String,
 }
 

@@ -447,6 +447,36 @@ pub fn now_unix() -> u64 {
         .as_secs()
 }
 
+/// A CRL (PEM) of the CA (ca_cert, ca_key) listing the `revoked` certificates, made by `openssl ca`.
+pub fn openssl_crl(f: &Fixture, ca_cert: &Path, ca_key: &Path, revoked: &[&Path]) -> PathBuf {
+    let dir = f.path("crl-ca");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("index.txt"), "").unwrap();
+    fs::write(dir.join("crlnumber"), "1000\n").unwrap();
+    let cnf = dir.join("ca.cnf");
+    fs::write(
+        &cnf,
+        format!(
+            "[ca]\ndefault_ca = d\n[d]\ndatabase = {}\ncrlnumber = {}\ndefault_md = sha256\ndefault_crl_days = 7\n",
+            dir.join("index.txt").display(),
+            dir.join("crlnumber").display()
+        ),
+    )
+    .unwrap();
+    for cert in revoked {
+        openssl(&args![
+            "ca", "-config", &cnf, "-keyfile", ca_key, "-cert", ca_cert, "-revoke", cert
+        ])
+        .assert_ok();
+    }
+    let crl = dir.join("crl.pem");
+    openssl(&args![
+        "ca", "-config", &cnf, "-keyfile", ca_key, "-cert", ca_cert, "-gencrl", "-out", &crl
+    ])
+    .assert_ok();
+    crl
+}
+
 /// A serial as upper-case hex without leading zeros or separators, so that
 /// `signet`'s, OpenSSL's and the database's spellings compare equal.
 pub fn norm_serial(s: &str) -> String {
