@@ -158,7 +158,16 @@ impl Signet {
             return Ok(Vec::new());
         }
         let voided = self.authority.resolve_interrupted(actor)?;
-        self.authority.auditor().checkpoint_head()?;
+        match self.authority.auditor().checkpoint_head() {
+            // A CA made before Signet had an audit key: `signet ca upgrade` makes it, and must
+            // be able to start to do so.
+            Err(crate::audit::AuditError::Hsm(HsmError::KeyNotFound { .. })) => {
+                tracing::warn!("no audit key in the token yet: run `signet ca upgrade`")
+            }
+            other => {
+                other?;
+            }
+        }
         Ok(voided)
     }
 
@@ -200,9 +209,14 @@ fn load_anchors(config: &Config) -> Result<Vec<Anchor>, OpenError> {
                 let crl = Watched::new(
                     vec![path.clone()],
                     format!("the CRL of trust anchor {}", a.name),
-                    move |paths| RevocationList::of_anchor(&read_der(&paths[0])?, &anchor),
+                    move |paths, in_use| {
+                        let crl = RevocationList::of_anchor(&read_der(&paths[0])?, &anchor)
+                            .map_err(|e| format!("{}: {e}", paths[0].display()))?;
+                        crl.replaces(in_use)?;
+                        Ok(crl)
+                    },
                 )
-                .map_err(|e| err(format!("{}: {e}", path.display())))?;
+                .map_err(err)?;
                 Some(Arc::new(crl))
             }
             None => None,
@@ -262,11 +276,23 @@ pub fn make_receipt(signet: &Signet, report: &serde_json::Value) -> Result<Strin
             "no validation-service key: {e}; run `signet ca upgrade`"
         ))
     })?;
+    let now = signet.clock.now();
+    // A receipt under an expired certificate would prove nothing to whoever keeps it.
+    if service
+        .not_after()
+        .map_err(|e| ReceiptFailure(e.to_string()))?
+        < now
+    {
+        return Err(ReceiptFailure(
+            "the validation service's certificate has expired (it lives as long as the customer CA's): no receipt is signed under it"
+                .into(),
+        ));
+    }
     let hsm = signet.hsm.clone();
     let label = service.key_label.clone();
     let der = crate::verify::receipt::build_receipt(
         report,
-        signet.clock.now(),
+        now,
         &service.certificate_der,
         &service.chain,
         &|bytes| {

@@ -19,7 +19,7 @@ fn stamp(path: &std::path::Path) -> FileStamp {
     Some((m.ino(), m.modified().ok()?, m.len()))
 }
 
-type Make<T, E> = Box<dyn Fn(&[PathBuf]) -> Result<T, E> + Send + Sync>;
+type Make<T, E> = Box<dyn Fn(&[PathBuf], Option<&T>) -> Result<T, E> + Send + Sync>;
 
 /// A value made from some files, made again when one of them changes.
 pub struct Watched<T, E = String> {
@@ -38,15 +38,16 @@ struct State<T> {
 }
 
 impl<T, E: std::fmt::Display> Watched<T, E> {
-    /// Makes the value from `paths` now: its error when the files cannot be used.
+    /// Makes the value from `paths` now: its error when the files cannot be used. `make` is
+    /// given the value in use, if any (a newer file may have to be newer than it).
     pub fn new(
         paths: Vec<PathBuf>,
         what: impl Into<String>,
-        make: impl Fn(&[PathBuf]) -> Result<T, E> + Send + Sync + 'static,
+        make: impl Fn(&[PathBuf], Option<&T>) -> Result<T, E> + Send + Sync + 'static,
     ) -> Result<Self, E> {
         // Stamped before reading: a change made while they are read is seen next time.
         let read = paths.iter().map(|p| stamp(p)).collect();
-        let value = Arc::new(make(&paths)?);
+        let value = Arc::new(make(&paths, None)?);
         Ok(Watched {
             paths,
             what: what.into(),
@@ -70,7 +71,7 @@ impl<T, E: std::fmt::Display> Watched<T, E> {
         }
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         if state.read != now {
-            match (self.make)(&self.paths) {
+            match (self.make)(&self.paths, Some(&state.value)) {
                 Ok(value) => {
                     tracing::info!(what = %self.what, "read again after a change");
                     state.value = Arc::new(value);
@@ -99,7 +100,7 @@ impl<T, E> std::fmt::Debug for Watched<T, E> {
 mod tests {
     use super::*;
 
-    fn number_in(paths: &[PathBuf]) -> Result<u64, String> {
+    fn number_in(paths: &[PathBuf], _: Option<&u64>) -> Result<u64, String> {
         let text = std::fs::read_to_string(&paths[0]).map_err(|e| e.to_string())?;
         text.trim()
             .parse()

@@ -316,6 +316,26 @@ fn ca_upgrade_creates_the_validation_service_once() {
         .assert_ok();
 }
 
+fn not_after(cert: &Certificate) -> i64 {
+    cert.tbs_certificate()
+        .validity()
+        .not_after
+        .to_unix_duration()
+        .as_secs() as i64
+}
+
+#[test]
+fn no_receipt_is_signed_under_an_expired_validation_certificate() {
+    let f = common::fixture();
+    let copy = f.store_copy("expired-validation", &[]);
+    let old = Certificate::from_der(&validation_service().certificate_der).unwrap();
+    let later = signet::clock::Clock::fixed(not_after(&old) + 86_400);
+    let config = Config::load(&copy.config).unwrap();
+    let s = Signet::open(config, later, Fault::None).expect("the copy opens");
+    let err = signet::app::make_receipt(&s, &sample_report()).unwrap_err();
+    assert!(err.to_string().contains("certificate has expired"), "{err}");
+}
+
 #[test]
 fn validation_certificate_chains_is_lint_clean_and_its_key_stays_in_the_token() {
     let f = common::fixture();

@@ -770,6 +770,10 @@ fn a_running_service_reads_a_replaced_anchor_crl_without_a_restart() {
     };
     assert_eq!(verify_over_http(), ("TOTAL_PASSED".into(), "-".into()));
     // The partner CA revokes the signer; the operator renames its new CRL into place.
+    // thisUpdate has whole seconds: the new CRL is issued a second after the first.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let old = uniq(f, "anchor.crl.old");
+    fs::copy(&crl, &old).unwrap();
     let new = uniq(f, "anchor.crl.new");
     fs::copy(common::openssl_crl(f, &ca, &ca_key, &[&h.cert]), &new).unwrap();
     fs::rename(&new, &crl).unwrap();
@@ -778,13 +782,25 @@ fn a_running_service_reads_a_replaced_anchor_crl_without_a_restart() {
         ("TOTAL_FAILED".into(), "REVOKED".into()),
         "the service still uses the CRL it read at start"
     );
+    // The older CRL put back by mistake would un-revoke the signer: it is not used.
+    fs::rename(&old, &crl).unwrap();
+    assert_eq!(
+        verify_over_http(),
+        ("TOTAL_FAILED".into(), "REVOKED".into())
+    );
+    assert!(
+        server.log().contains("issued before the CRL in use"),
+        "the log says why: {}",
+        server.log()
+    );
     server.stop();
 }
 
 #[test]
-fn an_anchor_crl_of_another_ca_or_signed_by_another_key_stops_the_start() {
+fn an_anchor_crl_of_another_ca_signed_by_another_key_or_of_part_of_its_certificates_stops_the_start(
+) {
     let f = fixture();
-    let (h, ca, _) = p256_foreign_holder(f);
+    let (h, ca, ca_key) = p256_foreign_holder(f);
     let instr = fresh_instruction(f);
     let sig = cms_sign(f, &h, &instr, &[], None);
     let (_, other_ca, other_key) = p256_foreign_holder(f);
@@ -792,9 +808,19 @@ fn an_anchor_crl_of_another_ca_or_signed_by_another_key_stops_the_start() {
     let impostor = common::openssl_crl(f, &other_ca, &other_key, &[]);
     let garbage = uniq(f, "garbage.crl");
     fs::write(&garbage, "not a CRL\n").unwrap();
+    // A CRL of one partition of the anchor's certificates: a signer missing from it may be
+    // listed on another.
+    let partial = common::openssl_crl_with(
+        f,
+        &ca,
+        &ca_key,
+        &[],
+        "issuingDistributionPoint = critical, @idp\n[idp]\nfullname = URI:http://partner.example/crl/part-1.crl",
+    );
     for (crl, says) in [
         (&impostor, "not signed by the anchor's key"),
         (&garbage, "not a CRL"),
+        (&partial, "issuingDistributionPoint"),
     ] {
         let out = verify_with(
             f,

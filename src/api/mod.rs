@@ -409,6 +409,15 @@ async fn forget_expired_replay_keys(state: Shared, mut stop: Stopping) {
     }
 }
 
+async fn checkpoint_at_shutdown(state: &Shared) {
+    let s = state.clone();
+    match tokio::task::spawn_blocking(move || s.signet.shutdown()).await {
+        Ok(Ok(())) => tracing::info!("audit checkpoint written; stopped"),
+        Ok(Err(e)) => tracing::error!(error = %e, "audit checkpoint at shutdown failed"),
+        Err(e) => tracing::error!(error = %e, "shutdown task failed"),
+    }
+}
+
 /// Serves until `shutdown` resolves; in-flight requests and the background tasks' current work
 /// finish (a revocation not yet on a CRL gets one), then the audit head is checkpointed. With `tls`, HTTPS (and client certificates); without, plain HTTP.
 pub async fn serve(
@@ -422,18 +431,24 @@ pub async fn serve(
         signet,
         metrics: Metrics::default(),
     });
-    let (stop, stopping) = tokio::sync::watch::channel(false);
-    let background = [
-        tokio::spawn(publish::refresh_crls(
+    // Two stops: the sweeps end first, so that a status change they make (a void) is still
+    // seen by the CRL refresher, which ends last.
+    let (stop_sweeps, sweeps_stopping) = tokio::sync::watch::channel(false);
+    let (stop_refresh, refresh_stopping) = tokio::sync::watch::channel(false);
+    let sweeps = vec![
+        tokio::spawn(sweep_interrupted(
             state.clone(),
-            Stopping(stopping.clone()),
+            Stopping(sweeps_stopping.clone()),
         )),
-        tokio::spawn(sweep_interrupted(state.clone(), Stopping(stopping.clone()))),
         tokio::spawn(forget_expired_replay_keys(
             state.clone(),
-            Stopping(stopping),
+            Stopping(sweeps_stopping),
         )),
     ];
+    let refresher = tokio::spawn(publish::refresh_crls(
+        state.clone(),
+        Stopping(refresh_stopping),
+    ));
     let app = router(state.clone());
     match tls {
         Some(setup) => tls::serve(app, listener, setup, shutdown).await,
@@ -446,27 +461,30 @@ pub async fn serve(
             .await?
         }
     }
-    let _ = stop.send(true);
     let finishing = async {
-        for task in background {
+        let _ = stop_sweeps.send(true);
+        for task in sweeps {
             let _ = task.await;
         }
+        let _ = stop_refresh.send(true);
+        let _ = refresher.await;
     };
-    if tokio::time::timeout(BACKGROUND_STOP_WAIT, finishing)
+    tokio::pin!(finishing);
+    let in_time = tokio::time::timeout(BACKGROUND_STOP_WAIT, &mut finishing)
         .await
-        .is_err()
-    {
+        .is_ok();
+    if !in_time {
         tracing::warn!(
-            "background work (CRL refresh, sweeps) still running after {} s; checkpointing the audit chain without it",
+            "background work (CRL refresh, sweeps) still running after {} s; checkpointing the audit chain now and again when it ends",
             BACKGROUND_STOP_WAIT.as_secs()
         );
     }
-    let s = state.clone();
-    let closing = tokio::task::spawn_blocking(move || s.signet.shutdown()).await;
-    match closing {
-        Ok(Ok(())) => tracing::info!("audit checkpoint written; stopped"),
-        Ok(Err(e)) => tracing::error!(error = %e, "audit checkpoint at shutdown failed"),
-        Err(e) => tracing::error!(error = %e, "shutdown task failed"),
+    checkpoint_at_shutdown(&state).await;
+    if !in_time {
+        // Its events must not stay past the last checkpoint. The HSM layer's deadlines end a
+        // hung call, so this ends too.
+        finishing.await;
+        checkpoint_at_shutdown(&state).await;
     }
     Ok(())
 }

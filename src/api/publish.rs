@@ -111,11 +111,18 @@ pub(crate) async fn refresh_crls(state: Shared, mut stop: Stopping) {
     let mut built_at: Option<u64> = None;
     // This process changed a status that is not on a CRL yet.
     let mut pending = false;
+    let st = state.clone();
+    // The status epoch when the task started: on a stop, a change since is listed.
+    let at_start = blocking(move || Ok(st.signet.store.status_epoch().ok()))
+        .await
+        .ok()
+        .flatten();
     loop {
         let notified = tokio::select! {
             biased;
-            _ = stop.requested() => false,
+            // Before the stop: a change notified just before it is listed by the last pass.
             _ = state.publish.crl_dirty.notified() => true,
+            _ = stop.requested() => false,
             _ = tokio::time::sleep(CRL_CHECK_EVERY) => false,
         };
         if notified {
@@ -129,7 +136,8 @@ pub(crate) async fn refresh_crls(state: Shared, mut stop: Stopping) {
             .ok()
             .flatten();
         let stopping = stop.is_requested();
-        let Some(dirty) = crl_pass(pending, built_at, epoch, stopping) else {
+        let Some(dirty) = crl_pass(pending, built_at.or(at_start), built_at, epoch, stopping)
+        else {
             return;
         };
         let started = std::time::Instant::now();
@@ -190,19 +198,21 @@ pub(crate) async fn refresh_crls(state: Shared, mut stop: Stopping) {
 /// What a pass of the CRL refresher does: `Some(true)` makes every CRL, `Some(false)` only
 /// those whose freshness is half spent, `None` ends the task (on a stop with nothing to list).
 /// `pending`: this process changed a status since its last CRLs; `built_at`: the status epoch
-/// of those CRLs; `epoch`: the store's now (none when it could not be read).
+/// of those CRLs (none: this process made none yet); `known`: the epoch they, or the start of
+/// the task, saw; `epoch`: the store's now (none when it could not be read).
 fn crl_pass(
     pending: bool,
+    known: Option<u64>,
     built_at: Option<u64>,
     epoch: Option<u64>,
     stopping: bool,
 ) -> Option<bool> {
-    let changed = epoch.is_none() || epoch != built_at;
-    // On a stop: CRLs for changes known to be unlisted, not a fresh set at every stop.
-    if stopping && !(pending || (built_at.is_some() && changed)) {
-        return None;
+    if stopping {
+        // CRLs for changes known to be unlisted, not a fresh set at every stop.
+        let changed = known.is_none_or(|k| epoch != Some(k));
+        return (pending || changed).then_some(true);
     }
-    Some(pending || changed)
+    Some(pending || epoch.is_none() || epoch != built_at)
 }
 
 pub async fn ca_chain(State(state): State<Shared>) -> Result<Response, ApiError> {
@@ -419,39 +429,47 @@ mod tests {
 
     #[test]
     fn a_status_change_of_this_process_makes_every_crl() {
-        assert_eq!(crl_pass(true, Some(7), Some(8), false), MAKE_ALL);
+        assert_eq!(crl_pass(true, Some(7), Some(7), Some(8), false), MAKE_ALL);
     }
 
     #[test]
     fn the_first_pass_of_a_process_makes_every_crl_in_case_a_killed_one_left_a_change_unlisted() {
-        assert_eq!(crl_pass(false, None, Some(8), false), MAKE_ALL);
+        assert_eq!(crl_pass(false, Some(8), None, Some(8), false), MAKE_ALL);
     }
 
     #[test]
     fn a_change_made_by_another_process_makes_every_crl() {
-        assert_eq!(crl_pass(false, Some(7), Some(9), false), MAKE_ALL);
+        assert_eq!(crl_pass(false, Some(7), Some(7), Some(9), false), MAKE_ALL);
     }
 
     #[test]
     fn without_a_change_only_crls_half_way_to_their_next_update_are_made() {
-        assert_eq!(crl_pass(false, Some(9), Some(9), false), STALE_ONLY);
+        assert_eq!(
+            crl_pass(false, Some(9), Some(9), Some(9), false),
+            STALE_ONLY
+        );
     }
 
     #[test]
     fn an_unreadable_status_epoch_counts_as_a_change() {
-        assert_eq!(crl_pass(false, Some(9), None, false), MAKE_ALL);
+        assert_eq!(crl_pass(false, Some(9), Some(9), None, false), MAKE_ALL);
     }
 
     #[test]
     fn a_stop_lists_a_pending_change_first() {
-        assert_eq!(crl_pass(true, Some(7), Some(8), true), MAKE_ALL);
-        assert_eq!(crl_pass(false, Some(7), Some(8), true), MAKE_ALL);
+        assert_eq!(crl_pass(true, Some(7), Some(7), Some(8), true), MAKE_ALL);
+        assert_eq!(crl_pass(false, Some(7), Some(7), Some(8), true), MAKE_ALL);
+    }
+
+    #[test]
+    fn a_stop_lists_a_change_made_since_the_start_by_a_process_that_made_no_crl_yet() {
+        assert_eq!(crl_pass(false, Some(7), None, Some(8), true), MAKE_ALL);
     }
 
     #[test]
     fn a_stop_with_nothing_known_to_be_unlisted_makes_no_crl() {
-        assert_eq!(crl_pass(false, Some(9), Some(9), true), END);
+        assert_eq!(crl_pass(false, Some(9), Some(9), Some(9), true), END);
         // A process that made no CRL yet does not make a fresh set at every stop.
-        assert_eq!(crl_pass(false, None, Some(9), true), END);
+        assert_eq!(crl_pass(false, Some(9), None, Some(9), true), END);
     }
 }

@@ -205,7 +205,7 @@ impl ClientAuth {
         certs: Option<&[CertificateDer<'static>]>,
     ) -> Option<ConnectionClient> {
         let chain = certs?.to_vec();
-        let judged = self.judge(&chain)?;
+        let judged = self.judge(&chain, self.chain_verifier())?;
         Some(ConnectionClient {
             chain,
             latest: std::sync::Mutex::new(judged),
@@ -215,24 +215,27 @@ impl ClientAuth {
     /// What a request on `conn` is authenticated by: the connection's verdict, judged anew
     /// when the client CRLs were read again since or it is `VERDICT_MAX_AGE_SECS` old.
     pub fn verdict(&self, conn: &ConnectionClient) -> ClientCert {
-        let generation = self.chain_verifier().1;
+        let current = self.chain_verifier();
         let now = self.clock.now();
         let mut latest = conn.latest.lock().unwrap_or_else(|e| e.into_inner());
-        if latest.is_stale(generation, now) {
-            if let Some(judged) = self.judge(&conn.chain) {
+        if latest.is_stale(current.1, now) {
+            if let Some(judged) = self.judge(&conn.chain, current) {
                 *latest = judged;
             }
         }
         latest.cert.clone()
     }
 
-    /// What a client chain says now (`None`: empty).
-    fn judge(&self, chain: &[CertificateDer<'static>]) -> Option<Judged> {
+    /// What a client chain says now to `verifier` of `generation` (`None`: empty chain).
+    fn judge(
+        &self,
+        chain: &[CertificateDer<'static>],
+        (verifier, generation): (Arc<dyn ClientCertVerifier>, u64),
+    ) -> Option<Judged> {
         let (leaf, rest) = chain.split_first()?;
         let fingerprint = hex::encode(Sha256::digest(leaf.as_ref()));
         let at = self.clock.now();
         let now = UnixTime::since_unix_epoch(Duration::from_secs(at.max(0) as u64));
-        let (verifier, generation) = self.chain_verifier();
         let verdict = match verifier.verify_client_cert(leaf, rest, now) {
             Err(e) => ClientVerdict::Invalid(describe(&e)),
             Ok(_) => {
@@ -408,7 +411,7 @@ impl TlsSetup {
             }
             let roots = Arc::new(roots);
             let provider = provider.clone() as Arc<CryptoProvider>;
-            let chains = Watched::new(cfg.client_crls.clone(), "client CRLs", move |files| {
+            let chains = Watched::new(cfg.client_crls.clone(), "client CRLs", move |files, _| {
                 build_chain_verifier(&roots, &provider, read_crls(files, &cas)?)
             })?;
             let verifier = chains.current().0.as_ref().clone();

@@ -42,6 +42,20 @@ pub struct ValidationService {
     pub chain: Vec<Vec<u8>>,
 }
 
+impl ValidationService {
+    /// Its certificate's notAfter (Unix seconds).
+    pub fn not_after(&self) -> Result<i64, CaError> {
+        use der::Decode;
+        let cert = x509_cert::Certificate::from_der(&self.certificate_der)?;
+        Ok(cert
+            .tbs_certificate()
+            .validity()
+            .not_after
+            .to_unix_duration()
+            .as_secs() as i64)
+    }
+}
+
 impl CaSettings {
     /// Label of the validation service's key in the token.
     pub fn validation_key_label(&self) -> String {

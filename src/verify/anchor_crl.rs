@@ -5,21 +5,66 @@
 
 use std::collections::HashMap;
 
+use const_oid::ObjectIdentifier;
 use der::{Decode, Encode};
 use x509_cert::crl::CertificateList;
 use x509_cert::Certificate;
 
+const ID_CE_CRL_NUMBER: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.20");
+const ID_CE_AUTHORITY_KEY_IDENTIFIER: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.35");
+const ID_CE_DELTA_CRL_INDICATOR: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.27");
+const ID_CE_FRESHEST_CRL: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.46");
+const ID_CE_CRL_REASONS: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.21");
+
 /// What an anchor's CRL says.
 #[derive(Debug)]
 pub struct RevocationList {
-    /// Serial (lower-case hex, without leading zero bytes) → revocation time (Unix seconds).
+    /// Serial (as `cms::serial_hex` spells it) → revocation time (Unix seconds).
     revoked: HashMap<String, i64>,
+    /// Unix seconds.
+    this_update: i64,
     /// Unix seconds; none when the CRL has no nextUpdate.
     next_update: Option<i64>,
 }
 
-fn serial_key(hex: &str) -> &str {
-    hex.trim_start_matches("00")
+/// Why a CRL cannot be taken as the anchor's full list, if it cannot: a delta or partitioned
+/// CRL lists part of the revocations, so a signer missing from it may still be revoked.
+fn scope_problem(crl: &CertificateList<x509_cert::certificate::Rfc5280>) -> Option<String> {
+    for ext in crl.tbs_cert_list.crl_extensions.iter().flatten() {
+        if ext.extn_id == ID_CE_DELTA_CRL_INDICATOR {
+            return Some("a delta CRL: give the anchor's full CRL".into());
+        }
+        if ext.extn_id == crate::ca::x509::ID_CE_ISSUING_DISTRIBUTION_POINT {
+            return Some(
+                "a CRL of part of the anchor's certificates (issuingDistributionPoint): give its full CRL"
+                    .into(),
+            );
+        }
+        let known = [
+            ID_CE_CRL_NUMBER,
+            ID_CE_AUTHORITY_KEY_IDENTIFIER,
+            ID_CE_FRESHEST_CRL,
+        ];
+        if ext.critical && !known.contains(&ext.extn_id) {
+            return Some(format!(
+                "a critical CRL extension Signet does not know ({})",
+                ext.extn_id
+            ));
+        }
+    }
+    for rc in crl.tbs_cert_list.revoked_certificates.iter().flatten() {
+        for ext in rc.crl_entry_extensions.iter().flatten() {
+            let known = [ID_CE_CRL_REASONS, crate::ca::x509::ID_CE_INVALIDITY_DATE];
+            if ext.critical && !known.contains(&ext.extn_id) {
+                // certificateIssuer (an indirect CRL) is one: its entries may be another CA's.
+                return Some(format!(
+                    "a critical entry extension Signet does not know ({})",
+                    ext.extn_id
+                ));
+            }
+        }
+    }
+    None
 }
 
 impl RevocationList {
@@ -45,6 +90,9 @@ impl RevocationList {
                 "not signed by the anchor's key (or not with ECDSA P-256/SHA-256)".to_string(),
             );
         }
+        if let Some(problem) = scope_problem(&crl) {
+            return Err(problem);
+        }
         let revoked = crl
             .tbs_cert_list
             .revoked_certificates
@@ -52,13 +100,14 @@ impl RevocationList {
             .flatten()
             .map(|rc| {
                 (
-                    serial_key(&hex::encode(rc.serial_number.as_bytes())).to_string(),
+                    super::cms::serial_hex(rc.serial_number.as_bytes()),
                     rc.revocation_date.to_unix_duration().as_secs() as i64,
                 )
             })
             .collect();
         Ok(RevocationList {
             revoked,
+            this_update: crl.tbs_cert_list.this_update.to_unix_duration().as_secs() as i64,
             next_update: crl
                 .tbs_cert_list
                 .next_update
@@ -66,14 +115,25 @@ impl RevocationList {
         })
     }
 
-    /// When the certificate of serial `serial_hex` was revoked, if the CRL lists it.
+    /// When the certificate of serial `serial_hex` (as `cms::serial_hex` spells it) was
+    /// revoked, if the CRL lists it.
     pub fn revoked_at(&self, serial_hex: &str) -> Option<i64> {
-        self.revoked
-            .get(serial_key(&serial_hex.to_ascii_lowercase()))
-            .copied()
+        self.revoked.get(serial_hex).copied()
     }
 
     pub fn next_update(&self) -> Option<i64> {
         self.next_update
+    }
+
+    /// Whether this CRL may take the place of `in_use`: not an older one (put back by
+    /// mistake, it would un-revoke what the newer one lists).
+    pub fn replaces(&self, in_use: Option<&Self>) -> Result<(), String> {
+        match in_use {
+            Some(old) if self.this_update < old.this_update => Err(format!(
+                "issued before the CRL in use (thisUpdate {} < {})",
+                self.this_update, old.this_update
+            )),
+            _ => Ok(()),
+        }
     }
 }

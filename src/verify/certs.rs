@@ -122,8 +122,7 @@ impl KnownCert {
 
 /// The serial as lowercase hex without a leading zero byte (the store's key).
 pub fn serial_hex(c: &Certificate) -> String {
-    let t = hex::encode(c.tbs_certificate().serial_number().as_bytes());
-    t.strip_prefix("00").map(String::from).unwrap_or(t)
+    super::cms::serial_hex(c.tbs_certificate().serial_number().as_bytes())
 }
 
 /// Decoded certificates by the SHA-256 of their DER; bounded (emptied when full, as the

@@ -449,6 +449,18 @@ pub fn now_unix() -> u64 {
 
 /// A CRL (PEM) of the CA (ca_cert, ca_key) listing the `revoked` certificates, made by `openssl ca`.
 pub fn openssl_crl(f: &Fixture, ca_cert: &Path, ca_key: &Path, revoked: &[&Path]) -> PathBuf {
+    openssl_crl_with(f, ca_cert, ca_key, revoked, "")
+}
+
+/// `openssl_crl` with CRL extensions: `crl_ext` is the body of an OpenSSL config section
+/// (`issuingDistributionPoint = critical, @idp` and the sections it names).
+pub fn openssl_crl_with(
+    f: &Fixture,
+    ca_cert: &Path,
+    ca_key: &Path,
+    revoked: &[&Path],
+    crl_ext: &str,
+) -> PathBuf {
     let dir = f.path("crl-ca");
     fs::create_dir_all(&dir).unwrap();
     fs::write(dir.join("index.txt"), "").unwrap();
@@ -457,7 +469,7 @@ pub fn openssl_crl(f: &Fixture, ca_cert: &Path, ca_key: &Path, revoked: &[&Path]
     fs::write(
         &cnf,
         format!(
-            "[ca]\ndefault_ca = d\n[d]\ndatabase = {}\ncrlnumber = {}\ndefault_md = sha256\ndefault_crl_days = 7\n",
+            "[ca]\ndefault_ca = d\n[d]\ndatabase = {}\ncrlnumber = {}\ndefault_md = sha256\ndefault_crl_days = 7\n[crl_ext]\n{crl_ext}\n",
             dir.join("index.txt").display(),
             dir.join("crlnumber").display()
         ),
@@ -470,10 +482,13 @@ pub fn openssl_crl(f: &Fixture, ca_cert: &Path, ca_key: &Path, revoked: &[&Path]
         .assert_ok();
     }
     let crl = dir.join("crl.pem");
-    openssl(&args![
-        "ca", "-config", &cnf, "-keyfile", ca_key, "-cert", ca_cert, "-gencrl", "-out", &crl
-    ])
-    .assert_ok();
+    let mut gencrl =
+        args!["ca", "-config", &cnf, "-keyfile", ca_key, "-cert", ca_cert, "-gencrl", "-out", &crl]
+            .to_vec();
+    if !crl_ext.is_empty() {
+        gencrl.extend(args!["-crlexts", "crl_ext"]);
+    }
+    openssl(&gencrl).assert_ok();
     crl
 }
 
