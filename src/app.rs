@@ -272,20 +272,18 @@ pub fn settings(config: &Config) -> CaSettings {
 pub fn make_receipt(signet: &Signet, report: &serde_json::Value) -> Result<String, ReceiptFailure> {
     use base64::Engine;
     let service = signet.authority.validation_service().map_err(|e| {
-        ReceiptFailure(format!(
+        ReceiptFailure::Unavailable(format!(
             "no validation-service key: {e}; run `signet ca upgrade`"
         ))
     })?;
     let now = signet.clock.now();
     // A receipt under an expired certificate would prove nothing to whoever keeps it.
-    if service
+    let not_after = service
         .not_after()
-        .map_err(|e| ReceiptFailure(e.to_string()))?
-        < now
-    {
-        return Err(ReceiptFailure(
-            "the validation service's certificate has expired (it lives as long as the customer CA's): no receipt is signed under it"
-                .into(),
+        .map_err(|e| ReceiptFailure::Unavailable(e.to_string()))?;
+    if not_after < now {
+        return Err(ReceiptFailure::CertificateExpired(
+            crate::clock::format_utc(not_after).unwrap_or_else(|| not_after.to_string()),
         ));
     }
     let hsm = signet.hsm.clone();
@@ -300,11 +298,18 @@ pub fn make_receipt(signet: &Signet, report: &serde_json::Value) -> Result<Strin
                 .map_err(|e| e.to_string())
         },
     )
-    .map_err(ReceiptFailure)?;
+    .map_err(ReceiptFailure::Unavailable)?;
     Ok(base64::engine::general_purpose::STANDARD.encode(der))
 }
 
-/// A receipt could not be made (the HSM or the validation-service key is missing).
+/// Why a receipt could not be made.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot sign the receipt: {0}")]
-pub struct ReceiptFailure(pub String);
+pub enum ReceiptFailure {
+    /// The HSM, or the validation service's key or certificate, cannot be used now.
+    #[error("cannot sign the receipt: {0}")]
+    Unavailable(String),
+    /// The validation service's certificate expired (at the given time): it lives as long as
+    /// the customer CA's, so no receipt is signed until the CA is renewed.
+    #[error("cannot sign the receipt: the validation service's certificate expired at {0} (it lives as long as the customer CA's); no receipt is signed under it")]
+    CertificateExpired(String),
+}

@@ -333,7 +333,11 @@ fn no_receipt_is_signed_under_an_expired_validation_certificate() {
     let config = Config::load(&copy.config).unwrap();
     let s = Signet::open(config, later, Fault::None).expect("the copy opens");
     let err = signet::app::make_receipt(&s, &sample_report()).unwrap_err();
-    assert!(err.to_string().contains("certificate has expired"), "{err}");
+    assert!(
+        matches!(err, signet::app::ReceiptFailure::CertificateExpired(_))
+            && err.to_string().contains("certificate expired at"),
+        "{err}"
+    );
 }
 
 #[test]

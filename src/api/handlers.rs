@@ -455,11 +455,13 @@ fn report_body(
     if want_receipt {
         let receipt = crate::app::make_receipt(signet, &value).map_err(|e| {
             tracing::error!(error = %e, "receipt");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "hsm_unavailable",
-                e.to_string(),
-            )
+            let code = match e {
+                crate::app::ReceiptFailure::Unavailable(_) => "hsm_unavailable",
+                crate::app::ReceiptFailure::CertificateExpired(_) => {
+                    "validation_certificate_expired"
+                }
+            };
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string())
         })?;
         value["receipt"] = Value::String(receipt);
     }
