@@ -333,6 +333,65 @@ fn server_certificate_from_ca_upgrade_verifies_with_openssl_s_client() {
     );
 }
 
+/// The subject line of the certificate the server at `s` presents (not verified).
+fn served_subject(s: &Server) -> String {
+    let mut cmd = Command::new("openssl");
+    cmd.args(["s_client", "-connect", &authority(s)]);
+    let out = run(cmd);
+    out.stdout
+        .lines()
+        .find(|l| l.starts_with("subject="))
+        .unwrap_or_else(|| panic!("no server certificate: {}", out.describe()))
+        .to_string()
+}
+
+#[test]
+fn a_renewed_server_certificate_is_served_to_new_connections_without_a_restart() {
+    let st = setup();
+    let f = fixture();
+    let dir = f.path("tls-renewal");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert = dir.join("server.pem");
+    let key = dir.join("server-key.pem");
+    std::fs::copy(&st.server_cert, &cert).unwrap();
+    std::fs::copy(&st.server_key, &key).unwrap();
+    let config = dir.join("signet.toml");
+    let text = std::fs::read_to_string(&st.config)
+        .unwrap()
+        .replace(
+            &toml_str(&st.server_cert.to_string_lossy()),
+            &toml_str(&cert.to_string_lossy()),
+        )
+        .replace(
+            &toml_str(&st.server_key.to_string_lossy()),
+            &toml_str(&key.to_string_lossy()),
+        );
+    std::fs::write(&config, text).unwrap();
+    let s = start(&config);
+    let first = served_subject(&s);
+
+    // The key first, then the certificate, each renamed into place. (Self-signed here: what
+    // counts is which certificate is served.)
+    let (new_cert, new_key) = make_ca(f, "renewed.signet.localhost");
+    std::fs::rename(&new_key, &key).unwrap();
+    std::fs::rename(&new_cert, &cert).unwrap();
+    let renewed = served_subject(&s);
+    assert!(
+        renewed.contains("renewed.signet.localhost"),
+        "still served: {renewed} (before: {first})"
+    );
+
+    // A certificate put in place without its key is not taken: the pair read before serves.
+    let (stray_cert, _) = make_ca(f, "stray.signet.localhost");
+    std::fs::rename(&stray_cert, &cert).unwrap();
+    assert_eq!(served_subject(&s), renewed);
+    assert!(
+        s.log().contains("TLS server certificate and key"),
+        "the log says why: {}",
+        s.log()
+    );
+}
+
 #[test]
 fn server_key_from_ca_upgrade_is_a_0600_file_and_never_printed() {
     use std::os::unix::fs::PermissionsExt;

@@ -21,7 +21,8 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig};
 use sha2::{Digest, Sha256};
 
@@ -365,6 +366,39 @@ impl ClientCertVerifier for DeferredChain {
 }
 
 /// The rustls server configuration and client-certificate rules a `[tls]` section describes.
+/// The server's certificate chain and key as a rustls resolver, read again when either file
+/// changes: a renewed certificate is served to the next connections without a restart.
+#[derive(Debug)]
+struct ServerCertificate(Watched<Arc<CertifiedKey>, TlsError>);
+
+impl ResolvesServerCert for ServerCertificate {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.current().0.as_ref().clone())
+    }
+}
+
+/// The chain (PEM) and its key (PEM), which must be the first certificate's: a certificate
+/// replaced before its key is not taken with the old key.
+fn read_server_certificate(
+    certificate: &Path,
+    key: &Path,
+    provider: &CryptoProvider,
+) -> Result<Arc<CertifiedKey>, TlsError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(certificate)
+        .map_err(|e| file_error(certificate, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| file_error(certificate, e))?;
+    if chain.is_empty() {
+        return Err(file_error(certificate, "no CERTIFICATE in the file"));
+    }
+    // The key file's content never reaches an error message.
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|_| file_error(key, "cannot read a PEM private key from this file"))?;
+    CertifiedKey::from_der(chain, key_der, provider)
+        .map(Arc::new)
+        .map_err(|e| TlsError::Invalid(format!("certificate and key: {e}")))
+}
+
 pub struct TlsSetup {
     pub acceptor: tokio_rustls::TlsAcceptor,
     pub clients: Option<Arc<ClientAuth>>,
@@ -373,16 +407,14 @@ pub struct TlsSetup {
 impl TlsSetup {
     pub fn load(cfg: &TlsConfig, clock: Clock) -> Result<TlsSetup, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cfg.certificate)
-            .map_err(|e| file_error(&cfg.certificate, e))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| file_error(&cfg.certificate, e))?;
-        if chain.is_empty() {
-            return Err(file_error(&cfg.certificate, "no CERTIFICATE in the file"));
-        }
-        // The key file's content never reaches an error message.
-        let key = PrivateKeyDer::from_pem_file(&cfg.key)
-            .map_err(|_| file_error(&cfg.key, "cannot read a PEM private key from this file"))?;
+        let server = {
+            let provider = provider.clone();
+            Watched::new(
+                vec![cfg.certificate.clone(), cfg.key.clone()],
+                "TLS server certificate and key",
+                move |files, _| read_server_certificate(&files[0], &files[1], &provider),
+            )?
+        };
 
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -449,9 +481,7 @@ impl TlsSetup {
             }
             None => builder.with_no_client_auth(),
         };
-        let mut config = builder
-            .with_single_cert(chain, key)
-            .map_err(|e| TlsError::Invalid(format!("certificate and key: {e}")))?;
+        let mut config = builder.with_cert_resolver(Arc::new(ServerCertificate(server)));
         // HTTP/1.1 only. Over HTTP/2, an answer sent before the request body is read (a 401
         // from the authentication step of a POST) ends the stream with RST_STREAM, which
         // curl 7.88 (Debian 12) reports as error 92 instead of showing the answer.
