@@ -444,13 +444,14 @@ fn run_command(cli: Cli) -> Result<(), Failure> {
     {
         return receipt_verify(&signet, receipt);
     }
-    for serial in signet.startup(&actor)? {
+    let voided = signet.startup(&actor)?;
+    for serial in &voided {
         progress(&format!(
             "voided interrupted issuance {serial}: it will be listed on the next CRL"
         ));
     }
     if let Command::Serve { listen } = &cli.command {
-        return serve(signet, listen);
+        return serve(signet, listen, !voided.is_empty());
     }
     let result = command(&signet, cli.command, &actor);
     // Every command ends with a checkpoint of the chain head, so that removing the newest
@@ -892,7 +893,8 @@ fn bench(command: Command) -> Result<(), Failure> {
     Ok(())
 }
 
-fn serve(signet: Signet, listen: &str) -> Result<(), Failure> {
+/// `voided`: the start-up voided interrupted issuances (their CRLs are then made at once).
+fn serve(signet: Signet, listen: &str, voided: bool) -> Result<(), Failure> {
     if !signet.authority.is_initialized() {
         return Err(CaError::NotInitialized.into());
     }
@@ -924,36 +926,30 @@ fn serve(signet: Signet, listen: &str) -> Result<(), Failure> {
             hsm.token,
             hsm.pin.describe()
         );
+        // Handlers first: a SIGTERM right after the line below must stop the service gracefully,
+        // not kill it with the signal's default action.
+        let shutdown = shutdown_signal()?;
         // The one line scripts wait for.
         eprintln!("signet: serving on {scheme}://{addr}");
-        signet::api::serve(signet, listener, tls, shutdown_signal())
+        signet::api::serve(signet, listener, tls, voided, shutdown)
             .await
             .map_err(Failure::from)
     })
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
+/// Resolves on SIGTERM or SIGINT (Ctrl-C). The handlers are installed when this is called,
+/// inside the runtime, not when the future is first polled.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
         tokio::select! {
-            _ = ctrl_c => {},
             _ = term.recv() => {},
+            _ = interrupt.recv() => {},
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
-    eprintln!("signet: shutting down: finishing requests in flight");
+        eprintln!("signet: shutting down: finishing requests in flight");
+    })
 }
 
 fn token_init(config: &Config) -> Result<(), Failure> {

@@ -1,5 +1,6 @@
 //! Files read again when they change while the service runs: CRLs an operator replaces (the
-//! client CAs' for mTLS, the trust anchors' for verification).
+//! client CAs' for mTLS, the trust anchors' for verification) and the TLS server's
+//! certificate and key.
 //!
 //! A change is seen by the next use (one `stat` per file): a file's inode (a new file renamed
 //! into place), modification time or length. A changed file that cannot be used keeps the

@@ -148,3 +148,39 @@ fn audit_log_of_a_store_with_a_voided_issuance_verifies() {
     f.signet_with(&copy.config, &later, &args!["audit", "verify"])
         .assert_ok();
 }
+
+#[test]
+fn a_server_that_voided_interrupted_issuances_at_start_lists_them_even_when_stopped_at_once() {
+    let f = fixture();
+    let copy = f.store_copy("voided-serve", &[]);
+    let serial = interrupted_issue(
+        f,
+        &copy,
+        Profile::Customer,
+        "CN=赵六,serialNumber=110101199003071299",
+    );
+    let later = now_unix() + ISSUANCE_TIMEOUT_SECS + 10;
+    let server = common::http::Server::start_config(
+        f,
+        &copy.config,
+        &[("SIGNET_FAKE_NOW", later.to_string())],
+    );
+    assert_eq!(cert_status(&copy.db, &serial).as_deref(), Some("void"));
+    // Stopped before its first periodic CRL check (30 s): the start's voids get their CRL.
+    let log = server.stop_and_log();
+    let der: Vec<u8> = open_db(&copy.db)
+        .query_row(
+            "SELECT crl_der FROM crls WHERE issuer = 'customer' ORDER BY number DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap_or_else(|e| panic!("no customer CRL ({e}); the server said:\n{log}"));
+    let crl = f.path("voided-at-start.crl");
+    std::fs::write(&crl, der).unwrap();
+    let text = f.crl_text(&crl, &f.issuer_bundle("customer"));
+    assert!(
+        text.entry(&serial).is_some(),
+        "voided serial {serial} not on the newest CRL:\n{}",
+        text.text
+    );
+}

@@ -817,10 +817,21 @@ fn an_anchor_crl_of_another_ca_signed_by_another_key_or_of_part_of_its_certifica
         &[],
         "issuingDistributionPoint = critical, @idp\n[idp]\nfullname = URI:http://partner.example/crl/part-1.crl",
     );
+    let delta =
+        common::openssl_crl_with(f, &ca, &ca_key, &[], "2.5.29.27 = critical, DER:02:01:01");
+    let unknown = common::openssl_crl_with(
+        f,
+        &ca,
+        &ca_key,
+        &[],
+        "1.3.6.1.4.1.32473.9.7 = critical, DER:05:00",
+    );
     for (crl, says) in [
         (&impostor, "not signed by the anchor's key"),
         (&garbage, "not a CRL"),
         (&partial, "issuingDistributionPoint"),
+        (&delta, "a delta CRL"),
+        (&unknown, "a critical CRL extension Signet does not know"),
     ] {
         let out = verify_with(
             f,

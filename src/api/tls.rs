@@ -365,13 +365,14 @@ impl ClientCertVerifier for DeferredChain {
     }
 }
 
-/// The rustls server configuration and client-certificate rules a `[tls]` section describes.
 /// The server's certificate chain and key as a rustls resolver, read again when either file
 /// changes: a renewed certificate is served to the next connections without a restart.
 #[derive(Debug)]
 struct ServerCertificate(Watched<Arc<CertifiedKey>, TlsError>);
 
 impl ResolvesServerCert for ServerCertificate {
+    // Two `stat`s per handshake; a changed pair is read and parsed here, on the accepting
+    // task, once per change.
     fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.0.current().0.as_ref().clone())
     }
@@ -399,6 +400,7 @@ fn read_server_certificate(
         .map_err(|e| TlsError::Invalid(format!("certificate and key: {e}")))
 }
 
+/// The rustls server configuration and client-certificate rules a `[tls]` section describes.
 pub struct TlsSetup {
     pub acceptor: tokio_rustls::TlsAcceptor,
     pub clients: Option<Arc<ClientAuth>>,
