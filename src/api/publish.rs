@@ -136,8 +136,7 @@ pub(crate) async fn refresh_crls(state: Shared, mut stop: Stopping) {
             .ok()
             .flatten();
         let stopping = stop.is_requested();
-        let Some(dirty) = crl_pass(pending, built_at.or(at_start), built_at, epoch, stopping)
-        else {
+        let Some(dirty) = crl_pass(pending, at_start, built_at, epoch, stopping) else {
             return;
         };
         let started = std::time::Instant::now();
@@ -198,18 +197,18 @@ pub(crate) async fn refresh_crls(state: Shared, mut stop: Stopping) {
 /// What a pass of the CRL refresher does: `Some(true)` makes every CRL, `Some(false)` only
 /// those whose freshness is half spent, `None` ends the task (on a stop with nothing to list).
 /// `pending`: this process changed a status since its last CRLs; `built_at`: the status epoch
-/// of those CRLs (none: this process made none yet); `known`: the epoch they, or the start of
-/// the task, saw; `epoch`: the store's now (none when it could not be read).
+/// of those CRLs (none: this process made none yet); `at_start`: the epoch when the task
+/// started; `epoch`: the store's now (none when it could not be read).
 fn crl_pass(
     pending: bool,
-    known: Option<u64>,
+    at_start: Option<u64>,
     built_at: Option<u64>,
     epoch: Option<u64>,
     stopping: bool,
 ) -> Option<bool> {
     if stopping {
         // CRLs for changes known to be unlisted, not a fresh set at every stop.
-        let changed = known.is_none_or(|k| epoch != Some(k));
+        let changed = built_at.or(at_start).is_none_or(|k| epoch != Some(k));
         return (pending || changed).then_some(true);
     }
     Some(pending || epoch.is_none() || epoch != built_at)
