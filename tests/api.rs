@@ -1193,6 +1193,111 @@ fn a_certificate_batch_issues_each_good_request_and_answers_each_bad_one_with_it
     }
 }
 
+/// The credential id a bearer token names (`sgt_<16 hex>_<secret>`), as audit events name it.
+fn credential_of(token: &str) -> String {
+    let id = token
+        .strip_prefix("sgt_")
+        .unwrap()
+        .split('_')
+        .next()
+        .unwrap();
+    format!("credential:cred_{id}")
+}
+
+#[test]
+fn single_requests_of_several_banks_at_once_are_each_issued_for_their_own_caller() {
+    // Requests that arrive together share group commits (their records and audit events in
+    // one transaction): nothing of one caller's (bank, rights, audit actor) may reach
+    // another's certificate.
+    let (banks, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let f = fixture();
+    let a_head = bank_a_head(s, &banks.a_auditor);
+    let n = next_id();
+    let callers = [
+        ("Bank A", banks.a_officer.as_str()),
+        ("Bank B", banks.b_officer.as_str()),
+        ("gateway", banks.a_gateway.as_str()),
+    ];
+    let csr = csr_pem(f);
+    let answers: Vec<_> = std::thread::scope(|scope| {
+        let running: Vec<_> = (0..24)
+            .map(|i| {
+                let (who, token) = callers[i % 3];
+                let body = json!({"profile": "customer", "csr": &csr, "subject": format!("CN=同时{n}-{i},serialNumber=1101011990030{i:05}")});
+                scope.spawn(move || (who, i, post_json(s, "/v1/certificates", Some(token), &body)))
+            })
+            .collect();
+        running.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let mut a_serials = Vec::new();
+    for (who, i, r) in answers {
+        if who == "gateway" {
+            assert_eq!(
+                (r.status, r.code().as_str()),
+                (403, "forbidden"),
+                "{}",
+                r.body
+            );
+            continue;
+        }
+        assert_eq!(r.status, 201, "{who}: {}", r.body);
+        let v = r.json();
+        let leaf = f.path(&format!("together-{i}.pem"));
+        std::fs::write(&leaf, v["certificate"].as_str().unwrap()).unwrap();
+        let subject = openssl(&args![
+            "x509",
+            "-noout",
+            "-subject",
+            "-nameopt",
+            "utf8,sep_multiline",
+            "-in",
+            &leaf
+        ]);
+        assert!(
+            subject.stdout.contains(&format!("O={who}"))
+                && subject.stdout.contains(&format!("同时{n}-{i}")),
+            "request {i} of {who}: {}",
+            subject.stdout
+        );
+        let serial = v["serial"].as_str().unwrap();
+        let (own, other) = match who {
+            "Bank A" => (&banks.a_officer, &banks.b_officer),
+            _ => (&banks.b_officer, &banks.a_officer),
+        };
+        let path = format!("/v1/certificates/{serial}");
+        assert_eq!(get(s, &path, Some(own)).status, 200);
+        assert_eq!(
+            get(s, &path, Some(other)).status,
+            404,
+            "{who}'s certificate is not the other bank's"
+        );
+        if who == "Bank A" {
+            a_serials.push(serial.to_string());
+        }
+    }
+    // Bank A's audit trail names its officer for each of its certificates, and holds none of
+    // bank B's.
+    let issued: Vec<_> = bank_a_events_since(s, &banks.a_auditor, a_head)
+        .into_iter()
+        .filter(|e| e["action"] == "certificate.issue")
+        .collect();
+    assert_eq!(issued.len(), a_serials.len(), "{issued:?}");
+    for e in &issued {
+        assert_eq!(
+            e["actor"].as_str(),
+            Some(credential_of(&banks.a_officer).as_str()),
+            "{e}"
+        );
+        assert!(
+            a_serials
+                .iter()
+                .any(|s| norm_serial(s) == norm_serial(e["object"].as_str().unwrap())),
+            "{e}"
+        );
+    }
+}
+
 #[test]
 fn a_certificate_batch_whose_signing_call_fails_voids_every_record_and_answers_each_item() {
     let (banks, guard) = server();
@@ -1344,6 +1449,108 @@ fn a_batch_gets_one_report_per_instruction_in_order_each_replay_guarded_and_audi
         events,
         [digest(&instruction), digest(&changed), digest(&instruction)]
     );
+}
+
+#[test]
+fn single_verifications_of_several_banks_at_once_are_each_reported_and_audited_for_their_own_caller(
+) {
+    // Verifications that arrive together share group commits (replay-guard keys and audit
+    // events in one transaction): each still gets its own report and receipt, and its audit
+    // event names its own caller and bank.
+    let (banks, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let f = fixture();
+    f.signet(&["ca", "upgrade"]).assert_ok();
+    let b_gateway = new_credential(f, "Bank B", "gateway");
+    let b_auditor = new_credential(f, "Bank B", "auditor");
+    let (a_head, b_head) = (bank_a_head(s, &banks.a_auditor), bank_a_head(s, &b_auditor));
+    let n = next_id();
+    let instructions: Vec<(String, Vec<u8>)> = (0..8)
+        .map(|i| {
+            let text = format!(r#"{{"instruction_id":"TOGETHER-{n}-{i}","amount":"{i}.00"}}"#);
+            let (_, sig) = gateway_signature(f, text.as_bytes());
+            (text, sig)
+        })
+        .collect();
+    let callers = [
+        ("A", banks.a_gateway.as_str()),
+        ("B", b_gateway.as_str()),
+        ("officer", banks.a_officer.as_str()),
+    ];
+    let answers: Vec<_> = std::thread::scope(|scope| {
+        let running: Vec<_> = (0..24)
+            .map(|i| {
+                let (who, token) = callers[i % 3];
+                let (text, sig) = &instructions[i / 3];
+                let body = json!({"instruction": base64_std(text.as_bytes()), "signature": base64_std(sig), "receipt": i % 2 == 0});
+                scope.spawn(move || (who, i, post_json(s, "/v1/verifications", Some(token), &body)))
+            })
+            .collect();
+        running.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let digest = |text: &str| {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(text.as_bytes()))
+    };
+    let mut indications = vec![Vec::new(); instructions.len()];
+    for (who, i, r) in answers {
+        if who == "officer" {
+            assert_eq!(
+                (r.status, r.code().as_str()),
+                (403, "forbidden"),
+                "{}",
+                r.body
+            );
+            continue;
+        }
+        assert_eq!(r.status, 200, "{who}: {}", r.body);
+        let v = r.json();
+        indications[i / 3].push(v["indication"].as_str().unwrap().to_string());
+        assert_eq!(
+            v["instruction_sha256"].as_str(),
+            Some(digest(&instructions[i / 3].0).as_str()),
+            "{}",
+            r.body
+        );
+        assert_eq!(v.get("receipt").is_some(), i % 2 == 0, "{}", r.body);
+        if let Some(receipt) = v["receipt"].as_str() {
+            let path = f.path(&format!("together-receipt-{i}.der"));
+            std::fs::write(&path, base64_decode(receipt)).unwrap();
+            f.openssl_cms_verify(&path).assert_ok();
+        }
+    }
+    // Both banks' gateways presented each instruction: the replay guard (the signer's, not the
+    // caller's) passes the first and holds the second, even within one group commit.
+    for mut seen in indications {
+        seen.sort();
+        assert_eq!(seen, ["INDETERMINATE", "TOTAL_PASSED"]);
+    }
+    // Each bank's audit trail holds its own gateway's eight verifications and no one else's.
+    let digests: Vec<String> = instructions.iter().map(|(t, _)| digest(t)).collect();
+    for (auditor, head, gateway) in [
+        (&banks.a_auditor, a_head, &banks.a_gateway),
+        (&b_auditor, b_head, &b_gateway),
+    ] {
+        let verified: Vec<_> = bank_a_events_since(s, auditor, head)
+            .into_iter()
+            .filter(|e| e["action"] == "signature.verify")
+            .collect();
+        let mut objects: Vec<String> = verified
+            .iter()
+            .map(|e| e["object"].as_str().unwrap().to_string())
+            .collect();
+        objects.sort();
+        let mut want = digests.clone();
+        want.sort();
+        assert_eq!(objects, want);
+        for e in &verified {
+            assert_eq!(
+                e["actor"].as_str(),
+                Some(credential_of(gateway).as_str()),
+                "{e}"
+            );
+        }
+    }
 }
 
 #[test]
