@@ -451,7 +451,7 @@ fn run_command(cli: Cli) -> Result<(), Failure> {
         ));
     }
     if let Command::Serve { listen } = &cli.command {
-        return serve(signet, listen, !voided.is_empty());
+        return serve(signet, listen);
     }
     let result = command(&signet, cli.command, &actor);
     // Every command ends with a checkpoint of the chain head, so that removing the newest
@@ -893,8 +893,7 @@ fn bench(command: Command) -> Result<(), Failure> {
     Ok(())
 }
 
-/// `voided`: the start-up voided interrupted issuances (their CRLs are then made at once).
-fn serve(signet: Signet, listen: &str, voided: bool) -> Result<(), Failure> {
+fn serve(signet: Signet, listen: &str) -> Result<(), Failure> {
     if !signet.authority.is_initialized() {
         return Err(CaError::NotInitialized.into());
     }
@@ -931,7 +930,7 @@ fn serve(signet: Signet, listen: &str, voided: bool) -> Result<(), Failure> {
         let shutdown = shutdown_signal()?;
         // The one line scripts wait for.
         eprintln!("signet: serving on {scheme}://{addr}");
-        signet::api::serve(signet, listener, tls, voided, shutdown)
+        signet::api::serve(signet, listener, tls, shutdown)
             .await
             .map_err(Failure::from)
     })

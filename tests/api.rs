@@ -90,6 +90,19 @@ fn issue_customer(s: &Server, token: &str) -> (String, PathBuf) {
     (v["serial"].as_str().unwrap().to_string(), leaf)
 }
 
+/// Issues a customer certificate for bank A through the API and revokes it there; its serial.
+fn issue_and_revoke(s: &Server, token: &str, reason: &str) -> String {
+    let (serial, _) = issue_customer(s, token);
+    let r = post_json(
+        s,
+        &format!("/v1/certificates/{serial}/revoke"),
+        Some(token),
+        &json!({ "reason": reason }),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    serial
+}
+
 /// Bank A's audit events after `seq`, every page of them (the route answers 500 by default).
 fn bank_a_events_since(s: &Server, auditor: &str, seq: u64) -> Vec<Value> {
     let mut events: Vec<Value> = Vec::new();
@@ -269,14 +282,7 @@ fn revoked_certificate_appears_on_the_served_crl_soon_after_revocation() {
     let (banks, guard) = server();
     let s = guard.as_ref().unwrap();
     let f = fixture();
-    let (serial, _) = issue_customer(s, &banks.a_officer);
-    let r = post_json(
-        s,
-        &format!("/v1/certificates/{serial}/revoke"),
-        Some(&banks.a_officer),
-        &json!({"reason": "superseded"}),
-    );
-    assert_eq!(r.status, 200, "{}", r.body);
+    let serial = issue_and_revoke(s, &banks.a_officer, "superseded");
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let (status, ct, der) = get_bytes(s, "/crl/customer.crl");
@@ -951,41 +957,105 @@ fn restart_keeps_certificates_revocations_and_credentials_and_the_audit_chain_ve
 fn a_revocation_just_before_a_graceful_stop_is_on_a_crl_when_the_process_ends() {
     let (banks, mut guard) = server();
     let f = fixture();
-    let serial = {
-        let s = guard.as_ref().unwrap();
-        let (serial, _) = issue_customer(s, &banks.a_officer);
-        let r = post_json(
-            s,
-            &format!("/v1/certificates/{serial}/revoke"),
-            Some(&banks.a_officer),
-            &json!({"reason": "keyCompromise"}),
-        );
-        assert_eq!(r.status, 200, "{}", r.body);
-        serial
-    };
+    let serial = issue_and_revoke(guard.as_ref().unwrap(), &banks.a_officer, "keyCompromise");
     // Stopped inside the wait that gathers a burst of revocations into one CRL: the process
     // makes that CRL before it ends, or the revocation would be on none until a later refresh.
     guard.take().unwrap().stop();
+    assert!(
+        on_newest_customer_crl(f, &serial),
+        "{serial} is not on the newest customer CRL"
+    );
     let store = f.open_store();
-    let crl = store
-        .latest_crl(IssuerId::Customer, None)
-        .unwrap()
-        .and_then(|c| c.crl_der)
-        .expect("a customer CRL");
-    let crl =
-        x509_cert::crl::CertificateList::<x509_cert::certificate::Rfc5280>::from_der(&crl).unwrap();
-    let listed = crl
-        .tbs_cert_list
-        .revoked_certificates
-        .unwrap_or_default()
-        .iter()
-        .any(|e| norm_serial(&hex::encode(e.serial_number.as_bytes())) == norm_serial(&serial));
-    assert!(listed, "{serial} is not on the newest customer CRL");
     // That CRL's audit event came before the shutdown checkpoint, which is the chain's head.
     let head = store.audit_head().unwrap().expect("audit events").seq;
     let last = store.checkpoints().unwrap().last().map(|c| c.seq);
     assert_eq!(last, Some(head), "the shutdown checkpoint is not the head");
     *guard = Some(Server::start(f));
+}
+
+/// Whether the newest customer CRL in the store lists `serial`.
+fn on_newest_customer_crl(f: &Fixture, serial: &str) -> bool {
+    let Some(der) = f
+        .open_store()
+        .latest_crl(IssuerId::Customer, None)
+        .unwrap()
+        .and_then(|c| c.crl_der)
+    else {
+        return false;
+    };
+    let crl =
+        x509_cert::crl::CertificateList::<x509_cert::certificate::Rfc5280>::from_der(&der).unwrap();
+    crl.tbs_cert_list
+        .revoked_certificates
+        .unwrap_or_default()
+        .iter()
+        .any(|e| norm_serial(&hex::encode(e.serial_number.as_bytes())) == norm_serial(serial))
+}
+
+/// Waits (10 s at most) until the newest customer CRL in the store lists `serial`.
+fn wait_for_newest_customer_crl_to_list(f: &Fixture, serial: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !on_newest_customer_crl(f, serial) {
+        assert!(
+            Instant::now() < deadline,
+            "{serial} is not on the newest customer CRL after 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The newest CRL number of each scope the fixture publishes (no shards).
+fn crl_numbers(f: &Fixture) -> Vec<Option<u64>> {
+    let store = f.open_store();
+    [IssuerId::Root, IssuerId::Customer, IssuerId::Teller]
+        .into_iter()
+        .map(|i| store.latest_crl_info(i, None).unwrap().map(|c| c.number))
+        .collect()
+}
+
+#[test]
+fn a_revocation_made_with_the_cli_while_no_server_ran_is_on_a_crl_as_soon_as_a_server_starts() {
+    let (banks, mut guard) = server();
+    let f = fixture();
+    let (serial, _) = issue_customer(guard.as_ref().unwrap(), &banks.a_officer);
+    guard.take().unwrap().stop();
+    f.signet(&args![
+        "revoke",
+        "--serial",
+        &serial,
+        "--reason",
+        "keyCompromise"
+    ])
+    .assert_ok();
+    assert!(!on_newest_customer_crl(f, &serial), "the CLI makes no CRL");
+    *guard = Some(Server::start(f));
+    // Not at the first periodic check (30 s later): the start looks at once.
+    wait_for_newest_customer_crl_to_list(f, &serial);
+}
+
+#[test]
+fn a_second_server_on_the_same_store_makes_no_crl_for_a_change_the_first_one_listed() {
+    let (banks, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let f = fixture();
+    let serial = issue_and_revoke(s, &banks.a_officer, "superseded");
+    wait_for_newest_customer_crl_to_list(f, &serial);
+    let listed = crl_numbers(f);
+    // Its start looks at every scope: each CRL records the status epoch it lists, which is
+    // the store's, so nothing is made again (before, each process made a full set).
+    let second = Server::start(f);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        crl_numbers(f),
+        listed,
+        "the second server made CRLs at its start"
+    );
+    second.stop();
+    assert_eq!(
+        crl_numbers(f),
+        listed,
+        "the second server made CRLs at its stop"
+    );
 }
 
 #[test]

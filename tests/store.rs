@@ -10,7 +10,7 @@ use std::thread;
 use signet::audit::{AuditEvent, AuditRecord, GENESIS};
 use signet::ca::IssuerId;
 use signet::store::{
-    CertRecord, CertStatus, PostgresOptions, PostgresStore, ReplayKeys, RevocationRecord,
+    CertRecord, CertStatus, NewCrl, PostgresOptions, PostgresStore, ReplayKeys, RevocationRecord,
     SigningKeyRecord, SqliteStore, Store, StoreError, TenantRecord,
 };
 
@@ -294,6 +294,17 @@ fn revoked_entries_are_per_issuer_and_shard() {
     }
 }
 
+/// A CRL of 4000..5000 listing the changes up to status epoch 7.
+fn new_crl(issuer: IssuerId, shard: Option<u32>) -> NewCrl {
+    NewCrl {
+        issuer,
+        shard,
+        this_update: 4_000,
+        next_update: 5_000,
+        status_epoch: 7,
+    }
+}
+
 #[test]
 fn crl_numbers_are_one_gapless_sequence_per_scope_across_processes() {
     for db in databases("crl_numbers") {
@@ -309,10 +320,7 @@ fn crl_numbers_are_one_gapless_sequence_per_scope_across_processes() {
                         .map(|_| {
                             let (n, _) = s
                                 .record_crl(
-                                    IssuerId::Customer,
-                                    Some(0),
-                                    4_000,
-                                    5_000,
+                                    &new_crl(IssuerId::Customer, Some(0)),
                                     &mut |n| Ok(n.to_be_bytes().to_vec()),
                                     &event("crl.issue", "customer"),
                                 )
@@ -347,18 +355,17 @@ fn crl_numbers_are_one_gapless_sequence_per_scope_across_processes() {
                 info.number,
                 info.this_update,
                 info.next_update,
+                info.status_epoch,
                 info.crl_der
             ),
-            (40, latest.this_update, latest.next_update, None),
+            (40, latest.this_update, latest.next_update, Some(7), None),
             "the info is the same CRL without its DER"
         );
+        assert_eq!(latest.status_epoch, Some(7), "{:?}", db.engine);
         // Another scope starts its own sequence.
         let (n, _) = s
             .record_crl(
-                IssuerId::Root,
-                None,
-                4_000,
-                5_000,
+                &new_crl(IssuerId::Root, None),
                 &mut |n| Ok(vec![n as u8]),
                 &event("crl.issue", "root"),
             )

@@ -420,12 +420,11 @@ async fn checkpoint_at_shutdown(state: &Shared) {
 
 /// Serves until `shutdown` resolves; in-flight requests and the background tasks' current work
 /// finish (a revocation not yet on a CRL gets one), then the audit head is checkpointed.
-/// `voided_at_start`: the start-up voided interrupted issuances, to be listed on CRLs at once. With `tls`, HTTPS (and client certificates); without, plain HTTP.
+/// With `tls`, HTTPS (and client certificates); without, plain HTTP.
 pub async fn serve(
     signet: Signet,
     listener: tokio::net::TcpListener,
     tls: Option<tls::TlsSetup>,
-    voided_at_start: bool,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let state = Arc::new(AppState {
@@ -447,9 +446,6 @@ pub async fn serve(
             Stopping(sweeps_stopping),
         )),
     ];
-    if voided_at_start {
-        state.publish.status_changed();
-    }
     let refresher = tokio::spawn(publish::refresh_crls(
         state.clone(),
         Stopping(refresh_stopping),

@@ -17,6 +17,7 @@ use super::{blocking, ApiError, Shared, Stopping};
 use crate::app::Signet;
 use crate::ca::ocsp::OcspOutcome;
 use crate::ca::IssuerId;
+use crate::store::CrlRecord;
 
 /// How often the background task looks at CRL freshness.
 const CRL_CHECK_EVERY: Duration = Duration::from_secs(30);
@@ -97,66 +98,45 @@ fn scopes(signet: &Signet) -> Vec<(IssuerId, Option<u32>)> {
     out
 }
 
-/// Regenerates CRLs whose freshness is half spent, and all of them soon after a revocation.
-/// A status change this process did not see (another process's, or one of a process killed
-/// before its CRLs were made) is found by the store's status epoch within `CRL_CHECK_EVERY`.
-/// On a stop, a pending change still gets its CRLs before the task ends.
+/// Makes a scope's CRL when it misses a status change or its freshness is half spent: at the
+/// start (a change left unlisted by a process that was killed, or made by the CLI while no
+/// server ran, is listed at once), soon after this process changes a status, every
+/// `CRL_CHECK_EVERY` (a change by another process), and on a stop (a change still unlisted).
+/// Whether a CRL misses a change is the store's to say ([`crl_due`]), so that of several
+/// processes sharing a store only the first to look makes the CRL for a change.
 pub(crate) async fn refresh_crls(state: Shared, mut stop: Stopping) {
-    // How long the last regeneration after a revocation took: the next one waits at least as
-    // long, so that a steady stream of revocations against a CRL of a million entries keeps
-    // the CRL current without spending more than half a core on it.
+    // How long the last pass that made CRLs took: a pass after a notification waits at least
+    // as long, so that a steady stream of revocations against a CRL of a million entries
+    // keeps the CRL current without spending more than half a core on it.
     let mut last_build = Duration::ZERO;
-    // The status epoch the CRLs were last made at by this process (none yet: unknown, so the
-    // first check makes them all, in case a killed process left a change unlisted).
-    let mut built_at: Option<u64> = None;
-    // This process changed a status that is not on a CRL yet.
-    let mut pending = false;
-    let st = state.clone();
-    // The status epoch when the task started: on a stop, a change since is listed.
-    let at_start = blocking(move || Ok(st.signet.store.status_epoch().ok()))
-        .await
-        .ok()
-        .flatten();
+    // The first pass runs at once.
+    let mut notified = false;
     loop {
-        let notified = tokio::select! {
-            biased;
-            // Before the stop: a change notified just before it is listed by the last pass.
-            _ = state.publish.crl_dirty.notified() => true,
-            _ = stop.requested() => false,
-            _ = tokio::time::sleep(CRL_CHECK_EVERY) => false,
-        };
         if notified {
-            pending = true;
             // Cut short by a stop: the change is then listed before the process ends.
             stop.pause(CRL_DEBOUNCE.max(last_build)).await;
         }
-        let st = state.clone();
-        let epoch = blocking(move || Ok(st.signet.store.status_epoch().ok()))
-            .await
-            .ok()
-            .flatten();
         let stopping = stop.is_requested();
-        let Some(dirty) = crl_pass(pending, at_start, built_at, epoch, stopping) else {
-            return;
-        };
         let started = std::time::Instant::now();
         let st = state.clone();
         let result = blocking(move || {
             let signet = &st.signet;
+            let unavailable = |e: crate::store::StoreError| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    e.to_string(),
+                )
+            };
+            let epoch = signet.store.status_epoch().map_err(unavailable)?;
             let now = signet.clock.now();
+            let mut made = 0;
             for (issuer, shard) in scopes(signet) {
-                let latest = signet.store.latest_crl_info(issuer, shard).map_err(|e| {
-                    ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "store_unavailable",
-                        e.to_string(),
-                    )
-                })?;
-                let stale = match &latest {
-                    None => true,
-                    Some(c) => now >= c.this_update + (c.next_update - c.this_update) / 2,
-                };
-                if dirty || stale {
+                let latest = signet
+                    .store
+                    .latest_crl_info(issuer, shard)
+                    .map_err(unavailable)?;
+                if crl_due(latest.as_ref(), epoch, now, stopping) {
                     let crl =
                         signet
                             .authority
@@ -169,21 +149,15 @@ pub(crate) async fn refresh_crls(state: Shared, mut stop: Stopping) {
                             der: Bytes::from(crl.der),
                         },
                     );
+                    made += 1;
                 }
             }
-            Ok(())
+            Ok(made)
         })
         .await;
-        if dirty {
-            last_build = started.elapsed();
-        }
         match result {
-            // Changes after the epoch was read make a later one: they are looked at next time.
-            Ok(()) if dirty => {
-                built_at = epoch;
-                pending = false;
-            }
-            Ok(()) => {}
+            Ok(0) => {}
+            Ok(_) => last_build = started.elapsed(),
             Err(e) => {
                 tracing::warn!(code = e.code, error = %e.message, "CRL refresh failed; will retry")
             }
@@ -191,27 +165,27 @@ pub(crate) async fn refresh_crls(state: Shared, mut stop: Stopping) {
         if stopping {
             return;
         }
+        notified = tokio::select! {
+            biased;
+            // Before the stop: a change notified just before it is listed by the last pass.
+            _ = state.publish.crl_dirty.notified() => true,
+            _ = stop.requested() => false,
+            _ = tokio::time::sleep(CRL_CHECK_EVERY) => false,
+        };
     }
 }
 
-/// What a pass of the CRL refresher does: `Some(true)` makes every CRL, `Some(false)` only
-/// those whose freshness is half spent, `None` ends the task (on a stop with nothing to list).
-/// `pending`: this process changed a status since its last CRLs; `built_at`: the status epoch
-/// of those CRLs (none: this process made none yet); `at_start`: the epoch when the task
-/// started; `epoch`: the store's now (none when it could not be read).
-fn crl_pass(
-    pending: bool,
-    at_start: Option<u64>,
-    built_at: Option<u64>,
-    epoch: Option<u64>,
-    stopping: bool,
-) -> Option<bool> {
-    if stopping {
-        // CRLs for changes known to be unlisted, not a fresh set at every stop.
-        let changed = built_at.or(at_start).is_none_or(|k| epoch != Some(k));
-        return (pending || changed).then_some(true);
-    }
-    Some(pending || epoch.is_none() || epoch != built_at)
+/// Whether a scope needs a new CRL, given its newest (`latest`), the store's status epoch
+/// now and the time: when it has none, when it misses a status change (it was made at an
+/// older epoch, or before CRLs recorded theirs), or, but on a stop, when half its freshness
+/// is spent.
+fn crl_due(latest: Option<&CrlRecord>, epoch: u64, now: i64, stopping: bool) -> bool {
+    let Some(c) = latest else {
+        return true;
+    };
+    let misses_a_change = c.status_epoch.is_none_or(|listed| listed < epoch);
+    let half_spent = now >= c.this_update + (c.next_update - c.this_update) / 2;
+    misses_a_change || (half_spent && !stopping)
 }
 
 pub async fn ca_chain(State(state): State<Shared>) -> Result<Response, ApiError> {
@@ -420,55 +394,54 @@ pub async fn ocsp_get(State(state): State<Shared>, Path(encoded): Path<String>) 
 
 #[cfg(test)]
 mod tests {
-    use super::crl_pass;
+    use super::crl_due;
+    use crate::ca::IssuerId;
+    use crate::store::CrlRecord;
 
-    const MAKE_ALL: Option<bool> = Some(true);
-    const STALE_ONLY: Option<bool> = Some(false);
-    const END: Option<bool> = None;
-
-    #[test]
-    fn a_status_change_of_this_process_makes_every_crl() {
-        assert_eq!(crl_pass(true, Some(7), Some(7), Some(8), false), MAKE_ALL);
+    /// A CRL made at 1000, fresh until 2000, listing the changes up to `epoch`.
+    fn crl(epoch: Option<u64>) -> CrlRecord {
+        CrlRecord {
+            issuer: IssuerId::Customer,
+            shard: None,
+            number: 3,
+            this_update: 1_000,
+            next_update: 2_000,
+            status_epoch: epoch,
+            crl_der: None,
+        }
     }
 
     #[test]
-    fn the_first_pass_of_a_process_makes_every_crl_in_case_a_killed_one_left_a_change_unlisted() {
-        assert_eq!(crl_pass(false, Some(8), None, Some(8), false), MAKE_ALL);
+    fn a_scope_without_a_crl_gets_one() {
+        assert!(crl_due(None, 0, 1_000, false));
+        assert!(crl_due(None, 0, 1_000, true));
     }
 
     #[test]
-    fn a_change_made_by_another_process_makes_every_crl() {
-        assert_eq!(crl_pass(false, Some(7), Some(7), Some(9), false), MAKE_ALL);
+    fn a_crl_that_lists_every_change_is_not_made_again_by_any_process() {
+        assert!(!crl_due(Some(&crl(Some(9))), 9, 1_100, false));
+        assert!(!crl_due(Some(&crl(Some(9))), 9, 1_100, true));
     }
 
     #[test]
-    fn without_a_change_only_crls_half_way_to_their_next_update_are_made() {
-        assert_eq!(
-            crl_pass(false, Some(9), Some(9), Some(9), false),
-            STALE_ONLY
-        );
+    fn a_crl_made_before_a_status_change_is_made_again() {
+        assert!(crl_due(Some(&crl(Some(8))), 9, 1_100, false));
     }
 
     #[test]
-    fn an_unreadable_status_epoch_counts_as_a_change() {
-        assert_eq!(crl_pass(false, Some(9), Some(9), None, false), MAKE_ALL);
+    fn a_crl_made_before_crls_recorded_their_epoch_is_made_again_once() {
+        assert!(crl_due(Some(&crl(None)), 0, 1_100, false));
     }
 
     #[test]
-    fn a_stop_lists_a_pending_change_first() {
-        assert_eq!(crl_pass(true, Some(7), Some(7), Some(8), true), MAKE_ALL);
-        assert_eq!(crl_pass(false, Some(7), Some(7), Some(8), true), MAKE_ALL);
+    fn a_crl_half_way_to_its_next_update_is_made_again() {
+        assert!(!crl_due(Some(&crl(Some(9))), 9, 1_499, false));
+        assert!(crl_due(Some(&crl(Some(9))), 9, 1_500, false));
     }
 
     #[test]
-    fn a_stop_lists_a_change_made_since_the_start_by_a_process_that_made_no_crl_yet() {
-        assert_eq!(crl_pass(false, Some(7), None, Some(8), true), MAKE_ALL);
-    }
-
-    #[test]
-    fn a_stop_with_nothing_known_to_be_unlisted_makes_no_crl() {
-        assert_eq!(crl_pass(false, Some(9), Some(9), Some(9), true), END);
-        // A process that made no CRL yet does not make a fresh set at every stop.
-        assert_eq!(crl_pass(false, Some(9), None, Some(9), true), END);
+    fn a_stop_lists_a_change_but_does_not_refresh_a_crl_for_its_age() {
+        assert!(crl_due(Some(&crl(Some(8))), 9, 1_100, true));
+        assert!(!crl_due(Some(&crl(Some(9))), 9, 1_900, true));
     }
 }

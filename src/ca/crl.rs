@@ -16,7 +16,7 @@ use super::issue::uri;
 use super::x509::{self, extension, raw_extension};
 use super::{crl_reason, Authority, CaError, IssuerId};
 use crate::audit::AuditEvent;
-use crate::store::RevokedEntry;
+use crate::store::{NewCrl, RevokedEntry};
 
 /// A signed CRL.
 #[derive(Debug, Clone)]
@@ -79,6 +79,9 @@ impl Authority {
             )?;
             TbsFrame::split(&tbs.to_der()?)
         };
+        // Read before the entries: every change up to it is among them (a later one has a
+        // larger epoch), which lets a process see that this CRL needs no successor yet.
+        let status_epoch = self.store.status_epoch()?;
         // Entries straight from the store into the DER buffer, one row at a time.
         let mut buffer = CrlBuffer::new(&frame(0)?);
         self.store.each_revoked(issuer, shard, &mut |e| {
@@ -90,11 +93,15 @@ impl Authority {
             &object,
             serde_json::json!({"entries": buffer.entries, "next_update": next_update}),
         );
-        let (number, audit) = self.store.record_crl(
+        let new = NewCrl {
             issuer,
             shard,
             this_update,
             next_update,
+            status_epoch,
+        };
+        let (number, audit) = self.store.record_crl(
+            &new,
             &mut |number| {
                 let frame = frame(number).map_err(|e| e.to_string())?;
                 Ok(buffer.finish_tbs(&frame).to_vec())

@@ -139,7 +139,21 @@ pub struct CrlRecord {
     pub number: u64,
     pub this_update: i64,
     pub next_update: i64,
+    /// The status epoch ([`Store::status_epoch`]) its entries were read at: every status
+    /// change up to it is on this CRL. `None` for CRLs made before the store kept it.
+    pub status_epoch: Option<u64>,
     pub crl_der: Option<Vec<u8>>,
+}
+
+/// A CRL about to take its number.
+#[derive(Debug, Clone, Copy)]
+pub struct NewCrl {
+    pub issuer: IssuerId,
+    pub shard: Option<u32>,
+    pub this_update: i64,
+    pub next_update: i64,
+    /// The status epoch read before its entries were (see [`CrlRecord::status_epoch`]).
+    pub status_epoch: u64,
 }
 
 /// A bank served by this CA.
@@ -423,10 +437,7 @@ pub trait Store: Send + Sync {
     /// Takes the next CRL number of (issuer, shard) and records the to-be-signed CRL.
     fn record_crl(
         &self,
-        issuer: IssuerId,
-        shard: Option<u32>,
-        this_update: i64,
-        next_update: i64,
+        crl: &NewCrl,
         build_tbs: &mut dyn FnMut(u64) -> std::result::Result<Vec<u8>, String>,
         event: &AuditEvent,
     ) -> Result<(u64, AuditRecord)>;
@@ -568,7 +579,9 @@ pub trait Store: Send + Sync {
     /// Unlocks a key (failed attempts back to zero).
     fn unlock_key(&self, id: &str, at: i64, event: &AuditEvent) -> Result<AuditRecord>;
 
-    /// Grows whenever any process revokes, holds, releases or voids a certificate.
+    /// Grows whenever any process revokes, holds, releases or voids a certificate: the seq of
+    /// the newest such audit event. Writes are serialized (one writer at a time on either
+    /// engine), so a change committed after this is read has a larger epoch.
     fn status_epoch(&self) -> Result<u64>;
 
     /// Appends several audit events in one transaction (a batch of signatures).

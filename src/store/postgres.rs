@@ -25,6 +25,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("pg/0002_crl_order.sql"),
     include_str!("pg/0003_write_less.sql"),
     include_str!("pg/0004_replay_expiry.sql"),
+    include_str!("pg/0005_crl_status_epoch.sql"),
 ];
 
 /// Key of the advisory lock every write transaction holds until it ends ("SIGNET" in ASCII).
@@ -373,7 +374,8 @@ fn revocation_from(r: &Row, at: usize) -> Result<Option<RevocationRecord>> {
     })
 }
 
-/// A CRL row: number, thisUpdate, nextUpdate and, when the query selects it, the DER.
+/// A CRL row: number, thisUpdate, nextUpdate, status epoch and, when the query selects it,
+/// the DER.
 fn crl_from_row(r: &Row, issuer: IssuerId, shard: Option<u32>) -> Result<CrlRecord> {
     Ok(CrlRecord {
         issuer,
@@ -381,7 +383,8 @@ fn crl_from_row(r: &Row, issuer: IssuerId, shard: Option<u32>) -> Result<CrlReco
         number: col::<i64>(r, 0)? as u64,
         this_update: col(r, 1)?,
         next_update: col(r, 2)?,
-        crl_der: if r.len() > 3 { col(r, 3)? } else { None },
+        status_epoch: col::<Option<i64>>(r, 3)?.map(|e| e as u64),
+        crl_der: if r.len() > 4 { col(r, 4)? } else { None },
     })
 }
 
@@ -640,13 +643,11 @@ impl Store for PostgresStore {
 
     fn record_crl(
         &self,
-        issuer: IssuerId,
-        shard: Option<u32>,
-        this_update: i64,
-        next_update: i64,
+        crl: &NewCrl,
         build_tbs: &mut dyn FnMut(u64) -> std::result::Result<Vec<u8>, String>,
         event: &AuditEvent,
     ) -> Result<(u64, AuditRecord)> {
+        let (issuer, shard) = (crl.issuer, crl.shard);
         self.tx(|tx| {
             let row = tx
                 .query_one(
@@ -657,13 +658,13 @@ impl Store for PostgresStore {
             let number = col::<Option<i64>>(&row, 0)?.unwrap_or(0) as u64 + 1;
             let tbs = build_tbs(number).map_err(StoreError::Conflict)?;
             tx.execute(
-                "INSERT INTO crls (issuer, shard, number, this_update, next_update, tbs_der) VALUES ($1, $2, $3, $4, $5, $6)",
-                &[&issuer.as_str(), &shard_key(shard), &(number as i64), &this_update, &next_update, &tbs],
+                "INSERT INTO crls (issuer, shard, number, this_update, next_update, status_epoch, tbs_der) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &[&issuer.as_str(), &shard_key(shard), &(number as i64), &crl.this_update, &crl.next_update, &(crl.status_epoch as i64), &tbs],
             )
             .map_err(map_err)?;
             let mut ev = event.clone();
             ev.object = format!("{}#{number}", event.object);
-            let rec = append(tx, this_update, &ev)?;
+            let rec = append(tx, crl.this_update, &ev)?;
             Ok((number, rec))
         })
     }
@@ -700,7 +701,7 @@ impl Store for PostgresStore {
 
     fn latest_crl(&self, issuer: IssuerId, shard: Option<u32>) -> Result<Option<CrlRecord>> {
         self.optional_row(
-            "SELECT number, this_update, next_update, crl_der FROM crls
+            "SELECT number, this_update, next_update, status_epoch, crl_der FROM crls
              WHERE issuer = $1 AND shard = $2 AND crl_der IS NOT NULL ORDER BY number DESC LIMIT 1",
             &[&issuer.as_str(), &shard_key(shard)],
             |r| crl_from_row(r, issuer, shard),
@@ -709,7 +710,7 @@ impl Store for PostgresStore {
 
     fn latest_crl_info(&self, issuer: IssuerId, shard: Option<u32>) -> Result<Option<CrlRecord>> {
         self.optional_row(
-            "SELECT number, this_update, next_update FROM crls
+            "SELECT number, this_update, next_update, status_epoch FROM crls
              WHERE issuer = $1 AND shard = $2 AND crl_der IS NOT NULL ORDER BY number DESC LIMIT 1",
             &[&issuer.as_str(), &shard_key(shard)],
             |r| crl_from_row(r, issuer, shard),

@@ -22,6 +22,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0004_crl_order.sql"),
     include_str!("migrations/0005_write_less.sql"),
     include_str!("migrations/0006_replay_expiry.sql"),
+    include_str!("migrations/0007_crl_status_epoch.sql"),
 ];
 
 /// Read connections kept open for reuse.
@@ -448,8 +449,9 @@ fn crl_from_row(r: &Row, issuer: IssuerId, shard: Option<u32>) -> rusqlite::Resu
         number: r.get::<_, i64>(0)? as u64,
         this_update: r.get(1)?,
         next_update: r.get(2)?,
-        crl_der: if r.as_ref().column_count() > 3 {
-            r.get(3)?
+        status_epoch: r.get::<_, Option<i64>>(3)?.map(|e| e as u64),
+        crl_der: if r.as_ref().column_count() > 4 {
+            r.get(4)?
         } else {
             None
         },
@@ -757,13 +759,11 @@ impl Store for SqliteStore {
 
     fn record_crl(
         &self,
-        issuer: IssuerId,
-        shard: Option<u32>,
-        this_update: i64,
-        next_update: i64,
+        crl: &NewCrl,
         build_tbs: &mut dyn FnMut(u64) -> std::result::Result<Vec<u8>, String>,
         event: &AuditEvent,
     ) -> Result<(u64, AuditRecord)> {
+        let (issuer, shard) = (crl.issuer, crl.shard);
         self.tx(|tx| {
             let last: Option<i64> = tx
                 .query_row(
@@ -777,14 +777,14 @@ impl Store for SqliteStore {
             // zeroblob + incremental write: binding tens of megabytes would copy them twice
             // more inside SQLite (bound value, then record).
             tx.execute(
-                "INSERT INTO crls (issuer, shard, number, this_update, next_update, tbs_der) VALUES (?1, ?2, ?3, ?4, ?5, zeroblob(?6))",
-                params![issuer.as_str(), shard_key(shard), number as i64, this_update, next_update, tbs.len() as i64],
+                "INSERT INTO crls (issuer, shard, number, this_update, next_update, status_epoch, tbs_der) VALUES (?1, ?2, ?3, ?4, ?5, ?6, zeroblob(?7))",
+                params![issuer.as_str(), shard_key(shard), number as i64, crl.this_update, crl.next_update, crl.status_epoch as i64, tbs.len() as i64],
             )
             .map_err(map_err)?;
             write_blob(tx, "tbs_der", tx.last_insert_rowid(), &tbs)?;
             let mut ev = event.clone();
             ev.object = format!("{}#{number}", event.object);
-            let rec = append(tx, this_update, &ev)?;
+            let rec = append(tx, crl.this_update, &ev)?;
             Ok((number, rec))
         })
     }
@@ -819,7 +819,7 @@ impl Store for SqliteStore {
 
     fn latest_crl(&self, issuer: IssuerId, shard: Option<u32>) -> Result<Option<CrlRecord>> {
         self.optional_row(
-            "SELECT number, this_update, next_update, crl_der FROM crls
+            "SELECT number, this_update, next_update, status_epoch, crl_der FROM crls
              WHERE issuer = ?1 AND shard = ?2 AND crl_der IS NOT NULL ORDER BY number DESC LIMIT 1",
             params![issuer.as_str(), shard_key(shard)],
             |r| crl_from_row(r, issuer, shard),
@@ -828,7 +828,7 @@ impl Store for SqliteStore {
 
     fn latest_crl_info(&self, issuer: IssuerId, shard: Option<u32>) -> Result<Option<CrlRecord>> {
         self.optional_row(
-            "SELECT number, this_update, next_update FROM crls
+            "SELECT number, this_update, next_update, status_epoch FROM crls
              WHERE issuer = ?1 AND shard = ?2 AND crl_der IS NOT NULL ORDER BY number DESC LIMIT 1",
             params![issuer.as_str(), shard_key(shard)],
             |r| crl_from_row(r, issuer, shard),
