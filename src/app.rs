@@ -121,7 +121,7 @@ impl Signet {
                 &authority,
                 profiles.clone(),
                 policy,
-                load_anchors(&config)?,
+                load_anchors(&config, &clock)?,
             )?)
         } else {
             None
@@ -192,7 +192,7 @@ fn read_der(path: &std::path::Path) -> Result<Vec<u8>, String> {
     }
 }
 
-fn load_anchors(config: &Config) -> Result<Vec<Anchor>, OpenError> {
+fn load_anchors(config: &Config, clock: &Clock) -> Result<Vec<Anchor>, OpenError> {
     use der::Decode;
     let mut out = Vec::new();
     for a in &config.verify.anchors {
@@ -206,13 +206,14 @@ fn load_anchors(config: &Config) -> Result<Vec<Anchor>, OpenError> {
         let crl = match &a.crl {
             Some(path) => {
                 let anchor = certificate.clone();
+                let clock = clock.clone();
                 let crl = Watched::new(
                     vec![path.clone()],
                     format!("the CRL of trust anchor {}", a.name),
                     move |paths, in_use| {
                         let crl = RevocationList::of_anchor(&read_der(&paths[0])?, &anchor)
                             .map_err(|e| format!("{}: {e}", paths[0].display()))?;
-                        crl.replaces(in_use)?;
+                        crl.may_replace(in_use, clock.now())?;
                         Ok(crl)
                     },
                 )

@@ -797,7 +797,7 @@ fn a_running_service_reads_a_replaced_anchor_crl_without_a_restart() {
 }
 
 #[test]
-fn an_anchor_crl_of_another_ca_signed_by_another_key_or_of_part_of_its_certificates_stops_the_start(
+fn an_anchor_crl_of_another_ca_signed_by_another_key_or_of_part_of_its_certificates_or_dated_ahead_stops_the_start(
 ) {
     let f = fixture();
     let (h, ca, ca_key) = p256_foreign_holder(f);
@@ -826,12 +826,16 @@ fn an_anchor_crl_of_another_ca_signed_by_another_key_or_of_part_of_its_certifica
         &[],
         "1.3.6.1.4.1.32473.9.7 = critical, DER:05:00",
     );
+    // Dated by a partner's clock set years ahead: in use, it would keep every correct CRL
+    // after it out as older.
+    let future = common::openssl_crl_dated(f, &ca, &ca_key, "20991231000000Z", "21000107000000Z");
     for (crl, says) in [
         (&impostor, "not signed by the anchor's key"),
         (&garbage, "not a CRL"),
         (&partial, "issuingDistributionPoint"),
         (&delta, "a delta CRL"),
         (&unknown, "a critical CRL extension Signet does not know"),
+        (&future, "issued in the future"),
     ] {
         let out = verify_with(
             f,

@@ -16,6 +16,10 @@ const ID_CE_DELTA_CRL_INDICATOR: ObjectIdentifier = ObjectIdentifier::new_unwrap
 const ID_CE_FRESHEST_CRL: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.46");
 const ID_CE_CRL_REASONS: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.21");
 
+/// How far ahead of this host's clock a partner's CRL may be dated (the two clocks differ a
+/// little).
+pub const CRL_CLOCK_SKEW_SECS: i64 = 300;
+
 /// What an anchor's CRL says.
 #[derive(Debug)]
 pub struct RevocationList {
@@ -125,15 +129,65 @@ impl RevocationList {
         self.next_update
     }
 
-    /// Whether this CRL may take the place of `in_use`: not an older one (put back by
-    /// mistake, it would un-revoke what the newer one lists).
-    pub fn replaces(&self, in_use: Option<&Self>) -> Result<(), String> {
+    /// Whether this CRL may take the place of `in_use` (none at the start) at `now`: not an
+    /// older one (put back by mistake, it would un-revoke what the newer one lists), nor one
+    /// dated ahead of this host's clock by more than [`CRL_CLOCK_SKEW_SECS`] (the partner's
+    /// clock was wrong: once in use, it would keep out every correct CRL after it as older).
+    pub fn may_replace(&self, in_use: Option<&Self>, now: i64) -> Result<(), String> {
+        let time = |t: i64| crate::clock::format_utc(t).unwrap_or_else(|| t.to_string());
+        if self.this_update > now + CRL_CLOCK_SKEW_SECS {
+            return Err(format!(
+                "issued in the future (thisUpdate {}, this host's clock says {}): ask the partner \
+                 for a CRL dated by a correct clock, or check this host's clock",
+                time(self.this_update),
+                time(now)
+            ));
+        }
         match in_use {
             Some(old) if self.this_update < old.this_update => Err(format!(
                 "issued before the CRL in use (thisUpdate {} < {})",
-                self.this_update, old.this_update
+                time(self.this_update),
+                time(old.this_update)
             )),
             _ => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dated(this_update: i64) -> RevocationList {
+        RevocationList {
+            revoked: HashMap::new(),
+            this_update,
+            next_update: Some(this_update + 7 * 86_400),
+        }
+    }
+
+    #[test]
+    fn a_crl_dated_a_little_ahead_of_this_hosts_clock_is_taken() {
+        assert!(dated(1_000 + CRL_CLOCK_SKEW_SECS)
+            .may_replace(None, 1_000)
+            .is_ok());
+    }
+
+    #[test]
+    fn a_crl_dated_further_ahead_is_refused_at_the_start_and_as_a_replacement() {
+        let ahead = dated(1_001 + CRL_CLOCK_SKEW_SECS);
+        for in_use in [None, Some(&dated(900))] {
+            let why = ahead.may_replace(in_use, 1_000).unwrap_err();
+            assert!(why.contains("issued in the future"), "{why}");
+        }
+    }
+
+    #[test]
+    fn an_older_crl_than_the_one_in_use_is_refused_and_a_newer_one_taken() {
+        let in_use = dated(900);
+        let why = dated(899).may_replace(Some(&in_use), 1_000).unwrap_err();
+        assert!(why.contains("issued before the CRL in use"), "{why}");
+        assert!(dated(900).may_replace(Some(&in_use), 1_000).is_ok());
+        assert!(dated(950).may_replace(Some(&in_use), 1_000).is_ok());
     }
 }

@@ -461,6 +461,41 @@ pub fn openssl_crl_with(
     revoked: &[&Path],
     crl_ext: &str,
 ) -> PathBuf {
+    openssl_gencrl(f, ca_cert, ca_key, revoked, crl_ext, &[])
+}
+
+/// An empty `openssl_crl` whose thisUpdate (lastUpdate) is `this_update` (`YYYYMMDDHHMMSSZ`)
+/// and nextUpdate `next_update`.
+pub fn openssl_crl_dated(
+    f: &Fixture,
+    ca_cert: &Path,
+    ca_key: &Path,
+    this_update: &str,
+    next_update: &str,
+) -> PathBuf {
+    openssl_gencrl(
+        f,
+        ca_cert,
+        ca_key,
+        &[],
+        "",
+        &[
+            "-crl_lastupdate",
+            this_update,
+            "-crl_nextupdate",
+            next_update,
+        ],
+    )
+}
+
+fn openssl_gencrl(
+    f: &Fixture,
+    ca_cert: &Path,
+    ca_key: &Path,
+    revoked: &[&Path],
+    crl_ext: &str,
+    gencrl_args: &[&str],
+) -> PathBuf {
     let dir = f.path("crl-ca");
     fs::create_dir_all(&dir).unwrap();
     fs::write(dir.join("index.txt"), "").unwrap();
@@ -488,6 +523,7 @@ pub fn openssl_crl_with(
     if !crl_ext.is_empty() {
         gencrl.extend(args!["-crlexts", "crl_ext"]);
     }
+    gencrl.extend(gencrl_args.iter().map(std::ffi::OsString::from));
     openssl(&gencrl).assert_ok();
     crl
 }
