@@ -341,6 +341,50 @@ fn no_receipt_is_signed_under_an_expired_validation_certificate() {
 }
 
 #[test]
+fn a_verification_asking_for_a_receipt_under_an_expired_validation_certificate_gets_503_over_http()
+{
+    let f = common::fixture();
+    let copy = f.store_copy("expired-validation-http", &[]);
+    let old = Certificate::from_der(&validation_service().certificate_der).unwrap();
+    let later = [("SIGNET_FAKE_NOW", (not_after(&old) + 86_400).to_string())];
+    // The gateway's credential is made then too, so that only the certificate has expired.
+    let cli = |args: &[&str]| {
+        let out = f.signet_with(&copy.config, &later, args);
+        out.assert_ok();
+        out.stdout.trim().to_string()
+    };
+    cli(&["tenant", "add", "Late Bank"]);
+    let gateway = cli(&[
+        "credential",
+        "add",
+        "--tenant",
+        "Late Bank",
+        "--role",
+        "gateway",
+    ]);
+    let server = common::http::Server::start_config(f, &copy.config, &later);
+    let ask = |receipt: bool| {
+        common::http::post_json(
+            &server,
+            "/v1/verifications",
+            Some(&gateway),
+            &json!({"instruction": common::http::base64_std(b"pay 1"), "signature": common::http::base64_std(b"not a signature"), "receipt": receipt}),
+        )
+    };
+    let without = ask(false);
+    assert_eq!(without.status, 200, "the report alone: {}", without.body);
+    let with = ask(true);
+    assert_eq!(
+        (with.status, with.code().as_str()),
+        (503, "validation_certificate_expired"),
+        "{}",
+        with.body
+    );
+    assert!(with.body.contains("expired at"), "{}", with.body);
+    server.stop();
+}
+
+#[test]
 fn validation_certificate_chains_is_lint_clean_and_its_key_stays_in_the_token() {
     let f = common::fixture();
     let vs = validation_service();
