@@ -4,12 +4,16 @@
 //!
 //! A change is seen by the next use (one `stat` per file): a file's inode (a new file renamed
 //! into place), modification time or length. A changed file that cannot be used keeps the
-//! value made before, and the log says why once per change: a half-written or wrong CRL must
-//! not take revocation checking away.
+//! value made before, and the log says why: a half-written or wrong CRL must not take
+//! revocation checking away. Such a file is tried again once a minute even if it does not
+//! change, since what refused it may pass (a CRL dated a little ahead of this host's clock).
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
+
+/// How often files that could not be used are tried again while they stay as they are.
+const RETRY_REFUSED_EVERY: Duration = Duration::from_secs(60);
 
 /// What says a file changed (`None`: unreadable).
 type FileStamp = Option<(u64, SystemTime, u64)>;
@@ -29,6 +33,7 @@ pub struct Watched<T, E = String> {
     what: String,
     make: Make<T, E>,
     state: RwLock<State<T>>,
+    retry_refused_every: Duration,
 }
 
 struct State<T> {
@@ -36,6 +41,14 @@ struct State<T> {
     value: Arc<T>,
     /// How many times the value was made again.
     generation: u64,
+    /// When the files as they are now could not be used (none: they were).
+    refused_at: Option<Instant>,
+}
+
+impl<T> State<T> {
+    fn current(&self, now: &[FileStamp], retry_every: Duration) -> bool {
+        self.read == now && self.refused_at.is_none_or(|t| t.elapsed() < retry_every)
+    }
 }
 
 impl<T, E: std::fmt::Display> Watched<T, E> {
@@ -57,7 +70,9 @@ impl<T, E: std::fmt::Display> Watched<T, E> {
                 read,
                 value,
                 generation: 0,
+                refused_at: None,
             }),
+            retry_refused_every: RETRY_REFUSED_EVERY,
         })
     }
 
@@ -66,20 +81,22 @@ impl<T, E: std::fmt::Display> Watched<T, E> {
         let now: Vec<FileStamp> = self.paths.iter().map(|p| stamp(p)).collect();
         {
             let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-            if state.read == now {
+            if state.current(&now, self.retry_refused_every) {
                 return (state.value.clone(), state.generation);
             }
         }
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
-        if state.read != now {
+        if !state.current(&now, self.retry_refused_every) {
             match (self.make)(&self.paths, Some(&state.value)) {
                 Ok(value) => {
                     tracing::info!(what = %self.what, "read again after a change");
                     state.value = Arc::new(value);
                     state.generation += 1;
+                    state.refused_at = None;
                 }
                 Err(e) => {
-                    tracing::warn!(what = %self.what, error = %e, "changed but cannot be used; what was read before still applies")
+                    tracing::warn!(what = %self.what, error = %e, "cannot be used; what was read before still applies (tried again in a minute)");
+                    state.refused_at = Some(Instant::now());
                 }
             }
             state.read = now;
@@ -138,6 +155,34 @@ mod tests {
         let tmp = d.join("value.new");
         std::fs::write(&tmp, "2").unwrap();
         std::fs::rename(&tmp, &p).unwrap();
+        assert_eq!((*w.current().0, w.current().1), (2, 1));
+    }
+
+    #[test]
+    fn a_file_refused_is_tried_again_later_even_if_it_does_not_change() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let d = temp_dir("retry");
+        let p = file_with(&d, "1");
+        // What refuses the file may pass later without it changing (the clock moves on).
+        let accepted = Arc::new(AtomicBool::new(true));
+        let gate = accepted.clone();
+        let mut w = Watched::new(vec![p.clone()], "test", move |paths, _| {
+            if gate.load(Ordering::SeqCst) {
+                number_in(paths, None)
+            } else {
+                Err("not yet".to_string())
+            }
+        })
+        .unwrap();
+        w.retry_refused_every = Duration::from_millis(50);
+        accepted.store(false, Ordering::SeqCst);
+        let tmp = d.join("value.new");
+        std::fs::write(&tmp, "2").unwrap();
+        std::fs::rename(&tmp, &p).unwrap();
+        assert_eq!(*w.current().0, 1, "refused: the value before stays");
+        accepted.store(true, Ordering::SeqCst);
+        assert_eq!(*w.current().0, 1, "not tried again at once");
+        std::thread::sleep(Duration::from_millis(60));
         assert_eq!((*w.current().0, w.current().1), (2, 1));
     }
 

@@ -176,14 +176,14 @@ pub(crate) async fn refresh_crls(state: Shared, mut stop: Stopping) {
 }
 
 /// Whether a scope needs a new CRL, given its newest (`latest`), the store's status epoch
-/// now and the time: when it has none, when it misses a status change (it was made at an
-/// older epoch, or before CRLs recorded theirs), or, but on a stop, when half its freshness
-/// is spent.
+/// now and the time: when it has none, when it may miss a status change (it was made at
+/// another epoch: an older one, or a newer one than a store restored from a backup has; or
+/// before CRLs recorded theirs), or, but on a stop, when half its freshness is spent.
 fn crl_due(latest: Option<&CrlRecord>, epoch: u64, now: i64, stopping: bool) -> bool {
     let Some(c) = latest else {
         return true;
     };
-    let misses_a_change = c.status_epoch.is_none_or(|listed| listed < epoch);
+    let misses_a_change = c.status_epoch != Some(epoch);
     let half_spent = now >= c.this_update + (c.next_update - c.this_update) / 2;
     misses_a_change || (half_spent && !stopping)
 }
@@ -426,6 +426,12 @@ mod tests {
     #[test]
     fn a_crl_made_before_a_status_change_is_made_again() {
         assert!(crl_due(Some(&crl(Some(8))), 9, 1_100, false));
+    }
+
+    #[test]
+    fn a_crl_made_at_an_epoch_the_store_no_longer_has_is_made_again() {
+        // The store was restored from a backup older than the CRL.
+        assert!(crl_due(Some(&crl(Some(9))), 8, 1_100, false));
     }
 
     #[test]
