@@ -60,6 +60,7 @@ pub fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
             Arc::new(PostgresStore::open(PostgresOptions {
                 url,
                 password,
+                tls_ca_file: config.tls_ca_file.clone(),
                 pool: config.pool,
                 connect_timeout: std::time::Duration::from_millis(config.connect_timeout_ms),
             })?)

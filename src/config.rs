@@ -216,6 +216,9 @@ pub struct StoreConfig {
     pub url: Option<String>,
     /// A file holding the PostgreSQL password (read at start, kept zeroized).
     pub password_file: Option<PathBuf>,
+    /// PEM certificate(s) of the CA that issued the PostgreSQL server's certificate: needed
+    /// when the URL says `sslmode=require` (TLS, the server verified by certificate and name).
+    pub tls_ca_file: Option<PathBuf>,
     /// Connections each process keeps to PostgreSQL.
     #[serde(default = "default_pool")]
     pub pool: u32,

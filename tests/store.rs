@@ -35,6 +35,7 @@ impl Db {
                 PostgresStore::open(PostgresOptions {
                     url: self.postgres.clone().unwrap(),
                     password: None,
+                    tls_ca_file: None,
                     pool: 8,
                     connect_timeout: std::time::Duration::from_secs(5),
                 })
@@ -717,5 +718,132 @@ fn the_state_of_a_certificate_is_what_its_full_record_says() {
         s.void_pending("20", 4_000, &event("certificate.void", "20"))
             .unwrap();
         assert_eq!(state_of("20").unwrap().status, CertStatus::Void);
+    }
+}
+
+/// A PostgreSQL role that logs in with a password over TCP (the local server's pg_hba asks
+/// loopback connections for one), owning a fresh database; (its URL over TLS, the password,
+/// the server's certificate file, an admin connection).
+fn tls_role(test: &str) -> (String, String, std::path::PathBuf, postgres::Client) {
+    let server = common::test_postgres().expect(
+        "SIGNET_TEST_POSTGRES is not set: run the suite with ./test.sh, which starts a local PostgreSQL",
+    );
+    let url = common::fresh_database(&server, &format!("store_{test}")).unwrap();
+    let db = url
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap()
+        .to_string();
+    let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let show = |admin: &mut postgres::Client, what: &str| -> String {
+        admin
+            .query_one(&format!("SHOW {what}"), &[])
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(
+        show(&mut admin, "ssl"),
+        "on",
+        "the test PostgreSQL serves no TLS (Debian's package turns it on with its snakeoil certificate)"
+    );
+    let cert = std::path::PathBuf::from(show(&mut admin, "ssl_cert_file"));
+    let port = show(&mut admin, "port");
+    let password = format!("tls-test-{}", std::process::id());
+    // A role per test: two tests creating one role at once would race.
+    let role = format!("signet_{test}");
+    admin
+        .batch_execute(&format!(
+            "DO $$ BEGIN
+               IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN
+                 CREATE ROLE {role} LOGIN;
+               END IF;
+             END $$;
+             ALTER ROLE {role} PASSWORD '{password}';
+             ALTER DATABASE \"{db}\" OWNER TO {role};
+             GRANT ALL ON SCHEMA public TO {role};"
+        ))
+        .unwrap();
+    // The server's certificate names localhost (Debian's snakeoil certificate does).
+    let tls_url = format!("postgres://{role}@localhost:{port}/{db}?sslmode=require");
+    (tls_url, password, cert, admin)
+}
+
+fn open_over_tls(
+    url: &str,
+    password: &str,
+    ca: &std::path::Path,
+) -> Result<PostgresStore, StoreError> {
+    PostgresStore::open(PostgresOptions {
+        url: url.into(),
+        password: Some(zeroize::Zeroizing::new(password.into())),
+        tls_ca_file: Some(ca.into()),
+        pool: 2,
+        connect_timeout: std::time::Duration::from_secs(5),
+    })
+}
+
+#[test]
+fn postgres_with_sslmode_require_speaks_tls_to_a_server_whose_certificate_verifies() {
+    let (url, password, cert, mut admin) = tls_role("tls_ok");
+    let store = open_over_tls(&url, &password, &cert).expect("the store opens over TLS");
+    let tenant = TenantRecord {
+        id: "ten_tls".into(),
+        name: "TLS Bank".into(),
+        created_at: 1,
+    };
+    store
+        .add_tenant(&tenant, &event("tenant.add", "ten_tls"))
+        .unwrap();
+    assert_eq!(store.tenant_by_name("TLS Bank").unwrap(), Some(tenant));
+    // The server sees the store's connections as TLS ones.
+    let tls: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE a.usename = 'signet_tls_ok' AND s.ssl",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(tls >= 1, "no TLS connection of the store's role");
+}
+
+#[test]
+fn postgres_with_sslmode_require_refuses_a_server_whose_certificate_another_ca_issued() {
+    let (url, password, _, _admin) = tls_role("tls_wrong_ca");
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("store-tls-wrong-ca");
+    std::fs::create_dir_all(&dir).unwrap();
+    let other = dir.join("other-ca.pem");
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args(["-subj", "/CN=Another CA", "-days", "2"])
+        .arg("-keyout")
+        .arg(dir.join("other-ca.key"))
+        .arg("-out")
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    match open_over_tls(&url, &password, &other) {
+        Err(StoreError::Unavailable(m)) => {
+            assert!(m.contains("invalid peer certificate: UnknownIssuer"), "{m}");
+            assert!(!m.contains(&password), "{m}");
+        }
+        Ok(_) => panic!("the store opened against a server its CA did not vouch for"),
+        Err(e) => panic!("{e:?}"),
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use ::postgres::error::SqlState;
 use ::postgres::types::ToSql;
-use ::postgres::{NoTls, Row, Transaction};
+use ::postgres::{Row, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
 use zeroize::Zeroizing;
 
@@ -31,7 +31,7 @@ const MIGRATIONS: &[&str] = &[
 /// Key of the advisory lock every write transaction holds until it ends ("SIGNET" in ASCII).
 const WRITE_LOCK: i64 = 0x5349_474e_4554;
 
-type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+type Pool = r2d2::Pool<PostgresConnectionManager<Tls>>;
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
 /// How to reach the database.
@@ -40,10 +40,90 @@ pub struct PostgresOptions {
     pub url: String,
     /// Overrides any password in the URL.
     pub password: Option<Zeroizing<String>>,
+    /// PEM certificates of the CA(s) the server's certificate must chain to, for a URL with
+    /// `sslmode=require`.
+    pub tls_ca_file: Option<std::path::PathBuf>,
     /// Connections kept by this process.
     pub pool: u32,
     /// How long a call waits for a connection before it fails as unavailable.
     pub connect_timeout: Duration,
+}
+
+/// An error and what caused it, as one sentence.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
+/// How connections speak TLS: rustls (ring), used only when the URL says `sslmode=require`.
+type Tls = tokio_postgres_rustls::MakeRustlsConnect;
+
+/// The TLS the URL asks for. `sslmode=require`: TLS, the server's certificate verified against
+/// `ca_file` and for the URL's host name (what libpq calls verify-full; a bank's database is
+/// not to be reached through a man in the middle). No `sslmode`, or `disable`: none (a Unix
+/// socket, or a private network). `prefer` is refused: it would fall back to plain text
+/// without a word.
+fn tls_connector(
+    url: &str,
+    config: &mut ::postgres::Config,
+    ca_file: Option<&std::path::Path>,
+) -> Result<Tls> {
+    use ::postgres::config::SslMode;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let refuse = |why: String| Err(StoreError::Unavailable(why));
+    let mut roots = rustls::RootCertStore::empty();
+    match config.get_ssl_mode() {
+        SslMode::Disable => {}
+        SslMode::Prefer if !url.contains("sslmode=") => {
+            config.ssl_mode(SslMode::Disable);
+        }
+        SslMode::Require => {
+            let Some(path) = ca_file else {
+                return refuse(
+                    "the store URL says sslmode=require: set [store] tls_ca_file to the PEM \
+                     certificate of the CA that issued the PostgreSQL server's certificate"
+                        .into(),
+                );
+            };
+            let unreadable = |e: &dyn std::fmt::Display| {
+                StoreError::Unavailable(format!("[store] tls_ca_file {}: {e}", path.display()))
+            };
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| unreadable(&e))?
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| unreadable(&e))?;
+            if certs.is_empty() {
+                return Err(unreadable(&"no CERTIFICATE in the file"));
+            }
+            for c in certs {
+                roots.add(c).map_err(|e| unreadable(&e))?;
+            }
+        }
+        other => {
+            return refuse(format!(
+                "the store URL's sslmode ({other:?}) is not one Signet uses: say sslmode=require \
+                 (TLS, server certificate verified) or leave it out (no TLS)"
+            ))
+        }
+    }
+    let client = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| StoreError::Unavailable(format!("TLS for PostgreSQL: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Tls::new(client))
 }
 
 /// PostgreSQL-backed [`Store`].
@@ -86,7 +166,13 @@ impl PostgresStore {
         }
         config.connect_timeout(options.connect_timeout);
         config.application_name("signet");
-        let manager = PostgresConnectionManager::new(config, NoTls);
+        let tls = tls_connector(&options.url, &mut config, options.tls_ca_file.as_deref())?;
+        // One connection first, for its error: the pool's says only that it timed out after
+        // "error performing TLS handshake", not that the server's certificate did not verify.
+        config.connect(tls.clone()).map_err(|e| {
+            StoreError::Unavailable(format!("cannot connect to PostgreSQL: {}", with_causes(&e)))
+        })?;
+        let manager = PostgresConnectionManager::new(config, tls);
         let pool = r2d2::Pool::builder()
             .max_size(options.pool)
             .min_idle(Some(0))
@@ -101,7 +187,7 @@ impl PostgresStore {
         self.pool.as_ref().expect("pool present until drop")
     }
 
-    fn conn(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>> {
+    fn conn(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<Tls>>> {
         self.pool()
             .get()
             .map_err(|e| StoreError::Unavailable(format!("no PostgreSQL connection: {e}")))
@@ -1346,12 +1432,48 @@ mod tests {
     use super::*;
 
     fn open(url: &str) -> Result<PostgresStore> {
+        open_with_ca(url, None)
+    }
+
+    fn open_with_ca(url: &str, tls_ca_file: Option<&std::path::Path>) -> Result<PostgresStore> {
         PostgresStore::open(PostgresOptions {
             url: url.into(),
             password: Some(Zeroizing::new("not-in-any-message".into())),
+            tls_ca_file: tls_ca_file.map(Into::into),
             pool: 1,
             connect_timeout: Duration::from_millis(500),
         })
+    }
+
+    fn refusal(r: Result<PostgresStore>) -> String {
+        match r {
+            Err(StoreError::Unavailable(m)) => m,
+            other => panic!("{:?}", other.err()),
+        }
+    }
+
+    #[test]
+    fn sslmode_require_without_a_ca_file_is_refused_before_connecting() {
+        let m = refusal(open("postgres://signet@127.0.0.1:1/signet?sslmode=require"));
+        assert!(m.contains("tls_ca_file"), "{m}");
+    }
+
+    #[test]
+    fn sslmode_prefer_is_refused_since_it_falls_back_to_plain_text() {
+        let m = refusal(open("postgres://signet@127.0.0.1:1/signet?sslmode=prefer"));
+        assert!(m.contains("sslmode=require"), "{m}");
+    }
+
+    #[test]
+    fn a_ca_file_without_a_certificate_is_refused_naming_the_file() {
+        let path = std::env::temp_dir().join(format!("signet-no-ca-{}.pem", std::process::id()));
+        std::fs::write(&path, "not a certificate\n").unwrap();
+        let m = refusal(open_with_ca(
+            "postgres://signet@127.0.0.1:1/signet?sslmode=require",
+            Some(&path),
+        ));
+        assert!(m.contains(&path.display().to_string()), "{m}");
+        let _ = std::fs::remove_file(path);
     }
 
     #[test]
