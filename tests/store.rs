@@ -766,9 +766,33 @@ fn tls_role(test: &str) -> (String, String, std::path::PathBuf, postgres::Client
              GRANT ALL ON SCHEMA public TO {role};"
         ))
         .unwrap();
-    // The server's certificate names localhost (Debian's snakeoil certificate does).
-    let tls_url = format!("postgres://{role}@localhost:{port}/{db}?sslmode=require");
+    // The TLS name is the one the server's certificate gives (Debian's snakeoil certificate:
+    // the host name when the package was installed); the connection goes to the loopback
+    // address, which the server's pg_hba lets in with a password.
+    let name = certificate_dns_name(&cert);
+    let tls_url =
+        format!("postgres://{role}@{name}:{port}/{db}?sslmode=require&hostaddr=127.0.0.1");
     (tls_url, password, cert, admin)
+}
+
+/// The first DNS name of a PEM certificate's subjectAltName.
+fn certificate_dns_name(pem: &std::path::Path) -> String {
+    use der::DecodePem;
+    use x509_cert::ext::pkix::name::GeneralName;
+    use x509_cert::ext::pkix::SubjectAltName;
+    let cert = x509_cert::Certificate::from_pem(std::fs::read(pem).unwrap()).unwrap();
+    let (_, san) = cert
+        .tbs_certificate()
+        .get_extension::<SubjectAltName>()
+        .unwrap()
+        .expect("the server's certificate has a subjectAltName");
+    san.0
+        .iter()
+        .find_map(|n| match n {
+            GeneralName::DnsName(d) => Some(d.to_string()),
+            _ => None,
+        })
+        .expect("a DNS name in the server's certificate")
 }
 
 fn open_over_tls(
