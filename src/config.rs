@@ -390,6 +390,7 @@ impl Config {
             cfg.hsm.softhsm2_conf.as_mut(),
             cfg.issuance.id_hash_key_file.as_mut(),
             cfg.store.password_file.as_mut(),
+            cfg.store.tls_ca_file.as_mut(),
         ]
         .into_iter()
         .flatten()

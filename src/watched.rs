@@ -174,7 +174,7 @@ mod tests {
             }
         })
         .unwrap();
-        w.retry_refused_every = Duration::from_millis(50);
+        w.retry_refused_every = Duration::from_secs(1);
         accepted.store(false, Ordering::SeqCst);
         let tmp = d.join("value.new");
         std::fs::write(&tmp, "2").unwrap();
@@ -182,7 +182,7 @@ mod tests {
         assert_eq!(*w.current().0, 1, "refused: the value before stays");
         accepted.store(true, Ordering::SeqCst);
         assert_eq!(*w.current().0, 1, "not tried again at once");
-        std::thread::sleep(Duration::from_millis(60));
+        std::thread::sleep(Duration::from_millis(1_100));
         assert_eq!((*w.current().0, w.current().1), (2, 1));
     }
 

@@ -751,7 +751,15 @@ fn tls_role(test: &str) -> (String, String, std::path::PathBuf, postgres::Client
     );
     let cert = std::path::PathBuf::from(show(&mut admin, "ssl_cert_file"));
     let port = show(&mut admin, "port");
-    let password = format!("tls-test-{}", std::process::id());
+    // Not guessable: the role stays after the test (with its database dropped by a later run).
+    let password = {
+        use std::io::Read;
+        let mut secret = [0u8; 16];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut secret))
+            .unwrap();
+        hex::encode(secret)
+    };
     // A role per test: two tests creating one role at once would race.
     let role = format!("signet_{test}");
     admin
@@ -805,7 +813,7 @@ fn open_over_tls(
         password: Some(zeroize::Zeroizing::new(password.into())),
         tls_ca_file: Some(ca.into()),
         pool: 2,
-        connect_timeout: std::time::Duration::from_secs(5),
+        connect_timeout: std::time::Duration::from_secs(2),
     })
 }
 

@@ -8,6 +8,7 @@
 //! synchronous `Store` trait; callers inside the server reach the store through
 //! `spawn_blocking`, never from an async worker thread.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ::postgres::error::SqlState;
@@ -80,20 +81,33 @@ fn tls_connector(
     use ::postgres::config::SslMode;
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
-    let refuse = |why: String| Err(StoreError::Unavailable(why));
+    let refuse = StoreError::Unavailable;
     let mut roots = rustls::RootCertStore::empty();
+    let plain = || -> Result<()> {
+        match ca_file {
+            // The config means TLS; a URL without it (say, from SIGNET_STORE_URL) must not
+            // quietly connect in plain text.
+            Some(path) => Err(refuse(format!(
+                "[store] tls_ca_file ({}) is set but the store URL does not say \
+                 sslmode=require: add it to the URL, or remove tls_ca_file for no TLS",
+                path.display()
+            ))),
+            None => Ok(()),
+        }
+    };
     match config.get_ssl_mode() {
-        SslMode::Disable => {}
+        SslMode::Disable => plain()?,
         SslMode::Prefer if !url.contains("sslmode=") => {
+            plain()?;
             config.ssl_mode(SslMode::Disable);
         }
         SslMode::Require => {
             let Some(path) = ca_file else {
-                return refuse(
+                return Err(refuse(
                     "the store URL says sslmode=require: set [store] tls_ca_file to the PEM \
                      certificate of the CA that issued the PostgreSQL server's certificate"
                         .into(),
-                );
+                ));
             };
             let unreadable = |e: &dyn std::fmt::Display| {
                 StoreError::Unavailable(format!("[store] tls_ca_file {}: {e}", path.display()))
@@ -110,13 +124,13 @@ fn tls_connector(
             }
         }
         other => {
-            return refuse(format!(
+            return Err(refuse(format!(
                 "the store URL's sslmode ({other:?}) is not one Signet uses: say sslmode=require \
                  (TLS, server certificate verified) or leave it out (no TLS)"
-            ))
+            )))
         }
     }
-    let client = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
@@ -130,6 +144,22 @@ fn tls_connector(
 pub struct PostgresStore {
     // An Option only so that `Drop` can move the pool to a plain thread (see there).
     pool: Option<Pool>,
+    last_error: LastConnectError,
+    /// How long a call waits for a connection.
+    wait: Duration,
+}
+
+/// Why the pool's last attempt to connect failed, with its causes: the pool's own error says
+/// only that it timed out ("error performing TLS handshake" at best), not that the server's
+/// certificate did not verify or the password was wrong.
+#[derive(Debug, Default, Clone)]
+struct LastConnectError(Arc<std::sync::Mutex<Option<(std::time::Instant, String)>>>);
+
+impl r2d2::HandleError<::postgres::Error> for LastConnectError {
+    fn handle_error(&self, error: ::postgres::Error) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((std::time::Instant::now(), with_causes(&error)));
+    }
 }
 
 fn map_err(e: ::postgres::Error) -> StoreError {
@@ -167,18 +197,19 @@ impl PostgresStore {
         config.connect_timeout(options.connect_timeout);
         config.application_name("signet");
         let tls = tls_connector(&options.url, &mut config, options.tls_ca_file.as_deref())?;
-        // One connection first, for its error: the pool's says only that it timed out after
-        // "error performing TLS handshake", not that the server's certificate did not verify.
-        config.connect(tls.clone()).map_err(|e| {
-            StoreError::Unavailable(format!("cannot connect to PostgreSQL: {}", with_causes(&e)))
-        })?;
         let manager = PostgresConnectionManager::new(config, tls);
+        let last_error = LastConnectError::default();
         let pool = r2d2::Pool::builder()
             .max_size(options.pool)
             .min_idle(Some(0))
             .connection_timeout(options.connect_timeout)
+            .error_handler(Box::new(last_error.clone()))
             .build_unchecked(manager);
-        let store = PostgresStore { pool: Some(pool) };
+        let store = PostgresStore {
+            pool: Some(pool),
+            last_error,
+            wait: options.connect_timeout,
+        };
         store.migrate()?;
         Ok(store)
     }
@@ -188,9 +219,20 @@ impl PostgresStore {
     }
 
     fn conn(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<Tls>>> {
-        self.pool()
-            .get()
-            .map_err(|e| StoreError::Unavailable(format!("no PostgreSQL connection: {e}")))
+        self.pool().get().map_err(|e| {
+            // The reason of an attempt made while this call waited, if there was one.
+            let recent = self
+                .last_error
+                .0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+                .filter(|(at, _)| at.elapsed() <= self.wait + Duration::from_secs(1));
+            StoreError::Unavailable(match recent {
+                Some((_, why)) => format!("no PostgreSQL connection: {e}: {why}"),
+                None => format!("no PostgreSQL connection: {e}"),
+            })
+        })
     }
 
     fn migrate(&self) -> Result<()> {
@@ -1456,6 +1498,21 @@ mod tests {
     fn sslmode_require_without_a_ca_file_is_refused_before_connecting() {
         let m = refusal(open("postgres://signet@127.0.0.1:1/signet?sslmode=require"));
         assert!(m.contains("tls_ca_file"), "{m}");
+    }
+
+    #[test]
+    fn a_ca_file_with_a_url_that_asks_for_no_tls_is_refused_rather_than_plain_text() {
+        let path = std::path::Path::new("/etc/signet/db-ca.pem");
+        for url in [
+            "postgres://signet@127.0.0.1:1/signet",
+            "postgres://signet@127.0.0.1:1/signet?sslmode=disable",
+        ] {
+            let m = refusal(open_with_ca(url, Some(path)));
+            assert!(
+                m.contains("tls_ca_file") && m.contains("sslmode=require"),
+                "{m}"
+            );
+        }
     }
 
     #[test]
