@@ -47,16 +47,20 @@ fn ext_file(f: &Fixture, text: &str) -> PathBuf {
 
 /// A self-signed P-256 CA: (certificate, key).
 fn make_ca(f: &Fixture, cn: &str) -> (PathBuf, PathBuf) {
+    make_ca_with(
+        f,
+        cn,
+        &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+    )
+}
+
+/// A self-signed CA with the key `key_args` make: (certificate, key).
+fn make_ca_with(f: &Fixture, cn: &str, key_args: &[&str]) -> (PathBuf, PathBuf) {
     let cert = f.path("client-ca.pem");
     let key = f.path("client-ca.key");
-    openssl(&args![
-        "req",
-        "-x509",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
+    let mut req = args!["req", "-x509", "-new"].to_vec();
+    req.extend(key_args.iter().map(std::ffi::OsString::from));
+    req.extend(args![
         "-nodes",
         "-keyout",
         &key,
@@ -70,8 +74,8 @@ fn make_ca(f: &Fixture, cn: &str) -> (PathBuf, PathBuf) {
         "basicConstraints=critical,CA:TRUE",
         "-addext",
         "keyUsage=critical,keyCertSign,cRLSign"
-    ])
-    .assert_ok();
+    ]);
+    openssl(&req).assert_ok();
     (cert, key)
 }
 
@@ -711,6 +715,46 @@ fn a_client_certificate_on_a_client_crl_is_refused_401_and_a_changed_crl_is_read
     // The CA revokes the other one too and its CRL file is replaced: the next connection sees it.
     std::fs::copy(make_crl(f, &ca, &[&revoked.cert, &kept.cert]), &crl).unwrap();
     assert_revoked(issue(&kept, 43));
+}
+
+#[test]
+fn an_rsa_client_cas_crl_is_checked_when_read_an_impostors_stopping_the_start() {
+    setup();
+    let f = fixture();
+    let rsa = ["-newkey", "rsa:2048"];
+    let ca = make_ca_with(f, "TLS Bank RSA Client CA", &rsa);
+    let revoked = make_client_serial(f, &ca, "RSA CRL Client", "0x3001");
+    let subject = rfc2253_subject(&revoked.cert);
+    // In the CA's name, signed by another RSA key: refused when read, not when first used.
+    let impostor = make_ca_with(f, "TLS Bank RSA Client CA", &rsa);
+    let forged = make_crl(f, &impostor, &[]);
+    let config = tls_config(f, "tls-rsa-crl-forged", &ca.0, &subject, "");
+    with_client_crl(&config, &forged);
+    let stderr = refuses_to_serve(&config);
+    assert!(
+        stderr.contains("not signed by that client CA's key"),
+        "{stderr}"
+    );
+    // Its own CRL is taken, and revokes.
+    let own = make_crl(f, &ca, &[&revoked.cert]);
+    let config = tls_config(f, "tls-rsa-crl-own", &ca.0, &subject, "");
+    with_client_crl(&config, &own);
+    let s = start(&config);
+    let r = curl(
+        &s,
+        "POST",
+        "/v1/certificates",
+        Some(&revoked),
+        None,
+        Some(&issuance_body(61)),
+    );
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (401, "client_certificate_invalid"),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("revoked"), "{}", r.body);
 }
 
 /// One TLS connection held open by `openssl s_client`, presenting a client certificate:

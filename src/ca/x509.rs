@@ -190,24 +190,47 @@ pub fn crl_signed_by(
     crl: &x509_cert::crl::CertificateList,
     issuer: &x509_cert::Certificate,
 ) -> bool {
-    let same_issuer = match (
-        crl.tbs_cert_list.issuer.to_der(),
-        issuer.tbs_certificate().subject().to_der(),
-    ) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
+    crl.signature_algorithm.oid == ECDSA_WITH_SHA256
+        && crl_signature_verifies(crl, issuer) == Some(true)
+}
+
+/// Whether `crl` is signed by `issuer`'s key, for the signature algorithms a client CA's CRL
+/// commonly uses (ECDSA P-256/SHA-256 and P-384/SHA-384, RSA PKCS#1 v1.5 with SHA-256/384/512):
+/// `Some(verdict)`, or `None` for another algorithm, which this function cannot judge.
+pub fn crl_signature_verifies(
+    crl: &x509_cert::crl::CertificateList,
+    issuer: &x509_cert::Certificate,
+) -> Option<bool> {
+    use ring::signature as alg;
+    const ECDSA_WITH_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.3");
+    const SHA256_WITH_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.11");
+    const SHA384_WITH_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.12");
+    const SHA512_WITH_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.13");
+    let algorithm: &dyn alg::VerificationAlgorithm = match crl.signature_algorithm.oid {
+        ECDSA_WITH_SHA256 => &alg::ECDSA_P256_SHA256_ASN1,
+        ECDSA_WITH_SHA384 => &alg::ECDSA_P384_SHA384_ASN1,
+        SHA256_WITH_RSA => &alg::RSA_PKCS1_2048_8192_SHA256,
+        SHA384_WITH_RSA => &alg::RSA_PKCS1_2048_8192_SHA384,
+        SHA512_WITH_RSA => &alg::RSA_PKCS1_2048_8192_SHA512,
+        _ => return None,
     };
+    let same_issuer =
+        crl.tbs_cert_list.issuer.to_der().ok() == issuer.tbs_certificate().subject().to_der().ok();
     let Ok(tbs) = crl.tbs_cert_list.to_der() else {
-        return false;
+        return Some(false);
     };
-    let point = issuer
+    // The key bits: a SEC1 point for ECDSA, an RSAPublicKey for RSA (what ring takes).
+    let key = issuer
         .tbs_certificate()
         .subject_public_key_info()
         .subject_public_key
         .raw_bytes();
-    same_issuer
-        && crl.signature_algorithm.oid == ECDSA_WITH_SHA256
-        && crate::ecdsa::verify_p256_sha256(point, &tbs, crl.signature.raw_bytes()).is_ok()
+    Some(
+        same_issuer
+            && alg::UnparsedPublicKey::new(algorithm, key)
+                .verify(&tbs, crl.signature.raw_bytes())
+                .is_ok(),
+    )
 }
 
 /// The P-256 verifying key of a certificate's subject.
