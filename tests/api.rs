@@ -1271,6 +1271,42 @@ fn a_certificate_batch_issues_each_good_request_and_answers_each_bad_one_with_it
     }
 }
 
+/// 24 requests to `path` at once, the i-th by `callers[i % 3]` with body `body(i)`; those of
+/// the caller named `forbidden` must get 403 `forbidden`. The others' (caller, i, answer).
+fn post_at_once(
+    s: &Server,
+    path: &str,
+    callers: &[(&'static str, &str); 3],
+    forbidden: &str,
+    body: impl Fn(usize) -> Value,
+) -> Vec<(&'static str, usize, common::http::Reply)> {
+    let answers: Vec<_> = std::thread::scope(|scope| {
+        let running: Vec<_> = (0..24)
+            .map(|i| {
+                let (who, token) = callers[i % 3];
+                let body = body(i);
+                scope.spawn(move || (who, i, post_json(s, path, Some(token), &body)))
+            })
+            .collect();
+        running.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    answers
+        .into_iter()
+        .filter(|(who, _, r)| {
+            if *who != forbidden {
+                return true;
+            }
+            assert_eq!(
+                (r.status, r.code().as_str()),
+                (403, "forbidden"),
+                "{}",
+                r.body
+            );
+            false
+        })
+        .collect()
+}
+
 /// The credential id a bearer token names (`sgt_<16 hex>_<secret>`), as audit events name it.
 fn credential_of(token: &str) -> String {
     let id = token
@@ -1298,27 +1334,15 @@ fn single_requests_of_several_banks_at_once_are_each_issued_for_their_own_caller
         ("gateway", banks.a_gateway.as_str()),
     ];
     let csr = csr_pem(f);
-    let answers: Vec<_> = std::thread::scope(|scope| {
-        let running: Vec<_> = (0..24)
-            .map(|i| {
-                let (who, token) = callers[i % 3];
-                let body = json!({"profile": "customer", "csr": &csr, "subject": format!("CN=同时{n}-{i},serialNumber=1101011990030{i:05}")});
-                scope.spawn(move || (who, i, post_json(s, "/v1/certificates", Some(token), &body)))
-            })
-            .collect();
-        running.into_iter().map(|t| t.join().unwrap()).collect()
-    });
+    let answers = post_at_once(
+        s,
+        "/v1/certificates",
+        &callers,
+        "gateway",
+        |i| json!({"profile": "customer", "csr": &csr, "subject": format!("CN=同时{n}-{i},serialNumber=1101011990030{i:05}")}),
+    );
     let mut a_serials = Vec::new();
     for (who, i, r) in answers {
-        if who == "gateway" {
-            assert_eq!(
-                (r.status, r.code().as_str()),
-                (403, "forbidden"),
-                "{}",
-                r.body
-            );
-            continue;
-        }
         assert_eq!(r.status, 201, "{who}: {}", r.body);
         let v = r.json();
         let leaf = f.path(&format!("together-{i}.pem"));
@@ -1555,16 +1579,9 @@ fn single_verifications_of_several_banks_at_once_are_each_reported_and_audited_f
         ("B", b_gateway.as_str()),
         ("officer", banks.a_officer.as_str()),
     ];
-    let answers: Vec<_> = std::thread::scope(|scope| {
-        let running: Vec<_> = (0..24)
-            .map(|i| {
-                let (who, token) = callers[i % 3];
-                let (text, sig) = &instructions[i / 3];
-                let body = json!({"instruction": base64_std(text.as_bytes()), "signature": base64_std(sig), "receipt": i % 2 == 0});
-                scope.spawn(move || (who, i, post_json(s, "/v1/verifications", Some(token), &body)))
-            })
-            .collect();
-        running.into_iter().map(|t| t.join().unwrap()).collect()
+    let answers = post_at_once(s, "/v1/verifications", &callers, "officer", |i| {
+        let (text, sig) = &instructions[i / 3];
+        json!({"instruction": base64_std(text.as_bytes()), "signature": base64_std(sig), "receipt": i % 2 == 0})
     });
     let digest = |text: &str| {
         use sha2::Digest;
@@ -1572,15 +1589,6 @@ fn single_verifications_of_several_banks_at_once_are_each_reported_and_audited_f
     };
     let mut indications = vec![Vec::new(); instructions.len()];
     for (who, i, r) in answers {
-        if who == "officer" {
-            assert_eq!(
-                (r.status, r.code().as_str()),
-                (403, "forbidden"),
-                "{}",
-                r.body
-            );
-            continue;
-        }
         assert_eq!(r.status, 200, "{who}: {}", r.body);
         let v = r.json();
         indications[i / 3].push(v["indication"].as_str().unwrap().to_string());

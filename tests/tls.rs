@@ -254,6 +254,17 @@ impl CurlReply {
     }
 }
 
+/// The answer to a client whose certificate is on its CA's CRL: 401, saying so.
+fn assert_revoked_client(r: &CurlReply) {
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (401, "client_certificate_invalid"),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("revoked"), "{}", r.body);
+}
+
 /// One HTTPS request with curl, trusting Signet's root; `client` presents a certificate.
 fn curl(
     s: &Server,
@@ -686,17 +697,7 @@ fn a_client_certificate_on_a_client_crl_is_refused_401_and_a_changed_crl_is_read
             Some(&issuance_body(n)),
         )
     };
-    let assert_revoked = |r: CurlReply| {
-        assert_eq!(
-            (r.status, r.code().as_str()),
-            (401, "client_certificate_invalid"),
-            "{}",
-            r.body
-        );
-        assert!(r.body.contains("revoked"), "{}", r.body);
-    };
-
-    assert_revoked(issue(&revoked, 41));
+    assert_revoked_client(&issue(&revoked, 41));
     let r = issue(&kept, 42);
     assert_eq!(r.status, 201, "the same subject, not revoked: {}", r.body);
 
@@ -705,7 +706,7 @@ fn a_client_certificate_on_a_client_crl_is_refused_401_and_a_changed_crl_is_read
     std::fs::copy(make_crl(f, &impostor, &[&kept.cert]), &crl).unwrap();
     let r = issue(&kept, 44);
     assert_eq!(r.status, 201, "an impostor's CRL revoked it: {}", r.body);
-    assert_revoked(issue(&revoked, 45));
+    assert_revoked_client(&issue(&revoked, 45));
     assert!(
         s.log().contains("not signed by that client CA"),
         "the log says why: {}",
@@ -714,7 +715,7 @@ fn a_client_certificate_on_a_client_crl_is_refused_401_and_a_changed_crl_is_read
 
     // The CA revokes the other one too and its CRL file is replaced: the next connection sees it.
     std::fs::copy(make_crl(f, &ca, &[&revoked.cert, &kept.cert]), &crl).unwrap();
-    assert_revoked(issue(&kept, 43));
+    assert_revoked_client(&issue(&kept, 43));
 }
 
 #[test]
@@ -740,21 +741,14 @@ fn an_rsa_client_cas_crl_is_checked_when_read_an_impostors_stopping_the_start() 
     let config = tls_config(f, "tls-rsa-crl-own", &ca.0, &subject, "");
     with_client_crl(&config, &own);
     let s = start(&config);
-    let r = curl(
+    assert_revoked_client(&curl(
         &s,
         "POST",
         "/v1/certificates",
         Some(&revoked),
         None,
         Some(&issuance_body(61)),
-    );
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (401, "client_certificate_invalid"),
-        "{}",
-        r.body
-    );
-    assert!(r.body.contains("revoked"), "{}", r.body);
+    ));
 }
 
 /// One TLS connection held open by `openssl s_client`, presenting a client certificate:

@@ -188,6 +188,15 @@ impl PostgresStore {
     /// Connects, and applies pending migrations under the write lock (so that two processes
     /// starting together migrate once).
     pub fn open(options: PostgresOptions) -> Result<Self> {
+        if options.url.contains("sslmode=verify-") {
+            // libpq's names, which the parser rejects as "invalid connection string".
+            return Err(StoreError::Unavailable(
+                "the store URL says sslmode=verify-ca or verify-full (libpq's names): write \
+                 sslmode=require, which verifies the server's certificate chain and name \
+                 against [store] tls_ca_file"
+                    .into(),
+            ));
+        }
         let mut config: ::postgres::Config = options.url.parse().map_err(|e| {
             StoreError::Unavailable(format!("the store URL is not a valid postgres:// URL: {e}"))
         })?;
@@ -1513,6 +1522,13 @@ mod tests {
                 "{m}"
             );
         }
+    }
+
+    #[test]
+    fn libpqs_verify_full_is_refused_naming_sslmode() {
+        // `require` already verifies chain and name; libpq's other names do not parse.
+        let m = refusal(open("postgres://signet@127.0.0.1:1/signet?sslmode=verify-full"));
+        assert!(m.contains("sslmode"), "{m}");
     }
 
     #[test]
