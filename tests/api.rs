@@ -90,6 +90,27 @@ fn issue_customer(s: &Server, token: &str) -> (String, PathBuf) {
     (v["serial"].as_str().unwrap().to_string(), leaf)
 }
 
+/// Issues a teller certificate for bank A (filed by one teller-admin, approved by the other);
+/// its serial.
+fn issue_teller(s: &Server, banks: &Banks, subject: &str) -> String {
+    let r = post_json(
+        s,
+        "/v1/teller-requests",
+        Some(&banks.a_admin1),
+        &json!({"csr": csr_pem(fixture()), "subject": subject}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let issued = post_json(
+        s,
+        &format!("/v1/teller-requests/{id}/approve"),
+        Some(&banks.a_admin2),
+        &json!({}),
+    );
+    assert_eq!(issued.status, 201, "{}", issued.body);
+    issued.json()["serial"].as_str().unwrap().to_string()
+}
+
 /// Issues a customer certificate for bank A through the API and revokes it there; its serial.
 fn issue_and_revoke(s: &Server, token: &str, reason: &str) -> String {
     let (serial, _) = issue_customer(s, token);
@@ -556,21 +577,7 @@ fn teller_certificates_need_two_different_teller_admins_of_the_same_bank() {
 fn teller_certificate_can_be_held_and_released_by_a_teller_admin() {
     let (banks, guard) = server();
     let s = guard.as_ref().unwrap();
-    let f = fixture();
-    let r = post_json(
-        s,
-        "/v1/teller-requests",
-        Some(&banks.a_admin1),
-        &json!({"csr": csr_pem(f), "subject": "CN=柜员丙,serialNumber=E9003,OU=Branch 3"}),
-    );
-    let id = r.json()["id"].as_str().unwrap().to_string();
-    let issued = post_json(
-        s,
-        &format!("/v1/teller-requests/{id}/approve"),
-        Some(&banks.a_admin2),
-        &json!({}),
-    );
-    let serial = issued.json()["serial"].as_str().unwrap().to_string();
+    let serial = issue_teller(s, banks, "CN=柜员丙,serialNumber=E9003,OU=Branch 3");
     let held = post_json(
         s,
         &format!("/v1/certificates/{serial}/hold"),
@@ -593,6 +600,38 @@ fn teller_certificate_can_be_held_and_released_by_a_teller_admin() {
         &json!({"reason": "keyCompromise"}),
     );
     assert_eq!(r.status, 403, "{}", r.body);
+}
+
+#[test]
+fn a_hold_of_a_teller_certificate_makes_a_teller_crl_and_no_customer_crl_or_arl() {
+    let (banks, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let f = fixture();
+    let serial = issue_teller(s, banks, "CN=柜员戊,serialNumber=E9005,OU=Branch 5");
+    wait_until_every_crl_lists_its_scope_s_changes(f);
+    let before = crl_numbers(f);
+    let held = post_json(
+        s,
+        &format!("/v1/certificates/{serial}/hold"),
+        Some(&banks.a_admin1),
+        &json!({}),
+    );
+    assert_eq!(held.json()["status"], "on_hold", "{}", held.body);
+    wait_until_every_crl_lists_its_scope_s_changes(f);
+    // The refresher's pass looks at every scope; one more second lets a pass still under
+    // way finish.
+    std::thread::sleep(Duration::from_secs(1));
+    let after = crl_numbers(f);
+    assert_eq!(
+        (after[0], after[1]),
+        (before[0], before[1]),
+        "the root's ARL and the customer CRL were made again for a teller's hold"
+    );
+    assert!(after[2] > before[2], "no teller CRL was made for the hold");
+    assert!(
+        on_newest_crl(f, IssuerId::Teller, &serial),
+        "the teller CRL does not list the hold"
+    );
 }
 
 #[test]
@@ -961,9 +1000,14 @@ fn a_revocation_just_before_a_graceful_stop_is_on_a_crl_when_the_process_ends() 
 
 /// Whether the newest customer CRL in the store lists `serial`.
 fn on_newest_customer_crl(f: &Fixture, serial: &str) -> bool {
+    on_newest_crl(f, IssuerId::Customer, serial)
+}
+
+/// Whether the newest (unsharded) CRL of `issuer` in the store lists `serial`.
+fn on_newest_crl(f: &Fixture, issuer: IssuerId, serial: &str) -> bool {
     let Some(der) = f
         .open_store()
-        .latest_crl(IssuerId::Customer, None)
+        .latest_crl(issuer, None)
         .unwrap()
         .and_then(|c| c.crl_der)
     else {
@@ -990,7 +1034,31 @@ fn wait_for_newest_customer_crl_to_list(f: &Fixture, serial: &str) {
     }
 }
 
-/// The newest CRL number of each scope the fixture publishes (no shards).
+/// Waits (45 s at most) until each scope's newest CRL was made at its scope's status epoch. A
+/// change made by another process (the CLI) is seen by the server's periodic check, every 30 s.
+fn wait_until_every_crl_lists_its_scope_s_changes(f: &Fixture) {
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        let store = f.open_store();
+        let current = [IssuerId::Root, IssuerId::Customer, IssuerId::Teller]
+            .into_iter()
+            .all(|i| {
+                let info = store.latest_crl_info(i, None).unwrap();
+                info.and_then(|c| c.status_epoch) == Some(store.crl_scope_epoch(i, None).unwrap())
+            });
+        if current {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the CRLs do not list their scopes' changes"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The newest CRL numbers of the root, the customer CA and the teller CA (the fixture publishes
+/// no shards).
 fn crl_numbers(f: &Fixture) -> Vec<Option<u64>> {
     let store = f.open_store();
     [IssuerId::Root, IssuerId::Customer, IssuerId::Teller]
@@ -1025,32 +1093,11 @@ fn a_second_server_on_the_same_store_makes_no_crl_for_a_change_the_first_one_lis
     let s = guard.as_ref().unwrap();
     let f = fixture();
     issue_and_revoke(s, &banks.a_officer, "superseded");
-    // The first server makes every scope's CRL after the change (the epoch is the store's).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let store = f.open_store();
-        let epoch = store.status_epoch().unwrap();
-        let current = [IssuerId::Root, IssuerId::Customer, IssuerId::Teller]
-            .into_iter()
-            .all(|i| {
-                store
-                    .latest_crl_info(i, None)
-                    .unwrap()
-                    .and_then(|c| c.status_epoch)
-                    == Some(epoch)
-            });
-        if current {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the CRLs do not list the revocation"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // The first server makes the customer CRL after the change.
+    wait_until_every_crl_lists_its_scope_s_changes(f);
     let listed = crl_numbers(f);
-    // Its start looks at every scope: each CRL records the status epoch it lists, which is
-    // the store's, so nothing is made again.
+    // Its start looks at every scope: each CRL records the status epoch of its scope it
+    // lists, which is the scope's now, so nothing is made again.
     let second = Server::start(f);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(

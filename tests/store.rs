@@ -295,6 +295,78 @@ fn revoked_entries_are_per_issuer_and_shard() {
     }
 }
 
+#[test]
+fn a_status_change_moves_the_crl_epoch_of_its_own_issuer_and_shard_only() {
+    for db in databases("scope_epochs") {
+        let s = db.open();
+        let epoch = |issuer, shard| s.crl_scope_epoch(issuer, shard).unwrap();
+        let scopes = [
+            (IssuerId::Root, None),
+            (IssuerId::Customer, None),
+            (IssuerId::Customer, Some(0)),
+            (IssuerId::Customer, Some(1)),
+            (IssuerId::Teller, None),
+        ];
+        let before: Vec<u64> = scopes.iter().map(|&(i, sh)| epoch(i, sh)).collect();
+        assert_eq!(before, [0; 5], "{:?}", db.engine);
+
+        // A void in customer shard 1: its shard and its issuer move, to the event's seq.
+        s.record_pending(&pending("31", IssuerId::Customer, 1), &event("r", "31"))
+            .unwrap();
+        let void = s
+            .void_pending("31", 3_000, &event("certificate.void", "31"))
+            .unwrap();
+        let after: Vec<u64> = scopes.iter().map(|&(i, sh)| epoch(i, sh)).collect();
+        assert_eq!(after, [0, void.seq, 0, void.seq, 0], "{:?}", db.engine);
+
+        // A hold, then its release, of a teller certificate: the teller scope only, each time.
+        s.record_pending(&pending("32", IssuerId::Teller, 0), &event("r", "32"))
+            .unwrap();
+        s.complete_issuance("32", b"der-32", 3_001, &event("i", "32"))
+            .unwrap();
+        let hold = RevocationRecord {
+            revoked_at: 3_002,
+            reason_code: Some(6),
+            invalidity_date: None,
+        };
+        let held = s
+            .revoke("32", hold, &event("certificate.hold", "32"))
+            .unwrap();
+        assert_eq!(epoch(IssuerId::Teller, None), held.seq, "{:?}", db.engine);
+        let released = s
+            .release("32", 3_003, &event("certificate.release", "32"))
+            .unwrap();
+        let after: Vec<u64> = scopes.iter().map(|&(i, sh)| epoch(i, sh)).collect();
+        assert_eq!(after, [0, void.seq, 0, void.seq, released.seq]);
+
+        // A revocation in customer shard 0: the issuer's whole-CA scope takes the newest.
+        s.record_pending(&pending("33", IssuerId::Customer, 0), &event("r", "33"))
+            .unwrap();
+        s.complete_issuance("33", b"der-33", 3_004, &event("i", "33"))
+            .unwrap();
+        let revoked = s
+            .revoke(
+                "33",
+                RevocationRecord {
+                    revoked_at: 3_005,
+                    reason_code: Some(1),
+                    invalidity_date: None,
+                },
+                &event("certificate.revoke", "33"),
+            )
+            .unwrap();
+        let after: Vec<u64> = scopes.iter().map(|&(i, sh)| epoch(i, sh)).collect();
+        assert_eq!(
+            after,
+            [0, revoked.seq, revoked.seq, void.seq, released.seq],
+            "{:?}",
+            db.engine
+        );
+        // The whole store's epoch is still the newest change of any scope.
+        assert_eq!(s.status_epoch().unwrap(), revoked.seq);
+    }
+}
+
 /// A CRL of 4000..5000 listing the changes up to status epoch 7.
 fn new_crl(issuer: IssuerId, shard: Option<u32>) -> NewCrl {
     NewCrl {

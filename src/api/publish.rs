@@ -128,10 +128,13 @@ pub(crate) async fn refresh_crls(state: Shared, mut stop: Stopping) {
                     e.to_string(),
                 )
             };
-            let epoch = signet.store.status_epoch().map_err(unavailable)?;
             let now = signet.clock.now();
             let mut made = 0;
             for (issuer, shard) in scopes(signet) {
+                let epoch = signet
+                    .store
+                    .crl_scope_epoch(issuer, shard)
+                    .map_err(unavailable)?;
                 let latest = signet
                     .store
                     .latest_crl_info(issuer, shard)
@@ -175,10 +178,11 @@ pub(crate) async fn refresh_crls(state: Shared, mut stop: Stopping) {
     }
 }
 
-/// Whether a scope needs a new CRL, given its newest (`latest`), the store's status epoch
-/// now and the time: when it has none, when it may miss a status change (it was made at
-/// another epoch: an older one, or a newer one than a store restored from a backup has; or
-/// before CRLs recorded theirs), or, but on a stop, when half its freshness is spent.
+/// Whether a scope needs a new CRL, given its newest (`latest`), the scope's status epoch
+/// now ([`crate::store::Store::crl_scope_epoch`]) and the time: when it has none, when it may
+/// miss a status change (it was made at another epoch: an older one, or a newer one than a
+/// store restored from a backup has; or before CRLs recorded theirs), or, but on a stop, when
+/// half its freshness is spent.
 fn crl_due(latest: Option<&CrlRecord>, epoch: u64, now: i64, stopping: bool) -> bool {
     let Some(c) = latest else {
         return true;

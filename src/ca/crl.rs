@@ -81,7 +81,7 @@ impl Authority {
         };
         // Read before the entries: every change up to it is among them (a later one has a
         // larger epoch), which lets a process see that this CRL needs no successor yet.
-        let status_epoch = self.store.status_epoch()?;
+        let status_epoch = self.store.crl_scope_epoch(issuer, shard)?;
         // Entries straight from the store into the DER buffer, one row at a time.
         let mut buffer = CrlBuffer::new(&frame(0)?);
         self.store.each_revoked(issuer, shard, &mut |e| {

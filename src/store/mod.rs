@@ -139,8 +139,11 @@ pub struct CrlRecord {
     pub number: u64,
     pub this_update: i64,
     pub next_update: i64,
-    /// The status epoch ([`Store::status_epoch`]) its entries were read at: every status
-    /// change up to it is on this CRL. `None` for CRLs made before the store kept it.
+    /// Its scope's status epoch ([`Store::crl_scope_epoch`]) its entries were read at: every
+    /// status change of the scope up to it is on this CRL. `None` for CRLs made before the
+    /// store kept it (made again); the whole store's epoch for CRLs made before it kept
+    /// scopes' (version 8 on SQLite, 6 on PostgreSQL), which the upgrade makes the epoch of
+    /// each scope that lists something.
     pub status_epoch: Option<u64>,
     pub crl_der: Option<Vec<u8>>,
 }
@@ -583,6 +586,12 @@ pub trait Store: Send + Sync {
     /// the newest such audit event. Writes are serialized (one writer at a time on either
     /// engine), so a change committed after this is read has a larger epoch.
     fn status_epoch(&self) -> Result<u64>;
+
+    /// [`Store::status_epoch`] for one CRL scope: the seq of the newest status change of a
+    /// certificate of `issuer` (and `shard`, when given; the newest of any shard when not). A
+    /// change made after this is read has a larger one. 0 when the scope has seen none since
+    /// version 8 (SQLite) or 6 (PostgreSQL) of the store.
+    fn crl_scope_epoch(&self, issuer: IssuerId, shard: Option<u32>) -> Result<u64>;
 
     /// Appends several audit events in one transaction (a batch of signatures).
     fn append_audit_many(&self, at: i64, events: &[AuditEvent]) -> Result<Vec<AuditRecord>>;

@@ -27,6 +27,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("pg/0003_write_less.sql"),
     include_str!("pg/0004_replay_expiry.sql"),
     include_str!("pg/0005_crl_status_epoch.sql"),
+    include_str!("pg/0006_crl_scope_epochs.sql"),
 ];
 
 /// Key of the advisory lock every write transaction holds until it ends ("SIGNET" in ASCII).
@@ -436,6 +437,25 @@ impl GroupTransaction for Transaction<'_> {
     }
 }
 
+/// Appends the audit event of a status change and makes it the epoch of its certificate's
+/// issuer and shard ([`Store::crl_scope_epoch`]).
+fn append_status_change(
+    tx: &mut Transaction,
+    issuer: &str,
+    shard: i64,
+    at: i64,
+    event: &AuditEvent,
+) -> Result<AuditRecord> {
+    let audit = append(tx, at, event)?;
+    tx.execute(
+        "INSERT INTO crl_scope_epochs (issuer, shard, epoch) VALUES ($1, $2, $3)
+         ON CONFLICT (issuer, shard) DO UPDATE SET epoch = excluded.epoch",
+        &[&issuer, &shard, &(audit.seq as i64)],
+    )
+    .map_err(map_err)?;
+    Ok(audit)
+}
+
 /// Appends `event` to the chain inside `tx` (which holds the write lock).
 fn append(tx: &mut Transaction, at: i64, event: &AuditEvent) -> Result<AuditRecord> {
     let head = tx
@@ -687,14 +707,16 @@ impl Store for PostgresStore {
 
     fn void_pending(&self, serial: &str, at: i64, event: &AuditEvent) -> Result<AuditRecord> {
         self.tx(|tx| {
-            update_one(
-                tx,
-                "UPDATE certificates SET status = 'void', revoked_at = $2, revocation_reason = NULL
-                 WHERE serial = $1 AND status = 'pending'",
-                &[&serial, &at],
-                || StoreError::Conflict(format!("{serial} is not pending")),
-            )?;
-            append(tx, at, event)
+            let scope = tx
+                .query_opt(
+                    "UPDATE certificates SET status = 'void', revoked_at = $2, revocation_reason = NULL
+                     WHERE serial = $1 AND status = 'pending' RETURNING issuer, shard",
+                    &[&serial, &at],
+                )
+                .map_err(map_err)?
+                .ok_or_else(|| StoreError::Conflict(format!("{serial} is not pending")))?;
+            let issuer: String = col(&scope, 0)?;
+            append_status_change(tx, &issuer, col(&scope, 1)?, at, event)
         })
     }
 
@@ -752,7 +774,13 @@ impl Store for PostgresStore {
                 ],
             )
             .map_err(map_err)?;
-            append(tx, revocation.revoked_at, event)
+            append_status_change(
+                tx,
+                cert.issuer.as_str(),
+                cert.shard.into(),
+                revocation.revoked_at,
+                event,
+            )
         })
     }
 
@@ -766,7 +794,7 @@ impl Store for PostgresStore {
                 &[&serial],
             )
             .map_err(map_err)?;
-            append(tx, at, event)
+            append_status_change(tx, cert.issuer.as_str(), cert.shard.into(), at, event)
         })
     }
 
@@ -1358,6 +1386,16 @@ impl Store for PostgresStore {
         Ok(epoch.unwrap_or(0) as u64)
     }
 
+    fn crl_scope_epoch(&self, issuer: IssuerId, shard: Option<u32>) -> Result<u64> {
+        let epoch = self.optional_row(
+            "SELECT COALESCE(MAX(epoch), 0) FROM crl_scope_epochs
+             WHERE issuer = $1 AND ($2::BIGINT < 0 OR shard = $2)",
+            &[&issuer.as_str(), &shard_key(shard)],
+            |r| col::<i64>(r, 0),
+        )?;
+        Ok(epoch.unwrap_or(0) as u64)
+    }
+
     fn append_audit_many(&self, at: i64, events: &[AuditEvent]) -> Result<Vec<AuditRecord>> {
         self.tx(|tx| events.iter().map(|e| append(tx, at, e)).collect())
     }
@@ -1527,7 +1565,9 @@ mod tests {
     #[test]
     fn libpqs_verify_full_is_refused_naming_sslmode() {
         // `require` already verifies chain and name; libpq's other names do not parse.
-        let m = refusal(open("postgres://signet@127.0.0.1:1/signet?sslmode=verify-full"));
+        let m = refusal(open(
+            "postgres://signet@127.0.0.1:1/signet?sslmode=verify-full",
+        ));
         assert!(m.contains("sslmode"), "{m}");
     }
 

@@ -23,6 +23,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0005_write_less.sql"),
     include_str!("migrations/0006_replay_expiry.sql"),
     include_str!("migrations/0007_crl_status_epoch.sql"),
+    include_str!("migrations/0008_crl_scope_epochs.sql"),
 ];
 
 /// Read connections kept open for reuse.
@@ -344,6 +345,25 @@ impl GroupTransaction for Transaction<'_> {
     }
 }
 
+/// Appends the audit event of a status change and makes it the epoch of its certificate's
+/// issuer and shard ([`Store::crl_scope_epoch`]).
+fn append_status_change(
+    tx: &Transaction,
+    issuer: &str,
+    shard: i64,
+    at: i64,
+    event: &AuditEvent,
+) -> Result<AuditRecord> {
+    let audit = append(tx, at, event)?;
+    tx.execute(
+        "INSERT INTO crl_scope_epochs (issuer, shard, epoch) VALUES (?1, ?2, ?3)
+         ON CONFLICT (issuer, shard) DO UPDATE SET epoch = excluded.epoch",
+        params![issuer, shard, audit.seq as i64],
+    )
+    .map_err(map_err)?;
+    Ok(audit)
+}
+
 /// Appends `event` to the chain inside `tx`.
 fn append(tx: &Transaction, at: i64, event: &AuditEvent) -> Result<AuditRecord> {
     let head: Option<(u64, Vec<u8>)> = tx
@@ -581,17 +601,18 @@ impl Store for SqliteStore {
 
     fn void_pending(&self, serial: &str, at: i64, event: &AuditEvent) -> Result<AuditRecord> {
         self.tx(|tx| {
-            let n = tx
-                .execute(
+            let scope: Option<(String, i64)> = tx
+                .query_row(
                     "UPDATE certificates SET status = 'void', revoked_at = ?2, revocation_reason = NULL
-                     WHERE serial = ?1 AND status = 'pending'",
+                     WHERE serial = ?1 AND status = 'pending' RETURNING issuer, shard",
                     params![serial, at],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )
+                .optional()
                 .map_err(map_err)?;
-            if n != 1 {
-                return Err(StoreError::Conflict(format!("{serial} is not pending")));
-            }
-            append(tx, at, event)
+            let (issuer, shard) =
+                scope.ok_or_else(|| StoreError::Conflict(format!("{serial} is not pending")))?;
+            append_status_change(tx, &issuer, shard, at, event)
         })
     }
 
@@ -657,7 +678,13 @@ impl Store for SqliteStore {
                 ],
             )
             .map_err(map_err)?;
-            append(tx, revocation.revoked_at, event)
+            append_status_change(
+                tx,
+                cert.issuer.as_str(),
+                cert.shard.into(),
+                revocation.revoked_at,
+                event,
+            )
         })
     }
 
@@ -671,7 +698,7 @@ impl Store for SqliteStore {
                 [serial],
             )
             .map_err(map_err)?;
-            append(tx, at, event)
+            append_status_change(tx, cert.issuer.as_str(), cert.shard.into(), at, event)
         })
     }
 
@@ -1383,6 +1410,22 @@ impl Store for SqliteStore {
         })
     }
 
+    fn crl_scope_epoch(&self, issuer: IssuerId, shard: Option<u32>) -> Result<u64> {
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT COALESCE(MAX(epoch), 0) FROM crl_scope_epochs
+                 WHERE issuer = ?1 AND (?2 < 0 OR shard = ?2)",
+            )
+            .and_then(|mut st| {
+                st.query_row(params![issuer.as_str(), shard_key(shard)], |r| {
+                    r.get::<_, i64>(0)
+                })
+            })
+            .map(|v| v as u64)
+            .map_err(map_err)
+        })
+    }
+
     fn append_audit_many(&self, at: i64, events: &[AuditEvent]) -> Result<Vec<AuditRecord>> {
         self.tx(|tx| events.iter().map(|e| append(tx, at, e)).collect())
     }
@@ -1507,6 +1550,49 @@ mod tests {
         assert_eq!(again("d3", None), None, "a new instruction");
         let found = store.certificate_by_thumbprint("ab12").unwrap();
         assert_eq!(found.map(|c| c.serial).as_deref(), Some("0a"));
+    }
+
+    #[test]
+    fn a_version_7_store_s_revocation_no_crl_lists_yet_is_due_after_the_upgrade() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("signet.db");
+        {
+            // Version 7: the customer CRL was made before any status change (it recorded
+            // epoch 0); then a revocation (event 2) that no CRL lists yet.
+            let conn = Connection::open(&path).expect("create");
+            for (i, sql) in MIGRATIONS[..7].iter().enumerate() {
+                conn.execute_batch(sql).expect("migration");
+                conn.pragma_update(None, "user_version", i + 1).unwrap();
+            }
+            conn.execute_batch(
+                "INSERT INTO crls (issuer, shard, number, this_update, next_update, tbs_der,
+                     crl_der, status_epoch)
+                 VALUES ('customer', -1, 1, 1, 2, x'30', x'30', 0);
+                 INSERT INTO certificates (serial, issuer, profile, status, subject, shard,
+                     not_before, not_after, tbs_der, cert_der, created_at, revoked_at)
+                 VALUES ('0a', 'customer', 'customer', 'issued', 'CN=x', 3, 1, 2, x'30', x'30',
+                     1, 5);
+                 INSERT INTO audit_events (seq, at, actor, action, object, details, prev_hash, hash)
+                 VALUES (1, 1, 't', 'crl.generate', 'crl:customer', '{}', x'00', x'01'),
+                        (2, 5, 't', 'certificate.revoke', '0a', '{}', x'01', x'02');",
+            )
+            .expect("version 7 rows");
+        }
+        let store = SqliteStore::open(&path).expect("open and upgrade");
+        // The scope starts at the store's epoch, which the old CRL did not record.
+        assert_eq!(store.crl_scope_epoch(IssuerId::Customer, None).unwrap(), 2);
+        assert_eq!(
+            store.crl_scope_epoch(IssuerId::Customer, Some(3)).unwrap(),
+            2
+        );
+        let old = store.latest_crl_info(IssuerId::Customer, None).unwrap();
+        assert_eq!(old.and_then(|c| c.status_epoch), Some(0));
+        // Scopes with nothing revoked start at 0.
+        assert_eq!(store.crl_scope_epoch(IssuerId::Teller, None).unwrap(), 0);
+        assert_eq!(
+            store.crl_scope_epoch(IssuerId::Customer, Some(0)).unwrap(),
+            0
+        );
     }
 
     #[test]
