@@ -6,10 +6,12 @@
 //! into place), modification time or length. A changed file that cannot be used keeps the
 //! value made before, and the log says why: a half-written or wrong CRL must not take
 //! revocation checking away. Such a file is tried again once a minute even if it does not
-//! change, since what refused it may pass (a CRL dated a little ahead of this host's clock).
+//! change, since what refused it may pass (a CRL dated a little ahead of this host's clock);
+//! the others go on with the value in use meanwhile, and the log repeats a refusal only when
+//! its reason changes.
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 /// How often files that could not be used are tried again while they stay as they are.
@@ -33,6 +35,8 @@ pub struct Watched<T, E = String> {
     what: String,
     make: Make<T, E>,
     state: RwLock<State<T>>,
+    /// Held while the value is made again: one thread makes it, outside `state`'s lock.
+    making: Mutex<()>,
     retry_refused_every: Duration,
 }
 
@@ -43,6 +47,8 @@ struct State<T> {
     generation: u64,
     /// When the files as they are now could not be used (none: they were).
     refused_at: Option<Instant>,
+    /// Why they could not, as logged.
+    refused_why: Option<String>,
 }
 
 impl<T> State<T> {
@@ -71,37 +77,71 @@ impl<T, E: std::fmt::Display> Watched<T, E> {
                 value,
                 generation: 0,
                 refused_at: None,
+                refused_why: None,
             }),
+            making: Mutex::new(()),
             retry_refused_every: RETRY_REFUSED_EVERY,
         })
     }
 
     /// The value, made again first when a file changed since it was read, and its generation.
+    /// While a refused file that has not changed is tried again, other callers get the value
+    /// in use (it is the one in force) instead of waiting for the attempt.
     pub fn current(&self) -> (Arc<T>, u64) {
         let now: Vec<FileStamp> = self.paths.iter().map(|p| stamp(p)).collect();
-        {
-            let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        let changed = {
+            let state = self.read_state();
             if state.current(&now, self.retry_refused_every) {
                 return (state.value.clone(), state.generation);
             }
-        }
-        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
-        if !state.current(&now, self.retry_refused_every) {
-            match (self.make)(&self.paths, Some(&state.value)) {
-                Ok(value) => {
-                    tracing::info!(what = %self.what, "read again after a change");
-                    state.value = Arc::new(value);
-                    state.generation += 1;
-                    state.refused_at = None;
-                }
-                Err(e) => {
-                    tracing::warn!(what = %self.what, error = %e, "cannot be used; what was read before still applies (tried again in a minute)");
-                    state.refused_at = Some(Instant::now());
+            state.read != now
+        };
+        let _making = if changed {
+            // A change is seen by the next use: wait for whoever makes the value now.
+            self.making.lock().unwrap_or_else(|e| e.into_inner())
+        } else {
+            match self.making.try_lock() {
+                Ok(guard) => guard,
+                Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    let state = self.read_state();
+                    return (state.value.clone(), state.generation);
                 }
             }
-            state.read = now;
+        };
+        let in_use = {
+            let state = self.read_state();
+            // Made meanwhile by the thread this one waited for.
+            if state.current(&now, self.retry_refused_every) {
+                return (state.value.clone(), state.generation);
+            }
+            state.value.clone()
+        };
+        let made = (self.make)(&self.paths, Some(&in_use));
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        match made {
+            Ok(value) => {
+                tracing::info!(what = %self.what, "read again after a change");
+                state.value = Arc::new(value);
+                state.generation += 1;
+                state.refused_at = None;
+                state.refused_why = None;
+            }
+            Err(e) => {
+                let why = e.to_string();
+                if state.refused_why.as_deref() != Some(why.as_str()) {
+                    tracing::warn!(what = %self.what, error = %why, "cannot be used; what was read before still applies (tried again every minute; logged again if the reason changes)");
+                }
+                state.refused_at = Some(Instant::now());
+                state.refused_why = Some(why);
+            }
         }
+        state.read = now;
         (state.value.clone(), state.generation)
+    }
+
+    fn read_state(&self) -> std::sync::RwLockReadGuard<'_, State<T>> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -184,6 +224,59 @@ mod tests {
         assert_eq!(*w.current().0, 1, "not tried again at once");
         std::thread::sleep(Duration::from_millis(1_100));
         assert_eq!((*w.current().0, w.current().1), (2, 1));
+    }
+
+    #[test]
+    fn while_a_refused_file_is_tried_again_other_callers_get_the_value_in_use_at_once() {
+        use std::sync::mpsc::{channel, Receiver, Sender};
+        let d = temp_dir("busy-retry");
+        let p = file_with(&d, "1");
+        // After the first value, every attempt says it started and waits to be let go.
+        let (started_tx, started) = channel::<()>();
+        let (release, release_rx) = channel::<()>();
+        let started_tx = Mutex::new(started_tx);
+        let release_rx: Mutex<Receiver<()>> = Mutex::new(release_rx);
+        let first = std::sync::atomic::AtomicBool::new(true);
+        let mut w = Watched::new(vec![p.clone()], "test", move |paths, _| {
+            if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                return number_in(paths, None);
+            }
+            let _ = started_tx.lock().unwrap().send(());
+            let _ = release_rx.lock().unwrap().recv();
+            Err("not yet".to_string())
+        })
+        .unwrap();
+        w.retry_refused_every = Duration::ZERO;
+        let tmp = d.join("value.new");
+        std::fs::write(&tmp, "2").unwrap();
+        std::fs::rename(&tmp, &p).unwrap();
+        let w = Arc::new(w);
+        // The change is refused once, then the unchanged file is tried again (every call).
+        let refusing = {
+            let w = w.clone();
+            std::thread::spawn(move || w.current())
+        };
+        started.recv().unwrap();
+        release.send(()).unwrap();
+        assert_eq!(*refusing.join().unwrap().0, 1);
+        let retrying = {
+            let w = w.clone();
+            std::thread::spawn(move || w.current())
+        };
+        started.recv().unwrap();
+        let (answer, answered): (Sender<u64>, _) = channel();
+        {
+            let w = w.clone();
+            std::thread::spawn(move || answer.send(*w.current().0));
+        }
+        let other = answered.recv_timeout(Duration::from_secs(5));
+        release.send(()).unwrap();
+        assert_eq!(
+            other,
+            Ok(1),
+            "another caller waited for the attempt instead of getting the value in use"
+        );
+        assert_eq!(*retrying.join().unwrap().0, 1);
     }
 
     #[test]
