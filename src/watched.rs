@@ -10,6 +10,7 @@
 //! the others go on with the value in use meanwhile, and the log repeats a refusal only when
 //! its reason changes.
 
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -109,6 +110,9 @@ impl<T, E: std::fmt::Display> Watched<T, E> {
                 }
             }
         };
+        // Stamped again now that no one else makes the value: what the thread this one waited
+        // for recorded is never put back to an older stamp (and made once more for it).
+        let now: Vec<FileStamp> = self.paths.iter().map(|p| stamp(p)).collect();
         let in_use = {
             let state = self.read_state();
             // Made meanwhile by the thread this one waited for.
@@ -117,27 +121,41 @@ impl<T, E: std::fmt::Display> Watched<T, E> {
             }
             state.value.clone()
         };
-        let made = (self.make)(&self.paths, Some(&in_use));
+        // A reader that panics refuses the files like any other failure: it is not run again
+        // by every caller until they change or the retry is due.
+        let made = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            (self.make)(&self.paths, Some(&in_use)).map_err(|e| e.to_string())
+        }))
+        .unwrap_or_else(|_| Err("reading it failed unexpectedly (a panic)".to_string()));
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
-        match made {
+        // Logged after the lock is let go (a slow log must not stall the readers).
+        let news = match made {
             Ok(value) => {
-                tracing::info!(what = %self.what, "read again after a change");
                 state.value = Arc::new(value);
                 state.generation += 1;
                 state.refused_at = None;
                 state.refused_why = None;
+                Some(Ok(()))
             }
-            Err(e) => {
-                let why = e.to_string();
-                if state.refused_why.as_deref() != Some(why.as_str()) {
-                    tracing::warn!(what = %self.what, error = %why, "cannot be used; what was read before still applies (tried again every minute; logged again if the reason changes)");
-                }
+            Err(why) => {
+                // Once per file, and again for a retry only when the reason changes.
+                let new = state.read != now || state.refused_why.as_deref() != Some(why.as_str());
                 state.refused_at = Some(Instant::now());
-                state.refused_why = Some(why);
+                state.refused_why = Some(why.clone());
+                new.then_some(Err(why))
             }
-        }
+        };
         state.read = now;
-        (state.value.clone(), state.generation)
+        let answer = (state.value.clone(), state.generation);
+        drop(state);
+        match news {
+            Some(Ok(())) => tracing::info!(what = %self.what, "read again after a change"),
+            Some(Err(why)) => {
+                tracing::warn!(what = %self.what, error = %why, "cannot be used; what was read before still applies (tried again every minute; logged again if the reason changes)")
+            }
+            None => {}
+        }
+        answer
     }
 
     fn read_state(&self) -> std::sync::RwLockReadGuard<'_, State<T>> {
@@ -277,6 +295,26 @@ mod tests {
             "another caller waited for the attempt instead of getting the value in use"
         );
         assert_eq!(*retrying.join().unwrap().0, 1);
+    }
+
+    #[test]
+    fn a_reader_that_panics_keeps_the_value_in_force_and_is_not_run_again_by_every_caller() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let d = temp_dir("panics");
+        let p = file_with(&d, "1");
+        let runs = Arc::new(AtomicU32::new(0));
+        let counted = runs.clone();
+        let w = Watched::new(vec![p.clone()], "test", move |paths, _| {
+            if counted.fetch_add(1, Ordering::SeqCst) > 0 {
+                panic!("a reader's bug");
+            }
+            number_in(paths, None)
+        })
+        .unwrap();
+        std::fs::write(&p, "22").unwrap();
+        assert_eq!((*w.current().0, w.current().1), (1, 0));
+        assert_eq!(*w.current().0, 1);
+        assert_eq!(runs.load(Ordering::SeqCst), 2, "the reader ran again");
     }
 
     #[test]

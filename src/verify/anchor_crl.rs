@@ -137,10 +137,10 @@ impl RevocationList {
         let time = |t: i64| crate::clock::format_utc(t).unwrap_or_else(|| t.to_string());
         if self.this_update > now + CRL_CLOCK_SKEW_SECS {
             return Err(format!(
-                "issued in the future (thisUpdate {}, this host's clock says {}): ask the partner \
-                 for a CRL dated by a correct clock, or check this host's clock",
+                "issued in the future (thisUpdate {}, more than {CRL_CLOCK_SKEW_SECS} s ahead of \
+                 this host's clock): ask the partner for a CRL dated by a correct clock, or check \
+                 this host's clock",
                 time(self.this_update),
-                time(now)
             ));
         }
         match in_use {
