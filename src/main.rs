@@ -266,6 +266,10 @@ enum CredentialCommand {
         /// For --role teller: the teller's employee id (`signet teller add`).
         #[arg(long)]
         teller: Option<String>,
+        /// The person the credential is for (an employee id or a name). The two-person rule
+        /// tells people apart by it: give it to every teller-admin credential.
+        #[arg(long)]
+        holder: Option<String>,
     },
     /// List a bank's credentials (never their tokens).
     List {
@@ -542,6 +546,7 @@ fn command(signet: &Signet, command: Command, actor: &str) -> Result<(), Failure
                 role,
                 days,
                 teller,
+                holder,
             } => {
                 let role = Role::parse(&role).ok_or_else(|| Failure {
                     message: format!(
@@ -557,10 +562,14 @@ fn command(signet: &Signet, command: Command, actor: &str) -> Result<(), Failure
                     role,
                     expires,
                     teller.as_deref(),
+                    holder.as_deref(),
                     actor,
                 )?;
                 println!("{}", cred.token.as_str());
                 eprintln!("credential {} ({role}) for {tenant}: keep the token above, it is not shown again", cred.id);
+                if role == Role::TellerAdmin && holder.is_none() {
+                    eprintln!("note: without --holder, the two-person rule tells this credential's holder apart from other teller-admins by the credential alone");
+                }
             }
             CredentialCommand::List { tenant } => {
                 for c in signet.registrar.credentials(&tenant)? {
@@ -570,11 +579,12 @@ fn command(signet: &Signet, command: Command, actor: &str) -> Result<(), Failure
                         _ => "active",
                     };
                     println!(
-                        "{}\t{}\tcreated {}\texpires {}\t{state}",
+                        "{}\t{}\tcreated {}\texpires {}\t{state}\tholder {}",
                         c.id,
                         c.role,
                         c.created_at,
-                        c.expires_at.map_or("never".to_string(), |e| e.to_string())
+                        c.expires_at.map_or("never".to_string(), |e| e.to_string()),
+                        c.holder.as_deref().unwrap_or("-")
                     );
                 }
             }

@@ -573,6 +573,72 @@ fn teller_certificates_need_two_different_teller_admins_of_the_same_bank() {
     assert_eq!((again.status, again.code().as_str()), (409, "conflict"));
 }
 
+/// `signet credential add` of a teller-admin credential of Bank A for `holder`.
+fn add_bank_a_teller_admin(f: &Fixture, holder: &str) -> common::Out {
+    f.signet(&[
+        "credential",
+        "add",
+        "--tenant",
+        "Bank A",
+        "--role",
+        "teller-admin",
+        "--holder",
+        holder,
+    ])
+}
+
+#[test]
+fn two_credentials_of_one_holder_cannot_approve_each_other_s_teller_requests() {
+    let (_, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let f = fixture();
+    let admin = |holder: &str| {
+        let out = add_bank_a_teller_admin(f, holder);
+        out.assert_ok();
+        out.stdout.trim().to_string()
+    };
+    let (first, second, colleague) = (admin("E7001"), admin("E7001"), admin("E7002"));
+    let list = cli_ok(f, &["credential", "list", "--tenant", "Bank A"]);
+    assert_eq!(list.matches("holder E7001").count(), 2, "{list}");
+    let r = post_json(
+        s,
+        "/v1/teller-requests",
+        Some(&first),
+        &json!({"csr": csr_pem(f), "subject": "CN=柜员己,serialNumber=E9006,OU=Branch 6"}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let approve = |token: &str| {
+        post_json(
+            s,
+            &format!("/v1/teller-requests/{id}/approve"),
+            Some(token),
+            &json!({}),
+        )
+    };
+    let same_person = approve(&second);
+    assert_eq!(
+        (same_person.status, same_person.code().as_str()),
+        (403, "self_approval"),
+        "{}",
+        same_person.body
+    );
+    // Another person's credential approves it.
+    let other = approve(&colleague);
+    assert_eq!(other.status, 201, "{}", other.body);
+}
+
+#[test]
+fn a_credential_holder_must_name_someone() {
+    let (_, _guard) = server();
+    let f = fixture();
+    for bad in ["", "  ", "E1\nE2"] {
+        let out = add_bank_a_teller_admin(f, bad);
+        assert!(!out.status.success(), "{bad:?} was taken");
+        assert!(out.stderr.contains("--holder"), "{}", out.stderr);
+    }
+}
+
 #[test]
 fn teller_certificate_can_be_held_and_released_by_a_teller_admin() {
     let (banks, guard) = server();

@@ -70,7 +70,7 @@ pub enum RaError {
     Forbidden(String),
     #[error("teller certificates are issued only through POST /v1/teller-requests and a second teller-admin's approval")]
     TellerNeedsApproval,
-    #[error("a teller-admin cannot approve a request it filed: a second teller-admin must")]
+    #[error("a teller-admin cannot approve a request it filed, nor one filed by another credential of the same holder: a second person must")]
     SelfApproval,
     #[error("the teller request expired before a second teller-admin approved it; file it again")]
     RequestExpired,

@@ -132,7 +132,7 @@ impl Registrar {
         if rec.tenant_id != who.tenant.id {
             return Err(not_found()); // another bank's request does not exist for this caller
         }
-        if rec.requested_by == who.credential_id {
+        if self.same_person(&rec.requested_by, &who.credential_id)? {
             return Err(RaError::SelfApproval);
         }
         if rec.status != "pending" {

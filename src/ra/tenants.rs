@@ -234,9 +234,11 @@ impl Registrar {
         role: Role,
         expires_at: Option<i64>,
         teller_employee_id: Option<&str>,
+        holder: Option<&str>,
         actor: &str,
     ) -> Result<NewCredential, RaError> {
         let tenant = self.tenant_by_name(tenant_name)?;
+        let holder = holder.map(checked_holder).transpose()?;
         let teller_id =
             match (role, teller_employee_id) {
                 (Role::Teller, Some(e)) => Some(self.teller_by_employee(&tenant.id, e)?.id),
@@ -264,16 +266,36 @@ impl Registrar {
             expires_at,
             revoked_at: None,
             teller_id: teller_id.clone(),
+            holder: holder.clone(),
         };
         let ev = AuditEvent::new(
             actor,
             "credential.add",
             &rec.id,
-            serde_json::json!({"role": role.as_str(), "expires_at": expires_at, "teller": teller_id}),
+            serde_json::json!({"role": role.as_str(), "expires_at": expires_at, "teller": teller_id, "holder": holder}),
         )
         .for_tenant(Some(&tenant.id));
         self.store().add_credential(&rec, &ev).map_err(store_err)?;
         Ok(NewCredential { id: rec.id, token })
+    }
+
+    /// Whether two credentials are one person's: the same credential, or two given to the same
+    /// holder. Credentials without a holder are told apart by their ids alone.
+    pub(super) fn same_person(&self, a: &str, b: &str) -> Result<bool, RaError> {
+        if a == b {
+            return Ok(true);
+        }
+        let holder = |id: &str| -> Result<Option<String>, RaError> {
+            Ok(self
+                .store()
+                .credential(id)
+                .map_err(store_err)?
+                .and_then(|c| c.holder))
+        };
+        Ok(match (holder(a)?, holder(b)?) {
+            (Some(x), Some(y)) => x == y,
+            _ => false,
+        })
     }
 
     pub fn credentials(&self, tenant_name: &str) -> Result<Vec<CredentialRecord>, RaError> {
@@ -553,4 +575,18 @@ impl Registrar {
 
 pub(super) fn store_err(e: StoreError) -> RaError {
     RaError::Store(e)
+}
+
+/// A credential's holder as given to `credential add --holder`: trimmed, 1 to 128 characters,
+/// no control characters (it is printed in lists and written to the audit log).
+fn checked_holder(holder: &str) -> Result<String, RaError> {
+    let h = holder.trim();
+    if h.is_empty() || h.chars().count() > 128 || h.chars().any(char::is_control) {
+        return Err(RaError::Invalid(
+            "--holder names the person the credential is for (an employee id or a name): 1 to \
+             128 characters, no control characters"
+                .into(),
+        ));
+    }
+    Ok(h.to_string())
 }

@@ -179,6 +179,9 @@ pub struct CredentialRecord {
     pub revoked_at: Option<i64>,
     /// For `teller` credentials: the teller they speak for.
     pub teller_id: Option<String>,
+    /// The person it was given to (an employee id, a name), when the operator said: the
+    /// two-person rule tells people apart by it.
+    pub holder: Option<String>,
 }
 
 /// A teller certificate request awaiting a second teller-admin.

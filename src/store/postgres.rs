@@ -28,6 +28,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("pg/0004_replay_expiry.sql"),
     include_str!("pg/0005_crl_status_epoch.sql"),
     include_str!("pg/0006_crl_scope_epochs.sql"),
+    include_str!("pg/0007_credential_holder.sql"),
 ];
 
 /// Key of the advisory lock every write transaction holds until it ends ("SIGNET" in ASCII).
@@ -965,8 +966,8 @@ impl Store for PostgresStore {
     fn add_credential(&self, cred: &CredentialRecord, event: &AuditEvent) -> Result<AuditRecord> {
         self.tx(|tx| {
             tx.execute(
-                "INSERT INTO credentials (id, tenant_id, role, token_hash, created_at, expires_at, revoked_at, teller_id)
-                 VALUES ($1, $2, $3, $4, $5, $6, NULL, $7)",
+                "INSERT INTO credentials (id, tenant_id, role, token_hash, created_at, expires_at, revoked_at, teller_id, holder)
+                 VALUES ($1, $2, $3, $4, $5, $6, NULL, $7, $8)",
                 &[
                     &cred.id,
                     &cred.tenant_id,
@@ -975,6 +976,7 @@ impl Store for PostgresStore {
                     &cred.created_at,
                     &cred.expires_at,
                     &cred.teller_id,
+                    &cred.holder,
                 ],
             )
             .map_err(map_err)?;
@@ -1472,7 +1474,7 @@ fn tenant_from_row(r: &Row) -> Result<TenantRecord> {
 }
 
 const CREDENTIAL_COLUMNS: &str =
-    "id, tenant_id, role, token_hash, created_at, expires_at, revoked_at, teller_id";
+    "id, tenant_id, role, token_hash, created_at, expires_at, revoked_at, teller_id, holder";
 
 fn credential_from_row(r: &Row) -> Result<CredentialRecord> {
     Ok(CredentialRecord {
@@ -1484,6 +1486,7 @@ fn credential_from_row(r: &Row) -> Result<CredentialRecord> {
         expires_at: col(r, 5)?,
         revoked_at: col(r, 6)?,
         teller_id: col(r, 7)?,
+        holder: col(r, 8)?,
     })
 }
 

@@ -24,6 +24,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0006_replay_expiry.sql"),
     include_str!("migrations/0007_crl_status_epoch.sql"),
     include_str!("migrations/0008_crl_scope_epochs.sql"),
+    include_str!("migrations/0009_credential_holder.sql"),
 ];
 
 /// Read connections kept open for reuse.
@@ -970,8 +971,8 @@ impl Store for SqliteStore {
     fn add_credential(&self, cred: &CredentialRecord, event: &AuditEvent) -> Result<AuditRecord> {
         self.tx(|tx| {
             tx.execute(
-                "INSERT INTO credentials (id, tenant_id, role, token_hash, created_at, expires_at, revoked_at, teller_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7)",
+                "INSERT INTO credentials (id, tenant_id, role, token_hash, created_at, expires_at, revoked_at, teller_id, holder)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7, ?8)",
                 params![
                     cred.id,
                     cred.tenant_id,
@@ -979,7 +980,8 @@ impl Store for SqliteStore {
                     cred.token_hash,
                     cred.created_at,
                     cred.expires_at,
-                    cred.teller_id
+                    cred.teller_id,
+                    cred.holder
                 ],
             )
             .map_err(map_err)?;
@@ -1440,7 +1442,7 @@ fn tenant_from_row(r: &Row) -> rusqlite::Result<TenantRecord> {
 }
 
 const CREDENTIAL_COLUMNS: &str =
-    "id, tenant_id, role, token_hash, created_at, expires_at, revoked_at, teller_id";
+    "id, tenant_id, role, token_hash, created_at, expires_at, revoked_at, teller_id, holder";
 
 fn credential_from_row(r: &Row) -> rusqlite::Result<CredentialRecord> {
     Ok(CredentialRecord {
@@ -1452,6 +1454,7 @@ fn credential_from_row(r: &Row) -> rusqlite::Result<CredentialRecord> {
         expires_at: r.get(5)?,
         revoked_at: r.get(6)?,
         teller_id: r.get(7)?,
+        holder: r.get(8)?,
     })
 }
 
