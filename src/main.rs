@@ -556,6 +556,15 @@ fn command(signet: &Signet, command: Command, actor: &str) -> Result<(), Failure
                     status: EXIT_USAGE,
                     verdict: false,
                 })?;
+                let holder = holder
+                    .as_deref()
+                    .map(signet::ra::checked_holder)
+                    .transpose()
+                    .map_err(|e| Failure {
+                        message: e.to_string(),
+                        status: EXIT_USAGE,
+                        verdict: false,
+                    })?;
                 let expires = days.map(|d| signet.clock.now() + i64::from(d) * 86_400);
                 let cred = signet.registrar.add_credential(
                     &tenant,
@@ -584,7 +593,9 @@ fn command(signet: &Signet, command: Command, actor: &str) -> Result<(), Failure
                         c.role,
                         c.created_at,
                         c.expires_at.map_or("never".to_string(), |e| e.to_string()),
-                        c.holder.as_deref().unwrap_or("-")
+                        c.holder
+                            .as_deref()
+                            .map_or("none".into(), |h| format!("{h:?}"))
                     );
                 }
             }

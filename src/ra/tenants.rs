@@ -292,7 +292,10 @@ impl Registrar {
                 .map_err(store_err)?
                 .and_then(|c| c.holder))
         };
-        Ok(match (holder(a)?, holder(b)?) {
+        // Kept in one form since they were made (`checked_holder`); formed again to compare,
+        // so that a holder stored by hand compares as the CLI would have kept it.
+        let form = |h: Option<String>| h.and_then(|h| checked_holder(&h).ok());
+        Ok(match (form(holder(a)?), form(holder(b)?)) {
             (Some(x), Some(y)) => x == y,
             _ => false,
         })
@@ -577,16 +580,62 @@ pub(super) fn store_err(e: StoreError) -> RaError {
     RaError::Store(e)
 }
 
-/// A credential's holder as given to `credential add --holder`: trimmed, 1 to 128 characters,
-/// no control characters (it is printed in lists and written to the audit log).
-fn checked_holder(holder: &str) -> Result<String, RaError> {
-    let h = holder.trim();
-    if h.is_empty() || h.chars().count() > 128 || h.chars().any(char::is_control) {
-        return Err(RaError::Invalid(
+/// A credential's holder as `credential add --holder` gives it, in the one form it is kept and
+/// compared in: Unicode NFKC (full-width `Ｅ７００１` is `E7001`), lower case, inner white space
+/// as one space, ends trimmed; 1 to 128 characters, no control or invisible format characters
+/// (it is printed in lists and written to the audit log). One person is one holder however the
+/// operator typed it.
+pub fn checked_holder(holder: &str) -> Result<String, RaError> {
+    use unicode_normalization::UnicodeNormalization;
+    let invisible = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{00AD}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}' | '\u{FEFF}')
+    };
+    let bad = || {
+        RaError::Invalid(
             "--holder names the person the credential is for (an employee id or a name): 1 to \
-             128 characters, no control characters"
+             128 characters, no control or invisible characters"
                 .into(),
-        ));
+        )
+    };
+    if holder.chars().any(invisible) {
+        return Err(bad());
     }
-    Ok(h.to_string())
+    let folded: String = holder.nfkc().collect::<String>().to_lowercase();
+    let h = folded.split_whitespace().collect::<Vec<_>>().join(" ");
+    if h.is_empty() || h.chars().count() > 128 {
+        return Err(bad());
+    }
+    Ok(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::checked_holder;
+
+    #[test]
+    fn a_holder_is_kept_in_one_form_however_it_is_typed() {
+        for typed in ["E7001", " e7001 ", "Ｅ７００１"] {
+            assert_eq!(checked_holder(typed).unwrap(), "e7001", "{typed:?}");
+        }
+        assert_eq!(checked_holder("Zhang   San").unwrap(), "zhang san");
+        assert_eq!(checked_holder("张三").unwrap(), "张三");
+    }
+
+    #[test]
+    fn a_holder_with_nothing_visible_or_hidden_characters_is_refused() {
+        for bad in [
+            "",
+            " ",
+            "E1\tE2",
+            "E7001\u{200B}",
+            "\u{FEFF}E7001",
+            "\u{2066}E7001",
+        ] {
+            assert!(checked_holder(bad).is_err(), "{bad:?}");
+        }
+        assert!(checked_holder(&"x".repeat(129)).is_err());
+        assert!(checked_holder(&"x".repeat(128)).is_ok());
+    }
 }
