@@ -200,22 +200,28 @@ impl Auditor {
             signature,
         };
         // The file first: it is the copy that lives outside the database.
-        let line = serde_json::to_string(&CheckpointLine::from_checkpoint(&cp))
-            .expect("checkpoint line serializes");
-        let file_err = |e: std::io::Error| AuditError::CheckpointFile {
+        append_checkpoint_line(&self.file, &cp).map_err(|e| AuditError::CheckpointFile {
             path: self.file.display().to_string(),
             reason: e.to_string(),
-        };
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.file)
-            .map_err(file_err)?;
-        writeln!(f, "{line}").map_err(file_err)?;
-        f.sync_data().map_err(file_err)?;
+        })?;
         self.store.add_checkpoint(&cp)?;
         Ok(cp)
     }
+}
+
+/// Appends `cp` to the checkpoint file as one line, in one `write` on a file opened for
+/// appending: several processes append to the same file, and a line written in pieces (the
+/// JSON, then its newline) could be cut by another process's line.
+fn append_checkpoint_line(file: &std::path::Path, cp: &Checkpoint) -> std::io::Result<()> {
+    let mut line = serde_json::to_string(&CheckpointLine::from_checkpoint(cp))
+        .expect("checkpoint line serializes");
+    line.push('\n');
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)?;
+    f.write_all(line.as_bytes())?;
+    f.sync_data()
 }
 
 /// Checkpoints signed on a thread of their own, for writers of the chain that must not wait for
@@ -314,6 +320,31 @@ mod background_tests {
     use super::*;
     use std::sync::mpsc;
     use std::time::{Duration, Instant};
+
+    #[test]
+    fn checkpoint_lines_appended_at_once_by_several_writers_each_stay_whole() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("audit-checkpoints.jsonl");
+        // Threads stand in for processes: each opens the file for each line, as a process does.
+        std::thread::scope(|s| {
+            for w in 0..4u64 {
+                let file = &file;
+                s.spawn(move || {
+                    for i in 0..100u64 {
+                        let cp = Checkpoint {
+                            seq: w * 1_000 + i,
+                            hash: vec![0xab; 32],
+                            at: 1_700_000_000,
+                            signature: vec![0xcd; 64],
+                        };
+                        append_checkpoint_line(file, &cp).expect("append");
+                    }
+                });
+            }
+        });
+        let read = read_checkpoint_file(&file).expect("every line is a checkpoint");
+        assert_eq!(read.len(), 400);
+    }
 
     fn every(n: u64) -> impl Fn(u64) -> bool + Send + Sync {
         let due = Due::new(n);
