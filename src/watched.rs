@@ -317,6 +317,67 @@ mod tests {
         assert_eq!(runs.load(Ordering::SeqCst), 2, "the reader ran again");
     }
 
+    /// What `f` logs, as text.
+    fn logged_by(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let text = buffer.0.lock().unwrap().clone();
+        String::from_utf8(text).unwrap()
+    }
+
+    #[test]
+    fn a_refusal_is_logged_for_each_new_file_but_not_for_each_retry_of_the_same_one() {
+        let d = temp_dir("logged");
+        let p = file_with(&d, "1");
+        let mut w = Watched::new(vec![p.clone()], "test", |paths, _| {
+            number_in(paths, None).map_err(|_| "not a number".to_string())
+        })
+        .unwrap();
+        w.retry_refused_every = Duration::ZERO; // every call retries
+        let replace = |text: &str| {
+            let tmp = d.join("value.new");
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, &p).unwrap();
+        };
+        let refusals = |log: &str| log.matches("cannot be used").count();
+        let log = logged_by(|| {
+            replace("seven");
+            w.current();
+            w.current();
+            w.current();
+        });
+        assert_eq!(
+            refusals(&log),
+            1,
+            "retries of one file repeat nothing: {log}"
+        );
+        let log = logged_by(|| {
+            replace("eight");
+            w.current();
+        });
+        assert_eq!(
+            refusals(&log),
+            1,
+            "a new file refused alike is logged: {log}"
+        );
+    }
+
     #[test]
     fn a_change_that_cannot_be_used_keeps_what_was_read_before() {
         let d = temp_dir("unusable");

@@ -920,28 +920,25 @@ fn postgres_with_sslmode_require_refuses_a_server_whose_certificate_another_ca_i
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("store-tls-wrong-ca");
     std::fs::create_dir_all(&dir).unwrap();
     let other = dir.join("other-ca.pem");
-    let out = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ])
-        .args(["-subj", "/CN=Another CA", "-days", "2"])
-        .arg("-keyout")
-        .arg(dir.join("other-ca.key"))
-        .arg("-out")
-        .arg(&other)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let key = dir.join("other-ca.key");
+    common::openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        "/CN=Another CA",
+        "-days",
+        "2",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        other.to_str().unwrap(),
+    ])
+    .assert_ok();
     match open_over_tls(&url, &password, &other) {
         Err(StoreError::Unavailable(m)) => {
             assert!(m.contains("invalid peer certificate: UnknownIssuer"), "{m}");
