@@ -765,6 +765,54 @@ fn wrong_content_type_gets_415() {
     );
 }
 
+/// The body is looked at only once the caller is known: a request without a valid token gets
+/// 401 whatever its body, on the routes that authenticate inside their work's blocking call
+/// (certificate requests and verifications) as on the others; with a valid token the same bodies
+/// get their own refusals.
+#[test]
+fn a_body_is_refused_only_after_its_caller_is_authenticated() {
+    let (banks, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let bodies: [(&str, &[u8]); 3] = [
+        ("application/json", b"{"),
+        ("text/plain", b"{}"),
+        ("application/json", b"{\"unexpected\": 1}"),
+    ];
+    let answers = [
+        (400, "malformed_json"),
+        (415, "unsupported_media_type"),
+        (400, "invalid_request"),
+    ];
+    for (path, token) in [
+        ("/v1/certificates", &banks.a_officer),
+        ("/v1/certificates/batch", &banks.a_officer),
+        ("/v1/verifications", &banks.a_gateway),
+        ("/v1/verifications/batch", &banks.a_gateway),
+        // A route that authenticates before its handler runs (`Caller`).
+        ("/v1/tellers", &banks.a_admin1),
+    ] {
+        for ((content_type, body), answer) in bodies.iter().zip(answers) {
+            let r = post_raw(s, path, None, content_type, body);
+            assert_eq!(
+                (r.status, r.code().as_str()),
+                (401, "unauthenticated"),
+                "{path} {content_type} without a token"
+            );
+            let r = post_raw(s, path, Some(token), content_type, body);
+            assert_eq!(
+                (r.status, r.code().as_str()),
+                answer,
+                "{path} {content_type}"
+            );
+        }
+    }
+    // An unknown token too (once: each counts against this address's failure limit, which
+    // the other tests of this server share).
+    let unknown = "sgt_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let r = post_raw(s, "/v1/verifications", Some(unknown), "text/plain", b"{");
+    assert_eq!((r.status, r.code().as_str()), (401, "unauthenticated"));
+}
+
 #[test]
 fn body_over_the_limit_gets_413() {
     let (banks, guard) = server();

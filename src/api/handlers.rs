@@ -7,7 +7,9 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{blocking, ApiError, ApiJson, Caller, Shared, MAX_BATCH_BODY_BYTES};
+use super::{
+    blocking, ApiError, ApiJson, Caller, JsonBody, Presented, Shared, MAX_BATCH_BODY_BYTES,
+};
 use crate::ca::{pem_certificate, Issued, Reason};
 use crate::ra::{Principal, StatusChange};
 use crate::store::CertRecord;
@@ -89,10 +91,13 @@ fn created(body: IssuedBody) -> Response {
 
 pub async fn request_certificate(
     State(state): State<Shared>,
-    Caller(who): Caller,
-    ApiJson(body): ApiJson<CertificateRequestBody>,
+    presented: Presented,
+    body: JsonBody,
 ) -> Result<Response, ApiError> {
     let issued = blocking(move || {
+        // Authenticated here, in the request's one blocking call (see `Presented`).
+        let who = presented.authenticate(&state.signet)?;
+        let body: CertificateRequestBody = body.decode()?;
         let issued = state.signet.registrar.request_certificate(
             &who,
             &body.profile,
@@ -111,11 +116,14 @@ pub async fn request_certificate(
 /// `{"error": ...}` with the code that route would give (the others are issued regardless).
 pub async fn request_certificates(
     State(state): State<Shared>,
-    Caller(who): Caller,
-    ApiJson(body): ApiJson<BatchBody<CertificateRequestBody>, MAX_BATCH_BODY_BYTES>,
+    presented: Presented,
+    body: JsonBody<MAX_BATCH_BODY_BYTES>,
 ) -> Result<Json<Value>, ApiError> {
-    let items = body.items()?;
     let results = blocking(move || {
+        let who = presented.authenticate(&state.signet)?;
+        let items = body
+            .decode::<BatchBody<CertificateRequestBody>>()?
+            .items()?;
         let items: Vec<_> = items
             .iter()
             .map(|i| (i.profile.as_str(), i.csr.as_bytes(), i.subject.as_str()))
@@ -472,11 +480,13 @@ fn report_body(
 /// does not parse.
 pub async fn verify_signature(
     State(state): State<Shared>,
-    Caller(who): Caller,
-    ApiJson(body): ApiJson<VerificationBody>,
+    presented: Presented,
+    body: JsonBody,
 ) -> Result<Response, ApiError> {
-    let item = PresentedBody::decode(body, "")?;
     blocking(move || {
+        // Authenticated here, in the request's one blocking call (see `Presented`).
+        let who = presented.authenticate(&state.signet)?;
+        let item = PresentedBody::decode(body.decode()?, "")?;
         let verifier = verifier_for(&state, &who)?;
         let report = verifier
             .verify(
@@ -525,16 +535,18 @@ impl<T> BatchBody<T> {
 /// could not be written (the others stand; retry that one).
 pub async fn verify_signatures(
     State(state): State<Shared>,
-    Caller(who): Caller,
-    ApiJson(body): ApiJson<BatchBody<VerificationBody>, MAX_BATCH_BODY_BYTES>,
+    presented: Presented,
+    body: JsonBody<MAX_BATCH_BODY_BYTES>,
 ) -> Result<Response, ApiError> {
-    let items = body
-        .items()?
-        .into_iter()
-        .enumerate()
-        .map(|(i, item)| PresentedBody::decode(item, &format!("items[{i}].")))
-        .collect::<Result<Vec<_>, _>>()?;
     blocking(move || {
+        let who = presented.authenticate(&state.signet)?;
+        let items = body
+            .decode::<BatchBody<VerificationBody>>()?
+            .items()?
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| PresentedBody::decode(item, &format!("items[{i}].")))
+            .collect::<Result<Vec<_>, _>>()?;
         let verifier = verifier_for(&state, &who)?;
         let presented: Vec<_> = items.iter().map(PresentedBody::presented).collect();
         let reports = verifier.verify_batch(&presented, &who.actor(), Some(&who.tenant.id));
