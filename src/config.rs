@@ -150,6 +150,11 @@ pub struct TlsClientConfig {
     pub tenant: String,
     /// ra-officer, teller-admin, gateway, auditor or sealer (a teller signs with a token).
     pub role: String,
+    /// The person the certificate belongs to, as `credential add --holder` names one: the
+    /// two-person rule for teller certificates compares people, so that one person's two
+    /// certificates (a renewed one beside the old) or certificate and bearer credential
+    /// cannot approve each other's requests.
+    pub holder: Option<String>,
 }
 
 fn default_tls_cert() -> PathBuf {

@@ -11,7 +11,7 @@ use signet::audit::{AuditEvent, AuditRecord, GENESIS};
 use signet::ca::IssuerId;
 use signet::store::{
     CertRecord, CertStatus, NewCrl, PostgresOptions, PostgresStore, ReplayKeys, RevocationRecord,
-    SigningKeyRecord, SqliteStore, Store, StoreError, TenantRecord,
+    SigningKeyRecord, SqliteStore, Store, StoreError, TellerRequestRecord, TenantRecord,
 };
 
 #[derive(Clone, Copy, Debug)]
@@ -584,6 +584,54 @@ fn replay_keys_seen_before_a_time_are_forgotten_oldest_first_each_pass_audited()
         assert_eq!(verify(2, 1_011), None, "{:?}", db.engine);
         assert_eq!(verify(3, 1_010), Some(1_003), "{:?}", db.engine);
         assert_eq!(verify(4, 1_010), Some(1_004), "{:?}", db.engine);
+    }
+}
+
+/// The two-person rule compares the approver with the holder the filer had when it filed (a
+/// certificate-mapped filer's holder lives in the config, not the store).
+#[test]
+fn a_teller_request_keeps_the_holder_of_whoever_filed_it() {
+    for db in databases("teller_request_holder") {
+        let store = db.open();
+        let tenant = TenantRecord {
+            id: "t1".into(),
+            name: "Bank".into(),
+            created_at: 1,
+        };
+        store
+            .add_tenant(&tenant, &event("tenant.add", "t1"))
+            .unwrap();
+        for (id, holder) in [("treq_1", Some("e7001")), ("treq_2", None)] {
+            let request = TellerRequestRecord {
+                id: id.into(),
+                tenant_id: "t1".into(),
+                requested_by: "tls-0123456789abcdef".into(),
+                requested_by_holder: holder.map(str::to_string),
+                csr: b"csr".to_vec(),
+                subject: "CN=T".into(),
+                status: "pending".into(),
+                created_at: 10,
+                expires_at: 100,
+                decided_by: None,
+                decided_at: None,
+                serial: None,
+                kind: "certificate".into(),
+                teller_id: None,
+            };
+            store
+                .add_teller_request(&request, &event("teller_request.submit", id))
+                .unwrap();
+            let read = store.teller_request(id).unwrap().unwrap();
+            assert_eq!(
+                (
+                    read.requested_by.as_str(),
+                    read.requested_by_holder.as_deref()
+                ),
+                ("tls-0123456789abcdef", holder),
+                "{:?}",
+                db.engine
+            );
+        }
     }
 }
 

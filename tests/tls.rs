@@ -35,6 +35,8 @@ struct Setup {
     rogue: Client,
     /// Mapped by fingerprint to (BANK, auditor).
     auditor: Client,
+    /// The client CA the config trusts (certificate, key).
+    client_ca: (PathBuf, PathBuf),
     /// A bearer token of BANK's ra-officer.
     token: String,
 }
@@ -194,16 +196,7 @@ fn setup() -> &'static Setup {
         let auditor = make_client(f, &ca, "Audit Client");
         let config = tls_config(f, "tls", &ca.0, &rfc2253_subject(&officer.cert), "");
         // The auditor's certificate is mapped by its SHA-256 fingerprint, as OpenSSL prints it.
-        let fp = openssl(&args![
-            "x509",
-            "-in",
-            &auditor.cert,
-            "-noout",
-            "-fingerprint",
-            "-sha256"
-        ]);
-        fp.assert_ok();
-        let fp = fp.stdout.trim().rsplit('=').next().unwrap().to_string();
+        let fp = fingerprint(&auditor);
         let mut text = std::fs::read_to_string(&config).unwrap();
         text.push_str(&format!(
             "\n[[tls.client]]\nfingerprint = {}\ntenant = {}\nrole = \"auditor\"\n",
@@ -222,9 +215,24 @@ fn setup() -> &'static Setup {
             unmapped,
             rogue,
             auditor,
+            client_ca: ca,
             token: add.stdout.trim().to_string(),
         }
     })
+}
+
+/// A certificate's SHA-256 fingerprint as `openssl x509 -fingerprint` prints it (colons).
+fn fingerprint(c: &Client) -> String {
+    let fp = openssl(&args![
+        "x509",
+        "-in",
+        &c.cert,
+        "-noout",
+        "-fingerprint",
+        "-sha256"
+    ]);
+    fp.assert_ok();
+    fp.stdout.trim().rsplit('=').next().unwrap().to_string()
 }
 
 fn start(config: &Path) -> Server {
@@ -550,6 +558,93 @@ fn a_client_certificate_mapped_by_fingerprint_gets_its_role_and_no_more() {
         Some(&issuance_body(6)),
     );
     assert_eq!((r.status, r.code().as_str()), (403, "forbidden"));
+}
+
+/// The two-person rule compares people: a `[[tls.client]]` entry's `holder` names whose
+/// certificate it maps. A teller request filed with one certificate of a holder is not approved
+/// with another of theirs (a new certificate beside the old), however the holder is typed, nor
+/// with a bearer credential of that holder; another holder's certificate approves it.
+#[test]
+fn a_teller_request_filed_with_a_client_certificate_is_approved_only_by_another_holder() {
+    let st = setup();
+    let f = fixture();
+    let li = make_client(f, &st.client_ca, "Teller Admin Li");
+    let li_new = make_client_serial(f, &st.client_ca, "Teller Admin Li (new key)", "0x5eee");
+    let wang = make_client(f, &st.client_ca, "Teller Admin Wang");
+    let mut text = std::fs::read_to_string(&st.config).unwrap();
+    for (client, holder) in [(&li, "E8001"), (&li_new, " ｅ８００１ "), (&wang, "E8002")] {
+        text.push_str(&format!(
+            "\n[[tls.client]]\nfingerprint = {}\ntenant = {}\nrole = \"teller-admin\"\nholder = {}\n",
+            toml_str(&fingerprint(client)),
+            toml_str(BANK),
+            toml_str(holder)
+        ));
+    }
+    let config = f.path("tls-holders.toml");
+    std::fs::write(&config, &text).unwrap();
+    let bearer = f.signet(&[
+        "credential",
+        "add",
+        "--tenant",
+        BANK,
+        "--role",
+        "teller-admin",
+        "--holder",
+        "e8001",
+    ]);
+    bearer.assert_ok();
+    let s = start(&config);
+    let csr = std::fs::read_to_string(f.csr(KeyKind::P256)).unwrap();
+    let filed = curl(
+        &s,
+        "POST",
+        "/v1/teller-requests",
+        Some(&li),
+        None,
+        Some(&json!({"csr": csr, "subject": "CN=柜员李,serialNumber=E8001,OU=Branch 8"})),
+    );
+    assert_eq!(filed.status, 202, "{} {}", filed.body, filed.stderr);
+    let id = serde_json::from_str::<Value>(&filed.body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = format!("/v1/teller-requests/{id}/approve");
+    let by_new_key = curl(&s, "POST", &path, Some(&li_new), None, Some(&json!({})));
+    assert_eq!(
+        (by_new_key.status, by_new_key.code().as_str()),
+        (403, "self_approval"),
+        "{}",
+        by_new_key.body
+    );
+    let token = bearer.stdout.trim();
+    let by_token = curl(&s, "POST", &path, None, Some(token), Some(&json!({})));
+    assert_eq!(
+        (by_token.status, by_token.code().as_str()),
+        (403, "self_approval"),
+        "{}",
+        by_token.body
+    );
+    let by_colleague = curl(&s, "POST", &path, Some(&wang), None, Some(&json!({})));
+    assert_eq!(by_colleague.status, 201, "{}", by_colleague.body);
+}
+
+#[test]
+fn a_client_mapping_whose_holder_names_no_one_stops_the_server_from_starting() {
+    let st = setup();
+    let f = fixture();
+    for (n, bad) in ["", "E8001\u{200B}", "E1\nE2"].into_iter().enumerate() {
+        let mut text = std::fs::read_to_string(&st.config).unwrap();
+        text.push_str(&format!(
+            "\n[[tls.client]]\nsubject = \"CN=Nobody {n}\"\ntenant = {}\nrole = \"teller-admin\"\nholder = {}\n",
+            toml_str(BANK),
+            // A TOML escape: the holder holds a line break, not the file.
+            toml_str(bad).replace('\n', "\\n")
+        ));
+        let config = f.path(&format!("tls-bad-holder-{n}.toml"));
+        std::fs::write(&config, &text).unwrap();
+        let said = refuses_to_serve(&config);
+        assert!(said.contains("holder"), "{bad:?}: {said}");
+    }
 }
 
 #[test]

@@ -314,9 +314,14 @@ impl Presented {
                 let check = match &c.verdict {
                     tls::ClientVerdict::Invalid(why) => ClientCertificate::Invalid(why),
                     tls::ClientVerdict::Unmapped => ClientCertificate::Unmapped,
-                    tls::ClientVerdict::Mapped { tenant, role } => ClientCertificate::Mapped {
+                    tls::ClientVerdict::Mapped {
+                        tenant,
+                        role,
+                        holder,
+                    } => ClientCertificate::Mapped {
                         tenant,
                         role: *role,
+                        holder: holder.as_deref(),
                     },
                 };
                 registrar.authenticate_client_certificate(&c.fingerprint, check, &origin)

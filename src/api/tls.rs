@@ -72,6 +72,7 @@ pub enum ClientVerdict {
     Mapped {
         tenant: String,
         role: Role,
+        holder: Option<String>,
     },
 }
 
@@ -82,6 +83,8 @@ struct Mapping {
     subject: Option<String>,
     tenant: String,
     role: Role,
+    /// In `ra::checked_holder`'s form.
+    holder: Option<String>,
 }
 
 /// Verification and mapping of client certificates.
@@ -247,6 +250,7 @@ impl ClientAuth {
                     Some(m) => ClientVerdict::Mapped {
                         tenant: m.tenant.clone(),
                         role: m.role,
+                        holder: m.holder.clone(),
                     },
                     None => ClientVerdict::Unmapped,
                 }
@@ -467,6 +471,17 @@ impl TlsSetup {
                     subject: m.subject.as_deref().map(normalize_subject).transpose()?,
                     tenant: m.tenant.clone(),
                     role,
+                    holder: m
+                        .holder
+                        .as_deref()
+                        .map(|h| {
+                            crate::ra::checked_holder(h).map_err(|_| {
+                                TlsError::Invalid(format!(
+                                    "[[tls.client]] holder {h:?}: name the person (an employee id or a name), 1 to 128 characters, no control or invisible characters"
+                                ))
+                            })
+                        })
+                        .transpose()?,
                 });
             }
             Some(Arc::new(ClientAuth {

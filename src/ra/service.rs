@@ -95,6 +95,7 @@ impl Registrar {
             ),
             tenant_id: who.tenant.id.clone(),
             requested_by: who.credential_id.clone(),
+            requested_by_holder: who.holder.clone(),
             csr: csr.to_vec(),
             subject: subject.to_string(),
             status: "pending".into(),
@@ -132,7 +133,7 @@ impl Registrar {
         if rec.tenant_id != who.tenant.id {
             return Err(not_found()); // another bank's request does not exist for this caller
         }
-        if self.same_person(&rec.requested_by, &who.credential_id)? {
+        if self.filed_by(&rec, who)? {
             return Err(RaError::SelfApproval);
         }
         if rec.status != "pending" {

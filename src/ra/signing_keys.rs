@@ -194,6 +194,7 @@ impl Registrar {
             id: self.new_id("treq")?,
             tenant_id: who.tenant.id.clone(),
             requested_by: who.credential_id.clone(),
+            requested_by_holder: who.holder.clone(),
             csr: Vec::new(),
             subject: String::new(),
             status: "pending".into(),

@@ -11,7 +11,7 @@ use super::limiter::FailureLimiter;
 
 use super::{RaError, Registrar, TenantIdentity};
 use crate::audit::AuditEvent;
-use crate::store::{CredentialRecord, StoreError, TenantRecord};
+use crate::store::{CredentialRecord, StoreError, TellerRequestRecord, TenantRecord};
 
 /// What a credential may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +70,9 @@ pub struct Principal {
     pub role: Role,
     /// For a `teller` credential: the teller it speaks for.
     pub teller_id: Option<String>,
+    /// The person behind the caller, in [`checked_holder`]'s form: the credential's
+    /// `--holder`, or the `holder` of the `[[tls.client]]` entry that mapped its certificate.
+    pub holder: Option<String>,
 }
 
 impl Principal {
@@ -156,8 +159,12 @@ pub enum ClientCertificate<'a> {
     Invalid(&'a str),
     /// Verified, but no mapping names it.
     Unmapped,
-    /// Verified and mapped to a bank and role.
-    Mapped { tenant: &'a str, role: Role },
+    /// Verified and mapped to a bank and role (and a person, if the mapping names one).
+    Mapped {
+        tenant: &'a str,
+        role: Role,
+        holder: Option<&'a str>,
+    },
 }
 
 /// Why a bearer token was refused (for the audit log; the caller sees less).
@@ -279,26 +286,34 @@ impl Registrar {
         Ok(NewCredential { id: rec.id, token })
     }
 
-    /// Whether two credentials are one person's: the same credential, or two given to the same
-    /// holder. Credentials without a holder are told apart by their ids alone.
-    pub(super) fn same_person(&self, a: &str, b: &str) -> Result<bool, RaError> {
-        if a == b {
+    /// Whether `who` is the person who filed `request`: the same credential, or one of the same
+    /// holder. Callers without a holder are told apart by their credential ids alone.
+    pub(super) fn filed_by(
+        &self,
+        request: &TellerRequestRecord,
+        who: &Principal,
+    ) -> Result<bool, RaError> {
+        if request.requested_by == who.credential_id {
             return Ok(true);
         }
-        let holder = |id: &str| -> Result<Option<String>, RaError> {
-            Ok(self
+        let filer = match &request.requested_by_holder {
+            Some(h) => Some(h.clone()),
+            // Filed before store version 10 kept the filer's holder: the credential's.
+            None => self
                 .store()
-                .credential(id)
+                .credential(&request.requested_by)
                 .map_err(store_err)?
-                .and_then(|c| c.holder))
+                .and_then(|c| c.holder),
         };
         // Kept in one form since they were made (`checked_holder`); formed again to compare,
         // so that a holder stored by hand compares as the CLI would have kept it.
-        let form = |h: Option<String>| h.and_then(|h| checked_holder(&h).ok());
-        Ok(match (form(holder(a)?), form(holder(b)?)) {
-            (Some(x), Some(y)) => x == y,
-            _ => false,
-        })
+        let form = |h: Option<&str>| h.and_then(|h| checked_holder(h).ok());
+        Ok(
+            match (form(filer.as_deref()), form(who.holder.as_deref())) {
+                (Some(x), Some(y)) => x == y,
+                _ => false,
+            },
+        )
     }
 
     pub fn credentials(&self, tenant_name: &str) -> Result<Vec<CredentialRecord>, RaError> {
@@ -482,7 +497,7 @@ impl Registrar {
             );
             err
         };
-        let (tenant_name, role) = match cert {
+        let (tenant_name, role, holder) = match cert {
             ClientCertificate::Invalid(reason) => {
                 return Err(refuse(
                     "client certificate not verified",
@@ -495,7 +510,11 @@ impl Registrar {
                     RaError::ClientCertificateUnmapped,
                 ))
             }
-            ClientCertificate::Mapped { tenant, role } => (tenant, role),
+            ClientCertificate::Mapped {
+                tenant,
+                role,
+                holder,
+            } => (tenant, role, holder),
         };
         let tenant = match self
             .store()
@@ -518,6 +537,7 @@ impl Registrar {
             },
             role,
             teller_id: None,
+            holder: holder.map(str::to_string),
         })
     }
 
@@ -572,6 +592,7 @@ impl Registrar {
             },
             role,
             teller_id: cred.teller_id,
+            holder: cred.holder.and_then(|h| checked_holder(&h).ok()),
         })
     }
 }

@@ -189,7 +189,11 @@ pub struct CredentialRecord {
 pub struct TellerRequestRecord {
     pub id: String,
     pub tenant_id: String,
+    /// The credential that filed it.
     pub requested_by: String,
+    /// That credential's holder when it filed (`None`: it had none, or the request is older
+    /// than store version 10).
+    pub requested_by_holder: Option<String>,
     pub csr: Vec<u8>,
     pub subject: String,
     pub status: String,

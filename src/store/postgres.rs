@@ -29,6 +29,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("pg/0005_crl_status_epoch.sql"),
     include_str!("pg/0006_crl_scope_epochs.sql"),
     include_str!("pg/0007_credential_holder.sql"),
+    include_str!("pg/0008_teller_request_holder.sql"),
 ];
 
 /// Key of the advisory lock every write transaction holds until it ends ("SIGNET" in ASCII).
@@ -1060,8 +1061,8 @@ impl Store for PostgresStore {
     ) -> Result<AuditRecord> {
         self.tx(|tx| {
             tx.execute(
-                "INSERT INTO teller_requests (id, tenant_id, requested_by, csr, subject, status, created_at, expires_at, kind, teller_id)
-                 VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9)",
+                "INSERT INTO teller_requests (id, tenant_id, requested_by, requested_by_holder, csr, subject, status, created_at, expires_at, kind, teller_id)
+                 VALUES ($1, $2, $3, $10, $4, $5, 'pending', $6, $7, $8, $9)",
                 &[
                     &req.id,
                     &req.tenant_id,
@@ -1072,6 +1073,7 @@ impl Store for PostgresStore {
                     &req.expires_at,
                     &req.kind,
                     &req.teller_id,
+                    &req.requested_by_holder,
                 ],
             )
             .map_err(map_err)?;
@@ -1082,7 +1084,8 @@ impl Store for PostgresStore {
     fn teller_request(&self, id: &str) -> Result<Option<TellerRequestRecord>> {
         self.optional_row(
             "SELECT id, tenant_id, requested_by, csr, subject, status, created_at, expires_at,
-                    decided_by, decided_at, serial, kind, teller_id FROM teller_requests WHERE id = $1",
+                    decided_by, decided_at, serial, kind, teller_id, requested_by_holder
+             FROM teller_requests WHERE id = $1",
             &[&id],
             |r| {
                 Ok(TellerRequestRecord {
@@ -1099,6 +1102,7 @@ impl Store for PostgresStore {
                     serial: col(r, 10)?,
                     kind: col(r, 11)?,
                     teller_id: col(r, 12)?,
+                    requested_by_holder: col(r, 13)?,
                 })
             },
         )

@@ -25,6 +25,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0007_crl_status_epoch.sql"),
     include_str!("migrations/0008_crl_scope_epochs.sql"),
     include_str!("migrations/0009_credential_holder.sql"),
+    include_str!("migrations/0010_teller_request_holder.sql"),
 ];
 
 /// Read connections kept open for reuse.
@@ -1067,8 +1068,8 @@ impl Store for SqliteStore {
     ) -> Result<AuditRecord> {
         self.tx(|tx| {
             tx.execute(
-                "INSERT INTO teller_requests (id, tenant_id, requested_by, csr, subject, status, created_at, expires_at, kind, teller_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7, ?8, ?9)",
+                "INSERT INTO teller_requests (id, tenant_id, requested_by, requested_by_holder, csr, subject, status, created_at, expires_at, kind, teller_id)
+                 VALUES (?1, ?2, ?3, ?10, ?4, ?5, 'pending', ?6, ?7, ?8, ?9)",
                 params![
                     req.id,
                     req.tenant_id,
@@ -1078,7 +1079,8 @@ impl Store for SqliteStore {
                     req.created_at,
                     req.expires_at,
                     req.kind,
-                    req.teller_id
+                    req.teller_id,
+                    req.requested_by_holder
                 ],
             )
             .map_err(map_err)?;
@@ -1090,7 +1092,8 @@ impl Store for SqliteStore {
         self.read(|c| {
             c.query_row(
                 "SELECT id, tenant_id, requested_by, csr, subject, status, created_at, expires_at,
-                        decided_by, decided_at, serial, kind, teller_id FROM teller_requests WHERE id = ?1",
+                        decided_by, decided_at, serial, kind, teller_id, requested_by_holder
+                 FROM teller_requests WHERE id = ?1",
                 [id],
                 |r| {
                     Ok(TellerRequestRecord {
@@ -1107,6 +1110,7 @@ impl Store for SqliteStore {
                         serial: r.get(10)?,
                         kind: r.get(11)?,
                         teller_id: r.get(12)?,
+                        requested_by_holder: r.get(13)?,
                     })
                 },
             )
