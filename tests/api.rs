@@ -479,14 +479,7 @@ fn missing_malformed_unknown_and_revoked_tokens_get_401() {
     ]);
     added.assert_ok();
     let token = added.stdout.trim().to_string();
-    // The id is on stderr: "credential <id> (auditor) for Bank A: ..."
-    let id = added
-        .stderr
-        .split_whitespace()
-        .skip_while(|w| *w != "credential")
-        .nth(1)
-        .expect("credential id on stderr")
-        .to_string();
+    let id = credential_id(&added);
     let ok = get(s, "/v1/audit-events", Some(&token));
     assert_eq!(ok.status, 200, "{}", ok.body);
     let list = cli_ok(f, &["credential", "list", "--tenant", "Bank A"]);
@@ -627,6 +620,82 @@ fn two_credentials_of_one_holder_cannot_approve_each_other_s_teller_requests() {
     // Another person's credential approves it.
     let other = approve(&colleague);
     assert_eq!(other.status, 201, "{}", other.body);
+}
+
+/// The id of the credential `credential add` made: on stderr, "credential <id> (role) for ...".
+fn credential_id(added: &common::Out) -> String {
+    added
+        .stderr
+        .split_whitespace()
+        .skip_while(|w| *w != "credential")
+        .nth(1)
+        .expect("credential id on stderr")
+        .to_string()
+}
+
+/// A teller request filed before store version 10 kept its filer's holder has none of its own:
+/// the rule then compares the holder of the credential that filed it.
+#[test]
+fn a_request_filed_before_holders_were_recorded_compares_the_filing_credential_s_holder() {
+    let (_, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let f = fixture();
+    let filer = add_bank_a_teller_admin(f, "E7101");
+    filer.assert_ok();
+    let admin = |holder: &str| {
+        let out = add_bank_a_teller_admin(f, holder);
+        out.assert_ok();
+        out.stdout.trim().to_string()
+    };
+    let (same, colleague) = (admin(" e7101 "), admin("E7102"));
+    let store = f.open_store();
+    let bank = store.tenant_by_name("Bank A").unwrap().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let id = "treq_filed_before_version_10";
+    let request = signet::store::TellerRequestRecord {
+        id: id.into(),
+        tenant_id: bank.id.clone(),
+        requested_by: credential_id(&filer),
+        requested_by_holder: None,
+        csr: csr_pem(f).into_bytes(),
+        subject: "CN=柜员庚,serialNumber=E9007,OU=Branch 7".into(),
+        status: "pending".into(),
+        created_at: now,
+        expires_at: now + 3600,
+        decided_by: None,
+        decided_at: None,
+        serial: None,
+        kind: "certificate".into(),
+        teller_id: None,
+    };
+    let submitted = signet::audit::AuditEvent::new(
+        &format!("credential:{}", request.requested_by),
+        "teller_request.submit",
+        id,
+        json!({}),
+    )
+    .for_tenant(Some(&bank.id));
+    store.add_teller_request(&request, &submitted).unwrap();
+    let approve = |token: &str| {
+        post_json(
+            s,
+            &format!("/v1/teller-requests/{id}/approve"),
+            Some(token),
+            &json!({}),
+        )
+    };
+    let by_same = approve(&same);
+    assert_eq!(
+        (by_same.status, by_same.code().as_str()),
+        (403, "self_approval"),
+        "{}",
+        by_same.body
+    );
+    let by_colleague = approve(&colleague);
+    assert_eq!(by_colleague.status, 201, "{}", by_colleague.body);
 }
 
 #[test]
@@ -806,6 +875,47 @@ fn a_body_is_refused_only_after_its_caller_is_authenticated() {
             );
         }
     }
+    // Bodies the handlers refuse, not the extractors: no batch items, bad base64, and a body
+    // over the limit (which a caller without a credential does not even get to send).
+    for (path, body) in [
+        ("/v1/certificates/batch", &b"{\"items\": []}"[..]),
+        ("/v1/verifications/batch", &b"{\"items\": []}"[..]),
+        (
+            "/v1/verifications",
+            &b"{\"instruction\": \"!!\", \"signature\": \"!!\"}"[..],
+        ),
+    ] {
+        let r = post_raw(s, path, None, "application/json", body);
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (401, "unauthenticated"),
+            "{path}"
+        );
+    }
+    let big = format!("{{\"instruction\": \"{}\"}}", "A".repeat(300 * 1024));
+    for path in ["/v1/verifications", "/v1/verifications/batch"] {
+        let answer = post_raw_tcp(s, path, None, big.as_bytes());
+        assert!(answer.starts_with("HTTP/1.1 401"), "{path}: {answer}");
+    }
+    // Without a credential the body is not waited for: a client that announces one and sends
+    // nothing is answered at once, not when the request times out.
+    for path in ["/v1/certificates", "/v1/verifications", "/v1/tellers"] {
+        use std::io::{Read, Write};
+        let addr = s.base.trim_start_matches("http://");
+        let mut conn = std::net::TcpStream::connect(addr).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+        );
+        conn.write_all(head.as_bytes()).unwrap();
+        let mut answer = [0u8; 12];
+        let read = conn.read_exact(&mut answer);
+        assert!(
+            read.is_ok() && answer.starts_with(b"HTTP/1.1 401"),
+            "{path}: {read:?} {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
     // An unknown token too (once: each counts against this address's failure limit, which
     // the other tests of this server share).
     let unknown = "sgt_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
@@ -823,21 +933,29 @@ fn body_over_the_limit_gets_413() {
     );
     // Raw TCP: the server answers 413 as soon as the length is over the limit and may close
     // the connection while a client is still writing, so write errors are not the verdict.
-    let answer = post_raw_tcp(s, "/v1/certificates", &banks.a_officer, big.as_bytes());
+    let answer = post_raw_tcp(
+        s,
+        "/v1/certificates",
+        Some(&banks.a_officer),
+        big.as_bytes(),
+    );
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.contains("body_too_large"), "{answer}");
 }
 
 /// Sends `body` to `path` over raw TCP and returns the whole answer: the server may answer
 /// and close before a large body is fully written, so write errors are not the verdict.
-fn post_raw_tcp(s: &Server, path: &str, token: &str, body: &[u8]) -> String {
+fn post_raw_tcp(s: &Server, path: &str, token: Option<&str>, body: &[u8]) -> String {
     use std::io::{Read, Write};
     let addr = s.base.trim_start_matches("http://");
     let mut conn = std::net::TcpStream::connect(addr).unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
+    let authorization = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{authorization}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     conn.write_all(head.as_bytes()).unwrap();
@@ -852,7 +970,12 @@ fn a_100000_deep_json_array_is_refused_and_the_server_keeps_serving() {
     let (banks, guard) = server();
     let s = guard.as_ref().unwrap();
     let deep = "[".repeat(100_000);
-    let answer = post_raw_tcp(s, "/v1/certificates", &banks.a_officer, deep.as_bytes());
+    let answer = post_raw_tcp(
+        s,
+        "/v1/certificates",
+        Some(&banks.a_officer),
+        deep.as_bytes(),
+    );
     // 100,000 bytes: over the body limit, refused before any parsing.
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.contains("body_too_large"), "{answer}");
@@ -1830,7 +1953,7 @@ fn a_batch_body_may_pass_the_64_kib_limit_of_other_routes_up_to_256_kib() {
     let answer = post_raw_tcp(
         s,
         "/v1/verifications/batch",
-        &gateway,
+        Some(&gateway),
         huge.to_string().as_bytes(),
     );
     assert!(
@@ -1839,7 +1962,12 @@ fn a_batch_body_may_pass_the_64_kib_limit_of_other_routes_up_to_256_kib() {
     );
     // Other routes keep their 64 KiB.
     let big = json!({"instruction": "A".repeat(70 * 1024), "signature": "AAAA"});
-    let answer = post_raw_tcp(s, "/v1/verifications", &gateway, big.to_string().as_bytes());
+    let answer = post_raw_tcp(
+        s,
+        "/v1/verifications",
+        Some(&gateway),
+        big.to_string().as_bytes(),
+    );
     assert!(
         answer.starts_with("HTTP/1.1 413") && answer.contains("body_too_large"),
         "{answer}"

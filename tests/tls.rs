@@ -595,37 +595,44 @@ fn a_teller_request_filed_with_a_client_certificate_is_approved_only_by_another_
     bearer.assert_ok();
     let s = start(&config);
     let csr = std::fs::read_to_string(f.csr(KeyKind::P256)).unwrap();
-    let filed = curl(
-        &s,
-        "POST",
-        "/v1/teller-requests",
-        Some(&li),
-        None,
-        Some(&json!({"csr": csr, "subject": "CN=柜员李,serialNumber=E8001,OU=Branch 8"})),
-    );
-    assert_eq!(filed.status, 202, "{} {}", filed.body, filed.stderr);
-    let id = serde_json::from_str::<Value>(&filed.body).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let path = format!("/v1/teller-requests/{id}/approve");
-    let by_new_key = curl(&s, "POST", &path, Some(&li_new), None, Some(&json!({})));
-    assert_eq!(
-        (by_new_key.status, by_new_key.code().as_str()),
-        (403, "self_approval"),
-        "{}",
-        by_new_key.body
-    );
     let token = bearer.stdout.trim();
-    let by_token = curl(&s, "POST", &path, None, Some(token), Some(&json!({})));
-    assert_eq!(
-        (by_token.status, by_token.code().as_str()),
-        (403, "self_approval"),
-        "{}",
-        by_token.body
-    );
-    let by_colleague = curl(&s, "POST", &path, Some(&wang), None, Some(&json!({})));
+    // Files a request as (certificate, token) and gives its approval path.
+    let file = |client: Option<&Client>, token: Option<&str>, employee: &str| {
+        let subject = format!("CN=柜员李,serialNumber={employee},OU=Branch 8");
+        let filed = curl(
+            &s,
+            "POST",
+            "/v1/teller-requests",
+            client,
+            token,
+            Some(&json!({"csr": csr, "subject": subject})),
+        );
+        assert_eq!(filed.status, 202, "{} {}", filed.body, filed.stderr);
+        let id = serde_json::from_str::<Value>(&filed.body).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        format!("/v1/teller-requests/{id}/approve")
+    };
+    let approve = |path: &str, client: Option<&Client>, token: Option<&str>| {
+        curl(&s, "POST", path, client, token, Some(&json!({})))
+    };
+    let refused = |r: CurlReply| {
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (403, "self_approval"),
+            "{}",
+            r.body
+        );
+    };
+    let path = file(Some(&li), None, "E8001");
+    refused(approve(&path, Some(&li_new), None));
+    refused(approve(&path, None, Some(token)));
+    let by_colleague = approve(&path, Some(&wang), None);
     assert_eq!(by_colleague.status, 201, "{}", by_colleague.body);
+    // The other way round: filed with the bearer credential, not approved with the certificate.
+    let path = file(None, Some(token), "E8011");
+    refused(approve(&path, Some(&li), None));
 }
 
 #[test]

@@ -258,7 +258,7 @@ impl FromRequestParts<Shared> for Caller {
         parts: &mut Parts,
         state: &Shared,
     ) -> Result<Self, Self::Rejection> {
-        let presented = Presented::of(parts);
+        let presented = Presented::from_request_parts(parts, state).await?;
         let state = state.clone();
         let principal = blocking(move || presented.authenticate(&state.signet)).await?;
         Ok(Caller(principal))
@@ -269,7 +269,9 @@ impl FromRequestParts<Shared> for Caller {
 /// client certificate, and where it comes from. The busiest routes (certificate requests and
 /// verifications, single and batch) check it with [`Presented::authenticate`] inside the
 /// blocking call that does their work: a second hop to the blocking pool cost about a tenth of
-/// single verification's rate. Every other route takes a [`Caller`].
+/// single verification's rate. Every other route takes a [`Caller`]. Either way, a request that
+/// presents no credential, or comes from an address locked out for failed attempts, is refused
+/// before its body is read.
 pub struct Presented {
     token: Option<String>,
     origin: String,
@@ -332,11 +334,24 @@ impl Presented {
     }
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for Presented {
-    type Rejection = std::convert::Infallible;
+impl FromRequestParts<Shared> for Presented {
+    type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Presented::of(parts))
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Shared,
+    ) -> Result<Self, Self::Rejection> {
+        let presented = Presented::of(parts);
+        // In memory only (no store): fine on an async worker.
+        state
+            .signet
+            .registrar
+            .refuse_at_once(
+                presented.token.is_some() || presented.client.is_some(),
+                &presented.origin,
+            )
+            .map_err(ApiError::from)?;
+        Ok(presented)
     }
 }
 

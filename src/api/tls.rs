@@ -462,6 +462,12 @@ impl TlsSetup {
                             m.role
                         ))
                     })?;
+                if role == Role::TellerAdmin && m.holder.is_none() {
+                    tracing::warn!(
+                        tenant = %m.tenant,
+                        "a [[tls.client]] teller-admin has no holder: the two-person rule tells it apart from the bank's other teller-admins by certificate alone; give it holder = \"<employee id>\""
+                    );
+                }
                 mappings.push(Mapping {
                     fingerprint: m
                         .fingerprint

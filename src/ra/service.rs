@@ -160,7 +160,11 @@ impl Registrar {
             &who.actor(),
             "teller_request.approve",
             id,
-            serde_json::json!({"requested_by": rec.requested_by}),
+            serde_json::json!({
+                "requested_by": rec.requested_by,
+                "requested_by_holder": rec.requested_by_holder,
+                "approver_holder": who.holder,
+            }),
         )
         .for_tenant(Some(&who.tenant.id));
         self.store()

@@ -404,10 +404,9 @@ impl Registrar {
     /// still shows who was guessing, from where and when the lock started.
     pub fn authenticate(&self, token: Option<&str>, origin: &str) -> Result<Principal, RaError> {
         let now = self.authority().clock().now();
-        let address_key = format!("address:{origin}");
         let credential = token.and_then(token_credential_id);
         let guard = &self.auth;
-        let mut wait = guard.addresses.check(&address_key, now).err();
+        let mut wait = self.address_lockout(origin, now);
         if let Some(c) = &credential {
             if let Err(w) = guard.credentials.check(c, now) {
                 wait = Some(wait.map_or(w, |a| a.max(w)));
@@ -474,6 +473,29 @@ impl Registrar {
         }
     }
 
+    /// Refuses, without reading the store, a request that cannot authenticate whatever it goes
+    /// on to send: one from an address locked out for failed attempts (`RateLimited`), or one
+    /// that presents no credential at all (`Unauthenticated`, neither counted nor audited).
+    /// The front end asks this before it reads a body.
+    pub fn refuse_at_once(&self, presents_credential: bool, origin: &str) -> Result<(), RaError> {
+        if let Some(retry_after_secs) = self.address_lockout(origin, self.authority().clock().now())
+        {
+            return Err(RaError::RateLimited { retry_after_secs });
+        }
+        if !presents_credential {
+            return Err(RaError::Unauthenticated);
+        }
+        Ok(())
+    }
+
+    /// Seconds until `origin` may try again, if it is locked out.
+    fn address_lockout(&self, origin: &str, now: i64) -> Option<i64> {
+        self.auth
+            .addresses
+            .check(&format!("address:{origin}"), now)
+            .err()
+    }
+
     /// Authenticates a client that presented a TLS client certificate and no bearer token.
     /// `fingerprint` is the hex SHA-256 of the certificate; failures are audited and counted
     /// against the client address like failed tokens.
@@ -484,8 +506,7 @@ impl Registrar {
         origin: &str,
     ) -> Result<Principal, RaError> {
         let now = self.authority().clock().now();
-        if let Err(retry_after_secs) = self.auth.addresses.check(&format!("address:{origin}"), now)
-        {
+        if let Some(retry_after_secs) = self.address_lockout(origin, now) {
             return Err(RaError::RateLimited { retry_after_secs });
         }
         let refuse = |why: &str, err: RaError| -> RaError {
