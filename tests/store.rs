@@ -11,7 +11,7 @@ use signet::audit::{AuditEvent, AuditRecord, GENESIS};
 use signet::ca::IssuerId;
 use signet::store::{
     CertRecord, CertStatus, NewCrl, PostgresOptions, PostgresStore, ReplayKeys, RevocationRecord,
-    SigningKeyRecord, SqliteStore, Store, StoreError, TellerRequestRecord, TenantRecord,
+    SigningKeyRecord, SqliteStore, Store, StoreError, Succeeds, TellerRequestRecord, TenantRecord,
 };
 
 #[derive(Clone, Copy, Debug)]
@@ -375,6 +375,7 @@ fn new_crl(issuer: IssuerId, shard: Option<u32>) -> NewCrl {
         this_update: 4_000,
         next_update: 5_000,
         status_epoch: 7,
+        succeeds: Succeeds::Newest,
     }
 }
 
@@ -397,6 +398,7 @@ fn crl_numbers_are_one_gapless_sequence_per_scope_across_processes() {
                                     &mut |n| Ok(n.to_be_bytes().to_vec()),
                                     &event("crl.issue", "customer"),
                                 )
+                                .unwrap()
                                 .unwrap();
                             s.complete_crl(IssuerId::Customer, Some(0), n, &n.to_be_bytes())
                                 .unwrap();
@@ -442,8 +444,57 @@ fn crl_numbers_are_one_gapless_sequence_per_scope_across_processes() {
                 &mut |n| Ok(vec![n as u8]),
                 &event("crl.issue", "root"),
             )
+            .unwrap()
             .unwrap();
         assert_eq!(n, 1);
+    }
+}
+
+/// Two processes that find a scope's CRL due at the same moment each name the CRL they
+/// judged: the first records the successor, the second finds another in its place and records
+/// nothing (no number taken, nothing audited), and may then succeed the new one.
+#[test]
+fn a_crl_is_not_recorded_once_another_process_succeeded_the_one_it_judged() {
+    for db in databases("crl_succeeds") {
+        let (a, b) = (db.open(), db.open());
+        let record = |s: &Arc<dyn Store>, succeeds: Succeeds| {
+            let crl = NewCrl {
+                succeeds,
+                ..new_crl(IssuerId::Teller, None)
+            };
+            s.record_crl(
+                &crl,
+                &mut |n| Ok(vec![n as u8]),
+                &event("crl.generate", "teller"),
+            )
+            .unwrap()
+            .map(|(n, _)| n)
+        };
+        assert_eq!(record(&a, Succeeds::Only(None)), Some(1), "{:?}", db.engine);
+        let head = b.audit_head().unwrap().map(|h| h.seq);
+        assert_eq!(record(&b, Succeeds::Only(None)), None, "{:?}", db.engine);
+        assert_eq!(
+            b.audit_head().unwrap().map(|h| h.seq),
+            head,
+            "nothing audited"
+        );
+        assert_eq!(record(&b, Succeeds::Only(Some(1))), Some(2));
+        assert_eq!(record(&a, Succeeds::Only(Some(1))), None);
+        // An operator's CRL follows whatever is newest.
+        assert_eq!(record(&a, Succeeds::Newest), Some(3));
+        // Each scope judges its own sequence.
+        let crl = NewCrl {
+            succeeds: Succeeds::Only(None),
+            ..new_crl(IssuerId::Customer, None)
+        };
+        let other = a
+            .record_crl(
+                &crl,
+                &mut |n| Ok(vec![n as u8]),
+                &event("crl.generate", "customer"),
+            )
+            .unwrap();
+        assert_eq!(other.map(|(n, _)| n), Some(1));
     }
 }
 

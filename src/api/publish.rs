@@ -131,19 +131,31 @@ pub(crate) async fn refresh_crls(state: Shared, mut stop: Stopping) {
             let now = signet.clock.now();
             let mut made = 0;
             for (issuer, shard) in scopes(signet) {
-                let epoch = signet
-                    .store
-                    .crl_scope_epoch(issuer, shard)
-                    .map_err(unavailable)?;
-                let latest = signet
-                    .store
-                    .latest_crl_info(issuer, shard)
-                    .map_err(unavailable)?;
-                if crl_due(latest.as_ref(), epoch, now, stopping) {
-                    let crl =
-                        signet
-                            .authority
-                            .generate_crl(issuer, shard, "service:crl-refresh")?;
+                // Judged again when another process made the CRL judged due meanwhile: its
+                // CRL may already be current (then this one stands back), or may have been
+                // made before a change this process sees.
+                for _ in 0..CRL_RACE_RETRIES {
+                    let epoch = signet
+                        .store
+                        .crl_scope_epoch(issuer, shard)
+                        .map_err(unavailable)?;
+                    let latest = signet
+                        .store
+                        .latest_crl_info(issuer, shard)
+                        .map_err(unavailable)?;
+                    if !crl_due(latest.as_ref(), epoch, now, stopping) {
+                        break;
+                    }
+                    let Some(crl) = signet.authority.generate_crl_after(
+                        issuer,
+                        shard,
+                        "service:crl-refresh",
+                        latest.map(|c| c.number),
+                    )?
+                    else {
+                        tracing::debug!(%issuer, ?shard, "another process made this CRL first");
+                        continue;
+                    };
                     st.publish.keep_crl(
                         (issuer, shard),
                         CachedCrl {
@@ -153,6 +165,7 @@ pub(crate) async fn refresh_crls(state: Shared, mut stop: Stopping) {
                         },
                     );
                     made += 1;
+                    break;
                 }
             }
             Ok(made)
@@ -177,6 +190,9 @@ pub(crate) async fn refresh_crls(state: Shared, mut stop: Stopping) {
         };
     }
 }
+
+/// How many times one pass judges a scope whose CRL other processes keep making first.
+const CRL_RACE_RETRIES: usize = 3;
 
 /// Whether a scope needs a new CRL, given its newest (`latest`), the scope's status epoch
 /// now ([`crate::store::Store::crl_scope_epoch`]) and the time: when it has none, when it may

@@ -16,7 +16,7 @@ use super::issue::uri;
 use super::x509::{self, extension, raw_extension};
 use super::{crl_reason, Authority, CaError, IssuerId};
 use crate::audit::AuditEvent;
-use crate::store::{NewCrl, RevokedEntry};
+use crate::store::{NewCrl, RevokedEntry, StoreError, Succeeds};
 
 /// A signed CRL.
 #[derive(Debug, Clone)]
@@ -36,6 +36,34 @@ impl Authority {
         shard: Option<u32>,
         actor: &str,
     ) -> Result<SignedCrl, CaError> {
+        self.make_crl(issuer, shard, actor, Succeeds::Newest)?
+            .ok_or_else(|| {
+                CaError::Store(StoreError::Conflict(
+                    "the store recorded no CRL (another succeeded the one named)".into(),
+                ))
+            })
+    }
+
+    /// As [`Authority::generate_crl`], only as the successor of the scope's CRL numbered
+    /// `judged` (`None`: of none), the one its caller found due: `None`, and nothing recorded
+    /// or signed, when another process made one since.
+    pub fn generate_crl_after(
+        &self,
+        issuer: IssuerId,
+        shard: Option<u32>,
+        actor: &str,
+        judged: Option<u64>,
+    ) -> Result<Option<SignedCrl>, CaError> {
+        self.make_crl(issuer, shard, actor, Succeeds::Only(judged))
+    }
+
+    fn make_crl(
+        &self,
+        issuer: IssuerId,
+        shard: Option<u32>,
+        actor: &str,
+        succeeds: Succeeds,
+    ) -> Result<Option<SignedCrl>, CaError> {
         let shards = self.settings.crl_shards;
         let shard = match (issuer, shard) {
             (IssuerId::Root, Some(_)) => {
@@ -99,25 +127,29 @@ impl Authority {
             this_update,
             next_update,
             status_epoch,
+            succeeds,
         };
-        let (number, audit) = self.store.record_crl(
+        let Some((number, audit)) = self.store.record_crl(
             &new,
             &mut |number| {
                 let frame = frame(number).map_err(|e| e.to_string())?;
                 Ok(buffer.finish_tbs(&frame).to_vec())
             },
             &ev,
-        )?;
+        )?
+        else {
+            return Ok(None);
+        };
         self.auditor.after_append(&audit)?;
         let sig = self.sign(&ca.key_label, buffer.tbs())?;
         let der = buffer.finish_crl(&x509::ecdsa_sha256().to_der()?, &sig);
         self.store.complete_crl(issuer, shard, number, &der)?;
-        Ok(SignedCrl {
+        Ok(Some(SignedCrl {
             number,
             der,
             this_update,
             next_update,
-        })
+        }))
     }
 }
 

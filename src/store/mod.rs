@@ -157,6 +157,27 @@ pub struct NewCrl {
     pub next_update: i64,
     /// The status epoch read before its entries were (see [`CrlRecord::status_epoch`]).
     pub status_epoch: u64,
+    /// Which CRL of its scope it must follow.
+    pub succeeds: Succeeds,
+}
+
+/// Whether a CRL that `succeeds` may follow the scope's newest, numbered `newest`.
+fn may_succeed(succeeds: Succeeds, newest: Option<u64>) -> bool {
+    match succeeds {
+        Succeeds::Newest => true,
+        Succeeds::Only(judged) => judged == newest,
+    }
+}
+
+/// Which CRL of its scope a new CRL must follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Succeeds {
+    /// Whichever is newest when it is recorded (an operator's `crl generate`).
+    Newest,
+    /// Only the CRL of this number (`None`: only a scope without CRLs). Two processes that find
+    /// a CRL due at the same moment both name the CRL they judged: the second to record finds
+    /// another in its place, and records nothing.
+    Only(Option<u64>),
 }
 
 /// A bank served by this CA.
@@ -444,13 +465,15 @@ pub trait Store: Send + Sync {
         Ok(all.len() as u64)
     }
 
-    /// Takes the next CRL number of (issuer, shard) and records the to-be-signed CRL.
+    /// Takes the next CRL number of (issuer, shard) and records the to-be-signed CRL; `None`
+    /// (nothing recorded, no number taken) when the scope's newest CRL is not the one
+    /// `crl.succeeds` names.
     fn record_crl(
         &self,
         crl: &NewCrl,
         build_tbs: &mut dyn FnMut(u64) -> std::result::Result<Vec<u8>, String>,
         event: &AuditEvent,
-    ) -> Result<(u64, AuditRecord)>;
+    ) -> Result<Option<(u64, AuditRecord)>>;
     /// Stores the signed CRL.
     fn complete_crl(
         &self,

@@ -813,7 +813,7 @@ impl Store for PostgresStore {
         crl: &NewCrl,
         build_tbs: &mut dyn FnMut(u64) -> std::result::Result<Vec<u8>, String>,
         event: &AuditEvent,
-    ) -> Result<(u64, AuditRecord)> {
+    ) -> Result<Option<(u64, AuditRecord)>> {
         let (issuer, shard) = (crl.issuer, crl.shard);
         self.tx(|tx| {
             let row = tx
@@ -822,7 +822,11 @@ impl Store for PostgresStore {
                     &[&issuer.as_str(), &shard_key(shard)],
                 )
                 .map_err(map_err)?;
-            let number = col::<Option<i64>>(&row, 0)?.unwrap_or(0) as u64 + 1;
+            let last = col::<Option<i64>>(&row, 0)?.map(|n| n as u64);
+            if !super::may_succeed(crl.succeeds, last) {
+                return Ok(None);
+            }
+            let number = last.unwrap_or(0) + 1;
             let tbs = build_tbs(number).map_err(StoreError::Conflict)?;
             tx.execute(
                 "INSERT INTO crls (issuer, shard, number, this_update, next_update, status_epoch, tbs_der) VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -832,7 +836,7 @@ impl Store for PostgresStore {
             let mut ev = event.clone();
             ev.object = format!("{}#{number}", event.object);
             let rec = append(tx, crl.this_update, &ev)?;
-            Ok((number, rec))
+            Ok(Some((number, rec)))
         })
     }
 

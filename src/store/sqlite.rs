@@ -791,7 +791,7 @@ impl Store for SqliteStore {
         crl: &NewCrl,
         build_tbs: &mut dyn FnMut(u64) -> std::result::Result<Vec<u8>, String>,
         event: &AuditEvent,
-    ) -> Result<(u64, AuditRecord)> {
+    ) -> Result<Option<(u64, AuditRecord)>> {
         let (issuer, shard) = (crl.issuer, crl.shard);
         self.tx(|tx| {
             let last: Option<i64> = tx
@@ -801,7 +801,11 @@ impl Store for SqliteStore {
                     |r| r.get(0),
                 )
                 .map_err(map_err)?;
-            let number = last.unwrap_or(0) as u64 + 1;
+            let last = last.map(|n| n as u64);
+            if !super::may_succeed(crl.succeeds, last) {
+                return Ok(None);
+            }
+            let number = last.unwrap_or(0) + 1;
             let tbs = build_tbs(number).map_err(StoreError::Conflict)?;
             // zeroblob + incremental write: binding tens of megabytes would copy them twice
             // more inside SQLite (bound value, then record).
@@ -814,7 +818,7 @@ impl Store for SqliteStore {
             let mut ev = event.clone();
             ev.object = format!("{}#{number}", event.object);
             let rec = append(tx, crl.this_update, &ev)?;
-            Ok((number, rec))
+            Ok(Some((number, rec)))
         })
     }
 
