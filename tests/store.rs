@@ -478,8 +478,17 @@ fn a_crl_is_not_recorded_once_another_process_succeeded_the_one_it_judged() {
             head,
             "nothing audited"
         );
+        // Recorded, not yet signed: it is the newest all the same, and the one to succeed (its
+        // maker may still be signing it; or, once it is old, it was abandoned).
+        let newest = |s: &Arc<dyn Store>| s.newest_crl_number(IssuerId::Teller, None).unwrap();
+        assert_eq!(newest(&b).map(|n| (n.number, n.signed)), Some((1, false)));
+        assert!(b.latest_crl_info(IssuerId::Teller, None).unwrap().is_none());
+        a.complete_crl(IssuerId::Teller, None, 1, b"signed")
+            .unwrap();
+        assert_eq!(newest(&b).map(|n| (n.number, n.signed)), Some((1, true)));
         assert_eq!(record(&b, Succeeds::Only(Some(1))), Some(2));
         assert_eq!(record(&a, Succeeds::Only(Some(1))), None);
+        assert_eq!(newest(&a).map(|n| (n.number, n.signed)), Some((2, false)));
         // An operator's CRL follows whatever is newest.
         assert_eq!(record(&a, Succeeds::Newest), Some(3));
         // Each scope judges its own sequence.

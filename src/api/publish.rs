@@ -17,7 +17,7 @@ use super::{blocking, ApiError, Shared, Stopping};
 use crate::app::Signet;
 use crate::ca::ocsp::OcspOutcome;
 use crate::ca::IssuerId;
-use crate::store::CrlRecord;
+use crate::store::{CrlNumbered, CrlRecord, Succeeds};
 
 /// How often the background task looks at CRL freshness.
 const CRL_CHECK_EVERY: Duration = Duration::from_secs(30);
@@ -146,11 +146,19 @@ pub(crate) async fn refresh_crls(state: Shared, mut stop: Stopping) {
                     if !crl_due(latest.as_ref(), epoch, now, stopping) {
                         break;
                     }
-                    let Some(crl) = signet.authority.generate_crl_after(
+                    let newest = signet
+                        .store
+                        .newest_crl_number(issuer, shard)
+                        .map_err(unavailable)?;
+                    let Some(succeeds) = succession(newest, now, stopping) else {
+                        tracing::debug!(%issuer, ?shard, "another process is making this CRL");
+                        break;
+                    };
+                    let Some(crl) = signet.authority.generate_crl_succeeding(
                         issuer,
                         shard,
                         "service:crl-refresh",
-                        latest.map(|c| c.number),
+                        succeeds,
                     )?
                     else {
                         tracing::debug!(%issuer, ?shard, "another process made this CRL first");
@@ -193,6 +201,25 @@ pub(crate) async fn refresh_crls(state: Shared, mut stop: Stopping) {
 
 /// How many times one pass judges a scope whose CRL other processes keep making first.
 const CRL_RACE_RETRIES: usize = 3;
+
+/// How long after its thisUpdate a CRL that took a number but has no signed DER is taken for
+/// abandoned (its maker failed to sign or store it, or died): longer than building a CRL of
+/// a million entries, an HSM call's deadline and storing the result take together.
+const UNSIGNED_CRL_ABANDONED_AFTER_SECS: i64 = 120;
+
+/// What the next CRL of a scope found due must succeed, given the newest CRL the scope has
+/// taken a number for: that one (so that of two processes judging at once only one makes it),
+/// or nothing (`None`) while another maker is still signing it. On a stop, whatever is newest:
+/// the last pass must list this process's own changes before it ends.
+fn succession(newest: Option<CrlNumbered>, now: i64, stopping: bool) -> Option<Succeeds> {
+    if stopping {
+        return Some(Succeeds::Newest);
+    }
+    match newest {
+        Some(n) if !n.signed && now < n.this_update + UNSIGNED_CRL_ABANDONED_AFTER_SECS => None,
+        n => Some(Succeeds::Only(n.map(|n| n.number))),
+    }
+}
 
 /// Whether a scope needs a new CRL, given its newest (`latest`), the scope's status epoch
 /// now ([`crate::store::Store::crl_scope_epoch`]) and the time: when it has none, when it may
@@ -414,7 +441,7 @@ pub async fn ocsp_get(State(state): State<Shared>, Path(encoded): Path<String>) 
 
 #[cfg(test)]
 mod tests {
-    use super::crl_due;
+    use super::{crl_due, succession, CrlNumbered, Succeeds, UNSIGNED_CRL_ABANDONED_AFTER_SECS};
     use crate::ca::IssuerId;
     use crate::store::CrlRecord;
 
@@ -469,5 +496,41 @@ mod tests {
     fn a_stop_lists_a_change_but_does_not_refresh_a_crl_for_its_age() {
         assert!(crl_due(Some(&crl(Some(8))), 9, 1_100, true));
         assert!(!crl_due(Some(&crl(Some(9))), 9, 1_900, true));
+    }
+
+    fn numbered(number: u64, this_update: i64, signed: bool) -> CrlNumbered {
+        CrlNumbered {
+            number,
+            this_update,
+            signed,
+        }
+    }
+
+    #[test]
+    fn the_next_crl_succeeds_the_newest_one_numbered_signed_or_not() {
+        assert_eq!(succession(None, 1_000, false), Some(Succeeds::Only(None)));
+        assert_eq!(
+            succession(Some(numbered(4, 900, true)), 1_000, false),
+            Some(Succeeds::Only(Some(4)))
+        );
+    }
+
+    #[test]
+    fn a_crl_another_maker_is_signing_is_waited_for_and_one_it_abandoned_is_succeeded() {
+        let signing = numbered(5, 1_000, false);
+        assert_eq!(succession(Some(signing), 1_010, false), None);
+        let abandoned = 1_000 + UNSIGNED_CRL_ABANDONED_AFTER_SECS;
+        assert_eq!(
+            succession(Some(signing), abandoned, false),
+            Some(Succeeds::Only(Some(5)))
+        );
+    }
+
+    #[test]
+    fn the_last_pass_before_a_stop_follows_whatever_is_newest() {
+        assert_eq!(
+            succession(Some(numbered(5, 1_000, false)), 1_010, true),
+            Some(Succeeds::Newest)
+        );
     }
 }

@@ -44,17 +44,17 @@ impl Authority {
             })
     }
 
-    /// As [`Authority::generate_crl`], only as the successor of the scope's CRL numbered
-    /// `judged` (`None`: of none), the one its caller found due: `None`, and nothing recorded
-    /// or signed, when another process made one since.
-    pub fn generate_crl_after(
+    /// As [`Authority::generate_crl`], as the successor `succeeds` names: with
+    /// [`Succeeds::Only`], `None` (nothing recorded or signed) when the scope's newest CRL is
+    /// another by then: another process made one since its caller judged.
+    pub fn generate_crl_succeeding(
         &self,
         issuer: IssuerId,
         shard: Option<u32>,
         actor: &str,
-        judged: Option<u64>,
+        succeeds: Succeeds,
     ) -> Result<Option<SignedCrl>, CaError> {
-        self.make_crl(issuer, shard, actor, Succeeds::Only(judged))
+        self.make_crl(issuer, shard, actor, succeeds)
     }
 
     fn make_crl(
@@ -107,6 +107,14 @@ impl Authority {
             )?;
             TbsFrame::split(&tbs.to_der()?)
         };
+        // Not worth building when another process has already succeeded the CRL judged (the
+        // store checks again when it records).
+        if let Succeeds::Only(judged) = succeeds {
+            let newest = self.store.newest_crl_number(issuer, shard)?;
+            if newest.map(|n| n.number) != judged {
+                return Ok(None);
+            }
+        }
         // Read before the entries: every change up to it is among them (a later one has a
         // larger epoch), which lets a process see that this CRL needs no successor yet.
         let status_epoch = self.store.crl_scope_epoch(issuer, shard)?;

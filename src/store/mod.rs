@@ -148,6 +148,16 @@ pub struct CrlRecord {
     pub crl_der: Option<Vec<u8>>,
 }
 
+/// The newest CRL number a scope has taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CrlNumbered {
+    pub number: u64,
+    pub this_update: i64,
+    /// Whether its signed DER is stored; `false` while its maker signs it (or after a maker
+    /// that failed or died between recording and storing it).
+    pub signed: bool,
+}
+
 /// A CRL about to take its number.
 #[derive(Debug, Clone, Copy)]
 pub struct NewCrl {
@@ -487,6 +497,13 @@ pub trait Store: Send + Sync {
     /// The newest signed CRL of (issuer, shard) without its DER (`crl_der` is `None`): number
     /// and times, to decide whether a cached copy is current without reading megabytes.
     /// The default reads the whole record.
+    /// The newest CRL (issuer, shard) has taken a number for, signed or not: the one the next
+    /// must succeed.
+    fn newest_crl_number(
+        &self,
+        issuer: IssuerId,
+        shard: Option<u32>,
+    ) -> Result<Option<CrlNumbered>>;
     fn latest_crl_info(&self, issuer: IssuerId, shard: Option<u32>) -> Result<Option<CrlRecord>> {
         Ok(self.latest_crl(issuer, shard)?.map(|mut c| {
             c.crl_der = None;

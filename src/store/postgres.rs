@@ -879,6 +879,25 @@ impl Store for PostgresStore {
         )
     }
 
+    fn newest_crl_number(
+        &self,
+        issuer: IssuerId,
+        shard: Option<u32>,
+    ) -> Result<Option<CrlNumbered>> {
+        self.optional_row(
+            "SELECT number, this_update, crl_der IS NOT NULL FROM crls
+             WHERE issuer = $1 AND shard = $2 ORDER BY number DESC LIMIT 1",
+            &[&issuer.as_str(), &shard_key(shard)],
+            |r| {
+                Ok(CrlNumbered {
+                    number: col::<i64>(r, 0)? as u64,
+                    this_update: col(r, 1)?,
+                    signed: col(r, 2)?,
+                })
+            },
+        )
+    }
+
     fn latest_crl_info(&self, issuer: IssuerId, shard: Option<u32>) -> Result<Option<CrlRecord>> {
         self.optional_row(
             "SELECT number, this_update, next_update, status_epoch FROM crls

@@ -859,6 +859,25 @@ impl Store for SqliteStore {
         )
     }
 
+    fn newest_crl_number(
+        &self,
+        issuer: IssuerId,
+        shard: Option<u32>,
+    ) -> Result<Option<CrlNumbered>> {
+        self.optional_row(
+            "SELECT number, this_update, crl_der IS NOT NULL FROM crls
+             WHERE issuer = ?1 AND shard = ?2 ORDER BY number DESC LIMIT 1",
+            params![issuer.as_str(), shard_key(shard)],
+            |r| {
+                Ok(CrlNumbered {
+                    number: r.get::<_, i64>(0)? as u64,
+                    this_update: r.get(1)?,
+                    signed: r.get(2)?,
+                })
+            },
+        )
+    }
+
     fn latest_crl_info(&self, issuer: IssuerId, shard: Option<u32>) -> Result<Option<CrlRecord>> {
         self.optional_row(
             "SELECT number, this_update, next_update, status_epoch FROM crls
