@@ -1295,6 +1295,46 @@ fn wait_until_every_crl_lists_its_scope_s_changes(f: &Fixture) {
     }
 }
 
+/// A CRL that took its number but was never signed (its maker died, or its HSM call failed,
+/// between recording it and storing the signed DER) holds its scope up only until it is taken
+/// for abandoned: the next change is listed on a CRL that succeeds it.
+#[test]
+fn a_crl_abandoned_unsigned_is_succeeded_and_the_next_change_listed() {
+    let (banks, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let f = fixture();
+    wait_until_every_crl_lists_its_scope_s_changes(f);
+    let store = f.open_store();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    // Made ten minutes ago and never signed.
+    let abandoned = signet::store::NewCrl {
+        issuer: IssuerId::Customer,
+        shard: None,
+        this_update: now - 600,
+        next_update: now + 3600,
+        status_epoch: 0,
+        succeeds: signet::store::Succeeds::Newest,
+    };
+    let (number, _) = store
+        .record_crl(
+            &abandoned,
+            &mut |_| Ok(b"never signed".to_vec()),
+            &signet::audit::AuditEvent::new("test", "crl.generate", "crl:customer", json!({})),
+        )
+        .unwrap()
+        .expect("recorded");
+    let serial = issue_and_revoke(s, &banks.a_officer, "superseded");
+    wait_for_newest_customer_crl_to_list(f, &serial);
+    let newest = store
+        .latest_crl_info(IssuerId::Customer, None)
+        .unwrap()
+        .unwrap();
+    assert!(newest.number > number, "{} after {number}", newest.number);
+}
+
 /// The newest CRL numbers of the root, the customer CA and the teller CA (the fixture publishes
 /// no shards).
 fn crl_numbers(f: &Fixture) -> Vec<Option<u64>> {

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use tokio::sync::Notify;
 
-use super::{blocking, ApiError, Shared, Stopping};
+use super::{blocking, ApiError, AppState, Shared, Stopping};
 use crate::app::Signet;
 use crate::ca::ocsp::OcspOutcome;
 use crate::ca::IssuerId;
@@ -120,60 +120,17 @@ pub(crate) async fn refresh_crls(state: Shared, mut stop: Stopping) {
         let started = std::time::Instant::now();
         let st = state.clone();
         let result = blocking(move || {
-            let signet = &st.signet;
-            let unavailable = |e: crate::store::StoreError| {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "store_unavailable",
-                    e.to_string(),
-                )
-            };
-            let now = signet.clock.now();
             let mut made = 0;
-            for (issuer, shard) in scopes(signet) {
-                // Judged again when another process made the CRL judged due meanwhile: its
-                // CRL may already be current (then this one stands back), or may have been
-                // made before a change this process sees.
-                for _ in 0..CRL_RACE_RETRIES {
-                    let epoch = signet
-                        .store
-                        .crl_scope_epoch(issuer, shard)
-                        .map_err(unavailable)?;
-                    let latest = signet
-                        .store
-                        .latest_crl_info(issuer, shard)
-                        .map_err(unavailable)?;
-                    if !crl_due(latest.as_ref(), epoch, now, stopping) {
-                        break;
-                    }
-                    let newest = signet
-                        .store
-                        .newest_crl_number(issuer, shard)
-                        .map_err(unavailable)?;
-                    let Some(succeeds) = succession(newest, now, stopping) else {
-                        tracing::debug!(%issuer, ?shard, "another process is making this CRL");
-                        break;
-                    };
-                    let Some(crl) = signet.authority.generate_crl_succeeding(
-                        issuer,
-                        shard,
-                        "service:crl-refresh",
-                        succeeds,
-                    )?
-                    else {
-                        tracing::debug!(%issuer, ?shard, "another process made this CRL first");
-                        continue;
-                    };
-                    st.publish.keep_crl(
-                        (issuer, shard),
-                        CachedCrl {
-                            number: crl.number,
-                            next_update: crl.next_update,
-                            der: Bytes::from(crl.der),
-                        },
-                    );
-                    made += 1;
-                    break;
+            // A scope that fails (its CA key gone from the token, say) does not keep the
+            // others from their CRLs.
+            for (issuer, shard) in scopes(&st.signet) {
+                match refresh_scope(&st, issuer, shard, stopping) {
+                    Ok(true) => made += 1,
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(
+                        %issuer, ?shard, code = e.code, error = %e.message,
+                        "CRL refresh failed; will retry"
+                    ),
                 }
             }
             Ok(made)
@@ -197,6 +154,67 @@ pub(crate) async fn refresh_crls(state: Shared, mut stop: Stopping) {
             _ = tokio::time::sleep(CRL_CHECK_EVERY) => false,
         };
     }
+}
+
+/// Makes the CRL of one scope if it is due; whether it made one. Judged again when another
+/// process made the CRL judged due meanwhile: its CRL may already be current (then this one
+/// stands back), or may have been made before a change this process sees.
+fn refresh_scope(
+    st: &AppState,
+    issuer: IssuerId,
+    shard: Option<u32>,
+    stopping: bool,
+) -> Result<bool, ApiError> {
+    let signet = &st.signet;
+    let unavailable = |e: crate::store::StoreError| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            e.to_string(),
+        )
+    };
+    for _ in 0..CRL_RACE_RETRIES {
+        let now = signet.clock.now();
+        let epoch = signet
+            .store
+            .crl_scope_epoch(issuer, shard)
+            .map_err(unavailable)?;
+        let latest = signet
+            .store
+            .latest_crl_info(issuer, shard)
+            .map_err(unavailable)?;
+        if !crl_due(latest.as_ref(), epoch, now, stopping) {
+            return Ok(false);
+        }
+        let newest = signet
+            .store
+            .newest_crl_number(issuer, shard)
+            .map_err(unavailable)?;
+        let Some(succeeds) = succession(newest, now, stopping) else {
+            tracing::debug!(%issuer, ?shard, "another process is making this CRL");
+            return Ok(false);
+        };
+        let Some(crl) = signet.authority.generate_crl_succeeding(
+            issuer,
+            shard,
+            "service:crl-refresh",
+            succeeds,
+        )?
+        else {
+            tracing::debug!(%issuer, ?shard, "another process made this CRL first");
+            continue;
+        };
+        st.publish.keep_crl(
+            (issuer, shard),
+            CachedCrl {
+                number: crl.number,
+                next_update: crl.next_update,
+                der: Bytes::from(crl.der),
+            },
+        );
+        return Ok(true);
+    }
+    Ok(false)
 }
 
 /// How many times one pass judges a scope whose CRL other processes keep making first.

@@ -494,9 +494,6 @@ pub trait Store: Send + Sync {
     ) -> Result<()>;
     /// The newest signed CRL of (issuer, shard).
     fn latest_crl(&self, issuer: IssuerId, shard: Option<u32>) -> Result<Option<CrlRecord>>;
-    /// The newest signed CRL of (issuer, shard) without its DER (`crl_der` is `None`): number
-    /// and times, to decide whether a cached copy is current without reading megabytes.
-    /// The default reads the whole record.
     /// The newest CRL (issuer, shard) has taken a number for, signed or not: the one the next
     /// must succeed.
     fn newest_crl_number(
@@ -504,6 +501,9 @@ pub trait Store: Send + Sync {
         issuer: IssuerId,
         shard: Option<u32>,
     ) -> Result<Option<CrlNumbered>>;
+    /// The newest signed CRL of (issuer, shard) without its DER (`crl_der` is `None`): number
+    /// and times, to decide whether a cached copy is current without reading megabytes.
+    /// The default reads the whole record.
     fn latest_crl_info(&self, issuer: IssuerId, shard: Option<u32>) -> Result<Option<CrlRecord>> {
         Ok(self.latest_crl(issuer, shard)?.map(|mut c| {
             c.crl_der = None;
