@@ -292,6 +292,16 @@ enum CredentialCommand {
         #[arg(long)]
         id: String,
     },
+    /// Name the person behind a credential made without --holder (once: a holder does not
+    /// change).
+    SetHolder {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        holder: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -373,6 +383,15 @@ fn actor() -> String {
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "operator".into());
     format!("cli:{user}")
+}
+
+/// A `--holder` in the form it is kept, or a usage error (exit 64) saying what one must be.
+fn usable_holder(holder: &str) -> Result<String, Failure> {
+    signet::ra::checked_holder(holder).map_err(|e| Failure {
+        message: e.to_string(),
+        status: EXIT_USAGE,
+        verdict: false,
+    })
 }
 
 fn progress(msg: &str) {
@@ -556,15 +575,7 @@ fn command(signet: &Signet, command: Command, actor: &str) -> Result<(), Failure
                     status: EXIT_USAGE,
                     verdict: false,
                 })?;
-                let holder = holder
-                    .as_deref()
-                    .map(signet::ra::checked_holder)
-                    .transpose()
-                    .map_err(|e| Failure {
-                        message: e.to_string(),
-                        status: EXIT_USAGE,
-                        verdict: false,
-                    })?;
+                let holder = holder.as_deref().map(usable_holder).transpose()?;
                 let expires = days.map(|d| signet.clock.now() + i64::from(d) * 86_400);
                 let cred = signet.registrar.add_credential(
                     &tenant,
@@ -611,6 +622,13 @@ fn command(signet: &Signet, command: Command, actor: &str) -> Result<(), Failure
             CredentialCommand::Revoke { tenant, id } => {
                 signet.registrar.revoke_credential(&tenant, &id, actor)?;
                 progress(&format!("credential {id} revoked"));
+            }
+            CredentialCommand::SetHolder { tenant, id, holder } => {
+                usable_holder(&holder)?;
+                let holder = signet
+                    .registrar
+                    .set_credential_holder(&tenant, &id, &holder, actor)?;
+                progress(&format!("credential {id} is {holder:?}'s"));
             }
         },
         Command::Ca { command } => match command {

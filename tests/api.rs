@@ -698,6 +698,79 @@ fn a_request_filed_before_holders_were_recorded_compares_the_filing_credential_s
     assert_eq!(by_colleague.status, 201, "{}", by_colleague.body);
 }
 
+/// A credential made without a holder can be given one, once: from then on the two-person rule
+/// knows its person; a second holder, a holder that names no one, or an unknown credential is
+/// refused.
+#[test]
+fn a_credential_made_without_a_holder_is_given_one_once_and_the_rule_then_knows_it() {
+    let (_, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let f = fixture();
+    let added = f.signet(&[
+        "credential",
+        "add",
+        "--tenant",
+        "Bank A",
+        "--role",
+        "teller-admin",
+    ]);
+    added.assert_ok();
+    let (token, id) = (added.stdout.trim().to_string(), credential_id(&added));
+    let set = |holder: &str, id: &str| {
+        f.signet(&[
+            "credential",
+            "set-holder",
+            "--tenant",
+            "Bank A",
+            "--id",
+            id,
+            "--holder",
+            holder,
+        ])
+    };
+    set("E7301", &id).assert_ok();
+    let list = cli_ok(f, &["credential", "list", "--tenant", "Bank A"]);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with(id.as_str()) && l.ends_with("holder \"e7301\"")),
+        "{list}"
+    );
+    let again = set("E7302", &id);
+    assert!(!again.status.success());
+    assert!(
+        again.stderr.contains("already has a holder"),
+        "{}",
+        again.stderr
+    );
+    assert_eq!(set("E73\u{200B}02", &id).status.code(), Some(64));
+    let unknown = set("E7302", "cred_00000000000000000000000000000000");
+    assert!(!unknown.status.success());
+    assert!(unknown.stderr.contains("not found"), "{}", unknown.stderr);
+    // The same person's other credential cannot approve what this one files.
+    let other = add_bank_a_teller_admin(f, "e7301");
+    other.assert_ok();
+    let r = post_json(
+        s,
+        "/v1/teller-requests",
+        Some(&token),
+        &json!({"csr": csr_pem(f), "subject": "CN=柜员辛,serialNumber=E9008,OU=Branch 8"}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let request = r.json()["id"].as_str().unwrap().to_string();
+    let approval = post_json(
+        s,
+        &format!("/v1/teller-requests/{request}/approve"),
+        Some(other.stdout.trim()),
+        &json!({}),
+    );
+    assert_eq!(
+        (approval.status, approval.code().as_str()),
+        (403, "self_approval"),
+        "{}",
+        approval.body
+    );
+}
+
 #[test]
 fn a_credential_holder_must_name_someone() {
     let (_, _guard) = server();

@@ -336,6 +336,30 @@ impl Registrar {
         Ok(())
     }
 
+    /// Gives a credential made without a holder one ([`checked_holder`]'s form). Audited
+    /// (`credential.holder`). A holder, once given, does not change.
+    pub fn set_credential_holder(
+        &self,
+        tenant_name: &str,
+        id: &str,
+        holder: &str,
+        actor: &str,
+    ) -> Result<String, RaError> {
+        let holder = checked_holder(holder)?;
+        let tenant = self.tenant_by_name(tenant_name)?;
+        let ev = AuditEvent::new(
+            actor,
+            "credential.holder",
+            id,
+            serde_json::json!({"holder": holder}),
+        )
+        .for_tenant(Some(&tenant.id));
+        self.store()
+            .set_credential_holder(&tenant.id, id, &holder, self.authority().clock().now(), &ev)
+            .map_err(store_err)?;
+        Ok(holder)
+    }
+
     fn new_token(&self, id: &str) -> Result<Zeroizing<String>, RaError> {
         let raw = Zeroizing::new(self.authority().hsm_random(32).map_err(RaError::Ca)?);
         let id_hex = id.strip_prefix("cred_").unwrap_or(id);

@@ -171,6 +171,18 @@ pub struct NewCrl {
     pub succeeds: Succeeds,
 }
 
+/// Why a credential's holder was not set: it has one already (`has_one`), or there is no such
+/// active credential of the tenant (`None`).
+fn holder_not_set(id: &str, has_one: Option<bool>) -> StoreError {
+    match has_one {
+        Some(true) => StoreError::Conflict(format!(
+            "credential {id} already has a holder; a holder does not change: revoke the \
+             credential and add a new one with --holder"
+        )),
+        _ => StoreError::NotFound(format!("active credential {id} of this tenant")),
+    }
+}
+
 /// Whether a CRL that `succeeds` may follow the scope's newest, numbered `newest`.
 fn may_succeed(succeeds: Succeeds, newest: Option<u64>) -> bool {
     match succeeds {
@@ -539,6 +551,16 @@ pub trait Store: Send + Sync {
         &self,
         tenant_id: &str,
         id: &str,
+        at: i64,
+        event: &AuditEvent,
+    ) -> Result<AuditRecord>;
+    /// Gives an active credential of the tenant that has no holder one (`Conflict` when it has
+    /// one: a holder, once given, does not change).
+    fn set_credential_holder(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        holder: &str,
         at: i64,
         event: &AuditEvent,
     ) -> Result<AuditRecord>;

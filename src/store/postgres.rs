@@ -1077,6 +1077,38 @@ impl Store for PostgresStore {
         })
     }
 
+    fn set_credential_holder(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        holder: &str,
+        at: i64,
+        event: &AuditEvent,
+    ) -> Result<AuditRecord> {
+        self.tx(|tx| {
+            let n = tx
+                .execute(
+                    "UPDATE credentials SET holder = $3
+                     WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL AND holder IS NULL",
+                    &[&tenant_id, &id, &holder],
+                )
+                .map_err(map_err)?;
+            if n != 1 {
+                let has_one = tx
+                    .query_opt(
+                        "SELECT holder IS NOT NULL FROM credentials
+                         WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL",
+                        &[&tenant_id, &id],
+                    )
+                    .map_err(map_err)?
+                    .map(|r| col::<bool>(&r, 0))
+                    .transpose()?;
+                return Err(holder_not_set(id, has_one));
+            }
+            append(tx, at, event)
+        })
+    }
+
     fn add_teller_request(
         &self,
         req: &TellerRequestRecord,

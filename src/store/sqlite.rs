@@ -1086,6 +1086,38 @@ impl Store for SqliteStore {
         })
     }
 
+    fn set_credential_holder(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        holder: &str,
+        at: i64,
+        event: &AuditEvent,
+    ) -> Result<AuditRecord> {
+        self.tx(|tx| {
+            let n = tx
+                .execute(
+                    "UPDATE credentials SET holder = ?3
+                     WHERE tenant_id = ?1 AND id = ?2 AND revoked_at IS NULL AND holder IS NULL",
+                    params![tenant_id, id, holder],
+                )
+                .map_err(map_err)?;
+            if n != 1 {
+                let has_one: Option<bool> = tx
+                    .query_row(
+                        "SELECT holder IS NOT NULL FROM credentials
+                         WHERE tenant_id = ?1 AND id = ?2 AND revoked_at IS NULL",
+                        params![tenant_id, id],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(map_err)?;
+                return Err(holder_not_set(id, has_one));
+            }
+            append(tx, at, event)
+        })
+    }
+
     fn add_teller_request(
         &self,
         req: &TellerRequestRecord,
