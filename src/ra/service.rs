@@ -162,7 +162,8 @@ impl Registrar {
             id,
             serde_json::json!({
                 "requested_by": rec.requested_by,
-                "requested_by_holder": rec.requested_by_holder,
+                // The holders the two-person rule compared.
+                "requested_by_holder": self.filer_holder(&rec)?,
                 "approver_holder": who.holder,
             }),
         )

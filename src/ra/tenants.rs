@@ -296,9 +296,23 @@ impl Registrar {
         if request.requested_by == who.credential_id {
             return Ok(true);
         }
+        let approver = who.holder.as_deref().and_then(|h| checked_holder(h).ok());
+        Ok(match (self.filer_holder(request)?, approver) {
+            (Some(x), Some(y)) => x == y,
+            _ => false,
+        })
+    }
+
+    /// The holder of whoever filed `request`, as the two-person rule compares it: the one
+    /// recorded when it was filed, or, when none was (filed before store version 10, or by a
+    /// credential that had none then), the filing credential's holder now (`credential
+    /// set-holder` may have given it one since).
+    pub(super) fn filer_holder(
+        &self,
+        request: &TellerRequestRecord,
+    ) -> Result<Option<String>, RaError> {
         let filer = match &request.requested_by_holder {
             Some(h) => Some(h.clone()),
-            // Filed before store version 10 kept the filer's holder: the credential's.
             None => self
                 .store()
                 .credential(&request.requested_by)
@@ -307,13 +321,7 @@ impl Registrar {
         };
         // Kept in one form since they were made (`checked_holder`); formed again to compare,
         // so that a holder stored by hand compares as the CLI would have kept it.
-        let form = |h: Option<&str>| h.and_then(|h| checked_holder(h).ok());
-        Ok(
-            match (form(filer.as_deref()), form(who.holder.as_deref())) {
-                (Some(x), Some(y)) => x == y,
-                _ => false,
-            },
-        )
+        Ok(filer.and_then(|h| checked_holder(&h).ok()))
     }
 
     pub fn credentials(&self, tenant_name: &str) -> Result<Vec<CredentialRecord>, RaError> {
@@ -661,7 +669,7 @@ pub fn checked_holder(holder: &str) -> Result<String, RaError> {
     let bad = || {
         RaError::Invalid(
             "--holder names the person the credential is for (an employee id or a name): 1 to \
-             128 characters, no control or invisible characters"
+             128 characters, no control or invisible characters, not a national ID number"
                 .into(),
         )
     };
@@ -670,10 +678,24 @@ pub fn checked_holder(holder: &str) -> Result<String, RaError> {
     }
     let folded: String = holder.nfkc().collect::<String>().to_lowercase();
     let h = folded.split_whitespace().collect::<Vec<_>>().join(" ");
-    if h.is_empty() || h.chars().count() > 128 {
+    if h.is_empty() || h.chars().count() > 128 || looks_like_resident_id(&h) {
         return Err(bad());
     }
     Ok(h)
+}
+
+/// Whether `s` has the shape of a PRC resident identity number (18 characters: 17 digits and
+/// a digit or X; or the older 15 digits). Holders are listed and audited, and national ID
+/// numbers never reach logs (DESIGN invariant 6): a bank that keys its people by them must
+/// give another identifier.
+fn looks_like_resident_id(s: &str) -> bool {
+    let b = s.as_bytes();
+    let digits = |t: &[u8]| t.iter().all(u8::is_ascii_digit);
+    match b.len() {
+        15 => digits(b),
+        18 => digits(&b[..17]) && matches!(b[17], b'0'..=b'9' | b'x'),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -703,5 +725,28 @@ mod tests {
         }
         assert!(checked_holder(&"x".repeat(129)).is_err());
         assert!(checked_holder(&"x".repeat(128)).is_ok());
+    }
+
+    #[test]
+    fn a_national_id_number_is_no_holder() {
+        for id in [
+            "11010119900308123X",
+            "110101199003081234",
+            "110101900308123",
+            "１１０１０１１９９００３０８１２３ｘ",
+        ] {
+            assert!(checked_holder(id).is_err(), "{id:?}");
+        }
+        // Employee ids, names and other lengths of digits are holders; so is a name whose
+        // UTF-8 is 18 bytes long.
+        for holder in [
+            "E7001",
+            "1234567",
+            "1101011990030812345",
+            "张三李四王五",
+            "zhang san",
+        ] {
+            assert!(checked_holder(holder).is_ok(), "{holder:?}");
+        }
     }
 }
