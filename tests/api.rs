@@ -93,22 +93,48 @@ fn issue_customer(s: &Server, token: &str) -> (String, PathBuf) {
 /// Issues a teller certificate for bank A (filed by one teller-admin, approved by the other);
 /// its serial.
 fn issue_teller(s: &Server, banks: &Banks, subject: &str) -> String {
+    let id = file_teller_request(s, &banks.a_admin1, subject);
+    let issued = approve_teller_request(s, &id, &banks.a_admin2);
+    assert_eq!(issued.status, 201, "{}", issued.body);
+    issued.json()["serial"].as_str().unwrap().to_string()
+}
+
+/// Files a teller certificate request for `subject` with `token` (202); its id.
+fn file_teller_request(s: &Server, token: &str, subject: &str) -> String {
     let r = post_json(
         s,
         "/v1/teller-requests",
-        Some(&banks.a_admin1),
+        Some(token),
         &json!({"csr": csr_pem(fixture()), "subject": subject}),
     );
     assert_eq!(r.status, 202, "{}", r.body);
-    let id = r.json()["id"].as_str().unwrap().to_string();
-    let issued = post_json(
+    r.json()["id"].as_str().unwrap().to_string()
+}
+
+fn approve_teller_request(s: &Server, id: &str, token: &str) -> common::http::Reply {
+    post_json(
         s,
         &format!("/v1/teller-requests/{id}/approve"),
-        Some(&banks.a_admin2),
+        Some(token),
         &json!({}),
+    )
+}
+
+/// The answer to an approval by the person who filed the request.
+fn assert_self_approval(r: &common::http::Reply) {
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (403, "self_approval"),
+        "{}",
+        r.body
     );
-    assert_eq!(issued.status, 201, "{}", issued.body);
-    issued.json()["serial"].as_str().unwrap().to_string()
+}
+
+/// A new teller-admin credential of bank A for `holder`; its token.
+fn teller_admin_of(f: &Fixture, holder: &str) -> String {
+    let out = add_bank_a_teller_admin(f, holder);
+    out.assert_ok();
+    out.stdout.trim().to_string()
 }
 
 /// Issues a customer certificate for bank A through the API and revokes it there; its serial.
@@ -585,41 +611,29 @@ fn two_credentials_of_one_holder_cannot_approve_each_other_s_teller_requests() {
     let (_, guard) = server();
     let s = guard.as_ref().unwrap();
     let f = fixture();
-    let admin = |holder: &str| {
-        let out = add_bank_a_teller_admin(f, holder);
-        out.assert_ok();
-        out.stdout.trim().to_string()
-    };
+    let admin = |holder: &str| teller_admin_of(f, holder);
     // One person however typed: full-width and lower case are the same holder.
     let (first, second, colleague) = (admin("E7001"), admin(" ｅ７００１ "), admin("E7002"));
     let list = cli_ok(f, &["credential", "list", "--tenant", "Bank A"]);
     assert_eq!(list.matches("holder \"e7001\"").count(), 2, "{list}");
-    let r = post_json(
-        s,
-        "/v1/teller-requests",
-        Some(&first),
-        &json!({"csr": csr_pem(f), "subject": "CN=柜员己,serialNumber=E9006,OU=Branch 6"}),
-    );
-    assert_eq!(r.status, 202, "{}", r.body);
-    let id = r.json()["id"].as_str().unwrap().to_string();
-    let approve = |token: &str| {
-        post_json(
-            s,
-            &format!("/v1/teller-requests/{id}/approve"),
-            Some(token),
-            &json!({}),
-        )
-    };
-    let same_person = approve(&second);
-    assert_eq!(
-        (same_person.status, same_person.code().as_str()),
-        (403, "self_approval"),
-        "{}",
-        same_person.body
-    );
-    // Another person's credential approves it.
-    let other = approve(&colleague);
+    let id = file_teller_request(s, &first, "CN=柜员己,serialNumber=E9006,OU=Branch 6");
+    assert_self_approval(&approve_teller_request(s, &id, &second));
+    // Another person's credential approves it, and the audit log names the holders compared.
+    let other = approve_teller_request(s, &id, &colleague);
     assert_eq!(other.status, 201, "{}", other.body);
+    let approved = f
+        .open_store()
+        .audit_events(0)
+        .unwrap()
+        .into_iter()
+        .find(|e| e.action == "teller_request.approve" && e.object == id)
+        .expect("the approval is audited");
+    let details: Value = serde_json::from_str(&approved.details).unwrap();
+    assert_eq!(
+        (&details["requested_by_holder"], &details["approver_holder"]),
+        (&json!("e7001"), &json!("e7002")),
+        "{details}"
+    );
 }
 
 /// The id of the credential `credential add` made: on stderr, "credential <id> (role) for ...".
@@ -642,18 +656,10 @@ fn a_request_filed_before_holders_were_recorded_compares_the_filing_credential_s
     let f = fixture();
     let filer = add_bank_a_teller_admin(f, "E7101");
     filer.assert_ok();
-    let admin = |holder: &str| {
-        let out = add_bank_a_teller_admin(f, holder);
-        out.assert_ok();
-        out.stdout.trim().to_string()
-    };
-    let (same, colleague) = (admin(" e7101 "), admin("E7102"));
+    let (same, colleague) = (teller_admin_of(f, " e7101 "), teller_admin_of(f, "E7102"));
     let store = f.open_store();
     let bank = store.tenant_by_name("Bank A").unwrap().unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let now = common::now_unix() as i64;
     let id = "treq_filed_before_version_10";
     let request = signet::store::TellerRequestRecord {
         id: id.into(),
@@ -679,22 +685,8 @@ fn a_request_filed_before_holders_were_recorded_compares_the_filing_credential_s
     )
     .for_tenant(Some(&bank.id));
     store.add_teller_request(&request, &submitted).unwrap();
-    let approve = |token: &str| {
-        post_json(
-            s,
-            &format!("/v1/teller-requests/{id}/approve"),
-            Some(token),
-            &json!({}),
-        )
-    };
-    let by_same = approve(&same);
-    assert_eq!(
-        (by_same.status, by_same.code().as_str()),
-        (403, "self_approval"),
-        "{}",
-        by_same.body
-    );
-    let by_colleague = approve(&colleague);
+    assert_self_approval(&approve_teller_request(s, id, &same));
+    let by_colleague = approve_teller_request(s, id, &colleague);
     assert_eq!(by_colleague.status, 201, "{}", by_colleague.body);
 }
 
@@ -717,14 +709,7 @@ fn a_credential_made_without_a_holder_is_given_one_once_and_the_rule_then_knows_
     added.assert_ok();
     let (token, id) = (added.stdout.trim().to_string(), credential_id(&added));
     // Filed while the credential has no holder: the holder given later is the one compared.
-    let r = post_json(
-        s,
-        "/v1/teller-requests",
-        Some(&token),
-        &json!({"csr": csr_pem(f), "subject": "CN=柜员辛,serialNumber=E9008,OU=Branch 8"}),
-    );
-    assert_eq!(r.status, 202, "{}", r.body);
-    let request = r.json()["id"].as_str().unwrap().to_string();
+    let request = file_teller_request(s, &token, "CN=柜员辛,serialNumber=E9008,OU=Branch 8");
     let set = |holder: &str, id: &str| {
         f.signet(&[
             "credential",
@@ -757,20 +742,8 @@ fn a_credential_made_without_a_holder_is_given_one_once_and_the_rule_then_knows_
     assert!(!unknown.status.success());
     assert!(unknown.stderr.contains("not found"), "{}", unknown.stderr);
     // The same person's other credential cannot approve what this one filed.
-    let other = add_bank_a_teller_admin(f, "e7301");
-    other.assert_ok();
-    let approval = post_json(
-        s,
-        &format!("/v1/teller-requests/{request}/approve"),
-        Some(other.stdout.trim()),
-        &json!({}),
-    );
-    assert_eq!(
-        (approval.status, approval.code().as_str()),
-        (403, "self_approval"),
-        "{}",
-        approval.body
-    );
+    let other = teller_admin_of(f, "e7301");
+    assert_self_approval(&approve_teller_request(s, &request, &other));
 }
 
 #[test]
@@ -1380,10 +1353,7 @@ fn a_crl_abandoned_unsigned_is_succeeded_and_the_next_change_listed() {
     let f = fixture();
     wait_until_every_crl_lists_its_scope_s_changes(f);
     let store = f.open_store();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let now = common::now_unix() as i64;
     // Made ten minutes ago and never signed.
     let abandoned = signet::store::NewCrl {
         issuer: IssuerId::Customer,

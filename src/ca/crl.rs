@@ -36,7 +36,7 @@ impl Authority {
         shard: Option<u32>,
         actor: &str,
     ) -> Result<SignedCrl, CaError> {
-        self.make_crl(issuer, shard, actor, Succeeds::Newest)?
+        self.generate_crl_succeeding(issuer, shard, actor, Succeeds::Newest)?
             .ok_or_else(|| {
                 CaError::Store(StoreError::Conflict(
                     "the store recorded no CRL (another succeeded the one named)".into(),
@@ -48,16 +48,6 @@ impl Authority {
     /// [`Succeeds::Only`], `None` (nothing recorded or signed) when the scope's newest CRL is
     /// another by then: another process made one since its caller judged.
     pub fn generate_crl_succeeding(
-        &self,
-        issuer: IssuerId,
-        shard: Option<u32>,
-        actor: &str,
-        succeeds: Succeeds,
-    ) -> Result<Option<SignedCrl>, CaError> {
-        self.make_crl(issuer, shard, actor, succeeds)
-    }
-
-    fn make_crl(
         &self,
         issuer: IssuerId,
         shard: Option<u32>,

@@ -1566,17 +1566,23 @@ mod tests {
             .unwrap_or(0)
     }
 
+    /// A new database file as the first `version` migrations leave it.
+    fn store_at_version(path: &Path, version: usize) -> Connection {
+        let conn = Connection::open(path).expect("create");
+        for (i, sql) in MIGRATIONS[..version].iter().enumerate() {
+            conn.execute_batch(sql).expect("migration");
+            conn.pragma_update(None, "user_version", i + 1).unwrap();
+        }
+        conn
+    }
+
     #[test]
     fn a_version_4_store_keeps_its_replay_keys_and_thumbprints_through_the_upgrade() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("signet.db");
         {
             // A store as version 4 left it, with a remembered instruction and a certificate.
-            let conn = Connection::open(&path).expect("create");
-            for (i, sql) in MIGRATIONS[..4].iter().enumerate() {
-                conn.execute_batch(sql).expect("migration");
-                conn.pragma_update(None, "user_version", i + 1).unwrap();
-            }
+            let conn = store_at_version(&path, 4);
             conn.execute_batch(
                 "INSERT INTO replay_instructions VALUES ('spki', 'd1', 5000);
                  INSERT INTO replay_instruction_ids VALUES ('spki', 'id-1', 5000);
@@ -1623,11 +1629,7 @@ mod tests {
         {
             // Version 7: the customer CRL was made before any status change (it recorded
             // epoch 0); then a revocation (event 2) that no CRL lists yet.
-            let conn = Connection::open(&path).expect("create");
-            for (i, sql) in MIGRATIONS[..7].iter().enumerate() {
-                conn.execute_batch(sql).expect("migration");
-                conn.pragma_update(None, "user_version", i + 1).unwrap();
-            }
+            let conn = store_at_version(&path, 7);
             conn.execute_batch(
                 "INSERT INTO crls (issuer, shard, number, this_update, next_update, tbs_der,
                      crl_der, status_epoch)
