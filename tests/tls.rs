@@ -409,9 +409,17 @@ fn a_renewed_server_certificate_is_served_to_new_connections_without_a_restart()
     let logged = s.log().len();
     std::fs::rename(&stray_cert, &cert).unwrap();
     assert_eq!(served_subject(&s), renewed);
+    // The server's standard error reaches the test through a pipe and a reader thread: the
+    // line may arrive a moment after the handshake that wrote it.
+    let says_why =
+        |log: &str| log.contains("cannot be used") && log.contains("certificate and key");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !says_why(&s.log()[logged..]) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let log = s.log();
     assert!(
-        log[logged..].contains("cannot be used") && log[logged..].contains("certificate and key"),
+        says_why(&log[logged..]),
         "the log says why: {}",
         &log[logged..]
     );
