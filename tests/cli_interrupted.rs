@@ -1,13 +1,17 @@
 //! Record before sign: an issuance interrupted between recording the
 //! to-be-signed certificate and signing it (fault hook SIGNET_FAULT=after-record)
 //! stays pending until the issuance timeout, then is voided and its serial is
-//! listed on the issuer's next CRL.
+//! listed on the issuer's next CRL. A CRL recorded by another process and not yet signed
+//! is waited for by a request for the CRL, for a while.
 //!
 //! These tests move the clock, so each works on its own copy of the store.
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
+use signet::ca::IssuerId;
 
 /// Runs an issuance that stops after recording; returns its serial.
 fn interrupted_issue(f: &Fixture, copy: &StoreCopy, profile: Profile, subject: &str) -> String {
@@ -183,4 +187,139 @@ fn a_server_that_voided_interrupted_issuances_at_start_lists_them_even_when_stop
         "voided serial {serial} not on the newest CRL:\n{}",
         text.text
     );
+}
+
+/// The store of a copy, opened as another `signet` process would.
+fn open_store_of(copy: &StoreCopy) -> std::sync::Arc<dyn signet::store::Store> {
+    let config = signet::config::Config::load(&copy.config).expect("load the copy's config");
+    signet::app::open_store(&config.store).expect("open the copy's store")
+}
+
+/// Records the customer CA's next CRL at `at`, as another process would before it signs it;
+/// returns its number. The newest signed CRL then ends before `at`, so none is servable.
+fn customer_crl_recorded_elsewhere(store: &dyn signet::store::Store, at: i64) -> u64 {
+    let crl = signet::store::NewCrl {
+        issuer: IssuerId::Customer,
+        shard: None,
+        this_update: at,
+        next_update: at + 3600,
+        status_epoch: store.crl_scope_epoch(IssuerId::Customer, None).unwrap(),
+        succeeds: signet::store::Succeeds::Newest,
+    };
+    let event = signet::audit::AuditEvent::new(
+        "test:other-process",
+        "crl.generate",
+        "crl:customer",
+        serde_json::json!({}),
+    );
+    let (number, _) = store
+        .record_crl(&crl, &mut |_| Ok(b"to be signed".to_vec()), &event)
+        .expect("record the CRL")
+        .expect("nothing succeeded it");
+    number
+}
+
+/// A server on a store copy whose customer CRL another process has recorded and not signed,
+/// and whose other CRLs are past their nextUpdate: the server's clock is at `later`.
+struct UnsignedElsewhere {
+    store: std::sync::Arc<dyn signet::store::Store>,
+    later: i64,
+    /// The number of the unsigned CRL.
+    number: u64,
+    server: common::http::Server,
+}
+
+fn customer_crl_unsigned_elsewhere(name: &str) -> UnsignedElsewhere {
+    let f = fixture();
+    let copy = f.store_copy(name, &[]);
+    let store = open_store_of(&copy);
+    let later = past_every_crl(&*store);
+    let number = customer_crl_recorded_elsewhere(&*store, later);
+    let server = common::http::Server::start_config(
+        f,
+        &copy.config,
+        &[("SIGNET_FAKE_NOW", later.to_string())],
+    );
+    UnsignedElsewhere {
+        store,
+        later,
+        number,
+        server,
+    }
+}
+
+/// A time past the nextUpdate of every CRL in `store` (now, when it has none).
+fn past_every_crl(store: &dyn signet::store::Store) -> i64 {
+    [IssuerId::Root, IssuerId::Customer, IssuerId::Teller]
+        .into_iter()
+        .filter_map(|i| store.latest_crl_info(i, None).unwrap())
+        .map(|c| c.next_update + 60)
+        .fold(now_unix() as i64, i64::max)
+}
+
+#[test]
+fn a_crl_request_that_finds_another_process_signing_the_crl_serves_that_one() {
+    let UnsignedElsewhere {
+        store,
+        number,
+        server,
+        ..
+    } = customer_crl_unsigned_elsewhere("crl-signed-elsewhere");
+    // The other process stores its signed CRL a second after the request arrives. (Its bytes
+    // are a marker: what matters is whose CRL is served.)
+    let theirs = b"the other process's signed CRL".to_vec();
+    let other = {
+        let (store, theirs) = (store.clone(), theirs.clone());
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(1));
+            store
+                .complete_crl(IssuerId::Customer, None, number, &theirs)
+                .expect("store the signed CRL");
+        })
+    };
+    let (status, _, body) = common::http::get_bytes(&server, "/crl/customer.crl");
+    other.join().unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(
+        body == theirs,
+        "the request made its own CRL ({} bytes) instead of waiting for the other process's",
+        body.len()
+    );
+    let newest = store.newest_crl_number(IssuerId::Customer, None).unwrap();
+    assert_eq!(
+        newest.map(|n| n.number),
+        Some(number),
+        "a second CRL was made"
+    );
+    server.stop();
+}
+
+#[test]
+fn a_crl_request_whose_other_maker_never_signs_gets_a_crl_made_after_a_wait() {
+    let UnsignedElsewhere {
+        store,
+        later,
+        number,
+        server,
+    } = customer_crl_unsigned_elsewhere("crl-never-signed");
+    let asked = std::time::Instant::now();
+    let (status, _, body) = common::http::get_bytes(&server, "/crl/customer.crl");
+    let waited = asked.elapsed();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let made = store
+        .latest_crl(IssuerId::Customer, None)
+        .unwrap()
+        .expect("a signed customer CRL");
+    assert_eq!(
+        made.number,
+        number + 1,
+        "the served CRL succeeds the unsigned one"
+    );
+    assert_eq!(made.crl_der.as_deref(), Some(&body[..]));
+    assert!(made.this_update == later && later < made.next_update);
+    assert!(
+        waited >= Duration::from_secs(3),
+        "made after {waited:?}, without waiting for the other process"
+    );
+    server.stop();
 }

@@ -5,6 +5,7 @@
 mod ceremony;
 mod crl;
 mod crl_der;
+mod crl_refresh;
 mod issue;
 pub mod ocsp;
 pub mod service_keys;
@@ -12,6 +13,8 @@ pub mod tls_server;
 pub mod x509;
 
 pub use ceremony::InitReport;
+pub use crl::SignedCrl;
+pub use crl_refresh::{CrlRefresh, CrlScope};
 pub use issue::{Issued, LeafRequest};
 
 use std::collections::HashMap;
