@@ -6,8 +6,9 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use std::sync::{Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::drill::wait_until;
 use common::http::{base64_decode, base64_std, get, get_bytes, post_json, post_raw, Server};
 use common::{fixture, norm_serial, openssl, Fixture, KeyKind};
 use der::Decode;
@@ -330,24 +331,23 @@ fn revoked_certificate_appears_on_the_served_crl_soon_after_revocation() {
     let s = guard.as_ref().unwrap();
     let f = fixture();
     let serial = issue_and_revoke(s, &banks.a_officer, "superseded");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
+    let listed = wait_until(Duration::from_secs(15), || {
         let (status, ct, der) = get_bytes(s, "/crl/customer.crl");
         assert_eq!(status, 200);
         assert_eq!(ct, "application/pkix-crl");
         let path = f.path("served.crl");
         std::fs::write(&path, der).unwrap();
         let text = f.crl_text(&path, &f.bundle("customer-ca.pem"));
-        if let Some(entry) = text.entry(&serial) {
+        let entry = text.entry(&serial);
+        if let Some(entry) = &entry {
             assert!(entry.contains("Superseded"), "{entry}");
-            return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "revoked serial {serial} not on the served CRL within 15 s"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+        entry.is_some()
+    });
+    assert!(
+        listed.is_some(),
+        "revoked serial {serial} not on the served CRL within 15 s"
+    );
 }
 
 #[test]
@@ -1310,37 +1310,31 @@ fn on_newest_crl(f: &Fixture, issuer: IssuerId, serial: &str) -> bool {
 
 /// Waits (10 s at most) until the newest customer CRL in the store lists `serial`.
 fn wait_for_newest_customer_crl_to_list(f: &Fixture, serial: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !on_newest_customer_crl(f, serial) {
-        assert!(
-            Instant::now() < deadline,
-            "{serial} is not on the newest customer CRL after 10 s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    assert!(
+        wait_until(Duration::from_secs(10), || on_newest_customer_crl(
+            f, serial
+        ))
+        .is_some(),
+        "{serial} is not on the newest customer CRL after 10 s"
+    );
 }
 
 /// Waits (45 s at most) until each scope's newest CRL was made at its scope's status epoch. A
 /// change made by another process (the CLI) is seen by the server's periodic check, every 30 s.
 fn wait_until_every_crl_lists_its_scope_s_changes(f: &Fixture) {
-    let deadline = Instant::now() + Duration::from_secs(45);
-    loop {
-        let store = f.open_store();
-        let current = [IssuerId::Root, IssuerId::Customer, IssuerId::Teller]
+    let store = f.open_store();
+    let current = wait_until(Duration::from_secs(45), || {
+        [IssuerId::Root, IssuerId::Customer, IssuerId::Teller]
             .into_iter()
             .all(|i| {
                 let info = store.latest_crl_info(i, None).unwrap();
                 info.and_then(|c| c.status_epoch) == Some(store.crl_scope_epoch(i, None).unwrap())
-            });
-        if current {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the CRLs do not list their scopes' changes"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+            })
+    });
+    assert!(
+        current.is_some(),
+        "the CRLs do not list their scopes' changes"
+    );
 }
 
 /// A CRL that took its number but was never signed (its maker died, or its HSM call failed,
