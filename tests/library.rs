@@ -7,9 +7,10 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use der::Decode;
 use p256::ecdsa::signature::Verifier;
 use signet::app::Signet;
-use signet::ca::{Fault, IssuerId};
+use signet::ca::{CrlRefresh, Fault, IssuerId, Reason};
 use signet::clock::Clock;
 use signet::config::Config;
 use signet::ra::CertificateRequest;
@@ -341,4 +342,58 @@ fn a_certificate_changed_after_its_chain_was_verified_has_no_chain() {
         "{}",
         serde_json::to_string(&report).unwrap()
     );
+}
+
+#[test]
+fn a_crl_this_process_failed_to_sign_is_succeeded_at_its_next_refresh() {
+    let _outage = outage();
+    let s = signet();
+    let scope = (IssuerId::Customer, None);
+    let issued = s
+        .registrar
+        .issue(&CertificateRequest {
+            profile: "customer",
+            csr: &csr_pem(),
+            subject: "CN=CRL Left Unsigned,serialNumber=U1",
+            actor: "test:crl",
+            break_glass: false,
+            tenant: None,
+        })
+        .expect("issued");
+    s.authority
+        .revoke(&issued.serial, Reason::KeyCompromise, None, "test:crl")
+        .expect("revoked");
+
+    // Every session held: the CRL is recorded, and its signature refused.
+    let mut held = Vec::new();
+    while let Some(call) = s.hsm.fault_hold_call() {
+        held.push(call);
+    }
+    s.authority
+        .refresh_crl(scope, false, "test:crl")
+        .expect_err("no session to sign with");
+    drop(held);
+    let left = s
+        .store
+        .newest_crl_number(IssuerId::Customer, None)
+        .unwrap()
+        .expect("a CRL took a number");
+    assert!(!left.signed, "the CRL whose signature failed is unsigned");
+
+    // Another process waits two minutes before it takes that CRL for abandoned; its maker
+    // knows at once.
+    match s.authority.refresh_crl(scope, false, "test:crl") {
+        Ok(CrlRefresh::Made(crl)) => {
+            assert_eq!(crl.number, left.number + 1);
+            let list: x509_cert::crl::CertificateList = Decode::from_der(&crl.der).unwrap();
+            let serial = hex::decode(&issued.serial).unwrap();
+            assert!(list
+                .tbs_cert_list
+                .revoked_certificates
+                .unwrap_or_default()
+                .iter()
+                .any(|e| e.serial_number.as_bytes() == serial.as_slice()));
+        }
+        other => panic!("the maker of the unsigned CRL did not succeed it: {other:?}"),
+    }
 }

@@ -138,10 +138,19 @@ impl Authority {
         else {
             return Ok(None);
         };
-        self.auditor.after_append(&audit)?;
-        let sig = self.sign(&ca.key_label, buffer.tbs())?;
-        let der = buffer.finish_crl(&x509::ecdsa_sha256().to_der()?, &sig);
-        self.store.complete_crl(issuer, shard, number, &der)?;
+        let sign_and_store = || -> Result<Vec<u8>, CaError> {
+            self.auditor.after_append(&audit)?;
+            let sig = self.sign(&ca.key_label, buffer.tbs())?;
+            let der = buffer.finish_crl(&x509::ecdsa_sha256().to_der()?, &sig);
+            self.store.complete_crl(issuer, shard, number, &der)?;
+            Ok(der)
+        };
+        let der = sign_and_store().inspect_err(|_| {
+            self.crls_left_unsigned
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(((issuer, shard), number));
+        })?;
         Ok(Some(SignedCrl {
             number,
             der,

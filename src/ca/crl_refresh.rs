@@ -64,10 +64,23 @@ impl Authority {
                 return Ok(CrlRefresh::Current);
             }
             let newest = self.store.newest_crl_number(issuer, shard)?;
-            let Some(succeeds) = succession(newest, now, stopping) else {
+            let left_here = newest.is_some_and(|n| {
+                !n.signed
+                    && self
+                        .crls_left_unsigned
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .contains(&((issuer, shard), n.number))
+            });
+            let Some(succeeds) = succession(newest, now, stopping, left_here) else {
                 return Ok(CrlRefresh::AnotherMaker);
             };
             if let Some(crl) = self.generate_crl_succeeding(issuer, shard, actor, succeeds)? {
+                // Those left unsigned in this scope are succeeded now.
+                self.crls_left_unsigned
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .retain(|(scope, _)| *scope != (issuer, shard));
                 return Ok(CrlRefresh::Made(crl));
             }
         }
@@ -77,14 +90,26 @@ impl Authority {
 
 /// What the next CRL of a scope found due must succeed, given the newest CRL the scope has
 /// taken a number for: that one (so that of two processes judging at once only one makes it),
-/// or nothing (`None`) while another maker is still signing it. On a stop, whatever is newest:
-/// the last refresh must list this process's own changes before it ends.
-fn succession(newest: Option<CrlNumbered>, now: i64, stopping: bool) -> Option<Succeeds> {
+/// or nothing (`None`) while another maker is still signing it. An unsigned CRL this process
+/// left (`left_here`: it failed to sign or store it) is succeeded at once. On a stop, whatever is
+/// newest: the last refresh must list this process's own changes before it ends.
+fn succession(
+    newest: Option<CrlNumbered>,
+    now: i64,
+    stopping: bool,
+    left_here: bool,
+) -> Option<Succeeds> {
     if stopping {
         return Some(Succeeds::Newest);
     }
     match newest {
-        Some(n) if !n.signed && now < n.this_update + UNSIGNED_CRL_ABANDONED_AFTER_SECS => None,
+        Some(n)
+            if !n.signed
+                && !left_here
+                && now < n.this_update + UNSIGNED_CRL_ABANDONED_AFTER_SECS =>
+        {
+            None
+        }
         n => Some(Succeeds::Only(n.map(|n| n.number))),
     }
 }
@@ -172,9 +197,12 @@ mod tests {
 
     #[test]
     fn the_next_crl_succeeds_the_newest_one_numbered_signed_or_not() {
-        assert_eq!(succession(None, 1_000, false), Some(Succeeds::Only(None)));
         assert_eq!(
-            succession(Some(numbered(4, 900, true)), 1_000, false),
+            succession(None, 1_000, false, false),
+            Some(Succeeds::Only(None))
+        );
+        assert_eq!(
+            succession(Some(numbered(4, 900, true)), 1_000, false, false),
             Some(Succeeds::Only(Some(4)))
         );
     }
@@ -182,10 +210,18 @@ mod tests {
     #[test]
     fn a_crl_another_maker_is_signing_is_waited_for_and_one_it_abandoned_is_succeeded() {
         let signing = numbered(5, 1_000, false);
-        assert_eq!(succession(Some(signing), 1_010, false), None);
+        assert_eq!(succession(Some(signing), 1_010, false, false), None);
         let abandoned = 1_000 + UNSIGNED_CRL_ABANDONED_AFTER_SECS;
         assert_eq!(
-            succession(Some(signing), abandoned, false),
+            succession(Some(signing), abandoned, false, false),
+            Some(Succeeds::Only(Some(5)))
+        );
+    }
+
+    #[test]
+    fn a_crl_this_process_failed_to_sign_is_succeeded_at_once() {
+        assert_eq!(
+            succession(Some(numbered(5, 1_000, false)), 1_010, false, true),
             Some(Succeeds::Only(Some(5)))
         );
     }
@@ -193,7 +229,7 @@ mod tests {
     #[test]
     fn the_last_pass_before_a_stop_follows_whatever_is_newest() {
         assert_eq!(
-            succession(Some(numbered(5, 1_000, false)), 1_010, true),
+            succession(Some(numbered(5, 1_000, false)), 1_010, true, false),
             Some(Succeeds::Newest)
         );
     }

@@ -17,9 +17,9 @@ pub use crl::SignedCrl;
 pub use crl_refresh::{CrlRefresh, CrlScope};
 pub use issue::{Issued, LeafRequest};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use der::Decode;
 use x509_cert::Certificate;
@@ -287,6 +287,9 @@ pub struct Authority {
     commits: GroupCommit,
     /// Shared, not cloned, per issuance: a certificate's deep clone showed in its profile.
     cas: RwLock<HashMap<IssuerId, Arc<CaCert>>>,
+    /// CRLs this process recorded and then failed to sign or store (scope, number): it need
+    /// not wait, as other processes do, to take them for abandoned.
+    crls_left_unsigned: Mutex<HashSet<(CrlScope, u64)>>,
     fault: Fault,
 }
 
@@ -306,6 +309,7 @@ impl Authority {
             settings,
             auditor,
             cas: RwLock::new(HashMap::new()),
+            crls_left_unsigned: Mutex::new(HashSet::new()),
             fault: Fault::None,
         };
         a.reload_cas()?;
