@@ -233,6 +233,16 @@ fn customer_crl_unsigned_elsewhere(name: &str) -> UnsignedElsewhere {
     let f = fixture();
     let copy = f.store_copy(name, &[]);
     let store = open_store_of(&copy);
+    // A pending issuance would be voided at the server's start, a change its refresher lists
+    // on a CRL of its own.
+    let pending: i64 = open_db(&copy.db)
+        .query_row(
+            "SELECT COUNT(*) FROM certificates WHERE status = 'pending'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(pending, 0, "the fixture's store has pending issuances");
     let later = past_every_crl(&*store);
     let number = customer_crl_recorded_elsewhere(&*store, later);
     let server = common::http::Server::start_config(
@@ -295,7 +305,7 @@ fn a_crl_request_that_finds_another_process_signing_the_crl_serves_that_one() {
 }
 
 #[test]
-fn a_crl_request_whose_other_maker_never_signs_gets_a_crl_made_after_a_wait() {
+fn requests_whose_other_crl_maker_never_signs_get_one_crl_made_after_a_wait() {
     let UnsignedElsewhere {
         store,
         later,
@@ -303,9 +313,28 @@ fn a_crl_request_whose_other_maker_never_signs_gets_a_crl_made_after_a_wait() {
         server,
     } = customer_crl_unsigned_elsewhere("crl-never-signed");
     let asked = std::time::Instant::now();
-    let (status, _, body) = common::http::get_bytes(&server, "/crl/customer.crl");
+    // Four requests wait together; they make one CRL between them.
+    let answers: Vec<_> = std::thread::scope(|s| {
+        let asks: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| common::http::get_bytes(&server, "/crl/customer.crl")))
+            .collect();
+        asks.into_iter().map(|a| a.join().unwrap()).collect()
+    });
     let waited = asked.elapsed();
+    let (status, _, body) = answers[0].clone();
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(
+        answers.iter().all(|(s, _, b)| *s == 200 && *b == body),
+        "the waiting requests were served different CRLs"
+    );
+    assert_eq!(
+        store
+            .newest_crl_number(IssuerId::Customer, None)
+            .unwrap()
+            .map(|n| n.number),
+        Some(number + 1),
+        "the waiting requests made more than one CRL"
+    );
     let made = store
         .latest_crl(IssuerId::Customer, None)
         .unwrap()

@@ -345,7 +345,7 @@ fn a_certificate_changed_after_its_chain_was_verified_has_no_chain() {
 }
 
 #[test]
-fn a_crl_this_process_failed_to_sign_is_succeeded_at_its_next_refresh() {
+fn a_crl_this_process_is_signing_is_not_succeeded_and_one_it_failed_to_sign_is_at_once() {
     let _outage = outage();
     let s = signet();
     let scope = (IssuerId::Customer, None);
@@ -364,21 +364,53 @@ fn a_crl_this_process_failed_to_sign_is_succeeded_at_its_next_refresh() {
         .revoke(&issued.serial, Reason::KeyCompromise, None, "test:crl")
         .expect("revoked");
 
-    // Every session held: the CRL is recorded, and its signature refused.
+    let before = s
+        .store
+        .newest_crl_number(IssuerId::Customer, None)
+        .unwrap()
+        .map(|n| n.number);
+    // Every session held: the CRL is recorded, and its signature waits for a session (the
+    // session wait, 5 s) and is then refused.
     let mut held = Vec::new();
     while let Some(call) = s.hsm.fault_hold_call() {
         held.push(call);
     }
-    s.authority
-        .refresh_crl(scope, false, "test:crl")
-        .expect_err("no session to sign with");
+    let left = std::thread::scope(|threads| {
+        let maker = threads.spawn(|| s.authority.refresh_crl(scope, false, "test:crl"));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(4);
+        let signing = loop {
+            let newest = s.store.newest_crl_number(IssuerId::Customer, None).unwrap();
+            if let Some(n) = newest.filter(|n| Some(n.number) != before) {
+                break n;
+            }
+            assert!(std::time::Instant::now() < deadline, "no CRL recorded");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        assert!(!signing.signed);
+        // A request that has waited long enough for another process's CRL does not succeed
+        // one this process is still signing.
+        let second = s
+            .authority
+            .succeed_newest_crl(scope, "test:crl")
+            .expect("no failure");
+        assert!(
+            second.is_none(),
+            "a CRL was made in place of one being signed"
+        );
+        maker.join().unwrap().expect_err("no session to sign with");
+        signing
+    });
     drop(held);
-    let left = s
+    let newest = s
         .store
         .newest_crl_number(IssuerId::Customer, None)
         .unwrap()
         .expect("a CRL took a number");
-    assert!(!left.signed, "the CRL whose signature failed is unsigned");
+    assert_eq!(
+        newest.number, left.number,
+        "nothing succeeded the CRL in flight"
+    );
+    assert!(!newest.signed, "the CRL whose signature failed is unsigned");
 
     // Another process waits two minutes before it takes that CRL for abandoned; its maker
     // knows at once.

@@ -347,7 +347,10 @@ pub async fn healthz(State(state): State<Shared>) -> Response {
 }
 
 pub async fn metrics(State(state): State<Shared>) -> Response {
-    let text = state.metrics.render(&state.signet.hsm.stats());
+    let text = state.metrics.render(
+        &state.signet.hsm.stats(),
+        state.signet.authority.certificates_given_to_sign(),
+    );
     (
         [(
             header::CONTENT_TYPE,

@@ -34,7 +34,8 @@ impl Metrics {
         self.issuances.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn render(&self, hsm: &HsmStats) -> String {
+    /// The metrics, with the HSM's statistics and the count of certificates given it to sign.
+    pub fn render(&self, hsm: &HsmStats, certificates_to_sign: u64) -> String {
         let mut out = String::new();
         let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
         out.push_str("# HELP signet_http_requests_total HTTP requests by route and status.\n");
@@ -72,6 +73,11 @@ impl Metrics {
         out.push_str("# TYPE signet_hsm_sign_seconds summary\n");
         let _ = writeln!(out, "signet_hsm_sign_seconds_sum {}", hsm.sign_seconds);
         let _ = writeln!(out, "signet_hsm_sign_seconds_count {}", hsm.signs);
+        out.push_str(
+            "# HELP signet_certificate_signs_total Certificates given to the HSM to sign.\n",
+        );
+        out.push_str("# TYPE signet_certificate_signs_total counter\n");
+        let _ = writeln!(out, "signet_certificate_signs_total {certificates_to_sign}");
         out.push_str("# HELP signet_hsm_errors_total Failed HSM operations.\n");
         out.push_str("# TYPE signet_hsm_errors_total counter\n");
         let _ = writeln!(out, "signet_hsm_errors_total {}", hsm.errors);

@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use super::{blocking, ApiError, AppState, Shared, Stopping};
 use crate::app::Signet;
 use crate::ca::ocsp::OcspOutcome;
-use crate::ca::{CrlRefresh, CrlScope, IssuerId, SignedCrl};
+use crate::ca::{CaError, CrlRefresh, CrlScope, IssuerId, SignedCrl};
 
 /// How often the background task looks at CRL freshness.
 const CRL_CHECK_EVERY: Duration = Duration::from_secs(30);
@@ -26,6 +26,10 @@ const CRL_DEBOUNCE: Duration = Duration::from_millis(500);
 const CRL_SERVE_WAIT: Duration = Duration::from_secs(5);
 /// How often a request waiting for another process's CRL looks for it.
 const CRL_SERVE_POLL: Duration = Duration::from_millis(100);
+/// When a request for a CRL that could neither be served nor made gets 503 `crl_unavailable`.
+const CRL_SERVE_GIVE_UP: Duration = Duration::from_secs(15);
+/// Who makes a CRL for a request that found none servable (in the audit log).
+const CRL_SERVE_ACTOR: &str = "service:crl-serve";
 /// Longest a pre-signed OCSP response is served before it is signed again.
 const OCSP_CACHE_SECS: i64 = 60;
 /// Most pre-signed OCSP responses kept.
@@ -143,9 +147,14 @@ pub(crate) async fn refresh_crls(state: Shared, mut stop: Stopping) {
                     Ok(CrlRefresh::Outpaced) => {
                         tracing::debug!(%issuer, ?shard, "other processes made this CRL first")
                     }
-                    Err(e) => tracing::warn!(
-                        %issuer, ?shard, error = %e, "CRL refresh failed; will retry"
-                    ),
+                    Err(e) => {
+                        // Through ApiError, which logs HSM, store and CA failures as errors.
+                        let e = ApiError::from(e);
+                        tracing::warn!(
+                            %issuer, ?shard, code = e.code, error = %e.message,
+                            "CRL refresh failed; will retry"
+                        )
+                    }
                 }
             }
             Ok(made)
@@ -201,13 +210,7 @@ fn servable_crl(state: &AppState, scope: CrlScope) -> Result<Option<Bytes>, ApiE
     let (issuer, shard) = scope;
     let store = &state.signet.store;
     let now = state.signet.clock.now();
-    let unavailable = |e: crate::store::StoreError| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store_unavailable",
-            e.to_string(),
-        )
-    };
+    let unavailable = |e: crate::store::StoreError| ApiError::from(CaError::Store(e));
     let Some(info) = store.latest_crl_info(issuer, shard).map_err(unavailable)? else {
         return Ok(None);
     };
@@ -234,8 +237,31 @@ fn servable_crl(state: &AppState, scope: CrlScope) -> Result<Option<Bytes>, ApiE
     }))
 }
 
+/// The scope's servable CRL, or the one this request makes when the scope is due and no other
+/// process is making it; `None` while another is. Once the request has `waited_enough`, it
+/// makes one whatever the other maker does, so that a served CRL is never past its nextUpdate.
+/// The requests that wait together then make one: each succeeds the newest CRL it sees, and
+/// those the store refuses serve the winner's at their next look.
+fn serve_or_make_crl(
+    state: &AppState,
+    scope: CrlScope,
+    waited_enough: bool,
+) -> Result<Option<Bytes>, ApiError> {
+    if let Some(der) = servable_crl(state, scope)? {
+        return Ok(Some(der));
+    }
+    let authority = &state.signet.authority;
+    let made = match authority.refresh_crl(scope, false, CRL_SERVE_ACTOR)? {
+        CrlRefresh::Made(crl) => Some(crl),
+        _ if waited_enough => authority.succeed_newest_crl(scope, CRL_SERVE_ACTOR)?,
+        _ => None,
+    };
+    Ok(made.map(|crl| state.publish.keep_crl(scope, crl.into())))
+}
+
 /// `GET /crl/{issuer}.crl` or `/crl/{issuer}-{shard}.crl`: the newest CRL, made now if none is
-/// fresh (the served CRL is never past its nextUpdate).
+/// within its nextUpdate; while another process is making it, that one, after a wait of at
+/// most [`CRL_SERVE_WAIT`] (the served CRL is never past its nextUpdate).
 pub async fn crl(
     State(state): State<Shared>,
     Path(file): Path<String>,
@@ -257,39 +283,25 @@ pub async fn crl(
     {
         return Err(not_found());
     }
-    let der = blocking(move || {
-        let scope = (issuer, shard);
-        // Another process may be signing the scope's next CRL: wait for it a while rather
-        // than make a second one.
-        let waited_enough = Instant::now() + CRL_SERVE_WAIT;
-        loop {
-            if let Some(der) = servable_crl(&state, scope)? {
-                return Ok(der);
-            }
-            match state
-                .signet
-                .authority
-                .refresh_crl(scope, false, "service:crl-serve")?
-            {
-                CrlRefresh::Made(crl) => return Ok(state.publish.keep_crl(scope, crl.into())),
-                // Another process's CRL is in the store by now, or will be soon.
-                CrlRefresh::Current | CrlRefresh::Outpaced | CrlRefresh::AnotherMaker
-                    if Instant::now() < waited_enough =>
-                {
-                    std::thread::sleep(CRL_SERVE_POLL)
-                }
-                _ => break,
-            }
+    // Another process may be signing the scope's next CRL: the request waits for it a while
+    // (off the blocking pool, which this route must not fill) rather than make a second one.
+    let scope = (issuer, shard);
+    let asked = Instant::now();
+    let der = loop {
+        let st = state.clone();
+        let waited_enough = asked.elapsed() >= CRL_SERVE_WAIT;
+        if let Some(der) = blocking(move || serve_or_make_crl(&st, scope, waited_enough)).await? {
+            break der;
         }
-        // The served CRL is never past its nextUpdate: after the wait, one is made whatever
-        // another process does.
-        let crl = state
-            .signet
-            .authority
-            .generate_crl(issuer, shard, "service:crl-serve")?;
-        Ok(state.publish.keep_crl(scope, crl.into()))
-    })
-    .await?;
+        if asked.elapsed() >= CRL_SERVE_GIVE_UP {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "crl_unavailable",
+                "no CRL of this scope can be served or made now; retry shortly",
+            ));
+        }
+        tokio::time::sleep(CRL_SERVE_POLL).await;
+    };
     Ok(([(header::CONTENT_TYPE, "application/pkix-crl")], der).into_response())
 }
 

@@ -1,6 +1,9 @@
 //! CRLs (RFC 5280 section 5): one per issuing CA and shard, and the root's ARL. The CRL number
 //! comes from the store (monotonic per issuer and shard); the TBS is recorded before it is signed.
 
+use std::collections::HashSet;
+use std::sync::Mutex;
+
 use der::asn1::{OctetString, Uint};
 use der::Encode;
 use x509_cert::certificate::Version;
@@ -14,7 +17,7 @@ use x509_cert::serial_number::SerialNumber;
 use super::crl_der::{CrlBuffer, TbsFrame};
 use super::issue::uri;
 use super::x509::{self, extension, raw_extension};
-use super::{crl_reason, Authority, CaError, IssuerId};
+use super::{crl_reason, Authority, CaError, CrlScope, IssuerId};
 use crate::audit::AuditEvent;
 use crate::store::{NewCrl, RevokedEntry, StoreError, Succeeds};
 
@@ -138,6 +141,7 @@ impl Authority {
         else {
             return Ok(None);
         };
+        let _in_flight = InFlight::new(&self.crls_in_flight, ((issuer, shard), number));
         let sign_and_store = || -> Result<Vec<u8>, CaError> {
             self.auditor.after_append(&audit)?;
             let sig = self.sign(&ca.key_label, buffer.tbs())?;
@@ -157,6 +161,28 @@ impl Authority {
             this_update,
             next_update,
         }))
+    }
+}
+
+/// A CRL this process is signing, listed in `set` while the value lives.
+struct InFlight<'a> {
+    set: &'a Mutex<HashSet<(CrlScope, u64)>>,
+    crl: (CrlScope, u64),
+}
+
+impl<'a> InFlight<'a> {
+    fn new(set: &'a Mutex<HashSet<(CrlScope, u64)>>, crl: (CrlScope, u64)) -> Self {
+        set.lock().unwrap_or_else(|e| e.into_inner()).insert(crl);
+        InFlight { set, crl }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.crl);
     }
 }
 

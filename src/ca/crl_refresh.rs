@@ -20,7 +20,8 @@ const UNSIGNED_CRL_ABANDONED_AFTER_SECS: i64 = 120;
 /// What a refresh of a scope came to.
 #[derive(Debug)]
 pub enum CrlRefresh {
-    /// The scope's newest CRL lists every change and has freshness to spare.
+    /// The scope's newest CRL lists every change and has freshness to spare (on a stop: lists
+    /// every change).
     Current,
     /// Another process is signing the scope's next CRL.
     AnotherMaker,
@@ -85,6 +86,30 @@ impl Authority {
             }
         }
         Ok(CrlRefresh::Outpaced)
+    }
+
+    /// Makes the scope's next CRL now, as the successor of the newest one (signed or not),
+    /// whatever another process making it is doing: for a caller that must have a CRL and has
+    /// waited for that maker long enough. `None` (nothing recorded or signed) when the newest
+    /// is being signed in this process (it will be stored soon), or when another process
+    /// recorded one since the newest was read.
+    pub fn succeed_newest_crl(
+        &self,
+        (issuer, shard): CrlScope,
+        actor: &str,
+    ) -> Result<Option<SignedCrl>, CaError> {
+        let newest = self.store.newest_crl_number(issuer, shard)?;
+        if let Some(n) = newest.filter(|n| !n.signed) {
+            let in_flight = self
+                .crls_in_flight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if in_flight.contains(&((issuer, shard), n.number)) {
+                return Ok(None);
+            }
+        }
+        let succeeds = Succeeds::Only(newest.map(|n| n.number));
+        self.generate_crl_succeeding(issuer, shard, actor, succeeds)
     }
 }
 

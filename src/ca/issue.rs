@@ -133,6 +133,7 @@ impl Authority {
                     .filter_map(|&i| leaves[i].as_ref().ok())
                     .map(|l| l.record.tbs_der.as_slice())
                     .collect();
+                self.count_certificates_to_sign(tbs.len());
                 if self.fault == Fault::SignFails {
                     Err(crate::hsm::HsmError::Unavailable {
                         token: self.hsm.token_name(),

@@ -19,6 +19,7 @@ pub use issue::{Issued, LeafRequest};
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use der::Decode;
@@ -290,6 +291,10 @@ pub struct Authority {
     /// CRLs this process recorded and then failed to sign or store (scope, number): it need
     /// not wait, as other processes do, to take them for abandoned.
     crls_left_unsigned: Mutex<HashSet<(CrlScope, u64)>>,
+    /// CRLs this process has recorded and is signing (scope, number).
+    crls_in_flight: Mutex<HashSet<(CrlScope, u64)>>,
+    /// Certificates this process has given the HSM to sign (end-entity, CA, service).
+    certificates_to_sign: AtomicU64,
     fault: Fault,
 }
 
@@ -310,6 +315,8 @@ impl Authority {
             auditor,
             cas: RwLock::new(HashMap::new()),
             crls_left_unsigned: Mutex::new(HashSet::new()),
+            crls_in_flight: Mutex::new(HashSet::new()),
+            certificates_to_sign: AtomicU64::new(0),
             fault: Fault::None,
         };
         a.reload_cas()?;
@@ -341,6 +348,17 @@ impl Authority {
 
     pub fn auditor(&self) -> &Arc<Auditor> {
         &self.auditor
+    }
+
+    /// How many certificates this process has given the HSM to sign, signed or not: the
+    /// HSM's own count also has CRLs, OCSP answers, audit checkpoints and receipts.
+    pub fn certificates_given_to_sign(&self) -> u64 {
+        self.certificates_to_sign.load(Ordering::Relaxed)
+    }
+
+    fn count_certificates_to_sign(&self, n: usize) {
+        self.certificates_to_sign
+            .fetch_add(n as u64, Ordering::Relaxed);
     }
 
     fn reload_cas(&self) -> Result<(), CaError> {
@@ -400,6 +418,7 @@ impl Authority {
         prepared: x509::PreparedCertificate,
         key_label: &str,
     ) -> Result<Vec<u8>, CaError> {
+        self.count_certificates_to_sign(1);
         let sig = self.sign(key_label, &prepared.tbs_der)?;
         Ok(prepared.assemble(&sig)?)
     }
