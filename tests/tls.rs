@@ -663,6 +663,24 @@ fn a_client_mapping_whose_holder_names_no_one_stops_the_server_from_starting() {
 }
 
 #[test]
+fn a_teller_admin_client_mapping_without_a_holder_is_warned_of_at_start() {
+    let st = setup();
+    let f = fixture();
+    let mut text = std::fs::read_to_string(&st.config).unwrap();
+    text.push_str(&format!(
+        "\n[[tls.client]]\nsubject = \"CN=Nobody Holderless\"\ntenant = {}\nrole = \"teller-admin\"\n",
+        toml_str(BANK)
+    ));
+    let config = f.path("tls-holderless.toml");
+    std::fs::write(&config, &text).unwrap();
+    let log = start(&config).stop_and_log();
+    assert!(
+        log.contains("teller-admin has no holder") && log.contains("holder = "),
+        "no warning, or one that does not say what to do:\n{log}"
+    );
+}
+
+#[test]
 fn an_unmapped_client_certificate_is_refused_403() {
     let st = setup();
     let s = start(&st.config);
