@@ -345,7 +345,8 @@ fn a_certificate_changed_after_its_chain_was_verified_has_no_chain() {
 }
 
 #[test]
-fn a_crl_this_process_is_signing_is_not_succeeded_and_one_it_failed_to_sign_is_at_once() {
+fn a_crl_this_process_is_signing_is_not_succeeded_and_one_it_failed_to_sign_is_once_the_hsm_answers(
+) {
     let _outage = outage();
     let s = signet();
     let scope = (IssuerId::Customer, None);
@@ -400,6 +401,12 @@ fn a_crl_this_process_is_signing_is_not_succeeded_and_one_it_failed_to_sign_is_a
         maker.join().unwrap().expect_err("no session to sign with");
         signing
     });
+    // While the HSM still does not answer, its maker does not record another to no end.
+    let again = s.authority.refresh_crl(scope, false, "test:crl");
+    assert!(
+        matches!(again, Ok(CrlRefresh::AnotherMaker)),
+        "a CRL left unsigned during an outage was succeeded while the HSM was still away: {again:?}"
+    );
     drop(held);
     let newest = s
         .store

@@ -229,6 +229,8 @@ impl StoreOutage for DiskFull {
         // byte filled may grow the log again, room a later write would reuse: then again.
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
+            // Space first: a checkpoint may need to grow the database file.
+            let _ = std::fs::remove_file(&self.filler);
             self.truncate_wal();
             self.fill();
             if self.wal_size() == 0 {

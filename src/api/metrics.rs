@@ -69,15 +69,15 @@ impl Metrics {
             "signet_issuances_total {}",
             self.issuances.load(Ordering::Relaxed)
         );
+        out.push_str(
+            "# HELP signet_certificate_signs_total Certificates this process gave the HSM to sign (end-entity, CA, service), whether or not it signed them.\n",
+        );
+        out.push_str("# TYPE signet_certificate_signs_total counter\n");
+        let _ = writeln!(out, "signet_certificate_signs_total {certificates_to_sign}");
         out.push_str("# HELP signet_hsm_sign_seconds Time spent in HSM signing.\n");
         out.push_str("# TYPE signet_hsm_sign_seconds summary\n");
         let _ = writeln!(out, "signet_hsm_sign_seconds_sum {}", hsm.sign_seconds);
         let _ = writeln!(out, "signet_hsm_sign_seconds_count {}", hsm.signs);
-        out.push_str(
-            "# HELP signet_certificate_signs_total Certificates given to the HSM to sign.\n",
-        );
-        out.push_str("# TYPE signet_certificate_signs_total counter\n");
-        let _ = writeln!(out, "signet_certificate_signs_total {certificates_to_sign}");
         out.push_str("# HELP signet_hsm_errors_total Failed HSM operations.\n");
         out.push_str("# TYPE signet_hsm_errors_total counter\n");
         let _ = writeln!(out, "signet_hsm_errors_total {}", hsm.errors);

@@ -239,9 +239,10 @@ fn servable_crl(state: &AppState, scope: CrlScope) -> Result<Option<Bytes>, ApiE
 
 /// The scope's servable CRL, or the one this request makes when the scope is due and no other
 /// process is making it; `None` while another is. Once the request has `waited_enough`, it
-/// makes one whatever the other maker does, so that a served CRL is never past its nextUpdate.
-/// The requests that wait together then make one: each succeeds the newest CRL it sees, and
-/// those the store refuses serve the winner's at their next look.
+/// makes one whatever the other maker does, so that a served CRL is never past its nextUpdate,
+/// unless this process is signing one (then it waits on for that one). The requests that wait
+/// together then make one: each succeeds the newest CRL it sees, and those the store refuses
+/// serve the winner's at their next look.
 fn serve_or_make_crl(
     state: &AppState,
     scope: CrlScope,

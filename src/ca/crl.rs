@@ -130,9 +130,14 @@ impl Authority {
             status_epoch,
             succeeds,
         };
+        let scope = (issuer, shard);
+        // Listed as being signed from before its record commits (until this returns), so that
+        // a caller in this process that finds it unsigned in the store knows it is on its way.
+        let mut in_flight = None;
         let Some((number, audit)) = self.store.record_crl(
             &new,
             &mut |number| {
+                in_flight = Some(InFlight::new(&self.crls_in_flight, (scope, number)));
                 let frame = frame(number).map_err(|e| e.to_string())?;
                 Ok(buffer.finish_tbs(&frame).to_vec())
             },
@@ -141,7 +146,6 @@ impl Authority {
         else {
             return Ok(None);
         };
-        let _in_flight = InFlight::new(&self.crls_in_flight, ((issuer, shard), number));
         let sign_and_store = || -> Result<Vec<u8>, CaError> {
             self.auditor.after_append(&audit)?;
             let sig = self.sign(&ca.key_label, buffer.tbs())?;
@@ -149,12 +153,20 @@ impl Authority {
             self.store.complete_crl(issuer, shard, number, &der)?;
             Ok(der)
         };
-        let der = sign_and_store().inspect_err(|_| {
-            self.crls_left_unsigned
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(((issuer, shard), number));
-        })?;
+        let signed = sign_and_store();
+        let mut left_unsigned = self
+            .crls_left_unsigned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match &signed {
+            Ok(_) => left_unsigned.retain(|&(s, n)| s != scope || n > number),
+            Err(_) => {
+                left_unsigned.insert((scope, number));
+            }
+        }
+        drop(left_unsigned);
+        drop(in_flight);
+        let der = signed?;
         Ok(Some(SignedCrl {
             number,
             der,

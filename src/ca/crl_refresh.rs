@@ -65,6 +65,8 @@ impl Authority {
                 return Ok(CrlRefresh::Current);
             }
             let newest = self.store.newest_crl_number(issuer, shard)?;
+            // Succeeded at once only while the HSM answers: during an outage, each attempt
+            // would record one more unsigned CRL (its whole TBS) to no end.
             let left_here = newest.is_some_and(|n| {
                 !n.signed
                     && self
@@ -72,16 +74,11 @@ impl Authority {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .contains(&((issuer, shard), n.number))
-            });
+            }) && self.hsm.is_available();
             let Some(succeeds) = succession(newest, now, stopping, left_here) else {
                 return Ok(CrlRefresh::AnotherMaker);
             };
             if let Some(crl) = self.generate_crl_succeeding(issuer, shard, actor, succeeds)? {
-                // Those left unsigned in this scope are succeeded now.
-                self.crls_left_unsigned
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .retain(|(scope, _)| *scope != (issuer, shard));
                 return Ok(CrlRefresh::Made(crl));
             }
         }

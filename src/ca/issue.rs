@@ -133,13 +133,13 @@ impl Authority {
                     .filter_map(|&i| leaves[i].as_ref().ok())
                     .map(|l| l.record.tbs_der.as_slice())
                     .collect();
-                self.count_certificates_to_sign(tbs.len());
                 if self.fault == Fault::SignFails {
                     Err(crate::hsm::HsmError::Unavailable {
                         token: self.hsm.token_name(),
                         reason: "fault injected: the signing call failed".into(),
                     })
                 } else {
+                    self.count_certificates_to_sign(tbs.len());
                     self.hsm.sign_many_p256_sha256(label, &tbs)
                 }
             };
