@@ -350,6 +350,68 @@ fn revoked_certificate_appears_on_the_served_crl_soon_after_revocation() {
     );
 }
 
+/// (status, ETag, Cache-Control, body length) of `GET /crl/customer.crl`, naming `etag` in
+/// If-None-Match when given.
+fn customer_crl_naming(s: &Server, etag: Option<&str>) -> (u16, String, String, usize) {
+    let mut request = common::http::agent().get(&s.url("/crl/customer.crl"));
+    if let Some(etag) = etag {
+        request = request.set("If-None-Match", etag);
+    }
+    let r = request.call().expect("GET the customer CRL");
+    let header = |name| r.header(name).unwrap_or("").to_string();
+    let (status, etag, cache_control) = (r.status(), header("etag"), header("cache-control"));
+    let mut body = Vec::new();
+    std::io::Read::read_to_end(&mut r.into_reader(), &mut body).unwrap();
+    (status, etag, cache_control, body.len())
+}
+
+#[test]
+fn a_crl_request_naming_the_served_crl_s_etag_gets_304_without_a_body_until_the_crl_changes() {
+    let (banks, guard) = server();
+    let s = guard.as_ref().unwrap();
+    // Other tests revoke on this server meanwhile: a new CRL between the two requests gives
+    // 200 with a new tag, and the pair is tried again.
+    let mut served = String::new();
+    let not_modified = wait_until(Duration::from_secs(20), || {
+        let (status, etag, cache_control, _) = customer_crl_naming(s, None);
+        assert_eq!(status, 200);
+        assert!(etag.starts_with("\"customer-"), "{etag:?}");
+        assert_eq!(cache_control, "public, no-cache, no-transform");
+        let (status, again, _, length) = customer_crl_naming(s, Some(&etag));
+        served = etag.clone();
+        match status {
+            304 => {
+                assert_eq!((again.as_str(), length), (etag.as_str(), 0));
+                true
+            }
+            200 => {
+                assert_ne!(again, etag, "200 to a request naming the served CRL's tag");
+                false
+            }
+            other => panic!("{other} to a conditional CRL request"),
+        }
+    });
+    assert!(not_modified.is_some(), "never 304");
+    // A list, a weak tag and `*` hold too.
+    for field in [
+        format!("\"x\", {served}"),
+        format!("W/{served}"),
+        "*".into(),
+    ] {
+        let (status, etag, ..) = customer_crl_naming(s, Some(&field));
+        // 200 only for a CRL made since.
+        assert!(
+            status == 304 || (status == 200 && etag != served),
+            "{field}: {status} {etag}"
+        );
+    }
+    let serial = issue_and_revoke(s, &banks.a_officer, "superseded");
+    wait_for_newest_customer_crl_to_list(fixture(), &serial);
+    let (status, etag, _, length) = customer_crl_naming(s, Some(&served));
+    assert_eq!(status, 200, "the tag of a CRL since succeeded still held");
+    assert!(etag != served && length > 0);
+}
+
 #[test]
 fn ca_certificates_and_chain_are_served() {
     let (_, guard) = server();

@@ -92,14 +92,14 @@ impl Publisher {
             .cloned()
     }
 
-    /// Keeps `crl` as the scope's served CRL unless a newer one is held already; its DER.
-    fn keep_crl(&self, scope: CrlScope, crl: CachedCrl) -> Bytes {
-        let der = crl.der.clone();
+    /// Keeps `crl` as the scope's served CRL unless a newer one is held already; `crl` again
+    /// (its DER is shared, not copied).
+    fn keep_crl(&self, scope: CrlScope, crl: CachedCrl) -> CachedCrl {
         let mut cache = self.crl_cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.get(&scope).is_none_or(|c| c.number < crl.number) {
-            cache.insert(scope, crl);
+            cache.insert(scope, crl.clone());
         }
-        der
+        crl
     }
 }
 
@@ -206,7 +206,7 @@ pub async fn ca_certificate(
 
 /// The newest CRL any process made for `scope`, if it is within its nextUpdate; its DER is
 /// read from the store only when this process does not hold that one already.
-fn servable_crl(state: &AppState, scope: CrlScope) -> Result<Option<Bytes>, ApiError> {
+fn servable_crl(state: &AppState, scope: CrlScope) -> Result<Option<CachedCrl>, ApiError> {
     let (issuer, shard) = scope;
     let store = &state.signet.store;
     let now = state.signet.clock.now();
@@ -219,7 +219,7 @@ fn servable_crl(state: &AppState, scope: CrlScope) -> Result<Option<Bytes>, ApiE
     }
     if let Some(c) = state.publish.cached_crl(scope) {
         if c.number >= info.number && now < c.next_update {
-            return Ok(Some(c.der));
+            return Ok(Some(c));
         }
     }
     let Some(c) = store.latest_crl(issuer, shard).map_err(unavailable)? else {
@@ -247,9 +247,9 @@ fn serve_or_make_crl(
     state: &AppState,
     scope: CrlScope,
     waited_enough: bool,
-) -> Result<Option<Bytes>, ApiError> {
-    if let Some(der) = servable_crl(state, scope)? {
-        return Ok(Some(der));
+) -> Result<Option<CachedCrl>, ApiError> {
+    if let Some(crl) = servable_crl(state, scope)? {
+        return Ok(Some(crl));
     }
     let authority = &state.signet.authority;
     let made = match authority.refresh_crl(scope, false, CRL_SERVE_ACTOR)? {
@@ -266,6 +266,7 @@ fn serve_or_make_crl(
 pub async fn crl(
     State(state): State<Shared>,
     Path(file): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let not_found = || ApiError::not_found(format!("no CRL {file:?}"));
     let stem = file.strip_suffix(".crl").ok_or_else(not_found)?;
@@ -288,11 +289,11 @@ pub async fn crl(
     // (off the blocking pool, which this route must not fill) rather than make a second one.
     let scope = (issuer, shard);
     let asked = Instant::now();
-    let der = loop {
+    let crl = loop {
         let st = state.clone();
         let waited_enough = asked.elapsed() >= CRL_SERVE_WAIT;
-        if let Some(der) = blocking(move || serve_or_make_crl(&st, scope, waited_enough)).await? {
-            break der;
+        if let Some(crl) = blocking(move || serve_or_make_crl(&st, scope, waited_enough)).await? {
+            break crl;
         }
         if asked.elapsed() >= CRL_SERVE_GIVE_UP {
             return Err(ApiError::new(
@@ -303,7 +304,48 @@ pub async fn crl(
         }
         tokio::time::sleep(CRL_SERVE_POLL).await;
     };
-    Ok(([(header::CONTENT_TYPE, "application/pkix-crl")], der).into_response())
+    // A scope's CRL number names its bytes (every process serves the DER stored for it), so it
+    // is a strong validator: a relying party or a cache that holds this CRL gets 304 and no
+    // body (tens of megabytes for a large CRL). `no-cache`: a cache asks each time, since a
+    // revocation makes a new CRL long before this one's nextUpdate.
+    let etag = crl_etag(scope, crl.number);
+    let fresh_copy_held = headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|v| if_none_match_holds(v, &etag)));
+    let validators = [
+        (header::ETAG, etag),
+        (
+            header::CACHE_CONTROL,
+            "public, no-cache, no-transform".into(),
+        ),
+    ];
+    if fresh_copy_held {
+        return Ok((StatusCode::NOT_MODIFIED, validators).into_response());
+    }
+    Ok((
+        validators,
+        [(header::CONTENT_TYPE, "application/pkix-crl")],
+        crl.der,
+    )
+        .into_response())
+}
+
+/// The entity tag of a scope's CRL: its issuer, shard and number.
+fn crl_etag((issuer, shard): CrlScope, number: u64) -> String {
+    match shard {
+        Some(s) => format!("\"{issuer}-{s}-{number}\""),
+        None => format!("\"{issuer}-{number}\""),
+    }
+}
+
+/// Whether an If-None-Match field value names `etag` (or is `*`), by the weak comparison
+/// RFC 9110 section 13.1.2 prescribes for it.
+fn if_none_match_holds(field: &str, etag: &str) -> bool {
+    field
+        .split(',')
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
 }
 
 fn ocsp_response(der: Vec<u8>, max_age: Option<i64>) -> Response {
@@ -403,5 +445,29 @@ pub async fn ocsp_get(State(state): State<Shared>, Path(encoded): Path<String>) 
             crate::ca::ocsp::failure_response(OcspOutcome::MalformedRequest),
             None,
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{crl_etag, if_none_match_holds};
+    use crate::ca::IssuerId;
+
+    #[test]
+    fn a_crl_s_tag_names_its_scope_and_number() {
+        assert_eq!(crl_etag((IssuerId::Customer, None), 7), "\"customer-7\"");
+        assert_eq!(crl_etag((IssuerId::Teller, Some(3)), 7), "\"teller-3-7\"");
+    }
+
+    #[test]
+    fn if_none_match_holds_for_the_tag_in_a_list_weakly_or_for_any() {
+        let tag = "\"customer-7\"";
+        assert!(if_none_match_holds(tag, tag));
+        assert!(if_none_match_holds("\"customer-6\", \"customer-7\"", tag));
+        assert!(if_none_match_holds("W/\"customer-7\"", tag));
+        assert!(if_none_match_holds("*", tag));
+        assert!(!if_none_match_holds("\"customer-6\"", tag));
+        assert!(!if_none_match_holds("customer-7", tag));
+        assert!(!if_none_match_holds("", tag));
     }
 }
