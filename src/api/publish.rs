@@ -304,11 +304,12 @@ pub async fn crl(
         }
         tokio::time::sleep(CRL_SERVE_POLL).await;
     };
-    // A scope's CRL number names its bytes (every process serves the DER stored for it), so it
-    // is a strong validator: a relying party or a cache that holds this CRL gets 304 and no
+    // A scope's CRL number names its bytes (every process serves the DER stored for it), and
+    // with its nextUpdate it still does when a store restored from a backup gives a number
+    // out again: a strong validator. a relying party or a cache that holds this CRL gets 304 and no
     // body (tens of megabytes for a large CRL). `no-cache`: a cache asks each time, since a
     // revocation makes a new CRL long before this one's nextUpdate.
-    let etag = crl_etag(scope, crl.number);
+    let etag = crl_etag(scope, crl.number, crl.next_update);
     let fresh_copy_held = headers
         .get_all(header::IF_NONE_MATCH)
         .iter()
@@ -331,11 +332,11 @@ pub async fn crl(
         .into_response())
 }
 
-/// The entity tag of a scope's CRL: its issuer, shard and number.
-fn crl_etag((issuer, shard): CrlScope, number: u64) -> String {
+/// The entity tag of a scope's CRL: its issuer, shard, number and nextUpdate.
+fn crl_etag((issuer, shard): CrlScope, number: u64, next_update: i64) -> String {
     match shard {
-        Some(s) => format!("\"{issuer}-{s}-{number}\""),
-        None => format!("\"{issuer}-{number}\""),
+        Some(s) => format!("\"{issuer}-{s}-{number}-{next_update}\""),
+        None => format!("\"{issuer}-{number}-{next_update}\""),
     }
 }
 
@@ -454,9 +455,15 @@ mod tests {
     use crate::ca::IssuerId;
 
     #[test]
-    fn a_crl_s_tag_names_its_scope_and_number() {
-        assert_eq!(crl_etag((IssuerId::Customer, None), 7), "\"customer-7\"");
-        assert_eq!(crl_etag((IssuerId::Teller, Some(3)), 7), "\"teller-3-7\"");
+    fn a_crl_s_tag_names_its_scope_number_and_next_update() {
+        assert_eq!(
+            crl_etag((IssuerId::Customer, None), 7, 1_800_000_000),
+            "\"customer-7-1800000000\""
+        );
+        assert_eq!(
+            crl_etag((IssuerId::Teller, Some(3)), 7, 1_800_000_000),
+            "\"teller-3-7-1800000000\""
+        );
     }
 
     #[test]
