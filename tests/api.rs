@@ -308,6 +308,82 @@ fn ocsp_get_with_base64_path_answers_like_post() {
     assert!(out.stdout.contains(": good"), "{}", out.describe());
 }
 
+/// RFC 5019 section 6.2: a pre-signed answer tells HTTP caches how long to keep it, as long as
+/// the responder serves it itself (one minute at most), and names itself.
+#[test]
+fn a_pre_signed_ocsp_answer_carries_the_rfc_5019_caching_headers() {
+    let (banks, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let f = fixture();
+    let (_, leaf) = issue_customer(s, &banks.a_officer);
+    let req = f.path("cached.req");
+    openssl(&args![
+        "ocsp",
+        "-issuer",
+        f.ca("customer-ca.pem"),
+        "-cert",
+        &leaf,
+        "-no_nonce",
+        "-reqout",
+        &req
+    ])
+    .assert_ok();
+    let url = s.url(&format!(
+        "/ocsp/{}",
+        base64_std(&std::fs::read(&req).unwrap())
+    ));
+    let fetch = || {
+        let r = common::http::agent().get(&url).call().expect("GET /ocsp");
+        let header = |name| r.header(name).unwrap_or_default().to_string();
+        let headers = [
+            header("cache-control"),
+            header("last-modified"),
+            header("expires"),
+            header("etag"),
+        ];
+        let mut body = Vec::new();
+        std::io::Read::read_to_end(&mut r.into_reader(), &mut body).unwrap();
+        (headers, body)
+    };
+    let ([cache_control, last_modified, expires, etag], body) = fetch();
+    let max_age: u64 = cache_control
+        .strip_prefix("max-age=")
+        .and_then(|rest| rest.strip_suffix(", public, no-transform, must-revalidate"))
+        .and_then(|age| age.parse().ok())
+        .unwrap_or_else(|| panic!("Cache-Control: {cache_control:?}"));
+    assert!(max_age <= 60, "{max_age}");
+    let date = |v: &str| {
+        httpdate::parse_http_date(v).unwrap_or_else(|e| panic!("{v:?} is no HTTP date: {e}"))
+    };
+    let asked = std::time::SystemTime::now();
+    assert!(date(&last_modified) <= asked + Duration::from_secs(1));
+    let expires_in = date(&expires)
+        .duration_since(asked)
+        .unwrap_or_default()
+        .as_secs();
+    assert!(
+        expires_in.abs_diff(max_age) <= 2,
+        "Expires in {expires_in} s, max-age {max_age}"
+    );
+    use sha2::Digest;
+    assert_eq!(
+        etag,
+        format!("\"{}\"", hex::encode(sha2::Sha256::digest(&body)))
+    );
+    // Served again from the pre-signed answer: the same response, with the same names. (Other
+    // tests revoke on this server meanwhile, which drops pre-signed answers: then again.)
+    let from_cache = wait_until(Duration::from_secs(20), || {
+        let ([_, modified, _, etag], body) = fetch();
+        let ([_, again_modified, _, again_etag], again) = fetch();
+        if again != body {
+            return false;
+        }
+        assert_eq!((again_etag, again_modified), (etag, modified));
+        true
+    });
+    assert!(from_cache.is_some(), "never the same answer twice");
+}
+
 #[test]
 fn ocsp_request_that_is_not_der_gets_malformed_request() {
     let (_, guard) = server();

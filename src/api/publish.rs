@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
+use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
 use super::{blocking, ApiError, AppState, Shared, Stopping};
@@ -37,8 +38,42 @@ const OCSP_CACHE_ENTRIES: usize = 10_000;
 /// Largest OCSP request accepted.
 const MAX_OCSP_REQUEST: usize = 8 * 1024;
 
-/// Pre-signed OCSP responses by request DER: (response DER, served until, status epoch).
-type PreSigned = HashMap<Vec<u8>, (Vec<u8>, i64, u64)>;
+/// Pre-signed OCSP responses by request DER.
+type PreSigned = HashMap<Vec<u8>, PreSignedAnswer>;
+
+/// A pre-signed OCSP response and how long it is served.
+#[derive(Clone)]
+struct PreSignedAnswer {
+    der: Vec<u8>,
+    /// Served until then (Unix seconds), and only while the store's status epoch is `epoch`.
+    until: i64,
+    epoch: u64,
+    caching: Caching,
+}
+
+/// The RFC 5019 (section 6.2) caching headers of an OCSP response that do not change while it
+/// is served, made once when it is signed.
+#[derive(Clone)]
+struct Caching {
+    /// Its thisUpdate, as an HTTP date.
+    last_modified: HeaderValue,
+    /// Its SHA-256, quoted.
+    etag: HeaderValue,
+}
+
+impl Caching {
+    fn of(der: &[u8], this_update: i64) -> Caching {
+        let value = |s: String| HeaderValue::from_str(&s).expect("an HTTP date or hex is a value");
+        Caching {
+            last_modified: value(http_date(this_update)),
+            etag: value(format!("\"{}\"", hex::encode(Sha256::digest(der)))),
+        }
+    }
+}
+
+fn http_date(unix: i64) -> String {
+    httpdate::fmt_http_date(std::time::UNIX_EPOCH + Duration::from_secs(unix.max(0) as u64))
+}
 
 /// The newest CRL of a scope held in memory: a CRL of a million entries is tens of
 /// megabytes, read from the store once and then shared by every request that fetches it.
@@ -349,16 +384,34 @@ fn if_none_match_holds(field: &str, etag: &str) -> bool {
         .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
 }
 
-fn ocsp_response(der: Vec<u8>, max_age: Option<i64>) -> Response {
+/// An OCSP response; a pre-signed one (`cached`: its caching and the seconds it is still
+/// served) with the headers RFC 5019 section 6.2 asks of it, so that an HTTP cache in front of
+/// the responder keeps it exactly as long as Signet does (Expires is that moment too, not the
+/// response's nextUpdate: a revocation drops the pre-signed answer long before that).
+fn ocsp_response(der: Vec<u8>, cached: Option<(&Caching, i64)>) -> Response {
     let mut headers = HeaderMap::new();
     headers.insert(
         header::CONTENT_TYPE,
         "application/ocsp-response".parse().expect("static header"),
     );
-    if let Some(age) = max_age {
-        if let Ok(v) = format!("max-age={age}, public, no-transform, must-revalidate").parse() {
-            headers.insert(header::CACHE_CONTROL, v);
+    if let Some((caching, age)) = cached {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let values = [
+            format!("max-age={age}, public, no-transform, must-revalidate"),
+            http_date(now + age),
+        ];
+        for (name, value) in [header::CACHE_CONTROL, header::EXPIRES]
+            .into_iter()
+            .zip(values)
+        {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(name, v);
+            }
         }
+        headers.insert(header::LAST_MODIFIED, caching.last_modified.clone());
+        headers.insert(header::ETAG, caching.etag.clone());
     }
     (StatusCode::OK, headers, der).into_response()
 }
@@ -373,7 +426,12 @@ async fn answer_ocsp(state: Shared, request: Vec<u8>) -> Response {
         .ok()
         .flatten();
     if let Some(epoch) = epoch {
-        if let Some((der, until, at_epoch)) = state
+        if let Some(PreSignedAnswer {
+            der,
+            until,
+            epoch: at_epoch,
+            caching,
+        }) = state
             .publish
             .ocsp_cache
             .lock()
@@ -382,7 +440,7 @@ async fn answer_ocsp(state: Shared, request: Vec<u8>) -> Response {
             .cloned()
         {
             if now < until && at_epoch == epoch {
-                return ocsp_response(der, Some(until - now));
+                return ocsp_response(der, Some((&caching, until - now)));
             }
         }
     }
@@ -395,7 +453,8 @@ async fn answer_ocsp(state: Shared, request: Vec<u8>) -> Response {
             None,
         );
     };
-    if let (OcspOutcome::Successful, false, Some(epoch)) = (answer.status, answer.has_nonce, epoch)
+    if let (OcspOutcome::Successful, false, Some(epoch), Some(this_update)) =
+        (answer.status, answer.has_nonce, epoch, answer.this_update)
     {
         let until = now
             + OCSP_CACHE_SECS.min(
@@ -412,8 +471,17 @@ async fn answer_ocsp(state: Shared, request: Vec<u8>) -> Response {
         if cache.len() >= OCSP_CACHE_ENTRIES {
             cache.clear();
         }
-        cache.insert(request, (answer.der.clone(), until, epoch));
-        return ocsp_response(answer.der, Some(until - now));
+        let caching = Caching::of(&answer.der, this_update);
+        cache.insert(
+            request,
+            PreSignedAnswer {
+                der: answer.der.clone(),
+                until,
+                epoch,
+                caching: caching.clone(),
+            },
+        );
+        return ocsp_response(answer.der, Some((&caching, until - now)));
     }
     ocsp_response(answer.der, None)
 }

@@ -69,6 +69,8 @@ pub struct OcspAnswer {
     pub status: OcspOutcome,
     /// The request's nonce is echoed in the response.
     pub has_nonce: bool,
+    /// thisUpdate of the single responses (Unix seconds), for a successful answer.
+    pub this_update: Option<i64>,
     /// nextUpdate of the single responses (Unix seconds), for a successful answer.
     pub next_update: Option<i64>,
 }
@@ -80,6 +82,7 @@ impl OcspAnswer {
             der: failure_response(status),
             status,
             has_nonce: false,
+            this_update: None,
             next_update: None,
         }
     }
@@ -198,6 +201,7 @@ impl Authority {
             der,
             status: OcspOutcome::Successful,
             has_nonce: parsed.nonce.is_some(),
+            this_update: Some(now),
             next_update: Some(next_update),
         })
     }
