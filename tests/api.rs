@@ -269,24 +269,31 @@ fn ocsp_says_good_then_revoked_after_revocation_and_unknown_for_a_serial_never_i
     assert!(unknown.contains(": unknown"), "{unknown}");
 }
 
+/// An OCSP request for the customer certificate `leaf` (PEM file), without a nonce, made by
+/// OpenSSL; its path.
+fn ocsp_request_without_nonce(f: &Fixture, leaf: &Path, name: &str) -> PathBuf {
+    let req = f.path(name);
+    openssl(&args![
+        "ocsp",
+        "-issuer",
+        f.ca("customer-ca.pem"),
+        "-cert",
+        leaf,
+        "-no_nonce",
+        "-reqout",
+        &req
+    ])
+    .assert_ok();
+    req
+}
+
 #[test]
 fn ocsp_get_with_base64_path_answers_like_post() {
     let (banks, guard) = server();
     let s = guard.as_ref().unwrap();
     let f = fixture();
     let (_, leaf) = issue_customer(s, &banks.a_officer);
-    let req = f.path("get.req");
-    openssl(&args![
-        "ocsp",
-        "-issuer",
-        f.ca("customer-ca.pem"),
-        "-cert",
-        &leaf,
-        "-no_nonce",
-        "-reqout",
-        &req
-    ])
-    .assert_ok();
+    let req = ocsp_request_without_nonce(f, &leaf, "get.req");
     let b64 = base64_std(&std::fs::read(&req).unwrap());
     let (status, ct, body) = get_bytes(s, &format!("/ocsp/{b64}"));
     assert_eq!(status, 200);
@@ -316,18 +323,7 @@ fn a_pre_signed_ocsp_answer_carries_the_rfc_5019_caching_headers() {
     let s = guard.as_ref().unwrap();
     let f = fixture();
     let (_, leaf) = issue_customer(s, &banks.a_officer);
-    let req = f.path("cached.req");
-    openssl(&args![
-        "ocsp",
-        "-issuer",
-        f.ca("customer-ca.pem"),
-        "-cert",
-        &leaf,
-        "-no_nonce",
-        "-reqout",
-        &req
-    ])
-    .assert_ok();
+    let req = ocsp_request_without_nonce(f, &leaf, "cached.req");
     let url = s.url(&format!(
         "/ocsp/{}",
         base64_std(&std::fs::read(&req).unwrap())
