@@ -272,18 +272,16 @@ fn ocsp_says_good_then_revoked_after_revocation_and_unknown_for_a_serial_never_i
 /// An OCSP request for the customer certificate `leaf` (PEM file), without a nonce, made by
 /// OpenSSL; its path.
 fn ocsp_request_without_nonce(f: &Fixture, leaf: &Path, name: &str) -> PathBuf {
+    ocsp_request(f, leaf, name, &["-no_nonce"])
+}
+
+/// An OCSP request for the customer certificate `leaf` made by OpenSSL with `options`; its path.
+fn ocsp_request(f: &Fixture, leaf: &Path, name: &str, options: &[&str]) -> PathBuf {
     let req = f.path(name);
-    openssl(&args![
-        "ocsp",
-        "-issuer",
-        f.ca("customer-ca.pem"),
-        "-cert",
-        leaf,
-        "-no_nonce",
-        "-reqout",
-        &req
-    ])
-    .assert_ok();
+    let mut a = args!["ocsp", "-issuer", f.ca("customer-ca.pem"), "-cert", leaf].to_vec();
+    a.extend(options.iter().map(std::ffi::OsString::from));
+    a.extend(args!["-reqout", &req]);
+    openssl(&a).assert_ok();
     req
 }
 
@@ -366,8 +364,8 @@ fn a_pre_signed_ocsp_answer_carries_the_rfc_5019_caching_headers() {
         etag,
         format!("\"{}\"", hex::encode(sha2::Sha256::digest(&body)))
     );
-    // Served again from the pre-signed answer: the same response, with the same names. (Other
-    // tests revoke on this server meanwhile, which drops pre-signed answers: then again.)
+    // Served again from the pre-signed answer: the same response, with the same names. (A
+    // status change in between would drop the pre-signed answer: then again.)
     let from_cache = wait_until(Duration::from_secs(20), || {
         let ([_, modified, _, etag], body) = fetch();
         let ([_, again_modified, _, again_etag], again) = fetch();
@@ -378,6 +376,16 @@ fn a_pre_signed_ocsp_answer_carries_the_rfc_5019_caching_headers() {
         true
     });
     assert!(from_cache.is_some(), "never the same answer twice");
+
+    // An answer signed for a nonce is not to be stored.
+    let with_nonce = std::fs::read(ocsp_request(f, &leaf, "nonce.req", &[])).unwrap();
+    let r = common::http::agent()
+        .post(&s.url("/ocsp"))
+        .set("Content-Type", "application/ocsp-request")
+        .send_bytes(&with_nonce)
+        .expect("POST /ocsp");
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert_eq!(r.header("etag"), None);
 }
 
 #[test]
@@ -441,8 +449,8 @@ fn customer_crl_naming(s: &Server, etag: Option<&str>) -> (u16, String, String, 
 fn a_crl_request_naming_the_served_crl_s_etag_gets_304_without_a_body_until_the_crl_changes() {
     let (banks, guard) = server();
     let s = guard.as_ref().unwrap();
-    // Other tests revoke on this server meanwhile: a new CRL between the two requests gives
-    // 200 with a new tag, and the pair is tried again.
+    // A CRL made between the two requests (the refresher's, say) gives 200 with a new tag, and
+    // the pair is tried again.
     let mut served = String::new();
     let not_modified = wait_until(Duration::from_secs(20), || {
         let (status, etag, cache_control, _) = customer_crl_naming(s, None);

@@ -57,15 +57,18 @@ struct PreSignedAnswer {
 struct Caching {
     /// Its thisUpdate, as an HTTP date.
     last_modified: HeaderValue,
+    /// When Signet stops serving it, as an HTTP date.
+    expires: HeaderValue,
     /// Its SHA-256, quoted.
     etag: HeaderValue,
 }
 
 impl Caching {
-    fn of(der: &[u8], this_update: i64) -> Caching {
+    fn of(der: &[u8], this_update: i64, served_until: i64) -> Caching {
         let value = |s: String| HeaderValue::from_str(&s).expect("an HTTP date or hex is a value");
         Caching {
             last_modified: value(http_date(this_update)),
+            expires: value(http_date(served_until)),
             etag: value(format!("\"{}\"", hex::encode(Sha256::digest(der)))),
         }
     }
@@ -386,32 +389,27 @@ fn if_none_match_holds(field: &str, etag: &str) -> bool {
 
 /// An OCSP response; a pre-signed one (`cached`: its caching and the seconds it is still
 /// served) with the headers RFC 5019 section 6.2 asks of it, so that an HTTP cache in front of
-/// the responder keeps it exactly as long as Signet does (Expires is that moment too, not the
-/// response's nextUpdate: a revocation drops the pre-signed answer long before that).
+/// the responder keeps it as long as Signet serves it (Expires is that moment too, not the
+/// response's nextUpdate). Any other answer (a nonce's, a failure) is not to be stored.
 fn ocsp_response(der: Vec<u8>, cached: Option<(&Caching, i64)>) -> Response {
     let mut headers = HeaderMap::new();
     headers.insert(
         header::CONTENT_TYPE,
         "application/ocsp-response".parse().expect("static header"),
     );
-    if let Some((caching, age)) = cached {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        let values = [
-            format!("max-age={age}, public, no-transform, must-revalidate"),
-            http_date(now + age),
-        ];
-        for (name, value) in [header::CACHE_CONTROL, header::EXPIRES]
-            .into_iter()
-            .zip(values)
-        {
-            if let Ok(v) = HeaderValue::from_str(&value) {
-                headers.insert(name, v);
+    match cached {
+        Some((caching, age)) => {
+            let cache_control = format!("max-age={age}, public, no-transform, must-revalidate");
+            if let Ok(v) = HeaderValue::from_str(&cache_control) {
+                headers.insert(header::CACHE_CONTROL, v);
             }
+            headers.insert(header::EXPIRES, caching.expires.clone());
+            headers.insert(header::LAST_MODIFIED, caching.last_modified.clone());
+            headers.insert(header::ETAG, caching.etag.clone());
         }
-        headers.insert(header::LAST_MODIFIED, caching.last_modified.clone());
-        headers.insert(header::ETAG, caching.etag.clone());
+        None => {
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        }
     }
     (StatusCode::OK, headers, der).into_response()
 }
@@ -462,6 +460,7 @@ async fn answer_ocsp(state: Shared, request: Vec<u8>) -> Response {
                     .next_update
                     .map_or(OCSP_CACHE_SECS, |n| (n - now) / 2),
             );
+        let caching = Caching::of(&answer.der, this_update, until);
         let mut cache = state
             .publish
             .ocsp_cache
@@ -471,7 +470,6 @@ async fn answer_ocsp(state: Shared, request: Vec<u8>) -> Response {
         if cache.len() >= OCSP_CACHE_ENTRIES {
             cache.clear();
         }
-        let caching = Caching::of(&answer.der, this_update);
         cache.insert(
             request,
             PreSignedAnswer {
