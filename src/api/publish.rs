@@ -11,6 +11,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
+use headers::HeaderMapExt;
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
@@ -348,10 +349,7 @@ pub async fn crl(
     // body (tens of megabytes for a large CRL). `no-cache`: a cache asks each time, since a
     // revocation makes a new CRL long before this one's nextUpdate.
     let etag = crl_etag(scope, crl.number, crl.next_update);
-    let fresh_copy_held = headers
-        .get_all(header::IF_NONE_MATCH)
-        .iter()
-        .any(|v| v.to_str().is_ok_and(|v| if_none_match_holds(v, &etag)));
+    let fresh_copy_held = if_none_match_holds(&headers, &etag);
     let validators = [
         (header::ETAG, etag),
         (
@@ -378,13 +376,16 @@ fn crl_etag((issuer, shard): CrlScope, number: u64, next_update: i64) -> String 
     }
 }
 
-/// Whether an If-None-Match field value names `etag` (or is `*`), by the weak comparison
-/// RFC 9110 section 13.1.2 prescribes for it.
-fn if_none_match_holds(field: &str, etag: &str) -> bool {
-    field
-        .split(',')
-        .map(str::trim)
-        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
+/// Whether the request's If-None-Match names `etag` (or is `*`), by RFC 9110's weak
+/// comparison (the `headers` crate parses the field; a malformed one names nothing).
+fn if_none_match_holds(request: &HeaderMap, etag: &str) -> bool {
+    let (Some(asked), Ok(etag)) = (
+        request.typed_get::<headers::IfNoneMatch>(),
+        etag.parse::<headers::ETag>(),
+    ) else {
+        return false;
+    };
+    !asked.precondition_passes(&etag)
 }
 
 /// An OCSP response; a pre-signed one (`cached`: its caching and the seconds it is still
@@ -519,6 +520,7 @@ pub async fn ocsp_get(State(state): State<Shared>, Path(encoded): Path<String>) 
 mod tests {
     use super::{crl_etag, if_none_match_holds};
     use crate::ca::IssuerId;
+    use axum::http::{header, HeaderMap, HeaderValue};
 
     #[test]
     fn a_crl_s_tag_names_its_scope_number_and_next_update() {
@@ -532,15 +534,54 @@ mod tests {
         );
     }
 
+    fn asking(fields: &[&[u8]]) -> HeaderMap {
+        let mut request = HeaderMap::new();
+        for field in fields {
+            request.append(
+                header::IF_NONE_MATCH,
+                HeaderValue::from_bytes(field).unwrap(),
+            );
+        }
+        request
+    }
+
     #[test]
     fn if_none_match_holds_for_the_tag_in_a_list_weakly_or_for_any() {
         let tag = "\"customer-7\"";
-        assert!(if_none_match_holds(tag, tag));
-        assert!(if_none_match_holds("\"customer-6\", \"customer-7\"", tag));
-        assert!(if_none_match_holds("W/\"customer-7\"", tag));
-        assert!(if_none_match_holds("*", tag));
-        assert!(!if_none_match_holds("\"customer-6\"", tag));
-        assert!(!if_none_match_holds("customer-7", tag));
-        assert!(!if_none_match_holds("", tag));
+        for field in [
+            &b"\"customer-7\""[..],
+            b"\"customer-6\", \"customer-7\"",
+            b"W/\"customer-7\"",
+            b"*",
+        ] {
+            assert!(
+                if_none_match_holds(&asking(&[field]), tag),
+                "{}",
+                String::from_utf8_lossy(field)
+            );
+        }
+        assert!(if_none_match_holds(
+            &asking(&[b"\"customer-6\"", b"\"customer-7\""]),
+            tag
+        ));
+    }
+
+    #[test]
+    fn if_none_match_of_another_tag_or_malformed_holds_not() {
+        let tag = "\"customer-7\"";
+        for field in [
+            &b"\"customer-6\""[..],
+            b"customer-7",
+            b"",
+            b"\"customer-7",
+            b"\xff\xfe",
+        ] {
+            assert!(
+                !if_none_match_holds(&asking(&[field]), tag),
+                "{}",
+                String::from_utf8_lossy(field)
+            );
+        }
+        assert!(!if_none_match_holds(&HeaderMap::new(), tag));
     }
 }
