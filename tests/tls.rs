@@ -409,20 +409,10 @@ fn a_renewed_server_certificate_is_served_to_new_connections_without_a_restart()
     let logged = s.log().len();
     std::fs::rename(&stray_cert, &cert).unwrap();
     assert_eq!(served_subject(&s), renewed);
-    // The server's standard error reaches the test through a pipe and a reader thread: the
-    // line may arrive a moment after the handshake that wrote it.
-    let says_why =
-        |log: &str| log.contains("cannot be used") && log.contains("certificate and key");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !says_why(&s.log()[logged..]) && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let log = s.log();
-    assert!(
-        says_why(&log[logged..]),
-        "the log says why: {}",
-        &log[logged..]
-    );
+    let log_says_why = s.logs_within(logged, std::time::Duration::from_secs(5), |log| {
+        log.contains("cannot be used") && log.contains("certificate and key")
+    });
+    assert!(log_says_why, "the log says why: {}", &s.log()[logged..]);
 }
 
 #[test]
@@ -836,7 +826,8 @@ fn a_client_certificate_on_a_client_crl_is_refused_401_and_a_changed_crl_is_read
     assert_eq!(r.status, 201, "an impostor's CRL revoked it: {}", r.body);
     assert_revoked_client(&issue(&revoked, 45));
     assert!(
-        s.log().contains("not signed by that client CA"),
+        s.logs_within(0, std::time::Duration::from_secs(5), |log| log
+            .contains("not signed by that client CA")),
         "the log says why: {}",
         s.log()
     );

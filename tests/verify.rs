@@ -789,7 +789,8 @@ fn a_running_service_reads_a_replaced_anchor_crl_without_a_restart() {
         ("TOTAL_FAILED".into(), "REVOKED".into())
     );
     assert!(
-        server.log().contains("issued before the CRL in use"),
+        server.logs_within(0, std::time::Duration::from_secs(5), |log| log
+            .contains("issued before the CRL in use")),
         "the log says why: {}",
         server.log()
     );

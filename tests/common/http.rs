@@ -141,6 +141,23 @@ impl Server {
         self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Whether the server logs, after its first `from` bytes, a line that `says` holds for,
+    /// within `within`. Its standard error reaches the test through a pipe and a reader
+    /// thread: a line written before an answer may arrive a moment after the answer.
+    pub fn logs_within(&self, from: usize, within: Duration, says: impl Fn(&str) -> bool) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            let log = self.log();
+            if says(log.get(from..).unwrap_or_default()) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Stops the server and returns everything it logged, to the end.
     pub fn stop_and_log(mut self) -> String {
         self.terminate();
