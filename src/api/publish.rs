@@ -45,7 +45,8 @@ type PreSigned = HashMap<Vec<u8>, PreSignedAnswer>;
 /// A pre-signed OCSP response and how long it is served.
 #[derive(Clone)]
 struct PreSignedAnswer {
-    der: Vec<u8>,
+    /// Shared by every answer that serves it (no copy per hit).
+    der: Bytes,
     /// Served until then (Unix seconds), and only while the store's status epoch is `epoch`.
     until: i64,
     epoch: u64,
@@ -345,7 +346,7 @@ pub async fn crl(
     };
     // A scope's CRL number names its bytes (every process serves the DER stored for it), and
     // with its nextUpdate it still does when a store restored from a backup gives a number
-    // out again: a strong validator. a relying party or a cache that holds this CRL gets 304 and no
+    // out again: a strong validator. A relying party or a cache that holds this CRL gets 304 and no
     // body (tens of megabytes for a large CRL). `no-cache`: a cache asks each time, since a
     // revocation makes a new CRL long before this one's nextUpdate.
     let etag = crl_etag(scope, crl.number, crl.next_update);
@@ -392,7 +393,7 @@ fn if_none_match_holds(request: &HeaderMap, etag: &str) -> bool {
 /// served) with the headers RFC 5019 section 6.2 asks of it, so that an HTTP cache in front of
 /// the responder keeps it as long as Signet serves it (Expires is that moment too, not the
 /// response's nextUpdate). Any other answer (a nonce's, a failure) is not to be stored.
-fn ocsp_response(der: Vec<u8>, cached: Option<(&Caching, i64)>) -> Response {
+fn ocsp_response(der: impl Into<Bytes>, cached: Option<(&Caching, i64)>) -> Response {
     let mut headers = HeaderMap::new();
     headers.insert(
         header::CONTENT_TYPE,
@@ -412,7 +413,8 @@ fn ocsp_response(der: Vec<u8>, cached: Option<(&Caching, i64)>) -> Response {
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         }
     }
-    (StatusCode::OK, headers, der).into_response()
+    let body: Bytes = der.into();
+    (StatusCode::OK, headers, body).into_response()
 }
 
 async fn answer_ocsp(state: Shared, request: Vec<u8>) -> Response {
@@ -462,6 +464,7 @@ async fn answer_ocsp(state: Shared, request: Vec<u8>) -> Response {
                     .map_or(OCSP_CACHE_SECS, |n| (n - now) / 2),
             );
         let caching = Caching::of(&answer.der, this_update, until);
+        let der = Bytes::from(answer.der);
         let mut cache = state
             .publish
             .ocsp_cache
@@ -474,13 +477,13 @@ async fn answer_ocsp(state: Shared, request: Vec<u8>) -> Response {
         cache.insert(
             request,
             PreSignedAnswer {
-                der: answer.der.clone(),
+                der: der.clone(),
                 until,
                 epoch,
                 caching: caching.clone(),
             },
         );
-        return ocsp_response(answer.der, Some((&caching, until - now)));
+        return ocsp_response(der, Some((&caching, until - now)));
     }
     ocsp_response(answer.der, None)
 }

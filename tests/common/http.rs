@@ -66,6 +66,8 @@ pub struct Server {
     pub base: String,
     /// Everything the server wrote on stdout and stderr so far.
     log: Arc<Mutex<String>>,
+    /// The threads copying stdout and stderr into `log`: they end at the pipes' end.
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Server {
@@ -91,7 +93,7 @@ impl Server {
         let log = Arc::new(Mutex::new(String::new()));
         let stdout = child.stdout.take().expect("stdout");
         let out_log = log.clone();
-        std::thread::spawn(move || {
+        let out_reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 let mut l = out_log.lock().unwrap_or_else(|e| e.into_inner());
                 l.push_str(&line);
@@ -121,14 +123,19 @@ impl Server {
         };
         // Keep draining stderr (into the log) so the server never blocks on a full pipe.
         let err_log = log.clone();
-        std::thread::spawn(move || {
+        let err_reader = std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
                 let mut l = err_log.lock().unwrap_or_else(|e| e.into_inner());
                 l.push_str(&line);
                 l.push('\n');
             }
         });
-        Server { child, base, log }
+        Server {
+            child,
+            base,
+            log,
+            readers: vec![out_reader, err_reader],
+        }
     }
 
     /// The server's process id.
@@ -161,8 +168,12 @@ impl Server {
     /// Stops the server and returns everything it logged, to the end.
     pub fn stop_and_log(mut self) -> String {
         self.terminate();
-        // The reader threads see end-of-file once the process is gone.
-        std::thread::sleep(Duration::from_millis(200));
+        // The reader threads see end-of-file once the process is gone (a few seconds at most:
+        // a process the server started could still hold the pipes).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.readers.iter().any(|r| !r.is_finished()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         self.log()
     }
 
