@@ -497,6 +497,21 @@ fn claimed_signing_time_after_not_after_is_out_of_bounds() {
 }
 
 #[test]
+fn expired_at_validation_time_is_indeterminate_whatever_signing_time_it_claims() {
+    let f = fixture();
+    let h = customer(f);
+    let instr = fresh_instruction(f);
+    // The claim lies inside the certificate's validity, but it is the signer's own word: no
+    // proof that the signature existed before the certificate expired.
+    let sig = cms_sign(f, &h, &instr, &[], None);
+    verify_with(f, &f.config, &at(800 * 86_400), &instr, &sig, &[]).expect(
+        "INDETERMINATE",
+        "OUT_OF_BOUNDS_NO_POE",
+        2,
+    );
+}
+
+#[test]
 fn expired_with_no_claimed_time_is_indeterminate() {
     let f = fixture();
     let h = customer(f);
@@ -528,13 +543,25 @@ fn teller_certificate_on_hold_means_try_later() {
 
 /// A CA and a leaf made by OpenSSL alone (not Signet's), with the given key algorithm.
 fn foreign_holder(f: &Fixture, curve_or_rsa: &[&str], md: &str) -> (Holder, PathBuf) {
+    foreign_holder_asserting(f, curve_or_rsa, md, FOREIGN_POLICY)
+}
+
+/// A signer of another CA whose certificate asserts the certificate policy `policy_oid`.
+fn foreign_holder_asserting(
+    f: &Fixture,
+    curve_or_rsa: &[&str],
+    md: &str,
+    policy_oid: &str,
+) -> (Holder, PathBuf) {
     let dir = uniq(f, "foreign");
     fs::create_dir_all(&dir).unwrap();
     let ext = dir.join("ext.cnf");
     fs::write(
         &ext,
-        "[leaf]\nkeyUsage=critical,digitalSignature,nonRepudiation\ncertificatePolicies=1.3.6.1.4.1.32473.9.9\n\
-         [ca]\nbasicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n",
+        format!(
+            "[leaf]\nkeyUsage=critical,digitalSignature,nonRepudiation\ncertificatePolicies={policy_oid}\n\
+             [ca]\nbasicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n"
+        ),
     )
     .unwrap();
     let ca_key = dir.join("ca.key");
@@ -729,6 +756,126 @@ fn a_signer_listed_on_its_anchors_crl_is_revoked_and_one_not_listed_is_not() {
     let instr = fresh_instruction(f);
     let sig = cms_sign(f, &h, &instr, &[], None);
     verify_with(f, &config, &[], &instr, &sig, &[]).expect("TOTAL_FAILED", "REVOKED", 1);
+}
+
+/// A signer whose certificate a sub-CA of a partner anchor issued: (signer, anchor, anchor's
+/// key, sub-CA).
+fn foreign_sub_ca_holder(f: &Fixture) -> (Holder, PathBuf, PathBuf, PathBuf) {
+    let (_, ca) = foreign_holder(
+        f,
+        &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        "sha256",
+    );
+    let dir = ca.parent().unwrap().to_path_buf();
+    let (ca_key, ext) = (dir.join("ca.key"), dir.join("ext.cnf"));
+    let mut text = fs::read_to_string(&ext).unwrap();
+    text.push_str(
+        "[subca]\nbasicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n\
+         certificatePolicies=2.5.29.32.0\n",
+    );
+    fs::write(&ext, text).unwrap();
+    let issue = |name: &str, subject: &str, issuer: &Path, issuer_key: &Path, section: &str| {
+        let (key, csr, cert) = (
+            dir.join(format!("{name}.key")),
+            dir.join(format!("{name}.csr")),
+            dir.join(format!("{name}.pem")),
+        );
+        openssl(&args![
+            "req",
+            "-new",
+            "-nodes",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-subj",
+            subject,
+            "-keyout",
+            &key,
+            "-out",
+            &csr
+        ])
+        .assert_ok();
+        openssl(&args![
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            issuer,
+            "-CAkey",
+            issuer_key,
+            "-CAcreateserial",
+            "-days",
+            "30",
+            "-extfile",
+            &ext,
+            "-extensions",
+            section,
+            "-out",
+            &cert,
+            "-sha256"
+        ])
+        .assert_ok();
+        (key, cert)
+    };
+    let (sub_key, sub) = issue("sub", "/CN=Foreign Sub CA", &ca, &ca_key, "subca");
+    let (key, cert) = issue(
+        "subleaf",
+        "/CN=Foreign sub-CA signer",
+        &sub,
+        &sub_key,
+        "leaf",
+    );
+    let holder = Holder {
+        key,
+        cert,
+        serial: String::new(),
+    };
+    (holder, ca, ca_key, sub)
+}
+
+#[test]
+fn a_signer_of_a_partner_anchors_sub_ca_has_no_revocation_source_in_the_anchors_crl() {
+    let f = fixture();
+    let (h, ca, ca_key, sub) = foreign_sub_ca_holder(f);
+    let config = config_with_anchor_crl(f, &ca, &common::openssl_crl(f, &ca, &ca_key, &[]));
+    let instr = fresh_instruction(f);
+    let carried = sub.to_string_lossy().to_string();
+    let sig = cms_sign(f, &h, &instr, &["-certfile", &carried], None);
+    let v = verify_with(f, &config, &[], &instr, &sig, &[]);
+    v.expect("INDETERMINATE", "TRY_LATER", 2);
+    assert!(
+        v.out.stdout.contains("not the sub-CA's"),
+        "{}",
+        v.out.describe()
+    );
+}
+
+#[test]
+fn another_cas_certificate_asserting_a_signet_profiles_policy_is_not_taken_for_that_profile() {
+    let f = fixture();
+    // The customer profile's OID, written by a partner CA: Signet never vetted this holder nor
+    // saw its key made, so the certificate is not a customer certificate.
+    let (h, ca) = foreign_holder_asserting(
+        f,
+        &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        "sha256",
+        "1.3.6.1.4.1.32473.7373.1.1",
+    );
+    let ca_key = ca.with_file_name("ca.key");
+    let config = config_with_anchor_crl(f, &ca, &common::openssl_crl(f, &ca, &ca_key, &[]));
+    let instr = fresh_instruction(f);
+    let sig = cms_sign(f, &h, &instr, &[], None);
+    let v = verify_with(f, &config, &[], &instr, &sig, &[]);
+    v.expect("INDETERMINATE", "CHAIN_CONSTRAINTS_FAILURE", 2);
+    assert!(
+        v.out
+            .stdout
+            .contains("not one the signature policy accepts"),
+        "{}",
+        v.out.describe()
+    );
 }
 
 #[test]

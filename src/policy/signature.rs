@@ -147,8 +147,16 @@ impl SignaturePolicy {
         Self::parse(&path.display().to_string(), &text, profiles)
     }
 
-    /// The accepted policy a certificate asserts, if any.
-    pub fn accepts(&self, oids: &[ObjectIdentifier]) -> Option<&AcceptedPolicy> {
-        self.accepted.iter().find(|a| oids.contains(&a.oid))
+    /// The accepted policy a certificate asserts, if any. A profile's OID counts only for a
+    /// certificate of Signet's own hierarchy (`own_hierarchy`): another CA may write it too, and
+    /// a profile tells verifiers (article 13) how Signet kept the key.
+    pub fn accepts(
+        &self,
+        oids: &[ObjectIdentifier],
+        own_hierarchy: bool,
+    ) -> Option<&AcceptedPolicy> {
+        self.accepted
+            .iter()
+            .find(|a| oids.contains(&a.oid) && (own_hierarchy || a.profile.is_none()))
     }
 }

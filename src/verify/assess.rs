@@ -14,7 +14,7 @@ use super::certs::{CertCache, KnownCert};
 use super::evidence::{
     CertificateResolver, Crypto, DigestAlg, SignatureFormat, SignerEvidence, SignerRef,
 };
-use super::path::{self, Anchor, PathError};
+use super::path::{self, Anchor, PathError, ValidPath};
 use super::report::{
     rfc3339, Check, Condition, ElectronicSignatureLaw, Indication, Replay, Report, SignerReport,
     SignerSummary, SubIndication,
@@ -713,7 +713,7 @@ impl Verifier {
             .filter(|p| path.policies.contains(p))
             .copied()
             .collect();
-        match self.policy.accepts(&valid_policies) {
+        match self.policy.accepts(&valid_policies, path.anchor.own) {
             Some(a) => {
                 summary.policy_oid = Some(a.oid_text().to_string());
                 summary.profile = a.profile.clone();
@@ -791,6 +791,25 @@ impl Verifier {
                     rfc3339(na)
                 ),
             ),
+            // The claim counts against the signer, never for them: it is no proof that the
+            // signature existed while the certificate was valid (ETSI EN 319 102-1: without a
+            // POE, the validation time decides).
+            Some(t) if now > na => v.fail(
+                Indeterminate,
+                SubIndication::OutOfBoundsNoPoe,
+                "validity",
+                format!(
+                    "expired at validation time (notAfter {}); the claimed signing time {} is the signer's own claim, not a proof of existence",
+                    rfc3339(na),
+                    rfc3339(t)
+                ),
+            ),
+            Some(_) if now < nb => v.fail(
+                Indeterminate,
+                SubIndication::NotYetValid,
+                "validity",
+                "not yet valid at validation time",
+            ),
             Some(t) => v.check(
                 "validity",
                 true,
@@ -815,7 +834,7 @@ impl Verifier {
             ),
         }
         // Revocation.
-        match self.status(known, &path.anchor) {
+        match self.status(known, &path) {
             Status::Good => v.check("revocation", true, "not revoked"),
             Status::OnHold { since } => v.fail(
                 Indeterminate,
@@ -854,8 +873,8 @@ impl Verifier {
         summary
     }
 
-    fn status(&self, known: &KnownCert, anchor: &Anchor) -> Status {
-        let serial = &known.facts().serial;
+    fn status(&self, known: &KnownCert, path: &ValidPath) -> Status {
+        let (serial, anchor) = (&known.facts().serial, &path.anchor);
         if anchor.own {
             return match self.store.certificate_state(serial) {
                 Ok(Some(rec)) => match (rec.status, rec.revocation) {
@@ -885,6 +904,17 @@ impl Verifier {
                 anchor.name
             ));
         };
+        // The anchor's CRL lists what the anchor itself issued: a signer certificate of one of
+        // its sub-CAs (the path is then longer than signer and anchor) is not on it, and
+        // neither is its serial that anchor's to give.
+        if let [_signer, sub_ca, _, ..] = path.chain.as_slice() {
+            return Status::Unknown(format!(
+                "the signer's certificate was issued by {}, a sub-CA of the trust anchor {}: \
+                 Signet has the anchor's CRL, not the sub-CA's",
+                crate::ca::x509::name_text(sub_ca.tbs_certificate().subject()),
+                anchor.name
+            ));
+        }
         // Checked (issuer, signature) when read: see RevocationList::of_anchor.
         let (crl, _) = crl.current();
         if crl

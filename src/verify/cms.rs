@@ -211,6 +211,9 @@ pub fn examine_cms(
             "CMS SignedData has no SignerInfo: it is not a signature",
         ));
     }
+    if raw_infos.len() > super::input::MAX_SIGNERS {
+        return Err(super::input::too_many_signers(raw_infos.len()));
+    }
     let mut distinct = std::collections::HashSet::with_capacity(raw_infos.len());
     if !raw_infos.iter().all(|t| distinct.insert(t.raw)) {
         return Err(ferr("CMS SignedData: repeated SignerInfo"));

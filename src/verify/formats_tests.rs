@@ -389,6 +389,63 @@ fn cms_a_signer_info_given_twice_is_a_format_error() {
     assert!(err.0.contains("repeated SignerInfo"), "{err}");
 }
 
+/// The detached fixture with its SignerInfo given `n` times, each with another last byte of
+/// its signature (its last field: the fixture has no unsigned attributes), so none repeats
+/// another.
+fn cms_with_signers(n: usize) -> Vec<u8> {
+    let mut fields = detached_fields_with_crls();
+    let infos = fields.pop().unwrap();
+    let one = crate::verify::input::read_single(&infos)
+        .unwrap()
+        .children()
+        .unwrap()[0]
+        .raw
+        .to_vec();
+    let many: Vec<u8> = (0..n)
+        .flat_map(|i| {
+            let mut si = one.clone();
+            *si.last_mut().unwrap() ^= i as u8;
+            si
+        })
+        .collect();
+    fields.push(
+        der::Any::new(der::Tag::Set, many)
+            .unwrap()
+            .to_der()
+            .unwrap(),
+    );
+    signed_data_of(&fields)
+}
+
+#[test]
+fn cms_with_more_signers_than_signet_reads_is_a_format_error() {
+    let at_most = crate::verify::input::MAX_SIGNERS;
+    let read = examine_cms(&cms_with_signers(at_most), INSTRUCTION, &Nobody).unwrap();
+    assert_eq!(read.len(), at_most);
+    let err = examine_cms(&cms_with_signers(at_most + 1), INSTRUCTION, &Nobody).unwrap_err();
+    assert!(err.0.contains("at most 16"), "{err}");
+}
+
+#[test]
+fn jws_with_more_signatures_than_signet_reads_is_a_format_error() {
+    let general = |n: usize| {
+        let one = serde_json::json!({
+            "protected": header_with_cert(serde_json::json!({})),
+            "signature": b64u(&[7u8; 64]),
+        });
+        serde_json::json!({"payload": b64u(INSTRUCTION), "signatures": vec![one; n]}).to_string()
+    };
+    let at_most = crate::verify::input::MAX_SIGNERS;
+    assert_eq!(
+        examine_jws(&general(at_most), INSTRUCTION, &Nobody)
+            .unwrap()
+            .len(),
+        at_most
+    );
+    let err = examine_jws(&general(at_most + 1), INSTRUCTION, &Nobody).unwrap_err();
+    assert!(err.0.contains("at most 16"), "{err}");
+}
+
 #[test]
 fn cms_other_content_types_and_empty_signed_data() {
     // ContentInfo { id-data, [0] OCTET STRING "" }.

@@ -19,6 +19,18 @@ pub const MAX_SIGNATURE_BYTES: usize = 1024 * 1024;
 /// Deepest nesting of constructed DER values accepted (a CMS with certificates needs about 12).
 pub const MAX_DER_DEPTH: usize = 64;
 
+/// Most signers one signature may have. Each costs store reads, a report entry and an audit
+/// event even when its own signature fails: without a bound, a request of a few kilobytes of
+/// SignerInfos naming a known certificate would write hundreds of audit events.
+pub const MAX_SIGNERS: usize = 16;
+
+/// The error for a signature with more than [`MAX_SIGNERS`] signers.
+pub(crate) fn too_many_signers(n: usize) -> FormatError {
+    ferr(format!(
+        "the signature has {n} signers; Signet reads at most {MAX_SIGNERS}"
+    ))
+}
+
 /// A signature, decoded from its transport encoding.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SignatureInput {

@@ -99,6 +99,9 @@ pub fn examine_jws(
                 if list.is_empty() {
                     return Err(ferr("JWS JSON: `signatures` is empty"));
                 }
+                if list.len() > super::input::MAX_SIGNERS {
+                    return Err(super::input::too_many_signers(list.len()));
+                }
                 list.iter()
                     .map(|v| {
                         v.as_object()
