@@ -634,6 +634,34 @@ fn roles_limit_what_a_credential_may_do() {
 }
 
 #[test]
+fn a_csr_cannot_get_a_certificate_under_the_e_seal_profile_whose_key_lives_in_the_hsm() {
+    let (banks, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let f = fixture();
+    let item = json!({"profile": "seal", "csr": csr_pem(f), "subject": "CN=Bank A Seal"});
+    let r = post_json(s, "/v1/certificates", Some(&banks.a_officer), &item);
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (400, "profile_needs_hsm_key"),
+        "{}",
+        r.body
+    );
+    let r = post_json(
+        s,
+        "/v1/certificates/batch",
+        Some(&banks.a_officer),
+        &json!({"items": [item]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json()["results"][0]["error"]["code"],
+        "profile_needs_hsm_key",
+        "{}",
+        r.body
+    );
+}
+
+#[test]
 fn missing_malformed_unknown_and_revoked_tokens_get_401() {
     let (_, guard) = server();
     let s = guard.as_ref().unwrap();
@@ -989,6 +1017,37 @@ fn auditor_reads_its_own_banks_events_in_chain_order() {
         Some(&banks.a_auditor),
     );
     assert_eq!(later.json()["events"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn a_banks_auditor_sees_the_revocation_hold_and_release_of_its_certificates() {
+    let (banks, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let before = bank_a_head(s, &banks.a_auditor);
+    let revoked = issue_and_revoke(s, &banks.a_officer, "keyCompromise");
+    let teller = issue_teller(s, banks, "CN=柜员审,serialNumber=E9011,OU=Branch 11");
+    for change in ["hold", "release"] {
+        let r = post_json(
+            s,
+            &format!("/v1/certificates/{teller}/{change}"),
+            Some(&banks.a_admin1),
+            &json!({}),
+        );
+        assert_eq!(r.status, 200, "{change}: {}", r.body);
+    }
+    let events = bank_a_events_since(s, &banks.a_auditor, before);
+    for (action, serial) in [
+        ("certificate.revoke", &revoked),
+        ("certificate.hold", &teller),
+        ("certificate.release", &teller),
+    ] {
+        assert!(
+            events
+                .iter()
+                .any(|e| e["action"] == action && e["object"] == serial.as_str()),
+            "bank A's auditor does not see {action} of {serial}: {events:?}"
+        );
+    }
 }
 
 // --------------------------------------------------------------------------------------

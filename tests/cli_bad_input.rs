@@ -129,6 +129,16 @@ fn issue_refuses_an_unknown_profile() {
 }
 
 #[test]
+fn issue_refuses_a_csr_under_a_profile_whose_key_lives_in_the_hsm() {
+    let f = fixture();
+    let csr = f.csr(KeyKind::P256);
+    for profile in ["seal", "teller-hsm"] {
+        let out = assert_issue_refused(f, &f.config, profile, &csr, "CN=Bank Seal");
+        out.assert_stderr_mentions("never from a CSR");
+    }
+}
+
+#[test]
 fn customer_issue_refuses_a_subject_without_serial_number() {
     let f = fixture();
     let csr = f.csr(KeyKind::P256);

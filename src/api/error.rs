@@ -189,6 +189,7 @@ impl From<RaError> for ApiError {
             RaError::SelfApproval => ApiError::new(StatusCode::FORBIDDEN, "self_approval", msg),
             RaError::RequestExpired => ApiError::new(StatusCode::CONFLICT, "request_expired", msg),
             RaError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", msg),
+            RaError::HsmKeyProfile { .. } => ApiError::bad_request("profile_needs_hsm_key", msg),
             RaError::Store(s) => from_store(&s),
             RaError::Ca(c) => c.into(),
         }

@@ -538,7 +538,9 @@ impl Authority {
             "certificate.revoke",
             serial,
             serde_json::json!({"issuer": rec.issuer.as_str(), "reason": reason.name(), "invalidity_date": invalidity_date}),
-        );
+        )
+        // The bank that owns the certificate sees its status changes in its audit events.
+        .for_tenant(rec.owner.as_deref());
         let audit = self.store.revoke(
             serial,
             crate::store::RevocationRecord {
@@ -574,7 +576,8 @@ impl Authority {
             "certificate.hold",
             serial,
             serde_json::json!({"issuer": rec.issuer.as_str()}),
-        );
+        )
+        .for_tenant(rec.owner.as_deref());
         let audit = self.store.revoke(
             serial,
             crate::store::RevocationRecord {
@@ -596,7 +599,8 @@ impl Authority {
             "certificate.release",
             serial,
             serde_json::json!({"issuer": rec.issuer.as_str()}),
-        );
+        )
+        .for_tenant(rec.owner.as_deref());
         let audit = self.store.release(serial, self.clock.now(), &ev)?;
         self.auditor.after_append(&audit)?;
         Ok(())

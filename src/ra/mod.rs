@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::ca::{Authority, CaError, Issued, LeafRequest};
-use crate::policy::{Profile, Profiles, SubjectAttr};
+use crate::policy::{KeyCustody, Profile, Profiles, SubjectAttr};
 use csr::CsrKey;
 
 /// Why a request was refused.
@@ -78,6 +78,8 @@ pub enum RaError {
     RequestExpired,
     #[error("{0}")]
     Conflict(String),
+    #[error("profile {profile} vouches that the key was made in Signet's HSM and never leaves it: its certificates are made with such a key (the bank's e-seal, a teller's HSM key), never from a CSR")]
+    HsmKeyProfile { profile: String },
 }
 
 /// A request for a certificate, as the front end received it.
@@ -250,6 +252,13 @@ impl Registrar {
         ),
         RaError,
     > {
+        // A CSR's key was made wherever its sender made it: a certificate from it must not
+        // carry a profile that tells verifiers (article 13) the key lives in Signet's HSM.
+        if profile.key_custody == KeyCustody::Hsm {
+            return Err(RaError::HsmKeyProfile {
+                profile: profile.name.clone(),
+            });
+        }
         let parsed = csr::parse(csr_bytes)?;
         match &parsed.key {
             CsrKey::Supported(k) if profile.key_types.contains(k) => {}
