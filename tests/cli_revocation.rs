@@ -148,6 +148,42 @@ fn teller_cert_on_hold_is_on_the_crl_with_certificate_hold() {
 }
 
 #[test]
+fn a_held_certificate_revoked_later_keeps_its_hold_time_as_invalidity_date() {
+    let f = fixture();
+    let issued = f.issue_teller();
+    let now = now_unix();
+    let clock = |t: u64| vec![("SIGNET_FAKE_NOW", t.to_string())];
+    f.signet_with(
+        &f.config,
+        &clock(now),
+        &args!["hold", "--serial", &issued.serial],
+    )
+    .assert_ok();
+    f.signet_with(
+        &f.config,
+        &clock(now + 3_600),
+        &args![
+            "revoke",
+            "--serial",
+            &issued.serial,
+            "--reason",
+            "keyCompromise"
+        ],
+    )
+    .assert_ok();
+    let crl = f.crl_text(&f.crl("teller"), &f.issuer_bundle("teller"));
+    let entry = crl
+        .entry(&issued.serial)
+        .unwrap_or_else(|| panic!("serial {} not on the CRL:\n{}", issued.serial, crl.text));
+    assert!(entry.contains("Key Compromise"), "{entry}");
+    let hold_time = openssl_time(now);
+    assert!(
+        entry.contains("Invalidity Date") && entry.contains(&hold_time),
+        "the revocation does not carry the hold time {hold_time} as its invalidity date:\n{entry}"
+    );
+}
+
+#[test]
 fn released_teller_cert_is_not_on_the_next_crl() {
     let f = fixture();
     let issued = f.issue_teller();

@@ -533,6 +533,15 @@ impl Authority {
                 ));
             }
         }
+        // A certificate on hold has not been valid since its hold: its final revocation says
+        // so (RFC 5280 5.3.2, invalidityDate), or a relying party with a proof of existence
+        // between the hold and now would take a signature made while it was suspended.
+        let invalidity_date = match &rec.revocation {
+            Some(r) if r.reason_code == Some(HOLD_REASON_CODE) => {
+                Some(invalidity_date.map_or(r.revoked_at, |d| d.min(r.revoked_at)))
+            }
+            _ => invalidity_date,
+        };
         let ev = crate::audit::AuditEvent::new(
             actor,
             "certificate.revoke",
