@@ -72,7 +72,7 @@ enum Command {
         #[arg(long)]
         serial: String,
         /// RFC 5280 reason: unspecified, keyCompromise, cACompromise, affiliationChanged,
-        /// superseded, cessationOfOperation, privilegeWithdrawn, aACompromise.
+        /// superseded, cessationOfOperation, privilegeWithdrawn.
         #[arg(long)]
         reason: String,
         /// When the key is known or suspected to have been compromised (RFC 3339, UTC).

@@ -55,7 +55,24 @@ fn revoked_teller_cert_is_on_the_teller_crl_and_not_the_customer_crl() {
 }
 
 #[test]
-fn every_rfc5280_reason_name_is_accepted_and_shown_on_the_crl() {
+fn aa_compromise_is_refused_for_a_public_key_certificate() {
+    let f = fixture();
+    let issued = f.issue_customer();
+    let out = f.signet(&args![
+        "revoke",
+        "--serial",
+        &issued.serial,
+        "--reason",
+        "aACompromise"
+    ]);
+    out.assert_refused();
+    out.assert_stderr_mentions("attribute certificates");
+    let crl = f.crl_text(&f.crl("customer"), &f.issuer_bundle("customer"));
+    assert!(crl.entry(&issued.serial).is_none(), "{}", crl.text);
+}
+
+#[test]
+fn every_rfc5280_reason_name_for_public_key_certificates_is_accepted_and_shown_on_the_crl() {
     let f = fixture();
     let reasons = [
         ("unspecified", "Unspecified"),
@@ -65,7 +82,6 @@ fn every_rfc5280_reason_name_is_accepted_and_shown_on_the_crl() {
         ("superseded", "Superseded"),
         ("cessationOfOperation", "Cessation Of Operation"),
         ("privilegeWithdrawn", "Privilege Withdrawn"),
-        ("aACompromise", "AA Compromise"),
     ];
     let mut serials = Vec::new();
     for (name, _) in reasons {

@@ -170,7 +170,7 @@ fn schemas() -> Value {
         "RevokeRequest": {
             "type": "object", "required": ["reason"], "additionalProperties": false,
             "properties": {
-                "reason": {"type": "string", "enum": ["unspecified", "keyCompromise", "cACompromise", "affiliationChanged", "superseded", "cessationOfOperation", "privilegeWithdrawn", "aACompromise"]},
+                "reason": {"type": "string", "enum": ["unspecified", "keyCompromise", "cACompromise", "affiliationChanged", "superseded", "cessationOfOperation", "privilegeWithdrawn"]},
                 "invalidity_date": {"type": "string", "example": "2026-11-01T00:00:00Z"}
             }
         },

@@ -524,6 +524,12 @@ impl Authority {
                 "certificateHold is not a revocation reason here; use `hold`".into(),
             ));
         }
+        if reason == Reason::AaCompromise {
+            // RFC 5280 5.3.1: the reason of attribute certificates' authorities.
+            return Err(CaError::InvalidRequest(
+                "aACompromise is for attribute certificates (RFC 5280 5.3.1); Signet's are public-key certificates: use keyCompromise or cACompromise".into(),
+            ));
+        }
         let rec = self.known_serial(serial)?;
         let now = self.clock.now();
         if let Some(d) = invalidity_date {
