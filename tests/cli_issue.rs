@@ -41,6 +41,107 @@ fn customer_cert_from_openssl_p256_csr_passes_openssl_verify_x509_strict() {
 }
 
 #[test]
+fn a_csr_with_a_compressed_p256_point_gets_a_certificate_with_the_point_uncompressed() {
+    let f = fixture();
+    let (key, compressed, csr) = (
+        f.path("compressed.key"),
+        f.path("compressed-form.key"),
+        f.path("compressed.csr"),
+    );
+    openssl(&args![
+        "ecparam",
+        "-name",
+        "prime256v1",
+        "-genkey",
+        "-noout",
+        "-out",
+        &key
+    ])
+    .assert_ok();
+    openssl(&args![
+        "ec",
+        "-in",
+        &key,
+        "-conv_form",
+        "compressed",
+        "-out",
+        &compressed
+    ])
+    .assert_ok();
+    openssl(&args![
+        "req",
+        "-new",
+        "-key",
+        &compressed,
+        "-subj",
+        "/CN=c",
+        "-out",
+        &csr
+    ])
+    .assert_ok();
+    let point_of = |args: Vec<std::ffi::OsString>| {
+        let out = openssl(&args);
+        out.assert_ok();
+        // `pub:` then the point as colon-separated hex over a few lines.
+        let text = out.stdout;
+        let hex: String = text
+            .split("pub:")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no public key in\n{text}"))
+            .lines()
+            .skip(1)
+            .take_while(|l| {
+                let l = l.trim();
+                !l.is_empty() && l.chars().all(|c| c.is_ascii_hexdigit() || c == ':')
+            })
+            .collect::<String>()
+            .chars()
+            .filter(char::is_ascii_hexdigit)
+            .collect();
+        hex
+    };
+    let asked = point_of(args!["req", "-in", &csr, "-noout", "-text"].to_vec());
+    assert_eq!(asked.len(), 66, "the CSR's point is compressed: {asked}");
+    let issued = f.issue_with(
+        &f.config,
+        "customer",
+        &csr,
+        "CN=张三,serialNumber=110101199003071234",
+        &[],
+    );
+    let certified = point_of(args!["x509", "-in", &issued.leaf, "-noout", "-text"].to_vec());
+    assert_eq!(certified.len(), 130, "uncompressed: 04, x, y: {certified}");
+    assert!(certified.starts_with("04"), "{certified}");
+    assert_eq!(&certified[2..66], &asked[2..], "the same x");
+    // The certificate's key is the CSR's key: it verifies a signature made with it.
+    verify(&issued.leaf, "customer-ca.pem").assert_ok();
+    let (msg, sig) = (f.path("compressed.msg"), f.path("compressed.sig"));
+    fs::write(&msg, b"signed with the compressed key").unwrap();
+    openssl(&args!["dgst", "-sha256", "-sign", &key, "-out", &sig, &msg]).assert_ok();
+    let pubkey = f.path("compressed-cert.pub");
+    openssl(&args![
+        "x509",
+        "-in",
+        &issued.leaf,
+        "-noout",
+        "-pubkey",
+        "-out",
+        &pubkey
+    ])
+    .assert_ok();
+    openssl(&args![
+        "dgst",
+        "-sha256",
+        "-verify",
+        &pubkey,
+        "-signature",
+        &sig,
+        &msg
+    ])
+    .assert_ok();
+}
+
+#[test]
 fn teller_cert_from_openssl_p256_csr_passes_openssl_verify_x509_strict() {
     let issued = fixture().issue_teller();
     let out = verify(&issued.leaf, "teller-ca.pem");

@@ -5,7 +5,7 @@ use std::fmt;
 
 use const_oid::ObjectIdentifier;
 use der::asn1::{ObjectIdentifier as Oid, Uint};
-use der::{Decode, Encode, Sequence};
+use der::{Decode, Sequence};
 use spki::SubjectPublicKeyInfoOwned;
 use x509_cert::request::CertReq;
 
@@ -46,12 +46,41 @@ impl fmt::Display for CsrKey {
 pub struct ParsedCsr {
     pub req: CertReq,
     pub key: CsrKey,
+    /// CertificationRequestInfo as received: what the subject signed. The decoder sorts a SET
+    /// OF that is out of DER order, so encoding `req.info` again may give other bytes.
+    info_der: Vec<u8>,
 }
 
 impl ParsedCsr {
     pub fn spki(&self) -> &SubjectPublicKeyInfoOwned {
         &self.req.info.public_key
     }
+
+    /// The subject key as a certificate carries it: a P-256 point in its uncompressed form,
+    /// which RFC 5480 (2.2) requires every implementation to read (a compressed point is
+    /// optional to support, and some relying parties cannot parse it).
+    pub fn certified_spki(&self) -> Result<SubjectPublicKeyInfoOwned, RaError> {
+        let mut spki = self.spki().clone();
+        if self.key == CsrKey::Supported(KeyType::P256) {
+            let key = crate::ecdsa::EcdsaKey::from_sec1(
+                crate::ecdsa::Curve::P256,
+                spki.subject_public_key.raw_bytes(),
+            )
+            .map_err(|_| {
+                RaError::NotACsr("the P-256 public key is not a valid curve point".into())
+            })?;
+            spki.subject_public_key = der::asn1::BitString::from_bytes(key.point())
+                .map_err(|e| RaError::NotACsr(e.to_string()))?;
+        }
+        Ok(spki)
+    }
+}
+
+/// The first element of the DER SEQUENCE `der`, as its bytes.
+fn first_element(der: &[u8]) -> der::Result<Vec<u8>> {
+    let outer = der::asn1::AnyRef::from_der(der)?;
+    let mut reader = der::SliceReader::new(outer.value())?;
+    der::Reader::tlv_bytes(&mut reader).map(<[u8]>::to_vec)
 }
 
 /// Parses a CSR given as PEM or DER.
@@ -80,8 +109,10 @@ pub fn parse(input: &[u8]) -> Result<ParsedCsr, RaError> {
         .map_err(|e| RaError::NotACsr(format!("not a PKCS#10 request: {e}")))?;
     let req = CertReq::from_der(&der)
         .map_err(|e| RaError::NotACsr(format!("not a PKCS#10 request: {e}")))?;
+    let info_der =
+        first_element(&der).map_err(|e| RaError::NotACsr(format!("not a PKCS#10 request: {e}")))?;
     let key = key_type(&req.info.public_key);
-    Ok(ParsedCsr { req, key })
+    Ok(ParsedCsr { req, key, info_der })
 }
 
 fn trim_ascii(b: &[u8]) -> &[u8] {
@@ -152,14 +183,9 @@ pub fn verify_proof_of_possession(csr: &ParsedCsr) -> Result<(), RaError> {
             csr.req.algorithm.oid
         )));
     }
-    let info = csr
-        .req
-        .info
-        .to_der()
-        .map_err(|e| RaError::NotACsr(e.to_string()))?;
     crate::ecdsa::verify_p256_sha256(
         csr.spki().subject_public_key.raw_bytes(),
-        &info,
+        &csr.info_der,
         csr.req.signature.raw_bytes(),
     )
     .map_err(|e| match e {
@@ -198,6 +224,52 @@ mod tests {
             .find(|der| der.last().is_some_and(|b| b.is_ascii_whitespace()))
             .unwrap();
         parse(&der).unwrap();
+    }
+
+    #[test]
+    fn the_proof_of_possession_is_checked_over_the_request_info_as_received() {
+        use der::{Encode, Tag, TagNumber};
+        use p256::ecdsa::signature::Signer;
+        use x509_cert::builder::{Builder, RequestBuilder};
+        let key = p256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
+        let tlv = |tag: Tag, body: &[u8]| der::Any::new(tag, body).unwrap().to_der().unwrap();
+        // Version, subject and key of a request made the usual way.
+        let usual = RequestBuilder::new("CN=unsorted".parse().unwrap())
+            .unwrap()
+            .build::<_, p256::ecdsa::DerSignature>(&key)
+            .unwrap()
+            .to_der()
+            .unwrap();
+        let info = first_element(&usual).unwrap();
+        let body = der::asn1::AnyRef::from_der(&info).unwrap().value().to_vec();
+        let mut reader = der::SliceReader::new(&body).unwrap();
+        let head: Vec<u8> = (0..3)
+            .flat_map(|_| der::Reader::tlv_bytes(&mut reader).unwrap().to_vec())
+            .collect();
+        // Two attributes out of DER order (challengePassword, ...9.7, before unstructuredName,
+        // ...9.2): the decoder sorts them, so the info encoded again is not what was signed.
+        let attribute = |last_arc: u8| {
+            let oid = [
+                0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, last_arc,
+            ];
+            let value = tlv(Tag::Set, &tlv(Tag::Utf8String, b"x"));
+            tlv(Tag::Sequence, &[&oid[..], &value].concat())
+        };
+        let attributes = tlv(
+            Tag::ContextSpecific {
+                constructed: true,
+                number: TagNumber(0),
+            },
+            &[attribute(7), attribute(2)].concat(),
+        );
+        let info = tlv(Tag::Sequence, &[head, attributes].concat());
+        let signature: p256::ecdsa::DerSignature = key.sign(&info);
+        let algorithm = tlv(Tag::Sequence, &ECDSA_WITH_SHA256.to_der().unwrap());
+        let bits = tlv(Tag::BitString, &[&[0u8][..], signature.as_bytes()].concat());
+        let csr = tlv(Tag::Sequence, &[info, algorithm, bits].concat());
+        let parsed = parse(&csr).unwrap();
+        assert_ne!(parsed.req.info.to_der().unwrap(), parsed.info_der);
+        verify_proof_of_possession(&parsed).unwrap();
     }
 
     #[test]

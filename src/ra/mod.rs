@@ -289,7 +289,7 @@ impl Registrar {
         let digest = vetted
             .get(&SubjectAttr::SerialNumber)
             .map(|id| self.lookup_digest(id));
-        Ok((name, parsed.spki().clone(), digest))
+        Ok((name, parsed.certified_spki()?, digest))
     }
 
     pub fn store(&self) -> &std::sync::Arc<dyn crate::store::Store> {
