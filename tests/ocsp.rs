@@ -481,6 +481,14 @@ fn the_root_answers_for_the_issuing_ca_certificates() {
     let _g = shared();
     let f = fixture();
     let root = f.ca("root.pem");
+    // The root's key usage allows the signature of these answers.
+    let usage = openssl(&args!["x509", "-in", &root, "-noout", "-ext", "keyUsage"]);
+    usage.assert_ok();
+    assert!(
+        usage.stdout.contains("Digital Signature"),
+        "the root signs OCSP answers but its keyUsage lacks digitalSignature:\n{}",
+        usage.stdout
+    );
     for ca in ["customer-ca.pem", "teller-ca.pem"] {
         let q = query(&root, &args!["-issuer", &root, "-cert", f.ca(ca)], false);
         let (answer, resp) = q.respond();

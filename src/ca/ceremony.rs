@@ -72,7 +72,14 @@ impl Authority {
                 },
                 true,
             )?,
-            extension(&KeyUsage(KeyUsages::KeyCertSign | KeyUsages::CRLSign), true)?,
+            // digitalSignature: the root signs the OCSP answers about the issuing CAs itself
+            // (RFC 5280 4.2.1.3; CA/Browser Forum BR 7.1.2.1 asks it of a root that does).
+            extension(
+                &KeyUsage(
+                    KeyUsages::DigitalSignature | KeyUsages::KeyCertSign | KeyUsages::CRLSign,
+                ),
+                true,
+            )?,
             extension(
                 &SubjectKeyIdentifier(OctetString::new(root_key_id.clone())?),
                 false,
