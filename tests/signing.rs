@@ -492,6 +492,54 @@ fn the_activation_code_works_once_and_a_teller_gets_one_key() {
 }
 
 #[test]
+fn of_two_key_requests_for_one_teller_only_the_first_approved_makes_and_certifies_a_key() {
+    let (st, s) = setup();
+    let r = post_json(
+        &s,
+        "/v1/tellers",
+        Some(&st.admin1),
+        &json!({"employee_id": "T3", "name": "赵柜员"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    // Both filed before either is approved.
+    let file = || {
+        let r = post_json(
+            &s,
+            "/v1/teller-keys",
+            Some(&st.admin1),
+            &json!({"employee_id": "T3"}),
+        );
+        assert_eq!(r.status, 202, "{}", r.body);
+        r.json()["id"].as_str().unwrap().to_string()
+    };
+    let (first, second) = (file(), file());
+    let approve = |id: &str| {
+        post_json(
+            &s,
+            &format!("/v1/teller-requests/{id}/approve"),
+            Some(&st.admin2),
+            &json!({}),
+        )
+    };
+    let made = approve(&first);
+    assert_eq!(made.status, 201, "{}", made.body);
+    let signed = common::drill::metric(&s, "signet_certificate_signs_total");
+    let again = approve(&second);
+    assert_eq!(
+        (again.status, again.code().as_str()),
+        (409, "conflict"),
+        "{}",
+        again.body
+    );
+    assert!(again.body.contains("already has a key"), "{}", again.body);
+    assert_eq!(
+        common::drill::metric(&s, "signet_certificate_signs_total"),
+        signed,
+        "the second approval had a certificate signed"
+    );
+}
+
+#[test]
 fn a_revoked_e_seal_no_longer_signs() {
     let (_st, s) = setup();
     let f = fixture();

@@ -695,6 +695,69 @@ fn a_teller_request_keeps_the_holder_of_whoever_filed_it() {
     }
 }
 
+/// An approved request whose issuance failed waits again, and the audit log says so; a request
+/// that is not approved, or already has its serial, is left as it is and logs nothing.
+#[test]
+fn a_teller_request_reopened_after_a_failed_issuance_is_audited() {
+    for db in databases("teller_request_reopen") {
+        let store = db.open();
+        store
+            .add_tenant(
+                &TenantRecord {
+                    id: "t1".into(),
+                    name: "Bank".into(),
+                    created_at: 1,
+                },
+                &event("tenant.add", "t1"),
+            )
+            .unwrap();
+        let request = TellerRequestRecord {
+            id: "treq_1".into(),
+            tenant_id: "t1".into(),
+            requested_by: "cred_1".into(),
+            requested_by_holder: None,
+            csr: b"csr".to_vec(),
+            subject: "CN=T".into(),
+            status: "pending".into(),
+            created_at: 10,
+            expires_at: 100,
+            decided_by: None,
+            decided_at: None,
+            serial: None,
+            kind: "certificate".into(),
+            teller_id: None,
+        };
+        store
+            .add_teller_request(&request, &event("teller_request.submit", "treq_1"))
+            .unwrap();
+        let reopens = |s: &Arc<dyn Store>| {
+            s.audit_events(0)
+                .unwrap()
+                .iter()
+                .filter(|e| e.action == "teller_request.reopen")
+                .count()
+        };
+        // Pending: nothing to reopen.
+        let reopen = event("teller_request.reopen", "treq_1");
+        store.reopen_teller_request("treq_1", 20, &reopen).unwrap();
+        assert_eq!(reopens(&store), 0, "{:?}", db.engine);
+        store
+            .decide_teller_request(
+                "treq_1",
+                "approved",
+                "cred_2",
+                20,
+                &event("teller_request.approve", "treq_1"),
+            )
+            .unwrap();
+        store.reopen_teller_request("treq_1", 21, &reopen).unwrap();
+        let read = store.teller_request("treq_1").unwrap().unwrap();
+        assert_eq!(read.status, "pending", "{:?}", db.engine);
+        assert_eq!(reopens(&store), 1, "{:?}", db.engine);
+        assert_chain_intact(&store.audit_events(0).unwrap());
+    }
+}
+
 #[test]
 fn concurrent_wrong_pins_cannot_exceed_the_limit() {
     for db in databases("pins") {

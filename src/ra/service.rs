@@ -142,6 +142,10 @@ impl Registrar {
                 rec.status
             )));
         }
+        if let (true, Some(teller_id)) = (rec.kind == "hsm-key", rec.teller_id.as_deref()) {
+            // Approving it would certify the teller's existing key a second time.
+            self.refuse_a_second_teller_key(&who.tenant.id, teller_id, teller_id)?;
+        }
         let now = self.authority().clock().now();
         if now >= rec.expires_at {
             let ev = AuditEvent::new(
@@ -198,7 +202,16 @@ impl Registrar {
             }
             Err(e) => {
                 // Nothing issued: the request waits again rather than being lost.
-                let _ = self.store().reopen_teller_request(id);
+                let ev = AuditEvent::new(
+                    &who.actor(),
+                    "teller_request.reopen",
+                    id,
+                    serde_json::json!({"error": e.to_string()}),
+                )
+                .for_tenant(Some(&who.tenant.id));
+                let _ = self
+                    .store()
+                    .reopen_teller_request(id, self.authority().clock().now(), &ev);
                 Err(e)
             }
         }

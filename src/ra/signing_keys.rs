@@ -178,17 +178,7 @@ impl Registrar {
     ) -> Result<TellerRequestRecord, RaError> {
         self.require_role(who, Role::TellerAdmin, "request teller keys")?;
         let teller = self.teller_by_employee(&who.tenant.id, employee_id)?;
-        if self
-            .store()
-            .signing_keys(&who.tenant.id)
-            .map_err(store_err)?
-            .iter()
-            .any(|k| k.teller_id.as_deref() == Some(teller.id.as_str()))
-        {
-            return Err(RaError::Conflict(format!(
-                "teller {employee_id} already has a key in the HSM"
-            )));
-        }
+        self.refuse_a_second_teller_key(&who.tenant.id, &teller.id, employee_id)?;
         let now = self.authority().clock().now();
         let rec = TellerRequestRecord {
             id: self.new_id("treq")?,
@@ -217,6 +207,29 @@ impl Registrar {
             .add_teller_request(&rec, &ev)
             .map_err(store_err)?;
         Ok(rec)
+    }
+
+    /// A teller has one key in the HSM at most: another request for one is refused when filed,
+    /// and when approved (two requests filed before either was approved), before anything is
+    /// made or certified.
+    pub(super) fn refuse_a_second_teller_key(
+        &self,
+        tenant_id: &str,
+        teller_id: &str,
+        teller_name: &str,
+    ) -> Result<(), RaError> {
+        let has_one = self
+            .store()
+            .signing_keys(tenant_id)
+            .map_err(store_err)?
+            .iter()
+            .any(|k| k.teller_id.as_deref() == Some(teller_id));
+        if has_one {
+            return Err(RaError::Conflict(format!(
+                "teller {teller_name} already has a key in the HSM"
+            )));
+        }
+        Ok(())
     }
 
     /// The approved half of an `hsm-key` request: key, certificate, one-time activation code.

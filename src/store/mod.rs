@@ -583,8 +583,9 @@ pub trait Store: Send + Sync {
     ) -> Result<AuditRecord>;
     /// Records the serial issued for an approved request.
     fn set_teller_request_serial(&self, id: &str, serial: &str) -> Result<()>;
-    /// Puts an approved request whose issuance failed back to pending.
-    fn reopen_teller_request(&self, id: &str) -> Result<()>;
+    /// Puts an approved request whose issuance failed back to pending, with its audit event
+    /// (none when the request is not an approved one without a serial: nothing changes).
+    fn reopen_teller_request(&self, id: &str, at: i64, event: &AuditEvent) -> Result<()>;
 
     /// A signed certificate by its subjectKeyIdentifier (hex).
     fn certificate_by_key_id(&self, key_id: &str) -> Result<Option<CertRecord>>;

@@ -1212,14 +1212,18 @@ impl Store for SqliteStore {
         })
     }
 
-    fn reopen_teller_request(&self, id: &str) -> Result<()> {
+    fn reopen_teller_request(&self, id: &str, at: i64, event: &AuditEvent) -> Result<()> {
         self.tx(|tx| {
-            tx.execute(
-                "UPDATE teller_requests SET status = 'pending', decided_by = NULL, decided_at = NULL
-                 WHERE id = ?1 AND status = 'approved' AND serial IS NULL",
-                [id],
-            )
-            .map_err(map_err)?;
+            let n = tx
+                .execute(
+                    "UPDATE teller_requests SET status = 'pending', decided_by = NULL, decided_at = NULL
+                     WHERE id = ?1 AND status = 'approved' AND serial IS NULL",
+                    [id],
+                )
+                .map_err(map_err)?;
+            if n == 1 {
+                append(tx, at, event)?;
+            }
             Ok(())
         })
     }
