@@ -540,7 +540,7 @@ fn of_two_key_requests_for_one_teller_only_the_first_approved_makes_and_certifie
 }
 
 #[test]
-fn a_revoked_e_seal_no_longer_signs() {
+fn only_the_ca_operator_revokes_an_e_seal_and_a_revoked_one_no_longer_signs() {
     let (_st, s) = setup();
     let f = fixture();
     cli(f, &["tenant", "add", "Bank C"]);
@@ -566,6 +566,32 @@ fn a_revoked_e_seal_no_longer_signs() {
         ],
     );
     let body = json!({"key": key, "format": "jws", "data": base64_std(b"statement")});
+    assert_eq!(sign(&s, &sealer, body.clone()).status, 200);
+    // The bank's registration officer cannot revoke it over the API.
+    let officer = cli(
+        f,
+        &[
+            "credential",
+            "add",
+            "--tenant",
+            "Bank C",
+            "--role",
+            "ra-officer",
+        ],
+    );
+    let r = post_json(
+        &s,
+        &format!("/v1/certificates/{serial}/revoke"),
+        Some(&officer),
+        &json!({"reason": "superseded"}),
+    );
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (403, "forbidden"),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("e-seal"), "{}", r.body);
     assert_eq!(sign(&s, &sealer, body.clone()).status, 200);
     f.signet(&["revoke", "--serial", &serial, "--reason", "keyCompromise"])
         .assert_ok();

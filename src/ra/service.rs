@@ -279,6 +279,18 @@ impl Registrar {
                 who.role, cert.issuer
             )));
         }
+        // The bank's e-seal (the customer CA's certificate of a key in Signet's HSM) is the
+        // CA operator's to make and to revoke; a teller's HSM key stays its teller-admins'.
+        let seal = self
+            .profiles()
+            .get(&cert.profile)
+            .is_some_and(|p| p.key_custody == crate::policy::KeyCustody::Hsm);
+        if who.role == Role::RaOfficer && seal {
+            return Err(RaError::Forbidden(format!(
+                "certificate {} is the bank's e-seal: the CA operator revokes it (`signet revoke` on the CA host)",
+                cert.serial
+            )));
+        }
         let authority = self.authority();
         let actor = who.actor();
         match change {
