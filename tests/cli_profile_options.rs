@@ -15,6 +15,17 @@ fn config_with(f: &Fixture, name: &str, edit: impl Fn(String) -> String) -> Path
     path
 }
 
+/// A copy of the fixture's store configured with two CRL shards, as a CA set up that way from
+/// the start: the copy's CRLs of the issuing CAs (whole-issuer ones, made under the fixture's
+/// single shard) are dropped, since Signet refuses a shard count its CRLs were not made with.
+fn sharded_copy(f: &Fixture, name: &str) -> PathBuf {
+    let copy = f.store_copy(name, &[("ca", "crl_shards", "2".into())]);
+    common::open_db(&copy.db)
+        .execute("DELETE FROM crls WHERE issuer != 'root'", [])
+        .unwrap();
+    copy.config
+}
+
 fn issue_with(
     f: &Fixture,
     config: &std::path::Path,
@@ -36,9 +47,7 @@ fn cert_text(leaf: &std::path::Path) -> String {
 #[test]
 fn sharded_crl_names_its_shard_and_lists_the_certificates_of_that_shard() {
     let f = fixture();
-    let config = config_with(f, "sharded.toml", |t| {
-        set_toml_key(&t, "ca", "crl_shards", "2")
-    });
+    let config = sharded_copy(f, "sharded");
     let (serial, leaf) = issue_with(f, &config, "customer", "CN=分片,serialNumber=S1");
     let text = cert_text(&leaf);
     let url = text
@@ -111,9 +120,7 @@ fn sharded_crl_names_its_shard_and_lists_the_certificates_of_that_shard() {
 #[test]
 fn sharded_crl_needs_a_valid_shard_number() {
     let f = fixture();
-    let config = config_with(f, "sharded2.toml", |t| {
-        set_toml_key(&t, "ca", "crl_shards", "2")
-    });
+    let config = sharded_copy(f, "sharded2");
     let crl = f.path("noshard.crl");
     f.signet_with(
         &config,
@@ -129,6 +136,50 @@ fn sharded_crl_needs_a_valid_shard_number() {
     )
     .assert_refused()
     .assert_stderr_mentions("shard 7");
+}
+
+#[test]
+fn a_shard_count_other_than_the_one_the_crls_were_made_with_is_refused() {
+    let f = fixture();
+    // One CRL of the whole customer CA, then two shards: that CRL's certificates would lose it.
+    let single = f.store_copy("one-shard", &[]);
+    f.crl_with(&single.config, &[], "customer");
+    let two = config_with(f, "one-shard-now-two.toml", |_| {
+        set_toml_key(
+            &fs::read_to_string(&single.config).unwrap(),
+            "ca",
+            "crl_shards",
+            "2",
+        )
+    });
+    let crl = f.path("refused-shard.crl");
+    let crl_args = args!["crl", "--issuer", "customer", "--shard", "0", "--out", &crl];
+    f.signet_with(&two, &[], &crl_args)
+        .assert_refused()
+        .assert_stderr_mentions("set crl_shards back to 1");
+    // Two shards, then one: shard 1's certificates would be on no CRL.
+    let sharded = sharded_copy(f, "two-shards");
+    for shard in ["0", "1"] {
+        let crl_args = args!["crl", "--issuer", "customer", "--shard", shard, "--out", &crl];
+        f.signet_with(&sharded, &[], &crl_args).assert_ok();
+    }
+    let one = config_with(f, "two-shards-now-one.toml", |_| {
+        set_toml_key(
+            &fs::read_to_string(&sharded).unwrap(),
+            "ca",
+            "crl_shards",
+            "1",
+        )
+    });
+    f.signet_with(
+        &one,
+        &[],
+        &args!["crl", "--issuer", "customer", "--out", &crl],
+    )
+    .assert_refused()
+    .assert_stderr_mentions("set crl_shards back to 2");
+    // The count they were made with still works.
+    f.signet_with(&sharded, &[], &crl_args).assert_ok();
 }
 
 #[test]

@@ -46,6 +46,40 @@ impl Authority {
         out
     }
 
+    /// Refuses a shard count other than the one the store's CRLs were made with. A certificate
+    /// names its CRL in its distribution point when it is issued: with fewer shards, those of
+    /// the shards gone would be on no CRL; with more, or from one to several, their CRL would
+    /// no longer be made (the new ones' issuingDistributionPoint does not name them).
+    pub(crate) fn check_crl_shards(&self) -> Result<(), CaError> {
+        let configured = self.settings.crl_shards;
+        let scopes = self.crl_scopes();
+        let recorded = self.store.crl_scopes_recorded()?;
+        let Some(&(issuer, shard)) = recorded.iter().find(|&&(issuer, shard)| {
+            issuer != IssuerId::Root && !scopes.contains(&(issuer, shard))
+        }) else {
+            return Ok(());
+        };
+        // What the count was: one CRL of the whole issuer, or at least its highest shard's.
+        let was = match recorded
+            .iter()
+            .filter(|(i, _)| *i == issuer)
+            .filter_map(|(_, s)| *s)
+            .max()
+        {
+            Some(highest) if shard.is_some() => (highest + 1).to_string(),
+            _ => "1".to_string(),
+        };
+        Err(CaError::CrlShardsChanged {
+            configured,
+            issuer,
+            recorded: match shard {
+                Some(s) => format!("of shard {s}"),
+                None => "of all its certificates".to_string(),
+            },
+            was,
+        })
+    }
+
     /// Makes the scope's next CRL if it is due ([`crl_due`]), as the successor of the newest
     /// one ([`succession`]). Judged again when another process made the CRL judged due
     /// meanwhile: its CRL may already be current (then this one stands back), or may have been

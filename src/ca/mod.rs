@@ -240,6 +240,13 @@ pub enum CaError {
     Encoding(String),
     #[error("fault injected after recording serial {serial}")]
     FaultInjected { serial: String },
+    #[error("[ca].crl_shards is {configured}, but the store holds the {issuer} CA's CRL {recorded}: the certificates issued so far name that CRL in their distribution points, so the shard count stays what it was when they were issued; set crl_shards back to {was}")]
+    CrlShardsChanged {
+        configured: u32,
+        issuer: IssuerId,
+        recorded: String,
+        was: String,
+    },
 }
 
 impl From<x509_cert::builder::Error> for CaError {
@@ -320,6 +327,7 @@ impl Authority {
             fault: Fault::None,
         };
         a.reload_cas()?;
+        a.check_crl_shards()?;
         Ok(a)
     }
 

@@ -513,6 +513,21 @@ pub trait Store: Send + Sync {
         issuer: IssuerId,
         shard: Option<u32>,
     ) -> Result<Option<CrlNumbered>>;
+    /// Every (issuer, shard) a CRL was recorded for (shard `None`: a CRL of the whole issuer),
+    /// as the engine stores them: issuer name and shard key (-1 for `None`).
+    fn crl_scope_keys(&self) -> Result<Vec<(String, i64)>>;
+
+    /// [`Store::crl_scope_keys`] read back (names of issuers Signet does not know are left out).
+    fn crl_scopes_recorded(&self) -> Result<Vec<(IssuerId, Option<u32>)>> {
+        Ok(self
+            .crl_scope_keys()?
+            .into_iter()
+            .filter_map(|(issuer, shard)| {
+                Some((IssuerId::parse(&issuer)?, u32::try_from(shard).ok()))
+            })
+            .collect())
+    }
+
     /// The newest signed CRL of (issuer, shard) without its DER (`crl_der` is `None`): number
     /// and times, to decide whether a cached copy is current without reading megabytes.
     /// The default reads the whole record.

@@ -898,6 +898,12 @@ impl Store for PostgresStore {
         )
     }
 
+    fn crl_scope_keys(&self) -> Result<Vec<(String, i64)>> {
+        self.all_rows("SELECT DISTINCT issuer, shard FROM crls", &[], |r| {
+            Ok((col(r, 0)?, col(r, 1)?))
+        })
+    }
+
     fn latest_crl_info(&self, issuer: IssuerId, shard: Option<u32>) -> Result<Option<CrlRecord>> {
         self.optional_row(
             "SELECT number, this_update, next_update, status_epoch FROM crls

@@ -880,6 +880,12 @@ impl Store for SqliteStore {
         )
     }
 
+    fn crl_scope_keys(&self) -> Result<Vec<(String, i64)>> {
+        self.all_rows("SELECT DISTINCT issuer, shard FROM crls", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+    }
+
     fn latest_crl_info(&self, issuer: IssuerId, shard: Option<u32>) -> Result<Option<CrlRecord>> {
         self.optional_row(
             "SELECT number, this_update, next_update, status_epoch FROM crls
