@@ -200,7 +200,7 @@ fn failures_from_one_address_are_limited_with_429_retry_after_and_one_audit_even
 }
 
 #[test]
-fn guessing_at_one_credential_locks_that_credential_and_not_the_others() {
+fn guessing_at_one_credential_locks_it_from_that_address_and_not_the_others() {
     let f = fixture();
     let (target, id) = add_credential(f, &[], &[]);
     let (other, _) = add_credential(f, &[], &[]);
@@ -228,4 +228,38 @@ fn guessing_at_one_credential_locks_that_credential_and_not_the_others() {
         "another credential is not locked: {}",
         r.body
     );
+    // The credential's id is not secret: the guesses lock it for the address they came from,
+    // not for its holder elsewhere.
+    assert_eq!(
+        get_from(f, "127.0.0.2", &s, "/v1/audit-events", &target),
+        200,
+        "guesses from 127.0.0.1 locked the right token out at another address"
+    );
+}
+
+/// The status of `GET path` with `token`, sent from the loopback address `from` (curl binds
+/// it; the token goes through a header file, not argv).
+fn get_from(f: &Fixture, from: &str, s: &Server, path: &str, token: &str) -> u16 {
+    let header = f.path("from-address-auth-header");
+    std::fs::write(&header, format!("Authorization: Bearer {token}\n")).unwrap();
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--interface",
+            from,
+            "-H",
+        ])
+        .arg(format!("@{}", header.display()))
+        .arg(s.url(path))
+        .output()
+        .expect("run curl");
+    let _ = std::fs::remove_file(&header);
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("curl: {}", String::from_utf8_lossy(&out.stderr)))
 }

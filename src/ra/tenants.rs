@@ -99,6 +99,12 @@ fn token_hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
+/// The failure counter of a credential named from a client address (see
+/// [`Registrar::authenticate`]).
+fn credential_key(origin: &str, credential: &str) -> String {
+    format!("{credential}@{origin}")
+}
+
 /// The credential id a token names (`cred_<hex>`), if it has the current shape.
 fn token_credential_id(token: &str) -> Option<String> {
     let rest = token.strip_prefix(TOKEN_PREFIX)?;
@@ -425,9 +431,11 @@ impl Registrar {
     /// Checks a bearer token from a client address.
     ///
     /// Failures (a token that is malformed, unknown, revoked or expired; a request without any
-    /// token is not an attempt) are counted per client address and per credential the token
-    /// names; a key that fails too often is refused (`RateLimited`) for a while, before its token is even
-    /// looked at, so guessing stays slow.
+    /// token is not an attempt) are counted per client address, and per credential the token
+    /// names from that address; a key that fails too often is refused (`RateLimited`) for a
+    /// while, before its token is even looked at, so guessing stays slow. The credential's
+    /// count is kept per address because its id is not secret: counted alone, anyone could keep
+    /// a bank's gateway locked out with a few wrong tokens a minute.
     ///
     /// Audit: each failure below the limit is audited (`auth.fail`, without the token), and
     /// the failure that trips a limit is audited once (`auth.rate_limited`); refusals while a
@@ -440,7 +448,7 @@ impl Registrar {
         let guard = &self.auth;
         let mut wait = self.address_lockout(origin, now);
         if let Some(c) = &credential {
-            if let Err(w) = guard.credentials.check(c, now) {
+            if let Err(w) = guard.credentials.check(&credential_key(origin, c), now) {
                 wait = Some(wait.map_or(w, |a| a.max(w)));
             }
         }
@@ -493,7 +501,10 @@ impl Registrar {
             tripped = Some(("address", secs));
         }
         if let Some(c) = credential {
-            if let Some(secs) = guard.credentials.record_failure(c, now) {
+            if let Some(secs) = guard
+                .credentials
+                .record_failure(&credential_key(origin, c), now)
+            {
                 tripped = Some(("credential", secs));
             }
         }
