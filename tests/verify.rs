@@ -538,6 +538,41 @@ fn teller_certificate_on_hold_means_try_later() {
     verify(f, &instr, &cms_sign(f, &h, &instr, &[], None)).expect("INDETERMINATE", "TRY_LATER", 2);
 }
 
+#[test]
+fn an_instruction_that_failed_for_one_signer_passes_when_presented_again_once_that_is_mended() {
+    let f = fixture();
+    let customer_signer = customer(f);
+    let teller = issue(
+        f,
+        &f.config,
+        "teller",
+        "CN=复核柜员,serialNumber=E7003,OU=Branch 7",
+    );
+    f.signet(&args!["hold", "--serial", &teller.serial])
+        .assert_ok();
+    let instr = fresh_instruction(f);
+    let sig = cms_sign(
+        f,
+        &customer_signer,
+        &instr,
+        &[
+            "-signer",
+            teller.cert.to_str().unwrap(),
+            "-inkey",
+            teller.key.to_str().unwrap(),
+        ],
+        None,
+    );
+    verify(f, &instr, &sig).expect("INDETERMINATE", "TRY_LATER", 2);
+    // The customer's signature passed on its own, but the instruction did not: it is not
+    // remembered as presented.
+    f.signet(&args!["release", "--serial", &teller.serial])
+        .assert_ok();
+    verify(f, &instr, &sig).expect("TOTAL_PASSED", "-", 0);
+    // Now it was: a third presentation is a replay.
+    verify(f, &instr, &sig).expect("INDETERMINATE", "SIG_CONSTRAINTS_FAILURE", 2);
+}
+
 // ---------------------------------------------------------------------------------------
 // Chains, policy and algorithms
 

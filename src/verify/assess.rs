@@ -315,7 +315,7 @@ impl Verifier {
             }
         };
         let mut writes = Vec::with_capacity(evidence.len());
-        let signers = evidence
+        let mut signers: Vec<Assessed> = evidence
             .iter()
             .map(|ev| {
                 self.assess(
@@ -329,6 +329,17 @@ impl Verifier {
                 )
             })
             .collect();
+        // An instruction passes only with all its signers: while one fails, none is
+        // remembered, so that the same instruction presented again once that is mended (a hold
+        // released) is not taken for a replay of the first, failed presentation.
+        if signers.iter().any(|s| s.verdict.failed()) {
+            for (write, signer) in writes.iter_mut().zip(signers.iter_mut()) {
+                if let GroupedWrite::Verification { guard, .. } = write {
+                    *guard = None;
+                }
+                signer.guarded = false;
+            }
+        }
         let decided = Decided::Signers {
             evidence,
             digest,
