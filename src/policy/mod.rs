@@ -255,6 +255,14 @@ impl Profile {
         if raw.key_usage.is_empty() {
             return Err(err("key_usage", "is empty".into()));
         }
+        // Every key type Signet certifies is an elliptic-curve key (RFC 5480 3: such a key
+        // never has keyEncipherment; it does not encrypt keys).
+        if raw.key_usage.contains(&KeyUsageBit::KeyEncipherment) {
+            return Err(err(
+                "key_usage",
+                "keyEncipherment is for RSA keys (RFC 5480 section 3); the profile's keys are elliptic-curve keys: use keyAgreement for key exchange".into(),
+            ));
+        }
         // Arcs are limited to 32 bits: const-oid and pkilint refuse larger ones, so 2.25 UUID
         // arcs cannot be used (see policies/README.md).
         let policy_oid = ObjectIdentifier::new(&raw.policy_oid).map_err(|e| {
@@ -397,6 +405,18 @@ mod tests {
         let text = CUSTOMER.replace("validity_days = 730", "validity_days = 5000");
         let e = Profile::parse("c", "c.toml", &text).unwrap_err();
         assert_eq!(e.field, "validity_days");
+    }
+
+    #[test]
+    fn key_encipherment_is_refused_for_elliptic_curve_keys() {
+        let text = CUSTOMER.replace(
+            "key_usage = [\"digitalSignature\", \"nonRepudiation\"]",
+            "key_usage = [\"digitalSignature\", \"keyEncipherment\"]",
+        );
+        assert_ne!(text, CUSTOMER);
+        let e = Profile::parse("c", "c.toml", &text).unwrap_err();
+        assert_eq!(e.field, "key_usage");
+        assert!(e.reason.contains("RFC 5480"), "{e}");
     }
 
     #[test]
