@@ -1218,6 +1218,25 @@ fn a_repeated_instruction_id_is_a_replay_even_with_other_content() {
     );
 }
 
+#[test]
+fn a_repeated_instruction_id_inside_attached_signatures_presented_alone_is_a_replay() {
+    let f = fixture();
+    let h = customer(f);
+    let id = format!("DUP-ATTACHED-{}", std::process::id());
+    // Only the signatures are presented: each carries its instruction.
+    let nothing = uniq(f, "empty-instruction.json");
+    fs::write(&nothing, b"").unwrap();
+    let signed = |amount: &str| {
+        let i = instruction(
+            f,
+            &format!(r#"{{"instruction_id":"{id}","amount":"{amount}"}}"#),
+        );
+        cms_sign(f, &h, &i, &["-nodetach"], None)
+    };
+    verify(f, &nothing, &signed("1.00")).expect("TOTAL_PASSED", "-", 0);
+    verify(f, &nothing, &signed("9999.00")).expect("INDETERMINATE", "SIG_CONSTRAINTS_FAILURE", 2);
+}
+
 // ---------------------------------------------------------------------------------------
 // Bad input
 

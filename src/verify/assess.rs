@@ -315,12 +315,17 @@ impl Verifier {
             }
         };
         let mut writes = Vec::with_capacity(evidence.len());
+        // The instruction as signed: a signature that carries its content may come without it.
+        let signed_instruction = match evidence.first().and_then(|e| e.attached_content.as_ref()) {
+            Some(content) if item.instruction.is_empty() => &**content,
+            _ => item.instruction,
+        };
         let mut signers: Vec<Assessed> = evidence
             .iter()
             .map(|ev| {
                 self.assess(
                     ev,
-                    item.instruction,
+                    signed_instruction,
                     &digest,
                     now,
                     actor,
@@ -406,6 +411,7 @@ impl Verifier {
             checks: Vec::new(),
             crypto: Crypto::Valid,
             content_sha256: Sha256::digest(der).into(),
+            attached_content: None,
         };
         let mut v = Verdict {
             failure: None,

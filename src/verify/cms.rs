@@ -373,6 +373,8 @@ fn examine_signer(
         checks,
         crypto,
         content_sha256: sha2::Sha256::digest(ctx.content).into(),
+        attached_content: (ctx.format == SignatureFormat::CmsAttached)
+            .then(|| std::sync::Arc::from(ctx.content)),
     }
 }
 

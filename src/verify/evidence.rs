@@ -106,6 +106,9 @@ pub struct SignerEvidence {
     /// SHA-256 of the content the signature covers (the attached content, or the
     /// instruction when detached): what the replay guard and the report name.
     pub content_sha256: [u8; 32],
+    /// The content the signature carries (CMS attached, JWS with its payload), when it carries
+    /// one: the instruction whose id the replay guard keeps when none is presented beside it.
+    pub attached_content: Option<Arc<[u8]>>,
 }
 
 /// Why a signature could not be read at all (FORMAT_FAILURE).

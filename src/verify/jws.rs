@@ -466,6 +466,7 @@ fn examine_one(
         checks,
         crypto,
         content_sha256: sha2::Sha256::digest(&content).into(),
+        attached_content: (!detached).then(|| std::sync::Arc::from(content.as_slice())),
     })
 }
 
