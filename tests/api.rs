@@ -2309,6 +2309,31 @@ fn gateway_validates_a_certificate_alone() {
     );
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["indication"], "TOTAL_PASSED", "{}", r.body);
+    // Without a signature, article 13 cannot be met: conditions 3 and 4 are about one.
+    let law = find_key(&r.json(), "electronic_signature_law")
+        .unwrap_or_else(|| panic!("no article 13 section: {}", r.body));
+    assert_eq!(law["reliable"], false, "{law}");
+    for c in law["conditions"].as_array().unwrap() {
+        if c["condition"] == "13(3)" || c["condition"] == "13(4)" {
+            assert_eq!(c["supported"], false, "{c}");
+            assert!(
+                c["evidence"].as_str().unwrap().contains("no signature"),
+                "{c}"
+            );
+        }
+    }
+}
+
+/// The first value named `key` in `v`, depth first.
+fn find_key(v: &Value, key: &str) -> Option<Value> {
+    match v {
+        Value::Object(m) => m
+            .get(key)
+            .cloned()
+            .or_else(|| m.values().find_map(|x| find_key(x, key))),
+        Value::Array(a) => a.iter().find_map(|x| find_key(x, key)),
+        _ => None,
+    }
 }
 
 #[test]

@@ -432,7 +432,7 @@ impl Verifier {
             sub_indication,
             signer: Some(summary.clone()),
             claimed_signing_time: None,
-            electronic_signature_law: article13(&ev, Some(&summary), &v),
+            electronic_signature_law: article13(&ev, Some(&summary), &v, false),
             checks: v.checks,
             replay: None,
         };
@@ -1087,7 +1087,7 @@ fn signer_report(
     summary: Option<SignerSummary>,
     replay: Option<Replay>,
 ) -> SignerReport {
-    let law = article13(ev, summary.as_ref(), &v);
+    let law = article13(ev, summary.as_ref(), &v, true);
     let (indication, sub) = match v.failure {
         Some((i, s)) => (i, Some(s)),
         None => (Indication::TotalPassed, None),
@@ -1123,11 +1123,13 @@ fn parse_certificate(bytes: &[u8], cache: &CertCache) -> Result<Arc<KnownCert>, 
         .map_err(|e| format!("not an X.509 certificate: {e}"))
 }
 
-/// Article 13's four conditions, each with what supports it (or not).
+/// Article 13's four conditions, each with what supports it (or not). `signed`: a signature
+/// was presented (not a certificate alone, which can support neither 13(3) nor 13(4)).
 fn article13(
     ev: &SignerEvidence,
     summary: Option<&SignerSummary>,
     v: &Verdict,
+    signed: bool,
 ) -> ElectronicSignatureLaw {
     let passed = |name: &str| {
         v.checks.iter().any(|c| c.name == name && c.passed)
@@ -1170,7 +1172,11 @@ fn article13(
             "no evidence about control of the key at signing time".into(),
         ),
     };
-    let (c3, e3) = if crypto_ok {
+    const NO_SIGNATURE: &str =
+        "no signature was presented: a certificate alone was checked, which says nothing of a signature or of the data it would cover";
+    let (c3, e3) = if !signed {
+        (false, NO_SIGNATURE)
+    } else if crypto_ok {
         (
             true,
             if ev.signed_attributes {
@@ -1182,7 +1188,9 @@ fn article13(
     } else {
         (false, "the signature does not verify")
     };
-    let (c4, e4) = if crypto_ok {
+    let (c4, e4) = if !signed {
+        (false, NO_SIGNATURE)
+    } else if crypto_ok {
         (
             true,
             if ev.signed_attributes {
