@@ -720,14 +720,11 @@ fn command(signet: &Signet, command: Command, actor: &str) -> Result<(), Failure
             reason,
             invalidity_date,
         } => {
-            let reason = Reason::parse(&reason)
-                .filter(|r| *r != Reason::CertificateHold)
+            let reason = Reason::parse_for_revocation(&reason)
                 .ok_or_else(|| Failure {
                     message: format!(
                         "{reason:?} is not a revocation reason; use one of: {} (for certificateHold use `signet hold`)",
-                        Reason::ALL
-                            .iter()
-                            .filter(|r| **r != Reason::CertificateHold)
+                        Reason::for_revocation()
                             .map(|r| r.name())
                             .collect::<Vec<_>>()
                             .join(", ")

@@ -1353,6 +1353,14 @@ fn unknown_route_and_bad_serial_get_json_errors() {
         &json!({"reason": "becauseISaidSo"}),
     );
     assert_eq!((r.status, r.code().as_str()), (400, "invalid_reason"));
+    // RFC 5280 names it, but for attribute certificates' authorities.
+    let r = post_json(
+        s,
+        "/v1/certificates/00/revoke",
+        Some(&banks.a_officer),
+        &json!({"reason": "aACompromise"}),
+    );
+    assert_eq!((r.status, r.code().as_str()), (400, "invalid_reason"));
 }
 
 // --------------------------------------------------------------------------------------

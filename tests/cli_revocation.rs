@@ -66,7 +66,7 @@ fn aa_compromise_is_refused_for_a_public_key_certificate() {
         "aACompromise"
     ]);
     out.assert_refused();
-    out.assert_stderr_mentions("attribute certificates");
+    out.assert_stderr_mentions("is not a revocation reason");
     let crl = f.crl_text(&f.crl("customer"), &f.issuer_bundle("customer"));
     assert!(crl.entry(&issued.serial).is_none(), "{}", crl.text);
 }

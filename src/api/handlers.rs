@@ -202,17 +202,15 @@ pub async fn revoke(
     Path(serial): Path<String>,
     ApiJson(body): ApiJson<RevokeBody>,
 ) -> Result<Json<CertificateBody>, ApiError> {
-    let reason = Reason::parse(&body.reason)
-        .filter(|r| *r != Reason::CertificateHold)
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_reason",
-                format!(
-                    "{:?} is not an RFC 5280 revocation reason (for certificateHold use .../hold)",
-                    body.reason
-                ),
-            )
-        })?;
+    let reason = Reason::parse_for_revocation(&body.reason).ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_reason",
+            format!(
+                "{:?} is not a revocation reason of Signet's certificates (RFC 5280; for certificateHold use .../hold; aACompromise is for attribute certificates)",
+                body.reason
+            ),
+        )
+    })?;
     let invalidity = body
         .invalidity_date
         .as_deref()

@@ -46,18 +46,19 @@ impl Authority {
         out
     }
 
-    /// Refuses a shard count other than the one the store's CRLs were made with. A certificate
-    /// names its CRL in its distribution point when it is issued: with fewer shards, those of
-    /// the shards gone would be on no CRL; with more, or from one to several, their CRL would
-    /// no longer be made (the new ones' issuingDistributionPoint does not name them).
-    pub(crate) fn check_crl_shards(&self) -> Result<(), CaError> {
+    /// What to warn of when the store holds CRLs of scopes the configured shard count does not
+    /// make. A certificate names its CRL in its distribution point when it is issued: with
+    /// fewer shards, those of the shards gone are on no CRL; from one to several, the CRL of
+    /// the whole issuer is no longer made. Warned of, not refused: a store whose count changed
+    /// before Signet looked holds both kinds, and no count would open it.
+    pub(crate) fn crl_shards_warning(&self) -> Result<Option<String>, CaError> {
         let configured = self.settings.crl_shards;
         let scopes = self.crl_scopes();
         let recorded = self.store.crl_scopes_recorded()?;
         let Some(&(issuer, shard)) = recorded.iter().find(|&&(issuer, shard)| {
             issuer != IssuerId::Root && !scopes.contains(&(issuer, shard))
         }) else {
-            return Ok(());
+            return Ok(None);
         };
         // What the count was: one CRL of the whole issuer, or at least its highest shard's.
         let was = match recorded
@@ -69,15 +70,16 @@ impl Authority {
             Some(highest) if shard.is_some() => (highest + 1).to_string(),
             _ => "1".to_string(),
         };
-        Err(CaError::CrlShardsChanged {
-            configured,
-            issuer,
-            recorded: match shard {
-                Some(s) => format!("of shard {s}"),
-                None => "of all its certificates".to_string(),
-            },
-            was,
-        })
+        let recorded = match shard {
+            Some(s) => format!("of shard {s}"),
+            None => "of all its certificates".to_string(),
+        };
+        Ok(Some(format!(
+            "[ca].crl_shards is {configured}, but the store holds the {issuer} CA's CRL {recorded}: \
+             the certificates issued under that count name a CRL Signet no longer makes, so their \
+             revocations reach no CRL there (OCSP still answers for them); set crl_shards back to \
+             {was} unless every such certificate has expired"
+        )))
     }
 
     /// Makes the scope's next CRL if it is due ([`crl_due`]), as the successor of the newest

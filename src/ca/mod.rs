@@ -114,6 +114,20 @@ impl Reason {
         }
     }
 
+    /// The reasons a revocation of one of Signet's certificates may give: every RFC 5280 reason
+    /// but certificateHold (a hold is not a revocation) and aACompromise (the reason of
+    /// attribute certificates' authorities, 5.3.1).
+    pub fn for_revocation() -> impl Iterator<Item = Reason> {
+        Self::ALL
+            .into_iter()
+            .filter(|r| !matches!(r, Reason::CertificateHold | Reason::AaCompromise))
+    }
+
+    /// Parses a reason a revocation may give ([`Reason::for_revocation`]), ignoring case.
+    pub fn parse_for_revocation(s: &str) -> Option<Self> {
+        Self::for_revocation().find(|r| r.name().eq_ignore_ascii_case(s))
+    }
+
     /// Parses an RFC 5280 reason name, ignoring case.
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL
@@ -240,13 +254,6 @@ pub enum CaError {
     Encoding(String),
     #[error("fault injected after recording serial {serial}")]
     FaultInjected { serial: String },
-    #[error("[ca].crl_shards is {configured}, but the store holds the {issuer} CA's CRL {recorded}: the certificates issued so far name that CRL in their distribution points, so the shard count stays what it was when they were issued; set crl_shards back to {was}")]
-    CrlShardsChanged {
-        configured: u32,
-        issuer: IssuerId,
-        recorded: String,
-        was: String,
-    },
 }
 
 impl From<x509_cert::builder::Error> for CaError {
@@ -327,7 +334,13 @@ impl Authority {
             fault: Fault::None,
         };
         a.reload_cas()?;
-        a.check_crl_shards()?;
+        match a.crl_shards_warning() {
+            Ok(Some(warning)) => tracing::warn!("{warning}"),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot compare [ca].crl_shards with the store's CRLs")
+            }
+        }
         Ok(a)
     }
 
@@ -547,15 +560,8 @@ impl Authority {
                 ));
             }
         }
-        // A certificate on hold has not been valid since its hold: its final revocation says
-        // so (RFC 5280 5.3.2, invalidityDate), or a relying party with a proof of existence
-        // between the hold and now would take a signature made while it was suspended.
-        let invalidity_date = match &rec.revocation {
-            Some(r) if r.reason_code == Some(HOLD_REASON_CODE) => {
-                Some(invalidity_date.map_or(r.revoked_at, |d| d.min(r.revoked_at)))
-            }
-            _ => invalidity_date,
-        };
+        // A held certificate's revocation carries its hold time as invalidityDate: the store
+        // sets it inside the write's transaction (`store::check_revocable`).
         let ev = crate::audit::AuditEvent::new(
             actor,
             "certificate.revoke",

@@ -143,8 +143,14 @@ impl Registrar {
             )));
         }
         if let (true, Some(teller_id)) = (rec.kind == "hsm-key", rec.teller_id.as_deref()) {
-            // Approving it would certify the teller's existing key a second time.
-            self.refuse_a_second_teller_key(&who.tenant.id, teller_id, teller_id)?;
+            // Approving it would certify the teller's existing key a second time. (It stays
+            // pending until it expires: nothing can make it approvable again.)
+            let employee = self
+                .store()
+                .teller(teller_id)
+                .map_err(store_err)?
+                .map_or_else(|| teller_id.to_string(), |t| t.employee_id);
+            self.refuse_a_second_teller_key(&who.tenant.id, teller_id, &employee)?;
         }
         let now = self.authority().clock().now();
         if now >= rec.expires_at {

@@ -362,10 +362,17 @@ pub(crate) fn no_longer_pending(serial: &str) -> StoreError {
     ))
 }
 
-/// The state rule of a revocation or hold, the same for every engine: only an issued
-/// certificate, and a revoked one only when it is on hold and the new reason is final (hold →
-/// revocation is allowed, RFC 5280 5.3.1).
-pub(crate) fn check_revocable(cert: &CertRecord, revocation: &RevocationRecord) -> Result<()> {
+/// The state rule of a revocation or hold, the same for every engine, read inside the write's
+/// transaction: only an issued certificate, and a revoked one only when it is on hold and the
+/// new reason is final (hold → revocation is allowed, RFC 5280 5.3.1). The revocation to
+/// write: a held certificate has not been valid since its hold, so its final revocation
+/// carries that time as invalidityDate (RFC 5280 5.3.2), or the earlier one given; otherwise a
+/// relying party with a proof of existence between the hold and the revocation would take a
+/// signature made while it was suspended.
+pub(crate) fn check_revocable(
+    cert: &CertRecord,
+    revocation: &RevocationRecord,
+) -> Result<RevocationRecord> {
     let serial = &cert.serial;
     if cert.status != CertStatus::Issued {
         return Err(StoreError::Conflict(format!(
@@ -382,8 +389,17 @@ pub(crate) fn check_revocable(cert: &CertRecord, revocation: &RevocationRecord) 
                 if on_hold { "on hold" } else { "revoked" }
             )));
         }
+        let held_since = existing.revoked_at;
+        return Ok(RevocationRecord {
+            invalidity_date: Some(
+                revocation
+                    .invalidity_date
+                    .map_or(held_since, |d| d.min(held_since)),
+            ),
+            ..*revocation
+        });
     }
-    Ok(())
+    Ok(*revocation)
 }
 
 /// Only a certificate on hold can be released.

@@ -765,7 +765,7 @@ impl Store for PostgresStore {
         self.tx(|tx| {
             let cert = get_cert(tx, serial)?
                 .ok_or_else(|| StoreError::NotFound(format!("certificate {serial}")))?;
-            check_revocable(&cert, &revocation)?;
+            let revocation = check_revocable(&cert, &revocation)?;
             tx.execute(
                 "UPDATE certificates SET revoked_at = $2, revocation_reason = $3, invalidity_date = $4 WHERE serial = $1",
                 &[

@@ -218,12 +218,17 @@ pub fn examine_cms(
     if !raw_infos.iter().all(|t| distinct.insert(t.raw)) {
         return Err(ferr("CMS SignedData: repeated SignerInfo"));
     }
+    // Kept (once, for every signer) only when no instruction came beside it: it is then the
+    // instruction the replay guard reads an id from.
+    let attached_content = (format == SignatureFormat::CmsAttached && instruction.is_empty())
+        .then(|| Arc::<[u8]>::from(&*content));
     let ctx = Ctx {
         format,
         content: &content,
         econtent_type,
         attached_matches,
         certificates: &certificates,
+        attached_content,
     };
     raw_infos
         .iter()
@@ -258,6 +263,8 @@ struct Ctx<'a> {
     attached_matches: Option<bool>,
     /// Carried certificates, in the order sent.
     certificates: &'a [Arc<KnownCert>],
+    /// The attached content, when no instruction was presented (see `SignerEvidence`).
+    attached_content: Option<Arc<[u8]>>,
 }
 
 /// The octets of eContent: an OCTET STRING's value (a streamed, constructed one was joined by
@@ -373,8 +380,7 @@ fn examine_signer(
         checks,
         crypto,
         content_sha256: sha2::Sha256::digest(ctx.content).into(),
-        attached_content: (ctx.format == SignatureFormat::CmsAttached)
-            .then(|| std::sync::Arc::from(ctx.content)),
+        attached_content: ctx.attached_content.clone(),
     }
 }
 

@@ -107,7 +107,8 @@ pub struct SignerEvidence {
     /// instruction when detached): what the replay guard and the report name.
     pub content_sha256: [u8; 32],
     /// The content the signature carries (CMS attached, JWS with its payload), when it carries
-    /// one: the instruction whose id the replay guard keeps when none is presented beside it.
+    /// one and no instruction was presented beside it: the instruction whose id the replay
+    /// guard keeps then.
     pub attached_content: Option<Arc<[u8]>>,
 }
 

@@ -466,7 +466,9 @@ fn examine_one(
         checks,
         crypto,
         content_sha256: sha2::Sha256::digest(&content).into(),
-        attached_content: (!detached).then(|| std::sync::Arc::from(content.as_slice())),
+        // Only when no instruction came beside it (see `SignerEvidence`).
+        attached_content: (!detached && instruction.is_empty())
+            .then(|| std::sync::Arc::from(content.as_slice())),
     })
 }
 
