@@ -647,40 +647,50 @@ fn replay_keys_seen_before_a_time_are_forgotten_oldest_first_each_pass_audited()
     }
 }
 
+/// Adds tenant `t1` to `store`.
+fn add_bank(store: &Arc<dyn Store>) {
+    let tenant = TenantRecord {
+        id: "t1".into(),
+        name: "Bank".into(),
+        created_at: 1,
+    };
+    store
+        .add_tenant(&tenant, &event("tenant.add", "t1"))
+        .unwrap();
+}
+
+/// Files a pending certificate request `id` of tenant `t1`, by a credential of `holder`.
+fn file_teller_request(store: &Arc<dyn Store>, id: &str, holder: Option<&str>) {
+    let request = TellerRequestRecord {
+        id: id.into(),
+        tenant_id: "t1".into(),
+        requested_by: "tls-0123456789abcdef".into(),
+        requested_by_holder: holder.map(str::to_string),
+        csr: b"csr".to_vec(),
+        subject: "CN=T".into(),
+        status: "pending".into(),
+        created_at: 10,
+        expires_at: 100,
+        decided_by: None,
+        decided_at: None,
+        serial: None,
+        kind: "certificate".into(),
+        teller_id: None,
+    };
+    store
+        .add_teller_request(&request, &event("teller_request.submit", id))
+        .unwrap();
+}
+
 /// The two-person rule compares the approver with the holder the filer had when it filed (a
 /// certificate-mapped filer's holder lives in the config, not the store).
 #[test]
 fn a_teller_request_keeps_the_holder_of_whoever_filed_it() {
     for db in databases("teller_request_holder") {
         let store = db.open();
-        let tenant = TenantRecord {
-            id: "t1".into(),
-            name: "Bank".into(),
-            created_at: 1,
-        };
-        store
-            .add_tenant(&tenant, &event("tenant.add", "t1"))
-            .unwrap();
+        add_bank(&store);
         for (id, holder) in [("treq_1", Some("e7001")), ("treq_2", None)] {
-            let request = TellerRequestRecord {
-                id: id.into(),
-                tenant_id: "t1".into(),
-                requested_by: "tls-0123456789abcdef".into(),
-                requested_by_holder: holder.map(str::to_string),
-                csr: b"csr".to_vec(),
-                subject: "CN=T".into(),
-                status: "pending".into(),
-                created_at: 10,
-                expires_at: 100,
-                decided_by: None,
-                decided_at: None,
-                serial: None,
-                kind: "certificate".into(),
-                teller_id: None,
-            };
-            store
-                .add_teller_request(&request, &event("teller_request.submit", id))
-                .unwrap();
+            file_teller_request(&store, id, holder);
             let read = store.teller_request(id).unwrap().unwrap();
             assert_eq!(
                 (
@@ -701,35 +711,8 @@ fn a_teller_request_keeps_the_holder_of_whoever_filed_it() {
 fn a_teller_request_reopened_after_a_failed_issuance_is_audited() {
     for db in databases("teller_request_reopen") {
         let store = db.open();
-        store
-            .add_tenant(
-                &TenantRecord {
-                    id: "t1".into(),
-                    name: "Bank".into(),
-                    created_at: 1,
-                },
-                &event("tenant.add", "t1"),
-            )
-            .unwrap();
-        let request = TellerRequestRecord {
-            id: "treq_1".into(),
-            tenant_id: "t1".into(),
-            requested_by: "cred_1".into(),
-            requested_by_holder: None,
-            csr: b"csr".to_vec(),
-            subject: "CN=T".into(),
-            status: "pending".into(),
-            created_at: 10,
-            expires_at: 100,
-            decided_by: None,
-            decided_at: None,
-            serial: None,
-            kind: "certificate".into(),
-            teller_id: None,
-        };
-        store
-            .add_teller_request(&request, &event("teller_request.submit", "treq_1"))
-            .unwrap();
+        add_bank(&store);
+        file_teller_request(&store, "treq_1", None);
         let reopens = |s: &Arc<dyn Store>| {
             s.audit_events(0)
                 .unwrap()
@@ -762,15 +745,7 @@ fn a_teller_request_reopened_after_a_failed_issuance_is_audited() {
 fn concurrent_wrong_pins_cannot_exceed_the_limit() {
     for db in databases("pins") {
         let s = db.open();
-        s.add_tenant(
-            &TenantRecord {
-                id: "t1".into(),
-                name: "Bank".into(),
-                created_at: 1,
-            },
-            &event("tenant.add", "t1"),
-        )
-        .unwrap();
+        add_bank(&s);
         s.add_signing_key(
             &SigningKeyRecord {
                 id: "k1".into(),

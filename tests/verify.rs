@@ -155,6 +155,12 @@ fn verify_with(
     Verdict { out, report }
 }
 
+/// A detached CMS over `instr` with two SignerInfos, `first`'s and `second`'s.
+fn cms_sign_by_two(f: &Fixture, first: &Holder, second: &Holder, instr: &Path) -> PathBuf {
+    let (cert, key) = (second.cert.to_string_lossy(), second.key.to_string_lossy());
+    cms_sign(f, first, instr, &["-signer", &cert, "-inkey", &key], None)
+}
+
 fn verify(f: &Fixture, instr: &Path, sig: &Path) -> Verdict {
     verify_with(f, &f.config, &[], instr, sig, &[])
 }
@@ -551,18 +557,7 @@ fn an_instruction_that_failed_for_one_signer_passes_when_presented_again_once_th
     f.signet(&args!["hold", "--serial", &teller.serial])
         .assert_ok();
     let instr = fresh_instruction(f);
-    let sig = cms_sign(
-        f,
-        &customer_signer,
-        &instr,
-        &[
-            "-signer",
-            teller.cert.to_str().unwrap(),
-            "-inkey",
-            teller.key.to_str().unwrap(),
-        ],
-        None,
-    );
+    let sig = cms_sign_by_two(f, &customer_signer, &teller, &instr);
     verify(f, &instr, &sig).expect("INDETERMINATE", "TRY_LATER", 2);
     // The customer's signature passed on its own, but the instruction did not: it is not
     // remembered as presented.
@@ -767,10 +762,16 @@ fn config_with_anchor_crl(f: &Fixture, ca: &Path, crl: &Path) -> PathBuf {
 }
 
 fn p256_foreign_holder(f: &Fixture) -> (Holder, PathBuf, PathBuf) {
-    let (h, ca) = foreign_holder(
+    p256_foreign_holder_asserting(f, FOREIGN_POLICY)
+}
+
+/// [`p256_foreign_holder`] whose certificate asserts the certificate policy `policy_oid`.
+fn p256_foreign_holder_asserting(f: &Fixture, policy_oid: &str) -> (Holder, PathBuf, PathBuf) {
+    let (h, ca) = foreign_holder_asserting(
         f,
         &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
         "sha256",
+        policy_oid,
     );
     let ca_key = ca.with_file_name("ca.key");
     (h, ca, ca_key)
@@ -796,13 +797,9 @@ fn a_signer_listed_on_its_anchors_crl_is_revoked_and_one_not_listed_is_not() {
 /// A signer whose certificate a sub-CA of a partner anchor issued: (signer, anchor, anchor's
 /// key, sub-CA).
 fn foreign_sub_ca_holder(f: &Fixture) -> (Holder, PathBuf, PathBuf, PathBuf) {
-    let (_, ca) = foreign_holder(
-        f,
-        &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
-        "sha256",
-    );
+    let (_, ca, ca_key) = p256_foreign_holder(f);
     let dir = ca.parent().unwrap().to_path_buf();
-    let (ca_key, ext) = (dir.join("ca.key"), dir.join("ext.cnf"));
+    let ext = dir.join("ext.cnf");
     let mut text = fs::read_to_string(&ext).unwrap();
     text.push_str(
         "[subca]\nbasicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n\
@@ -892,13 +889,7 @@ fn another_cas_certificate_asserting_a_signet_profiles_policy_is_not_taken_for_t
     let f = fixture();
     // The customer profile's OID, written by a partner CA: Signet never vetted this holder nor
     // saw its key made, so the certificate is not a customer certificate.
-    let (h, ca) = foreign_holder_asserting(
-        f,
-        &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
-        "sha256",
-        "1.3.6.1.4.1.32473.7373.1.1",
-    );
-    let ca_key = ca.with_file_name("ca.key");
+    let (h, ca, ca_key) = p256_foreign_holder_asserting(f, "1.3.6.1.4.1.32473.7373.1.1");
     let config = config_with_anchor_crl(f, &ca, &common::openssl_crl(f, &ca, &ca_key, &[]));
     let instr = fresh_instruction(f);
     let sig = cms_sign(f, &h, &instr, &[], None);
@@ -1128,18 +1119,7 @@ fn two_signers_are_each_reported_and_pass_only_together() {
     let a = customer(f);
     let b = customer(f);
     let instr = fresh_instruction(f);
-    let sig = cms_sign(
-        f,
-        &a,
-        &instr,
-        &[
-            "-signer",
-            b.cert.to_str().unwrap(),
-            "-inkey",
-            b.key.to_str().unwrap(),
-        ],
-        None,
-    );
+    let sig = cms_sign_by_two(f, &a, &b, &instr);
     let v = verify(f, &instr, &sig);
     v.expect("TOTAL_PASSED", "-", 0);
     assert_eq!(v.report["signers"].as_array().unwrap().len(), 2);
@@ -1150,18 +1130,7 @@ fn two_signers_are_each_reported_and_pass_only_together() {
         "sha256",
     );
     let instr2 = fresh_instruction(f);
-    let sig2 = cms_sign(
-        f,
-        &a,
-        &instr2,
-        &[
-            "-signer",
-            stranger.cert.to_str().unwrap(),
-            "-inkey",
-            stranger.key.to_str().unwrap(),
-        ],
-        None,
-    );
+    let sig2 = cms_sign_by_two(f, &a, &stranger, &instr2);
     let v2 = verify(f, &instr2, &sig2);
     assert_eq!(v2.indication(), "INDETERMINATE", "{}", v2.out.describe());
     let indications: Vec<_> = v2.report["signers"]

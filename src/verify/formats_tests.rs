@@ -373,8 +373,9 @@ fn cms_optional_fields_out_of_order_are_a_format_error() {
     assert!(err.0.contains("in that order"), "{err}");
 }
 
-#[test]
-fn cms_a_signer_info_given_twice_is_a_format_error() {
+/// The detached fixture with its SignerInfos replaced by what `many` makes of its one
+/// SignerInfo (the SET's content).
+fn cms_with_signer_infos(many: impl FnOnce(Vec<u8>) -> Vec<u8>) -> Vec<u8> {
     let mut fields = detached_fields_with_crls();
     let infos = fields.pop().unwrap();
     let one = crate::verify::input::read_single(&infos)
@@ -383,9 +384,19 @@ fn cms_a_signer_info_given_twice_is_a_format_error() {
         .unwrap()[0]
         .raw
         .to_vec();
-    let twice = der::Any::new(der::Tag::Set, [one.clone(), one].concat()).unwrap();
-    fields.push(twice.to_der().unwrap());
-    let err = examine_cms(&signed_data_of(&fields), INSTRUCTION, &Nobody).unwrap_err();
+    fields.push(
+        der::Any::new(der::Tag::Set, many(one))
+            .unwrap()
+            .to_der()
+            .unwrap(),
+    );
+    signed_data_of(&fields)
+}
+
+#[test]
+fn cms_a_signer_info_given_twice_is_a_format_error() {
+    let twice = cms_with_signer_infos(|one| [one.clone(), one].concat());
+    let err = examine_cms(&twice, INSTRUCTION, &Nobody).unwrap_err();
     assert!(err.0.contains("repeated SignerInfo"), "{err}");
 }
 
@@ -393,28 +404,15 @@ fn cms_a_signer_info_given_twice_is_a_format_error() {
 /// its signature (its last field: the fixture has no unsigned attributes), so none repeats
 /// another.
 fn cms_with_signers(n: usize) -> Vec<u8> {
-    let mut fields = detached_fields_with_crls();
-    let infos = fields.pop().unwrap();
-    let one = crate::verify::input::read_single(&infos)
-        .unwrap()
-        .children()
-        .unwrap()[0]
-        .raw
-        .to_vec();
-    let many: Vec<u8> = (0..n)
-        .flat_map(|i| {
-            let mut si = one.clone();
-            *si.last_mut().unwrap() ^= i as u8;
-            si
-        })
-        .collect();
-    fields.push(
-        der::Any::new(der::Tag::Set, many)
-            .unwrap()
-            .to_der()
-            .unwrap(),
-    );
-    signed_data_of(&fields)
+    cms_with_signer_infos(|one| {
+        (0..n)
+            .flat_map(|i| {
+                let mut si = one.clone();
+                *si.last_mut().unwrap() ^= i as u8;
+                si
+            })
+            .collect()
+    })
 }
 
 #[test]
