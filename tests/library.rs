@@ -197,9 +197,23 @@ fn concurrent_signers_during_a_module_failure_fail_as_unavailable_or_succeed_the
     }
 }
 
-/// A customer key in software, its certificate from the fixture's CA, and a CMS detached
-/// signature of `instruction` made with it (chain carried).
-fn signed_instruction(s: &Signet, instruction: &[u8]) -> (String, Vec<u8>, Vec<u8>) {
+/// CMS detached signatures of one instruction by one customer key in software, each carrying
+/// another certificate of that key.
+struct SignedInstruction {
+    /// The serial of the certificate Signet issued for the key.
+    serial: String,
+    /// With that certificate.
+    cms: Vec<u8>,
+    /// With that certificate with one letter of its subject changed, its signature kept.
+    forged: Vec<u8>,
+    /// With that changed certificate signed again with the customer CA's key in the token:
+    /// what a stolen CA key could make.
+    resigned: Vec<u8>,
+}
+
+/// A customer key in software, its certificate from the fixture's CA, and CMS detached
+/// signatures of `instruction` made with it (chain carried).
+fn signed_instruction(s: &Signet, instruction: &[u8]) -> SignedInstruction {
     use p256::ecdsa::signature::Signer;
     use x509_cert::builder::{Builder, RequestBuilder};
     let seed = s.hsm.random(32).unwrap();
@@ -236,14 +250,32 @@ fn signed_instruction(s: &Signet, instruction: &[u8]) -> (String, Vec<u8>, Vec<u
         )
         .unwrap()
     };
-    // The same certificate with one letter of its subject changed, its signature kept.
     let mut forged = issued.der.clone();
     let at = forged
         .windows(10)
         .position(|w| w == b"Cache Test")
         .expect("subject in the DER");
     forged[at] = b'K';
-    (issued.serial, cms(&issued.der), cms(&forged))
+    let mut resigned = SignedTbs::from_der(&forged).unwrap();
+    let tbs = der::Encode::to_der(&resigned.tbs).unwrap();
+    let ca_key = s.authority.settings().key_label(IssuerId::Customer);
+    let signature = s.hsm.sign_p256_sha256(&ca_key, &tbs).unwrap();
+    resigned.signature = der::asn1::BitString::from_bytes(&signature).unwrap();
+    SignedInstruction {
+        serial: issued.serial,
+        cms: cms(&issued.der),
+        forged: cms(&forged),
+        resigned: cms(&der::Encode::to_der(&resigned).unwrap()),
+    }
+}
+
+/// Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue }, its first
+/// two kept as they are.
+#[derive(der::Sequence)]
+struct SignedTbs {
+    tbs: der::Any,
+    algorithm: der::Any,
+    signature: der::asn1::BitString,
 }
 
 use sha2::Digest as _;
@@ -258,7 +290,7 @@ fn a_verification_whose_audit_event_falls_due_checkpoints_the_chain() {
         .audit
         .checkpoint_every;
     let instruction = br#"{"instruction_id":"CHECKPOINT-1","amount":"1.00"}"#;
-    let (_, cms, _) = signed_instruction(s, instruction);
+    let cms = signed_instruction(s, instruction).cms;
     let start = s.store.audit_head().unwrap().map_or(0, |h| h.seq);
     // Every presentation is audited (all but the first as replays). Other tests of this binary
     // append too, so go on until one of these events has a due sequence number.
@@ -303,7 +335,7 @@ fn revocation_after_a_verified_chain_is_seen_by_the_next_verification() {
     let s = signet();
     let verifier = s.verifier.as_ref().expect("verifier configured");
     let instruction = br#"{"instruction_id":"CACHE-1","amount":"1.00"}"#;
-    let (serial, cms, _) = signed_instruction(s, instruction);
+    let SignedInstruction { serial, cms, .. } = signed_instruction(s, instruction);
     let first = verifier.verify_pure(instruction, &cms);
     assert_eq!(first.indication, signet::verify::Indication::TotalPassed);
     s.authority
@@ -330,7 +362,7 @@ fn a_certificate_changed_after_its_chain_was_verified_has_no_chain() {
     let s = signet();
     let verifier = s.verifier.as_ref().expect("verifier configured");
     let instruction = br#"{"instruction_id":"CACHE-2","amount":"2.00"}"#;
-    let (_, cms, forged) = signed_instruction(s, instruction);
+    let SignedInstruction { cms, forged, .. } = signed_instruction(s, instruction);
     assert_eq!(
         verifier.verify_pure(instruction, &cms).indication,
         signet::verify::Indication::TotalPassed
@@ -341,6 +373,27 @@ fn a_certificate_changed_after_its_chain_was_verified_has_no_chain() {
         Some(signet::verify::SubIndication::NoCertificateChainFound),
         "{}",
         serde_json::to_string(&report).unwrap()
+    );
+}
+
+#[test]
+fn a_certificate_with_a_serial_signet_issued_but_other_content_signed_by_its_ca_key_is_not_signets()
+{
+    let _normal = normal();
+    let s = signet();
+    let verifier = s.verifier.as_ref().expect("verifier configured");
+    let instruction = br#"{"instruction_id":"CACHE-3","amount":"3.00"}"#;
+    let signed = signed_instruction(s, instruction);
+    let report = verifier.verify_pure(instruction, &signed.resigned);
+    let text = serde_json::to_string(&report).unwrap();
+    assert_eq!(
+        report.signers[0].sub_indication,
+        Some(signet::verify::SubIndication::CertificateChainGeneralFailure),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("bears serial {}", signed.serial)),
+        "{text}"
     );
 }
 

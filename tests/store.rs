@@ -904,6 +904,10 @@ fn the_state_of_a_certificate_is_what_its_full_record_says() {
     use signet::store::CertState;
     for db in databases("state") {
         let s = db.open();
+        let sha256_hex = |der: &[u8]| {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(der))
+        };
         let state_of = |serial: &str| -> Option<CertState> {
             let full = s.certificate(serial).unwrap();
             let state = s.certificate_state(serial).unwrap();
@@ -913,6 +917,7 @@ fn the_state_of_a_certificate_is_what_its_full_record_says() {
                     status: r.status,
                     created_at: r.created_at,
                     revocation: r.revocation,
+                    thumbprint: r.cert_der.as_deref().map(sha256_hex),
                 }),
                 "{:?}: {serial}",
                 db.engine

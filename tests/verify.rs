@@ -441,6 +441,40 @@ fn revoked_before_the_claimed_signing_time_fails() {
 }
 
 #[test]
+fn a_signer_whose_issuing_ca_was_revoked_before_the_claimed_signing_time_fails() {
+    let f = fixture();
+    // Revoking the customer CA would fail every other test's signers: a store copy of its own.
+    let copy = f.store_copy("revoked-issuing-ca", &[]);
+    let h = issue(
+        f,
+        &copy.config,
+        "customer",
+        "CN=付款人 CA 撤销,serialNumber=510101199001099999",
+    );
+    let instr = fresh_instruction(f);
+    let sig = cms_sign(f, &h, &instr, &[], Some("+1h"));
+    verify_with(f, &copy.config, &at(7200), &instr, &sig, &[]).expect("TOTAL_PASSED", "-", 0);
+    let ca = f.ca_dir.join("customer-ca.pem");
+    let out = openssl(&args!["x509", "-in", &ca, "-noout", "-serial"]);
+    let serial = common::norm_serial(out.stdout.trim().trim_start_matches("serial="));
+    f.signet_with(
+        &copy.config,
+        &[],
+        &args!["revoke", "--serial", &serial, "--reason", "cACompromise"],
+    )
+    .assert_ok();
+    let instr = fresh_instruction(f);
+    let sig = cms_sign(f, &h, &instr, &[], Some("+1h"));
+    let v = verify_with(f, &copy.config, &at(7200), &instr, &sig, &[]);
+    v.expect("TOTAL_FAILED", "REVOKED", 1);
+    assert!(
+        v.out.stdout.contains("the path's CA") && v.out.stdout.contains("cACompromise"),
+        "{}",
+        v.out.describe()
+    );
+}
+
+#[test]
 fn revoked_after_the_claimed_signing_time_is_indeterminate_without_proof_of_existence() {
     let f = fixture();
     let h = customer(f);

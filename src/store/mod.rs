@@ -81,6 +81,10 @@ pub struct CertState {
     pub status: CertStatus,
     pub created_at: i64,
     pub revocation: Option<RevocationRecord>,
+    /// Hex SHA-256 of the signed certificate's DER (none while pending): a verification
+    /// compares it with the certificate presented, so that a certificate bearing a serial
+    /// Signet issued but other content is not taken for Signet's.
+    pub thumbprint: Option<String>,
 }
 
 /// A certificate as the store knows it.

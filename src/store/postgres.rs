@@ -732,7 +732,7 @@ impl Store for PostgresStore {
 
     fn certificate_state(&self, serial: &str) -> Result<Option<CertState>> {
         self.optional_row(
-            "SELECT status, created_at, revoked_at, revocation_reason, invalidity_date
+            "SELECT status, created_at, revoked_at, revocation_reason, invalidity_date, thumbprint
              FROM certificates WHERE serial = $1",
             &[&serial],
             |r| {
@@ -741,6 +741,7 @@ impl Store for PostgresStore {
                     status: CertStatus::parse(&status)?,
                     created_at: col(r, 1)?,
                     revocation: revocation_from(r, 2)?,
+                    thumbprint: col(r, 5)?,
                 })
             },
         )

@@ -624,7 +624,7 @@ impl Store for SqliteStore {
 
     fn certificate_state(&self, serial: &str) -> Result<Option<CertState>> {
         let raw = self.optional_row(
-            "SELECT status, created_at, revoked_at, revocation_reason, invalidity_date
+            "SELECT status, created_at, revoked_at, revocation_reason, invalidity_date, thumbprint
              FROM certificates WHERE serial = ?1",
             [serial],
             |r| {
@@ -634,20 +634,24 @@ impl Store for SqliteStore {
                     r.get::<_, Option<i64>>(2)?,
                     r.get::<_, Option<i64>>(3)?,
                     r.get::<_, Option<i64>>(4)?,
+                    r.get::<_, Option<String>>(5)?,
                 ))
             },
         )?;
-        raw.map(|(status, created_at, revoked_at, reason, invalidity)| {
-            Ok(CertState {
-                status: CertStatus::parse(&status)?,
-                created_at,
-                revocation: revoked_at.map(|at| RevocationRecord {
-                    revoked_at: at,
-                    reason_code: reason.map(|c| c as u8),
-                    invalidity_date: invalidity,
-                }),
-            })
-        })
+        raw.map(
+            |(status, created_at, revoked_at, reason, invalidity, thumbprint)| {
+                Ok(CertState {
+                    status: CertStatus::parse(&status)?,
+                    created_at,
+                    revocation: revoked_at.map(|at| RevocationRecord {
+                        revoked_at: at,
+                        reason_code: reason.map(|c| c as u8),
+                        invalidity_date: invalidity,
+                    }),
+                    thumbprint,
+                })
+            },
+        )
         .transpose()
     }
 

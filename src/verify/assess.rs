@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use x509_cert::ext::pkix::KeyUsages;
 use x509_cert::Certificate;
 
-use super::certs::{CertCache, KnownCert};
+use super::certs::{serial_hex, CertCache, KnownCert};
 use super::evidence::{
     CertificateResolver, Crypto, DigestAlg, SignatureFormat, SignerEvidence, SignerRef,
 };
@@ -152,11 +152,23 @@ enum Status {
     Revoked {
         at: i64,
         reason: Option<u8>,
+        /// The CA of the path that is revoked, when it is not the signer's certificate.
+        ca: Option<String>,
     },
     OnHold {
         since: i64,
+        ca: Option<String>,
     },
     Unknown(String),
+    /// The serial is Signet's but the certificate presented is not the one it issued with
+    /// it: only Signet's CA key could have signed it, outside Signet's records.
+    NotIssued(String),
+}
+
+/// The start of a status's detail when it is a CA's of the path, not the signer's.
+fn whose(ca: &Option<String>) -> String {
+    ca.as_ref()
+        .map_or_else(String::new, |name| format!("the path's CA {name} is "))
 }
 
 impl Verifier {
@@ -853,18 +865,22 @@ impl Verifier {
         // Revocation.
         match self.status(known, &path) {
             Status::Good => v.check("revocation", true, "not revoked"),
-            Status::OnHold { since } => v.fail(
+            Status::OnHold { since, ca } => v.fail(
                 Indeterminate,
                 SubIndication::TryLater,
                 "revocation",
-                format!("on hold since {}; ask again later", rfc3339(since)),
+                format!(
+                    "{}on hold since {}; ask again later",
+                    whose(&ca),
+                    rfc3339(since)
+                ),
             ),
-            Status::Revoked { at, reason } => {
+            Status::Revoked { at, reason, ca } => {
                 let reason = reason
                     .and_then(crate::ca::Reason::from_code)
                     .map(|r| r.name())
                     .unwrap_or("unspecified");
-                let detail = format!("revoked at {} ({reason})", rfc3339(at));
+                let detail = format!("{}revoked at {} ({reason})", whose(&ca), rfc3339(at));
                 match claimed {
                     Some(t) if at <= t => {
                         let i = if rules.revoked_before_claimed_time_fails { TotalFailed } else { Indeterminate };
@@ -886,6 +902,12 @@ impl Verifier {
             Status::Unknown(why) => {
                 v.fail(Indeterminate, SubIndication::TryLater, "revocation", why)
             }
+            Status::NotIssued(why) => v.fail(
+                Indeterminate,
+                SubIndication::CertificateChainGeneralFailure,
+                "revocation",
+                why,
+            ),
         }
         summary
     }
@@ -893,27 +915,26 @@ impl Verifier {
     fn status(&self, known: &KnownCert, path: &ValidPath) -> Status {
         let (serial, anchor) = (&known.facts().serial, &path.anchor);
         if anchor.own {
-            return match self.store.certificate_state(serial) {
-                Ok(Some(rec)) => match (rec.status, rec.revocation) {
-                    (CertStatus::Void, r) => Status::Revoked {
-                        at: r.map_or(rec.created_at, |r| r.revoked_at),
-                        reason: None,
-                    },
-                    (_, Some(r)) if r.reason_code == Some(HOLD_REASON_CODE) => Status::OnHold {
-                        since: r.revoked_at,
-                    },
-                    (_, Some(r)) => Status::Revoked {
-                        at: r.invalidity_date.unwrap_or(r.revoked_at).min(r.revoked_at),
-                        reason: r.reason_code,
-                    },
-                    (CertStatus::Issued, None) => Status::Good,
-                    (CertStatus::Pending, None) => Status::Unknown(
-                        "the certificate is not issued yet in Signet's records".into(),
-                    ),
-                },
-                Ok(None) => Status::Unknown("the certificate is not in Signet's records".into()),
-                Err(e) => Status::Unknown(format!("Signet's records are unavailable: {e}")),
-            };
+            // Every certificate of the path below the root is Signet's: the signer's, then
+            // each CA's (revoked ones are on the root's ARL).
+            let signer = self.own_status(serial, &known.sha256, None);
+            if !matches!(signer, Status::Good) {
+                return signer;
+            }
+            let cas = path.chain.len().saturating_sub(1);
+            for ca in path.chain.iter().take(cas).skip(1) {
+                let der = match ca.to_der() {
+                    Ok(der) => der,
+                    Err(e) => return Status::Unknown(format!("a CA certificate of the path: {e}")),
+                };
+                let name = crate::ca::x509::name_text(ca.tbs_certificate().subject());
+                let status =
+                    self.own_status(&serial_hex(ca), &Sha256::digest(&der).into(), Some(name));
+                if !matches!(status, Status::Good) {
+                    return status;
+                }
+            }
+            return Status::Good;
         }
         let Some(crl) = &anchor.crl else {
             return Status::Unknown(format!(
@@ -941,8 +962,53 @@ impl Verifier {
             return Status::Unknown(format!("the CRL of {} is past its nextUpdate", anchor.name));
         }
         match crl.revoked_at(serial) {
-            Some(at) => Status::Revoked { at, reason: None },
+            Some(at) => Status::Revoked {
+                at,
+                reason: None,
+                ca: None,
+            },
             None => Status::Good,
+        }
+    }
+
+    /// The status Signet's records give the certificate with `serial` whose DER has the
+    /// SHA-256 `sha256`; `ca` names it when it is a CA of the path, not the signer's.
+    fn own_status(&self, serial: &str, sha256: &[u8; 32], ca: Option<String>) -> Status {
+        let which = || ca.clone().unwrap_or_else(|| "the certificate".into());
+        let rec = match self.store.certificate_state(serial) {
+            Ok(Some(rec)) => rec,
+            Ok(None) => return Status::Unknown(format!("{} is not in Signet's records", which())),
+            Err(e) => return Status::Unknown(format!("Signet's records are unavailable: {e}")),
+        };
+        if let Some(recorded) = &rec.thumbprint {
+            if *recorded != hex::encode(sha256) {
+                return Status::NotIssued(format!(
+                    "{} bears serial {serial}, which Signet issued to another certificate: \
+                     the one presented is not in Signet's records (its CA key signed \
+                     something Signet did not issue; report it to the CA operator)",
+                    which()
+                ));
+            }
+        }
+        match (rec.status, rec.revocation) {
+            (CertStatus::Void, r) => Status::Revoked {
+                at: r.map_or(rec.created_at, |r| r.revoked_at),
+                reason: None,
+                ca,
+            },
+            (_, Some(r)) if r.reason_code == Some(HOLD_REASON_CODE) => Status::OnHold {
+                since: r.revoked_at,
+                ca,
+            },
+            (_, Some(r)) => Status::Revoked {
+                at: r.invalidity_date.unwrap_or(r.revoked_at).min(r.revoked_at),
+                reason: r.reason_code,
+                ca,
+            },
+            (CertStatus::Issued, None) => Status::Good,
+            (CertStatus::Pending, None) => {
+                Status::Unknown(format!("{} is not issued yet in Signet's records", which()))
+            }
         }
     }
 
