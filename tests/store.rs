@@ -380,6 +380,34 @@ fn new_crl(issuer: IssuerId, shard: Option<u32>) -> NewCrl {
 }
 
 #[test]
+fn a_crl_made_from_older_records_than_the_newest_is_not_recorded() {
+    for db in databases("crl_older") {
+        let s = db.open();
+        // What a maker that read the store before another process's CRL would record: it
+        // would succeed a CRL listing a change it does not (RFC 5280 5.2.3).
+        let record = |status_epoch: u64, this_update: i64| {
+            let crl = NewCrl {
+                status_epoch,
+                this_update,
+                ..new_crl(IssuerId::Customer, None)
+            };
+            s.record_crl(
+                &crl,
+                &mut |n| Ok(n.to_be_bytes().to_vec()),
+                &event("crl.issue", "customer"),
+            )
+            .unwrap()
+            .map(|(n, _)| n)
+        };
+        assert_eq!(record(7, 4_000), Some(1), "{:?}", db.engine);
+        assert_eq!(record(6, 4_100), None, "{:?}: older records", db.engine);
+        assert_eq!(record(7, 4_000), Some(2), "{:?}: as new", db.engine);
+        // A clock stepped back does not stop CRLs.
+        assert_eq!(record(8, 3_999), Some(3), "{:?}", db.engine);
+    }
+}
+
+#[test]
 fn crl_numbers_are_one_gapless_sequence_per_scope_across_processes() {
     for db in databases("crl_numbers") {
         let (a, b) = (db.open(), db.open());

@@ -21,6 +21,10 @@ use super::{crl_reason, Authority, CaError, CrlScope, IssuerId};
 use crate::audit::AuditEvent;
 use crate::store::{NewCrl, RevokedEntry, StoreError, Succeeds};
 
+/// How many times an operator's CRL is made again when the store refuses it because another
+/// process recorded a newer one meanwhile.
+const NEWEST_CRL_ATTEMPTS: usize = 5;
+
 /// A signed CRL.
 #[derive(Debug, Clone)]
 pub struct SignedCrl {
@@ -39,12 +43,20 @@ impl Authority {
         shard: Option<u32>,
         actor: &str,
     ) -> Result<SignedCrl, CaError> {
-        self.generate_crl_succeeding(issuer, shard, actor, Succeeds::Newest)?
-            .ok_or_else(|| {
-                CaError::Store(StoreError::Conflict(
-                    "the store recorded no CRL (another succeeded the one named)".into(),
-                ))
-            })
+        // The store refuses a CRL that another process's, made meanwhile from later records,
+        // would be succeeded by: read the store again.
+        for _ in 0..NEWEST_CRL_ATTEMPTS {
+            if let Some(crl) =
+                self.generate_crl_succeeding(issuer, shard, actor, Succeeds::Newest)?
+            {
+                return Ok(crl);
+            }
+        }
+        Err(CaError::Store(StoreError::Conflict(format!(
+            "other processes made {NEWEST_CRL_ATTEMPTS} newer CRLs of the {issuer} CA while \
+             this one was being made; they list every revocation, so try again later if one \
+             is still needed"
+        ))))
     }
 
     /// As [`Authority::generate_crl`], as the successor `succeeds` names: with

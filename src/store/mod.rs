@@ -187,12 +187,20 @@ fn holder_not_set(id: &str, has_one: Option<bool>) -> StoreError {
     }
 }
 
-/// Whether a CRL that `succeeds` may follow the scope's newest, numbered `newest`.
-fn may_succeed(succeeds: Succeeds, newest: Option<u64>) -> bool {
-    match succeeds {
-        Succeeds::Newest => true,
-        Succeeds::Only(judged) => judged == newest,
-    }
+/// The scope's newest CRL as [`may_succeed`] weighs it: its number and status epoch.
+pub(crate) type NewestCrl = (u64, u64);
+
+/// Whether `crl` may follow the scope's newest CRL. Never one made from older records than
+/// the newest's (a smaller status epoch: its entries were read before a change the newest
+/// lists, and RFC 5280 5.2.3 wants that change on every later CRL): a maker that read the
+/// store before another process's CRL records nothing and reads again. (A thisUpdate before
+/// the newest's is let be: a clock stepped back must not stop CRLs.)
+fn may_succeed(crl: &NewCrl, newest: Option<NewestCrl>) -> bool {
+    newest.is_none_or(|(_, epoch)| crl.status_epoch >= epoch)
+        && match crl.succeeds {
+            Succeeds::Newest => true,
+            Succeeds::Only(judged) => judged == newest.map(|(number, _)| number),
+        }
 }
 
 /// Which CRL of its scope a new CRL must follow.
@@ -509,7 +517,7 @@ pub trait Store: Send + Sync {
 
     /// Takes the next CRL number of (issuer, shard) and records the to-be-signed CRL; `None`
     /// (nothing recorded, no number taken) when the scope's newest CRL is not the one
-    /// `crl.succeeds` names.
+    /// `crl.succeeds` names, or was made from later records than `crl`.
     fn record_crl(
         &self,
         crl: &NewCrl,

@@ -817,17 +817,25 @@ impl Store for PostgresStore {
     ) -> Result<Option<(u64, AuditRecord)>> {
         let (issuer, shard) = (crl.issuer, crl.shard);
         self.tx(|tx| {
-            let row = tx
-                .query_one(
-                    "SELECT MAX(number) FROM crls WHERE issuer = $1 AND shard = $2",
+            let newest: Option<super::NewestCrl> = tx
+                .query_opt(
+                    "SELECT number, status_epoch FROM crls
+                     WHERE issuer = $1 AND shard = $2 ORDER BY number DESC LIMIT 1",
                     &[&issuer.as_str(), &shard_key(shard)],
                 )
-                .map_err(map_err)?;
-            let last = col::<Option<i64>>(&row, 0)?.map(|n| n as u64);
-            if !super::may_succeed(crl.succeeds, last) {
+                .map_err(map_err)?
+                .map(|row| -> Result<super::NewestCrl> {
+                    Ok((
+                        col::<i64>(&row, 0)? as u64,
+                        // None: recorded before status epochs were.
+                        col::<Option<i64>>(&row, 1)?.unwrap_or(0) as u64,
+                    ))
+                })
+                .transpose()?;
+            if !super::may_succeed(crl, newest) {
                 return Ok(None);
             }
-            let number = last.unwrap_or(0) + 1;
+            let number = newest.map_or(0, |(n, _)| n) + 1;
             let tbs = build_tbs(number).map_err(StoreError::Conflict)?;
             tx.execute(
                 "INSERT INTO crls (issuer, shard, number, this_update, next_update, status_epoch, tbs_der) VALUES ($1, $2, $3, $4, $5, $6, $7)",

@@ -798,18 +798,25 @@ impl Store for SqliteStore {
     ) -> Result<Option<(u64, AuditRecord)>> {
         let (issuer, shard) = (crl.issuer, crl.shard);
         self.tx(|tx| {
-            let last: Option<i64> = tx
+            let newest: Option<super::NewestCrl> = tx
                 .query_row(
-                    "SELECT MAX(number) FROM crls WHERE issuer = ?1 AND shard = ?2",
+                    "SELECT number, status_epoch FROM crls
+                     WHERE issuer = ?1 AND shard = ?2 ORDER BY number DESC LIMIT 1",
                     params![issuer.as_str(), shard_key(shard)],
-                    |r| r.get(0),
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)? as u64,
+                            // None: recorded before status epochs were.
+                            r.get::<_, Option<i64>>(1)?.unwrap_or(0) as u64,
+                        ))
+                    },
                 )
+                .optional()
                 .map_err(map_err)?;
-            let last = last.map(|n| n as u64);
-            if !super::may_succeed(crl.succeeds, last) {
+            if !super::may_succeed(crl, newest) {
                 return Ok(None);
             }
-            let number = last.unwrap_or(0) + 1;
+            let number = newest.map_or(0, |(n, _)| n) + 1;
             let tbs = build_tbs(number).map_err(StoreError::Conflict)?;
             // zeroblob + incremental write: binding tens of megabytes would copy them twice
             // more inside SQLite (bound value, then record).
