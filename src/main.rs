@@ -481,7 +481,14 @@ fn run_command(cli: Cli) -> Result<(), Failure> {
     // events is caught even between periodic checkpoints.
     let closing = signet.shutdown();
     result?;
-    closing?;
+    closing.map_err(|e| Failure {
+        message: format!(
+            "{e}\nthe command itself completed and its changes are committed; only the closing \
+             audit checkpoint failed: mend its cause, then run `signet audit verify`"
+        ),
+        status: 1,
+        verdict: false,
+    })?;
     Ok(())
 }
 

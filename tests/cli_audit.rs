@@ -226,3 +226,46 @@ fn audit_verify_names_the_missing_events_when_the_newest_are_removed() {
     let removed: Vec<i64> = all.iter().copied().filter(|s| *s > keep_through).collect();
     assert_names_one_of(&verify(&copy), &removed);
 }
+
+#[test]
+fn a_revocation_stands_when_the_audit_checkpoint_after_it_fails() {
+    let f = fixture();
+    let copy = f.store_copy(
+        "checkpoint-fails",
+        &[("audit", "checkpoint_every", "1".into())],
+    );
+    let csr = f.csr(KeyKind::P256);
+    let issued = f.issue_with(
+        &copy.config,
+        "customer",
+        &csr,
+        "CN=撤销审计,serialNumber=110101199003071234",
+        &[],
+    );
+    // The checkpoint file can no longer be appended to: every checkpoint fails.
+    std::fs::remove_file(&copy.checkpoints).unwrap();
+    std::fs::create_dir(&copy.checkpoints).unwrap();
+    let out = f.signet_with(
+        &copy.config,
+        &[],
+        &args![
+            "revoke",
+            "--serial",
+            &issued.serial,
+            "--reason",
+            "keyCompromise"
+        ],
+    );
+    // Committed, so reported as done (an error alone would have the operator believe it still
+    // valid); the command's closing checkpoint fails too, and says the change stands.
+    out.assert_stderr_mentions(&format!("revoked {}", issued.serial));
+    out.assert_stderr_mentions("changes are committed");
+    let reason: Option<i64> = open_db(&copy.db)
+        .query_row(
+            "SELECT revocation_reason FROM certificates WHERE serial = ?1",
+            [&issued.serial],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(reason, Some(1), "keyCompromise on record");
+}

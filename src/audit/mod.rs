@@ -157,6 +157,20 @@ impl Auditor {
         Ok(())
     }
 
+    /// [`Auditor::after_append`] for an event whose change is committed and stays: a failed
+    /// checkpoint is logged, not returned, lest the caller take the change for not made (an
+    /// issued certificate for a failed issuance, a request reopened and approved twice). The
+    /// event is in the chain all the same; the next checkpoint covers it.
+    pub fn after_commit(&self, rec: &AuditRecord) {
+        if let Err(e) = self.after_append(rec) {
+            tracing::error!(
+                seq = rec.seq,
+                error = %e,
+                "audit checkpoint failed after a committed change (the change stands; the next checkpoint covers it)"
+            );
+        }
+    }
+
     /// Checkpoints the current head unless it already is checkpointed. Returns the checkpoint.
     pub fn checkpoint_head(&self) -> Result<Option<Checkpoint>, AuditError> {
         let Some(head) = self.store.audit_head()? else {

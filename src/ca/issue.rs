@@ -176,7 +176,7 @@ impl Authority {
             .map(|slot| {
                 let leaf = slot?;
                 let applied = stored.next().unwrap_or_else(|| Err(unanswered()))?;
-                self.auditor.after_append(&applied.audit)?;
+                self.auditor.after_commit(&applied.audit);
                 Ok(Issued {
                     serial: leaf.serial,
                     issuer: leaf.issuer.id,

@@ -520,7 +520,7 @@ impl Authority {
             );
             match self.store.void_pending(&rec.serial, now, &ev) {
                 Ok(audit) => {
-                    self.auditor.after_append(&audit)?;
+                    self.auditor.after_commit(&audit);
                     tracing::warn!(serial = %rec.serial, "voided an interrupted issuance");
                     voided.push(rec.serial);
                 }
@@ -580,7 +580,7 @@ impl Authority {
             },
             &ev,
         )?;
-        self.auditor.after_append(&audit)?;
+        self.auditor.after_commit(&audit);
         Ok(())
     }
 
@@ -616,7 +616,7 @@ impl Authority {
             },
             &ev,
         )?;
-        self.auditor.after_append(&audit)?;
+        self.auditor.after_commit(&audit);
         Ok(())
     }
 
@@ -631,7 +631,7 @@ impl Authority {
         )
         .for_tenant(rec.owner.as_deref());
         let audit = self.store.release(serial, self.clock.now(), &ev)?;
-        self.auditor.after_append(&audit)?;
+        self.auditor.after_commit(&audit);
         Ok(())
     }
 

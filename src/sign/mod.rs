@@ -331,10 +331,7 @@ impl SigningService {
                 StoreError::Conflict(m) => SignError::Forbidden(m),
                 other => SignError::Store(other),
             })?;
-        self.authority
-            .auditor()
-            .after_append(&rec)
-            .map_err(CaError::from)?;
+        self.authority.auditor().after_commit(&rec);
         Ok(())
     }
 
@@ -359,10 +356,7 @@ impl SigningService {
         )
         .for_tenant(Some(&who.tenant.id));
         let rec = self.store().unlock_key(&key.id, self.now(), &ev)?;
-        self.authority
-            .auditor()
-            .after_append(&rec)
-            .map_err(CaError::from)?;
+        self.authority.auditor().after_commit(&rec);
         Ok(())
     }
 
