@@ -63,6 +63,7 @@ pub fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
                 tls_ca_file: config.tls_ca_file.clone(),
                 pool: config.pool,
                 connect_timeout: std::time::Duration::from_millis(config.connect_timeout_ms),
+                lock_timeout: std::time::Duration::from_millis(config.lock_timeout_ms),
             })?)
         }
     })

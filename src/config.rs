@@ -230,6 +230,14 @@ pub struct StoreConfig {
     /// How long a store call waits for a connection before it answers "store unavailable".
     #[serde(default = "default_store_wait_ms")]
     pub connect_timeout_ms: u64,
+    /// How long a write waits for the write lock another process holds before it answers
+    /// "store unavailable" (PostgreSQL).
+    #[serde(default = "default_lock_timeout_ms")]
+    pub lock_timeout_ms: u64,
+}
+
+fn default_lock_timeout_ms() -> u64 {
+    30_000
 }
 
 fn default_pool() -> u32 {

@@ -38,6 +38,7 @@ impl Db {
                     tls_ca_file: None,
                     pool: 8,
                     connect_timeout: std::time::Duration::from_secs(5),
+                    lock_timeout: std::time::Duration::from_secs(30),
                 })
                 .unwrap(),
             ),
@@ -1065,6 +1066,7 @@ fn open_over_tls(
         tls_ca_file: Some(ca.into()),
         pool: 2,
         connect_timeout: std::time::Duration::from_secs(2),
+        lock_timeout: std::time::Duration::from_secs(30),
     })
 }
 
@@ -1126,4 +1128,82 @@ fn postgres_with_sslmode_require_refuses_a_server_whose_certificate_another_ca_i
         Ok(_) => panic!("the store opened against a server its CA did not vouch for"),
         Err(e) => panic!("{e:?}"),
     }
+}
+
+/// The fresh PostgreSQL database of `databases(test)`, when PostgreSQL is under test.
+fn postgres_database(test: &str) -> Option<Db> {
+    databases(test)
+        .into_iter()
+        .find(|db| matches!(db.engine, Engine::Postgres))
+}
+
+#[test]
+fn a_write_waits_for_another_processs_write_lock_at_most_the_lock_timeout() {
+    let Some(db) = postgres_database("lock_timeout") else {
+        return;
+    };
+    let url = db.postgres.clone().unwrap();
+    let store = PostgresStore::open(PostgresOptions {
+        url: url.clone(),
+        password: None,
+        tls_ca_file: None,
+        pool: 2,
+        connect_timeout: std::time::Duration::from_secs(5),
+        lock_timeout: std::time::Duration::from_millis(500),
+    })
+    .unwrap();
+    // A process stuck inside a transaction that holds the store's write lock.
+    let mut stuck = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let mut tx = stuck.transaction().unwrap();
+    tx.execute("SELECT pg_advisory_xact_lock(x'5349474e4554'::bigint)", &[])
+        .unwrap();
+    let started = std::time::Instant::now();
+    match store.append_audit(1_000, &event("test.write", "x")) {
+        Err(StoreError::Unavailable(m)) => assert!(m.contains("lock_timeout_ms"), "{m}"),
+        other => panic!("a write under another's lock: {other:?}"),
+    }
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
+    tx.rollback().unwrap();
+    store
+        .append_audit(1_000, &event("test.write", "y"))
+        .unwrap();
+}
+
+#[test]
+fn writes_of_several_processes_chain_whatever_isolation_the_database_defaults_to() {
+    let Some(db) = postgres_database("isolation") else {
+        return;
+    };
+    let url = db.postgres.clone().unwrap();
+    let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let name: String = admin
+        .query_one("SELECT current_database()", &[])
+        .unwrap()
+        .get(0);
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{name}\" SET default_transaction_isolation = 'repeatable read'"
+        ))
+        .unwrap();
+    let (a, b) = (db.open(), db.open());
+    let barrier = Arc::new(Barrier::new(4));
+    let handles: Vec<_> = [a.clone(), b.clone(), a.clone(), b]
+        .into_iter()
+        .map(|s| {
+            let barrier = barrier.clone();
+            thread::spawn(move || {
+                barrier.wait();
+                (0..25)
+                    .map(|i| s.append_audit(1_000, &event("test.write", &i.to_string())))
+                    .filter(Result::is_err)
+                    .count()
+            })
+        })
+        .collect();
+    let failed: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    assert_eq!(failed, 0, "appends refused under repeatable read");
+    let events = a.audit_events(0).unwrap();
+    assert_eq!(events.len(), 100);
+    assert_chain_intact(&events);
 }

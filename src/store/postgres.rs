@@ -51,6 +51,11 @@ pub struct PostgresOptions {
     pub pool: u32,
     /// How long a call waits for a connection before it fails as unavailable.
     pub connect_timeout: Duration,
+    /// How long a write waits for the write lock, which another process may hold, before it
+    /// fails as unavailable. The server also ends a session left idle inside a transaction
+    /// for twice as long: a process frozen (or cut off) while holding the lock releases it
+    /// then, instead of stopping every writer until TCP keepalive gives up on it.
+    pub lock_timeout: Duration,
 }
 
 /// An error and what caused it, as one sentence.
@@ -150,6 +155,8 @@ pub struct PostgresStore {
     last_error: LastConnectError,
     /// How long a call waits for a connection.
     wait: Duration,
+    /// How long a write waits for the write lock (also set on every session).
+    lock_timeout: Duration,
 }
 
 /// Why the pool's last attempt to connect failed, with its causes: the pool's own error says
@@ -208,6 +215,16 @@ impl PostgresStore {
         }
         config.connect_timeout(options.connect_timeout);
         config.application_name("signet");
+        let lock_ms = options.lock_timeout.as_millis().max(1);
+        let sessions = format!(
+            "-c lock_timeout={lock_ms} -c idle_in_transaction_session_timeout={}",
+            lock_ms * 2
+        );
+        let options_text = match config.get_options() {
+            Some(given) => format!("{given} {sessions}"),
+            None => sessions,
+        };
+        config.options(&options_text);
         let tls = tls_connector(&options.url, &mut config, options.tls_ca_file.as_deref())?;
         let manager = PostgresConnectionManager::new(config, tls);
         let last_error = LastConnectError::default();
@@ -221,6 +238,7 @@ impl PostgresStore {
             pool: Some(pool),
             last_error,
             wait: options.connect_timeout,
+            lock_timeout: options.lock_timeout,
         };
         store.migrate()?;
         Ok(store)
@@ -283,9 +301,26 @@ impl PostgresStore {
     /// A write transaction under the cross-process write lock.
     fn tx<T>(&self, f: impl FnOnce(&mut Transaction) -> Result<T>) -> Result<T> {
         let mut conn = self.conn()?;
-        let mut tx = conn.transaction().map_err(map_err)?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
+        // READ COMMITTED whatever the database's default: each statement then sees what the
+        // lock's previous holder committed (a REPEATABLE READ snapshot would be taken while
+        // waiting for the lock, and the audit chain's head read from it would be stale).
+        let mut tx = conn
+            .build_transaction()
+            .isolation_level(::postgres::IsolationLevel::ReadCommitted)
+            .start()
             .map_err(map_err)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
+            .map_err(|e| {
+                if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) {
+                    StoreError::Unavailable(format!(
+                        "another Signet process held the store's write lock longer than \
+                         [store].lock_timeout_ms ({} ms)",
+                        self.lock_timeout.as_millis()
+                    ))
+                } else {
+                    map_err(e)
+                }
+            })?;
         let out = f(&mut tx)?;
         tx.commit().map_err(map_err)?;
         Ok(out)
@@ -1612,6 +1647,7 @@ mod tests {
             tls_ca_file: tls_ca_file.map(Into::into),
             pool: 1,
             connect_timeout: Duration::from_millis(500),
+            lock_timeout: Duration::from_secs(30),
         })
     }
 
