@@ -1207,3 +1207,132 @@ fn writes_of_several_processes_chain_whatever_isolation_the_database_defaults_to
     assert_eq!(events.len(), 100);
     assert_chain_intact(&events);
 }
+
+/// A TCP proxy to a PostgreSQL Unix socket that, once `armed`, cuts the connection at one
+/// COMMIT: after passing it on to the server and before the server's answer reaches the
+/// client (`passed`: a network that fails at the worst moment), or before passing it on.
+struct CommitCutter {
+    port: u16,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl CommitCutter {
+    fn start(socket: std::path::PathBuf, passed: bool) -> CommitCutter {
+        use std::io::{Read, Write};
+        use std::net::Shutdown;
+        use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let armed = Arc::new(AtomicBool::new(false));
+        let arm = armed.clone();
+        thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = std::os::unix::net::UnixStream::connect(&socket) else {
+                    continue;
+                };
+                let cut = Arc::new(AtomicBool::new(false));
+                let (mut from, mut to) = (server.try_clone().unwrap(), client.try_clone().unwrap());
+                let answers_cut = cut.clone();
+                thread::spawn(move || {
+                    let mut buf = vec![0u8; 1 << 16];
+                    while let Ok(n @ 1..) = from.read(&mut buf) {
+                        if answers_cut.load(SeqCst) || to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to.shutdown(Shutdown::Both);
+                });
+                let (mut from, mut to, arm) = (client, server, arm.clone());
+                thread::spawn(move || {
+                    let mut buf = vec![0u8; 1 << 16];
+                    while let Ok(n @ 1..) = from.read(&mut buf) {
+                        // The query "COMMIT" (not "READ COMMITTED").
+                        let commit = buf[..n].windows(7).any(|w| w == b"COMMIT\0");
+                        if commit && arm.swap(false, SeqCst) {
+                            cut.store(true, SeqCst);
+                            if passed {
+                                let _ = to.write_all(&buf[..n]);
+                            }
+                            // Time for the server to commit; its answer is dropped.
+                            thread::sleep(std::time::Duration::from_millis(300));
+                            break;
+                        }
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = from.shutdown(Shutdown::Both);
+                    let _ = to.shutdown(Shutdown::Both);
+                });
+            }
+        });
+        CommitCutter { port, armed }
+    }
+}
+
+#[test]
+fn a_group_whose_commit_went_unanswered_but_was_made_is_not_applied_again() {
+    group_with_an_unanswered_commit("commit_made", true);
+}
+
+#[test]
+fn a_group_whose_commit_went_unanswered_and_was_not_made_is_applied_again() {
+    group_with_an_unanswered_commit("commit_lost", false);
+}
+
+/// A verification's group commit whose COMMIT is cut, after reaching the server (`made`) or
+/// before: either way, the verification is recorded once, as a first presentation.
+fn group_with_an_unanswered_commit(test: &str, made: bool) {
+    let Some(db) = postgres_database(test) else {
+        return;
+    };
+    let config: postgres::Config = db.postgres.as_deref().unwrap().parse().unwrap();
+    let socket = match (&config.get_hosts()[0], config.get_ports().first()) {
+        (postgres::config::Host::Unix(dir), port) => {
+            dir.join(format!(".s.PGSQL.{}", port.copied().unwrap_or(5432)))
+        }
+        // A server over TCP: this proxy serves Unix sockets only.
+        _ => return,
+    };
+    let cutter = CommitCutter::start(socket, made);
+    let store = PostgresStore::open(PostgresOptions {
+        url: format!(
+            "postgres://{}@127.0.0.1:{}/{}",
+            config.get_user().unwrap(),
+            cutter.port,
+            config.get_dbname().unwrap()
+        ),
+        password: None,
+        tls_ca_file: None,
+        pool: 2,
+        connect_timeout: std::time::Duration::from_secs(5),
+        lock_timeout: std::time::Duration::from_secs(30),
+    })
+    .unwrap();
+    let verification = signet::store::GroupedWrite::Verification {
+        guard: Some(ReplayKeys {
+            signer: "spki".into(),
+            digest: "d1".into(),
+            instruction_id: Some("PAY-1".into()),
+        }),
+        at: 1_000,
+        window_secs: 600,
+        event: signet::store::VerificationEvent(Arc::new(|_| event("signature.verify", "d1"))),
+    };
+    cutter
+        .armed
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let answers = store.grouped_writes(&[vec![verification]]).unwrap();
+    assert!(
+        !cutter.armed.load(std::sync::atomic::Ordering::SeqCst),
+        "the COMMIT went through the proxy"
+    );
+    let applied = answers.into_iter().next().unwrap().unwrap();
+    assert_eq!(
+        applied[0].first_seen, None,
+        "a first presentation, not a replay of itself"
+    );
+    let events = store.audit_events(0).unwrap();
+    assert_eq!(events.len(), 1, "one event: {events:?}");
+}

@@ -194,6 +194,14 @@ fn col<'a, T: ::postgres::types::FromSql<'a>>(r: &'a Row, i: usize) -> Result<T>
         .map_err(|e| StoreError::Corrupt(format!("column {i}: {e}")))
 }
 
+/// How a write transaction ended.
+enum Ended<T> {
+    Committed(T),
+    /// The connection failed before the answer to COMMIT came: the server may have committed
+    /// it or not.
+    CommitUnanswered(T, StoreError),
+}
+
 impl PostgresStore {
     /// Connects, and applies pending migrations under the write lock (so that two processes
     /// starting together migrate once).
@@ -300,6 +308,14 @@ impl PostgresStore {
 
     /// A write transaction under the cross-process write lock.
     fn tx<T>(&self, f: impl FnOnce(&mut Transaction) -> Result<T>) -> Result<T> {
+        match self.tx_ended(f)? {
+            Ended::Committed(out) => Ok(out),
+            Ended::CommitUnanswered(_, e) => Err(e),
+        }
+    }
+
+    /// [`PostgresStore::tx`], telling a COMMIT that failed from one that went unanswered.
+    fn tx_ended<T>(&self, f: impl FnOnce(&mut Transaction) -> Result<T>) -> Result<Ended<T>> {
         let mut conn = self.conn()?;
         // READ COMMITTED whatever the database's default: each statement then sees what the
         // lock's previous holder committed (a REPEATABLE READ snapshot would be taken while
@@ -322,8 +338,23 @@ impl PostgresStore {
                 }
             })?;
         let out = f(&mut tx)?;
-        tx.commit().map_err(map_err)?;
-        Ok(out)
+        match tx.commit() {
+            Ok(()) => Ok(Ended::Committed(out)),
+            // No SQLSTATE: the connection failed before the server's answer came.
+            Err(e) if e.code().is_none() => Ok(Ended::CommitUnanswered(out, map_err(e))),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
+    /// Whether the audit event `rec` is in the chain as appended: after a COMMIT that went
+    /// unanswered, whether the server committed it.
+    fn has_audit_record(&self, rec: &AuditRecord) -> Result<bool> {
+        let hash: Option<Vec<u8>> = self.optional_row(
+            "SELECT hash FROM audit_events WHERE seq = $1",
+            &[&(rec.seq as i64)],
+            |r| col(r, 0),
+        )?;
+        Ok(hash.as_deref() == Some(rec.hash.as_slice()))
     }
 
     /// At most one row of a query.
@@ -707,14 +738,27 @@ impl Store for PostgresStore {
         // write applies, so the first try has no savepoints (two round trips less per write);
         // if any write fails, that transaction rolls back whole and the group is applied
         // again, each unit in its own savepoint so that one that fails leaves the others.
-        let all = self.tx(|tx| {
+        let all = self.tx_ended(|tx| {
             units
                 .iter()
                 .map(|u| tx.apply_unit(u))
                 .collect::<Result<Vec<_>>>()
         });
-        if let Ok(applied) = all {
-            return Ok(applied.into_iter().map(Ok).collect());
+        match all {
+            Ok(Ended::Committed(applied)) => return Ok(applied.into_iter().map(Ok).collect()),
+            // Applied again, a group the server did commit would meet its own writes: a first
+            // presentation taken for a replay, a certificate "no longer pending". Its first
+            // audit event says whether it is in.
+            Ok(Ended::CommitUnanswered(applied, e)) => {
+                let first = applied.iter().flatten().next().map(|a| &a.audit);
+                match first.map(|rec| self.has_audit_record(rec)) {
+                    Some(Ok(true)) => return Ok(applied.into_iter().map(Ok).collect()),
+                    Some(Ok(false)) => {}
+                    // Unknown: better unavailable than applied twice.
+                    Some(Err(_)) | None => return Err(e),
+                }
+            }
+            Err(_) => {}
         }
         self.tx(|tx| {
             let mut out = Vec::with_capacity(units.len());
