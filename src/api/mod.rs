@@ -207,12 +207,41 @@ pub fn decode_json_body_within<T: DeserializeOwned>(
         if e.is_data() {
             ApiError::bad_request(
                 "invalid_request",
-                format!("the JSON body does not have the expected fields: {e}"),
+                format!(
+                    "the JSON body does not have the expected fields: {}",
+                    without_values(&e.to_string())
+                ),
             )
         } else {
-            ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
+            ApiError::bad_request(
+                "malformed_json",
+                format!(
+                    "the body is not valid JSON: {}",
+                    without_values(&e.to_string())
+                ),
+            )
         }
     })
+}
+
+/// serde's message about a value of the wrong type or variant, without the value: it may be a
+/// PIN or a token sent as a number ("invalid type: integer `123456`, expected a string"), and
+/// answers end up in clients' and proxies' logs. Field names and positions stay.
+fn without_values(message: &str) -> String {
+    const ECHOING: [&str; 3] = ["invalid type: ", "invalid value: ", "unknown variant "];
+    if !ECHOING.iter().any(|p| message.starts_with(p)) {
+        return message.to_string();
+    }
+    let (head, tail) = message
+        .split_once(", expected")
+        .map_or((message, ""), |(h, t)| (h, t));
+    let kind = head.find(['`', '"']).map_or(head, |at| &head[..at]);
+    let tail = if tail.is_empty() {
+        String::new()
+    } else {
+        format!(", expected{tail}")
+    };
+    format!("{}{tail}", kind.trim_end())
 }
 
 /// Whether `[` / `{` outside strings open more than `max` levels at some point. Does not
@@ -637,6 +666,30 @@ mod tests {
             code(decode_json_body(b"{\"b\":1}")),
             (400, "invalid_request")
         );
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_not_echoed_in_the_answer() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Pin {
+            pin: String,
+            mode: Mode,
+        }
+        #[derive(serde::Deserialize, Debug)]
+        enum Mode {
+            Sign,
+        }
+        for body in [
+            r#"{"pin": 402917, "mode": "Sign"}"#,
+            r#"{"pin": 402917.5, "mode": "Sign"}"#,
+            r#"{"pin": "x", "mode": "402917"}"#,
+            r#"{"pin": "x", "mode": 402917}"#,
+        ] {
+            let e = decode_json_body::<Pin>(body.as_bytes()).unwrap_err();
+            assert!(!e.message.contains("402917"), "{body}: {}", e.message);
+            assert!(e.message.contains("expected"), "{body}: {}", e.message);
+        }
     }
 
     #[test]
