@@ -1040,7 +1040,11 @@ fn audit_verify(signet: &Signet) -> Result<(), Failure> {
                 r.events,
                 r.checkpoints,
                 r.last_checkpoint
-                    .map(|s| format!(", last at event {s}"))
+                    .zip(r.last_checkpoint_at)
+                    .map(|(s, at)| format!(
+                        ", last at event {s} ({})",
+                        signet::verify::report::rfc3339(at)
+                    ))
                     .unwrap_or_default()
             );
             Ok(())

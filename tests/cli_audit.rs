@@ -228,6 +228,33 @@ fn audit_verify_names_the_missing_events_when_the_newest_are_removed() {
 }
 
 #[test]
+fn audit_verify_refuses_a_log_whose_checkpoints_were_all_removed() {
+    let (copy, _) = intact_copy("no-checkpoints", 0, &[]);
+    // Without them, a chain rebuilt from scratch would be as good as the real one.
+    tamper(&copy)
+        .execute("DELETE FROM audit_checkpoints", [])
+        .unwrap();
+    std::fs::write(&copy.checkpoints, "").unwrap();
+    let out = verify(&copy);
+    out.assert_refused();
+    out.assert_stderr_mentions("no signed checkpoint");
+}
+
+#[test]
+fn audit_verify_says_when_the_last_checkpoint_was_made() {
+    let (copy, _) = intact_copy("checkpoint-time", 0, &[]);
+    let out = verify(&copy);
+    out.assert_ok();
+    // "..., last at event N (2026-11-28T08:50:00Z)"
+    let line = out.stdout.trim();
+    assert!(
+        line.contains(", last at event ") && line.ends_with("Z)"),
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
 fn a_revocation_stands_when_the_audit_checkpoint_after_it_fails() {
     let f = fixture();
     let copy = f.store_copy(

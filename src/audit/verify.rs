@@ -31,6 +31,9 @@ pub enum ChainBreak {
     CheckpointNotInFile { seq: u64 },
     /// The checkpoint file cannot be read or has a malformed line.
     CheckpointFile { reason: String },
+    /// Events and not one signed checkpoint: such a log cannot be told from one rebuilt from
+    /// scratch (every command and the server checkpoint, with the audit key in the token).
+    NoCheckpoint { events: u64 },
 }
 
 impl ChainBreak {
@@ -45,7 +48,7 @@ impl ChainBreak {
             | ChainBreak::BadCheckpointSignature { seq }
             | ChainBreak::CheckpointConflict { seq }
             | ChainBreak::CheckpointNotInFile { seq } => Some(*seq),
-            ChainBreak::CheckpointFile { .. } => None,
+            ChainBreak::CheckpointFile { .. } | ChainBreak::NoCheckpoint { .. } => None,
         }
     }
 }
@@ -62,6 +65,7 @@ impl fmt::Display for ChainBreak {
             ChainBreak::CheckpointConflict { seq } => write!(f, "the database and the checkpoint file disagree about the checkpoint at event {seq}"),
             ChainBreak::CheckpointNotInFile { seq } => write!(f, "the checkpoint at event {seq} is in the database but not in the checkpoint file: the file was cut short or replaced"),
             ChainBreak::CheckpointFile { reason } => write!(f, "checkpoint file: {reason}"),
+            ChainBreak::NoCheckpoint { events } => write!(f, "no signed checkpoint covers the {events} events: the checkpoints were removed, or the log was rebuilt without the audit key"),
         }
     }
 }
@@ -72,6 +76,9 @@ pub struct VerifyReport {
     pub events: u64,
     pub checkpoints: usize,
     pub last_checkpoint: Option<u64>,
+    /// When the last checkpoint was made: a log cut back to an old checkpoint, with the
+    /// checkpoints after it removed from the database and the file, shows an old time here.
+    pub last_checkpoint_at: Option<i64>,
 }
 
 /// Verifies the chain of `events` (in seq order), then every checkpoint from the database and
@@ -131,10 +138,15 @@ pub fn verify_chain(
             Some(_) => {}
         }
     }
+    if last > 0 && all.is_empty() {
+        return Err(ChainBreak::NoCheckpoint { events: last });
+    }
+    let newest = all.values().next_back();
     Ok(VerifyReport {
         events: last,
         checkpoints: all.len(),
-        last_checkpoint: all.keys().next_back().copied(),
+        last_checkpoint: newest.map(|cp| cp.seq),
+        last_checkpoint_at: newest.map(|cp| cp.at),
     })
 }
 
