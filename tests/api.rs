@@ -1558,13 +1558,13 @@ fn a_crl_abandoned_unsigned_is_succeeded_and_the_next_change_listed() {
     wait_until_every_crl_lists_its_scope_s_changes(f);
     let store = f.open_store();
     let now = common::now_unix() as i64;
-    // Made ten minutes ago and never signed.
+    // Made ten minutes ago, from the records as they are now, and never signed.
     let abandoned = signet::store::NewCrl {
         issuer: IssuerId::Customer,
         shard: None,
         this_update: now - 600,
         next_update: now + 3600,
-        status_epoch: 0,
+        status_epoch: store.crl_scope_epoch(IssuerId::Customer, None).unwrap(),
         succeeds: signet::store::Succeeds::Newest,
     };
     let (number, _) = store
