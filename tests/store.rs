@@ -1336,3 +1336,24 @@ fn group_with_an_unanswered_commit(test: &str, made: bool) {
     let events = store.audit_events(0).unwrap();
     assert_eq!(events.len(), 1, "one event: {events:?}");
 }
+
+#[test]
+fn a_row_naming_a_bank_that_does_not_exist_is_a_conflict_on_both_engines() {
+    for db in databases("constraint") {
+        let s = db.open();
+        let teller = signet::store::TellerRecord {
+            id: "tl1".into(),
+            tenant_id: "no-such-bank".into(),
+            employee_id: "E1".into(),
+            name: "王五".into(),
+            created_at: 1_000,
+        };
+        match s.add_teller(&teller, &event("teller.add", "tl1")) {
+            // Not "unavailable" (503: try again later), nor "already a teller".
+            Err(StoreError::Conflict(m)) => {
+                assert!(!m.contains("already a teller"), "{:?}: {m}", db.engine)
+            }
+            other => panic!("{:?}: {other:?}", db.engine),
+        }
+    }
+}

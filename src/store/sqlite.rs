@@ -111,14 +111,20 @@ fn map_err(e: rusqlite::Error) -> StoreError {
             ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase => {
                 StoreError::Corrupt(e.to_string())
             }
+            // A row the schema refuses (foreign key, CHECK, NOT NULL, unique), as PostgreSQL's
+            // class 23: the request conflicts with the records; waiting will not mend it.
+            ErrorCode::ConstraintViolation => StoreError::Conflict(e.to_string()),
             _ => StoreError::Unavailable(e.to_string()),
         },
         _ => StoreError::Corrupt(e.to_string()),
     }
 }
 
+/// A UNIQUE or PRIMARY KEY violation only (not a foreign key naming a row that is not there).
 fn is_unique_violation(e: &rusqlite::Error) -> bool {
-    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::ConstraintViolation)
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+            || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
 }
 
 impl SqliteStore {
