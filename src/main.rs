@@ -434,10 +434,11 @@ fn run_command(cli: Cli) -> Result<(), Failure> {
     let fault = match std::env::var("SIGNET_FAULT").as_deref() {
         Ok("after-record") => Fault::AfterRecord,
         Ok("sign-fails") => Fault::SignFails,
+        Ok("key-sign-fails") => Fault::KeySignFails,
         Ok(other) => {
             return Err(Failure {
                 message: format!(
-                    "SIGNET_FAULT={other:?} is not a known fault (after-record, sign-fails)"
+                    "SIGNET_FAULT={other:?} is not a known fault (after-record, sign-fails, key-sign-fails)"
                 ),
                 status: EXIT_USAGE,
                 verdict: false,

@@ -317,5 +317,5 @@ fn an_unknown_fault_hook_is_refused_naming_the_known_ones() {
     );
     out.assert_refused();
     assert_eq!(out.status.code(), Some(64), "{}", out.describe());
-    out.assert_stderr_mentions("after-record, sign-fails");
+    out.assert_stderr_mentions("after-record, sign-fails, key-sign-fails");
 }

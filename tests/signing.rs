@@ -197,6 +197,43 @@ fn e_seal_signs_attached_cms_and_jws_too() {
 }
 
 #[test]
+fn a_signature_the_hsm_failed_to_make_is_audited_as_not_made() {
+    let (st, _s) = setup();
+    let f = fixture();
+    let data = write(f, "failed.txt", b"statement the HSM will not sign");
+    f.signet_with(
+        &f.config,
+        &[("SIGNET_FAULT", "key-sign-fails".into())],
+        &args![
+            "sign",
+            "--key",
+            &st.seal_key,
+            "--in",
+            &data,
+            "--format",
+            "cms-detached",
+            "--out",
+            f.path("failed.p7s")
+        ],
+    )
+    .assert_refused();
+    let events = f.open_store().audit_events(0).unwrap();
+    let fail = events
+        .iter()
+        .rev()
+        .find(|e| e.action == "signature.fail" && e.object == st.seal_key)
+        .expect("a signature.fail event");
+    let details: Value = serde_json::from_str(&fail.details).unwrap();
+    let created = details["create_events"][0].as_u64().unwrap();
+    let create = events.iter().find(|e| e.seq == created).unwrap();
+    assert_eq!(
+        (create.action.as_str(), create.object.as_str()),
+        ("signature.create", st.seal_key.as_str())
+    );
+    assert!(created < fail.seq);
+}
+
+#[test]
 fn operator_cli_signs_with_the_e_seal_but_not_with_a_teller_key() {
     let (st, _s) = setup();
     let f = fixture();

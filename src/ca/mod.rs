@@ -182,6 +182,8 @@ pub enum Fault {
     /// The HSM's answer to every call signing end-entity certificates (`issue_batch`) is an
     /// error: the whole call fails, as a token that goes away mid-batch makes it.
     SignFails,
+    /// The HSM's answer to every signature with a bank's key (e-seal, teller key) is an error.
+    KeySignFails,
 }
 
 /// Settings of the hierarchy (from the config's `[ca]` and `[issuance]`).
@@ -469,6 +471,12 @@ impl Authority {
 
     /// Signs `data` with a non-CA key of the token (e-seal, teller keys): SHA-256, ECDSA, DER.
     pub fn sign_with_key(&self, label: &str, data: &[u8]) -> Result<Vec<u8>, CaError> {
+        if self.fault == Fault::KeySignFails {
+            return Err(CaError::Hsm(crate::hsm::HsmError::Unavailable {
+                token: self.hsm.token_name(),
+                reason: "fault injected: the signing call failed".into(),
+            }));
+        }
         self.sign(label, data)
     }
 

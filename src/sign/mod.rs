@@ -427,10 +427,11 @@ impl SigningService {
                 .for_tenant(tenant)
             })
             .collect();
-        for rec in self.store().append_audit_many(now, &events)? {
+        let created = self.store().append_audit_many(now, &events)?;
+        for rec in &created {
             self.authority
                 .auditor()
-                .after_append(&rec)
+                .after_append(rec)
                 .map_err(CaError::from)?;
         }
         let signer = self.signer(key)?;
@@ -470,10 +471,27 @@ impl SigningService {
         };
         match made {
             Ok(signatures) => Ok(Signed { format, signatures }),
-            Err(text) => Err(match failure.into_inner() {
-                Some(e) => SignError::Ca(e),
-                None => SignError::Invalid(text),
-            }),
+            Err(text) => {
+                // The log said these signatures were being made: it says they were not.
+                let seqs: Vec<u64> = created.iter().map(|r| r.seq).collect();
+                let ev = AuditEvent::new(
+                    actor,
+                    "signature.fail",
+                    &key.id,
+                    serde_json::json!({"kind": key.kind, "format": format.as_str(), "error": text, "create_events": seqs}),
+                )
+                .for_tenant(tenant);
+                match self.store().append_audit(self.now(), &ev) {
+                    Ok(rec) => self.authority.auditor().after_commit(&rec),
+                    Err(e) => {
+                        tracing::error!(key = %key.id, error = %e, "cannot audit a failed signature")
+                    }
+                }
+                Err(match failure.into_inner() {
+                    Some(e) => SignError::Ca(e),
+                    None => SignError::Invalid(text),
+                })
+            }
         }
     }
 }
