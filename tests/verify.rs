@@ -1184,6 +1184,37 @@ fn two_signers_are_each_reported_and_pass_only_together() {
 // Replay
 
 #[test]
+fn one_signer_twice_in_one_signature_is_not_a_replay_of_itself() {
+    let f = fixture();
+    let a = customer(f);
+    let instr = fresh_instruction(f);
+    let payload = fs::read(&instr).unwrap();
+    // Two signatures by one key (ECDSA's randomness makes them differ), in one JWS.
+    let parts = |jws: String| -> Value {
+        let p: Vec<&str> = jws.split('.').collect();
+        serde_json::json!({"protected": p[0], "signature": p[2]})
+    };
+    let general = serde_json::json!({
+        "signatures": [
+            parts(jws(&a, &payload, true, Value::Null)),
+            parts(jws(&a, &payload, true, Value::Null)),
+        ]
+    });
+    let sig = uniq(f, "twice.json");
+    fs::write(&sig, general.to_string()).unwrap();
+    let v = verify(f, &instr, &sig);
+    assert_eq!(
+        v.report["signers"].as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        v.out.describe()
+    );
+    v.expect("TOTAL_PASSED", "-", 0);
+    // Presented again, it is one.
+    verify(f, &instr, &sig).expect("INDETERMINATE", "SIG_CONSTRAINTS_FAILURE", 2);
+}
+
+#[test]
 fn the_same_instruction_signed_again_by_the_same_signer_is_a_replay() {
     let f = fixture();
     let h = customer(f);

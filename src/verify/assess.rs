@@ -606,6 +606,14 @@ impl Verifier {
             }),
             _ => None,
         };
+        // One signer twice in one signature (two SignerInfos, two JWS signatures) is one
+        // presentation: its second entry is not a replay of its first.
+        let keys = keys.filter(|k| {
+            !writes.iter().any(|w| {
+                matches!(w, GroupedWrite::Verification { guard: Some(g), .. }
+                    if g.signer == k.signer && g.digest == k.digest)
+            })
+        });
         let pre = verdict.failure;
         let serial = summary
             .as_ref()
