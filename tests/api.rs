@@ -861,6 +861,36 @@ fn a_request_filed_before_holders_were_recorded_compares_the_filing_credential_s
     assert_eq!(by_colleague.status, 201, "{}", by_colleague.body);
 }
 
+/// The two-person rule cannot compare a person with no one: of the filing and the approving
+/// credential, one with a holder and one without is refused either way round.
+#[test]
+fn a_request_filed_and_approved_by_credentials_only_one_of_which_names_a_holder_is_refused() {
+    let (banks, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let f = fixture();
+    let named = teller_admin_of(f, "E7501");
+    let assert_holder_unknown = |r: &common::http::Reply| {
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (403, "holder_unknown"),
+            "{}",
+            r.body
+        );
+        assert!(r.body.contains("set-holder"), "{}", r.body);
+    };
+    let id = file_teller_request(s, &named, "CN=柜员壬,serialNumber=E9009,OU=Branch 9");
+    assert_holder_unknown(&approve_teller_request(s, &id, &banks.a_admin1));
+    let id = file_teller_request(
+        s,
+        &banks.a_admin1,
+        "CN=柜员癸,serialNumber=E9010,OU=Branch 9",
+    );
+    assert_holder_unknown(&approve_teller_request(s, &id, &named));
+    // Two holderless credentials: as before (the start warns of holderless mTLS mappings).
+    let by_other = approve_teller_request(s, &id, &banks.a_admin2);
+    assert_eq!(by_other.status, 201, "{}", by_other.body);
+}
+
 /// A credential made without a holder can be given one, once: from then on the two-person rule
 /// knows its person; a second holder, a holder that names no one, or an unknown credential is
 /// refused.

@@ -187,6 +187,7 @@ impl From<RaError> for ApiError {
                 ApiError::new(StatusCode::FORBIDDEN, "teller_requires_approval", msg)
             }
             RaError::SelfApproval => ApiError::new(StatusCode::FORBIDDEN, "self_approval", msg),
+            RaError::HolderUnknown => ApiError::new(StatusCode::FORBIDDEN, "holder_unknown", msg),
             RaError::RequestExpired => ApiError::new(StatusCode::CONFLICT, "request_expired", msg),
             RaError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", msg),
             RaError::HsmKeyProfile { .. } => ApiError::bad_request("profile_needs_hsm_key", msg),

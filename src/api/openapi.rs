@@ -133,7 +133,7 @@ pub const V1_ROUTES: &[Route] = &[
     route(
         "post",
         "/v1/teller-requests/{id}/approve",
-        "Approve another person's teller request (certificate or HSM key): a credential cannot approve its own request, nor one filed by a credential of the same holder (403 self_approval)",
+        "Approve another person's teller request (certificate or HSM key): a credential cannot approve its own request, nor one filed by a credential of the same holder (403 self_approval), nor one where only one of the two credentials names a holder (403 holder_unknown)",
         "teller-admin",
         None,
         "201",

@@ -74,6 +74,8 @@ pub enum RaError {
     TellerNeedsApproval,
     #[error("a teller-admin cannot approve a request it filed, nor one filed by another credential of the same holder: a second person must")]
     SelfApproval,
+    #[error("of the credential that filed the request and the one approving it, one names a holder and the other does not, so Signet cannot tell that two people acted: give the other one its holder (`signet credential set-holder`, or `holder` in its [[tls.client]] entry)")]
+    HolderUnknown,
     #[error("the teller request expired before a second teller-admin approved it; file it again")]
     RequestExpired,
     #[error("{0}")]

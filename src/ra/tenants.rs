@@ -303,10 +303,13 @@ impl Registrar {
             return Ok(true);
         }
         let approver = who.holder.as_deref().and_then(|h| checked_holder(h).ok());
-        Ok(match (self.filer_holder(request)?, approver) {
-            (Some(x), Some(y)) => x == y,
-            _ => false,
-        })
+        match (self.filer_holder(request)?, approver) {
+            (Some(x), Some(y)) => Ok(x == y),
+            // Two credentials, neither naming a person (warned of at start for mTLS).
+            (None, None) => Ok(false),
+            // One names a person, the other does not: they may be one person.
+            _ => Err(RaError::HolderUnknown),
+        }
     }
 
     /// The holder of whoever filed `request`, as the two-person rule compares it: the one
