@@ -828,6 +828,23 @@ fn a_signer_listed_on_its_anchors_crl_is_revoked_and_one_not_listed_is_not() {
     verify_with(f, &config, &[], &instr, &sig, &[]).expect("TOTAL_FAILED", "REVOKED", 1);
 }
 
+#[test]
+fn a_signer_on_hold_on_its_anchors_crl_is_on_hold_not_revoked() {
+    let f = fixture();
+    let (h, ca, ca_key) = p256_foreign_holder(f);
+    let held = common::openssl_crl_on_hold(f, &ca, &ca_key, &[&h.cert]);
+    let config = config_with_anchor_crl(f, &ca, &held);
+    let instr = fresh_instruction(f);
+    let sig = cms_sign(f, &h, &instr, &[], None);
+    let v = verify_with(f, &config, &[], &instr, &sig, &[]);
+    v.expect("INDETERMINATE", "TRY_LATER", 2);
+    assert!(
+        v.out.stdout.contains("on hold since"),
+        "{}",
+        v.out.describe()
+    );
+}
+
 /// A signer whose certificate a sub-CA of a partner anchor issued: (signer, anchor, anchor's
 /// key, sub-CA).
 fn foreign_sub_ca_holder(f: &Fixture) -> (Holder, PathBuf, PathBuf, PathBuf) {

@@ -23,8 +23,9 @@ pub const CRL_CLOCK_SKEW_SECS: i64 = 300;
 /// What an anchor's CRL says.
 #[derive(Debug)]
 pub struct RevocationList {
-    /// Serial (as `cms::serial_hex` spells it) → revocation time (Unix seconds).
-    revoked: HashMap<String, i64>,
+    /// Serial (as `cms::serial_hex` spells it) → revocation time (Unix seconds) and reason
+    /// code (none without a reasonCode entry extension: unspecified).
+    revoked: HashMap<String, (i64, Option<u8>)>,
     /// Unix seconds.
     this_update: i64,
     /// Unix seconds; none when the CRL has no nextUpdate.
@@ -103,12 +104,26 @@ impl RevocationList {
             .iter()
             .flatten()
             .map(|rc| {
-                (
+                let reason = rc
+                    .crl_entry_extensions
+                    .iter()
+                    .flatten()
+                    .find(|e| e.extn_id == ID_CE_CRL_REASONS)
+                    .map(|e| {
+                        x509_cert::ext::pkix::CrlReason::from_der(e.extn_value.as_bytes())
+                            .map(|r| r as u8)
+                            .map_err(|e| format!("an entry's reasonCode is not a CRLReason: {e}"))
+                    })
+                    .transpose()?;
+                Ok((
                     super::cms::serial_hex(rc.serial_number.as_bytes()),
-                    rc.revocation_date.to_unix_duration().as_secs() as i64,
-                )
+                    (
+                        rc.revocation_date.to_unix_duration().as_secs() as i64,
+                        reason,
+                    ),
+                ))
             })
-            .collect();
+            .collect::<Result<_, String>>()?;
         Ok(RevocationList {
             revoked,
             this_update: crl.tbs_cert_list.this_update.to_unix_duration().as_secs() as i64,
@@ -120,8 +135,9 @@ impl RevocationList {
     }
 
     /// When the certificate of serial `serial_hex` (as `cms::serial_hex` spells it) was
-    /// revoked, if the CRL lists it.
-    pub fn revoked_at(&self, serial_hex: &str) -> Option<i64> {
+    /// revoked and why (its RFC 5280 reason code; certificateHold: on hold), if the CRL lists
+    /// it.
+    pub fn revocation(&self, serial_hex: &str) -> Option<(i64, Option<u8>)> {
         self.revoked.get(serial_hex).copied()
     }
 

@@ -969,10 +969,11 @@ impl Verifier {
         {
             return Status::Unknown(format!("the CRL of {} is past its nextUpdate", anchor.name));
         }
-        match crl.revoked_at(serial) {
-            Some(at) => Status::Revoked {
+        match crl.revocation(serial) {
+            Some((since, Some(HOLD_REASON_CODE))) => Status::OnHold { since, ca: None },
+            Some((at, reason)) => Status::Revoked {
                 at,
-                reason: None,
+                reason,
                 ca: None,
             },
             None => Status::Good,

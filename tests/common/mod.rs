@@ -461,7 +461,13 @@ pub fn openssl_crl_with(
     revoked: &[&Path],
     crl_ext: &str,
 ) -> PathBuf {
-    openssl_gencrl(f, ca_cert, ca_key, revoked, crl_ext, &[])
+    openssl_gencrl(f, ca_cert, ca_key, revoked, &[], crl_ext, &[])
+}
+
+/// `openssl_crl` listing the `held` certificates on hold (reasonCode certificateHold).
+pub fn openssl_crl_on_hold(f: &Fixture, ca_cert: &Path, ca_key: &Path, held: &[&Path]) -> PathBuf {
+    let hold = ["-crl_hold", "holdInstructionReject"];
+    openssl_gencrl(f, ca_cert, ca_key, held, &hold, "", &[])
 }
 
 /// An empty `openssl_crl` whose thisUpdate (lastUpdate) is `this_update` (`YYYYMMDDHHMMSSZ`)
@@ -478,6 +484,7 @@ pub fn openssl_crl_dated(
         ca_cert,
         ca_key,
         &[],
+        &[],
         "",
         &[
             "-crl_lastupdate",
@@ -493,6 +500,7 @@ fn openssl_gencrl(
     ca_cert: &Path,
     ca_key: &Path,
     revoked: &[&Path],
+    revoke_args: &[&str],
     crl_ext: &str,
     gencrl_args: &[&str],
 ) -> PathBuf {
@@ -511,10 +519,11 @@ fn openssl_gencrl(
     )
     .unwrap();
     for cert in revoked {
-        openssl(&args![
-            "ca", "-config", &cnf, "-keyfile", ca_key, "-cert", ca_cert, "-revoke", cert
-        ])
-        .assert_ok();
+        let mut revoke =
+            args!["ca", "-config", &cnf, "-keyfile", ca_key, "-cert", ca_cert, "-revoke", cert]
+                .to_vec();
+        revoke.extend(revoke_args.iter().map(std::ffi::OsString::from));
+        openssl(&revoke).assert_ok();
     }
     let crl = dir.join("crl.pem");
     let mut gencrl =
