@@ -400,11 +400,30 @@ fn a_crl_made_from_older_records_than_the_newest_is_not_recorded() {
             .unwrap()
             .map(|(n, _)| n)
         };
-        assert_eq!(record(7, 4_000), Some(1), "{:?}", db.engine);
-        assert_eq!(record(6, 4_100), None, "{:?}: older records", db.engine);
-        assert_eq!(record(7, 4_000), Some(2), "{:?}: as new", db.engine);
+        // Two status changes of the scope: the newer one's event is its epoch `now`.
+        issue(&*s, "31");
+        issue(&*s, "32");
+        for serial in ["31", "32"] {
+            let revocation = RevocationRecord {
+                revoked_at: 3_000,
+                reason_code: Some(1),
+                invalidity_date: None,
+            };
+            s.revoke(serial, revocation, &event("certificate.revoke", serial))
+                .unwrap();
+        }
+        let now = s.crl_scope_epoch(IssuerId::Customer, None).unwrap();
+        let before = now - 1; // a maker that read the store before the second change
+        assert_eq!(record(now, 4_000), Some(1), "{:?}", db.engine);
+        assert_eq!(
+            record(before, 4_100),
+            None,
+            "{:?}: older records",
+            db.engine
+        );
+        assert_eq!(record(now, 4_000), Some(2), "{:?}: as new", db.engine);
         // A clock stepped back does not stop CRLs.
-        assert_eq!(record(8, 3_999), Some(3), "{:?}", db.engine);
+        assert_eq!(record(now, 3_999), Some(3), "{:?}", db.engine);
     }
 }
 

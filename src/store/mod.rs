@@ -187,19 +187,24 @@ fn holder_not_set(id: &str, has_one: Option<bool>) -> StoreError {
     }
 }
 
-/// The scope's newest CRL as [`may_succeed`] weighs it: its number and status epoch.
-pub(crate) type NewestCrl = (u64, u64);
+/// The scope's newest CRL as [`may_succeed`] weighs it: its number and status epoch, and the
+/// scope's status epoch now.
+pub(crate) type NewestCrl = (u64, u64, u64);
 
 /// Whether `crl` may follow the scope's newest CRL. Never one made from older records than
 /// the newest's (a smaller status epoch: its entries were read before a change the newest
 /// lists, and RFC 5280 5.2.3 wants that change on every later CRL): a maker that read the
-/// store before another process's CRL records nothing and reads again. (A thisUpdate before
-/// the newest's is let be: a clock stepped back must not stop CRLs.)
+/// store before another process's CRL records nothing and reads again. A newest CRL whose
+/// epoch is above the scope's own was made before scopes had epochs of their own (store
+/// version 7 recorded the whole store's), and says nothing about it. (A thisUpdate before the
+/// newest's is let be: a clock stepped back must not stop CRLs.)
 fn may_succeed(crl: &NewCrl, newest: Option<NewestCrl>) -> bool {
-    newest.is_none_or(|(_, epoch)| crl.status_epoch >= epoch)
+    let made_from_older_records =
+        newest.is_some_and(|(_, epoch, scope_now)| crl.status_epoch < epoch && epoch <= scope_now);
+    !made_from_older_records
         && match crl.succeeds {
             Succeeds::Newest => true,
-            Succeeds::Only(judged) => judged == newest.map(|(number, _)| number),
+            Succeeds::Only(judged) => judged == newest.map(|(number, _, _)| number),
         }
 }
 

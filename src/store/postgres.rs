@@ -898,8 +898,10 @@ impl Store for PostgresStore {
         self.tx(|tx| {
             let newest: Option<super::NewestCrl> = tx
                 .query_opt(
-                    "SELECT number, status_epoch FROM crls
-                     WHERE issuer = $1 AND shard = $2 ORDER BY number DESC LIMIT 1",
+                    "SELECT number, status_epoch,
+                            (SELECT COALESCE(MAX(epoch), 0) FROM crl_scope_epochs
+                             WHERE issuer = $1 AND ($2::BIGINT < 0 OR shard = $2))
+                     FROM crls WHERE issuer = $1 AND shard = $2 ORDER BY number DESC LIMIT 1",
                     &[&issuer.as_str(), &shard_key(shard)],
                 )
                 .map_err(map_err)?
@@ -908,13 +910,14 @@ impl Store for PostgresStore {
                         col::<i64>(&row, 0)? as u64,
                         // None: recorded before status epochs were.
                         col::<Option<i64>>(&row, 1)?.unwrap_or(0) as u64,
+                        col::<i64>(&row, 2)? as u64,
                     ))
                 })
                 .transpose()?;
             if !super::may_succeed(crl, newest) {
                 return Ok(None);
             }
-            let number = newest.map_or(0, |(n, _)| n) + 1;
+            let number = newest.map_or(0, |(n, _, _)| n) + 1;
             let tbs = build_tbs(number).map_err(StoreError::Conflict)?;
             tx.execute(
                 "INSERT INTO crls (issuer, shard, number, this_update, next_update, status_epoch, tbs_der) VALUES ($1, $2, $3, $4, $5, $6, $7)",

@@ -806,14 +806,17 @@ impl Store for SqliteStore {
         self.tx(|tx| {
             let newest: Option<super::NewestCrl> = tx
                 .query_row(
-                    "SELECT number, status_epoch FROM crls
-                     WHERE issuer = ?1 AND shard = ?2 ORDER BY number DESC LIMIT 1",
+                    "SELECT number, status_epoch,
+                            (SELECT COALESCE(MAX(epoch), 0) FROM crl_scope_epochs
+                             WHERE issuer = ?1 AND (?2 < 0 OR shard = ?2))
+                     FROM crls WHERE issuer = ?1 AND shard = ?2 ORDER BY number DESC LIMIT 1",
                     params![issuer.as_str(), shard_key(shard)],
                     |r| {
                         Ok((
                             r.get::<_, i64>(0)? as u64,
                             // None: recorded before status epochs were.
                             r.get::<_, Option<i64>>(1)?.unwrap_or(0) as u64,
+                            r.get::<_, i64>(2)? as u64,
                         ))
                     },
                 )
@@ -822,7 +825,7 @@ impl Store for SqliteStore {
             if !super::may_succeed(crl, newest) {
                 return Ok(None);
             }
-            let number = newest.map_or(0, |(n, _)| n) + 1;
+            let number = newest.map_or(0, |(n, _, _)| n) + 1;
             let tbs = build_tbs(number).map_err(StoreError::Conflict)?;
             // zeroblob + incremental write: binding tens of megabytes would copy them twice
             // more inside SQLite (bound value, then record).
@@ -1660,7 +1663,8 @@ mod tests {
             conn.execute_batch(
                 "INSERT INTO crls (issuer, shard, number, this_update, next_update, tbs_der,
                      crl_der, status_epoch)
-                 VALUES ('customer', -1, 1, 1, 2, x'30', x'30', 0);
+                 VALUES ('customer', -1, 1, 1, 2, x'30', x'30', 0),
+                        ('teller', -1, 1, 6, 7, x'30', x'30', 2);
                  INSERT INTO certificates (serial, issuer, profile, status, subject, shard,
                      not_before, not_after, tbs_der, cert_der, created_at, revoked_at)
                  VALUES ('0a', 'customer', 'customer', 'issued', 'CN=x', 3, 1, 2, x'30', x'30',
@@ -1686,6 +1690,21 @@ mod tests {
             store.crl_scope_epoch(IssuerId::Customer, Some(0)).unwrap(),
             0
         );
+        // The teller CRL recorded the store's epoch then (2), above its scope's own (0): it
+        // is no newer record than a CRL made now, which follows it.
+        let crl = NewCrl {
+            issuer: IssuerId::Teller,
+            shard: None,
+            this_update: 10,
+            next_update: 20,
+            status_epoch: store.crl_scope_epoch(IssuerId::Teller, None).unwrap(),
+            succeeds: Succeeds::Newest,
+        };
+        let event = AuditEvent::new("test", "crl.generate", "crl:teller", serde_json::json!({}));
+        let recorded = store
+            .record_crl(&crl, &mut |_| Ok(vec![0x30]), &event)
+            .expect("record");
+        assert_eq!(recorded.map(|(n, _)| n), Some(2));
     }
 
     #[test]
