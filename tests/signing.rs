@@ -196,20 +196,28 @@ fn e_seal_signs_attached_cms_and_jws_too() {
     }
 }
 
-#[test]
-fn a_signature_the_hsm_failed_to_make_is_audited_as_not_made() {
-    let (st, _s) = setup();
+/// `signet sign` of `data` with the e-seal under `config` and `env`, refused; then the
+/// `signature.fail` event of `store`, which must answer the `signature.create` event of that
+/// very data.
+fn assert_sign_fails_and_is_audited_as_not_made(
+    st: &Setup,
+    config: &std::path::Path,
+    env: &[(&str, String)],
+    store: &dyn signet::store::Store,
+    data: &[u8],
+) {
+    use sha2::Digest;
     let f = fixture();
-    let data = write(f, "failed.txt", b"statement the HSM will not sign");
+    let input = write(f, "failed.txt", data);
     f.signet_with(
-        &f.config,
-        &[("SIGNET_FAULT", "key-sign-fails".into())],
+        config,
+        env,
         &args![
             "sign",
             "--key",
             &st.seal_key,
             "--in",
-            &data,
+            &input,
             "--format",
             "cms-detached",
             "--out",
@@ -217,20 +225,58 @@ fn a_signature_the_hsm_failed_to_make_is_audited_as_not_made() {
         ],
     )
     .assert_refused();
-    let events = f.open_store().audit_events(0).unwrap();
+    let events = store.audit_events(0).unwrap();
+    let digest = hex::encode(sha2::Sha256::digest(data));
+    let create = events
+        .iter()
+        .find(|e| e.action == "signature.create" && e.details.contains(&digest))
+        .expect("the signature.create event of the data");
     let fail = events
         .iter()
-        .rev()
-        .find(|e| e.action == "signature.fail" && e.object == st.seal_key)
-        .expect("a signature.fail event");
+        .find(|e| e.action == "signature.fail" && e.object == st.seal_key && e.seq > create.seq)
+        .expect("a signature.fail event after it");
     let details: Value = serde_json::from_str(&fail.details).unwrap();
-    let created = details["create_events"][0].as_u64().unwrap();
-    let create = events.iter().find(|e| e.seq == created).unwrap();
     assert_eq!(
-        (create.action.as_str(), create.object.as_str()),
-        ("signature.create", st.seal_key.as_str())
+        details["create_events"],
+        json!([create.seq]),
+        "{}",
+        fail.details
     );
-    assert!(created < fail.seq);
+}
+
+#[test]
+fn a_signature_the_hsm_failed_to_make_is_audited_as_not_made() {
+    let (st, _s) = setup();
+    let f = fixture();
+    assert_sign_fails_and_is_audited_as_not_made(
+        st,
+        &f.config,
+        &[("SIGNET_FAULT", "key-sign-fails".into())],
+        &*f.open_store(),
+        format!("statement the HSM will not sign, {}", std::process::id()).as_bytes(),
+    );
+}
+
+#[test]
+fn a_signature_not_made_because_its_audit_checkpoint_failed_is_audited_as_not_made() {
+    let (st, _s) = setup();
+    let f = fixture();
+    let copy = f.store_copy(
+        "sign-checkpoint-fails",
+        &[("audit", "checkpoint_every", "1".into())],
+    );
+    // The checkpoint file can no longer be appended to: every checkpoint fails.
+    let _ = fs::remove_file(&copy.checkpoints);
+    fs::create_dir(&copy.checkpoints).unwrap();
+    let store = signet::app::open_store(&signet::config::Config::load(&copy.config).unwrap().store)
+        .unwrap();
+    assert_sign_fails_and_is_audited_as_not_made(
+        st,
+        &copy.config,
+        &[],
+        &*store,
+        b"statement whose audit cannot be checkpointed",
+    );
 }
 
 #[test]

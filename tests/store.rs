@@ -1271,10 +1271,10 @@ impl CommitCutter {
                         if commit && arm.swap(false, SeqCst) {
                             cut.store(true, SeqCst);
                             if passed {
+                                // Cut at once: the server may still be committing when the
+                                // client asks whether it did.
                                 let _ = to.write_all(&buf[..n]);
                             }
-                            // Time for the server to commit; its answer is dropped.
-                            thread::sleep(std::time::Duration::from_millis(300));
                             break;
                         }
                         if to.write_all(&buf[..n]).is_err() {

@@ -233,7 +233,7 @@ fn without_values(message: &str) -> String {
         return message.to_string();
     }
     let (head, tail) = message
-        .split_once(", expected")
+        .rsplit_once(", expected")
         .map_or((message, ""), |(h, t)| (h, t));
     let kind = head.find(['`', '"']).map_or(head, |at| &head[..at]);
     let tail = if tail.is_empty() {

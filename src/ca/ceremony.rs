@@ -188,7 +188,7 @@ impl Authority {
         );
         let audit = self.store.add_cas(&rows, now, &ev)?;
         self.reload_cas()?;
-        self.auditor.after_append(&audit)?;
+        self.auditor.after_commit(&audit);
         if self.ensure_validation_service(actor, progress)? {
             created.push(s.validation_key_label());
         }
@@ -225,7 +225,7 @@ impl Authority {
                     serde_json::json!({"key": label}),
                 ),
             )?;
-            self.auditor.after_append(&audit)?;
+            self.auditor.after_commit(&audit);
             created.push(label);
         }
         if self.ensure_validation_service(actor, progress)? {
@@ -312,7 +312,7 @@ impl Authority {
             self.clock.now(),
             &AuditEvent::new(actor, "certificate.issue", &serial, &details),
         )?;
-        self.auditor.after_append(&audit)?;
+        self.auditor.after_commit(&audit);
         Ok(der)
     }
 }

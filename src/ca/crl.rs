@@ -159,7 +159,7 @@ impl Authority {
             return Ok(None);
         };
         let sign_and_store = || -> Result<Vec<u8>, CaError> {
-            self.auditor.after_append(&audit)?;
+            self.auditor.after_commit(&audit);
             let sig = self.sign(&ca.key_label, buffer.tbs())?;
             let der = buffer.finish_crl(&x509::ecdsa_sha256().to_der()?, &sig);
             self.store.complete_crl(issuer, shard, number, &der)?;

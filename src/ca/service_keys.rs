@@ -121,7 +121,7 @@ impl Authority {
             serde_json::json!({"key": label, "serial": serial}),
         );
         match self.store.add_cas(&[row], now, &ev) {
-            Ok(audit) => self.auditor.after_append(&audit)?,
+            Ok(audit) => self.auditor.after_commit(&audit),
             // Another process made it meanwhile: its certificate serves, ours stays unused
             // (issued and in the store, like every certificate that was signed).
             Err(StoreError::Conflict(_)) => return Ok(false),
@@ -231,7 +231,7 @@ impl Authority {
             self.clock.now(),
             &AuditEvent::new(actor, "certificate.issue", &serial, &details),
         )?;
-        self.auditor.after_append(&audit)?;
+        self.auditor.after_commit(&audit);
         Ok((serial, der))
     }
 

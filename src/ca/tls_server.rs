@@ -188,7 +188,7 @@ impl Authority {
             }).collect::<Vec<_>>(), "certificate": cert_path.display().to_string()}),
         );
         let audit = self.store.append_audit(self.clock.now(), &ev)?;
-        self.auditor.after_append(&audit)?;
+        self.auditor.after_commit(&audit);
         progress(&format!(
             "TLS server certificate serial {serial} written to {} (key {}, mode 0600)",
             cert_path.display(),

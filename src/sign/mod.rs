@@ -14,7 +14,7 @@ use base64::Engine;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use crate::audit::AuditEvent;
+use crate::audit::{AuditEvent, AuditRecord};
 use crate::ca::{Authority, CaError, IssuerId};
 use crate::ra::{Principal, Role};
 use crate::store::{PinAttempt, SigningKeyRecord, Store, StoreError};
@@ -428,7 +428,38 @@ impl SigningService {
             })
             .collect();
         let created = self.store().append_audit_many(now, &events)?;
-        for rec in &created {
+        let made = self.make(key, format, input, now, &created);
+        if made.is_err() {
+            // The log said these signatures were being made: it says they were not.
+            let seqs: Vec<u64> = created.iter().map(|r| r.seq).collect();
+            let error = made.as_ref().err().map(ToString::to_string);
+            let ev = AuditEvent::new(
+                actor,
+                "signature.fail",
+                &key.id,
+                serde_json::json!({"kind": key.kind, "format": format.as_str(), "error": error, "create_events": seqs}),
+            )
+            .for_tenant(tenant);
+            match self.store().append_audit(self.now(), &ev) {
+                Ok(rec) => self.authority.auditor().after_commit(&rec),
+                Err(e) => {
+                    tracing::error!(key = %key.id, error = %e, "cannot audit a failed signature")
+                }
+            }
+        }
+        made
+    }
+
+    /// Checkpoints the `created` events when due, then makes the signatures in the HSM.
+    fn make(
+        &self,
+        key: &SigningKeyRecord,
+        format: SignFormat,
+        input: SignInput,
+        now: i64,
+        created: &[AuditRecord],
+    ) -> Result<Signed, SignError> {
+        for rec in created {
             self.authority
                 .auditor()
                 .after_append(rec)
@@ -471,27 +502,10 @@ impl SigningService {
         };
         match made {
             Ok(signatures) => Ok(Signed { format, signatures }),
-            Err(text) => {
-                // The log said these signatures were being made: it says they were not.
-                let seqs: Vec<u64> = created.iter().map(|r| r.seq).collect();
-                let ev = AuditEvent::new(
-                    actor,
-                    "signature.fail",
-                    &key.id,
-                    serde_json::json!({"kind": key.kind, "format": format.as_str(), "error": text, "create_events": seqs}),
-                )
-                .for_tenant(tenant);
-                match self.store().append_audit(self.now(), &ev) {
-                    Ok(rec) => self.authority.auditor().after_commit(&rec),
-                    Err(e) => {
-                        tracing::error!(key = %key.id, error = %e, "cannot audit a failed signature")
-                    }
-                }
-                Err(match failure.into_inner() {
-                    Some(e) => SignError::Ca(e),
-                    None => SignError::Invalid(text),
-                })
-            }
+            Err(text) => Err(match failure.into_inner() {
+                Some(e) => SignError::Ca(e),
+                None => SignError::Invalid(text),
+            }),
         }
     }
 }

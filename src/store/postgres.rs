@@ -197,6 +197,8 @@ fn col<'a, T: ::postgres::types::FromSql<'a>>(r: &'a Row, i: usize) -> Result<T>
 /// How a write transaction ended.
 enum Ended<T> {
     Committed(T),
+    /// One of its writes failed: it rolled back.
+    Failed(StoreError),
     /// The connection failed before the answer to COMMIT came: the server may have committed
     /// it or not.
     CommitUnanswered(T, StoreError),
@@ -223,16 +225,6 @@ impl PostgresStore {
         }
         config.connect_timeout(options.connect_timeout);
         config.application_name("signet");
-        let lock_ms = options.lock_timeout.as_millis().max(1);
-        let sessions = format!(
-            "-c lock_timeout={lock_ms} -c idle_in_transaction_session_timeout={}",
-            lock_ms * 2
-        );
-        let options_text = match config.get_options() {
-            Some(given) => format!("{given} {sessions}"),
-            None => sessions,
-        };
-        config.options(&options_text);
         let tls = tls_connector(&options.url, &mut config, options.tls_ca_file.as_deref())?;
         let manager = PostgresConnectionManager::new(config, tls);
         let last_error = LastConnectError::default();
@@ -310,7 +302,7 @@ impl PostgresStore {
     fn tx<T>(&self, f: impl FnOnce(&mut Transaction) -> Result<T>) -> Result<T> {
         match self.tx_ended(f)? {
             Ended::Committed(out) => Ok(out),
-            Ended::CommitUnanswered(_, e) => Err(e),
+            Ended::Failed(e) | Ended::CommitUnanswered(_, e) => Err(e),
         }
     }
 
@@ -325,36 +317,54 @@ impl PostgresStore {
             .isolation_level(::postgres::IsolationLevel::ReadCommitted)
             .start()
             .map_err(map_err)?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
-            .map_err(|e| {
-                if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) {
-                    StoreError::Unavailable(format!(
-                        "another Signet process held the store's write lock longer than \
+        // Set per transaction, not per connection, so that a pooler (PgBouncer refuses
+        // `options` at connect) passes them on. Zero is PostgreSQL's "no limit".
+        let lock_ms = self.lock_timeout.as_millis().min(i32::MAX as u128);
+        let idle_ms = (lock_ms * 2).min(i32::MAX as u128);
+        tx.batch_execute(&format!(
+            "SET LOCAL lock_timeout = {lock_ms}; \
+             SET LOCAL idle_in_transaction_session_timeout = {idle_ms}; \
+             SELECT pg_advisory_xact_lock({WRITE_LOCK})"
+        ))
+        .map_err(|e| {
+            if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) {
+                StoreError::Unavailable(format!(
+                    "another Signet process held the store's write lock longer than \
                          [store].lock_timeout_ms ({} ms)",
-                        self.lock_timeout.as_millis()
-                    ))
-                } else {
-                    map_err(e)
-                }
-            })?;
-        let out = f(&mut tx)?;
+                    self.lock_timeout.as_millis()
+                ))
+            } else {
+                map_err(e)
+            }
+        })?;
+        let out = match f(&mut tx) {
+            Ok(out) => out,
+            Err(e) => return Ok(Ended::Failed(e)),
+        };
         match tx.commit() {
             Ok(()) => Ok(Ended::Committed(out)),
-            // No SQLSTATE: the connection failed before the server's answer came.
-            Err(e) if e.code().is_none() => Ok(Ended::CommitUnanswered(out, map_err(e))),
-            Err(e) => Err(map_err(e)),
+            // The connection failed before the server's answer came, or the server answered
+            // with an error that may follow a commit (a backend ended while it waited for a
+            // standby has committed locally): either way, whether it is in is not known.
+            Err(e) => Ok(Ended::CommitUnanswered(out, map_err(e))),
         }
     }
 
     /// Whether the audit event `rec` is in the chain as appended: after a COMMIT that went
-    /// unanswered, whether the server committed it.
+    /// unanswered, whether the server committed it. Read under the write lock, which the
+    /// transaction in question holds until it has committed or rolled back.
     fn has_audit_record(&self, rec: &AuditRecord) -> Result<bool> {
-        let hash: Option<Vec<u8>> = self.optional_row(
-            "SELECT hash FROM audit_events WHERE seq = $1",
-            &[&(rec.seq as i64)],
-            |r| col(r, 0),
-        )?;
-        Ok(hash.as_deref() == Some(rec.hash.as_slice()))
+        self.tx(|tx| {
+            let hash: Option<Vec<u8>> = tx
+                .query_opt(
+                    "SELECT hash FROM audit_events WHERE seq = $1",
+                    &[&(rec.seq as i64)],
+                )
+                .map_err(map_err)?
+                .map(|r| col(&r, 0))
+                .transpose()?;
+            Ok(hash.as_deref() == Some(rec.hash.as_slice()))
+        })
     }
 
     /// At most one row of a query.
@@ -758,7 +768,9 @@ impl Store for PostgresStore {
                     Some(Err(_)) | None => return Err(e),
                 }
             }
-            Err(_) => {}
+            Ok(Ended::Failed(_)) => {}
+            // No connection or no lock: the retry would meet the same (after as long a wait).
+            Err(e) => return Err(e),
         }
         self.tx(|tx| {
             let mut out = Vec::with_capacity(units.len());
