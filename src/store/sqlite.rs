@@ -112,8 +112,14 @@ fn map_err(e: rusqlite::Error) -> StoreError {
                 StoreError::Corrupt(e.to_string())
             }
             // A row the schema refuses (foreign key, CHECK, NOT NULL, unique), as PostgreSQL's
-            // class 23: the request conflicts with the records; waiting will not mend it.
-            ErrorCode::ConstraintViolation => StoreError::Conflict(e.to_string()),
+            // class 23: the request conflicts with the records; waiting will not mend it. A
+            // trigger's refusal (the audit table's guards) is the store refusing, as a
+            // PostgreSQL trigger's exception is.
+            ErrorCode::ConstraintViolation
+                if f.extended_code != rusqlite::ffi::SQLITE_CONSTRAINT_TRIGGER =>
+            {
+                StoreError::Conflict(e.to_string())
+            }
             _ => StoreError::Unavailable(e.to_string()),
         },
         _ => StoreError::Corrupt(e.to_string()),
