@@ -265,6 +265,15 @@ fn a_signature_not_made_because_its_audit_checkpoint_failed_is_audited_as_not_ma
         "sign-checkpoint-fails",
         &[("audit", "checkpoint_every", "1".into())],
     );
+    // Events the server appended since its last checkpoint would be checkpointed as the
+    // command starts, and its failure would stop the command before it signs: a command
+    // checkpoints them first.
+    f.signet_with(
+        &copy.config,
+        &[],
+        &["credential", "list", "--tenant", "Bank A"],
+    )
+    .assert_ok();
     // The checkpoint file can no longer be appended to: every checkpoint fails.
     let _ = fs::remove_file(&copy.checkpoints);
     fs::create_dir(&copy.checkpoints).unwrap();
