@@ -350,3 +350,205 @@ fn a_revocation_whose_audit_event_cannot_be_appended_is_not_applied() {
     assert_eq!(r.status, 200, "{}", r.body);
     server.stop();
 }
+
+/// A drill home with a bank, two of its teller-admins and a teller, served; and the id of
+/// a teller-key request the first admin filed for that teller.
+fn teller_key_request(f: &Fixture, name: &str) -> (DrillHome, Server, String, String) {
+    let home = DrillHome::new(f, name, &[]);
+    let cli = |args: &[&str]| {
+        let out = f.signet_with(&home.config, &[], args);
+        out.assert_ok();
+        out.stdout.trim().to_string()
+    };
+    let bank = "Key record bank";
+    cli(&["tenant", "add", bank]);
+    let admin = || {
+        cli(&[
+            "credential",
+            "add",
+            "--tenant",
+            bank,
+            "--role",
+            "teller-admin",
+        ])
+    };
+    let (filer, approver) = (admin(), admin());
+    cli(&[
+        "teller",
+        "add",
+        "--tenant",
+        bank,
+        "--employee",
+        "K1",
+        "--name",
+        "钱柜员",
+    ]);
+    let server = Server::start_config(f, &home.config, &[]);
+    let r = post_json(
+        &server,
+        "/v1/teller-keys",
+        Some(&filer),
+        &json!({"employee_id": "K1"}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    (home, server, approver, id)
+}
+
+/// The second teller-admin's approval of request `id`.
+fn approve_teller_request(server: &Server, approver: &str, id: &str) -> common::http::Reply {
+    post_json(
+        server,
+        &format!("/v1/teller-requests/{id}/approve"),
+        Some(approver),
+        &json!({}),
+    )
+}
+
+/// (serial, revocation reason, revoked) of the certificates under the teller-hsm profile,
+/// oldest first.
+fn teller_key_certificates(conn: &rusqlite::Connection) -> Vec<(String, Option<i64>, bool)> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT serial, revocation_reason, revoked_at IS NOT NULL FROM certificates
+             WHERE profile = 'teller-hsm' AND status = 'issued' ORDER BY created_at, rowid",
+        )
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+fn teller_request_status(conn: &rusqlite::Connection, id: &str) -> (String, Option<String>) {
+    conn.query_row(
+        "SELECT status, serial FROM teller_requests WHERE id = ?1",
+        [id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .unwrap()
+}
+
+const REFUSE_KEY_RECORDS: &str = "CREATE TRIGGER key_records_refused BEFORE INSERT ON signing_keys
+     BEGIN SELECT RAISE(ABORT, 'key record refused by the test'); END;";
+
+#[test]
+fn a_teller_key_whose_record_cannot_be_stored_has_its_certificate_revoked_before_the_request_waits_again(
+) {
+    let f = fixture();
+    let (home, server, approver, id) = teller_key_request(f, "key-record-fails");
+    let approve = || approve_teller_request(&server, &approver, &id);
+    let conn = open_db(&home.db);
+    conn.execute_batch(REFUSE_KEY_RECORDS).unwrap();
+    let r = approve();
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (503, "store_unavailable"),
+        "{}",
+        r.body
+    );
+    let certs = teller_key_certificates(&conn);
+    assert_eq!(certs.len(), 1, "{certs:?}");
+    assert_eq!(
+        (certs[0].1, certs[0].2),
+        (Some(5), true),
+        "the certificate no key record names is revoked (cessationOfOperation): {certs:?}"
+    );
+    assert_eq!(teller_request_status(&conn, &id).0, "pending");
+
+    conn.execute_batch("DROP TRIGGER key_records_refused;")
+        .unwrap();
+    let r = approve();
+    assert_eq!(r.status, 201, "{}", r.body);
+    let certs = teller_key_certificates(&conn);
+    assert_eq!(certs.len(), 2, "{certs:?}");
+    assert!(certs[0].2 && !certs[1].2, "{certs:?}");
+    assert_eq!(r.json()["serial"], certs[1].0.as_str(), "{}", r.body);
+    assert_eq!(
+        teller_request_status(&conn, &id),
+        ("approved".to_string(), Some(certs[1].0.clone()))
+    );
+    server.stop();
+}
+
+#[test]
+fn a_teller_key_certificate_that_can_be_neither_recorded_nor_revoked_keeps_its_request_approved_and_is_named(
+) {
+    let f = fixture();
+    let (home, server, approver, id) = teller_key_request(f, "key-record-and-revocation-fail");
+    let conn = open_db(&home.db);
+    conn.execute_batch(REFUSE_KEY_RECORDS).unwrap();
+    conn.execute_batch(
+        "CREATE TRIGGER revocations_refused BEFORE UPDATE OF revoked_at ON certificates
+         WHEN NEW.revoked_at IS NOT NULL
+         BEGIN SELECT RAISE(ABORT, 'revocation refused by the test'); END;",
+    )
+    .unwrap();
+    let approve = || approve_teller_request(&server, &approver, &id);
+    let r = approve();
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (500, "issued_not_recorded"),
+        "{}",
+        r.body
+    );
+    let certs = teller_key_certificates(&conn);
+    assert_eq!(certs.len(), 1, "{certs:?}");
+    let serial = &certs[0].0;
+    assert!(
+        r.body.contains(&format!("signet revoke --serial {serial}")),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        teller_request_status(&conn, &id),
+        ("approved".to_string(), Some(serial.clone()))
+    );
+    conn.execute_batch("DROP TRIGGER key_records_refused; DROP TRIGGER revocations_refused;")
+        .unwrap();
+    let again = approve();
+    assert_eq!(again.status, 409, "{}", again.body);
+    assert_eq!(teller_key_certificates(&conn).len(), 1, "certified again");
+    server.stop();
+}
+
+#[test]
+fn an_e_seal_whose_key_record_cannot_be_stored_has_its_certificate_revoked_before_it_is_made_again()
+{
+    let f = fixture();
+    let home = DrillHome::new(f, "seal-record-fails", &[]);
+    let seal_create = || {
+        f.signet_with(
+            &home.config,
+            &[],
+            &["seal", "create", "--tenant", "Seal bank"],
+        )
+    };
+    f.signet_with(&home.config, &[], &["tenant", "add", "Seal bank"])
+        .assert_ok();
+    let conn = open_db(&home.db);
+    conn.execute_batch(REFUSE_KEY_RECORDS).unwrap();
+    let out = seal_create();
+    assert!(
+        !out.success(),
+        "seal create passed with its key record refused"
+    );
+    let seals = |conn: &rusqlite::Connection| -> Vec<(Option<i64>, bool)> {
+        let mut stmt = conn
+            .prepare(
+                "SELECT revocation_reason, revoked_at IS NOT NULL FROM certificates
+                 WHERE profile = 'seal' AND status = 'issued' AND owner =
+                   (SELECT id FROM tenants WHERE name = 'Seal bank') ORDER BY created_at, rowid",
+            )
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert_eq!(seals(&conn), vec![(Some(5), true)], "{}", out.stderr);
+    conn.execute_batch("DROP TRIGGER key_records_refused;")
+        .unwrap();
+    seal_create().assert_ok();
+    assert_eq!(seals(&conn), vec![(Some(5), true), (None, false)]);
+}

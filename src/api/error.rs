@@ -191,6 +191,11 @@ impl From<RaError> for ApiError {
             RaError::RequestExpired => ApiError::new(StatusCode::CONFLICT, "request_expired", msg),
             RaError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", msg),
             RaError::HsmKeyProfile { .. } => ApiError::bad_request("profile_needs_hsm_key", msg),
+            RaError::IssuedNotRecorded { .. } => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "issued_not_recorded",
+                msg,
+            ),
             RaError::Store(s) => from_store(&s),
             RaError::Ca(c) => c.into(),
         }

@@ -80,6 +80,8 @@ pub enum RaError {
     RequestExpired,
     #[error("{0}")]
     Conflict(String),
+    #[error("certificate {serial} was issued for a key Signet made in the HSM, but the key record could not be stored ({why}), nor the certificate revoked. The CA operator should revoke it (`signet revoke --serial {serial} --reason cessationOfOperation`) before the key is certified again (a new teller request, `signet seal create` again)")]
+    IssuedNotRecorded { serial: String, why: String },
     #[error("profile {profile} vouches that the key was made in Signet's HSM and never leaves it: its certificates are made with such a key (the bank's e-seal, a teller's HSM key), never from a CSR")]
     HsmKeyProfile { profile: String },
 }

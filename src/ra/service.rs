@@ -201,13 +201,23 @@ impl Registrar {
         };
         match issued {
             Ok(a) => {
-                self.store()
-                    .set_teller_request_serial(id, a.serial())
-                    .map_err(store_err)?;
+                // The certificate (and a teller key with its one-time activation code) is
+                // made: a failure to note its serial on the request must not hide it. The
+                // serial is in the audit log's certificate.issue and signing_key.create.
+                if let Err(e) = self.store().set_teller_request_serial(id, a.serial()) {
+                    tracing::warn!(request = %id, serial = %a.serial(), error = %e, "cannot note the serial on the approved teller request");
+                }
                 Ok(a)
             }
+            // A certificate no record names and nobody revoked: the request must not be
+            // approved again (that would certify the same key again). It stays approved,
+            // naming the certificate where the store lets it.
+            Err(RaError::IssuedNotRecorded { serial, why }) => {
+                let _ = self.store().set_teller_request_serial(id, &serial);
+                Err(RaError::IssuedNotRecorded { serial, why })
+            }
             Err(e) => {
-                // Nothing issued: the request waits again rather than being lost.
+                // Nothing valid issued: the request waits again rather than being lost.
                 let ev = AuditEvent::new(
                     &who.actor(),
                     "teller_request.reopen",

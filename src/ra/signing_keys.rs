@@ -8,7 +8,7 @@ use zeroize::Zeroizing;
 use super::tenants::{store_err, Principal, Role};
 use super::{escape_dn_value, RaError, Registrar, TenantIdentity};
 use crate::audit::AuditEvent;
-use crate::ca::Issued;
+use crate::ca::{Issued, Reason};
 use crate::store::{SigningKeyRecord, StoreError, TellerRecord, TellerRequestRecord};
 
 /// The profile of the bank's e-seal certificate.
@@ -75,6 +75,7 @@ impl Registrar {
             self.authority().settings().key_prefix,
             tenant.id
         );
+        let key_id = self.new_id("key")?;
         let issued = self.certify_token_key(
             SEAL_PROFILE,
             &label,
@@ -83,7 +84,7 @@ impl Registrar {
             actor,
         )?;
         let key = SigningKeyRecord {
-            id: self.new_id("key")?,
+            id: key_id,
             tenant_id: tenant.id.clone(),
             kind: "seal".into(),
             teller_id: None,
@@ -102,7 +103,9 @@ impl Registrar {
             serde_json::json!({"kind": "seal", "serial": issued.serial}),
         )
         .for_tenant(Some(&tenant.id));
-        self.store().add_signing_key(&key, &ev).map_err(conflict)?;
+        if let Err(e) = self.store().add_signing_key(&key, &ev) {
+            return Err(self.withdraw_unrecorded(&issued.serial, actor, conflict(e)));
+        }
         Ok((key, issued))
     }
 
@@ -257,6 +260,13 @@ impl Registrar {
             escape_dn_value(&teller.name),
             escape_dn_value(&teller.employee_id)
         );
+        // Everything that can fail before the certificate is made: after it, only the key
+        // record's write can (see `withdraw_unrecorded`).
+        // 20 random characters the teller types once to set the key's PIN.
+        let code = Zeroizing::new(hex::encode_upper(
+            self.authority().hsm_random(10).map_err(RaError::Ca)?,
+        ));
+        let key_id = self.new_id("key")?;
         let issued = self.certify_token_key(
             TELLER_HSM_PROFILE,
             &label,
@@ -264,12 +274,8 @@ impl Registrar {
             &who.tenant,
             &who.actor(),
         )?;
-        // 20 random characters the teller types once to set the key's PIN.
-        let code = Zeroizing::new(hex::encode_upper(
-            self.authority().hsm_random(10).map_err(RaError::Ca)?,
-        ));
         let key = SigningKeyRecord {
-            id: self.new_id("key")?,
+            id: key_id,
             tenant_id: who.tenant.id.clone(),
             kind: "teller".into(),
             teller_id: Some(teller.id.clone()),
@@ -288,12 +294,38 @@ impl Registrar {
             serde_json::json!({"kind": "teller", "teller": teller.id, "serial": issued.serial, "request": request.id}),
         )
         .for_tenant(Some(&who.tenant.id));
-        self.store().add_signing_key(&key, &ev).map_err(conflict)?;
+        if let Err(e) = self.store().add_signing_key(&key, &ev) {
+            return Err(self.withdraw_unrecorded(&issued.serial, &who.actor(), conflict(e)));
+        }
         Ok(NewTellerKey {
             key,
             issued,
             activation_code: code,
         })
+    }
+
+    /// A certificate issued for a key whose record could not be stored: no record names it, so
+    /// nobody would revoke it with the key, and the next attempt (a teller request approved
+    /// again, `seal create` run again) reuses the key and certifies it a second time. It is
+    /// revoked (cessationOfOperation: the key is not suspect) before anything is tried again;
+    /// when that fails too, the error says so and names it.
+    fn withdraw_unrecorded(&self, serial: &str, actor: &str, why: RaError) -> RaError {
+        match self
+            .authority()
+            .revoke(serial, Reason::CessationOfOperation, None, actor)
+        {
+            Ok(()) => {
+                tracing::warn!(%serial, error = %why, "revoked a teller key's certificate whose key record could not be stored");
+                why
+            }
+            Err(e) => {
+                tracing::error!(%serial, error = %why, revocation = %e, "a teller key's certificate is valid but no key record names it");
+                RaError::IssuedNotRecorded {
+                    serial: serial.to_string(),
+                    why: why.to_string(),
+                }
+            }
+        }
     }
 
     pub(super) fn require_role(
