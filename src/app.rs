@@ -166,6 +166,9 @@ impl Signet {
             Err(crate::audit::AuditError::Hsm(HsmError::KeyNotFound { .. })) => {
                 tracing::warn!("no audit key in the token yet: run `signet ca upgrade`")
             }
+            // The process starts refusing certificates and signatures (logged as it was
+            // found); revocations, CRLs and OCSP must go on.
+            Err(crate::audit::AuditError::ChainAltered(_)) => {}
             other => {
                 other?;
             }

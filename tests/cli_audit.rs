@@ -13,20 +13,28 @@ use rusqlite::Connection;
 /// guard the audit table are dropped first.
 fn tamper(copy: &StoreCopy) -> Connection {
     let conn = open_db(&copy.db);
-    let triggers: Vec<String> = conn
-        .prepare(
-            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit_events'",
-        )
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    for t in triggers {
-        conn.execute_batch(&format!("DROP TRIGGER \"{}\"", t.replace('"', "\"\"")))
-            .unwrap();
-    }
+    drop_audit_guards(&conn);
     conn
+}
+
+/// `signet issue` of a customer certificate on a store copy.
+fn issue_on(copy: &StoreCopy, csr: &std::path::Path, subject: &str) -> Out {
+    let f = fixture();
+    f.signet_with(
+        &copy.config,
+        &[],
+        &args![
+            "issue",
+            "--profile",
+            "customer",
+            "--csr",
+            csr,
+            "--subject",
+            subject,
+            "--out",
+            f.path("audit.pem")
+        ],
+    )
 }
 
 fn seqs(conn: &Connection) -> Vec<i64> {
@@ -51,26 +59,31 @@ fn intact_copy(
     while events.len() < min_events {
         // Add events to the copy only.
         let csr = f.csr(KeyKind::P256);
-        let out = f.signet_with(
-            &copy.config,
-            &[],
-            &args![
-                "issue",
-                "--profile",
-                "customer",
-                "--csr",
-                &csr,
-                "--subject",
-                "CN=审计,serialNumber=110101199003071234",
-                "--out",
-                f.path("audit.pem")
-            ],
-        );
-        out.assert_ok();
+        issue_on(&copy, &csr, "CN=审计,serialNumber=110101199003071234").assert_ok();
         events = seqs(&open_db(&copy.db));
     }
     verify(&copy).assert_ok();
     (copy, events)
+}
+
+/// `signet revoke --reason keyCompromise` on a store copy.
+fn revoke_for_key_compromise(copy: &StoreCopy, serial: &str) -> Out {
+    fixture().signet_with(
+        &copy.config,
+        &[],
+        &args!["revoke", "--serial", serial, "--reason", "keyCompromise"],
+    )
+}
+
+/// The revocation reason code on record for `serial` (None: not revoked, or unspecified).
+fn revocation_reason(copy: &StoreCopy, serial: &str) -> Option<i64> {
+    open_db(&copy.db)
+        .query_row(
+            "SELECT revocation_reason FROM certificates WHERE serial = ?1",
+            [serial],
+            |r| r.get(0),
+        )
+        .unwrap()
 }
 
 fn verify(copy: &StoreCopy) -> Out {
@@ -193,22 +206,7 @@ fn audit_verify_names_the_missing_events_when_the_newest_are_removed() {
     let f = fixture();
     for _ in 0..2 {
         let csr = f.csr(KeyKind::P256);
-        f.signet_with(
-            &copy.config,
-            &[],
-            &args![
-                "issue",
-                "--profile",
-                "customer",
-                "--csr",
-                &csr,
-                "--subject",
-                "CN=审计,serialNumber=110101199003071234",
-                "--out",
-                f.path("t.pem")
-            ],
-        )
-        .assert_ok();
+        issue_on(&copy, &csr, "CN=审计,serialNumber=110101199003071234").assert_ok();
     }
     verify(&copy).assert_ok();
     let checkpoints = std::fs::read_to_string(&copy.checkpoints).unwrap_or_default();
@@ -272,27 +270,60 @@ fn a_revocation_stands_when_the_audit_checkpoint_after_it_fails() {
     // The checkpoint file can no longer be appended to: every checkpoint fails.
     std::fs::remove_file(&copy.checkpoints).unwrap();
     std::fs::create_dir(&copy.checkpoints).unwrap();
-    let out = f.signet_with(
-        &copy.config,
-        &[],
-        &args![
-            "revoke",
-            "--serial",
-            &issued.serial,
-            "--reason",
-            "keyCompromise"
-        ],
-    );
+    let out = revoke_for_key_compromise(&copy, &issued.serial);
     // Committed, so reported as done (an error alone would have the operator believe it still
     // valid); the command's closing checkpoint fails too, and says the change stands.
     out.assert_stderr_mentions(&format!("revoked {}", issued.serial));
     out.assert_stderr_mentions("changes are committed");
-    let reason: Option<i64> = open_db(&copy.db)
+    assert_eq!(
+        revocation_reason(&copy, &issued.serial),
+        Some(1),
+        "keyCompromise on record"
+    );
+}
+
+#[test]
+fn a_command_started_on_a_chain_cut_below_the_checkpoint_files_newest_checkpoint_issues_nothing_but_revokes(
+) {
+    let f = fixture();
+    let copy = f.store_copy("cut-below-file", &[]);
+    let csr = f.csr(KeyKind::P256);
+    let subject = "CN=截断,serialNumber=110101199003071234";
+    let first = f.issue_with(&copy.config, "customer", &csr, subject, &[]);
+    // The command's closing checkpoint covered its events: the newest is removed.
+    let all = seqs(&open_db(&copy.db));
+    tamper(&copy)
+        .execute(
+            "DELETE FROM audit_events WHERE seq = ?1",
+            [all[all.len() - 1]],
+        )
+        .unwrap();
+    let issued_before: i64 = open_db(&copy.db)
         .query_row(
-            "SELECT revocation_reason FROM certificates WHERE serial = ?1",
-            [&issued.serial],
+            "SELECT COUNT(*) FROM certificates WHERE status = 'issued'",
+            [],
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(reason, Some(1), "keyCompromise on record");
+
+    let out = issue_on(&copy, &csr, subject);
+    out.assert_refused();
+    out.assert_stderr_mentions("no longer holds what was appended and checkpointed");
+    let issued_after: i64 = open_db(&copy.db)
+        .query_row(
+            "SELECT COUNT(*) FROM certificates WHERE status = 'issued'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(issued_after, issued_before, "a certificate was issued");
+
+    // A revocation must never wait for the investigation.
+    let out = revoke_for_key_compromise(&copy, &first.serial);
+    out.assert_stderr_mentions(&format!("revoked {}", first.serial));
+    assert_eq!(
+        revocation_reason(&copy, &first.serial),
+        Some(1),
+        "the revocation was not applied"
+    );
 }

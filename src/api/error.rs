@@ -101,6 +101,14 @@ impl From<CaError> for ApiError {
             CaError::Store(s) => from_store(s),
             CaError::Audit(crate::audit::AuditError::Hsm(h)) => from_hsm(h),
             CaError::Audit(crate::audit::AuditError::Store(s)) => from_store(s),
+            CaError::Audit(crate::audit::AuditError::ChainAltered(_)) => {
+                tracing::error!(error = %e, "audit chain altered");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "audit_chain_altered",
+                    "the audit log was changed outside Signet, so this service issues and signs nothing more until its operator has looked into it and restarted it",
+                )
+            }
             CaError::Audit(other) => {
                 tracing::error!(error = %other, "audit failure");
                 ApiError::new(

@@ -324,6 +324,7 @@ pub async fn audit_events(
 }
 
 pub async fn healthz(State(state): State<Shared>) -> Response {
+    let audit_whole = state.signet.authority.auditor().altered().is_none();
     let (hsm, store) = blocking(move || {
         let hsm = state.signet.hsm.is_available();
         let store = state.signet.store.audit_head().is_ok();
@@ -332,14 +333,21 @@ pub async fn healthz(State(state): State<Shared>) -> Response {
     .await
     .unwrap_or((false, false));
     let word = |ok: bool| if ok { "ok" } else { "unavailable" };
-    let status = if hsm && store {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
+    // An altered audit chain stops certificates and signatures, not revocation, CRLs, OCSP
+    // or verification: the process stays up (a restart would not mend it), and says so.
+    let (status, overall) = match (hsm && store, audit_whole) {
+        (true, true) => (StatusCode::OK, "ok"),
+        (true, false) => (StatusCode::OK, "degraded"),
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
     };
     (
         status,
-        Json(serde_json::json!({"status": word(hsm && store), "hsm": word(hsm), "store": word(store)})),
+        Json(serde_json::json!({
+            "status": overall,
+            "hsm": word(hsm),
+            "store": word(store),
+            "audit": if audit_whole { "ok" } else { "altered" },
+        })),
     )
         .into_response()
 }
@@ -348,6 +356,7 @@ pub async fn metrics(State(state): State<Shared>) -> Response {
     let text = state.metrics.render(
         &state.signet.hsm.stats(),
         state.signet.authority.certificates_given_to_sign(),
+        state.signet.authority.auditor().altered().is_some(),
     );
     (
         [(

@@ -35,7 +35,7 @@ impl Metrics {
     }
 
     /// The metrics, with the HSM's statistics and the count of certificates given it to sign.
-    pub fn render(&self, hsm: &HsmStats, certificates_to_sign: u64) -> String {
+    pub fn render(&self, hsm: &HsmStats, certificates_to_sign: u64, audit_altered: bool) -> String {
         let mut out = String::new();
         let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
         out.push_str("# HELP signet_http_requests_total HTTP requests by route and status.\n");
@@ -74,6 +74,13 @@ impl Metrics {
         );
         out.push_str("# TYPE signet_certificate_signs_total counter\n");
         let _ = writeln!(out, "signet_certificate_signs_total {certificates_to_sign}");
+        out.push_str("# HELP signet_audit_chain_altered 1 once this process found the audit chain no longer holding what it appended or checkpointed (it then issues and signs nothing).\n");
+        out.push_str("# TYPE signet_audit_chain_altered gauge\n");
+        let _ = writeln!(
+            out,
+            "signet_audit_chain_altered {}",
+            u8::from(audit_altered)
+        );
         out.push_str("# HELP signet_hsm_sign_seconds Time spent in HSM signing.\n");
         out.push_str("# TYPE signet_hsm_sign_seconds summary\n");
         let _ = writeln!(out, "signet_hsm_sign_seconds_sum {}", hsm.sign_seconds);

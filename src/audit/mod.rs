@@ -9,6 +9,7 @@ mod verify;
 pub use event::{chain_hash, AuditEvent, AuditRecord, GENESIS};
 pub use verify::{read_checkpoint_file, verify_chain, ChainBreak, VerifyReport};
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,6 +32,9 @@ pub enum AuditError {
     Hsm(#[from] HsmError),
     #[error("cannot write the audit checkpoint file {path}: {reason}")]
     CheckpointFile { path: String, reason: String },
+    /// The chain in the store no longer holds what this process appended or checkpointed.
+    #[error("the audit chain in the database no longer holds what was appended and checkpointed (events removed or rewritten there, or lost by the database): {0}. Where it could, this process checkpointed the event as it appended it, so `signet audit verify` names it. Certificates and signatures stop until the chain matches its checkpoints again (restore the lost events); revocations go on")]
+    ChainAltered(String),
 }
 
 /// Domain separation for checkpoint signatures.
@@ -107,6 +111,30 @@ impl Due {
     }
 }
 
+/// The most events a process remembers, and the furthest back (in events) a checkpoint
+/// reads the chain to hold it to them.
+const WITNESS_WINDOW: u64 = 10_000;
+
+/// How much of the checkpoint file's end a process's first checkpoint reads, and how many of
+/// the checkpoints there it holds the chain to.
+const FILE_TAIL_BYTES: u64 = 64 * 1024;
+const FILE_TAIL_CHECKPOINTS: usize = 16;
+
+/// What this process saw of the chain, to hold the chain to it before signing a checkpoint.
+/// Checkpoints protect what they cover; the events since the last one live only in the
+/// database, where someone with write access could delete or rewrite them, and the next
+/// checkpoint would then sign the altered chain. The process remembers them instead.
+#[derive(Default)]
+struct Witness {
+    /// The newest checkpoint this process made: (seq, hash).
+    base: Option<(u64, Vec<u8>)>,
+    /// Events this process appended that no checkpoint of its covers yet: seq -> hash (the
+    /// first seen: a seq given out twice keeps the hash it had first).
+    mine: BTreeMap<u64, Vec<u8>>,
+    /// Why the chain was found altered: from then on nothing more is signed.
+    altered: Option<String>,
+}
+
 /// Writes signed checkpoints of the chain head: every `every` events and on demand (shutdown,
 /// end of a CLI command).
 pub struct Auditor {
@@ -122,6 +150,7 @@ pub struct Auditor {
     /// missing key is a session failure to the HSM layer, which then drops its cached key
     /// handles and logs in again; one search first is cheaper.)
     key_present: AtomicBool,
+    witness: Mutex<Witness>,
 }
 
 impl Auditor {
@@ -142,6 +171,7 @@ impl Auditor {
             clock,
             writing: Mutex::new(()),
             key_present: AtomicBool::new(false),
+            witness: Mutex::new(Witness::default()),
         }
     }
 
@@ -149,8 +179,13 @@ impl Auditor {
         &self.file
     }
 
-    /// Called after each append: checkpoints when the event's sequence number is due.
+    /// Called after each append: checkpoints when the event's sequence number is due. Fails
+    /// once the chain was found altered (see [`Witness`]), so that nothing more is issued or
+    /// signed on it.
     pub fn after_append(&self, rec: &AuditRecord) -> Result<(), AuditError> {
+        if let Some(why) = self.remember(rec) {
+            return Err(AuditError::ChainAltered(why));
+        }
         if self.due.is_due(rec.seq) {
             self.checkpoint(rec.seq, &rec.hash)?;
         }
@@ -163,6 +198,10 @@ impl Auditor {
     /// event is in the chain all the same; the next checkpoint covers it.
     pub fn after_commit(&self, rec: &AuditRecord) {
         if let Err(e) = self.after_append(rec) {
+            if let AuditError::ChainAltered(_) = e {
+                tracing::error!(seq = rec.seq, error = %e, "a change was committed on an altered audit chain (the change stands)");
+                return;
+            }
             tracing::error!(
                 seq = rec.seq,
                 error = %e,
@@ -173,24 +212,202 @@ impl Auditor {
 
     /// Checkpoints the current head unless it already is checkpointed. Returns the checkpoint.
     pub fn checkpoint_head(&self) -> Result<Option<Checkpoint>, AuditError> {
+        let _guard = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        // Read under the lock: no checkpoint this process made is newer than the head read.
         let Some(head) = self.store.audit_head()? else {
             return Ok(None);
         };
         // From here on, a multiple of `every` passed by events of other writers is noticed.
         self.due.seen(head.seq);
+        self.hold_to_witness(head.seq, &head.hash, true)?;
         if self
             .store
-            .checkpoints()?
-            .last()
-            .is_some_and(|c| c.seq >= head.seq)
+            .newest_checkpoint_seq()?
+            .is_some_and(|newest| newest >= head.seq)
         {
+            self.witnessed(head.seq, &head.hash);
             return Ok(None);
         }
-        self.checkpoint(head.seq, &head.hash).map(Some)
+        let cp = self.sign_checkpoint(head.seq, &head.hash)?;
+        self.witnessed(head.seq, &head.hash);
+        Ok(Some(cp))
+    }
+
+    /// Why the chain was found changed outside Signet, once it was (see [`Witness`]).
+    pub fn altered(&self) -> Option<String> {
+        self.witness
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .altered
+            .clone()
+    }
+
+    /// Notes an event this process appended; returns why the chain is altered, once it is.
+    fn remember(&self, rec: &AuditRecord) -> Option<String> {
+        let mut w = self.witness.lock().unwrap_or_else(|e| e.into_inner());
+        if w.base.as_ref().is_none_or(|(seq, _)| rec.seq > *seq) {
+            w.mine.entry(rec.seq).or_insert_with(|| rec.hash.clone());
+            // Bounded however long checkpoints fail: the oldest are let go.
+            while w.mine.len() as u64 > WITNESS_WINDOW {
+                w.mine.pop_first();
+            }
+        }
+        w.altered.clone()
     }
 
     fn checkpoint(&self, seq: u64, hash: &[u8]) -> Result<Checkpoint, AuditError> {
         let _guard = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        self.hold_to_witness(seq, hash, false)?;
+        let cp = self.sign_checkpoint(seq, hash)?;
+        self.witnessed(seq, hash);
+        Ok(cp)
+    }
+
+    /// Once a signed checkpoint covers `seq`: the chain up to it needs no more holding.
+    fn witnessed(&self, seq: u64, hash: &[u8]) {
+        let mut w = self.witness.lock().unwrap_or_else(|e| e.into_inner());
+        if w.base.as_ref().is_none_or(|(b, _)| seq > *b) {
+            w.base = Some((seq, hash.to_vec()));
+        }
+        w.mine.retain(|s, _| *s > seq);
+    }
+
+    /// How far back from a checkpoint the chain is read to hold it to this process's memory:
+    /// a few checkpoint intervals, so that an idle process does not read (on one request)
+    /// all that others appended since its last checkpoint.
+    fn window(&self) -> u64 {
+        self.due.every.saturating_mul(4).clamp(100, WITNESS_WINDOW)
+    }
+
+    /// Before a checkpoint of (`seq`, `hash`) is signed: the chain up to it still holds the
+    /// events this process appended, as it appended them, and runs whole from this process's
+    /// last checkpoint, which it still holds (all within [`Auditor::window`]). When `head` is
+    /// set, `seq` is the chain's head: nothing this process appended or checkpointed may lie
+    /// past it, and at the process's first checkpoint the newest checkpoints of the file must
+    /// match the chain (a restart must not sign over a change an earlier process saw). When
+    /// the chain fails this, an event of this process that it no longer holds is checkpointed
+    /// as appended (the evidence `audit verify` then finds), and the process signs nothing
+    /// more. Called with the writing lock held; changes nothing when the chain holds.
+    fn hold_to_witness(&self, seq: u64, hash: &[u8], head: bool) -> Result<(), AuditError> {
+        let (base, mut mine, newest) = {
+            let w = self.witness.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(why) = &w.altered {
+                return Err(AuditError::ChainAltered(why.clone()));
+            }
+            let mine: BTreeMap<u64, Vec<u8>> =
+                w.mine.range(..=seq).map(|(s, h)| (*s, h.clone())).collect();
+            let newest = w.mine.last_key_value().map(|(s, h)| (*s, h.clone()));
+            (w.base.clone(), mine, newest)
+        };
+        let mut broken = None;
+        if head && base.is_none() {
+            broken = self.hold_to_file()?;
+        }
+        if let Some((s, h)) = newest.filter(|(s, _)| head && *s > seq) {
+            // Remembered only once committed: past the head read now, it was removed.
+            if self.store.audit_head()?.is_none_or(|now| now.seq < s) {
+                mine.insert(s, h);
+            }
+        }
+        if let Some((b, _)) = base.as_ref().filter(|(b, _)| head && *b > seq) {
+            broken.get_or_insert_with(|| format!("the chain's head (event {seq}) is below this process's last checkpoint (event {b}): the newest events were removed"));
+        }
+        let floor = seq.saturating_sub(self.window());
+        let last_checkpoint = base.as_ref().filter(|(b, _)| *b <= seq && *b > floor);
+        let from = match last_checkpoint {
+            Some((b, _)) => b - 1,
+            None => mine
+                .keys()
+                .next()
+                .map_or(seq.saturating_sub(1), |first| first.saturating_sub(1))
+                .clamp(floor, seq.saturating_sub(1)),
+        };
+        let events = self.store.audit_events_upto(from, seq)?;
+        if broken.is_none() {
+            broken = verify::check_links(&events, from + 1, None)
+                .err()
+                .map(|e| e.to_string());
+        }
+        let whole = events.len() as u64 == seq - from
+            && events.last().is_some_and(|e| e.hash.as_slice() == hash);
+        if !whole {
+            broken.get_or_insert_with(|| format!("event {seq} is not the one to be checkpointed"));
+        }
+        if let Some((b, hb)) = last_checkpoint {
+            if events.first().is_none_or(|e| e.hash != *hb) {
+                broken.get_or_insert_with(|| {
+                    format!("event {b} is no longer the one this process checkpointed")
+                });
+            }
+        }
+        // Where the chain holds another event at a seq this process appended (or none), the
+        // one it appended is the evidence.
+        let stored: BTreeMap<u64, &[u8]> =
+            events.iter().map(|e| (e.seq, e.hash.as_slice())).collect();
+        let lost = mine
+            .iter()
+            .find(|(s, h)| **s > from && stored.get(*s).is_none_or(|x| *x != h.as_slice()));
+        if let Some((s, _)) = lost {
+            broken.get_or_insert_with(|| {
+                if *s > seq {
+                    format!("event {s}, which this process appended, is past the chain's head (event {seq}): the newest events were removed")
+                } else {
+                    format!("event {s} is no longer the one this process appended")
+                }
+            });
+        }
+        let Some(why) = broken else {
+            return Ok(());
+        };
+        tracing::error!(reason = %why, "the audit chain no longer holds what this process appended or checkpointed; it issues and signs nothing more");
+        if let Some((s, h)) = lost {
+            if let Err(e) = self.sign_checkpoint(*s, h) {
+                tracing::error!(error = %e, seq = s, "cannot checkpoint the event as this process appended it");
+            }
+        }
+        self.witness
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .altered = Some(why.clone());
+        Err(AuditError::ChainAltered(why))
+    }
+
+    /// The newest checkpoints of the checkpoint file against the chain: why they no longer
+    /// match it, if they do not. Only the file's tail is read.
+    fn hold_to_file(&self) -> Result<Option<String>, AuditError> {
+        // Unreadable: the check is skipped, not the command (a revocation must go on); a
+        // checkpoint to be written there fails and says why.
+        let tail = match read_checkpoint_tail(&self.file) {
+            Ok(tail) => tail,
+            Err(e) => {
+                tracing::warn!(file = %self.file.display(), error = %e, "cannot read the checkpoint file to hold the chain to it");
+                return Ok(None);
+            }
+        };
+        // Read after the file: a checkpoint another process wrote meanwhile is of an event
+        // committed before it, so below this head.
+        let head = self.store.audit_head()?.map_or(0, |h| h.seq);
+        for cp in tail.iter().rev().take(FILE_TAIL_CHECKPOINTS) {
+            if cp.seq > head {
+                return Ok(Some(format!(
+                    "the checkpoint file holds a checkpoint of event {}, past the chain's head (event {head}): the newest events were removed",
+                    cp.seq
+                )));
+            }
+            let at = self.store.audit_events_upto(cp.seq - 1, cp.seq)?;
+            if at.first().is_none_or(|e| e.hash != cp.hash) {
+                return Ok(Some(format!(
+                    "event {} differs from its checkpoint in the checkpoint file",
+                    cp.seq
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Signs a checkpoint of (`seq`, `hash`) and writes it to the file and the store. Called
+    /// with the writing lock held.
+    fn sign_checkpoint(&self, seq: u64, hash: &[u8]) -> Result<Checkpoint, AuditError> {
         // Searched for until found once: C_FindObjects costs SoftHSM more than the signature,
         // and this runs every `every` events on the issuing path.
         if !self.key_present.load(Ordering::Relaxed) {
@@ -238,12 +455,39 @@ fn append_checkpoint_line(file: &std::path::Path, cp: &Checkpoint) -> std::io::R
     f.sync_data()
 }
 
+/// The checkpoints in the last [`FILE_TAIL_BYTES`] of the checkpoint file, oldest first. A
+/// line cut by the start of the tail, and any line that is not a checkpoint, are left out
+/// (`audit verify` reads the whole file and names those). No file: none.
+fn read_checkpoint_tail(file: &std::path::Path) -> std::io::Result<Vec<Checkpoint>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = match std::fs::File::open(file) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let len = f.metadata()?.len();
+    let start = len.saturating_sub(FILE_TAIL_BYTES);
+    f.seek(SeekFrom::Start(start))?;
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes)?;
+    let text = String::from_utf8_lossy(&bytes);
+    let mut lines = text.lines();
+    if start > 0 {
+        lines.next();
+    }
+    Ok(lines
+        .filter_map(|l| serde_json::from_str::<CheckpointLine>(l).ok())
+        .filter_map(|l| l.to_checkpoint())
+        .collect())
+}
+
 /// Checkpoints signed on a thread of their own, for writers of the chain that must not wait for
 /// the HSM (verifications need no HSM otherwise). The latest due event waits in a slot and the
 /// thread checkpoints it: a hung HSM holds that one thread, never a request, and the events
 /// that fall due meanwhile are covered by the checkpoint of the latest.
 pub struct BackgroundCheckpoints {
-    is_due: Box<dyn Fn(u64) -> bool + Send + Sync>,
+    /// Notes an appended event and tells whether it is due.
+    is_due: Box<dyn Fn(&AuditRecord) -> bool + Send + Sync>,
     shared: Arc<(Mutex<Slot>, Condvar)>,
     /// Joined on drop: a checkpoint in flight finishes before its owner (and the HSM context
     /// it signs through) goes; a process that exits while a PKCS#11 call runs on another thread
@@ -262,14 +506,19 @@ impl BackgroundCheckpoints {
     pub fn start(auditor: Arc<Auditor>) -> std::io::Result<Self> {
         let theirs = auditor.clone();
         Self::start_with(
-            move |seq| auditor.due.is_due(seq),
+            move |rec| {
+                // The evidence of what was appended is kept whether or not the chain is
+                // still whole: verifications go on either way.
+                let _ = auditor.remember(rec);
+                auditor.due.is_due(rec.seq)
+            },
             move |seq, hash| theirs.checkpoint(seq, hash).map(|_| ()),
         )
     }
 
     /// With what signs a checkpoint (the auditor, or a test's stand-in).
     fn start_with(
-        is_due: impl Fn(u64) -> bool + Send + Sync + 'static,
+        is_due: impl Fn(&AuditRecord) -> bool + Send + Sync + 'static,
         checkpoint: impl Fn(u64, &[u8]) -> Result<(), AuditError> + Send + 'static,
     ) -> std::io::Result<Self> {
         let shared = Arc::new((Mutex::new(Slot::default()), Condvar::new()));
@@ -305,7 +554,7 @@ impl BackgroundCheckpoints {
 
     /// Hands `rec` to the thread when it is due for a checkpoint; never waits for one.
     pub fn after_append(&self, rec: &AuditRecord) {
-        if !(self.is_due)(rec.seq) {
+        if !(self.is_due)(rec) {
             return;
         }
         let (slot, wake) = &*self.shared;
@@ -360,9 +609,9 @@ mod background_tests {
         assert_eq!(read.len(), 400);
     }
 
-    fn every(n: u64) -> impl Fn(u64) -> bool + Send + Sync {
+    fn every(n: u64) -> impl Fn(&AuditRecord) -> bool + Send + Sync {
         let due = Due::new(n);
-        move |seq| due.is_due(seq)
+        move |rec| due.is_due(rec.seq)
     }
 
     #[test]

@@ -89,24 +89,9 @@ pub fn verify_chain(
     file_checkpoints: &[Checkpoint],
     audit_key: &VerifyingKey,
 ) -> Result<VerifyReport, ChainBreak> {
-    let mut prev = GENESIS.to_vec();
-    let mut expected = 1u64;
-    let mut hashes = BTreeMap::new();
-    for e in events {
-        if e.seq != expected {
-            return Err(ChainBreak::Missing { seq: expected });
-        }
-        if e.recompute().as_slice() != e.hash.as_slice() {
-            return Err(ChainBreak::Edited { seq: e.seq });
-        }
-        if e.prev_hash != prev {
-            return Err(ChainBreak::OutOfOrder { seq: e.seq });
-        }
-        prev = e.hash.clone();
-        hashes.insert(e.seq, e.hash.clone());
-        expected += 1;
-    }
-    let last = expected - 1;
+    check_links(events, 1, Some(GENESIS.as_slice()))?;
+    let hashes: BTreeMap<u64, Vec<u8>> = events.iter().map(|e| (e.seq, e.hash.clone())).collect();
+    let last = events.len() as u64;
 
     let mut all: BTreeMap<u64, &Checkpoint> = BTreeMap::new();
     for cp in file_checkpoints.iter().chain(db_checkpoints) {
@@ -148,6 +133,30 @@ pub fn verify_chain(
         last_checkpoint: newest.map(|cp| cp.seq),
         last_checkpoint_at: newest.map(|cp| cp.at),
     })
+}
+
+/// Checks that `events` (in seq order) are a piece of a whole chain: numbered `first`, then
+/// each the next, each hashing to its stored hash, and each linked to the one before it (the
+/// first to `prev`, when that is known).
+pub(super) fn check_links(
+    events: &[AuditRecord],
+    first: u64,
+    prev: Option<&[u8]>,
+) -> Result<(), ChainBreak> {
+    let mut prev = prev;
+    for (expected, e) in (first..).zip(events) {
+        if e.seq != expected {
+            return Err(ChainBreak::Missing { seq: expected });
+        }
+        if e.recompute().as_slice() != e.hash.as_slice() {
+            return Err(ChainBreak::Edited { seq: e.seq });
+        }
+        if prev.is_some_and(|p| e.prev_hash != p) {
+            return Err(ChainBreak::OutOfOrder { seq: e.seq });
+        }
+        prev = Some(&e.hash);
+    }
+    Ok(())
 }
 
 /// Parses the checkpoint file (JSON Lines). A missing file is an empty list.

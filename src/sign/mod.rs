@@ -459,12 +459,15 @@ impl SigningService {
         now: i64,
         created: &[AuditRecord],
     ) -> Result<Signed, SignError> {
-        for rec in created {
-            self.authority
-                .auditor()
-                .after_append(rec)
-                .map_err(CaError::from)?;
-        }
+        // Each is noted (and checkpointed when due) before the first failure is answered.
+        let checked: Vec<_> = created
+            .iter()
+            .map(|rec| self.authority.auditor().after_append(rec))
+            .collect();
+        checked
+            .into_iter()
+            .collect::<Result<(), _>>()
+            .map_err(CaError::from)?;
         let signer = self.signer(key)?;
         let failure: RefCell<Option<CaError>> = RefCell::new(None);
         let sign = |bytes: &[u8]| {

@@ -718,6 +718,8 @@ pub trait Store: Send + Sync {
     fn append_audit(&self, at: i64, event: &AuditEvent) -> Result<AuditRecord>;
     /// Audit events with seq > `after`, in order.
     fn audit_events(&self, after: u64) -> Result<Vec<AuditRecord>>;
+    /// Audit events with `after` < seq <= `upto`, in order.
+    fn audit_events_upto(&self, after: u64, upto: u64) -> Result<Vec<AuditRecord>>;
     /// One bank's events with seq > `after`, in order, at most `limit`.
     fn tenant_audit_events(&self, tenant: &str, after: u64, limit: u32)
         -> Result<Vec<AuditRecord>>;
@@ -725,4 +727,6 @@ pub trait Store: Send + Sync {
     fn audit_head(&self) -> Result<Option<AuditRecord>>;
     fn add_checkpoint(&self, cp: &Checkpoint) -> Result<()>;
     fn checkpoints(&self) -> Result<Vec<Checkpoint>>;
+    /// The seq of the newest checkpoint, if any (without reading them all).
+    fn newest_checkpoint_seq(&self) -> Result<Option<u64>>;
 }

@@ -1586,6 +1586,16 @@ impl Store for PostgresStore {
         )
     }
 
+    fn audit_events_upto(&self, after: u64, upto: u64) -> Result<Vec<AuditRecord>> {
+        self.all_rows(
+            &format!(
+                "SELECT {AUDIT_COLUMNS} FROM audit_events WHERE seq > $1 AND seq <= $2 ORDER BY seq"
+            ),
+            &[&(after as i64), &(upto as i64)],
+            audit_from_row,
+        )
+    }
+
     fn tenant_audit_events(
         &self,
         tenant: &str,
@@ -1619,6 +1629,13 @@ impl Store for PostgresStore {
             .map_err(map_err)?;
             Ok(())
         })
+    }
+
+    fn newest_checkpoint_seq(&self) -> Result<Option<u64>> {
+        self.optional_row("SELECT MAX(seq) FROM audit_checkpoints", &[], |r| {
+            col::<Option<i64>>(r, 0)
+        })
+        .map(|v| v.flatten().map(|s| s as u64))
     }
 
     fn checkpoints(&self) -> Result<Vec<Checkpoint>> {
