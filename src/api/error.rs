@@ -106,7 +106,7 @@ impl From<CaError> for ApiError {
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "audit_chain_altered",
-                    "the audit log was changed outside Signet, so this service issues and signs nothing more until its operator has looked into it and restarted it",
+                    "the audit log in the database no longer holds what was appended and checkpointed (see the service's log), so this service makes no certificate or signature until the chain matches its checkpoints again; revocations go on",
                 )
             }
             CaError::Audit(other) => {

@@ -115,10 +115,8 @@ impl Due {
 /// reads the chain to hold it to them.
 const WITNESS_WINDOW: u64 = 10_000;
 
-/// How much of the checkpoint file's end a process's first checkpoint reads, and how many of
-/// the checkpoints there it holds the chain to.
-const FILE_TAIL_BYTES: u64 = 64 * 1024;
-const FILE_TAIL_CHECKPOINTS: usize = 16;
+/// How much of the checkpoint file's end a checkpoint reads, at most (about 75 lines).
+const FILE_TAIL_BYTES: u64 = 16 * 1024;
 
 /// What this process saw of the chain, to hold the chain to it before signing a checkpoint.
 /// Checkpoints protect what they cover; the events since the last one live only in the
@@ -126,13 +124,15 @@ const FILE_TAIL_CHECKPOINTS: usize = 16;
 /// checkpoint would then sign the altered chain. The process remembers them instead.
 #[derive(Default)]
 struct Witness {
-    /// The newest checkpoint this process made: (seq, hash).
+    /// The newest checkpoint this process made or found at the head: (seq, hash).
     base: Option<(u64, Vec<u8>)>,
     /// Events this process appended that no checkpoint of its covers yet: seq -> hash (the
     /// first seen: a seq given out twice keeps the hash it had first).
     mine: BTreeMap<u64, Vec<u8>>,
     /// Why the chain was found altered: from then on nothing more is signed.
     altered: Option<String>,
+    /// How much of the checkpoint file the chain was held to (see `hold_to_file`).
+    file_checked_to: Option<u64>,
 }
 
 /// Writes signed checkpoints of the chain head: every `every` events and on demand (shutdown,
@@ -192,6 +192,24 @@ impl Auditor {
         Ok(())
     }
 
+    /// [`Auditor::after_append`] for several events appended together: each is noted, and
+    /// the newest that falls due is checkpointed (one checkpoint covers the ones before it).
+    pub fn after_append_all(&self, recs: &[AuditRecord]) -> Result<(), AuditError> {
+        let mut due = None;
+        for rec in recs {
+            if let Some(why) = self.remember(rec) {
+                return Err(AuditError::ChainAltered(why));
+            }
+            if self.due.is_due(rec.seq) {
+                due = Some(rec);
+            }
+        }
+        match due {
+            Some(rec) => self.checkpoint(rec.seq, &rec.hash).map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
     /// [`Auditor::after_append`] for an event whose change is committed and stays: a failed
     /// checkpoint is logged, not returned, lest the caller take the change for not made (an
     /// issued certificate for a failed issuance, a request reopened and approved twice). The
@@ -220,20 +238,23 @@ impl Auditor {
         // From here on, a multiple of `every` passed by events of other writers is noticed.
         self.due.seen(head.seq);
         self.hold_to_witness(head.seq, &head.hash, true)?;
-        if self
-            .store
-            .newest_checkpoint_seq()?
-            .is_some_and(|newest| newest >= head.seq)
-        {
-            self.witnessed(head.seq, &head.hash);
-            return Ok(None);
+        match self.store.newest_checkpoint_seq()? {
+            Some(newest) if newest == head.seq => {
+                self.witnessed(head.seq, &head.hash);
+                return Ok(None);
+            }
+            // A checkpoint past the head: the newest events were removed, which the next
+            // `audit verify` names; this process's memory is kept for its next checkpoint.
+            Some(newest) if newest > head.seq => return Ok(None),
+            _ => {}
         }
         let cp = self.sign_checkpoint(head.seq, &head.hash)?;
         self.witnessed(head.seq, &head.hash);
         Ok(Some(cp))
     }
 
-    /// Why the chain was found changed outside Signet, once it was (see [`Witness`]).
+    /// Why the chain no longer holds what was appended and checkpointed, once found (see
+    /// [`Witness`]).
     pub fn altered(&self) -> Option<String> {
         self.witness
             .lock()
@@ -299,10 +320,7 @@ impl Auditor {
             let newest = w.mine.last_key_value().map(|(s, h)| (*s, h.clone()));
             (w.base.clone(), mine, newest)
         };
-        let mut broken = None;
-        if head && base.is_none() {
-            broken = self.hold_to_file()?;
-        }
+        let mut broken = self.hold_to_file()?;
         if let Some((s, h)) = newest.filter(|(s, _)| head && *s > seq) {
             // Remembered only once committed: past the head read now, it was removed.
             if self.store.audit_head()?.is_none_or(|now| now.seq < s) {
@@ -372,36 +390,64 @@ impl Auditor {
         Err(AuditError::ChainAltered(why))
     }
 
-    /// The newest checkpoints of the checkpoint file against the chain: why they no longer
-    /// match it, if they do not. Only the file's tail is read.
+    /// The checkpoint file's lines this process has not held the chain to yet (at its first
+    /// checkpoint, the file's tail) against the chain: why they no longer match it, if they do
+    /// not. Held at every checkpoint, so that the evidence one process writes stops the
+    /// others on the host at their next checkpoint, and stays in the file's tail. Lines the
+    /// audit key did not sign (another CA's file, a hand-made line) are named in the log and
+    /// left out.
     fn hold_to_file(&self) -> Result<Option<String>, AuditError> {
+        let from = self
+            .witness
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .file_checked_to;
         // Unreadable: the check is skipped, not the command (a revocation must go on); a
         // checkpoint to be written there fails and says why.
-        let tail = match read_checkpoint_tail(&self.file) {
-            Ok(tail) => tail,
+        let (lines, end) = match read_checkpoint_lines(&self.file, from) {
+            Ok(read) => read,
             Err(e) => {
                 tracing::warn!(file = %self.file.display(), error = %e, "cannot read the checkpoint file to hold the chain to it");
                 return Ok(None);
             }
         };
-        // Read after the file: a checkpoint another process wrote meanwhile is of an event
-        // committed before it, so below this head.
-        let head = self.store.audit_head()?.map_or(0, |h| h.seq);
-        for cp in tail.iter().rev().take(FILE_TAIL_CHECKPOINTS) {
-            if cp.seq > head {
-                return Ok(Some(format!(
-                    "the checkpoint file holds a checkpoint of event {}, past the chain's head (event {head}): the newest events were removed",
-                    cp.seq
-                )));
-            }
-            let at = self.store.audit_events_upto(cp.seq - 1, cp.seq)?;
-            if at.first().is_none_or(|e| e.hash != cp.hash) {
-                return Ok(Some(format!(
-                    "event {} differs from its checkpoint in the checkpoint file",
-                    cp.seq
-                )));
+        if !lines.is_empty() {
+            let point = match self.hsm.public_key(&self.key_label) {
+                Ok(key) => key.to_sec1_bytes().to_vec(),
+                // No audit key yet (before the ceremony made it): nothing to hold lines to.
+                Err(HsmError::KeyNotFound { .. }) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            // Read after the file: a checkpoint another process wrote meanwhile is of an
+            // event committed before it, so not past this head.
+            let head = self.store.audit_head()?.map_or(0, |h| h.seq);
+            for cp in &lines {
+                let message = checkpoint_message(cp.seq, &cp.hash, cp.at);
+                if cp.seq == 0
+                    || crate::ecdsa::verify_p256_sha256(&point, &message, &cp.signature).is_err()
+                {
+                    tracing::warn!(file = %self.file.display(), seq = cp.seq, "a line of the checkpoint file is not signed by this CA's audit key (another CA's or database's file?); left out");
+                    continue;
+                }
+                if cp.seq > head {
+                    return Ok(Some(format!(
+                        "the checkpoint file holds a checkpoint of event {}, past the chain's head (event {head}): the newest events were removed",
+                        cp.seq
+                    )));
+                }
+                let at = self.store.audit_events_upto(cp.seq - 1, cp.seq)?;
+                if at.first().is_none_or(|e| e.hash != cp.hash) {
+                    return Ok(Some(format!(
+                        "event {} differs from its checkpoint in the checkpoint file",
+                        cp.seq
+                    )));
+                }
             }
         }
+        self.witness
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .file_checked_to = Some(end);
         Ok(None)
     }
 
@@ -455,30 +501,43 @@ fn append_checkpoint_line(file: &std::path::Path, cp: &Checkpoint) -> std::io::R
     f.sync_data()
 }
 
-/// The checkpoints in the last [`FILE_TAIL_BYTES`] of the checkpoint file, oldest first. A
-/// line cut by the start of the tail, and any line that is not a checkpoint, are left out
-/// (`audit verify` reads the whole file and names those). No file: none.
-fn read_checkpoint_tail(file: &std::path::Path) -> std::io::Result<Vec<Checkpoint>> {
+/// The checkpoints of the checkpoint file from byte `from` (the end of what was read last
+/// time) to its last complete line, oldest first, and where that line ends. Only the last
+/// [`FILE_TAIL_BYTES`] are read: the whole tail when `from` is `None`, lies before that, or
+/// past the end (a file replaced). A line cut by the start of the tail, and any line that is
+/// not a checkpoint, are left out (`audit verify` reads the whole file and names those). No
+/// file: none.
+fn read_checkpoint_lines(
+    file: &std::path::Path,
+    from: Option<u64>,
+) -> std::io::Result<(Vec<Checkpoint>, u64)> {
     use std::io::{Read, Seek, SeekFrom};
     let mut f = match std::fs::File::open(file) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
         Err(e) => return Err(e),
     };
     let len = f.metadata()?.len();
-    let start = len.saturating_sub(FILE_TAIL_BYTES);
+    let tail = len.saturating_sub(FILE_TAIL_BYTES);
+    let (start, at_line_start) = match from {
+        Some(from) if from >= tail && from <= len => (from, true),
+        _ => (tail, tail == 0),
+    };
     f.seek(SeekFrom::Start(start))?;
     let mut bytes = Vec::new();
-    f.read_to_end(&mut bytes)?;
-    let text = String::from_utf8_lossy(&bytes);
+    f.take(len - start).read_to_end(&mut bytes)?;
+    // A line another process is writing right now is left for next time.
+    let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let text = String::from_utf8_lossy(&bytes[..complete]);
     let mut lines = text.lines();
-    if start > 0 {
+    if !at_line_start {
         lines.next();
     }
-    Ok(lines
+    let checkpoints = lines
         .filter_map(|l| serde_json::from_str::<CheckpointLine>(l).ok())
         .filter_map(|l| l.to_checkpoint())
-        .collect())
+        .collect();
+    Ok((checkpoints, start + complete as u64))
 }
 
 /// Checkpoints signed on a thread of their own, for writers of the chain that must not wait for

@@ -75,7 +75,13 @@ impl Authority {
     /// commits for the batch rather than two per certificate.
     pub fn issue_batch(&self, reqs: Vec<LeafRequest<'_>>) -> Vec<Result<Issued, CaError>> {
         // Refusals first, so that a request the CA refuses is told why even with the HSM down.
-        let accepted: Vec<_> = reqs.into_iter().map(|r| self.accept_leaf(r)).collect();
+        let mut accepted: Vec<_> = reqs.into_iter().map(|r| self.accept_leaf(r)).collect();
+        // Refused before anything is recorded (a record, its void and a CRL entry per retry).
+        if let Some(why) = self.auditor.altered() {
+            for a in accepted.iter_mut().filter(|a| a.is_ok()) {
+                *a = Err(crate::audit::AuditError::ChainAltered(why.clone()).into());
+            }
+        }
         let wanted = accepted.iter().filter(|a| a.is_ok()).count();
         let mut serials = match self.new_serials(wanted) {
             Ok(serials) => serials.into_iter().map(Ok).collect(),

@@ -14,7 +14,7 @@ use base64::Engine;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use crate::audit::{AuditEvent, AuditRecord};
+use crate::audit::{AuditError, AuditEvent, AuditRecord};
 use crate::ca::{Authority, CaError, IssuerId};
 use crate::ra::{Principal, Role};
 use crate::store::{PinAttempt, SigningKeyRecord, Store, StoreError};
@@ -410,6 +410,11 @@ impl SigningService {
         actor: &str,
         tenant: Option<&str>,
     ) -> Result<Signed, SignError> {
+        // Refused before anything is written: a chain the process no longer holds to takes
+        // no more signature events (nor would it checkpoint them).
+        if let Some(why) = self.authority.auditor().altered() {
+            return Err(CaError::from(AuditError::ChainAltered(why)).into());
+        }
         let now = self.now();
         let digests: Vec<Vec<u8>> = match &input {
             SignInput::Data(d) => vec![Sha256::digest(d).to_vec()],
@@ -459,14 +464,9 @@ impl SigningService {
         now: i64,
         created: &[AuditRecord],
     ) -> Result<Signed, SignError> {
-        // Each is noted (and checkpointed when due) before the first failure is answered.
-        let checked: Vec<_> = created
-            .iter()
-            .map(|rec| self.authority.auditor().after_append(rec))
-            .collect();
-        checked
-            .into_iter()
-            .collect::<Result<(), _>>()
+        self.authority
+            .auditor()
+            .after_append_all(created)
             .map_err(CaError::from)?;
         let signer = self.signer(key)?;
         let failure: RefCell<Option<CaError>> = RefCell::new(None);
