@@ -150,6 +150,9 @@ pub struct Auditor {
     /// missing key is a session failure to the HSM layer, which then drops its cached key
     /// handles and logs in again; one search first is cheaper.)
     key_present: AtomicBool,
+    /// The audit key's public point (SEC1), once read: checkpoint file lines are held to it
+    /// at every checkpoint, and reading it from the token costs more than a signature.
+    public_point: std::sync::OnceLock<Vec<u8>>,
     witness: Mutex<Witness>,
 }
 
@@ -171,6 +174,7 @@ impl Auditor {
             clock,
             writing: Mutex::new(()),
             key_present: AtomicBool::new(false),
+            public_point: std::sync::OnceLock::new(),
             witness: Mutex::new(Witness::default()),
         }
     }
@@ -397,11 +401,10 @@ impl Auditor {
     /// audit key did not sign (another CA's file, a hand-made line) are named in the log and
     /// left out.
     fn hold_to_file(&self) -> Result<Option<String>, AuditError> {
-        let from = self
-            .witness
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .file_checked_to;
+        let (from, own) = {
+            let w = self.witness.lock().unwrap_or_else(|e| e.into_inner());
+            (w.file_checked_to, w.base.clone())
+        };
         // Unreadable: the check is skipped, not the command (a revocation must go on); a
         // checkpoint to be written there fails and says why.
         let (lines, end) = match read_checkpoint_lines(&self.file, from) {
@@ -411,17 +414,32 @@ impl Auditor {
                 return Ok(None);
             }
         };
+        // This process's own last checkpoint, the one line a lone process finds new, was
+        // held to the chain before it was signed.
+        let lines: Vec<&Checkpoint> = lines
+            .iter()
+            .filter(|cp| {
+                own.as_ref()
+                    .is_none_or(|(s, h)| (cp.seq, &cp.hash) != (*s, h))
+            })
+            .collect();
         if !lines.is_empty() {
-            let point = match self.hsm.public_key(&self.key_label) {
-                Ok(key) => key.to_sec1_bytes().to_vec(),
-                // No audit key yet (before the ceremony made it): nothing to hold lines to.
-                Err(HsmError::KeyNotFound { .. }) => return Ok(None),
-                Err(e) => return Err(e.into()),
+            let point = match self.public_point.get() {
+                Some(point) => point.clone(),
+                None => match self.hsm.public_key(&self.key_label) {
+                    Ok(key) => self
+                        .public_point
+                        .get_or_init(|| key.to_sec1_bytes().to_vec())
+                        .clone(),
+                    // No audit key yet (before the ceremony made it): nothing to hold lines to.
+                    Err(HsmError::KeyNotFound { .. }) => return Ok(None),
+                    Err(e) => return Err(e.into()),
+                },
             };
             // Read after the file: a checkpoint another process wrote meanwhile is of an
             // event committed before it, so not past this head.
             let head = self.store.audit_head()?.map_or(0, |h| h.seq);
-            for cp in &lines {
+            for cp in lines {
                 let message = checkpoint_message(cp.seq, &cp.hash, cp.at);
                 if cp.seq == 0
                     || crate::ecdsa::verify_p256_sha256(&point, &message, &cp.signature).is_err()
