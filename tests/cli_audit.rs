@@ -349,3 +349,58 @@ fn a_checkpoint_file_line_the_audit_key_did_not_sign_is_left_out_not_taken_for_a
     );
     out.assert_ok();
 }
+
+#[test]
+fn a_server_started_on_a_cut_chain_reports_itself_degraded_and_refuses_certificates_over_http() {
+    use common::http::{get, post_json, Server};
+    let f = fixture();
+    let copy = f.store_copy("cut-below-file-serve", &[]);
+    let cli = |args: &[&str]| {
+        let out = f.signet_with(&copy.config, &[], args);
+        out.assert_ok();
+        out.stdout.trim().to_string()
+    };
+    cli(&["tenant", "add", "Cut chain bank"]);
+    let officer = cli(&[
+        "credential",
+        "add",
+        "--tenant",
+        "Cut chain bank",
+        "--role",
+        "ra-officer",
+    ]);
+    // The command's closing checkpoint covered its event: the newest is removed.
+    let all = seqs(&open_db(&copy.db));
+    tamper(&copy)
+        .execute(
+            "DELETE FROM audit_events WHERE seq = ?1",
+            [all[all.len() - 1]],
+        )
+        .unwrap();
+
+    let server = Server::start_config(f, &copy.config, &[]);
+    let health = get(&server, "/healthz", None);
+    assert_eq!(health.status, 200, "{}", health.body);
+    assert_eq!(health.json()["status"], "degraded", "{}", health.body);
+    assert_eq!(health.json()["audit"], "altered", "{}", health.body);
+    let metrics = get(&server, "/metrics", None);
+    assert!(
+        metrics.body.contains("signet_audit_chain_altered 1"),
+        "{}",
+        metrics.body
+    );
+    let csr = std::fs::read_to_string(f.csr(KeyKind::P256)).unwrap();
+    let r = post_json(
+        &server,
+        "/v1/certificates",
+        Some(&officer),
+        &serde_json::json!({"profile": "customer", "csr": csr, "subject": "CN=截断,serialNumber=110101199003071234"}),
+    );
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (500, "audit_chain_altered"),
+        "{}",
+        r.body
+    );
+    server.stop();
+}

@@ -1171,11 +1171,21 @@ fn a_write_waits_for_another_processs_write_lock_at_most_the_lock_timeout() {
         lock_timeout: std::time::Duration::from_millis(500),
     })
     .unwrap();
-    // A process stuck inside a transaction that holds the store's write lock.
-    let mut stuck = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-    let mut tx = stuck.transaction().unwrap();
-    tx.execute("SELECT pg_advisory_xact_lock(x'5349474e4554'::bigint)", &[])
-        .unwrap();
+    // A process stuck inside a transaction that holds the store's write lock. It lets go
+    // after 10 s at the latest, so that a store without the timeout fails this test (its
+    // write then succeeds, late) rather than hanging it.
+    let (locked, is_locked) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let stuck = std::thread::spawn(move || {
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let mut tx = client.transaction().unwrap();
+        tx.execute("SELECT pg_advisory_xact_lock(x'5349474e4554'::bigint)", &[])
+            .unwrap();
+        locked.send(()).unwrap();
+        let _ = released.recv_timeout(std::time::Duration::from_secs(10));
+        tx.rollback().unwrap();
+    });
+    is_locked.recv().unwrap();
     let started = std::time::Instant::now();
     match store.append_audit(1_000, &event("test.write", "x")) {
         Err(StoreError::Unavailable(m)) => assert!(m.contains("lock_timeout_ms"), "{m}"),
@@ -1183,7 +1193,8 @@ fn a_write_waits_for_another_processs_write_lock_at_most_the_lock_timeout() {
     }
     let took = started.elapsed();
     assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
-    tx.rollback().unwrap();
+    release.send(()).unwrap();
+    stuck.join().unwrap();
     store
         .append_audit(1_000, &event("test.write", "y"))
         .unwrap();

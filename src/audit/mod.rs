@@ -69,6 +69,13 @@ impl CheckpointLine {
         }
     }
 
+    /// A line of the checkpoint file as a checkpoint (`None`: not one).
+    pub fn parse(line: &str) -> Option<Checkpoint> {
+        serde_json::from_str::<CheckpointLine>(line)
+            .ok()
+            .and_then(|l| l.to_checkpoint())
+    }
+
     pub fn to_checkpoint(&self) -> Option<Checkpoint> {
         Some(Checkpoint {
             seq: self.seq,
@@ -551,10 +558,7 @@ fn read_checkpoint_lines(
     if !at_line_start {
         lines.next();
     }
-    let checkpoints = lines
-        .filter_map(|l| serde_json::from_str::<CheckpointLine>(l).ok())
-        .filter_map(|l| l.to_checkpoint())
-        .collect();
+    let checkpoints = lines.filter_map(CheckpointLine::parse).collect();
     Ok((checkpoints, start + complete as u64))
 }
 

@@ -176,12 +176,9 @@ pub fn read_checkpoint_file(path: &std::path::Path) -> Result<Vec<Checkpoint>, C
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
     {
-        let cp = serde_json::from_str::<super::CheckpointLine>(line)
-            .ok()
-            .and_then(|l| l.to_checkpoint())
-            .ok_or_else(|| ChainBreak::CheckpointFile {
-                reason: format!("{} line {} is not a checkpoint", path.display(), i + 1),
-            })?;
+        let cp = super::CheckpointLine::parse(line).ok_or_else(|| ChainBreak::CheckpointFile {
+            reason: format!("{} line {} is not a checkpoint", path.display(), i + 1),
+        })?;
         out.push(cp);
     }
     Ok(out)
