@@ -436,6 +436,72 @@ fn five_wrong_pins_lock_the_key_and_a_teller_admin_unlocks_it() {
 }
 
 #[test]
+fn a_lock_whose_audit_event_cannot_be_appended_is_not_applied_and_the_next_attempt_locks_with_it() {
+    let (st, s) = setup();
+    let f = fixture();
+    let db = common::open_db(&f.db);
+    let body = |pin: &str| json!({"key": st.teller_key, "format": "jws", "data": base64_std(b"x"), "pin": pin});
+    let locked = || -> i64 {
+        db.query_row(
+            "SELECT locked FROM signing_keys WHERE id = ?1",
+            [st.teller_key.as_str()],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let lock_events = || -> i64 {
+        db.query_row(
+            "SELECT COUNT(*) FROM audit_events WHERE action = 'signing_key.lock' AND object = ?1",
+            [st.teller_key.as_str()],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let before = lock_events();
+    db.execute_batch(
+        "CREATE TRIGGER test_refuse_lock_events BEFORE INSERT ON audit_events
+         WHEN NEW.action = 'signing_key.lock'
+         BEGIN SELECT RAISE(ABORT, 'lock events refused by the test'); END;",
+    )
+    .unwrap();
+    for i in 1..=4 {
+        let r = sign(&s, &st.teller, body("000000"));
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (403, "wrong_pin"),
+            "attempt {i}"
+        );
+    }
+    // The fifth wrong PIN would lock the key; its lock event is refused, so is the lock.
+    let r = sign(&s, &st.teller, body("000000"));
+    assert!(r.status >= 500, "{} {}", r.status, r.body);
+    assert_eq!(locked(), 0, "the key was locked without its audit event");
+    db.execute_batch("DROP TRIGGER test_refuse_lock_events")
+        .unwrap();
+    // The attempt was counted all the same: the next one, even with the right PIN, locks the
+    // key, and this time the lock is recorded with it.
+    let r = sign(&s, &st.teller, body(&st.teller_pin));
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (423, "key_locked"),
+        "{}",
+        r.body
+    );
+    assert_eq!(locked(), 1);
+    assert_eq!(lock_events(), before + 1);
+    let r = post_json(
+        &s,
+        &format!("/v1/signing-keys/{}/unlock", st.teller_key),
+        Some(&st.admin2),
+        &json!({}),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = sign(&s, &st.teller, body(&st.teller_pin));
+    assert_eq!(r.status, 200, "{}", r.body);
+    f.signet(&["audit", "verify"]).assert_ok();
+}
+
+#[test]
 fn a_batch_of_a_thousand_hashes_is_signed_in_one_call() {
     let (st, s) = setup();
     // 1,000 distinct 32-byte digests (the service cannot tell them from real SHA-256 values).

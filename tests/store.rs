@@ -10,8 +10,9 @@ use std::thread;
 use signet::audit::{AuditEvent, AuditRecord, GENESIS};
 use signet::ca::IssuerId;
 use signet::store::{
-    CertRecord, CertStatus, NewCrl, PostgresOptions, PostgresStore, ReplayKeys, RevocationRecord,
-    SigningKeyRecord, SqliteStore, Store, StoreError, Succeeds, TellerRequestRecord, TenantRecord,
+    CertRecord, CertStatus, NewCrl, PinAttempt, PinReservation, PostgresOptions, PostgresStore,
+    ReplayKeys, RevocationRecord, SigningKeyRecord, SqliteStore, Store, StoreError, Succeeds,
+    TellerRequestRecord, TenantRecord,
 };
 
 #[derive(Clone, Copy, Debug)]
@@ -819,19 +820,149 @@ fn concurrent_wrong_pins_cannot_exceed_the_limit() {
                 let barrier = barrier.clone();
                 thread::spawn(move || {
                     barrier.wait();
-                    s.reserve_pin_attempt("k1", 5).unwrap()
+                    s.reserve_pin_attempt("k1", 5, 2, &event("signing_key.lock", "k1"))
+                        .unwrap()
                 })
             })
             .collect();
-        let admitted = handles
-            .into_iter()
-            .map(|h| h.join().unwrap())
-            .filter(|ok| *ok)
+        let outcomes: Vec<PinReservation> =
+            handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let admitted = outcomes
+            .iter()
+            .filter(|r| **r == PinReservation::Reserved)
             .count();
         assert_eq!(admitted, 5, "{:?}", db.engine);
+        // Of the seven refused, exactly one locked the key, and recorded it.
+        let locks: Vec<&AuditRecord> = outcomes
+            .iter()
+            .filter_map(|r| match r {
+                PinReservation::Locked(Some(rec)) => Some(rec),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(locks.len(), 1, "{:?}", db.engine);
+        assert_eq!(locks[0].action, "signing_key.lock");
         let key = s.signing_key("k1").unwrap().unwrap();
         assert!(key.locked);
         assert_eq!(key.failed_attempts, 5);
+        assert_one_lock_event(&s, db.engine);
+    }
+}
+
+#[test]
+fn the_wrong_pin_that_reaches_the_limit_locks_the_key_and_records_both_in_one_transaction() {
+    for db in databases("pin_lock") {
+        let s = db.open();
+        add_bank(&s);
+        s.add_signing_key(&key_with_pin("k2"), &event("key.add", "k2"))
+            .unwrap();
+        let lock = event("signing_key.lock", "k2");
+        for attempt in 1..=3 {
+            assert_eq!(
+                s.reserve_pin_attempt("k2", 3, 2, &lock).unwrap(),
+                PinReservation::Reserved
+            );
+            let outcome = s
+                .pin_attempt(
+                    "k2",
+                    PinAttempt::Wrong { max: 3 },
+                    2,
+                    &event("signing_key.pin_wrong", "k2"),
+                    &lock,
+                )
+                .unwrap();
+            let actions: Vec<&str> = outcome.records.iter().map(|r| r.action.as_str()).collect();
+            if attempt < 3 {
+                assert_eq!(actions, ["signing_key.pin_wrong"], "{:?}", db.engine);
+                assert!(!outcome.key.locked);
+            } else {
+                assert_eq!(
+                    actions,
+                    ["signing_key.pin_wrong", "signing_key.lock"],
+                    "{:?}",
+                    db.engine
+                );
+                assert!(outcome.key.locked);
+            }
+        }
+        // Already locked: refused, and not locked (nor recorded) a second time.
+        assert_eq!(
+            s.reserve_pin_attempt("k2", 3, 2, &lock).unwrap(),
+            PinReservation::Locked(None),
+            "{:?}",
+            db.engine
+        );
+        assert_one_lock_event(&s, db.engine);
+    }
+}
+
+#[test]
+fn a_right_pin_after_wrong_ones_starts_the_count_again_and_locks_nothing() {
+    for db in databases("pin_right") {
+        let s = db.open();
+        add_bank(&s);
+        s.add_signing_key(&key_with_pin("k3"), &event("key.add", "k3"))
+            .unwrap();
+        let lock = event("signing_key.lock", "k3");
+        for _ in 0..2 {
+            s.reserve_pin_attempt("k3", 3, 2, &lock).unwrap();
+            s.pin_attempt(
+                "k3",
+                PinAttempt::Wrong { max: 3 },
+                2,
+                &event("signing_key.pin_wrong", "k3"),
+                &lock,
+            )
+            .unwrap();
+        }
+        assert_eq!(
+            s.reserve_pin_attempt("k3", 3, 2, &lock).unwrap(),
+            PinReservation::Reserved
+        );
+        let outcome = s
+            .pin_attempt(
+                "k3",
+                PinAttempt::Correct,
+                2,
+                &event("signing_key.pin_ok", "k3"),
+                &lock,
+            )
+            .unwrap();
+        assert_eq!(outcome.records.len(), 1, "{:?}", db.engine);
+        assert_eq!(outcome.records[0].action, "signing_key.pin_ok");
+        assert_eq!(
+            (outcome.key.failed_attempts, outcome.key.locked),
+            (0, false)
+        );
+    }
+}
+
+/// The log holds exactly one lock event, and its chain is whole.
+fn assert_one_lock_event(s: &Arc<dyn Store>, engine: Engine) {
+    let events = s.audit_events(0).unwrap();
+    let locks = events
+        .iter()
+        .filter(|e| e.action == "signing_key.lock")
+        .count();
+    assert_eq!(locks, 1, "{engine:?}");
+    assert_chain_intact(&events);
+}
+
+/// A key of bank t1 with a PIN (the store counts attempts the same for any kind; a seal
+/// needs no teller row).
+fn key_with_pin(id: &str) -> SigningKeyRecord {
+    SigningKeyRecord {
+        id: id.into(),
+        tenant_id: "t1".into(),
+        kind: "seal".into(),
+        teller_id: None,
+        key_label: format!("key-{id}"),
+        certificate_serial: "01".into(),
+        pin_hash: Some("x".into()),
+        activation_hash: None,
+        failed_attempts: 0,
+        locked: false,
+        created_at: 1,
     }
 }
 

@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 use crate::audit::{AuditError, AuditEvent, AuditRecord};
 use crate::ca::{Authority, CaError, IssuerId};
 use crate::ra::{Principal, Role};
-use crate::store::{PinAttempt, SigningKeyRecord, Store, StoreError};
+use crate::store::{PinAttempt, PinReservation, SigningKeyRecord, Store, StoreError};
 use format::{CmsContent, SignerCert};
 
 /// Wrong PINs in a row that lock a key.
@@ -226,15 +226,30 @@ impl SigningService {
         }
         let stored = key.pin_hash.as_deref().ok_or(SignError::NoPin)?;
         let given = given.ok_or(SignError::PinRequired)?;
+        let now = self.now();
+        // Whichever store call locks the key appends this in the lock's own transaction.
+        // The lock comes at exactly MAX_PIN_ATTEMPTS: reservations stop counting there.
+        let lock_event = AuditEvent::new(
+            &who.actor(),
+            "signing_key.lock",
+            &key.id,
+            serde_json::json!({"after_wrong_pins": MAX_PIN_ATTEMPTS}),
+        )
+        .for_tenant(Some(&who.tenant.id));
         // Counted before it is checked: concurrent guesses cannot get past the limit.
-        if !self
+        match self
             .store()
-            .reserve_pin_attempt(&key.id, MAX_PIN_ATTEMPTS)?
+            .reserve_pin_attempt(&key.id, MAX_PIN_ATTEMPTS, now, &lock_event)?
         {
-            return Err(SignError::Locked);
+            PinReservation::Reserved => {}
+            PinReservation::Locked(lock) => {
+                if let Some(rec) = lock {
+                    self.authority.auditor().after_commit(&rec);
+                }
+                return Err(SignError::Locked);
+            }
         }
         let ok = pin::verify(given, stored);
-        let now = self.now();
         let ev = AuditEvent::new(
             &who.actor(),
             if ok {
@@ -253,25 +268,20 @@ impl SigningService {
                 max: MAX_PIN_ATTEMPTS,
             }
         };
-        let after = self.store().pin_attempt(&key.id, attempt, now, &ev)?;
-        if ok {
-            // Locked by other (wrong) attempts while this one was checked: refused all the same.
-            return if after.locked {
-                Err(SignError::Locked)
-            } else {
-                Ok(())
-            };
+        let outcome = self
+            .store()
+            .pin_attempt(&key.id, attempt, now, &ev, &lock_event)?;
+        for rec in &outcome.records {
+            self.authority.auditor().after_commit(rec);
         }
+        let after = outcome.key;
+        // A right PIN on a key that other (wrong) attempts locked meanwhile is refused all
+        // the same.
         if after.locked {
-            let ev = AuditEvent::new(
-                &who.actor(),
-                "signing_key.lock",
-                &key.id,
-                serde_json::json!({"after_wrong_pins": after.failed_attempts}),
-            )
-            .for_tenant(Some(&who.tenant.id));
-            self.store().append_audit(now, &ev)?;
             return Err(SignError::Locked);
+        }
+        if ok {
+            return Ok(());
         }
         Err(SignError::WrongPin {
             remaining: MAX_PIN_ATTEMPTS.saturating_sub(after.failed_attempts),

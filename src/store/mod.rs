@@ -303,6 +303,24 @@ pub enum PinAttempt {
     Wrong { max: u32 },
 }
 
+/// Whether a PIN attempt may be checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PinReservation {
+    /// Counted: check the PIN, then record the outcome with [`Store::pin_attempt`].
+    Reserved,
+    /// The key is locked. When this reservation locked it, the lock's audit record (appended
+    /// in the same transaction as the lock).
+    Locked(Option<AuditRecord>),
+}
+
+/// A recorded PIN attempt: the key after it, and the audit records it appended (the attempt,
+/// then the lock when this attempt locked the key).
+#[derive(Debug, Clone)]
+pub struct PinOutcome {
+    pub key: SigningKeyRecord,
+    pub records: Vec<AuditRecord>,
+}
+
 /// What the replay guard remembers of a verified instruction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplayKeys {
@@ -677,16 +695,25 @@ pub trait Store: Send + Sync {
     /// A bank's signing keys.
     fn signing_keys(&self, tenant_id: &str) -> Result<Vec<SigningKeyRecord>>;
     /// Counts a PIN attempt before the PIN is checked, so that concurrent guesses cannot get
-    /// past the limit: false when the key is (or now becomes) locked.
-    fn reserve_pin_attempt(&self, id: &str, max: u32) -> Result<bool>;
-    /// Records the outcome of a reserved PIN attempt (and its audit event); returns the key.
+    /// past the limit. A key found at the limit but not yet locked is locked here, with
+    /// `lock_event` appended in the same transaction: no lock without its audit record.
+    fn reserve_pin_attempt(
+        &self,
+        id: &str,
+        max: u32,
+        at: i64,
+        lock_event: &AuditEvent,
+    ) -> Result<PinReservation>;
+    /// Records the outcome of a reserved PIN attempt with its audit event. A wrong attempt
+    /// that reaches the limit locks the key and appends `lock_event` in the same transaction.
     fn pin_attempt(
         &self,
         id: &str,
         attempt: PinAttempt,
         at: i64,
         event: &AuditEvent,
-    ) -> Result<SigningKeyRecord>;
+        lock_event: &AuditEvent,
+    ) -> Result<PinOutcome>;
     /// Sets a key's PIN hash, clears the activation code and the failed attempts.
     /// With `activation_hash`, only while that activation code is still unused.
     fn set_pin(

@@ -379,6 +379,17 @@ fn append_status_change(
 }
 
 /// Appends `event` to the chain inside `tx`.
+/// Locks a key that has reached `max` wrong attempts; true when this call locked it.
+fn lock_at_limit(tx: &Transaction, id: &str, max: u32) -> Result<bool> {
+    let n = tx
+        .execute(
+            "UPDATE signing_keys SET locked = 1 WHERE id = ?1 AND locked = 0 AND failed_attempts >= ?2",
+            params![id, max],
+        )
+        .map_err(map_err)?;
+    Ok(n == 1)
+}
+
 fn append(tx: &Transaction, at: i64, event: &AuditEvent) -> Result<AuditRecord> {
     let head: Option<(u64, Vec<u8>)> = tx
         .prepare_cached("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
@@ -1433,31 +1444,44 @@ impl Store for SqliteStore {
         attempt: PinAttempt,
         at: i64,
         event: &AuditEvent,
-    ) -> Result<SigningKeyRecord> {
+        lock_event: &AuditEvent,
+    ) -> Result<PinOutcome> {
         self.tx(|tx| {
+            let mut records = Vec::with_capacity(2);
             match attempt {
-                PinAttempt::Correct => tx.execute(
-                    "UPDATE signing_keys SET failed_attempts = 0 WHERE id = ?1 AND locked = 0",
-                    [id],
-                ),
-                PinAttempt::Wrong { max } => tx.execute(
-                    "UPDATE signing_keys SET locked = CASE WHEN failed_attempts >= ?2 THEN 1 ELSE locked END
-                     WHERE id = ?1",
-                    params![id, max],
-                ),
+                PinAttempt::Correct => {
+                    tx.execute(
+                        "UPDATE signing_keys SET failed_attempts = 0 WHERE id = ?1 AND locked = 0",
+                        [id],
+                    )
+                    .map_err(map_err)?;
+                    records.push(append(tx, at, event)?);
+                }
+                PinAttempt::Wrong { max } => {
+                    records.push(append(tx, at, event)?);
+                    if lock_at_limit(tx, id, max)? {
+                        records.push(append(tx, at, lock_event)?);
+                    }
+                }
             }
-            .map_err(map_err)?;
-            append(tx, at, event)?;
-            tx.query_row(
-                &format!("SELECT {KEY_COLUMNS} FROM signing_keys WHERE id = ?1"),
-                [id],
-                key_from_row,
-            )
-            .map_err(map_err)
+            let key = tx
+                .query_row(
+                    &format!("SELECT {KEY_COLUMNS} FROM signing_keys WHERE id = ?1"),
+                    [id],
+                    key_from_row,
+                )
+                .map_err(map_err)?;
+            Ok(PinOutcome { key, records })
         })
     }
 
-    fn reserve_pin_attempt(&self, id: &str, max: u32) -> Result<bool> {
+    fn reserve_pin_attempt(
+        &self,
+        id: &str,
+        max: u32,
+        at: i64,
+        lock_event: &AuditEvent,
+    ) -> Result<PinReservation> {
         self.tx(|tx| {
             let n = tx
                 .execute(
@@ -1466,14 +1490,15 @@ impl Store for SqliteStore {
                     params![id, max],
                 )
                 .map_err(map_err)?;
-            if n == 0 {
-                tx.execute(
-                    "UPDATE signing_keys SET locked = 1 WHERE id = ?1 AND failed_attempts >= ?2",
-                    params![id, max],
-                )
-                .map_err(map_err)?;
+            if n == 1 {
+                return Ok(PinReservation::Reserved);
             }
-            Ok(n == 1)
+            let lock = if lock_at_limit(tx, id, max)? {
+                Some(append(tx, at, lock_event)?)
+            } else {
+                None
+            };
+            Ok(PinReservation::Locked(lock))
         })
     }
 
