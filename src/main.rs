@@ -328,6 +328,18 @@ enum CaCommand {
 enum AuditCommand {
     /// Walk the chain, its checkpoints and the checkpoint file.
     Verify,
+    /// Record a loss of the chain's newest events that cannot be restored (a database restored
+    /// from an older backup, an asynchronous standby promoted): lists the checkpoints that
+    /// disagree with the chain; with --confirm, signs an acknowledgement that `audit verify`
+    /// and every process then hold instead of them. The chain itself must be whole.
+    Acknowledge {
+        /// Why the events were lost: kept in the audit log and in the signed acknowledgement.
+        #[arg(long)]
+        reason: String,
+        /// Sign and write the acknowledgement (without it, the list only).
+        #[arg(long)]
+        confirm: bool,
+    },
 }
 
 /// A failure to report: one line on stderr and an exit status.
@@ -453,6 +465,13 @@ fn run_command(cli: Cli) -> Result<(), Failure> {
     } = &cli.command
     {
         return audit_verify(&signet);
+    }
+    if let Command::Audit {
+        command: AuditCommand::Acknowledge { reason, confirm },
+    } = &cli.command
+    {
+        // Before `startup`: its checkpoint would only find the loss again.
+        return audit_acknowledge(&signet, reason, *confirm, &actor);
     }
     if let Command::Verify {
         instruction,
@@ -1056,6 +1075,18 @@ fn audit_verify(signet: &Signet) -> Result<(), Failure> {
                     ))
                     .unwrap_or_default()
             );
+            for a in &r.acknowledged {
+                println!(
+                    "acknowledged loss at event {} ({}): {} checkpoints of lost events left out, \
+                     events {} to {} taken on the database's word; reason: {}",
+                    a.head,
+                    signet::verify::report::rfc3339(a.at),
+                    a.voids.len(),
+                    a.agreed + 1,
+                    a.head,
+                    a.reason
+                );
+            }
             Ok(())
         }
         Err(b) => Err(Failure {
@@ -1063,6 +1094,86 @@ fn audit_verify(signet: &Signet) -> Result<(), Failure> {
             status: 1,
             verdict: true,
         }),
+    }
+}
+
+fn audit_acknowledge(
+    signet: &Signet,
+    reason: &str,
+    confirm: bool,
+    actor: &str,
+) -> Result<(), Failure> {
+    signet::audit::check_reason(reason).map_err(|message| Failure {
+        message,
+        status: EXIT_USAGE,
+        verdict: false,
+    })?;
+    if !signet.authority.is_initialized() {
+        return Err(CaError::NotInitialized.into());
+    }
+    let auditor = signet.authority.auditor();
+    let loss = auditor.loss_to_acknowledge()?;
+    let nothing = |events: u64| -> Result<(), Failure> {
+        println!(
+            "nothing to acknowledge: every checkpoint agrees with the chain ({events} events)"
+        );
+        // An acknowledgement written by a run that stopped before its checkpoint gets one.
+        auditor.checkpoint_head()?;
+        Ok(())
+    };
+    if loss.voids.is_empty() && loss.supersedes.is_empty() {
+        return nothing(loss.events);
+    }
+    println!(
+        "{} with the chain ({} events):",
+        match loss.voids.len() {
+            1 => "1 checkpoint disagrees".to_string(),
+            n => format!("{n} checkpoints disagree"),
+        },
+        loss.events
+    );
+    for cp in &loss.voids {
+        println!(
+            "  event {} (checkpointed {}): {}",
+            cp.seq,
+            signet::verify::report::rfc3339(cp.at),
+            if cp.seq > loss.events {
+                "past the chain's head"
+            } else {
+                "another event is there now"
+            }
+        );
+    }
+    for (head, _) in &loss.supersedes {
+        println!("  the acknowledgement up to event {head}: its head was lost again");
+    }
+    if loss.agreed < loss.events {
+        println!(
+            "events {} to {} are then taken on the database's word: no checkpoint that still \
+             holds covers them (a lost tail and one rewritten with its hashes recomputed look \
+             the same; the database's own records must tell which this is)",
+            loss.agreed + 1,
+            loss.events
+        );
+    }
+    if !confirm {
+        return Err(Failure::from(
+            "nothing written. Stop every signet process of this CA, on every host (one that \
+             ran through the loss would sign the lost events again as it stops), then run again \
+             with --confirm to sign the acknowledgement of this loss, and start them after",
+        ));
+    }
+    match auditor.acknowledge_loss(actor, reason)? {
+        Some(ack) => {
+            println!(
+                "acknowledged: the chain is accepted up to event {}, {} checkpoints left out",
+                ack.head,
+                ack.voids.len()
+            );
+            progress("start this CA's processes again; on another host with its own checkpoint file, run this command there too");
+            Ok(())
+        }
+        None => nothing(loss.events),
     }
 }
 

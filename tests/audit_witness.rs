@@ -51,7 +51,11 @@ fn a_chain_cut_back_and_written_over_behind_a_running_process_is_not_checkpointe
 
     let conn = open_db(&copy.db);
     let checkpointed = head(&conn);
-    let file_lines = || read_checkpoint_file(&copy.checkpoints).expect("checkpoint file");
+    let file_lines = || {
+        read_checkpoint_file(&copy.checkpoints)
+            .expect("checkpoint file")
+            .checkpoints
+    };
     let lines_before = file_lines();
     let first = issue(&s, &csr, 1).expect("issued before the change");
     assert!(head(&conn) > checkpointed);
@@ -111,4 +115,35 @@ fn a_chain_cut_back_and_written_over_behind_a_running_process_is_not_checkpointe
         "expected the verification to name event {written_over}\n{}",
         out.describe()
     );
+
+    // The operator, unable to restore the events, records the loss: the evidence is left
+    // out from then on, and a process started afresh issues again. This one, which found the
+    // chain altered, refuses until it is restarted.
+    let signet = |a: &[&str]| {
+        let a: Vec<std::ffi::OsString> = a.iter().map(Into::into).collect();
+        f.signet_with(&copy.config, &[], &a)
+    };
+    signet(&[
+        "audit",
+        "acknowledge",
+        "--reason",
+        "test: events deleted",
+        "--confirm",
+    ])
+    .assert_ok();
+    signet(&["audit", "verify"]).assert_ok();
+    assert!(issue(&s, &csr, 4).is_err(), "the running process issued");
+    let out = signet(&[
+        "issue",
+        "--profile",
+        "customer",
+        "--csr",
+        f.csr(KeyKind::P256).to_str().unwrap(),
+        "--subject",
+        "CN=见证 5,serialNumber=110101199003070005",
+        "--out",
+        f.path("witness-after-ack.pem").to_str().unwrap(),
+    ]);
+    out.assert_ok();
+    signet(&["audit", "verify"]).assert_ok();
 }

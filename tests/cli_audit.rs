@@ -404,3 +404,244 @@ fn a_server_started_on_a_cut_chain_reports_itself_degraded_and_refuses_certifica
     );
     server.stop();
 }
+
+/// A store copy restored from a backup taken before its last two commands: the checkpoint
+/// file still holds their checkpoints, which the chain no longer reaches (as after a restore
+/// from last night's backup, or an asynchronous standby promoted). Returns the copy and the
+/// chain's length after the restore.
+fn restored_copy(name: &str) -> (StoreCopy, u64) {
+    let f = fixture();
+    let (copy, _) = intact_copy(name, 0, &[]);
+    let backup = copy.db.with_extension("backup");
+    open_db(&copy.db)
+        .execute("VACUUM INTO ?1", [backup.to_str().unwrap()])
+        .unwrap();
+    let events = seqs(&open_db(&copy.db)).len() as u64;
+    for _ in 0..2 {
+        let csr = f.csr(KeyKind::P256);
+        issue_on(&copy, &csr, "CN=恢复,serialNumber=110101199003071234").assert_ok();
+    }
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", copy.db.display()));
+    }
+    std::fs::copy(&backup, &copy.db).unwrap();
+    (copy, events)
+}
+
+fn acknowledge(copy: &StoreCopy, confirm: bool) -> Out {
+    let reason = "restored from the nightly backup";
+    let a = if confirm {
+        args!["audit", "acknowledge", "--reason", reason, "--confirm"].to_vec()
+    } else {
+        args!["audit", "acknowledge", "--reason", reason].to_vec()
+    };
+    fixture().signet_with(&copy.config, &[], &a)
+}
+
+#[test]
+fn a_loss_the_operator_acknowledges_verifies_again_and_issuance_resumes() {
+    let f = fixture();
+    let (copy, events) = restored_copy("ack-restore");
+    assert_names_one_of(&verify(&copy), &[events as i64 + 1]);
+    let csr = f.csr(KeyKind::P256);
+    let subject = "CN=确认,serialNumber=110101199003071234";
+    issue_on(&copy, &csr, subject)
+        .assert_refused()
+        .assert_stderr_mentions("signet audit acknowledge");
+
+    // Without --confirm: the list, and nothing written.
+    let file_before = std::fs::read(&copy.checkpoints).unwrap();
+    let out = acknowledge(&copy, false);
+    out.assert_refused()
+        .assert_stderr_mentions("--confirm")
+        .assert_stderr_mentions("stop every signet process of this CA");
+    assert!(
+        out.stdout.contains("past the chain's head"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(std::fs::read(&copy.checkpoints).unwrap(), file_before);
+    verify(&copy).assert_refused();
+
+    let out = acknowledge(&copy, true);
+    out.assert_ok();
+    assert!(
+        out.stdout
+            .contains("acknowledged: the chain is accepted up to event"),
+        "{}",
+        out.describe()
+    );
+    let out = verify(&copy);
+    out.assert_ok();
+    assert!(
+        out.stdout.contains("acknowledged loss at event")
+            && out.stdout.contains("restored from the nightly backup"),
+        "{}",
+        out.describe()
+    );
+    let logged: i64 = open_db(&copy.db)
+        .query_row(
+            "SELECT COUNT(*) FROM audit_events WHERE action = 'audit.loss_acknowledged'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(logged, 1);
+
+    issue_on(&copy, &csr, subject).assert_ok();
+    verify(&copy).assert_ok();
+    // Acknowledged once: nothing more to acknowledge.
+    let out = acknowledge(&copy, true);
+    out.assert_ok();
+    assert!(
+        out.stdout.contains("nothing to acknowledge"),
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn events_lost_again_below_an_acknowledged_head_break_the_chain_again() {
+    let f = fixture();
+    let (copy, _) = restored_copy("ack-lost-again");
+    acknowledge(&copy, true).assert_ok();
+    let head: i64 = open_db(&copy.db)
+        .query_row(
+            "SELECT seq FROM audit_events WHERE action = 'audit.loss_acknowledged'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    issue_on(
+        &copy,
+        &f.csr(KeyKind::P256),
+        "CN=再失,serialNumber=110101199003071234",
+    )
+    .assert_ok();
+    tamper(&copy)
+        .execute("DELETE FROM audit_events WHERE seq >= ?1", [head])
+        .unwrap();
+    let out = verify(&copy);
+    assert_names_one_of(&out, &[head]);
+    out.assert_stderr_mentions("up to which a loss was acknowledged");
+
+    // A second loss, acknowledged in turn, supersedes the first acknowledgement.
+    let out = acknowledge(&copy, true);
+    out.assert_ok();
+    assert!(
+        out.stdout.contains(&format!(
+            "the acknowledgement up to event {head}: its head was lost again"
+        )),
+        "{}",
+        out.describe()
+    );
+    verify(&copy).assert_ok();
+    issue_on(
+        &copy,
+        &f.csr(KeyKind::P256),
+        "CN=再失,serialNumber=110101199003071234",
+    )
+    .assert_ok();
+    verify(&copy).assert_ok();
+}
+
+#[test]
+fn an_acknowledgement_whose_signature_does_not_cover_it_voids_nothing() {
+    let (copy, _) = restored_copy("ack-forged");
+    acknowledge(&copy, true).assert_ok();
+    let text = std::fs::read_to_string(&copy.checkpoints).unwrap();
+    assert!(text.contains("restored from the nightly backup"));
+    std::fs::write(
+        &copy.checkpoints,
+        text.replace("restored from the nightly backup", "routine maintenance"),
+    )
+    .unwrap();
+    verify(&copy)
+        .assert_refused()
+        .assert_stderr_mentions("signature the audit key did not make");
+    // Nor does a process take it: the checkpoints it would void still stop issuance.
+    issue_on(
+        &copy,
+        &fixture().csr(KeyKind::P256),
+        "CN=伪造,serialNumber=110101199003071234",
+    )
+    .assert_refused()
+    .assert_stderr_mentions("no longer holds what was appended and checkpointed");
+}
+
+#[test]
+fn a_tail_rewritten_with_its_hashes_recomputed_is_listed_as_taken_on_the_databases_word() {
+    let f = fixture();
+    let (copy, _) = intact_copy("ack-rehashed", 0, &[]);
+    // Two commands, each closed by a checkpoint of the head.
+    let subject = "CN=重算,serialNumber=110101199003071234";
+    issue_on(&copy, &f.csr(KeyKind::P256), subject).assert_ok();
+    let first_head = *seqs(&open_db(&copy.db)).last().unwrap();
+    issue_on(&copy, &f.csr(KeyKind::P256), subject).assert_ok();
+    let events = seqs(&open_db(&copy.db));
+    // An edit of the second command's first event, with the hashes after it recomputed: the
+    // chain runs whole, and only the second command's checkpoint tells.
+    let from = first_head + 1;
+    assert!(from < *events.last().unwrap());
+    let conn = tamper(&copy);
+    let mut prev: Vec<u8> = conn
+        .query_row(
+            "SELECT hash FROM audit_events WHERE seq = ?1",
+            [from - 1],
+            |r| r.get(0),
+        )
+        .unwrap();
+    for seq in from..=*events.last().unwrap() {
+        let (at, mut actor, action, object, details, tenant): (i64, String, String, String, String, Option<String>) = conn
+            .query_row(
+                "SELECT at, actor, action, object, details, tenant FROM audit_events WHERE seq = ?1",
+                [seq],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+            )
+            .unwrap();
+        if seq == from {
+            actor = "cli:someone-else".into();
+        }
+        let event = signet::audit::AuditEvent {
+            actor: actor.clone(),
+            action,
+            object,
+            details,
+            tenant,
+        };
+        let hash = signet::audit::chain_hash(&prev, seq as u64, at, &event).to_vec();
+        conn.execute(
+            "UPDATE audit_events SET actor = ?2, prev_hash = ?3, hash = ?4 WHERE seq = ?1",
+            rusqlite::params![seq, actor, prev, hash],
+        )
+        .unwrap();
+        prev = hash;
+    }
+    assert_names_one_of(&verify(&copy), &[*events.last().unwrap()]);
+    let out = acknowledge(&copy, false);
+    out.assert_refused();
+    assert!(
+        out.stdout.contains(&format!(
+            "events {from} to {} are then taken on the database's word",
+            events.last().unwrap()
+        )) && out.stdout.contains("1 checkpoint disagrees"),
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn a_chain_broken_inside_is_not_acknowledged() {
+    let (copy, events) = intact_copy("ack-edited", 3, &[]);
+    tamper(&copy)
+        .execute(
+            "UPDATE audit_events SET actor = 'cli:someone-else' WHERE seq = ?1",
+            [events[1]],
+        )
+        .unwrap();
+    let file_before = std::fs::read(&copy.checkpoints).unwrap();
+    let out = acknowledge(&copy, true);
+    out.assert_refused()
+        .assert_stderr_mentions("cannot acknowledge a loss");
+    assert_eq!(std::fs::read(&copy.checkpoints).unwrap(), file_before);
+}

@@ -3,11 +3,13 @@
 //! also appended to a file outside the database, so that a chain rebuilt or cut short inside the
 //! database is caught.
 
+mod acknowledge;
 mod event;
 mod verify;
 
+pub use acknowledge::{check_reason, Acknowledgement, FileLine};
 pub use event::{chain_hash, AuditEvent, AuditRecord, GENESIS};
-pub use verify::{read_checkpoint_file, verify_chain, ChainBreak, VerifyReport};
+pub use verify::{read_checkpoint_file, verify_chain, ChainBreak, CheckpointFile, VerifyReport};
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -33,8 +35,14 @@ pub enum AuditError {
     #[error("cannot write the audit checkpoint file {path}: {reason}")]
     CheckpointFile { path: String, reason: String },
     /// The chain in the store no longer holds what this process appended or checkpointed.
-    #[error("the audit chain in the database no longer holds what was appended and checkpointed (events removed or rewritten there, or lost by the database): {0}. Where it could, this process checkpointed the event as it appended it, so `signet audit verify` names it. Certificates and signatures stop until the chain matches its checkpoints again (restore the lost events); revocations go on")]
+    #[error("the audit chain in the database no longer holds what was appended and checkpointed (events removed or rewritten there, or lost by the database): {0}. Where it could, this process checkpointed the event as it appended it, so `signet audit verify` names it. Certificates and signatures stop until the chain matches its checkpoints again (restore the lost events, or, when they cannot be restored, record the loss with `signet audit acknowledge`); revocations go on")]
     ChainAltered(String),
+    /// The chain cannot be acknowledged as it stands: it is broken inside, not only short.
+    #[error("cannot acknowledge a loss: {0}. An acknowledgement accepts only the loss of the newest events; restore the database from a backup that holds the chain whole")]
+    NotAcknowledgeable(ChainBreak),
+    /// The reason given for an acknowledgement is unfit to be signed.
+    #[error("{0}")]
+    InvalidReason(String),
 }
 
 /// Domain separation for checkpoint signatures.
@@ -140,6 +148,9 @@ struct Witness {
     altered: Option<String>,
     /// How much of the checkpoint file the chain was held to (see `hold_to_file`).
     file_checked_to: Option<u64>,
+    /// The checkpoints (seq, hash) that acknowledgements read from the file void: such a
+    /// line read later (written again by a process that ran through the loss) is left out.
+    voided: std::collections::BTreeSet<(u64, Vec<u8>)>,
 }
 
 /// Writes signed checkpoints of the chain head: every `every` events and on demand (shutdown,
@@ -389,7 +400,16 @@ impl Auditor {
             return Ok(());
         };
         tracing::error!(reason = %why, "the audit chain no longer holds what this process appended or checkpointed; it issues and signs nothing more");
-        if let Some((s, h)) = lost {
+        // Not where an acknowledgement already accepted the event's loss: signed again, it
+        // would stand against the chain as a new disagreement.
+        let acknowledged = |s: u64, h: &[u8]| {
+            self.witness
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .voided
+                .contains(&(s, h.to_vec()))
+        };
+        if let Some((s, h)) = lost.filter(|(s, h)| !acknowledged(**s, h)) {
             if let Err(e) = self.sign_checkpoint(*s, h) {
                 tracing::error!(error = %e, seq = s, "cannot checkpoint the event as this process appended it");
             }
@@ -423,11 +443,13 @@ impl Auditor {
         };
         // This process's own last checkpoint, the one line a lone process finds new, was
         // held to the chain before it was signed.
-        let lines: Vec<&Checkpoint> = lines
+        let lines: Vec<&FileLine> = lines
             .iter()
-            .filter(|cp| {
-                own.as_ref()
-                    .is_none_or(|(s, h)| (cp.seq, &cp.hash) != (*s, h))
+            .filter(|line| match line {
+                FileLine::Checkpoint(cp) => own
+                    .as_ref()
+                    .is_none_or(|(s, h)| (cp.seq, &cp.hash) != (*s, h)),
+                FileLine::Acknowledgement(_) => true,
             })
             .collect();
         if !lines.is_empty() {
@@ -443,15 +465,42 @@ impl Auditor {
                     Err(e) => return Err(e.into()),
                 },
             };
+            let foreign = |seq: u64| tracing::warn!(file = %self.file.display(), seq, "a line of the checkpoint file is not signed by this CA's audit key (another CA's or database's file?); left out");
+            // An acknowledged loss voids the checkpoints it names, wherever they lie among the
+            // lines read (they come before it in the file), and in lines read later.
+            let mut checkpoints = Vec::new();
+            let mut voided = Vec::new();
+            for line in lines {
+                match line {
+                    FileLine::Acknowledgement(a) => {
+                        if crate::ecdsa::verify_p256_sha256(&point, &a.message(), &a.signature)
+                            .is_ok()
+                        {
+                            voided.extend(a.voids.iter().cloned());
+                        } else {
+                            foreign(a.head);
+                        }
+                    }
+                    FileLine::Checkpoint(cp) => checkpoints.push(cp),
+                }
+            }
+            let voided = {
+                let mut w = self.witness.lock().unwrap_or_else(|e| e.into_inner());
+                w.voided.extend(voided);
+                w.voided.clone()
+            };
             // Read after the file: a checkpoint another process wrote meanwhile is of an
             // event committed before it, so not past this head.
             let head = self.store.audit_head()?.map_or(0, |h| h.seq);
-            for cp in lines {
+            for cp in checkpoints {
+                if voided.contains(&(cp.seq, cp.hash.clone())) {
+                    continue;
+                }
                 let message = checkpoint_message(cp.seq, &cp.hash, cp.at);
                 if cp.seq == 0
                     || crate::ecdsa::verify_p256_sha256(&point, &message, &cp.signature).is_err()
                 {
-                    tracing::warn!(file = %self.file.display(), seq = cp.seq, "a line of the checkpoint file is not signed by this CA's audit key (another CA's or database's file?); left out");
+                    foreign(cp.seq);
                     continue;
                 }
                 if cp.seq > head {
@@ -511,12 +560,19 @@ impl Auditor {
     }
 }
 
-/// Appends `cp` to the checkpoint file as one line, in one `write` on a file opened for
-/// appending: several processes append to the same file, and a line written in pieces (the
-/// JSON, then its newline) could be cut by another process's line.
+/// Appends `cp` to the checkpoint file as one line.
 fn append_checkpoint_line(file: &std::path::Path, cp: &Checkpoint) -> std::io::Result<()> {
-    let mut line = serde_json::to_string(&CheckpointLine::from_checkpoint(cp))
-        .expect("checkpoint line serializes");
+    append_file_line(
+        file,
+        serde_json::to_string(&CheckpointLine::from_checkpoint(cp))
+            .expect("checkpoint line serializes"),
+    )
+}
+
+/// Appends `line` to the checkpoint file in one `write` on a file opened for appending:
+/// several processes append to the same file, and a line written in pieces (the JSON, then
+/// its newline) could be cut by another process's line.
+fn append_file_line(file: &std::path::Path, mut line: String) -> std::io::Result<()> {
     line.push('\n');
     let mut f = std::fs::OpenOptions::new()
         .create(true)
@@ -526,16 +582,16 @@ fn append_checkpoint_line(file: &std::path::Path, cp: &Checkpoint) -> std::io::R
     f.sync_data()
 }
 
-/// The checkpoints of the checkpoint file from byte `from` (the end of what was read last
-/// time) to its last complete line, oldest first, and where that line ends. Only the last
+/// The lines of the checkpoint file from byte `from` (the end of what was read last time) to
+/// its last complete line, oldest first, and where that line ends. Only the last
 /// [`FILE_TAIL_BYTES`] are read: the whole tail when `from` is `None`, lies before that, or
 /// past the end (a file replaced). A line cut by the start of the tail, and any line that is
-/// not a checkpoint, are left out (`audit verify` reads the whole file and names those). No
+/// neither a checkpoint nor an acknowledgement, are left out (`audit verify` reads the whole file and names those). No
 /// file: none.
 fn read_checkpoint_lines(
     file: &std::path::Path,
     from: Option<u64>,
-) -> std::io::Result<(Vec<Checkpoint>, u64)> {
+) -> std::io::Result<(Vec<FileLine>, u64)> {
     use std::io::{Read, Seek, SeekFrom};
     let mut f = match std::fs::File::open(file) {
         Ok(f) => f,
@@ -558,8 +614,8 @@ fn read_checkpoint_lines(
     if !at_line_start {
         lines.next();
     }
-    let checkpoints = lines.filter_map(CheckpointLine::parse).collect();
-    Ok((checkpoints, start + complete as u64))
+    let read = lines.filter_map(FileLine::parse).collect();
+    Ok((read, start + complete as u64))
 }
 
 /// Checkpoints signed on a thread of their own, for writers of the chain that must not wait for
@@ -687,7 +743,7 @@ mod background_tests {
             }
         });
         let read = read_checkpoint_file(&file).expect("every line is a checkpoint");
-        assert_eq!(read.len(), 400);
+        assert_eq!(read.checkpoints.len(), 400);
     }
 
     fn every(n: u64) -> impl Fn(&AuditRecord) -> bool + Send + Sync {

@@ -6,6 +6,7 @@ use std::fmt;
 use p256::ecdsa::signature::Verifier;
 use p256::ecdsa::{DerSignature, VerifyingKey};
 
+use super::acknowledge::{Acknowledgement, FileLine};
 use super::{checkpoint_message, AuditRecord, GENESIS};
 use crate::store::Checkpoint;
 
@@ -34,6 +35,11 @@ pub enum ChainBreak {
     /// Events and not one signed checkpoint: such a log cannot be told from one rebuilt from
     /// scratch (every command and the server checkpoint, with the audit key in the token).
     NoCheckpoint { events: u64 },
+    /// An acknowledgement of lost events has a signature the audit key did not make.
+    BadAcknowledgementSignature { head: u64 },
+    /// The event an acknowledgement accepted the chain up to is gone or changed: events were
+    /// lost (or rewritten) again after the acknowledgement.
+    AcknowledgedHeadLost { head: u64 },
 }
 
 impl ChainBreak {
@@ -48,6 +54,8 @@ impl ChainBreak {
             | ChainBreak::BadCheckpointSignature { seq }
             | ChainBreak::CheckpointConflict { seq }
             | ChainBreak::CheckpointNotInFile { seq } => Some(*seq),
+            ChainBreak::BadAcknowledgementSignature { head }
+            | ChainBreak::AcknowledgedHeadLost { head } => Some(*head),
             ChainBreak::CheckpointFile { .. } | ChainBreak::NoCheckpoint { .. } => None,
         }
     }
@@ -66,6 +74,8 @@ impl fmt::Display for ChainBreak {
             ChainBreak::CheckpointNotInFile { seq } => write!(f, "the checkpoint at event {seq} is in the database but not in the checkpoint file: the file was cut short or replaced"),
             ChainBreak::CheckpointFile { reason } => write!(f, "checkpoint file: {reason}"),
             ChainBreak::NoCheckpoint { events } => write!(f, "no signed checkpoint covers the {events} events: the checkpoints were removed, or the log was rebuilt without the audit key"),
+            ChainBreak::BadAcknowledgementSignature { head } => write!(f, "the acknowledgement of lost events at event {head} has a signature the audit key did not make"),
+            ChainBreak::AcknowledgedHeadLost { head } => write!(f, "event {head}, up to which a loss was acknowledged, is missing or differs: events were lost or rewritten again after the acknowledgement"),
         }
     }
 }
@@ -79,39 +89,72 @@ pub struct VerifyReport {
     /// When the last checkpoint was made: a log cut back to an old checkpoint, with the
     /// checkpoints after it removed from the database and the file, shows an old time here.
     pub last_checkpoint_at: Option<i64>,
+    /// The losses the operator acknowledged, oldest first: their checkpoints were left out.
+    pub acknowledged: Vec<Acknowledgement>,
 }
 
-/// Verifies the chain of `events` (in seq order), then every checkpoint from the database and
-/// the file against the chain and the audit key.
+/// What the checkpoint file holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckpointFile {
+    pub checkpoints: Vec<Checkpoint>,
+    pub acknowledgements: Vec<Acknowledgement>,
+}
+
+/// Verifies the chain of `events` (in seq order), then the file's acknowledgements of lost
+/// events, then every checkpoint from the database and the file (less those acknowledged as
+/// lost) against the chain and the audit key.
 pub fn verify_chain(
     events: &[AuditRecord],
     db_checkpoints: &[Checkpoint],
-    file_checkpoints: &[Checkpoint],
+    file: &CheckpointFile,
     audit_key: &VerifyingKey,
 ) -> Result<VerifyReport, ChainBreak> {
     check_links(events, 1, Some(GENESIS.as_slice()))?;
     let hashes: BTreeMap<u64, Vec<u8>> = events.iter().map(|e| (e.seq, e.hash.clone())).collect();
     let last = events.len() as u64;
 
+    for ack in &file.acknowledgements {
+        if !signed_by(audit_key, &ack.message(), &ack.signature) {
+            return Err(ChainBreak::BadAcknowledgementSignature { head: ack.head });
+        }
+    }
+    // An acknowledgement whose head was lost again stands only where a later one says so.
+    let superseded: Vec<&(u64, Vec<u8>)> = file
+        .acknowledgements
+        .iter()
+        .flat_map(|a| &a.supersedes)
+        .collect();
+    for ack in &file.acknowledgements {
+        let head = (ack.head, ack.head_hash.clone());
+        if hashes.get(&ack.head) != Some(&ack.head_hash) && !superseded.contains(&&head) {
+            return Err(ChainBreak::AcknowledgedHeadLost { head: ack.head });
+        }
+    }
+    let standing = |cp: &&Checkpoint| !file.acknowledgements.iter().any(|a| a.voids(cp));
+    let db_checkpoints: Vec<&Checkpoint> = db_checkpoints.iter().filter(standing).collect();
+    let file_checkpoints: Vec<&Checkpoint> = file.checkpoints.iter().filter(standing).collect();
+
     let mut all: BTreeMap<u64, &Checkpoint> = BTreeMap::new();
-    for cp in file_checkpoints.iter().chain(db_checkpoints) {
-        if let Some(other) = all.insert(cp.seq, cp) {
+    for cp in file_checkpoints.iter().chain(&db_checkpoints) {
+        if let Some(other) = all.insert(cp.seq, *cp) {
             if other.hash != cp.hash {
                 return Err(ChainBreak::CheckpointConflict { seq: cp.seq });
             }
         }
     }
-    for cp in db_checkpoints {
+    for cp in &db_checkpoints {
         if !file_checkpoints.iter().any(|f| f.seq == cp.seq) {
             return Err(ChainBreak::CheckpointNotInFile { seq: cp.seq });
         }
     }
     for (seq, cp) in &all {
-        let sig = DerSignature::try_from(cp.signature.as_slice())
-            .map_err(|_| ChainBreak::BadCheckpointSignature { seq: *seq })?;
-        audit_key
-            .verify(&checkpoint_message(cp.seq, &cp.hash, cp.at), &sig)
-            .map_err(|_| ChainBreak::BadCheckpointSignature { seq: *seq })?;
+        if !signed_by(
+            audit_key,
+            &checkpoint_message(cp.seq, &cp.hash, cp.at),
+            &cp.signature,
+        ) {
+            return Err(ChainBreak::BadCheckpointSignature { seq: *seq });
+        }
         match hashes.get(seq) {
             None => {
                 return Err(ChainBreak::MissingAfterCheckpoint {
@@ -132,7 +175,13 @@ pub fn verify_chain(
         checkpoints: all.len(),
         last_checkpoint: newest.map(|cp| cp.seq),
         last_checkpoint_at: newest.map(|cp| cp.at),
+        acknowledged: file.acknowledgements.clone(),
     })
+}
+
+/// Whether `signature` (DER) is the audit key's over `message`.
+pub(super) fn signed_by(audit_key: &VerifyingKey, message: &[u8], signature: &[u8]) -> bool {
+    DerSignature::try_from(signature).is_ok_and(|sig| audit_key.verify(message, &sig).is_ok())
 }
 
 /// Checks that `events` (in seq order) are a piece of a whole chain: numbered `first`, then
@@ -159,27 +208,36 @@ pub(super) fn check_links(
     Ok(())
 }
 
-/// Parses the checkpoint file (JSON Lines). A missing file is an empty list.
-pub fn read_checkpoint_file(path: &std::path::Path) -> Result<Vec<Checkpoint>, ChainBreak> {
+/// Parses the checkpoint file (JSON Lines). A missing file is an empty one.
+pub fn read_checkpoint_file(path: &std::path::Path) -> Result<CheckpointFile, ChainBreak> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(CheckpointFile::default()),
         Err(e) => {
             return Err(ChainBreak::CheckpointFile {
                 reason: format!("cannot read {}: {e}", path.display()),
             })
         }
     };
-    let mut out = Vec::new();
+    let mut out = CheckpointFile::default();
     for (i, line) in text
         .lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
     {
-        let cp = super::CheckpointLine::parse(line).ok_or_else(|| ChainBreak::CheckpointFile {
-            reason: format!("{} line {} is not a checkpoint", path.display(), i + 1),
-        })?;
-        out.push(cp);
+        match FileLine::parse(line) {
+            Some(FileLine::Checkpoint(cp)) => out.checkpoints.push(cp),
+            Some(FileLine::Acknowledgement(a)) => out.acknowledgements.push(a),
+            None => {
+                return Err(ChainBreak::CheckpointFile {
+                    reason: format!(
+                        "{} line {} is neither a checkpoint nor an acknowledgement",
+                        path.display(),
+                        i + 1
+                    ),
+                })
+            }
+        }
     }
     Ok(out)
 }

@@ -1,0 +1,595 @@
+//! Accepting a loss of the chain's newest events: a database restored from a backup older than
+//! its newest checkpoints, or an asynchronous standby promoted. Checkpoints signed before the
+//! loss then disagree with the chain for ever, and every process on the host stops issuing.
+//!
+//! An acknowledgement is the operator's signed statement of that loss: it names the
+//! checkpoints that disagree with the chain (seq and hash, each exactly), the head of the
+//! chain it accepted, and why. It is signed by the audit key, kept in the checkpoint file, and
+//! recorded in the chain itself as an `audit.loss_acknowledged` event. `audit verify` and every
+//! process's witness leave the named checkpoints out and report the acknowledgement; nothing
+//! else is excused: the chain must still be whole inside, and a later loss below the accepted
+//! head is a break again.
+
+use std::collections::BTreeSet;
+
+use base64::Engine;
+use p256::ecdsa::VerifyingKey;
+use serde::{Deserialize, Serialize};
+
+use super::verify::{check_links, read_checkpoint_file, signed_by, CheckpointFile};
+use super::{
+    append_file_line, checkpoint_message, AuditError, AuditEvent, AuditRecord, Auditor, ChainBreak,
+    CheckpointLine, Witness,
+};
+use crate::store::Checkpoint;
+
+/// Domain separation for acknowledgement signatures (checkpoints have their own).
+const ACKNOWLEDGEMENT_CONTEXT: &[u8] = b"signet-audit-acknowledgement-v1";
+
+/// The longest reason an acknowledgement carries.
+pub const MAX_REASON_CHARS: usize = 500;
+
+/// A signed acknowledgement of lost events (see the module documentation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acknowledgement {
+    /// The event the operator accepted the chain up to (the acknowledgement's own event).
+    pub head: u64,
+    pub head_hash: Vec<u8>,
+    /// The newest checkpoint that still held when it was made (0: none); the events after
+    /// it, to `head`, were taken on the database's word.
+    pub agreed: u64,
+    /// The checkpoints it voids: (seq, hash), each matching one checkpoint exactly.
+    pub voids: Vec<(u64, Vec<u8>)>,
+    /// Earlier acknowledgements whose head the chain had lost again: (head, head_hash).
+    pub supersedes: Vec<(u64, Vec<u8>)>,
+    pub reason: String,
+    pub at: i64,
+    pub signature: Vec<u8>,
+}
+
+impl Acknowledgement {
+    /// The bytes the signature covers: every field but the signature, length-prefixed.
+    pub fn message(&self) -> Vec<u8> {
+        let mut m = ACKNOWLEDGEMENT_CONTEXT.to_vec();
+        let mut bytes = |b: &[u8]| {
+            m.extend_from_slice(&(b.len() as u64).to_be_bytes());
+            m.extend_from_slice(b);
+        };
+        bytes(&self.head.to_be_bytes());
+        bytes(&self.head_hash);
+        bytes(&self.agreed.to_be_bytes());
+        for list in [&self.voids, &self.supersedes] {
+            bytes(&(list.len() as u64).to_be_bytes());
+            for (seq, hash) in list {
+                bytes(&seq.to_be_bytes());
+                bytes(hash);
+            }
+        }
+        bytes(self.reason.as_bytes());
+        bytes(&self.at.to_be_bytes());
+        m
+    }
+
+    /// Whether this acknowledgement names `cp`.
+    pub fn voids(&self, cp: &Checkpoint) -> bool {
+        self.voids
+            .iter()
+            .any(|(seq, hash)| *seq == cp.seq && *hash == cp.hash)
+    }
+
+    /// The checkpoint file line (JSON, without its newline).
+    pub fn to_line(&self) -> String {
+        let b64 = &base64::engine::general_purpose::STANDARD;
+        serde_json::to_string(&AcknowledgementLine {
+            kind: KIND.into(),
+            head: self.head,
+            head_hash: hex::encode(&self.head_hash),
+            agreed: self.agreed,
+            voids: pairs_to_lines(&self.voids),
+            supersedes: pairs_to_lines(&self.supersedes),
+            reason: self.reason.clone(),
+            at: self.at,
+            signature: b64.encode(&self.signature),
+        })
+        .expect("acknowledgement line serializes")
+    }
+
+    fn parse(line: &str) -> Option<Acknowledgement> {
+        let l: AcknowledgementLine = serde_json::from_str(line).ok()?;
+        if l.kind != KIND {
+            return None;
+        }
+        Some(Acknowledgement {
+            head: l.head,
+            head_hash: hex::decode(&l.head_hash).ok()?,
+            agreed: l.agreed,
+            voids: lines_to_pairs(&l.voids)?,
+            supersedes: lines_to_pairs(&l.supersedes)?,
+            reason: l.reason,
+            at: l.at,
+            signature: base64::engine::general_purpose::STANDARD
+                .decode(&l.signature)
+                .ok()?,
+        })
+    }
+}
+
+const KIND: &str = "acknowledgement";
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AcknowledgementLine {
+    kind: String,
+    head: u64,
+    head_hash: String,
+    agreed: u64,
+    voids: Vec<PairLine>,
+    supersedes: Vec<PairLine>,
+    reason: String,
+    at: i64,
+    signature: String,
+}
+
+/// A checkpoint, or an acknowledgement's head: seq and hex hash.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PairLine {
+    seq: u64,
+    hash: String,
+}
+
+fn pairs_to_lines(pairs: &[(u64, Vec<u8>)]) -> Vec<PairLine> {
+    pairs
+        .iter()
+        .map(|(seq, hash)| PairLine {
+            seq: *seq,
+            hash: hex::encode(hash),
+        })
+        .collect()
+}
+
+fn lines_to_pairs(lines: &[PairLine]) -> Option<Vec<(u64, Vec<u8>)>> {
+    lines
+        .iter()
+        .map(|l| Some((l.seq, hex::decode(&l.hash).ok()?)))
+        .collect()
+}
+
+/// One line of the checkpoint file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileLine {
+    Checkpoint(Checkpoint),
+    Acknowledgement(Acknowledgement),
+}
+
+impl FileLine {
+    /// `None`: the line is neither.
+    pub fn parse(line: &str) -> Option<FileLine> {
+        match CheckpointLine::parse(line) {
+            Some(cp) => Some(FileLine::Checkpoint(cp)),
+            None => Acknowledgement::parse(line).map(FileLine::Acknowledgement),
+        }
+    }
+}
+
+/// What an acknowledgement of the chain as it stands would record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LossToAcknowledge {
+    /// Events in the chain.
+    pub events: u64,
+    /// The newest checkpoint that still holds (0: none): the events after it are taken on
+    /// the database's word. A lost tail and a tail rewritten with its hashes recomputed look
+    /// the same from here; only the database's own records tell them apart.
+    pub agreed: u64,
+    /// The checkpoints that disagree with the chain, oldest first.
+    pub voids: Vec<Checkpoint>,
+    /// Earlier acknowledgements whose head the chain no longer holds: (head, head_hash).
+    pub supersedes: Vec<(u64, Vec<u8>)>,
+}
+
+/// Plans an acknowledgement of the chain `events` (all of it, in seq order): the checkpoints
+/// of the database and the file that disagree with it (past its head, or another hash than
+/// its event), less those an earlier acknowledgement voids, and the earlier acknowledgements
+/// whose head it lost again. Fails when the chain itself is broken (an acknowledgement accepts
+/// lost newest events, never a gap or an edit), and when a checkpoint or an acknowledgement
+/// is not signed by `audit_key` (a forged row is not a loss to accept).
+pub fn plan(
+    events: &[AuditRecord],
+    db_checkpoints: &[Checkpoint],
+    file: &CheckpointFile,
+    audit_key: &VerifyingKey,
+) -> Result<LossToAcknowledge, ChainBreak> {
+    check_links(events, 1, Some(super::GENESIS.as_slice()))?;
+    let holds = |seq: u64, hash: &[u8]| {
+        seq.checked_sub(1)
+            .and_then(|i| events.get(i as usize))
+            .is_some_and(|e| e.hash == hash)
+    };
+    for ack in &file.acknowledgements {
+        if !signed_by(audit_key, &ack.message(), &ack.signature) {
+            return Err(ChainBreak::BadAcknowledgementSignature { head: ack.head });
+        }
+    }
+    let superseded: BTreeSet<&(u64, Vec<u8>)> = file
+        .acknowledgements
+        .iter()
+        .flat_map(|a| &a.supersedes)
+        .collect();
+    let supersedes = file
+        .acknowledgements
+        .iter()
+        .map(|a| (a.head, a.head_hash.clone()))
+        .filter(|pair| !holds(pair.0, &pair.1) && !superseded.contains(pair))
+        .collect();
+    let mut seen = BTreeSet::new();
+    let mut agreed = 0;
+    let mut voids = Vec::new();
+    for cp in file.checkpoints.iter().chain(db_checkpoints) {
+        if !seen.insert((cp.seq, cp.hash.clone()))
+            || file.acknowledgements.iter().any(|a| a.voids(cp))
+        {
+            continue;
+        }
+        if !signed_by(
+            audit_key,
+            &checkpoint_message(cp.seq, &cp.hash, cp.at),
+            &cp.signature,
+        ) {
+            return Err(ChainBreak::BadCheckpointSignature { seq: cp.seq });
+        }
+        if holds(cp.seq, &cp.hash) {
+            agreed = agreed.max(cp.seq);
+        } else {
+            voids.push(cp.clone());
+        }
+    }
+    voids.sort_by_key(|cp| cp.seq);
+    Ok(LossToAcknowledge {
+        events: events.len() as u64,
+        agreed,
+        voids,
+        supersedes,
+    })
+}
+
+impl Auditor {
+    /// What an acknowledgement of the chain as it stands would record (nothing is written).
+    pub fn loss_to_acknowledge(&self) -> Result<LossToAcknowledge, AuditError> {
+        let _guard = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        self.plan_loss()
+    }
+
+    fn plan_loss(&self) -> Result<LossToAcknowledge, AuditError> {
+        let key = VerifyingKey::from(&self.hsm.public_key(&self.key_label)?);
+        let events = self.store.audit_events(0)?;
+        let db = self.store.checkpoints()?;
+        let file = read_checkpoint_file(&self.file).map_err(|e| AuditError::CheckpointFile {
+            path: self.file.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        plan(&events, &db, &file, &key).map_err(AuditError::NotAcknowledgeable)
+    }
+
+    /// Records the loss of the chain's newest events as acknowledged by `actor` (see the
+    /// module documentation): an `audit.loss_acknowledged` event naming the checkpoints that
+    /// disagree with the chain, the acknowledgement of the chain up to that event signed into
+    /// the checkpoint file, then a checkpoint of the event. `None` when nothing disagrees.
+    /// This process then holds the chain afresh; processes that ran through the loss must be
+    /// stopped first (at their last checkpoint they would sign the lost events again).
+    pub fn acknowledge_loss(
+        &self,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Option<Acknowledgement>, AuditError> {
+        let reason = check_reason(reason).map_err(AuditError::InvalidReason)?;
+        let _guard = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        let plan = self.plan_loss()?;
+        if plan.voids.is_empty() && plan.supersedes.is_empty() {
+            return Ok(None);
+        }
+        let voids: Vec<(u64, Vec<u8>)> = plan
+            .voids
+            .iter()
+            .map(|cp| (cp.seq, cp.hash.clone()))
+            .collect();
+        let listed = |pairs: &[(u64, Vec<u8>)]| -> Vec<serde_json::Value> {
+            pairs
+                .iter()
+                .map(|(seq, hash)| serde_json::json!({"seq": seq, "hash": hex::encode(hash)}))
+                .collect()
+        };
+        let ev = AuditEvent::new(
+            actor,
+            "audit.loss_acknowledged",
+            "audit-chain",
+            serde_json::json!({
+                "reason": reason,
+                "events": plan.events,
+                "agreed": plan.agreed,
+                "voids": listed(&voids),
+                "supersedes": listed(&plan.supersedes),
+            }),
+        );
+        let at = self.clock.now();
+        let rec = self.store.append_audit(at, &ev)?;
+        let mut ack = Acknowledgement {
+            head: rec.seq,
+            head_hash: rec.hash.clone(),
+            agreed: plan.agreed,
+            voids,
+            supersedes: plan.supersedes,
+            reason: reason.to_string(),
+            at,
+            signature: Vec::new(),
+        };
+        ack.signature = self.hsm.sign_p256_sha256(&self.key_label, &ack.message())?;
+        append_file_line(&self.file, ack.to_line()).map_err(|e| AuditError::CheckpointFile {
+            path: self.file.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        // What this process saw before is of the chain the acknowledgement leaves behind.
+        *self.witness.lock().unwrap_or_else(|e| e.into_inner()) = Witness::default();
+        self.hold_to_witness(rec.seq, &rec.hash, false)?;
+        self.sign_checkpoint(rec.seq, &rec.hash)?;
+        self.witnessed(rec.seq, &rec.hash);
+        Ok(Some(ack))
+    }
+}
+
+/// A reason fit to be signed and shown: one line of text, not empty, not too long, without
+/// characters that change how the text around them reads (line and paragraph separators,
+/// bidirectional controls).
+pub fn check_reason(reason: &str) -> Result<&str, String> {
+    let reason = reason.trim();
+    if reason.is_empty() {
+        return Err(
+            "give the reason for the loss (--reason), as the audit record will show it".into(),
+        );
+    }
+    if reason.chars().count() > MAX_REASON_CHARS {
+        return Err(format!(
+            "the reason is longer than {MAX_REASON_CHARS} characters"
+        ));
+    }
+    let unfit = |c: char| {
+        c.is_control()
+            || matches!(
+                c,
+                '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{061c}'
+            )
+            || ('\u{202a}'..='\u{202e}').contains(&c)
+            || ('\u{2066}'..='\u{2069}').contains(&c)
+    };
+    if reason.chars().any(unfit) {
+        return Err(
+            "the reason must be one line of plain text (no control, separator or direction characters)"
+                .into(),
+        );
+    }
+    Ok(reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{chain_hash, GENESIS};
+    use p256::ecdsa::signature::Signer;
+    use p256::ecdsa::{DerSignature, SigningKey};
+
+    fn key() -> SigningKey {
+        SigningKey::from_slice(&[7u8; 32]).expect("scalar")
+    }
+
+    fn sign(message: &[u8]) -> Vec<u8> {
+        let sig: DerSignature = key().sign(message);
+        sig.as_bytes().to_vec()
+    }
+
+    fn chain(n: u64) -> Vec<AuditRecord> {
+        let mut prev = GENESIS.to_vec();
+        (1..=n)
+            .map(|seq| {
+                let ev = AuditEvent::new("t", "a", "o", serde_json::json!({}));
+                let hash = chain_hash(&prev, seq, 1, &ev).to_vec();
+                AuditRecord {
+                    seq,
+                    at: 1,
+                    actor: ev.actor,
+                    action: ev.action,
+                    object: ev.object,
+                    details: ev.details,
+                    tenant: None,
+                    prev_hash: std::mem::replace(&mut prev, hash.clone()),
+                    hash,
+                }
+            })
+            .collect()
+    }
+
+    fn checkpoint(seq: u64, hash: &[u8]) -> Checkpoint {
+        Checkpoint {
+            seq,
+            hash: hash.to_vec(),
+            at: 1,
+            signature: sign(&checkpoint_message(seq, hash, 1)),
+        }
+    }
+
+    fn acknowledgement(head: &AuditRecord, voids: &[&Checkpoint]) -> Acknowledgement {
+        let mut ack = Acknowledgement {
+            head: head.seq,
+            head_hash: head.hash.clone(),
+            agreed: 0,
+            voids: voids.iter().map(|cp| (cp.seq, cp.hash.clone())).collect(),
+            supersedes: vec![],
+            reason: "restore".into(),
+            at: 1,
+            signature: vec![],
+        };
+        ack.signature = sign(&ack.message());
+        ack
+    }
+
+    fn file(checkpoints: &[&Checkpoint], acks: &[Acknowledgement]) -> CheckpointFile {
+        CheckpointFile {
+            checkpoints: checkpoints.iter().map(|cp| (*cp).clone()).collect(),
+            acknowledgements: acks.to_vec(),
+        }
+    }
+
+    #[test]
+    fn checkpoints_past_the_head_or_of_another_event_are_the_ones_to_void() {
+        let events = chain(5);
+        let good = checkpoint(3, &events[2].hash);
+        let past = checkpoint(7, &[7; 32]);
+        let other = checkpoint(4, &[4; 32]);
+        let plan = plan(
+            &events,
+            &[good.clone(), other.clone()],
+            &file(&[&good, &past, &other], &[]),
+            key().verifying_key(),
+        )
+        .unwrap();
+        assert_eq!(plan.voids, vec![other, past]);
+        assert_eq!(
+            plan.agreed, 3,
+            "events 4 and 5 are taken on the database's word"
+        );
+    }
+
+    #[test]
+    fn a_checkpoint_an_earlier_acknowledgement_voids_is_not_voided_again() {
+        let events = chain(2);
+        let past = checkpoint(9, &[9; 32]);
+        let earlier = acknowledgement(&events[1], &[&past]);
+        let plan = plan(
+            &events,
+            &[],
+            &file(&[&past], &[earlier]),
+            key().verifying_key(),
+        )
+        .unwrap();
+        assert_eq!((plan.voids, plan.supersedes), (vec![], vec![]));
+    }
+
+    #[test]
+    fn an_earlier_acknowledgement_whose_head_was_lost_again_is_superseded() {
+        let lost = chain(6);
+        let earlier = acknowledgement(&lost[5], &[]);
+        let events = chain(4);
+        let plan = plan(&events, &[], &file(&[], &[earlier]), key().verifying_key()).unwrap();
+        assert_eq!(plan.supersedes, vec![(6, lost[5].hash.clone())]);
+    }
+
+    #[test]
+    fn a_checkpoint_the_audit_key_did_not_sign_is_not_voided_as_a_loss() {
+        let events = chain(2);
+        let mut forged = checkpoint(9, &[9; 32]);
+        forged.signature = checkpoint(8, &[9; 32]).signature;
+        assert_eq!(
+            plan(&events, &[forged], &file(&[], &[]), key().verifying_key()),
+            Err(ChainBreak::BadCheckpointSignature { seq: 9 })
+        );
+    }
+
+    #[test]
+    fn a_chain_broken_inside_is_not_acknowledged() {
+        let mut events = chain(4);
+        events[1].actor = "someone else".into();
+        assert_eq!(
+            plan(&events, &[], &file(&[], &[]), key().verifying_key()),
+            Err(ChainBreak::Edited { seq: 2 })
+        );
+    }
+
+    #[test]
+    fn an_acknowledgement_line_reads_back_as_written_and_a_checkpoint_line_stays_one() {
+        let ack = Acknowledgement {
+            head: 12,
+            head_hash: vec![1; 32],
+            agreed: 9,
+            voids: vec![(10, vec![2; 32]), (20, vec![3; 32])],
+            supersedes: vec![(8, vec![5; 32])],
+            reason: "备库接管 (standby promoted)".into(),
+            at: 1_795_000_000,
+            signature: vec![4; 70],
+        };
+        assert_eq!(
+            FileLine::parse(&ack.to_line()),
+            Some(FileLine::Acknowledgement(ack.clone()))
+        );
+        let cp = checkpoint(10, &[2; 32]);
+        let line = serde_json::to_string(&CheckpointLine::from_checkpoint(&cp)).unwrap();
+        assert_eq!(FileLine::parse(&line), Some(FileLine::Checkpoint(cp)));
+        assert_eq!(FileLine::parse(r#"{"kind":"other"}"#), None);
+    }
+
+    #[test]
+    fn the_signed_message_covers_every_field() {
+        let ack = Acknowledgement {
+            head: 12,
+            head_hash: vec![1; 32],
+            agreed: 9,
+            voids: vec![(10, vec![2; 32])],
+            supersedes: vec![],
+            reason: "restore".into(),
+            at: 5,
+            signature: vec![],
+        };
+        let base = ack.message();
+        let changed = [
+            Acknowledgement {
+                head: 13,
+                ..ack.clone()
+            },
+            Acknowledgement {
+                head_hash: vec![9; 32],
+                ..ack.clone()
+            },
+            Acknowledgement {
+                agreed: 8,
+                ..ack.clone()
+            },
+            Acknowledgement {
+                voids: vec![(11, vec![2; 32])],
+                ..ack.clone()
+            },
+            Acknowledgement {
+                voids: vec![],
+                ..ack.clone()
+            },
+            // The same pair as a superseded head instead of a voided checkpoint.
+            Acknowledgement {
+                voids: vec![],
+                supersedes: vec![(10, vec![2; 32])],
+                ..ack.clone()
+            },
+            Acknowledgement {
+                reason: "restored".into(),
+                ..ack.clone()
+            },
+            Acknowledgement {
+                at: 6,
+                ..ack.clone()
+            },
+        ];
+        for c in changed {
+            assert_ne!(c.message(), base, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn a_reason_is_one_line_of_plain_text() {
+        assert_eq!(check_reason("  备库接管  "), Ok("备库接管"));
+        for bad in [
+            "",
+            "   ",
+            "a\nb",
+            "a\u{2028}b",
+            "a\u{202e}b",
+            &"x".repeat(501),
+        ] {
+            assert!(check_reason(bad).is_err(), "{bad:?}");
+        }
+    }
+}
