@@ -336,9 +336,10 @@ enum AuditCommand {
         /// Why the events were lost: kept in the audit log and in the signed acknowledgement.
         #[arg(long)]
         reason: String,
-        /// Sign and write the acknowledgement (without it, the list only).
-        #[arg(long)]
-        confirm: bool,
+        /// Sign and write the acknowledgement of the plan the listing named (without it,
+        /// the listing only).
+        #[arg(long, value_name = "PLAN")]
+        confirm: Option<String>,
     },
 }
 
@@ -471,7 +472,7 @@ fn run_command(cli: Cli) -> Result<(), Failure> {
     } = &cli.command
     {
         // Before `startup`: its checkpoint would only find the loss again.
-        return audit_acknowledge(&signet, reason, *confirm, &actor);
+        return audit_acknowledge(&signet, reason, confirm.as_deref(), &actor);
     }
     if let Command::Verify {
         instruction,
@@ -1075,7 +1076,20 @@ fn audit_verify(signet: &Signet) -> Result<(), Failure> {
                     ))
                     .unwrap_or_default()
             );
+            let superseded: Vec<&(u64, Vec<u8>)> =
+                r.acknowledged.iter().flat_map(|a| &a.supersedes).collect();
             for a in &r.acknowledged {
+                if superseded.contains(&&(a.head, a.head_hash.clone())) {
+                    println!(
+                        "acknowledged loss at event {} ({}): {} checkpoints left out; its head was \
+                         lost again, and a later acknowledgement supersedes it; reason: {}",
+                        a.head,
+                        signet::verify::report::rfc3339(a.at),
+                        a.voids.len(),
+                        a.reason
+                    );
+                    continue;
+                }
                 println!(
                     "acknowledged loss at event {} ({}): {} checkpoints of lost events left out, \
                      events {} to {} taken on the database's word; reason: {}",
@@ -1100,7 +1114,7 @@ fn audit_verify(signet: &Signet) -> Result<(), Failure> {
 fn audit_acknowledge(
     signet: &Signet,
     reason: &str,
-    confirm: bool,
+    confirm: Option<&str>,
     actor: &str,
 ) -> Result<(), Failure> {
     signet::audit::check_reason(reason).map_err(|message| Failure {
@@ -1113,17 +1127,55 @@ fn audit_acknowledge(
     }
     let auditor = signet.authority.auditor();
     let loss = auditor.loss_to_acknowledge()?;
-    let nothing = |events: u64| -> Result<(), Failure> {
-        println!(
-            "nothing to acknowledge: every checkpoint agrees with the chain ({events} events)"
-        );
-        // An acknowledgement written by a run that stopped before its checkpoint gets one.
-        auditor.checkpoint_head()?;
-        Ok(())
-    };
-    if loss.voids.is_empty() && loss.supersedes.is_empty() {
-        return nothing(loss.events);
+    if !loss.is_empty() {
+        list_loss(&loss);
     }
+    let Some(plan_id) = confirm else {
+        if loss.is_empty() {
+            println!(
+                "nothing to acknowledge: every checkpoint agrees with the chain ({} events)",
+                loss.events
+            );
+            if loss.voided_rows_left > 0 {
+                println!(
+                    "{} checkpoints an acknowledgement voids are still in the database (a run \
+                     stopped before removing them): run again with --confirm any to remove them",
+                    loss.voided_rows_left
+                );
+            }
+            return Ok(());
+        }
+        return Err(Failure::from(format!(
+            "nothing written. Stop every signet process of this CA, on every host (one that \
+             ran through the loss would sign the lost events again as it stops), then run \
+             again with --confirm {} to sign the acknowledgement of this loss, and start them \
+             after",
+            loss.id()
+        )));
+    };
+    match auditor.acknowledge_loss(actor, reason, plan_id)? {
+        Some(ack) => {
+            println!(
+                "acknowledged: the chain is accepted up to event {}, {} checkpoints left out",
+                ack.head,
+                ack.voids.len()
+            );
+            progress("start this CA's processes again; on another host with its own checkpoint file, run this command there too");
+        }
+        None => {
+            println!(
+                "nothing to acknowledge: every checkpoint agrees with the chain ({} events)",
+                loss.events
+            );
+            // An acknowledgement written by a run that stopped before its checkpoint gets one.
+            auditor.checkpoint_head()?;
+        }
+    }
+    Ok(())
+}
+
+/// What `audit acknowledge` would sign, for the operator to review.
+fn list_loss(loss: &signet::audit::LossToAcknowledge) {
     println!(
         "{} with the chain ({} events):",
         match loss.voids.len() {
@@ -1156,25 +1208,7 @@ fn audit_acknowledge(
             loss.events
         );
     }
-    if !confirm {
-        return Err(Failure::from(
-            "nothing written. Stop every signet process of this CA, on every host (one that \
-             ran through the loss would sign the lost events again as it stops), then run again \
-             with --confirm to sign the acknowledgement of this loss, and start them after",
-        ));
-    }
-    match auditor.acknowledge_loss(actor, reason)? {
-        Some(ack) => {
-            println!(
-                "acknowledged: the chain is accepted up to event {}, {} checkpoints left out",
-                ack.head,
-                ack.voids.len()
-            );
-            progress("start this CA's processes again; on another host with its own checkpoint file, run this command there too");
-            Ok(())
-        }
-        None => nothing(loss.events),
-    }
+    println!("plan {}", loss.id());
 }
 
 fn read_limited(path: &Path, limit: usize) -> Result<Vec<u8>, Failure> {

@@ -123,12 +123,21 @@ fn a_chain_cut_back_and_written_over_behind_a_running_process_is_not_checkpointe
         let a: Vec<std::ffi::OsString> = a.iter().map(Into::into).collect();
         f.signet_with(&copy.config, &[], &a)
     };
+    let reason = "test: events deleted";
+    let listing = signet(&["audit", "acknowledge", "--reason", reason]);
+    let plan = listing
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("plan "))
+        .unwrap_or_else(|| panic!("no plan listed\n{}", listing.describe()))
+        .to_string();
     signet(&[
         "audit",
         "acknowledge",
         "--reason",
-        "test: events deleted",
+        reason,
         "--confirm",
+        &plan,
     ])
     .assert_ok();
     signet(&["audit", "verify"]).assert_ok();

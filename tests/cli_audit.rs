@@ -86,6 +86,24 @@ fn revocation_reason(copy: &StoreCopy, serial: &str) -> Option<i64> {
         .unwrap()
 }
 
+/// A bank added on a store copy, and the token of a registration officer of it.
+fn bank_with_officer(copy: &StoreCopy, bank: &str) -> String {
+    let cli = |args: &[&str]| {
+        let out = fixture().signet_with(&copy.config, &[], args);
+        out.assert_ok();
+        out.stdout.trim().to_string()
+    };
+    cli(&["tenant", "add", bank]);
+    cli(&[
+        "credential",
+        "add",
+        "--tenant",
+        bank,
+        "--role",
+        "ra-officer",
+    ])
+}
+
 fn verify(copy: &StoreCopy) -> Out {
     fixture().signet_with(&copy.config, &[], &args!["audit", "verify"])
 }
@@ -355,20 +373,7 @@ fn a_server_started_on_a_cut_chain_reports_itself_degraded_and_refuses_certifica
     use common::http::{get, post_json, Server};
     let f = fixture();
     let copy = f.store_copy("cut-below-file-serve", &[]);
-    let cli = |args: &[&str]| {
-        let out = f.signet_with(&copy.config, &[], args);
-        out.assert_ok();
-        out.stdout.trim().to_string()
-    };
-    cli(&["tenant", "add", "Cut chain bank"]);
-    let officer = cli(&[
-        "credential",
-        "add",
-        "--tenant",
-        "Cut chain bank",
-        "--role",
-        "ra-officer",
-    ]);
+    let officer = bank_with_officer(&copy, "Cut chain bank");
     // The command's closing checkpoint covered its event: the newest is removed.
     let all = seqs(&open_db(&copy.db));
     tamper(&copy)
@@ -428,14 +433,51 @@ fn restored_copy(name: &str) -> (StoreCopy, u64) {
     (copy, events)
 }
 
-fn acknowledge(copy: &StoreCopy, confirm: bool) -> Out {
-    let reason = "restored from the nightly backup";
-    let a = if confirm {
-        args!["audit", "acknowledge", "--reason", reason, "--confirm"].to_vec()
-    } else {
-        args!["audit", "acknowledge", "--reason", reason].to_vec()
-    };
-    fixture().signet_with(&copy.config, &[], &a)
+/// `signet audit acknowledge` without `--confirm`: the listing, and its plan.
+fn acknowledge_listing(copy: &StoreCopy) -> Out {
+    fixture().signet_with(
+        &copy.config,
+        &[],
+        &args!["audit", "acknowledge", "--reason", ACK_REASON],
+    )
+}
+
+const ACK_REASON: &str = "restored from the nightly backup";
+
+/// The plan a listing names (none when there is nothing to acknowledge).
+fn plan_of(listing: &Out) -> String {
+    listing
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("plan "))
+        .unwrap_or("none")
+        .to_string()
+}
+
+/// `signet audit acknowledge --confirm PLAN`.
+fn acknowledge_plan(copy: &StoreCopy, plan: &str) -> Out {
+    fixture().signet_with(
+        &copy.config,
+        &[],
+        &args![
+            "audit",
+            "acknowledge",
+            "--reason",
+            ACK_REASON,
+            "--confirm",
+            plan
+        ],
+    )
+}
+
+/// The listing, then its plan confirmed.
+fn acknowledge(copy: &StoreCopy) -> Out {
+    acknowledge_plan(copy, &plan_of(&acknowledge_listing(copy)))
+}
+
+/// The newest event of a store copy.
+fn newest_event(copy: &StoreCopy) -> i64 {
+    *seqs(&open_db(&copy.db)).last().unwrap()
 }
 
 #[test]
@@ -451,9 +493,9 @@ fn a_loss_the_operator_acknowledges_verifies_again_and_issuance_resumes() {
 
     // Without --confirm: the list, and nothing written.
     let file_before = std::fs::read(&copy.checkpoints).unwrap();
-    let out = acknowledge(&copy, false);
+    let out = acknowledge_listing(&copy);
     out.assert_refused()
-        .assert_stderr_mentions("--confirm")
+        .assert_stderr_mentions(&format!("--confirm {}", plan_of(&out)))
         .assert_stderr_mentions("stop every signet process of this CA");
     assert!(
         out.stdout.contains("past the chain's head"),
@@ -463,7 +505,7 @@ fn a_loss_the_operator_acknowledges_verifies_again_and_issuance_resumes() {
     assert_eq!(std::fs::read(&copy.checkpoints).unwrap(), file_before);
     verify(&copy).assert_refused();
 
-    let out = acknowledge(&copy, true);
+    let out = acknowledge(&copy);
     out.assert_ok();
     assert!(
         out.stdout
@@ -489,9 +531,9 @@ fn a_loss_the_operator_acknowledges_verifies_again_and_issuance_resumes() {
     assert_eq!(logged, 1);
 
     issue_on(&copy, &csr, subject).assert_ok();
-    verify(&copy).assert_ok();
+    assert_checkpointed_to_the_head(&copy);
     // Acknowledged once: nothing more to acknowledge.
-    let out = acknowledge(&copy, true);
+    let out = acknowledge(&copy);
     out.assert_ok();
     assert!(
         out.stdout.contains("nothing to acknowledge"),
@@ -504,7 +546,7 @@ fn a_loss_the_operator_acknowledges_verifies_again_and_issuance_resumes() {
 fn events_lost_again_below_an_acknowledged_head_break_the_chain_again() {
     let f = fixture();
     let (copy, _) = restored_copy("ack-lost-again");
-    acknowledge(&copy, true).assert_ok();
+    acknowledge(&copy).assert_ok();
     let head: i64 = open_db(&copy.db)
         .query_row(
             "SELECT seq FROM audit_events WHERE action = 'audit.loss_acknowledged'",
@@ -526,7 +568,7 @@ fn events_lost_again_below_an_acknowledged_head_break_the_chain_again() {
     out.assert_stderr_mentions("up to which a loss was acknowledged");
 
     // A second loss, acknowledged in turn, supersedes the first acknowledgement.
-    let out = acknowledge(&copy, true);
+    let out = acknowledge(&copy);
     out.assert_ok();
     assert!(
         out.stdout.contains(&format!(
@@ -542,13 +584,50 @@ fn events_lost_again_below_an_acknowledged_head_break_the_chain_again() {
         "CN=再失,serialNumber=110101199003071234",
     )
     .assert_ok();
+    // The checkpoints of the lost events left the database: the new events at their numbers
+    // are checkpointed in turn.
+    assert_checkpointed_to_the_head(&copy);
+}
+
+/// `audit verify` passes and its newest checkpoint is of the newest event.
+#[track_caller]
+fn assert_checkpointed_to_the_head(copy: &StoreCopy) {
+    let out = verify(copy);
+    out.assert_ok();
+    let newest = newest_event(copy);
+    assert!(
+        out.stdout.contains(&format!("last at event {newest} ")),
+        "expected the newest checkpoint at event {newest}\n{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn a_confirmation_of_a_listing_the_chain_has_moved_past_is_refused() {
+    let (copy, _) = restored_copy("ack-moved");
+    let listed = plan_of(&acknowledge_listing(&copy));
+    // A revocation goes on on the altered chain, and adds events the listing did not show.
+    let serial: String = open_db(&copy.db)
+        .query_row(
+            "SELECT serial FROM certificates WHERE status = 'issued' LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    revoke_for_key_compromise(&copy, &serial).assert_ok();
+    let file_before = std::fs::read(&copy.checkpoints).unwrap();
+    acknowledge_plan(&copy, &listed)
+        .assert_refused()
+        .assert_stderr_mentions("no longer the one listed");
+    assert_eq!(std::fs::read(&copy.checkpoints).unwrap(), file_before);
+    acknowledge(&copy).assert_ok();
     verify(&copy).assert_ok();
 }
 
 #[test]
 fn an_acknowledgement_whose_signature_does_not_cover_it_voids_nothing() {
     let (copy, _) = restored_copy("ack-forged");
-    acknowledge(&copy, true).assert_ok();
+    acknowledge(&copy).assert_ok();
     let text = std::fs::read_to_string(&copy.checkpoints).unwrap();
     assert!(text.contains("restored from the nightly backup"));
     std::fs::write(
@@ -618,7 +697,7 @@ fn a_tail_rewritten_with_its_hashes_recomputed_is_listed_as_taken_on_the_databas
         prev = hash;
     }
     assert_names_one_of(&verify(&copy), &[*events.last().unwrap()]);
-    let out = acknowledge(&copy, false);
+    let out = acknowledge_listing(&copy);
     out.assert_refused();
     assert!(
         out.stdout.contains(&format!(
@@ -640,8 +719,51 @@ fn a_chain_broken_inside_is_not_acknowledged() {
         )
         .unwrap();
     let file_before = std::fs::read(&copy.checkpoints).unwrap();
-    let out = acknowledge(&copy, true);
+    let out = acknowledge(&copy);
     out.assert_refused()
         .assert_stderr_mentions("cannot acknowledge a loss");
     assert_eq!(std::fs::read(&copy.checkpoints).unwrap(), file_before);
+}
+
+#[test]
+fn a_server_that_ran_through_an_acknowledged_loss_signs_no_evidence_of_it_as_it_stops() {
+    use common::http::{post_json, Server};
+    let f = fixture();
+    let copy = f.store_copy(
+        "ack-meanwhile",
+        &[("audit", "checkpoint_every", "1000000000".into())],
+    );
+    let officer = bank_with_officer(&copy, "Meanwhile bank");
+    let server = Server::start_config(f, &copy.config, &[]);
+    // A command checkpoints its events as it ends ...
+    let subject = "CN=期间,serialNumber=110101199003071234";
+    issue_on(&copy, &f.csr(KeyKind::P256), subject).assert_ok();
+    let checkpointed = newest_event(&copy);
+    // ... and the server appends events it has not checkpointed yet.
+    let csr = std::fs::read_to_string(f.csr(KeyKind::P256)).unwrap();
+    let r = post_json(
+        &server,
+        "/v1/certificates",
+        Some(&officer),
+        &serde_json::json!({"profile": "customer", "csr": csr, "subject": subject}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert!(newest_event(&copy) > checkpointed);
+    // The database loses both; the operator acknowledges the loss without stopping the server.
+    tamper(&copy)
+        .execute("DELETE FROM audit_events WHERE seq >= ?1", [checkpointed])
+        .unwrap();
+    acknowledge(&copy).assert_ok();
+    verify(&copy).assert_ok();
+    let file_before = std::fs::read(&copy.checkpoints).unwrap();
+    // As it stops, the server finds the acknowledgement: it signs nothing of what it
+    // remembers (events of the lost chain), which would break the chain again.
+    let log = server.stop_and_log();
+    assert_eq!(
+        std::fs::read(&copy.checkpoints).unwrap(),
+        file_before,
+        "the server signed a checkpoint as it stopped\n{log}"
+    );
+    assert!(log.contains("while this process ran"), "{log}");
+    verify(&copy).assert_ok();
 }

@@ -15,6 +15,7 @@ use std::collections::BTreeSet;
 use base64::Engine;
 use p256::ecdsa::VerifyingKey;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use super::verify::{check_links, read_checkpoint_file, signed_by, CheckpointFile};
 use super::{
@@ -185,6 +186,53 @@ pub struct LossToAcknowledge {
     pub voids: Vec<Checkpoint>,
     /// Earlier acknowledgements whose head the chain no longer holds: (head, head_hash).
     pub supersedes: Vec<(u64, Vec<u8>)>,
+    /// The checkpoints earlier acknowledgements void: (seq, hash).
+    pub voided_before: Vec<(u64, Vec<u8>)>,
+    /// How many of those are still in the database (a run stopped before it removed them).
+    pub voided_rows_left: usize,
+    /// The hash of the chain's newest event: what the operator reviewed.
+    pub head_hash: Vec<u8>,
+}
+
+impl LossToAcknowledge {
+    /// Nothing to acknowledge.
+    pub fn is_empty(&self) -> bool {
+        self.voids.is_empty() && self.supersedes.is_empty()
+    }
+
+    /// The pairs an acknowledgement of this plan voids.
+    fn void_pairs(&self) -> Vec<(u64, Vec<u8>)> {
+        self.voids
+            .iter()
+            .map(|cp| (cp.seq, cp.hash.clone()))
+            .collect()
+    }
+
+    /// A name of this plan (hex, from SHA-256 over the chain's newest event and what an
+    /// acknowledgement of it signs but its head, reason and time): `--confirm` takes it, so
+    /// that what is signed is what was listed, events taken on the database's word included.
+    pub fn id(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(self.events.to_be_bytes());
+        h.update((self.head_hash.len() as u64).to_be_bytes());
+        h.update(&self.head_hash);
+        h.update(self.agreed.to_be_bytes());
+        h.update(pairs_digest(&self.void_pairs()));
+        h.update(pairs_digest(&self.supersedes));
+        hex::encode(&h.finalize()[..16])
+    }
+}
+
+/// SHA-256 over (seq, hash) pairs, each length-prefixed.
+fn pairs_digest(pairs: &[(u64, Vec<u8>)]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update((pairs.len() as u64).to_be_bytes());
+    for (seq, hash) in pairs {
+        h.update(seq.to_be_bytes());
+        h.update((hash.len() as u64).to_be_bytes());
+        h.update(hash);
+    }
+    h.finalize().into()
 }
 
 /// Plans an acknowledgement of the chain `events` (all of it, in seq order): the checkpoints
@@ -215,7 +263,7 @@ pub fn plan(
         .iter()
         .flat_map(|a| &a.supersedes)
         .collect();
-    let supersedes = file
+    let supersedes: BTreeSet<(u64, Vec<u8>)> = file
         .acknowledgements
         .iter()
         .map(|a| (a.head, a.head_hash.clone()))
@@ -248,7 +296,17 @@ pub fn plan(
         events: events.len() as u64,
         agreed,
         voids,
-        supersedes,
+        supersedes: supersedes.into_iter().collect(),
+        voided_before: file
+            .acknowledgements
+            .iter()
+            .flat_map(|a| a.voids.iter().cloned())
+            .collect(),
+        voided_rows_left: db_checkpoints
+            .iter()
+            .filter(|cp| file.acknowledgements.iter().any(|a| a.voids(cp)))
+            .count(),
+        head_hash: events.last().map(|e| e.hash.clone()).unwrap_or_default(),
     })
 }
 
@@ -271,33 +329,41 @@ impl Auditor {
     }
 
     /// Records the loss of the chain's newest events as acknowledged by `actor` (see the
-    /// module documentation): an `audit.loss_acknowledged` event naming the checkpoints that
-    /// disagree with the chain, the acknowledgement of the chain up to that event signed into
-    /// the checkpoint file, then a checkpoint of the event. `None` when nothing disagrees.
-    /// This process then holds the chain afresh; processes that ran through the loss must be
-    /// stopped first (at their last checkpoint they would sign the lost events again).
+    /// module documentation), when the plan is still the one named `plan_id` (see
+    /// [`LossToAcknowledge::id`]): an `audit.loss_acknowledged` event, the acknowledgement of
+    /// the chain up to that event signed into the checkpoint file, the voided checkpoints
+    /// removed from the database (the file keeps them), then a checkpoint of the event.
+    /// `None` when nothing disagrees (voided checkpoints an earlier run left in the database
+    /// are removed all the same). This process then holds the chain afresh; processes that ran
+    /// through the loss must be stopped first (at their last checkpoint they would sign the
+    /// lost events again).
     pub fn acknowledge_loss(
         &self,
         actor: &str,
         reason: &str,
+        plan_id: &str,
     ) -> Result<Option<Acknowledgement>, AuditError> {
         let reason = check_reason(reason).map_err(AuditError::InvalidReason)?;
         let _guard = self.writing.lock().unwrap_or_else(|e| e.into_inner());
         let plan = self.plan_loss()?;
-        if plan.voids.is_empty() && plan.supersedes.is_empty() {
+        if plan.is_empty() {
+            self.store.remove_checkpoints(&plan.voided_before)?;
             return Ok(None);
         }
-        let voids: Vec<(u64, Vec<u8>)> = plan
-            .voids
+        if !plan.id().eq_ignore_ascii_case(plan_id.trim()) {
+            return Err(AuditError::PlanChanged {
+                listed: plan_id.trim().to_string(),
+                now: plan.id(),
+            });
+        }
+        let voids = plan.void_pairs();
+        let supersedes: Vec<serde_json::Value> = plan
+            .supersedes
             .iter()
-            .map(|cp| (cp.seq, cp.hash.clone()))
+            .map(|(seq, hash)| serde_json::json!({"head": seq, "hash": hex::encode(hash)}))
             .collect();
-        let listed = |pairs: &[(u64, Vec<u8>)]| -> Vec<serde_json::Value> {
-            pairs
-                .iter()
-                .map(|(seq, hash)| serde_json::json!({"seq": seq, "hash": hex::encode(hash)}))
-                .collect()
-        };
+        // The voided checkpoints by count and digest: the file's line lists them (there may
+        // be thousands).
         let ev = AuditEvent::new(
             actor,
             "audit.loss_acknowledged",
@@ -306,8 +372,10 @@ impl Auditor {
                 "reason": reason,
                 "events": plan.events,
                 "agreed": plan.agreed,
-                "voids": listed(&voids),
-                "supersedes": listed(&plan.supersedes),
+                "voided": voids.len(),
+                "voided_sha256": hex::encode(pairs_digest(&voids)),
+                "first_voided": voids.first().map(|v| v.0),
+                "supersedes": supersedes,
             }),
         );
         let at = self.clock.now();
@@ -327,8 +395,17 @@ impl Auditor {
             path: self.file.display().to_string(),
             reason: e.to_string(),
         })?;
-        // What this process saw before is of the chain the acknowledgement leaves behind.
-        *self.witness.lock().unwrap_or_else(|e| e.into_inner()) = Witness::default();
+        let mut remove = plan.voided_before.clone();
+        remove.extend(ack.voids.iter().cloned());
+        self.store.remove_checkpoints(&remove)?;
+        // What this process saw before is of the chain the acknowledgement leaves behind; its
+        // own acknowledgement is not one made behind its back.
+        {
+            let mut w = self.witness.lock().unwrap_or_else(|e| e.into_inner());
+            *w = Witness::default();
+            w.known_acknowledgements
+                .insert((ack.head, ack.head_hash.clone()));
+        }
         self.hold_to_witness(rec.seq, &rec.hash, false)?;
         self.sign_checkpoint(rec.seq, &rec.hash)?;
         self.witnessed(rec.seq, &rec.hash);
@@ -479,6 +556,54 @@ mod tests {
         let events = chain(4);
         let plan = plan(&events, &[], &file(&[], &[earlier]), key().verifying_key()).unwrap();
         assert_eq!(plan.supersedes, vec![(6, lost[5].hash.clone())]);
+    }
+
+    #[test]
+    fn an_acknowledgement_a_later_one_superseded_is_not_superseded_again() {
+        let lost = chain(6);
+        let first = acknowledgement(&lost[5], &[]);
+        let events = chain(4);
+        let mut second = acknowledgement(&events[3], &[]);
+        second.supersedes = vec![(6, lost[5].hash.clone())];
+        second.signature = sign(&second.message());
+        let plan = plan(
+            &events,
+            &[],
+            &file(&[], &[first, second]),
+            key().verifying_key(),
+        )
+        .unwrap();
+        assert!(plan.is_empty(), "{plan:?}");
+    }
+
+    #[test]
+    fn an_acknowledgement_the_audit_key_did_not_sign_stops_the_plan() {
+        let events = chain(2);
+        let mut forged = acknowledgement(&events[1], &[]);
+        forged.reason = "routine maintenance".into();
+        assert_eq!(
+            plan(&events, &[], &file(&[], &[forged]), key().verifying_key()),
+            Err(ChainBreak::BadAcknowledgementSignature { head: 2 })
+        );
+    }
+
+    #[test]
+    fn the_plans_name_changes_with_what_it_would_sign() {
+        let events = chain(3);
+        let past = checkpoint(9, &[9; 32]);
+        let one = plan(&events, &[], &file(&[&past], &[]), key().verifying_key()).unwrap();
+        let more = plan(&chain(4), &[], &file(&[&past], &[]), key().verifying_key()).unwrap();
+        let other = checkpoint(8, &[8; 32]);
+        let two = plan(
+            &events,
+            &[],
+            &file(&[&past, &other], &[]),
+            key().verifying_key(),
+        )
+        .unwrap();
+        assert_ne!(one.id(), more.id());
+        assert_ne!(one.id(), two.id());
+        assert_eq!(one.id(), one.clone().id());
     }
 
     #[test]

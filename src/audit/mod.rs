@@ -7,7 +7,7 @@ mod acknowledge;
 mod event;
 mod verify;
 
-pub use acknowledge::{check_reason, Acknowledgement, FileLine};
+pub use acknowledge::{check_reason, Acknowledgement, FileLine, LossToAcknowledge};
 pub use event::{chain_hash, AuditEvent, AuditRecord, GENESIS};
 pub use verify::{read_checkpoint_file, verify_chain, ChainBreak, CheckpointFile, VerifyReport};
 
@@ -37,9 +37,13 @@ pub enum AuditError {
     /// The chain in the store no longer holds what this process appended or checkpointed.
     #[error("the audit chain in the database no longer holds what was appended and checkpointed (events removed or rewritten there, or lost by the database): {0}. Where it could, this process checkpointed the event as it appended it, so `signet audit verify` names it. Certificates and signatures stop until the chain matches its checkpoints again (restore the lost events, or, when they cannot be restored, record the loss with `signet audit acknowledge`); revocations go on")]
     ChainAltered(String),
-    /// The chain cannot be acknowledged as it stands: it is broken inside, not only short.
-    #[error("cannot acknowledge a loss: {0}. An acknowledgement accepts only the loss of the newest events; restore the database from a backup that holds the chain whole")]
+    /// The chain cannot be acknowledged as it stands: it is broken inside, or a checkpoint or
+    /// acknowledgement the audit key did not sign is among its records.
+    #[error("cannot acknowledge a loss: {0}. An acknowledgement accepts only the loss of the newest events, on a chain that is whole and records the audit key signed; restore the database (or the checkpoint file) from a copy that holds them")]
     NotAcknowledgeable(ChainBreak),
+    /// The chain or its checkpoints changed between the listing and `--confirm`.
+    #[error("the loss to acknowledge is no longer the one listed (plan {listed}; now {now}): review the new listing, then confirm it")]
+    PlanChanged { listed: String, now: String },
     /// The reason given for an acknowledgement is unfit to be signed.
     #[error("{0}")]
     InvalidReason(String),
@@ -151,6 +155,11 @@ struct Witness {
     /// The checkpoints (seq, hash) that acknowledgements read from the file void: such a
     /// line read later (written again by a process that ran through the loss) is left out.
     voided: std::collections::BTreeSet<(u64, Vec<u8>)>,
+    /// An acknowledgement of lost events appeared in the file while this process ran: what
+    /// it remembers may be of the lost chain, so it signs no evidence and nothing more.
+    acknowledged_meanwhile: bool,
+    /// The acknowledgements seen in the file: (head, head_hash).
+    known_acknowledgements: std::collections::BTreeSet<(u64, Vec<u8>)>,
 }
 
 /// Writes signed checkpoints of the chain head: every `every` events and on demand (shutdown,
@@ -162,6 +171,9 @@ pub struct Auditor {
     due: Due,
     file: PathBuf,
     clock: Clock,
+    /// When this process started: an acknowledgement made since, found in the file, was
+    /// made while it ran.
+    started: i64,
     /// Serializes checkpoint writes of this process (the file is appended in order).
     writing: Mutex<()>,
     /// The token was seen to hold the audit key: no need to look again. (Signing with a
@@ -189,6 +201,7 @@ impl Auditor {
             key_label,
             due: Due::new(every),
             file,
+            started: clock.now(),
             clock,
             writing: Mutex::new(()),
             key_present: AtomicBool::new(false),
@@ -403,11 +416,8 @@ impl Auditor {
         // Not where an acknowledgement already accepted the event's loss: signed again, it
         // would stand against the chain as a new disagreement.
         let acknowledged = |s: u64, h: &[u8]| {
-            self.witness
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .voided
-                .contains(&(s, h.to_vec()))
+            let w = self.witness.lock().unwrap_or_else(|e| e.into_inner());
+            w.acknowledged_meanwhile || w.voided.contains(&(s, h.to_vec()))
         };
         if let Some((s, h)) = lost.filter(|(s, h)| !acknowledged(**s, h)) {
             if let Err(e) = self.sign_checkpoint(*s, h) {
@@ -469,14 +479,14 @@ impl Auditor {
             // An acknowledged loss voids the checkpoints it names, wherever they lie among the
             // lines read (they come before it in the file), and in lines read later.
             let mut checkpoints = Vec::new();
-            let mut voided = Vec::new();
+            let mut acknowledged = Vec::new();
             for line in lines {
                 match line {
                     FileLine::Acknowledgement(a) => {
                         if crate::ecdsa::verify_p256_sha256(&point, &a.message(), &a.signature)
                             .is_ok()
                         {
-                            voided.extend(a.voids.iter().cloned());
+                            acknowledged.push(a);
                         } else {
                             foreign(a.head);
                         }
@@ -484,11 +494,25 @@ impl Auditor {
                     FileLine::Checkpoint(cp) => checkpoints.push(cp),
                 }
             }
-            let voided = {
+            let (voided, meanwhile) = {
                 let mut w = self.witness.lock().unwrap_or_else(|e| e.into_inner());
-                w.voided.extend(voided);
-                w.voided.clone()
+                let mut meanwhile = false;
+                for a in acknowledged {
+                    w.voided.extend(a.voids.iter().cloned());
+                    // New to this process, and found past its first read or made after the
+                    // second it started (a file read again after it was replaced shows old
+                    // ones again; one made in that very second is taken for older).
+                    let new = w
+                        .known_acknowledgements
+                        .insert((a.head, a.head_hash.clone()));
+                    meanwhile |= new && (from.is_some() || a.at > self.started);
+                }
+                w.acknowledged_meanwhile |= meanwhile;
+                (w.voided.clone(), meanwhile)
             };
+            if meanwhile {
+                return Ok(Some("a loss of the audit chain was acknowledged (`signet audit acknowledge`) while this process ran, and what it remembers may be of the lost chain: it signs nothing more until it is restarted".into()));
+            }
             // Read after the file: a checkpoint another process wrote meanwhile is of an
             // event committed before it, so not past this head.
             let head = self.store.audit_head()?.map_or(0, |h| h.seq);
@@ -582,11 +606,34 @@ fn append_file_line(file: &std::path::Path, mut line: String) -> std::io::Result
     f.sync_data()
 }
 
+/// The longest line of the checkpoint file read back to (see `read_checkpoint_lines`).
+const LONGEST_LINE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Where the line holding byte `pos` of `f` starts, looking back at most
+/// [`LONGEST_LINE_BYTES`].
+fn line_start(f: &mut std::fs::File, pos: u64) -> std::io::Result<Option<u64>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut end = pos;
+    while end > 0 && pos - end < LONGEST_LINE_BYTES {
+        let from = end.saturating_sub(buf.len() as u64);
+        let n = (end - from) as usize;
+        f.seek(SeekFrom::Start(from))?;
+        f.read_exact(&mut buf[..n])?;
+        if let Some(i) = buf[..n].iter().rposition(|b| *b == b'\n') {
+            return Ok(Some(from + i as u64 + 1));
+        }
+        end = from;
+    }
+    Ok((end == 0).then_some(0))
+}
+
 /// The lines of the checkpoint file from byte `from` (the end of what was read last time) to
 /// its last complete line, oldest first, and where that line ends. Only the last
 /// [`FILE_TAIL_BYTES`] are read: the whole tail when `from` is `None`, lies before that, or
-/// past the end (a file replaced). A line cut by the start of the tail, and any line that is
-/// neither a checkpoint nor an acknowledgement, are left out (`audit verify` reads the whole file and names those). No
+/// past the end (a file replaced). A line the tail starts inside is read from its start
+/// (looking back at most [`LONGEST_LINE_BYTES`]); a line that is neither a checkpoint nor an
+/// acknowledgement is left out (`audit verify` reads the whole file and names those). No
 /// file: none.
 fn read_checkpoint_lines(
     file: &std::path::Path,
@@ -600,10 +647,17 @@ fn read_checkpoint_lines(
     };
     let len = f.metadata()?.len();
     let tail = len.saturating_sub(FILE_TAIL_BYTES);
-    let (start, at_line_start) = match from {
+    let (mut start, mut at_line_start) = match from {
         Some(from) if from >= tail && from <= len => (from, true),
         _ => (tail, tail == 0),
     };
+    // A long line the tail starts inside (an acknowledgement naming thousands of
+    // checkpoints) is read whole.
+    if !at_line_start {
+        if let Some(line) = line_start(&mut f, start)? {
+            (start, at_line_start) = (line, true);
+        }
+    }
     f.seek(SeekFrom::Start(start))?;
     let mut bytes = Vec::new();
     f.take(len - start).read_to_end(&mut bytes)?;
@@ -744,6 +798,62 @@ mod background_tests {
         });
         let read = read_checkpoint_file(&file).expect("every line is a checkpoint");
         assert_eq!(read.checkpoints.len(), 400);
+    }
+
+    #[test]
+    fn a_long_line_the_files_tail_starts_inside_is_read_whole() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("audit-checkpoints.jsonl");
+        let cp = |seq: u64| Checkpoint {
+            seq,
+            hash: vec![0xab; 32],
+            at: 1_700_000_000,
+            signature: vec![0xcd; 72],
+        };
+        for seq in 1..=50 {
+            append_checkpoint_line(&file, &cp(seq)).expect("append");
+        }
+        // About 90 KiB: longer than the tail read, and than one step of reading back.
+        let ack = Acknowledgement {
+            head: 1100,
+            head_hash: vec![1; 32],
+            agreed: 50,
+            voids: (51..=1050).map(|s| (s, vec![2; 32])).collect(),
+            supersedes: vec![],
+            reason: "restore".into(),
+            at: 1_700_000_100,
+            signature: vec![3; 72],
+        };
+        assert!(ack.to_line().len() > 80 * 1024);
+        append_file_line(&file, ack.to_line()).expect("append");
+        append_checkpoint_line(&file, &cp(1100)).expect("append");
+        let (lines, end) = read_checkpoint_lines(&file, None).expect("read");
+        assert_eq!(end, std::fs::metadata(&file).unwrap().len());
+        assert_eq!(
+            lines,
+            vec![
+                FileLine::Acknowledgement(ack),
+                FileLine::Checkpoint(cp(1100))
+            ]
+        );
+    }
+
+    #[test]
+    fn a_line_start_is_found_back_from_any_byte_of_the_line_up_to_the_longest_line() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("lines");
+        std::fs::write(&path, "aaa\nbbb\nccc\n").unwrap();
+        let mut f = std::fs::File::open(&path).unwrap();
+        for (pos, start) in [(0, 0), (2, 0), (3, 0), (4, 4), (5, 4), (8, 8), (11, 8)] {
+            assert_eq!(line_start(&mut f, pos).unwrap(), Some(start), "byte {pos}");
+        }
+        // A line longer than the longest read back to is not found.
+        let mut long = vec![b'x'; LONGEST_LINE_BYTES as usize + 10];
+        long[0] = b'\n';
+        std::fs::write(&path, &long).unwrap();
+        let mut f = std::fs::File::open(&path).unwrap();
+        assert_eq!(line_start(&mut f, long.len() as u64).unwrap(), None);
+        assert_eq!(line_start(&mut f, 1000).unwrap(), Some(1));
     }
 
     fn every(n: u64) -> impl Fn(&AuditRecord) -> bool + Send + Sync {

@@ -753,6 +753,10 @@ pub trait Store: Send + Sync {
     /// The newest event, if any.
     fn audit_head(&self) -> Result<Option<AuditRecord>>;
     fn add_checkpoint(&self, cp: &Checkpoint) -> Result<()>;
+    /// Removes the checkpoints matching these (seq, hash) pairs exactly: those an
+    /// acknowledgement of lost events voids (the checkpoint file keeps them). Left in place,
+    /// their seqs would keep a new checkpoint of the same event out of the table.
+    fn remove_checkpoints(&self, pairs: &[(u64, Vec<u8>)]) -> Result<usize>;
     fn checkpoints(&self) -> Result<Vec<Checkpoint>>;
     /// The seq of the newest checkpoint, if any (without reading them all).
     fn newest_checkpoint_seq(&self) -> Result<Option<u64>>;

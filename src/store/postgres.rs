@@ -1656,6 +1656,21 @@ impl Store for PostgresStore {
         })
     }
 
+    fn remove_checkpoints(&self, pairs: &[(u64, Vec<u8>)]) -> Result<usize> {
+        self.tx(|tx| {
+            let mut removed = 0;
+            for (seq, hash) in pairs {
+                removed += tx
+                    .execute(
+                        "DELETE FROM audit_checkpoints WHERE seq = $1 AND hash = $2",
+                        &[&(*seq as i64), hash],
+                    )
+                    .map_err(map_err)?;
+            }
+            Ok(removed as usize)
+        })
+    }
+
     fn newest_checkpoint_seq(&self) -> Result<Option<u64>> {
         self.optional_row("SELECT MAX(seq) FROM audit_checkpoints", &[], |r| {
             col::<Option<i64>>(r, 0)

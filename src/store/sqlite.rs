@@ -984,6 +984,21 @@ impl Store for SqliteStore {
         })
     }
 
+    fn remove_checkpoints(&self, pairs: &[(u64, Vec<u8>)]) -> Result<usize> {
+        self.tx(|tx| {
+            let mut removed = 0;
+            for (seq, hash) in pairs {
+                removed += tx
+                    .execute(
+                        "DELETE FROM audit_checkpoints WHERE seq = ?1 AND hash = ?2",
+                        params![*seq as i64, hash],
+                    )
+                    .map_err(map_err)?;
+            }
+            Ok(removed)
+        })
+    }
+
     fn newest_checkpoint_seq(&self) -> Result<Option<u64>> {
         self.optional_row("SELECT MAX(seq) FROM audit_checkpoints", [], |r| {
             r.get::<_, Option<i64>>(0)
