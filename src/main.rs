@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use signet::app::Signet;
-use signet::audit::{read_checkpoint_file, verify_chain};
+use signet::audit::{read_chain, read_checkpoint_file, verify_chain, ChainWalk};
 use signet::ca::{normalize_serial, CaError, Fault, IssuerId, Reason};
 use signet::clock::Clock;
 use signet::config::Config;
@@ -1057,11 +1057,25 @@ fn audit_verify(signet: &Signet) -> Result<(), Failure> {
     // The key comes from the token, not the database: a rewritten database cannot bring its own.
     let key = signet.hsm.public_key(&audit_row.key_label)?;
     let key = p256::ecdsa::VerifyingKey::from(&key);
-    let events = signet.store.audit_events(0)?;
+    // The checkpoints first, the chain after: each checkpoint read is of an event the chain
+    // read reaches, whatever other processes append meanwhile.
+    let file = read_checkpoint_file(&signet.config.audit.checkpoint_file);
     let db_cps = signet.store.checkpoints()?;
-    let file = &signet.config.audit.checkpoint_file;
-    let result = read_checkpoint_file(file)
-        .and_then(|file_cps| verify_chain(&events, &db_cps, &file_cps, &key));
+    let result = match file {
+        Ok(file) => {
+            let walk = ChainWalk::for_checkpoints(&db_cps, &file);
+            let mut shown = 0;
+            read_chain(&*signet.store, walk, |read, head| {
+                // A long chain shows its progress by tenths.
+                if head >= 1_000_000 && read * 10 / head > shown {
+                    shown = read * 10 / head;
+                    progress(&format!("audit verify: {read} of {head} events read"));
+                }
+            })?
+            .and_then(|walk| verify_chain(&walk, &db_cps, &file, &key))
+        }
+        Err(b) => Err(b),
+    };
     match result {
         Ok(r) => {
             println!(

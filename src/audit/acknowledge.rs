@@ -17,9 +17,9 @@ use p256::ecdsa::VerifyingKey;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::verify::{check_links, read_checkpoint_file, signed_by, CheckpointFile};
+use super::verify::{read_checkpoint_file, signed_by, ChainWalk, CheckpointFile};
 use super::{
-    append_file_line, checkpoint_message, AuditError, AuditEvent, AuditRecord, Auditor, ChainBreak,
+    append_file_line, checkpoint_message, read_chain, AuditError, AuditEvent, Auditor, ChainBreak,
     CheckpointLine, Witness,
 };
 use crate::store::Checkpoint;
@@ -242,17 +242,12 @@ fn pairs_digest(pairs: &[(u64, Vec<u8>)]) -> [u8; 32] {
 /// lost newest events, never a gap or an edit), and when a checkpoint or an acknowledgement
 /// is not signed by `audit_key` (a forged row is not a loss to accept).
 pub fn plan(
-    events: &[AuditRecord],
+    walk: &ChainWalk,
     db_checkpoints: &[Checkpoint],
     file: &CheckpointFile,
     audit_key: &VerifyingKey,
 ) -> Result<LossToAcknowledge, ChainBreak> {
-    check_links(events, 1, Some(super::GENESIS.as_slice()))?;
-    let holds = |seq: u64, hash: &[u8]| {
-        seq.checked_sub(1)
-            .and_then(|i| events.get(i as usize))
-            .is_some_and(|e| e.hash == hash)
-    };
+    let holds = |seq: u64, hash: &[u8]| walk.hash_at(seq) == Some(hash);
     for ack in &file.acknowledgements {
         if !signed_by(audit_key, &ack.message(), &ack.signature) {
             return Err(ChainBreak::BadAcknowledgementSignature { head: ack.head });
@@ -269,12 +264,13 @@ pub fn plan(
         .map(|a| (a.head, a.head_hash.clone()))
         .filter(|pair| !holds(pair.0, &pair.1) && !superseded.contains(pair))
         .collect();
+    let voided = file.voided();
     let mut seen = BTreeSet::new();
     let mut agreed = 0;
     let mut voids = Vec::new();
     for cp in file.checkpoints.iter().chain(db_checkpoints) {
-        if !seen.insert((cp.seq, cp.hash.clone()))
-            || file.acknowledgements.iter().any(|a| a.voids(cp))
+        if !seen.insert((cp.seq, cp.hash.as_slice()))
+            || voided.contains(&(cp.seq, cp.hash.as_slice()))
         {
             continue;
         }
@@ -293,7 +289,7 @@ pub fn plan(
     }
     voids.sort_by_key(|cp| cp.seq);
     Ok(LossToAcknowledge {
-        events: events.len() as u64,
+        events: walk.events(),
         agreed,
         voids,
         supersedes: supersedes.into_iter().collect(),
@@ -304,9 +300,9 @@ pub fn plan(
             .collect(),
         voided_rows_left: db_checkpoints
             .iter()
-            .filter(|cp| file.acknowledgements.iter().any(|a| a.voids(cp)))
+            .filter(|cp| voided.contains(&(cp.seq, cp.hash.as_slice())))
             .count(),
-        head_hash: events.last().map(|e| e.hash.clone()).unwrap_or_default(),
+        head_hash: walk.last_hash().to_vec(),
     })
 }
 
@@ -319,13 +315,19 @@ impl Auditor {
 
     fn plan_loss(&self) -> Result<LossToAcknowledge, AuditError> {
         let key = VerifyingKey::from(&self.hsm.public_key(&self.key_label)?);
-        let events = self.store.audit_events(0)?;
-        let db = self.store.checkpoints()?;
+        // The checkpoints first, the chain after (see `read_chain`).
         let file = read_checkpoint_file(&self.file).map_err(|e| AuditError::CheckpointFile {
             path: self.file.display().to_string(),
             reason: e.to_string(),
         })?;
-        plan(&events, &db, &file, &key).map_err(AuditError::NotAcknowledgeable)
+        let db = self.store.checkpoints()?;
+        let walk = read_chain(
+            &*self.store,
+            ChainWalk::for_checkpoints(&db, &file),
+            |_, _| {},
+        )?
+        .map_err(AuditError::NotAcknowledgeable)?;
+        plan(&walk, &db, &file, &key).map_err(AuditError::NotAcknowledgeable)
     }
 
     /// Records the loss of the chain's newest events as acknowledged by `actor` (see the
@@ -449,7 +451,19 @@ pub fn check_reason(reason: &str) -> Result<&str, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::{chain_hash, GENESIS};
+    use crate::audit::AuditRecord;
+
+    /// [`super::plan`] over the chain `events`, read whole.
+    fn plan(
+        events: &[AuditRecord],
+        db: &[Checkpoint],
+        file: &CheckpointFile,
+        key: &VerifyingKey,
+    ) -> Result<LossToAcknowledge, ChainBreak> {
+        let mut walk = ChainWalk::for_checkpoints(db, file);
+        walk.read(events)?;
+        super::plan(&walk, db, file, key)
+    }
     use p256::ecdsa::signature::Signer;
     use p256::ecdsa::{DerSignature, SigningKey};
 
@@ -463,24 +477,7 @@ mod tests {
     }
 
     fn chain(n: u64) -> Vec<AuditRecord> {
-        let mut prev = GENESIS.to_vec();
-        (1..=n)
-            .map(|seq| {
-                let ev = AuditEvent::new("t", "a", "o", serde_json::json!({}));
-                let hash = chain_hash(&prev, seq, 1, &ev).to_vec();
-                AuditRecord {
-                    seq,
-                    at: 1,
-                    actor: ev.actor,
-                    action: ev.action,
-                    object: ev.object,
-                    details: ev.details,
-                    tenant: None,
-                    prev_hash: std::mem::replace(&mut prev, hash.clone()),
-                    hash,
-                }
-            })
-            .collect()
+        crate::audit::event::test_chain(n)
     }
 
     fn checkpoint(seq: u64, hash: &[u8]) -> Checkpoint {

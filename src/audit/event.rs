@@ -100,3 +100,26 @@ mod hex_bytes {
         s.serialize_str(&hex::encode(b))
     }
 }
+
+/// A whole chain of `n` events, for tests.
+#[cfg(test)]
+pub(crate) fn test_chain(n: u64) -> Vec<AuditRecord> {
+    let mut prev = GENESIS.to_vec();
+    (1..=n)
+        .map(|seq| {
+            let ev = AuditEvent::new("t", "a", &seq.to_string(), serde_json::json!({}));
+            let hash = chain_hash(&prev, seq, 1, &ev).to_vec();
+            AuditRecord {
+                seq,
+                at: 1,
+                actor: ev.actor,
+                action: ev.action,
+                object: ev.object,
+                details: ev.details,
+                tenant: None,
+                prev_hash: std::mem::replace(&mut prev, hash.clone()),
+                hash,
+            }
+        })
+        .collect()
+}

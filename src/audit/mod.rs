@@ -9,7 +9,9 @@ mod verify;
 
 pub use acknowledge::{check_reason, Acknowledgement, FileLine, LossToAcknowledge};
 pub use event::{chain_hash, AuditEvent, AuditRecord, GENESIS};
-pub use verify::{read_checkpoint_file, verify_chain, ChainBreak, CheckpointFile, VerifyReport};
+pub use verify::{
+    read_checkpoint_file, verify_chain, ChainBreak, ChainWalk, CheckpointFile, VerifyReport,
+};
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -47,6 +49,36 @@ pub enum AuditError {
     /// The reason given for an acknowledgement is unfit to be signed.
     #[error("{0}")]
     InvalidReason(String),
+}
+
+/// Events read from the store at a time when the whole chain is walked.
+const CHAIN_PAGE: u64 = 10_000;
+
+/// Reads the whole chain from `store` into `walk`, [`CHAIN_PAGE`] events at a time, up to the
+/// head as it is when the reading starts (read the checkpoints first: each is then of an event
+/// the walk reaches). `progress` hears (events read, head) after each page. The inner error is
+/// where the chain breaks; the outer, that the store could not be read.
+pub fn read_chain(
+    store: &dyn Store,
+    mut walk: ChainWalk,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<Result<ChainWalk, ChainBreak>, StoreError> {
+    let Some(head) = store.audit_head()? else {
+        return Ok(Ok(walk));
+    };
+    while walk.events() < head.seq {
+        let after = walk.events();
+        let page =
+            store.audit_events_upto(after, after.saturating_add(CHAIN_PAGE).min(head.seq))?;
+        if page.is_empty() {
+            return Ok(Err(ChainBreak::Missing { seq: after + 1 }));
+        }
+        if let Err(b) = walk.read(&page) {
+            return Ok(Err(b));
+        }
+        progress(walk.events(), head.seq);
+    }
+    Ok(Ok(walk))
 }
 
 /// Domain separation for checkpoint signatures.

@@ -1,6 +1,6 @@
 //! Walking the chain and its checkpoints (pure: the caller reads the store, the file and the key).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use p256::ecdsa::signature::Verifier;
@@ -100,18 +100,86 @@ pub struct CheckpointFile {
     pub acknowledgements: Vec<Acknowledgement>,
 }
 
-/// Verifies the chain of `events` (in seq order), then the file's acknowledgements of lost
-/// events, then every checkpoint from the database and the file (less those acknowledged as
-/// lost) against the chain and the audit key.
+impl CheckpointFile {
+    /// The checkpoints (seq, hash) its acknowledgements void.
+    pub fn voided(&self) -> BTreeSet<(u64, &[u8])> {
+        self.acknowledgements
+            .iter()
+            .flat_map(|a| a.voids.iter().map(|(s, h)| (*s, h.as_slice())))
+            .collect()
+    }
+}
+
+/// The chain read page by page: each page checked and linked to the one before, and the
+/// hashes kept only at the events a verification needs (checkpoints, acknowledged heads), so
+/// that what `audit verify` holds grows with the checkpoints, not with the chain.
+#[derive(Debug, Clone)]
+pub struct ChainWalk {
+    wanted: BTreeSet<u64>,
+    hashes: BTreeMap<u64, Vec<u8>>,
+    events: u64,
+    last_hash: Vec<u8>,
+}
+
+impl ChainWalk {
+    /// A walk keeping the hashes at the events these checkpoints and acknowledgements name.
+    pub fn for_checkpoints(db_checkpoints: &[Checkpoint], file: &CheckpointFile) -> Self {
+        let acknowledged = file.acknowledgements.iter().flat_map(|a| {
+            std::iter::once(a.head).chain(a.supersedes.iter().map(|(head, _)| *head))
+        });
+        ChainWalk {
+            wanted: db_checkpoints
+                .iter()
+                .chain(&file.checkpoints)
+                .map(|cp| cp.seq)
+                .chain(acknowledged)
+                .collect(),
+            hashes: BTreeMap::new(),
+            events: 0,
+            last_hash: GENESIS.to_vec(),
+        }
+    }
+
+    /// The chain's next events, in seq order, after those read so far.
+    pub fn read(&mut self, page: &[AuditRecord]) -> Result<(), ChainBreak> {
+        check_links(page, self.events + 1, Some(&self.last_hash))?;
+        for e in page.iter().filter(|e| self.wanted.contains(&e.seq)) {
+            self.hashes.insert(e.seq, e.hash.clone());
+        }
+        if let Some(last) = page.last() {
+            self.events = last.seq;
+            self.last_hash = last.hash.clone();
+        }
+        Ok(())
+    }
+
+    /// Events read: the chain's length once it is read whole.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// The hash of the newest event read (GENESIS before any).
+    pub fn last_hash(&self) -> &[u8] {
+        &self.last_hash
+    }
+
+    /// The hash of event `seq`, if it was read and asked for.
+    pub fn hash_at(&self, seq: u64) -> Option<&[u8]> {
+        self.hashes.get(&seq).map(Vec::as_slice)
+    }
+}
+
+/// Verifies the file's acknowledgements of lost events, then every checkpoint from the
+/// database and the file (less those acknowledged as lost) against the audit key and the
+/// chain `walk` read whole (see [`ChainWalk::for_checkpoints`]: it checked the chain's own
+/// links).
 pub fn verify_chain(
-    events: &[AuditRecord],
+    walk: &ChainWalk,
     db_checkpoints: &[Checkpoint],
     file: &CheckpointFile,
     audit_key: &VerifyingKey,
 ) -> Result<VerifyReport, ChainBreak> {
-    check_links(events, 1, Some(GENESIS.as_slice()))?;
-    let hashes: BTreeMap<u64, Vec<u8>> = events.iter().map(|e| (e.seq, e.hash.clone())).collect();
-    let last = events.len() as u64;
+    let last = walk.events();
 
     for ack in &file.acknowledgements {
         if !signed_by(audit_key, &ack.message(), &ack.signature) {
@@ -126,11 +194,13 @@ pub fn verify_chain(
         .collect();
     for ack in &file.acknowledgements {
         let head = (ack.head, ack.head_hash.clone());
-        if hashes.get(&ack.head) != Some(&ack.head_hash) && !superseded.contains(&&head) {
+        if walk.hash_at(ack.head) != Some(ack.head_hash.as_slice()) && !superseded.contains(&&head)
+        {
             return Err(ChainBreak::AcknowledgedHeadLost { head: ack.head });
         }
     }
-    let standing = |cp: &&Checkpoint| !file.acknowledgements.iter().any(|a| a.voids(cp));
+    let voided = file.voided();
+    let standing = |cp: &&Checkpoint| !voided.contains(&(cp.seq, cp.hash.as_slice()));
     let db_checkpoints: Vec<&Checkpoint> = db_checkpoints.iter().filter(standing).collect();
     let file_checkpoints: Vec<&Checkpoint> = file.checkpoints.iter().filter(standing).collect();
 
@@ -142,8 +212,9 @@ pub fn verify_chain(
             }
         }
     }
+    let in_file: BTreeSet<u64> = file_checkpoints.iter().map(|cp| cp.seq).collect();
     for cp in &db_checkpoints {
-        if !file_checkpoints.iter().any(|f| f.seq == cp.seq) {
+        if !in_file.contains(&cp.seq) {
             return Err(ChainBreak::CheckpointNotInFile { seq: cp.seq });
         }
     }
@@ -155,7 +226,7 @@ pub fn verify_chain(
         ) {
             return Err(ChainBreak::BadCheckpointSignature { seq: *seq });
         }
-        match hashes.get(seq) {
+        match walk.hash_at(*seq) {
             None => {
                 return Err(ChainBreak::MissingAfterCheckpoint {
                     seq: last + 1,
@@ -240,4 +311,65 @@ pub fn read_checkpoint_file(path: &std::path::Path) -> Result<CheckpointFile, Ch
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::event::test_chain;
+
+    fn walk_wanting(wanted: &[u64]) -> ChainWalk {
+        let cps: Vec<Checkpoint> = wanted
+            .iter()
+            .map(|seq| Checkpoint {
+                seq: *seq,
+                hash: vec![],
+                at: 0,
+                signature: vec![],
+            })
+            .collect();
+        ChainWalk::for_checkpoints(&cps, &CheckpointFile::default())
+    }
+
+    #[test]
+    fn a_chain_read_in_pages_keeps_only_the_hashes_asked_for() {
+        let events = test_chain(10);
+        let mut walk = walk_wanting(&[3, 7, 10]);
+        for page in events.chunks(3) {
+            walk.read(page).unwrap();
+        }
+        assert_eq!(walk.events(), 10);
+        assert_eq!(walk.last_hash(), events[9].hash.as_slice());
+        assert_eq!(walk.hash_at(7), Some(events[6].hash.as_slice()));
+        assert_eq!(walk.hash_at(5), None, "not asked for");
+    }
+
+    #[test]
+    fn an_event_deleted_at_a_page_boundary_is_found() {
+        let mut events = test_chain(10);
+        events.remove(3);
+        let mut walk = walk_wanting(&[]);
+        let broken = events.chunks(3).try_for_each(|page| walk.read(page));
+        assert_eq!(broken, Err(ChainBreak::Missing { seq: 4 }));
+    }
+
+    #[test]
+    fn a_page_that_does_not_follow_the_one_before_is_found() {
+        let events = test_chain(6);
+        // Events 4 to 6 rebuilt on another event 3: whole among themselves, hashes right.
+        let mut prev = vec![9u8; 32];
+        let rebuilt: Vec<AuditRecord> = events[3..]
+            .iter()
+            .map(|e| {
+                let hash = crate::audit::chain_hash(&prev, e.seq, e.at, &e.event()).to_vec();
+                let mut e = e.clone();
+                e.prev_hash = std::mem::replace(&mut prev, hash.clone());
+                e.hash = hash;
+                e
+            })
+            .collect();
+        let mut walk = walk_wanting(&[]);
+        walk.read(&events[..3]).unwrap();
+        assert_eq!(walk.read(&rebuilt), Err(ChainBreak::OutOfOrder { seq: 4 }));
+    }
 }
