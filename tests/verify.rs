@@ -1026,8 +1026,7 @@ fn a_running_service_reads_a_replaced_anchor_crl_without_a_restart() {
 }
 
 #[test]
-fn an_anchor_crl_of_another_ca_signed_by_another_key_or_of_part_of_its_certificates_or_dated_ahead_stops_the_start(
-) {
+fn an_anchor_crl_signet_cannot_rely_on_stops_the_start_and_says_why() {
     let f = fixture();
     let (h, ca, ca_key) = p256_foreign_holder(f);
     let instr = fresh_instruction(f);
@@ -1058,6 +1057,21 @@ fn an_anchor_crl_of_another_ca_signed_by_another_key_or_of_part_of_its_certifica
     // Dated by a partner's clock set years ahead: in use, it would keep every correct CRL
     // after it out as older.
     let future = common::openssl_crl_dated(f, &ca, &ca_key, "20991231000000Z", "21000107000000Z");
+    // Without nextUpdate nothing says when it stops being current.
+    let empty = common::openssl_crl(f, &ca, &ca_key, &[]);
+    let no_next_update = resigned(f, &empty, &ca, &ca_key, "no-next-update", |tbs| {
+        tbs.next_update = None
+    });
+    // An entry whose reasonCode is an INTEGER, not the ENUMERATED CRLReason.
+    let listing = common::openssl_crl(f, &ca, &ca_key, &[&h.cert]);
+    let bad_reason = resigned(f, &listing, &ca, &ca_key, "bad-reason", |tbs| {
+        let entry = &mut tbs.revoked_certificates.as_mut().unwrap()[0];
+        entry.crl_entry_extensions = Some(vec![x509_cert::ext::Extension {
+            extn_id: const_oid::ObjectIdentifier::new_unwrap("2.5.29.21"),
+            critical: false,
+            extn_value: der::asn1::OctetString::new(vec![0x02, 0x01, 0x01]).unwrap(),
+        }]);
+    });
     for (crl, says) in [
         (&impostor, "not signed by the anchor's key"),
         (&garbage, "not a CRL"),
@@ -1065,6 +1079,8 @@ fn an_anchor_crl_of_another_ca_signed_by_another_key_or_of_part_of_its_certifica
         (&delta, "a delta CRL"),
         (&unknown, "a critical CRL extension Signet does not know"),
         (&future, "issued in the future"),
+        (&no_next_update, "a CRL without nextUpdate"),
+        (&bad_reason, "reasonCode is not a CRLReason"),
     ] {
         let out = verify_with(
             f,
@@ -1087,6 +1103,40 @@ fn an_anchor_crl_of_another_ca_signed_by_another_key_or_of_part_of_its_certifica
         );
         assert!(!out.stderr.contains("panicked"), "{}", out.describe());
     }
+}
+
+/// `crl` (PEM, from OpenSSL) changed by `edit` and signed again with `ca_key`, as DER: a CRL
+/// of the anchor, signed by its key, with what OpenSSL's `ca` would not write.
+fn resigned(
+    f: &Fixture,
+    crl: &Path,
+    ca: &Path,
+    ca_key: &Path,
+    name: &str,
+    edit: impl FnOnce(&mut x509_cert::crl::TbsCertList<x509_cert::certificate::Rfc5280>),
+) -> PathBuf {
+    use der::{Decode, Encode};
+    let (_, der) = der::pem::decode_vec(&fs::read(crl).unwrap()).unwrap();
+    let mut list =
+        x509_cert::crl::CertificateList::<x509_cert::certificate::Rfc5280>::from_der(&der).unwrap();
+    edit(&mut list.tbs_cert_list);
+    let key =
+        p256::ecdsa::SigningKey::from_pkcs8_pem(&fs::read_to_string(ca_key).unwrap()).unwrap();
+    let sig: p256::ecdsa::DerSignature = key.sign(&list.tbs_cert_list.to_der().unwrap());
+    list.signature = der::asn1::BitString::from_bytes(sig.as_bytes()).unwrap();
+    let out = uniq(f, &format!("{name}.crl"));
+    fs::write(&out, list.to_der().unwrap()).unwrap();
+    // Still the anchor's, signed by its key: only the edit is wrong with it.
+    let checked = openssl(&args![
+        "crl", "-inform", "DER", "-in", &out, "-noout", "-CAfile", ca
+    ]);
+    checked.assert_ok();
+    assert!(
+        format!("{}{}", checked.stdout, checked.stderr).contains("verify OK"),
+        "{}",
+        checked.describe()
+    );
+    out
 }
 
 #[test]

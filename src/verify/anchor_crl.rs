@@ -28,8 +28,8 @@ pub struct RevocationList {
     revoked: HashMap<String, (i64, Option<u8>)>,
     /// Unix seconds.
     this_update: i64,
-    /// Unix seconds; none when the CRL has no nextUpdate.
-    next_update: Option<i64>,
+    /// Unix seconds.
+    next_update: i64,
 }
 
 /// Why a CRL cannot be taken as the anchor's full list, if it cannot: a delta or partitioned
@@ -98,6 +98,12 @@ impl RevocationList {
         if let Some(problem) = scope_problem(&crl) {
             return Err(problem);
         }
+        // Without it nothing says when the list stops being current: taken for good, it would
+        // hide every revocation after it.
+        let next_update = crl
+            .tbs_cert_list
+            .next_update
+            .ok_or("a CRL without nextUpdate (RFC 5280 requires it): Signet cannot tell when it stops being current; ask the partner for a CRL with nextUpdate")?;
         let revoked = crl
             .tbs_cert_list
             .revoked_certificates
@@ -127,10 +133,7 @@ impl RevocationList {
         Ok(RevocationList {
             revoked,
             this_update: crl.tbs_cert_list.this_update.to_unix_duration().as_secs() as i64,
-            next_update: crl
-                .tbs_cert_list
-                .next_update
-                .map(|t| t.to_unix_duration().as_secs() as i64),
+            next_update: next_update.to_unix_duration().as_secs() as i64,
         })
     }
 
@@ -141,7 +144,7 @@ impl RevocationList {
         self.revoked.get(serial_hex).copied()
     }
 
-    pub fn next_update(&self) -> Option<i64> {
+    pub fn next_update(&self) -> i64 {
         self.next_update
     }
 
@@ -178,7 +181,7 @@ mod tests {
         RevocationList {
             revoked: HashMap::new(),
             this_update,
-            next_update: Some(this_update + 7 * 86_400),
+            next_update: this_update + 7 * 86_400,
         }
     }
 

@@ -963,10 +963,7 @@ impl Verifier {
         }
         // Checked (issuer, signature) when read: see RevocationList::of_anchor.
         let (crl, _) = crl.current();
-        if crl
-            .next_update()
-            .is_some_and(|next| next < self.clock.now())
-        {
+        if crl.next_update() < self.clock.now() {
             return Status::Unknown(format!("the CRL of {} is past its nextUpdate", anchor.name));
         }
         match crl.revocation(serial) {
