@@ -650,6 +650,74 @@ fn the_activation_code_works_once_and_a_teller_gets_one_key() {
 }
 
 #[test]
+fn a_wrong_activation_code_is_refused_and_audited_and_the_right_one_still_works() {
+    let (st, s) = setup();
+    let f = fixture();
+    let r = post_json(
+        &s,
+        "/v1/tellers",
+        Some(&st.admin1),
+        &json!({"employee_id": "T4", "name": "钱柜员"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let teller = cli(
+        f,
+        &[
+            "credential",
+            "add",
+            "--tenant",
+            "Bank A",
+            "--role",
+            "teller",
+            "--teller",
+            "T4",
+        ],
+    );
+    let req = post_json(
+        &s,
+        "/v1/teller-keys",
+        Some(&st.admin1),
+        &json!({"employee_id": "T4"}),
+    );
+    assert_eq!(req.status, 202, "{}", req.body);
+    let approved = post_json(
+        &s,
+        &format!(
+            "/v1/teller-requests/{}/approve",
+            req.json()["id"].as_str().unwrap()
+        ),
+        Some(&st.admin2),
+        &json!({}),
+    );
+    assert_eq!(approved.status, 201, "{}", approved.body);
+    let key = approved.json()["key_id"].as_str().unwrap().to_string();
+    let code = approved.json()["activation_code"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let set_pin = |code: &str| {
+        post_json(
+            &s,
+            &format!("/v1/signing-keys/{key}/pin"),
+            Some(&teller),
+            &json!({"activation_code": code, "new_pin": "271828"}),
+        )
+    };
+    let r = set_pin("00000000000000000000");
+    assert_eq!(r.status, 403, "{}", r.body);
+    let wrong: i64 = common::open_db(&f.db)
+        .query_row(
+            "SELECT COUNT(*) FROM audit_events WHERE action = 'signing_key.activation_wrong' AND object = ?1",
+            [key.as_str()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(wrong, 1);
+    let r = set_pin(&code);
+    assert_eq!(r.status, 204, "{}", r.body);
+}
+
+#[test]
 fn of_two_key_requests_for_one_teller_only_the_first_approved_makes_and_certifies_a_key() {
     let (st, s) = setup();
     let r = post_json(

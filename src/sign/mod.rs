@@ -313,6 +313,17 @@ impl SigningService {
                 })?;
                 let given = hex::encode(Sha256::digest(code.trim().as_bytes()));
                 if !pin::constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+                    // Not counted (80 random bits are not guessed), but on record: someone
+                    // with the teller's credential tried a code that is not the key's.
+                    let ev = AuditEvent::new(
+                        &who.actor(),
+                        "signing_key.activation_wrong",
+                        key_id,
+                        serde_json::json!({}),
+                    )
+                    .for_tenant(Some(&who.tenant.id));
+                    let rec = self.store().append_audit(self.now(), &ev)?;
+                    self.authority.auditor().after_commit(&rec);
                     return Err(SignError::Forbidden("wrong activation code".into()));
                 }
                 used_activation = Some(expected.to_string());
