@@ -17,5 +17,6 @@ pub mod policy;
 pub mod ra;
 pub mod sign;
 pub mod store;
+pub mod text;
 pub mod verify;
 pub mod watched;

@@ -86,22 +86,13 @@ fn revocation_reason(copy: &StoreCopy, serial: &str) -> Option<i64> {
         .unwrap()
 }
 
-/// A bank added on a store copy, and the token of a registration officer of it.
-fn bank_with_officer(copy: &StoreCopy, bank: &str) -> String {
-    let cli = |args: &[&str]| {
-        let out = fixture().signet_with(&copy.config, &[], args);
-        out.assert_ok();
-        out.stdout.trim().to_string()
-    };
-    cli(&["tenant", "add", bank]);
-    cli(&[
-        "credential",
-        "add",
-        "--tenant",
-        bank,
-        "--role",
-        "ra-officer",
-    ])
+/// Removes the chain's newest event (covered by the closing checkpoint of the command that
+/// appended it).
+fn cut_newest_event(copy: &StoreCopy) {
+    let newest = *seqs(&open_db(&copy.db)).last().unwrap();
+    tamper(copy)
+        .execute("DELETE FROM audit_events WHERE seq = ?1", [newest])
+        .unwrap();
 }
 
 fn verify(copy: &StoreCopy) -> Out {
@@ -309,13 +300,7 @@ fn a_command_started_on_a_chain_cut_below_the_checkpoint_files_newest_checkpoint
     let subject = "CN=截断,serialNumber=110101199003071234";
     let first = f.issue_with(&copy.config, "customer", &csr, subject, &[]);
     // The command's closing checkpoint covered its events: the newest is removed.
-    let all = seqs(&open_db(&copy.db));
-    tamper(&copy)
-        .execute(
-            "DELETE FROM audit_events WHERE seq = ?1",
-            [all[all.len() - 1]],
-        )
-        .unwrap();
+    cut_newest_event(&copy);
     let records = || -> i64 {
         open_db(&copy.db)
             .query_row("SELECT COUNT(*) FROM certificates", [], |r| r.get(0))
@@ -373,15 +358,9 @@ fn a_server_started_on_a_cut_chain_reports_itself_degraded_and_refuses_certifica
     use common::http::{get, post_json, Server};
     let f = fixture();
     let copy = f.store_copy("cut-below-file-serve", &[]);
-    let officer = bank_with_officer(&copy, "Cut chain bank");
+    let officer = f.bank_officer(&copy.config, "Cut chain bank");
     // The command's closing checkpoint covered its event: the newest is removed.
-    let all = seqs(&open_db(&copy.db));
-    tamper(&copy)
-        .execute(
-            "DELETE FROM audit_events WHERE seq = ?1",
-            [all[all.len() - 1]],
-        )
-        .unwrap();
+    cut_newest_event(&copy);
 
     let server = Server::start_config(f, &copy.config, &[]);
     let health = get(&server, "/healthz", None);
@@ -733,7 +712,7 @@ fn a_server_that_ran_through_an_acknowledged_loss_signs_no_evidence_of_it_as_it_
         "ack-meanwhile",
         &[("audit", "checkpoint_every", "1000000000".into())],
     );
-    let officer = bank_with_officer(&copy, "Meanwhile bank");
+    let officer = f.bank_officer(&copy.config, "Meanwhile bank");
     let server = Server::start_config(f, &copy.config, &[]);
     // A command checkpoints its events as it ends ...
     let subject = "CN=期间,serialNumber=110101199003071234";
@@ -766,4 +745,19 @@ fn a_server_that_ran_through_an_acknowledged_loss_signs_no_evidence_of_it_as_it_
     );
     assert!(log.contains("while this process ran"), "{log}");
     verify(&copy).assert_ok();
+}
+
+#[test]
+fn acknowledge_refuses_a_reason_that_is_empty_or_not_one_line_of_plain_text() {
+    let f = fixture();
+    for reason in ["", "  ", "restored\nfrom backup", "restored \u{202e}pukcab"] {
+        let out = f.signet(&args!["audit", "acknowledge", "--reason", reason]);
+        assert_eq!(out.status.code(), Some(64), "{}", out.describe());
+        assert!(
+            out.stderr.contains("reason"),
+            "the refusal should name the reason\n{}",
+            out.describe()
+        );
+        out.assert_no_panic();
+    }
 }

@@ -116,6 +116,17 @@ fn setup() -> (&'static Setup, MutexGuard<'static, Server>) {
     (setup, server.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
+/// How many audit events of `action` name `object`.
+fn audit_events(f: &Fixture, action: &str, object: &str) -> i64 {
+    common::open_db(&f.db)
+        .query_row(
+            "SELECT COUNT(*) FROM audit_events WHERE action = ?1 AND object = ?2",
+            [action, object],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
 fn sign(s: &Server, token: &str, body: Value) -> common::http::Reply {
     post_json(s, "/v1/signatures", Some(token), &body)
 }
@@ -419,15 +430,7 @@ fn five_wrong_pins_lock_the_key_and_a_teller_admin_unlocks_it() {
     let r = sign(&s, &st.teller, body(&st.teller_pin));
     assert_eq!(r.status, 200, "{}", r.body);
     // All of it is in the audit chain, which still verifies.
-    let db = common::open_db(&f.db);
-    let count = |action: &str| -> i64 {
-        db.query_row(
-            "SELECT COUNT(*) FROM audit_events WHERE action = ?1 AND object = ?2",
-            [action, st.teller_key.as_str()],
-            |r| r.get(0),
-        )
-        .unwrap()
-    };
+    let count = |action: &str| audit_events(f, action, &st.teller_key);
     assert!(count("signing_key.pin_wrong") >= 5);
     assert!(count("signing_key.lock") >= 1);
     assert!(count("signing_key.unlock") >= 1);
@@ -449,14 +452,7 @@ fn a_lock_whose_audit_event_cannot_be_appended_is_not_applied_and_the_next_attem
         )
         .unwrap()
     };
-    let lock_events = || -> i64 {
-        db.query_row(
-            "SELECT COUNT(*) FROM audit_events WHERE action = 'signing_key.lock' AND object = ?1",
-            [st.teller_key.as_str()],
-            |r| r.get(0),
-        )
-        .unwrap()
-    };
+    let lock_events = || audit_events(f, "signing_key.lock", &st.teller_key);
     let before = lock_events();
     db.execute_batch(
         "CREATE TRIGGER test_refuse_lock_events BEFORE INSERT ON audit_events
@@ -579,14 +575,7 @@ fn bad_signing_requests_get_4xx_with_their_codes() {
 fn concurrent_wrong_pins_cannot_get_past_the_limit() {
     let (st, s) = setup();
     let f = fixture();
-    let db = common::open_db(&f.db);
-    let wrong_before: i64 = db
-        .query_row(
-            "SELECT COUNT(*) FROM audit_events WHERE action = 'signing_key.pin_wrong' AND object = ?1",
-            [st.teller_key.as_str()],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let wrong_before = audit_events(f, "signing_key.pin_wrong", &st.teller_key);
     let body =
         json!({"key": st.teller_key, "format": "jws", "data": base64_std(b"x"), "pin": "111111"});
     let statuses: Vec<u16> = std::thread::scope(|scope| {
@@ -595,13 +584,7 @@ fn concurrent_wrong_pins_cannot_get_past_the_limit() {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    let wrong_after: i64 = db
-        .query_row(
-            "SELECT COUNT(*) FROM audit_events WHERE action = 'signing_key.pin_wrong' AND object = ?1",
-            [st.teller_key.as_str()],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let wrong_after = audit_events(f, "signing_key.pin_wrong", &st.teller_key);
     assert!(
         wrong_after - wrong_before <= 5,
         "at most five PINs were tried: {statuses:?}"
@@ -705,14 +688,7 @@ fn a_wrong_activation_code_is_refused_and_audited_and_the_right_one_still_works(
     };
     let r = set_pin("00000000000000000000");
     assert_eq!(r.status, 403, "{}", r.body);
-    let wrong: i64 = common::open_db(&f.db)
-        .query_row(
-            "SELECT COUNT(*) FROM audit_events WHERE action = 'signing_key.activation_wrong' AND object = ?1",
-            [key.as_str()],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(wrong, 1);
+    assert_eq!(audit_events(f, "signing_key.activation_wrong", &key), 1);
     let r = set_pin(&code);
     assert_eq!(r.status, 204, "{}", r.body);
 }

@@ -967,6 +967,34 @@ fn key_with_pin(id: &str) -> SigningKeyRecord {
 }
 
 #[test]
+fn events_missing_for_a_whole_page_below_the_head_are_named_not_skipped() {
+    use signet::audit::{read_chain, ChainBreak, ChainWalk, CheckpointFile, CHAIN_PAGE};
+    let walk = || ChainWalk::for_checkpoints(&[], &CheckpointFile::default());
+    let db = &databases("chain_pages")[0];
+    let s = db.open();
+    let events: Vec<AuditEvent> = (0..CHAIN_PAGE + 2)
+        .map(|i| event("a", &i.to_string()))
+        .collect();
+    s.append_audit_many(1, &events).unwrap();
+    let read = read_chain(&*s, walk(), |_, _| {}).unwrap();
+    assert_eq!(read.map(|w| w.events()), Ok(CHAIN_PAGE + 2));
+    // Events 2 to CHAIN_PAGE + 1 deleted (the table's guards dropped first): the second page
+    // below the head comes back empty.
+    let conn = common::open_db(db.sqlite.as_ref().unwrap());
+    common::drop_audit_guards(&conn);
+    conn.execute(
+        "DELETE FROM audit_events WHERE seq BETWEEN 2 AND ?1",
+        [CHAIN_PAGE as i64 + 1],
+    )
+    .unwrap();
+    let read = read_chain(&*s, walk(), |_, _| {}).unwrap();
+    assert_eq!(
+        read.map(|w| w.events()),
+        Err(ChainBreak::Missing { seq: 2 })
+    );
+}
+
+#[test]
 fn reopening_a_store_keeps_its_records_and_migrates_nothing_twice() {
     for db in databases("reopen") {
         issue(&*db.open(), "0e");

@@ -416,8 +416,7 @@ impl Auditor {
 }
 
 /// A reason fit to be signed and shown: one line of text, not empty, not too long, without
-/// characters that change how the text around them reads (line and paragraph separators,
-/// bidirectional controls).
+/// control or invisible characters (see [`crate::text::is_control_or_invisible`]).
 pub fn check_reason(reason: &str) -> Result<&str, String> {
     let reason = reason.trim();
     if reason.is_empty() {
@@ -430,19 +429,9 @@ pub fn check_reason(reason: &str) -> Result<&str, String> {
             "the reason is longer than {MAX_REASON_CHARS} characters"
         ));
     }
-    let unfit = |c: char| {
-        c.is_control()
-            || matches!(
-                c,
-                '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{061c}'
-            )
-            || ('\u{202a}'..='\u{202e}').contains(&c)
-            || ('\u{2066}'..='\u{2069}').contains(&c)
-    };
-    if reason.chars().any(unfit) {
+    if reason.chars().any(crate::text::is_control_or_invisible) {
         return Err(
-            "the reason must be one line of plain text (no control, separator or direction characters)"
-                .into(),
+            "the reason must be one line of plain text (no control or invisible characters)".into(),
         );
     }
     Ok(reason)

@@ -675,11 +675,6 @@ pub(super) fn store_err(e: StoreError) -> RaError {
 /// operator typed it.
 pub fn checked_holder(holder: &str) -> Result<String, RaError> {
     use unicode_normalization::UnicodeNormalization;
-    let invisible = |c: char| {
-        c.is_control()
-            || matches!(c, '\u{00AD}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
-                | '\u{2060}'..='\u{206F}' | '\u{FEFF}')
-    };
     let bad = || {
         RaError::Invalid(
             "--holder names the person the credential is for (an employee id or a name): 1 to \
@@ -687,7 +682,7 @@ pub fn checked_holder(holder: &str) -> Result<String, RaError> {
                 .into(),
         )
     };
-    if holder.chars().any(invisible) {
+    if holder.chars().any(crate::text::is_control_or_invisible) {
         return Err(bad());
     }
     let folded: String = holder.nfkc().collect::<String>().to_lowercase();

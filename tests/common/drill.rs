@@ -102,22 +102,7 @@ impl DrillHome {
 
     /// Adds a bank and returns the bearer token of a new RA officer of it.
     pub fn officer(&self, f: &Fixture, bank: &str) -> String {
-        let out = f.signet_with(&self.config, &[], &["tenant", "add", bank]);
-        out.assert_ok();
-        let out = f.signet_with(
-            &self.config,
-            &[],
-            &[
-                "credential",
-                "add",
-                "--tenant",
-                bank,
-                "--role",
-                "ra-officer",
-            ],
-        );
-        out.assert_ok();
-        out.stdout.trim().to_string()
+        f.bank_officer(&self.config, bank)
     }
 }
 

@@ -1163,6 +1163,27 @@ impl Fixture {
     /// A consistent copy of the store and the audit checkpoint file, and a config
     /// that points at them (same token). For tests that tamper with the store or
     /// move the clock without disturbing the tests that share the fixture.
+    /// Adds a bank in the home of `config` and returns the bearer token of a new RA officer
+    /// of it.
+    pub fn bank_officer(&self, config: &Path, bank: &str) -> String {
+        self.signet_with(config, &[], &["tenant", "add", bank])
+            .assert_ok();
+        let out = self.signet_with(
+            config,
+            &[],
+            &[
+                "credential",
+                "add",
+                "--tenant",
+                bank,
+                "--role",
+                "ra-officer",
+            ],
+        );
+        out.assert_ok();
+        out.stdout.trim().to_string()
+    }
+
     pub fn store_copy(&self, name: &str, extra: &[(&str, &str, String)]) -> StoreCopy {
         let dir = self.path(name);
         fs::create_dir_all(&dir).expect("mkdir store copy");
