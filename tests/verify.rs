@@ -850,16 +850,25 @@ fn a_signer_on_hold_on_its_anchors_crl_is_on_hold_not_revoked() {
 }
 
 /// A signer whose certificate a sub-CA of a partner anchor issued: (signer, anchor, anchor's
-/// key, sub-CA).
+/// key, sub-CA). The sub-CA asserts anyPolicy.
 fn foreign_sub_ca_holder(f: &Fixture) -> (Holder, PathBuf, PathBuf, PathBuf) {
+    foreign_sub_ca_holder_with(f, "certificatePolicies=2.5.29.32.0\n")
+}
+
+/// [`foreign_sub_ca_holder`] whose sub-CA has these extension lines (OpenSSL config) besides
+/// its basic constraints and key usage.
+fn foreign_sub_ca_holder_with(
+    f: &Fixture,
+    sub_ca_extensions: &str,
+) -> (Holder, PathBuf, PathBuf, PathBuf) {
     let (_, ca, ca_key) = p256_foreign_holder(f);
     let dir = ca.parent().unwrap().to_path_buf();
     let ext = dir.join("ext.cnf");
     let mut text = fs::read_to_string(&ext).unwrap();
     text.push_str(
-        "[subca]\nbasicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n\
-         certificatePolicies=2.5.29.32.0\n",
+        "[subca]\nbasicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n",
     );
+    text.push_str(sub_ca_extensions);
     fs::write(&ext, text).unwrap();
     let issue = |name: &str, subject: &str, issuer: &Path, issuer_key: &Path, section: &str| {
         let (key, csr, cert) = (
@@ -922,15 +931,43 @@ fn foreign_sub_ca_holder(f: &Fixture) -> (Holder, PathBuf, PathBuf, PathBuf) {
     (holder, ca, ca_key, sub)
 }
 
+/// `h`'s CMS signature of a fresh instruction, carrying the certificates `carried`, verified
+/// with the partner anchor `ca` (and an empty CRL of it) configured.
+fn verify_partner_signature(
+    f: &Fixture,
+    h: &Holder,
+    ca: &Path,
+    ca_key: &Path,
+    carried: Option<&Path>,
+) -> Verdict {
+    let config = config_with_anchor_crl(f, ca, &common::openssl_crl(f, ca, ca_key, &[]));
+    let instr = fresh_instruction(f);
+    let carried = carried.map(|c| c.to_string_lossy().to_string());
+    let extra: Vec<&str> = carried
+        .iter()
+        .flat_map(|c| ["-certfile", c.as_str()])
+        .collect();
+    let sig = cms_sign(f, h, &instr, &extra, None);
+    verify_with(f, &config, &[], &instr, &sig, &[])
+}
+
+/// The verdict of a signer whose certificate policy the signature policy does not accept.
+fn expect_policy_not_accepted(v: &Verdict) {
+    v.expect("INDETERMINATE", "CHAIN_CONSTRAINTS_FAILURE", 2);
+    assert!(
+        v.out
+            .stdout
+            .contains("not one the signature policy accepts"),
+        "{}",
+        v.out.describe()
+    );
+}
+
 #[test]
 fn a_signer_of_a_partner_anchors_sub_ca_has_no_revocation_source_in_the_anchors_crl() {
     let f = fixture();
     let (h, ca, ca_key, sub) = foreign_sub_ca_holder(f);
-    let config = config_with_anchor_crl(f, &ca, &common::openssl_crl(f, &ca, &ca_key, &[]));
-    let instr = fresh_instruction(f);
-    let carried = sub.to_string_lossy().to_string();
-    let sig = cms_sign(f, &h, &instr, &["-certfile", &carried], None);
-    let v = verify_with(f, &config, &[], &instr, &sig, &[]);
+    let v = verify_partner_signature(f, &h, &ca, &ca_key, Some(&sub));
     v.expect("INDETERMINATE", "TRY_LATER", 2);
     assert!(
         v.out.stdout.contains("not the sub-CA's"),
@@ -940,23 +977,20 @@ fn a_signer_of_a_partner_anchors_sub_ca_has_no_revocation_source_in_the_anchors_
 }
 
 #[test]
+fn a_partner_sub_ca_without_certificate_policies_leaves_its_signers_policy_unaccepted() {
+    // RFC 5280 6.1.3 (e): no certificatePolicies in a CA of the path, no valid policy below it.
+    let f = fixture();
+    let (h, ca, ca_key, sub) = foreign_sub_ca_holder_with(f, "");
+    expect_policy_not_accepted(&verify_partner_signature(f, &h, &ca, &ca_key, Some(&sub)));
+}
+
+#[test]
 fn another_cas_certificate_asserting_a_signet_profiles_policy_is_not_taken_for_that_profile() {
     let f = fixture();
     // The customer profile's OID, written by a partner CA: Signet never vetted this holder nor
     // saw its key made, so the certificate is not a customer certificate.
     let (h, ca, ca_key) = p256_foreign_holder_asserting(f, "1.3.6.1.4.1.32473.7373.1.1");
-    let config = config_with_anchor_crl(f, &ca, &common::openssl_crl(f, &ca, &ca_key, &[]));
-    let instr = fresh_instruction(f);
-    let sig = cms_sign(f, &h, &instr, &[], None);
-    let v = verify_with(f, &config, &[], &instr, &sig, &[]);
-    v.expect("INDETERMINATE", "CHAIN_CONSTRAINTS_FAILURE", 2);
-    assert!(
-        v.out
-            .stdout
-            .contains("not one the signature policy accepts"),
-        "{}",
-        v.out.describe()
-    );
+    expect_policy_not_accepted(&verify_partner_signature(f, &h, &ca, &ca_key, None));
 }
 
 #[test]

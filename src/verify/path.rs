@@ -6,7 +6,9 @@ use const_oid::db::rfc5280 as oids;
 use const_oid::ObjectIdentifier;
 use der::{Decode, Encode};
 use sha2::Digest as _;
-use x509_cert::ext::pkix::{BasicConstraints, CertificatePolicies, KeyUsage, KeyUsages};
+use x509_cert::ext::pkix::{
+    BasicConstraints, CertificatePolicies, InhibitAnyPolicy, KeyUsage, KeyUsages,
+};
 use x509_cert::Certificate;
 
 use super::certs::KnownCert;
@@ -27,6 +29,10 @@ const KNOWN_EXTENSIONS: &[ObjectIdentifier] = &[
     oids::ID_CE_KEY_USAGE,
     oids::ID_CE_EXT_KEY_USAGE,
     oids::ID_CE_CERTIFICATE_POLICIES,
+    // Processed in `valid_policies`. policyConstraints is understood without changing the
+    // outcome: Signet maps no policies, and requires an accepted policy on every path anyway.
+    oids::ID_CE_INHIBIT_ANY_POLICY,
+    oids::ID_CE_POLICY_CONSTRAINTS,
     oids::ID_CE_SUBJECT_KEY_IDENTIFIER,
     oids::ID_CE_AUTHORITY_KEY_IDENTIFIER,
     oids::ID_CE_CRL_DISTRIBUTION_POINTS,
@@ -475,19 +481,63 @@ fn check_chain(chain: &[Certificate], at: i64) -> Result<Vec<ObjectIdentifier>, 
             ));
         }
     }
-    // Policies: the leaf's policies, restricted by every CA that states policies.
-    let mut policies: Vec<ObjectIdentifier> = ext::<CertificatePolicies>(&chain[0])
-        .map(|(_, cp)| cp.0.iter().map(|p| p.policy_identifier).collect())
-        .unwrap_or_default();
-    for ca in &issuers[..issuers.len().saturating_sub(1)] {
-        if let Some((_, cp)) = ext::<CertificatePolicies>(ca) {
-            let ca_policies: Vec<_> = cp.0.iter().map(|p| p.policy_identifier).collect();
-            if !ca_policies.contains(&ANY_POLICY) {
-                policies.retain(|p| ca_policies.contains(p));
+    Ok(valid_policies(chain))
+}
+
+/// The certificate policies valid for the leaf through `chain` (leaf first, anchor last): RFC
+/// 5280's valid_policy_tree (6.1.3 (d)-(e), 6.1.4 (h) and (j)) kept as a set, which is exact
+/// because Signet maps no policies (a critical policyMappings fails the path as an unknown
+/// critical extension; a non-critical one is not applied, so a mapped policy is not valid).
+/// The anchor's own extensions are not processed, as in 6.1 (it is not part of the path).
+/// May hold anyPolicy; the caller asks for the policies the leaf itself asserts.
+fn valid_policies(chain: &[Certificate]) -> Vec<ObjectIdentifier> {
+    // Top of the path (the certificate the anchor issued) first; the anchor left out.
+    let path: Vec<&Certificate> = chain[..chain.len() - 1].iter().rev().collect();
+    let n = path.len();
+    // Empty is RFC 5280's NULL tree: no policy is valid, and none can become valid below.
+    let mut valid = vec![ANY_POLICY];
+    // inhibit_anyPolicy: how many more certificates (not self-issued) may assert anyPolicy.
+    let mut inhibit_any = n + 1;
+    for (i, cert) in path.into_iter().enumerate() {
+        let last = i + 1 == n;
+        let tbs = cert.tbs_certificate();
+        let self_issued = same_name(tbs.issuer(), tbs.subject());
+        valid = match ext::<CertificatePolicies>(cert) {
+            // (e): a certificate without the extension leaves no valid policy.
+            None => Vec::new(),
+            Some((_, cp)) => {
+                let asserted: Vec<ObjectIdentifier> =
+                    cp.0.iter().map(|p| p.policy_identifier).collect();
+                // (d)(1): each policy it asserts that is valid above (or under anyPolicy).
+                let mut next: Vec<ObjectIdentifier> = asserted
+                    .iter()
+                    .filter(|p| **p != ANY_POLICY)
+                    .filter(|p| valid.contains(p) || valid.contains(&ANY_POLICY))
+                    .copied()
+                    .collect();
+                // (d)(2): anyPolicy carries every valid policy down, unless inhibited.
+                if asserted.contains(&ANY_POLICY) && (inhibit_any > 0 || (!last && self_issued)) {
+                    for p in &valid {
+                        if !next.contains(p) {
+                            next.push(*p);
+                        }
+                    }
+                }
+                next
             }
+        };
+        if last {
+            break;
+        }
+        // 6.1.4 (h) and (j), for the next certificate.
+        if !self_issued {
+            inhibit_any = inhibit_any.saturating_sub(1);
+        }
+        if let Some((_, InhibitAnyPolicy(skip))) = ext::<InhibitAnyPolicy>(cert) {
+            inhibit_any = inhibit_any.min(usize::try_from(skip).unwrap_or(usize::MAX));
         }
     }
-    Ok(policies)
+    valid
 }
 
 /// keyUsage of a certificate, if it states one.
@@ -559,5 +609,159 @@ mod tests {
         // Without the CA the signer does not chain: the earlier success is not reused.
         let alone = cache.validate(&leaf, &[], &[], &anchors(), AT, &signatures);
         assert!(matches!(alone, Err(PathError::NoChain(_))), "{alone:?}");
+    }
+
+    // Certificate policies (RFC 5280 6.1.3 (d)-(e), 6.1.4 (h), (j)), on chains made here.
+
+    use crate::ca::x509::{extension, DecidedProfile, PreparedCertificate};
+    use std::str::FromStr;
+    use x509_cert::ext::pkix::certpolicy::PolicyInformation;
+    use x509_cert::ext::pkix::{PolicyConstraints, PolicyMapping, PolicyMappings};
+    use x509_cert::ext::Extension;
+    use x509_cert::name::Name;
+
+    const P: &str = "1.3.6.1.4.1.32473.1";
+    const Q: &str = "1.3.6.1.4.1.32473.2";
+    const ANY: &str = "2.5.29.32.0";
+
+    fn oid(s: &str) -> ObjectIdentifier {
+        ObjectIdentifier::new_unwrap(s)
+    }
+
+    /// certificatePolicies with these OIDs.
+    fn policies(oids: &[&str]) -> Extension {
+        let info = oids
+            .iter()
+            .map(|o| PolicyInformation {
+                policy_identifier: oid(o),
+                policy_qualifiers: None,
+            })
+            .collect();
+        extension(&CertificatePolicies(info), false).unwrap()
+    }
+
+    fn inhibit_any_policy(skip: u32) -> Extension {
+        extension(&InhibitAnyPolicy(skip), true).unwrap()
+    }
+
+    /// A certificate named `cn`, issued by `issuer` (self-issued when the same name), signed
+    /// for real with a key drawn from `seed`; a CA unless it is the leaf.
+    fn cert(cn: &str, issuer: &str, seed: u8, ca: bool, mut exts: Vec<Extension>) -> Certificate {
+        let key = p256::ecdsa::SigningKey::from_slice(&[seed; 32]).unwrap();
+        let spki = spki::SubjectPublicKeyInfoOwned::from_key(key.verifying_key()).unwrap();
+        if ca {
+            let bc = BasicConstraints {
+                ca: true,
+                path_len_constraint: None,
+            };
+            exts.push(extension(&bc, true).unwrap());
+        }
+        let profile = DecidedProfile {
+            subject: Name::from_str(&format!("CN={cn}")).unwrap(),
+            issuer: Name::from_str(&format!("CN={issuer}")).unwrap(),
+            extensions: exts,
+        };
+        let prepared = PreparedCertificate::new(
+            &[seed; 8],
+            AT - 3600,
+            AT + 3600,
+            spki,
+            profile,
+            *key.verifying_key(),
+        )
+        .unwrap();
+        let signature: p256::ecdsa::DerSignature =
+            p256::ecdsa::signature::Signer::sign(&key, &prepared.tbs_der);
+        Certificate::from_der(&prepared.assemble(signature.as_bytes()).unwrap()).unwrap()
+    }
+
+    /// The policies valid for a leaf asserting `leaf` under CAs asserting what `cas` lists
+    /// (top first, below a root with no policies; None: no certificatePolicies).
+    fn valid_under(cas: &[(Option<&[&str]>, Vec<Extension>)], leaf: &[&str]) -> Vec<String> {
+        let mut chain = vec![cert("Root", "Root", 1, true, vec![])];
+        for (i, (oids, more)) in cas.iter().enumerate() {
+            let mut exts = more.clone();
+            exts.extend(oids.map(policies));
+            let issuer = if i == 0 {
+                "Root".into()
+            } else {
+                format!("CA{}", i - 1)
+            };
+            chain.push(cert(&format!("CA{i}"), &issuer, 2 + i as u8, true, exts));
+        }
+        let issuer = format!("CA{}", cas.len() - 1);
+        chain.push(cert("Signer", &issuer, 9, false, vec![policies(leaf)]));
+        chain.reverse();
+        check_chain(&chain, AT)
+            .expect("the chain's constraints hold")
+            .iter()
+            .map(|o| o.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_policy_every_ca_asserts_or_carries_with_any_policy_is_valid_for_the_leaf() {
+        let cas = [(Some(&[ANY][..]), vec![]), (Some(&[P, Q][..]), vec![])];
+        assert_eq!(valid_under(&cas, &[P]), [P]);
+    }
+
+    #[test]
+    fn a_ca_that_does_not_assert_the_leafs_policy_leaves_it_invalid() {
+        let cas = [(Some(&[Q][..]), vec![])];
+        assert!(valid_under(&cas, &[P]).is_empty());
+    }
+
+    #[test]
+    fn a_ca_without_certificate_policies_leaves_no_policy_valid_below_it() {
+        // 6.1.3 (e): the valid_policy_tree becomes NULL, whatever the CAs below assert.
+        let cas = [(None, vec![]), (Some(&[ANY][..]), vec![])];
+        assert!(valid_under(&cas, &[P]).is_empty());
+        let cas = [(Some(&[P][..]), vec![]), (None, vec![])];
+        assert!(valid_under(&cas, &[P]).is_empty());
+    }
+
+    #[test]
+    fn inhibit_any_policy_stops_any_policy_in_the_cas_below_it() {
+        // CA0 asserts P and allows no more anyPolicy below it: CA1's anyPolicy carries nothing.
+        let inhibited = [
+            (Some(&[P][..]), vec![inhibit_any_policy(0)]),
+            (Some(&[ANY][..]), vec![]),
+        ];
+        assert!(valid_under(&inhibited, &[P]).is_empty());
+        // With one certificate's grace, CA1's anyPolicy still counts.
+        let graced = [
+            (Some(&[P][..]), vec![inhibit_any_policy(1)]),
+            (Some(&[ANY][..]), vec![]),
+        ];
+        assert_eq!(valid_under(&graced, &[P]), [P]);
+    }
+
+    #[test]
+    fn a_critical_policy_constraints_is_understood_and_a_critical_policy_mapping_fails_the_path() {
+        let constraints = PolicyConstraints {
+            require_explicit_policy: Some(0),
+            inhibit_policy_mapping: Some(0),
+        };
+        let cas = [(Some(&[P][..]), vec![extension(&constraints, true).unwrap()])];
+        assert_eq!(valid_under(&cas, &[P]), [P]);
+
+        let mapping = PolicyMappings(vec![PolicyMapping {
+            issuer_domain_policy: oid(P),
+            subject_domain_policy: oid(Q),
+        }]);
+        let root = cert("Root", "Root", 1, true, vec![]);
+        let ca = cert(
+            "CA0",
+            "Root",
+            2,
+            true,
+            vec![policies(&[P]), extension(&mapping, true).unwrap()],
+        );
+        let leaf = cert("Signer", "CA0", 9, false, vec![policies(&[Q])]);
+        let refused = check_chain(&[leaf, ca, root], AT);
+        assert!(
+            matches!(&refused, Err(PathError::Constraints(why)) if why.contains("unknown critical extension 2.5.29.33")),
+            "{refused:?}"
+        );
     }
 }
