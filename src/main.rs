@@ -133,11 +133,16 @@ enum Command {
         #[command(subcommand)]
         command: TellerCommand,
     },
-    /// Sign a file with a bank's e-seal key (teller keys sign only through the API).
+    /// Sign a file with a bank's e-seal key, as one of that bank's sealers (teller keys sign
+    /// only through the API).
     Sign {
         /// The signing key's id (`signet seal create` prints it).
         #[arg(long)]
         key: String,
+        /// File holding a `sealer` credential of the key's bank (`signet credential add
+        /// --role sealer`): the e-seal signs only for its bank, on the CA host too.
+        #[arg(long)]
+        credential_file: PathBuf,
         #[arg(long = "in")]
         input: PathBuf,
         /// cms-detached, cms-attached or jws.
@@ -563,6 +568,7 @@ fn command(signet: &Signet, command: Command, actor: &str) -> Result<(), Failure
         }
         Command::Sign {
             key,
+            credential_file,
             input,
             format,
             out,
@@ -574,8 +580,21 @@ fn command(signet: &Signet, command: Command, actor: &str) -> Result<(), Failure
                 status: EXIT_USAGE,
                 verdict: false,
             })?;
+            let token =
+                signet::ra::read_token_file(&credential_file).map_err(|message| Failure {
+                    message,
+                    status: EXIT_USAGE,
+                    verdict: false,
+                })?;
+            let who = signet.registrar.authenticate(Some(&token), actor)?;
             let data = read_limited(&input, MAX_VERIFY_INPUT)?;
-            let signed = signet.signing.sign_as_operator(&key, format, data, actor)?;
+            let signed = signet.signing.sign(
+                &who,
+                &key,
+                format,
+                signet::sign::SignInput::Data(data),
+                None,
+            )?;
             let first = signed.signatures.into_iter().next().unwrap_or_default();
             let bytes = if format == signet::sign::SignFormat::Jws {
                 first.into_bytes()

@@ -137,6 +137,11 @@ fn write(f: &Fixture, name: &str, bytes: &[u8]) -> std::path::PathBuf {
     p
 }
 
+/// A file holding `token` (the CLI reads credentials from files only).
+fn token_file(f: &Fixture, token: &str) -> std::path::PathBuf {
+    write(f, "credential.token", format!("{token}\n").as_bytes())
+}
+
 fn signet_verify(f: &Fixture, data: &[u8], sig: &[u8]) -> Value {
     let d = write(f, "data.bin", data);
     let s = write(f, "sig.bin", sig);
@@ -227,6 +232,8 @@ fn assert_sign_fails_and_is_audited_as_not_made(
             "sign",
             "--key",
             &st.seal_key,
+            "--credential-file",
+            token_file(f, &st.sealer),
             "--in",
             &input,
             "--format",
@@ -300,15 +307,52 @@ fn a_signature_not_made_because_its_audit_checkpoint_failed_is_audited_as_not_ma
 }
 
 #[test]
-fn operator_cli_signs_with_the_e_seal_but_not_with_a_teller_key() {
+fn cli_signs_with_the_e_seal_for_its_banks_sealer_only() {
     let (st, _s) = setup();
     let f = fixture();
     let data = write(f, "stmt.txt", b"monthly statement");
     let out = f.path("stmt.p7s");
+    let sign = |key: &str, token: &str| {
+        f.signet(&args![
+            "sign",
+            "--key",
+            key,
+            "--credential-file",
+            token_file(f, token),
+            "--in",
+            &data,
+            "--out",
+            &out
+        ])
+    };
+    // The operator's shell alone is not a bank's sealer: no credential, no signature.
     f.signet(&args![
         "sign",
         "--key",
         &st.seal_key,
+        "--in",
+        &data,
+        "--out",
+        &out
+    ])
+    .assert_refused()
+    .assert_stderr_mentions("--credential-file");
+    // Another bank's sealer does not sign with this bank's e-seal.
+    sign(&st.seal_key, &st.b_sealer)
+        .assert_refused()
+        .assert_stderr_mentions("no signing key");
+    // A credential that is not a sealer's, nor a token that is no credential.
+    sign(&st.seal_key, &st.teller)
+        .assert_refused()
+        .assert_stderr_mentions("signs only for its owner");
+    sign(&st.seal_key, "sgt_not-a-credential").assert_refused();
+    assert!(!out.exists(), "a refused signature wrote its output");
+    f.signet(&args![
+        "sign",
+        "--key",
+        &st.seal_key,
+        "--credential-file",
+        token_file(f, &st.sealer),
         "--in",
         &data,
         "--format",
@@ -335,17 +379,10 @@ fn operator_cli_signs_with_the_e_seal_but_not_with_a_teller_key() {
         "/dev/null"
     ])
     .assert_ok();
-    f.signet(&args![
-        "sign",
-        "--key",
-        &st.teller_key,
-        "--in",
-        &data,
-        "--out",
-        &out
-    ])
-    .assert_refused()
-    .assert_stderr_mentions("teller keys sign only through the API");
+    // A teller key needs its teller's PIN, which the CLI does not take.
+    sign(&st.teller_key, &st.sealer)
+        .assert_refused()
+        .assert_stderr_mentions("signs only for its owner");
 }
 
 #[test]

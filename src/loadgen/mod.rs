@@ -379,20 +379,7 @@ impl Verifying {
 }
 
 fn read_token(path: &Path) -> Result<Zeroizing<String>, LoadError> {
-    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
-        LoadError::Usage(format!(
-            "cannot read the token file {}: {e}",
-            path.display()
-        ))
-    })?);
-    let token = Zeroizing::new(text.trim().to_string());
-    if token.is_empty() || token.contains(char::is_whitespace) {
-        return Err(LoadError::Usage(format!(
-            "the token file {} does not hold one token",
-            path.display()
-        )));
-    }
-    Ok(token)
+    crate::ra::read_token_file(path).map_err(LoadError::Usage)
 }
 
 /// A scratch directory, removed on drop.

@@ -707,6 +707,31 @@ fn looks_like_resident_id(s: &str) -> bool {
     }
 }
 
+/// A bearer token from a file of its own (tokens never go on a command line, where `ps` and
+/// shell histories keep them): the file's text, trimmed, must be one token. The error is a
+/// sentence for the person who named the file.
+pub fn read_token_file(path: &std::path::Path) -> Result<Zeroizing<String>, String> {
+    use std::io::Read;
+    // Room for a token and its line ends; a larger file is not a token file.
+    const LIMIT: u64 = 4096;
+    let mut text = Zeroizing::new(String::new());
+    std::fs::File::open(path)
+        .and_then(|f| f.take(LIMIT + 1).read_to_string(&mut text))
+        .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?;
+    let token = Zeroizing::new(text.trim().to_string());
+    if text.len() as u64 > LIMIT
+        || token.is_empty()
+        || token.contains(char::is_whitespace)
+        || token.len() > MAX_TOKEN_LEN
+    {
+        return Err(format!(
+            "the token file {} does not hold one token",
+            path.display()
+        ));
+    }
+    Ok(token)
+}
+
 #[cfg(test)]
 mod tests {
     use super::checked_holder;

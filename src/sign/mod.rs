@@ -397,30 +397,6 @@ impl SigningService {
         self.produce(&key, format, input, &who.actor(), Some(&who.tenant.id))
     }
 
-    /// `signet sign` on the CA host: e-seal keys only (teller keys need their teller and PIN).
-    pub fn sign_as_operator(
-        &self,
-        key_id: &str,
-        format: SignFormat,
-        data: Vec<u8>,
-        actor: &str,
-    ) -> Result<Signed, SignError> {
-        let key = self
-            .store()
-            .signing_key(key_id)?
-            .ok_or_else(|| SignError::UnknownKey(key_id.into()))?;
-        if key.kind != "seal" {
-            return Err(SignError::Forbidden(
-                "teller keys sign only through the API, with the teller's credential and PIN"
-                    .into(),
-            ));
-        }
-        let input = SignInput::Data(data);
-        check_input(format, &input)?;
-        self.check_certificate(&key)?;
-        self.produce(&key, format, input, actor, Some(&key.tenant_id.clone()))
-    }
-
     /// Audits every signature about to be made (who authorized, which key, digest, time),
     /// then makes them in the HSM.
     fn produce(

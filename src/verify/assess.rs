@@ -97,14 +97,7 @@ impl Verdict {
 impl CertificateResolver for Verifier {
     fn resolve(&self, signer: &SignerRef) -> Option<Arc<KnownCert>> {
         let rec = match signer {
-            SignerRef::IssuerSerial { issuer_der, serial } => {
-                let rec = self.store.certificate(serial).ok()??;
-                let cert = self
-                    .certificates
-                    .get_or_parse(rec.cert_der.as_deref()?)
-                    .ok()?;
-                return (cert.issuer_der() == Some(issuer_der.as_slice())).then_some(cert);
-            }
+            SignerRef::IssuerSerial { serial, .. } => self.store.certificate(serial).ok()?,
             SignerRef::SubjectKeyId(id) => {
                 self.store.certificate_by_key_id(&hex::encode(id)).ok()?
             }
@@ -113,12 +106,21 @@ impl CertificateResolver for Verifier {
             }
             SignerRef::None => None,
         }?;
+        // Only what Signet issued, whichever way the signer is named.
         if rec.status != CertStatus::Issued {
             return None;
         }
-        self.certificates
+        let cert = self
+            .certificates
             .get_or_parse(rec.cert_der.as_deref()?)
-            .ok()
+            .ok()?;
+        match signer {
+            // A serial names a certificate only together with its issuer.
+            SignerRef::IssuerSerial { issuer_der, .. } => {
+                (cert.issuer_der() == Some(issuer_der.as_slice())).then_some(cert)
+            }
+            _ => Some(cert),
+        }
     }
 
     fn certificate(&self, der: &[u8]) -> Result<Arc<KnownCert>, der::Error> {
