@@ -43,6 +43,8 @@ ca_dir=$SIGNET_HOME/ca
 mkdir -p -- "$ca_dir"
 if signet ca export --out "$ca_dir" >/dev/null 2>&1; then
   log "CA already initialized; chain exported to $ca_dir"
+  # What a newer Signet needs and this home's ceremony did not make (e.g. the PIN key).
+  signet ca upgrade
 else
   log "initializing the CA hierarchy in the token (signet ca init)"
   signet ca init

@@ -697,6 +697,12 @@ fn command(signet: &Signet, command: Command, actor: &str) -> Result<(), Failure
             }
             CaCommand::Upgrade => {
                 let mut report = authority.upgrade(actor, &progress)?;
+                let bound = signet.signing.bind_pins_to_token(actor)?;
+                if bound > 0 {
+                    report
+                        .created
+                        .push(format!("{bound} PIN hash(es) bound to the token's PIN key"));
+                }
                 if let Some(tls) = signet
                     .config
                     .tls

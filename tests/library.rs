@@ -71,6 +71,25 @@ fn ca_keys_are_private_sensitive_never_extractable_and_sign_only() {
 }
 
 #[test]
+fn the_pin_key_is_a_secret_that_never_leaves_the_token_and_only_makes_macs() {
+    let _normal = normal();
+    let s = signet();
+    let label = s.authority.settings().pin_key_label();
+    let a = s.hsm.secret_key_attributes(&label).expect("the PIN key");
+    assert!(a.private && a.sensitive && a.always_sensitive, "{a:?}");
+    assert!(!a.extractable && a.never_extractable, "{a:?}");
+    assert!(a.sign, "{a:?}");
+    assert!(!a.decrypt && !a.unwrap && !a.derive, "{a:?}");
+    // Made in the token: the same input, the same MAC; another input, another.
+    let mac = |d: &[u8]| s.authority.pin_mac(d).unwrap();
+    assert_eq!(mac(b"pin hash"), mac(b"pin hash"));
+    assert_ne!(mac(b"pin hash"), mac(b"pin hasH"));
+    // No second key under the label (ca upgrade leaves it).
+    assert!(!s.authority.ensure_pin_key("test").unwrap());
+    assert!(s.hsm.generate_hmac_key(&label).is_err());
+}
+
+#[test]
 fn hsm_signature_verifies_under_the_tokens_public_key() {
     let _normal = normal();
     let s = signet();

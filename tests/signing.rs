@@ -386,6 +386,60 @@ fn cli_signs_with_the_e_seal_for_its_banks_sealer_only() {
 }
 
 #[test]
+fn a_pin_hash_is_bound_to_the_token_and_ca_upgrade_binds_one_stored_before_the_pin_key() {
+    let (st, s) = setup();
+    let f = fixture();
+    let db = common::open_db(&f.db);
+    let stored = || -> String {
+        db.query_row(
+            "SELECT pin_hash FROM signing_keys WHERE id = ?1",
+            [st.teller_key.as_str()],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let signs_with_the_pin = || {
+        let body = json!({"key": st.teller_key, "format": "jws", "data": base64_std(b"x"), "pin": st.teller_pin});
+        let r = sign(&s, &st.teller, body);
+        assert_eq!(r.status, 200, "{}", r.body);
+    };
+    // The PIN set through the API is bound: its PBKDF2 alone is not what is stored.
+    let bound = stored();
+    assert!(
+        bound.starts_with("pbkdf2-sha256+token-hmac$100000$"),
+        "{bound}"
+    );
+    let parts: Vec<&str> = bound.split('$').collect();
+    let salt = hex::decode(parts[2]).unwrap();
+    let mut pbkdf2_only = [0u8; 32];
+    pbkdf2::pbkdf2_hmac::<sha2::Sha256>(st.teller_pin.as_bytes(), &salt, 100_000, &mut pbkdf2_only);
+    assert_ne!(hex::encode(pbkdf2_only), parts[3]);
+
+    // A hash as an older Signet stored it (PBKDF2 alone) still opens the key ...
+    let older = format!(
+        "pbkdf2-sha256$100000${}${}",
+        parts[2],
+        hex::encode(pbkdf2_only)
+    );
+    db.execute(
+        "UPDATE signing_keys SET pin_hash = ?2 WHERE id = ?1",
+        [st.teller_key.as_str(), older.as_str()],
+    )
+    .unwrap();
+    signs_with_the_pin();
+    // ... until `ca upgrade` binds it to the token, without the PIN, and audits it.
+    f.signet(&["ca", "upgrade"])
+        .assert_ok()
+        .assert_stderr_mentions("1 PIN hash(es) bound");
+    assert_eq!(stored(), bound, "the same PIN's hash under the PIN key");
+    assert_eq!(audit_events(f, "signing_key.pin_bound", &st.teller_key), 1);
+    signs_with_the_pin();
+    f.signet(&["ca", "upgrade"])
+        .assert_ok()
+        .assert_stderr_mentions("nothing to upgrade");
+}
+
+#[test]
 fn teller_key_signs_only_for_its_teller_with_the_pin() {
     let (st, s) = setup();
     let f = fixture();

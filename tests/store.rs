@@ -937,6 +937,38 @@ fn a_right_pin_after_wrong_ones_starts_the_count_again_and_locks_nothing() {
     }
 }
 
+#[test]
+fn a_pin_hash_is_replaced_only_while_it_is_the_one_read_and_with_its_event() {
+    for db in databases("pin_rebind") {
+        let s = db.open();
+        add_bank(&s);
+        s.add_signing_key(&key_with_pin("k4"), &event("key.add", "k4"))
+            .unwrap();
+        let with_pins: Vec<String> = s
+            .signing_keys_with_pins()
+            .unwrap()
+            .into_iter()
+            .map(|k| k.id)
+            .collect();
+        assert_eq!(with_pins, ["k4"], "{:?}", db.engine);
+        let bound = event("signing_key.pin_bound", "k4");
+        // A hash changed since it was read (here: not "old") is left as it is, with no event.
+        assert_eq!(
+            s.replace_pin_hash("k4", "old", "new", 2, &bound).unwrap(),
+            None
+        );
+        let rec = s.replace_pin_hash("k4", "x", "y", 2, &bound).unwrap();
+        assert_eq!(
+            rec.map(|r| r.action).as_deref(),
+            Some("signing_key.pin_bound")
+        );
+        let key = s.signing_key("k4").unwrap().unwrap();
+        assert_eq!(key.pin_hash.as_deref(), Some("y"), "{:?}", db.engine);
+        assert_eq!(s.replace_pin_hash("k4", "x", "z", 2, &bound).unwrap(), None);
+        assert_chain_intact(&s.audit_events(0).unwrap());
+    }
+}
+
 /// The log holds exactly one lock event, and its chain is whole.
 fn assert_one_lock_event(s: &Arc<dyn Store>, engine: Engine) {
     let events = s.audit_events(0).unwrap();

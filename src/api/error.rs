@@ -127,6 +127,11 @@ impl From<CaError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "hold_not_allowed", e.to_string())
             }
             CaError::InvalidRequest(_) => ApiError::bad_request("invalid_request", e.to_string()),
+            CaError::PinKeyMissing { .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "pin_key_missing",
+                e.to_string(),
+            ),
             _ => {
                 tracing::error!(error = %e, "CA failure");
                 ApiError::new(

@@ -192,12 +192,15 @@ impl Authority {
         if self.ensure_validation_service(actor, progress)? {
             created.push(s.validation_key_label());
         }
+        if self.ensure_pin_key(actor)? {
+            created.push(s.pin_key_label());
+        }
         self.auditor.checkpoint_head()?;
         Ok(InitReport { created })
     }
 
     /// Adds what a newer Signet needs and an older ceremony did not create (the audit key, the
-    /// validation service's key and certificate): reports what it created.
+    /// validation service's key and certificate, the PIN key): reports what it created.
     pub fn upgrade(&self, actor: &str, progress: &dyn Fn(&str)) -> Result<InitReport, CaError> {
         if !self.is_initialized() {
             return Err(CaError::NotInitialized);
@@ -230,6 +233,9 @@ impl Authority {
         }
         if self.ensure_validation_service(actor, progress)? {
             created.push(self.settings.validation_key_label());
+        }
+        if self.ensure_pin_key(actor)? {
+            created.push(self.settings.pin_key_label());
         }
         Ok(InitReport { created })
     }

@@ -256,6 +256,8 @@ pub enum CaError {
     Encoding(String),
     #[error("fault injected after recording serial {serial}")]
     FaultInjected { serial: String },
+    #[error("the token has no PIN key {label} (made by `signet ca init`, or by `signet ca upgrade` for a CA made before it): the CA operator must run `signet ca upgrade` before PINs can be set")]
+    PinKeyMissing { label: String },
 }
 
 impl From<x509_cert::builder::Error> for CaError {

@@ -61,6 +61,37 @@ impl CaSettings {
     pub fn validation_key_label(&self) -> String {
         format!("{}-validation", self.key_prefix)
     }
+
+    /// Label of the HMAC key that binds stored PIN hashes to the token.
+    pub fn pin_key_label(&self) -> String {
+        format!("{}-pin-mac", self.key_prefix)
+    }
+}
+
+impl Authority {
+    /// Makes the PIN key in the token (an HMAC key that never leaves it) unless it is there;
+    /// audited (`ca.pin_key`). Returns whether it made it.
+    pub fn ensure_pin_key(&self, actor: &str) -> Result<bool, CaError> {
+        let label = self.settings.pin_key_label();
+        if self.hsm.has_secret_key(&label)? {
+            return Ok(false);
+        }
+        self.hsm.generate_hmac_key(&label)?;
+        let event = AuditEvent::new(actor, "ca.pin_key", &label, serde_json::json!({}));
+        let audit = self.store.append_audit(self.clock.now(), &event)?;
+        self.auditor.after_commit(&audit);
+        Ok(true)
+    }
+
+    /// HMAC-SHA256 of `data` in the token under the PIN key: a PIN hash made with it cannot
+    /// be tried against guesses without the token (a copy of the database is not enough).
+    pub fn pin_mac(&self, data: &[u8]) -> Result<[u8; 32], CaError> {
+        let label = self.settings.pin_key_label();
+        self.hsm.hmac_sha256(&label, data).map_err(|e| match e {
+            crate::hsm::HsmError::KeyNotFound { .. } => CaError::PinKeyMissing { label },
+            other => other.into(),
+        })
+    }
 }
 
 impl Authority {

@@ -377,7 +377,37 @@ impl Hsm {
     /// Reads back the security attributes of the private key labelled `key`.
     pub fn key_attributes(&self, key: &str) -> Result<KeyAttributes, HsmError> {
         let key = key.to_string();
-        self.call(move |i| i.key_attributes(&key))
+        self.call(move |i| i.key_attributes(&key, ObjectClass::PRIVATE_KEY))
+    }
+
+    /// Reads back the security attributes of the secret key labelled `key`.
+    pub fn secret_key_attributes(&self, key: &str) -> Result<KeyAttributes, HsmError> {
+        let key = key.to_string();
+        self.call(move |i| i.key_attributes(&key, ObjectClass::SECRET_KEY))
+    }
+
+    /// Does the token hold a secret key with this label?
+    pub fn has_secret_key(&self, key: &str) -> Result<bool, HsmError> {
+        let key = key.to_string();
+        self.call(move |i| {
+            i.with_session(Some(&key), |ctx, s| {
+                Ok(!find_keys(ctx, s, ObjectClass::SECRET_KEY, &key)?.is_empty())
+            })
+        })
+    }
+
+    /// Generates a 256-bit HMAC key inside the token (CKK_GENERIC_SECRET): sensitive,
+    /// non-extractable, for CKM_SHA256_HMAC only (sign and verify; no encrypt, wrap or
+    /// derive). Refuses a label that is already taken.
+    pub fn generate_hmac_key(&self, key: &str) -> Result<(), HsmError> {
+        let key = key.to_string();
+        self.call(move |i| i.generate_hmac_key(&key))
+    }
+
+    /// HMAC-SHA256 of `data` under the secret key labelled `key`, computed in the token.
+    pub fn hmac_sha256(&self, key: &str, data: &[u8]) -> Result<[u8; 32], HsmError> {
+        let (key, data) = (key.to_string(), data.to_vec());
+        self.call(move |i| i.hmac_sha256(&key, &data))
     }
 
     /// Random bytes from the token's generator (C_GenerateRandom).
@@ -555,9 +585,59 @@ impl Inner {
         self.public_key(key)
     }
 
-    fn key_attributes(&self, key: &str) -> Result<KeyAttributes, HsmError> {
+    fn generate_hmac_key(&self, key: &str) -> Result<(), HsmError> {
         self.with_session(Some(key), |ctx, s| {
-            let handle = ctx.private_key(s, key)?;
+            if !find_keys(ctx, s, ObjectClass::SECRET_KEY, key)?.is_empty() {
+                return Err(HsmError::KeyExists {
+                    token: ctx.token_label.clone(),
+                    key: key.into(),
+                });
+            }
+            let template = [
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::GENERIC_SECRET),
+                Attribute::ValueLen(32.into()),
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(false),
+                Attribute::Sign(true),
+                Attribute::Verify(true),
+                Attribute::Encrypt(false),
+                Attribute::Decrypt(false),
+                Attribute::Wrap(false),
+                Attribute::Unwrap(false),
+                Attribute::Derive(false),
+                Attribute::Label(key.as_bytes().to_vec()),
+            ];
+            ctx.alive()?;
+            s.generate_key(&Mechanism::GenericSecretKeyGen, &template)
+                .map_err(|e| map_err(&ctx.token_label, Some(key), e))?;
+            Ok(())
+        })
+    }
+
+    fn hmac_sha256(&self, key: &str, data: &[u8]) -> Result<[u8; 32], HsmError> {
+        let mac = self.with_session(Some(key), |ctx, s| {
+            let handle = ctx.one_key(s, ObjectClass::SECRET_KEY, key)?;
+            ctx.alive()?;
+            s.sign(&Mechanism::Sha256Hmac, handle, data)
+                .map_err(|e| map_err(&ctx.token_label, Some(key), e))
+        })?;
+        mac.try_into().map_err(|m: Vec<u8>| HsmError::BadTokenData {
+            token: self.token_name(),
+            key: key.into(),
+            reason: format!("an HMAC-SHA256 of {} bytes", m.len()),
+        })
+    }
+
+    fn key_attributes(&self, key: &str, class: ObjectClass) -> Result<KeyAttributes, HsmError> {
+        self.with_session(Some(key), |ctx, s| {
+            let handle = if class == ObjectClass::PRIVATE_KEY {
+                ctx.private_key(s, key)?
+            } else {
+                ctx.one_key(s, class, key)?
+            };
             let types = [
                 AttributeType::Private,
                 AttributeType::Sensitive,
@@ -917,28 +997,34 @@ impl Context {
         if let Some(h) = self.keys.lock().unwrap_or_else(|e| e.into_inner()).get(key) {
             return Ok(*h);
         }
-        let found = find_private_keys(self, session, key)?;
-        let handle = match found.as_slice() {
-            [one] => *one,
-            [] => {
-                return Err(HsmError::KeyNotFound {
-                    token: self.token_label.clone(),
-                    key: key.into(),
-                })
-            }
-            _ => {
-                return Err(HsmError::BadTokenData {
-                    token: self.token_label.clone(),
-                    key: key.into(),
-                    reason: format!("{} private keys share this label", found.len()),
-                })
-            }
-        };
+        let handle = self.one_key(session, ObjectClass::PRIVATE_KEY, key)?;
         self.keys
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(key.to_string(), handle);
         Ok(handle)
+    }
+
+    /// The one key of `class` labelled `key` (none, or several, is an error).
+    fn one_key(
+        &self,
+        session: &Session,
+        class: ObjectClass,
+        key: &str,
+    ) -> Result<ObjectHandle, HsmError> {
+        let found = find_keys(self, session, class, key)?;
+        match found.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(HsmError::KeyNotFound {
+                token: self.token_label.clone(),
+                key: key.into(),
+            }),
+            _ => Err(HsmError::BadTokenData {
+                token: self.token_label.clone(),
+                key: key.into(),
+                reason: format!("{} keys of one class share this label", found.len()),
+            }),
+        }
     }
 
     fn forget_keys(&self) {
@@ -1022,8 +1108,17 @@ impl Context {
 }
 
 fn find_private_keys(ctx: &Context, s: &Session, key: &str) -> Result<Vec<ObjectHandle>, HsmError> {
+    find_keys(ctx, s, ObjectClass::PRIVATE_KEY, key)
+}
+
+fn find_keys(
+    ctx: &Context,
+    s: &Session,
+    class: ObjectClass,
+    key: &str,
+) -> Result<Vec<ObjectHandle>, HsmError> {
     let template = [
-        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::Class(class),
         Attribute::Label(key.as_bytes().to_vec()),
     ];
     s.find_objects(&template)

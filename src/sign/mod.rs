@@ -226,6 +226,10 @@ impl SigningService {
         }
         let stored = key.pin_hash.as_deref().ok_or(SignError::NoPin)?;
         let given = given.ok_or(SignError::PinRequired)?;
+        // Checked before the attempt is counted, so that a token that cannot answer costs the
+        // teller no attempt. Concurrent guesses still cannot get past the limit: an outcome is
+        // acted on (and told) only for an attempt that the reservation below counted.
+        let ok = pin::verify(given, stored, |d| self.authority.pin_mac(d))?;
         let now = self.now();
         // Whichever store call locks the key appends this in the lock's own transaction.
         // The lock comes at exactly MAX_PIN_ATTEMPTS: reservations stop counting there.
@@ -236,7 +240,7 @@ impl SigningService {
             serde_json::json!({"after_wrong_pins": MAX_PIN_ATTEMPTS}),
         )
         .for_tenant(Some(&who.tenant.id));
-        // Counted before it is checked: concurrent guesses cannot get past the limit.
+        // Counted before its outcome is used: concurrent guesses cannot get past the limit.
         match self
             .store()
             .reserve_pin_attempt(&key.id, MAX_PIN_ATTEMPTS, now, &lock_event)?
@@ -249,7 +253,6 @@ impl SigningService {
                 return Err(SignError::Locked);
             }
         }
-        let ok = pin::verify(given, stored);
         let ev = AuditEvent::new(
             &who.actor(),
             if ok {
@@ -336,7 +339,7 @@ impl SigningService {
             }
         }
         let salt = self.authority.hsm_random(16)?;
-        let hash = pin::hash(new_pin, &salt);
+        let hash = pin::hash(new_pin, &salt, |d| self.authority.pin_mac(d))?;
         let ev = AuditEvent::new(
             &who.actor(),
             "signing_key.set_pin",
@@ -354,6 +357,37 @@ impl SigningService {
             })?;
         self.authority.auditor().after_commit(&rec);
         Ok(())
+    }
+
+    /// Binds every PIN hash stored before the PIN key to the token (`signet ca upgrade`):
+    /// each becomes the same PIN's hash under the PIN key, audited per key
+    /// (`signing_key.pin_bound`). The PINs are not needed. Returns how many it bound.
+    pub fn bind_pins_to_token(&self, actor: &str) -> Result<usize, SignError> {
+        let mut bound = 0;
+        for key in self.store().signing_keys_with_pins()? {
+            let Some(old) = key.pin_hash.as_deref() else {
+                continue;
+            };
+            let Some(new) = pin::rewrap(old, |d| self.authority.pin_mac(d))? else {
+                continue;
+            };
+            let ev = AuditEvent::new(
+                actor,
+                "signing_key.pin_bound",
+                &key.id,
+                serde_json::json!({}),
+            )
+            .for_tenant(Some(&key.tenant_id));
+            // A PIN changed meanwhile was hashed under the key already: nothing to do.
+            if let Some(rec) = self
+                .store()
+                .replace_pin_hash(&key.id, old, &new, self.now(), &ev)?
+            {
+                self.authority.auditor().after_commit(&rec);
+                bound += 1;
+            }
+        }
+        Ok(bound)
     }
 
     /// `POST /v1/signing-keys/{id}/unlock`: a teller-admin of the key's bank.

@@ -726,6 +726,18 @@ pub trait Store: Send + Sync {
     ) -> Result<AuditRecord>;
     /// Unlocks a key (failed attempts back to zero).
     fn unlock_key(&self, id: &str, at: i64, event: &AuditEvent) -> Result<AuditRecord>;
+    /// Every bank's keys that have a PIN hash.
+    fn signing_keys_with_pins(&self) -> Result<Vec<SigningKeyRecord>>;
+    /// Replaces a key's PIN hash `old` by `new` (the same PIN's, in another form) with its
+    /// audit event, only while the hash is still `old`: None when it changed meanwhile.
+    fn replace_pin_hash(
+        &self,
+        id: &str,
+        old: &str,
+        new: &str,
+        at: i64,
+        event: &AuditEvent,
+    ) -> Result<Option<AuditRecord>>;
 
     /// Grows whenever any process revokes, holds, releases or voids a certificate: the seq of
     /// the newest such audit event. Writes are serialized (one writer at a time on either

@@ -1575,6 +1575,38 @@ impl Store for PostgresStore {
         })
     }
 
+    fn signing_keys_with_pins(&self) -> Result<Vec<SigningKeyRecord>> {
+        self.all_rows(
+            &format!(
+                "SELECT {KEY_COLUMNS} FROM signing_keys WHERE pin_hash IS NOT NULL ORDER BY created_at, id"
+            ),
+            &[],
+            key_from_row,
+        )
+    }
+
+    fn replace_pin_hash(
+        &self,
+        id: &str,
+        old: &str,
+        new: &str,
+        at: i64,
+        event: &AuditEvent,
+    ) -> Result<Option<AuditRecord>> {
+        self.tx(|tx| {
+            let changed = tx
+                .execute(
+                    "UPDATE signing_keys SET pin_hash = $3 WHERE id = $1 AND pin_hash = $2",
+                    &[&id, &old, &new],
+                )
+                .map_err(map_err)?;
+            if changed == 0 {
+                return Ok(None);
+            }
+            append(tx, at, event).map(Some)
+        })
+    }
+
     fn status_epoch(&self) -> Result<u64> {
         let epoch = self.optional_row(
             "SELECT COALESCE(MAX(seq), 0) FROM audit_events WHERE action IN
