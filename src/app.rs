@@ -160,6 +160,14 @@ impl Signet {
             return Ok(Vec::new());
         }
         let voided = self.authority.resolve_interrupted(actor)?;
+        match self.authority.pin_key_ready() {
+            Ok(()) => {}
+            // PINs can be neither set nor checked with the key (older hashes still are).
+            Err(e @ (CaError::PinKeyNotMade | CaError::PinKeyLost { .. })) => {
+                tracing::error!(error = %e, "PIN key")
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot check the PIN key"),
+        }
         match self.authority.auditor().checkpoint_head() {
             // A CA made before Signet had an audit key: `signet ca upgrade` makes it, and must
             // be able to start to do so.

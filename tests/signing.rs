@@ -415,28 +415,53 @@ fn a_pin_hash_is_bound_to_the_token_and_ca_upgrade_binds_one_stored_before_the_p
     pbkdf2::pbkdf2_hmac::<sha2::Sha256>(st.teller_pin.as_bytes(), &salt, 100_000, &mut pbkdf2_only);
     assert_ne!(hex::encode(pbkdf2_only), parts[3]);
 
-    // A hash as an older Signet stored it (PBKDF2 alone) still opens the key ...
+    // A hash as an older Signet stored it (PBKDF2 alone) still opens the key, and is bound
+    // to the token as it does; `ca upgrade` binds one without the PIN. Each is audited.
     let older = format!(
         "pbkdf2-sha256$100000${}${}",
         parts[2],
         hex::encode(pbkdf2_only)
     );
-    db.execute(
-        "UPDATE signing_keys SET pin_hash = ?2 WHERE id = ?1",
-        [st.teller_key.as_str(), older.as_str()],
-    )
-    .unwrap();
+    let store_older = || {
+        db.execute(
+            "UPDATE signing_keys SET pin_hash = ?2 WHERE id = ?1",
+            [st.teller_key.as_str(), older.as_str()],
+        )
+        .unwrap()
+    };
+    store_older();
     signs_with_the_pin();
-    // ... until `ca upgrade` binds it to the token, without the PIN, and audits it.
+    assert_eq!(stored(), bound, "the same PIN's hash under the PIN key");
+    assert_eq!(audit_events(f, "signing_key.pin_bound", &st.teller_key), 1);
+    store_older();
     f.signet(&["ca", "upgrade"])
         .assert_ok()
         .assert_stderr_mentions("1 PIN hash(es) bound");
-    assert_eq!(stored(), bound, "the same PIN's hash under the PIN key");
-    assert_eq!(audit_events(f, "signing_key.pin_bound", &st.teller_key), 1);
+    assert_eq!(stored(), bound);
+    assert_eq!(audit_events(f, "signing_key.pin_bound", &st.teller_key), 2);
     signs_with_the_pin();
     f.signet(&["ca", "upgrade"])
         .assert_ok()
         .assert_stderr_mentions("nothing to upgrade");
+
+    // A token whose PIN key is not the recorded one (here: the record's check value altered)
+    // gets no new key from `ca upgrade`: the bound hashes need the old one back.
+    let check: Vec<u8> = db
+        .query_row("SELECT public_key FROM ca WHERE name = 'pin'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    db.execute("UPDATE ca SET public_key = X'00' WHERE name = 'pin'", [])
+        .unwrap();
+    f.signet(&["ca", "upgrade"])
+        .assert_refused()
+        .assert_stderr_mentions("restored from its backup");
+    db.execute(
+        "UPDATE ca SET public_key = ?1 WHERE name = 'pin'",
+        [check.as_slice()],
+    )
+    .unwrap();
+    f.signet(&["ca", "upgrade"]).assert_ok();
 }
 
 #[test]

@@ -127,11 +127,14 @@ impl From<CaError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "hold_not_allowed", e.to_string())
             }
             CaError::InvalidRequest(_) => ApiError::bad_request("invalid_request", e.to_string()),
-            CaError::PinKeyMissing { .. } => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "pin_key_missing",
-                e.to_string(),
-            ),
+            CaError::PinKeyNotMade | CaError::PinKeyLost { .. } => {
+                tracing::error!(error = %e, "PIN key");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "pin_key_unavailable",
+                    "PINs cannot be set or checked until the CA operator puts the token's PIN key in order (see the service's log)",
+                )
+            }
             _ => {
                 tracing::error!(error = %e, "CA failure");
                 ApiError::new(

@@ -256,8 +256,10 @@ pub enum CaError {
     Encoding(String),
     #[error("fault injected after recording serial {serial}")]
     FaultInjected { serial: String },
-    #[error("the token has no PIN key {label} (made by `signet ca init`, or by `signet ca upgrade` for a CA made before it): the CA operator must run `signet ca upgrade` before PINs can be set")]
-    PinKeyMissing { label: String },
+    #[error("this CA has no PIN key yet (`signet ca init` makes it; a CA made before it gets it from `signet ca upgrade`): the CA operator must run `signet ca upgrade` before PINs can be set")]
+    PinKeyNotMade,
+    #[error("the token does not hold the PIN key {label} that the store recorded (it is missing, or another key has its label): the PIN hashes bound to it cannot be checked until the token that holds it is restored from its backup; a new key would make every teller's PIN wrong")]
+    PinKeyLost { label: String },
 }
 
 impl From<x509_cert::builder::Error> for CaError {
@@ -313,6 +315,8 @@ pub struct Authority {
     crls_in_flight: Mutex<HashSet<(CrlScope, u64)>>,
     /// Certificates this process has given the HSM to sign (end-entity, CA, service).
     certificates_to_sign: AtomicU64,
+    /// The token's PIN key was found to be the one the store recorded (its check value).
+    pin_key_checked: std::sync::atomic::AtomicBool,
     fault: Fault,
 }
 
@@ -335,6 +339,7 @@ impl Authority {
             crls_left_unsigned: Mutex::new(HashSet::new()),
             crls_in_flight: Mutex::new(HashSet::new()),
             certificates_to_sign: AtomicU64::new(0),
+            pin_key_checked: std::sync::atomic::AtomicBool::new(false),
             fault: Fault::None,
         };
         a.reload_cas()?;
@@ -665,6 +670,10 @@ impl Authority {
     /// Checks that the token still holds every CA key the store names.
     pub fn check_keys(&self) -> Result<(), CaError> {
         for row in self.store.cas()? {
+            if row.name == service_keys::PIN_KEY_ROW {
+                self.check_pin_key(&row)?;
+                continue;
+            }
             if !self.hsm.has_key(&row.key_label)? {
                 return Err(HsmError::KeyNotFound {
                     token: self.hsm.token_name(),

@@ -5,6 +5,7 @@
 use std::str::FromStr;
 
 use der::Encode;
+use subtle::ConstantTimeEq;
 use x509_cert::ext::pkix::certpolicy::PolicyInformation;
 use x509_cert::ext::pkix::{CertificatePolicies, KeyUsage, KeyUsages};
 use x509_cert::name::Name;
@@ -68,29 +69,80 @@ impl CaSettings {
     }
 }
 
+/// The name of the PIN key's row in the CA table. Its `public_key` column holds the key's
+/// check value: a secret key has no public half, and the check value tells the key that bound
+/// the stored PIN hashes from any other under the same label.
+pub const PIN_KEY_ROW: &str = "pin";
+/// What the check value is the PIN key's HMAC of (never a PIN hash's input, which starts
+/// with its own domain).
+const PIN_KEY_CHECK: &[u8] = b"signet PIN key check value";
+
 impl Authority {
-    /// Makes the PIN key in the token (an HMAC key that never leaves it) unless it is there;
-    /// audited (`ca.pin_key`). Returns whether it made it.
+    /// Makes the PIN key in the token (an HMAC key that never leaves it) and records it with
+    /// its check value, audited (`ca.pin_key`); a key left in the token by an interrupted run
+    /// is taken. Returns whether it made (or recorded) one. Once recorded, the key is never
+    /// made again: a token that lost it must be restored (`PinKeyLost`), since the PIN hashes
+    /// are bound to it.
     pub fn ensure_pin_key(&self, actor: &str) -> Result<bool, CaError> {
-        let label = self.settings.pin_key_label();
-        if self.hsm.has_secret_key(&label)? {
+        if let Some(row) = self.pin_key_row()? {
+            self.check_pin_key(&row)?;
             return Ok(false);
         }
-        self.hsm.generate_hmac_key(&label)?;
+        let label = self.settings.pin_key_label();
+        if !self.hsm.has_secret_key(&label)? {
+            self.hsm.generate_hmac_key(&label)?;
+        }
+        let now = self.clock.now();
+        let row = CaRecord {
+            name: PIN_KEY_ROW.into(),
+            key_label: label.clone(),
+            cert_der: None,
+            public_key: self.hsm.hmac_sha256(&label, PIN_KEY_CHECK)?.to_vec(),
+            created_at: now,
+        };
         let event = AuditEvent::new(actor, "ca.pin_key", &label, serde_json::json!({}));
-        let audit = self.store.append_audit(self.clock.now(), &event)?;
+        let audit = self.store.add_cas(&[row], now, &event)?;
         self.auditor.after_commit(&audit);
         Ok(true)
     }
 
     /// HMAC-SHA256 of `data` in the token under the PIN key: a PIN hash made with it cannot
     /// be tried against guesses without the token (a copy of the database is not enough).
+    /// The first call of a process checks that the token's key is the one recorded.
     pub fn pin_mac(&self, data: &[u8]) -> Result<[u8; 32], CaError> {
-        let label = self.settings.pin_key_label();
-        self.hsm.hmac_sha256(&label, data).map_err(|e| match e {
-            crate::hsm::HsmError::KeyNotFound { .. } => CaError::PinKeyMissing { label },
-            other => other.into(),
-        })
+        use std::sync::atomic::Ordering;
+        let row = self.pin_key_row()?.ok_or(CaError::PinKeyNotMade)?;
+        if !self.pin_key_checked.load(Ordering::Acquire) {
+            self.check_pin_key(&row)?;
+            self.pin_key_checked.store(true, Ordering::Release);
+        }
+        Ok(self.hsm.hmac_sha256(&row.key_label, data)?)
+    }
+
+    /// The PIN key's state, for a start-up warning: Ok when it is made and in the token.
+    pub fn pin_key_ready(&self) -> Result<(), CaError> {
+        let row = self.pin_key_row()?.ok_or(CaError::PinKeyNotMade)?;
+        self.check_pin_key(&row)
+    }
+
+    fn pin_key_row(&self) -> Result<Option<CaRecord>, CaError> {
+        Ok(self
+            .store
+            .cas()?
+            .into_iter()
+            .find(|c| c.name == PIN_KEY_ROW))
+    }
+
+    /// Is the token's key under the row's label the recorded one (same check value)?
+    pub(super) fn check_pin_key(&self, row: &CaRecord) -> Result<(), CaError> {
+        let lost = || CaError::PinKeyLost {
+            label: row.key_label.clone(),
+        };
+        match self.hsm.hmac_sha256(&row.key_label, PIN_KEY_CHECK) {
+            Ok(check) if bool::from(check.as_slice().ct_eq(&row.public_key)) => Ok(()),
+            Ok(_) | Err(crate::hsm::HsmError::KeyNotFound { .. }) => Err(lost()),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

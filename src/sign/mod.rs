@@ -284,6 +284,11 @@ impl SigningService {
             return Err(SignError::Locked);
         }
         if ok {
+            // A hash an older Signet stored (PBKDF2 alone) is bound to the token now that its
+            // PIN has opened the key; `signet ca upgrade` binds those not used since.
+            if let Err(e) = self.bind_pin(key, stored, &who.actor()) {
+                tracing::warn!(key = %key.id, error = %e, "cannot bind a PIN hash to the token");
+            }
             return Ok(());
         }
         Err(SignError::WrongPin {
@@ -365,29 +370,37 @@ impl SigningService {
     pub fn bind_pins_to_token(&self, actor: &str) -> Result<usize, SignError> {
         let mut bound = 0;
         for key in self.store().signing_keys_with_pins()? {
-            let Some(old) = key.pin_hash.as_deref() else {
-                continue;
-            };
-            let Some(new) = pin::rewrap(old, |d| self.authority.pin_mac(d))? else {
-                continue;
-            };
-            let ev = AuditEvent::new(
-                actor,
-                "signing_key.pin_bound",
-                &key.id,
-                serde_json::json!({}),
-            )
-            .for_tenant(Some(&key.tenant_id));
-            // A PIN changed meanwhile was hashed under the key already: nothing to do.
-            if let Some(rec) = self
-                .store()
-                .replace_pin_hash(&key.id, old, &new, self.now(), &ev)?
-            {
-                self.authority.auditor().after_commit(&rec);
-                bound += 1;
+            if let Some(old) = key.pin_hash.as_deref() {
+                bound += usize::from(self.bind_pin(&key, old, actor)?);
             }
         }
         Ok(bound)
+    }
+
+    /// Binds `key`'s PIN hash `old` to the token if it is a PBKDF2-only hash (audited as
+    /// `signing_key.pin_bound`); whether it did. A hash that is not `old` any more (a PIN
+    /// changed meanwhile, hashed under the key already) is left alone.
+    fn bind_pin(&self, key: &SigningKeyRecord, old: &str, actor: &str) -> Result<bool, SignError> {
+        let Some(new) = pin::rewrap(old, |d| self.authority.pin_mac(d))? else {
+            return Ok(false);
+        };
+        let ev = AuditEvent::new(
+            actor,
+            "signing_key.pin_bound",
+            &key.id,
+            serde_json::json!({}),
+        )
+        .for_tenant(Some(&key.tenant_id));
+        match self
+            .store()
+            .replace_pin_hash(&key.id, old, &new, self.now(), &ev)?
+        {
+            Some(rec) => {
+                self.authority.auditor().after_commit(&rec);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     /// `POST /v1/signing-keys/{id}/unlock`: a teller-admin of the key's bank.

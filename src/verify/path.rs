@@ -7,7 +7,7 @@ use const_oid::ObjectIdentifier;
 use der::{Decode, Encode};
 use sha2::Digest as _;
 use x509_cert::ext::pkix::{
-    BasicConstraints, CertificatePolicies, InhibitAnyPolicy, KeyUsage, KeyUsages,
+    BasicConstraints, CertificatePolicies, InhibitAnyPolicy, KeyUsage, KeyUsages, PolicyMappings,
 };
 use x509_cert::Certificate;
 
@@ -33,6 +33,8 @@ const KNOWN_EXTENSIONS: &[ObjectIdentifier] = &[
     // outcome: Signet maps no policies, and requires an accepted policy on every path anyway.
     oids::ID_CE_INHIBIT_ANY_POLICY,
     oids::ID_CE_POLICY_CONSTRAINTS,
+    // Known so as to be refused by name in a CA certificate (`valid_policies`).
+    oids::ID_CE_POLICY_MAPPINGS,
     oids::ID_CE_SUBJECT_KEY_IDENTIFIER,
     oids::ID_CE_AUTHORITY_KEY_IDENTIFIER,
     oids::ID_CE_CRL_DISTRIBUTION_POINTS,
@@ -481,16 +483,29 @@ fn check_chain(chain: &[Certificate], at: i64) -> Result<Vec<ObjectIdentifier>, 
             ));
         }
     }
-    Ok(valid_policies(chain))
+    valid_policies(chain)
+}
+
+/// A policy extension of `c`: one that is there but cannot be read fails the path (read as
+/// absent, a malformed inhibitAnyPolicy would lift its restriction).
+fn policy_ext<'a, T: Decode<'a> + const_oid::AssociatedOid>(
+    c: &'a Certificate,
+) -> Result<Option<T>, PathError> {
+    match c.tbs_certificate().get_extension::<T>() {
+        Ok(found) => Ok(found.map(|(_, v)| v)),
+        Err(_) => Err(PathError::Constraints(format!(
+            "a certificate's extension {} cannot be read",
+            T::OID
+        ))),
+    }
 }
 
 /// The certificate policies valid for the leaf through `chain` (leaf first, anchor last): RFC
 /// 5280's valid_policy_tree (6.1.3 (d)-(e), 6.1.4 (h) and (j)) kept as a set, which is exact
-/// because Signet maps no policies (a critical policyMappings fails the path as an unknown
-/// critical extension; a non-critical one is not applied, so a mapped policy is not valid).
-/// The anchor's own extensions are not processed, as in 6.1 (it is not part of the path).
-/// May hold anyPolicy; the caller asks for the policies the leaf itself asserts.
-fn valid_policies(chain: &[Certificate]) -> Vec<ObjectIdentifier> {
+/// because Signet maps no policies: a CA certificate with policyMappings fails the path. The
+/// anchor's own extensions are not processed, as in 6.1 (it is not part of the path). May
+/// hold anyPolicy; the caller asks for the policies the leaf itself asserts.
+fn valid_policies(chain: &[Certificate]) -> Result<Vec<ObjectIdentifier>, PathError> {
     // Top of the path (the certificate the anchor issued) first; the anchor left out.
     let path: Vec<&Certificate> = chain[..chain.len() - 1].iter().rev().collect();
     let n = path.len();
@@ -502,10 +517,10 @@ fn valid_policies(chain: &[Certificate]) -> Vec<ObjectIdentifier> {
         let last = i + 1 == n;
         let tbs = cert.tbs_certificate();
         let self_issued = same_name(tbs.issuer(), tbs.subject());
-        valid = match ext::<CertificatePolicies>(cert) {
+        valid = match policy_ext::<CertificatePolicies>(cert)? {
             // (e): a certificate without the extension leaves no valid policy.
             None => Vec::new(),
-            Some((_, cp)) => {
+            Some(cp) => {
                 let asserted: Vec<ObjectIdentifier> =
                     cp.0.iter().map(|p| p.policy_identifier).collect();
                 // (d)(1): each policy it asserts that is valid above (or under anyPolicy).
@@ -529,15 +544,22 @@ fn valid_policies(chain: &[Certificate]) -> Vec<ObjectIdentifier> {
         if last {
             break;
         }
+        // 6.1.4 (a)-(b) would map policies; a mapping Signet did not apply would leave the
+        // issuer-domain policy valid where the RFC does not.
+        if policy_ext::<PolicyMappings>(cert)?.is_some() {
+            return Err(PathError::Constraints(
+                "a CA certificate of the path maps certificate policies (policyMappings), which Signet does not process".into(),
+            ));
+        }
         // 6.1.4 (h) and (j), for the next certificate.
         if !self_issued {
             inhibit_any = inhibit_any.saturating_sub(1);
         }
-        if let Some((_, InhibitAnyPolicy(skip))) = ext::<InhibitAnyPolicy>(cert) {
+        if let Some(InhibitAnyPolicy(skip)) = policy_ext::<InhibitAnyPolicy>(cert)? {
             inhibit_any = inhibit_any.min(usize::try_from(skip).unwrap_or(usize::MAX));
         }
     }
-    valid
+    Ok(valid)
 }
 
 /// keyUsage of a certificate, if it states one.
@@ -737,7 +759,39 @@ mod tests {
     }
 
     #[test]
-    fn a_critical_policy_constraints_is_understood_and_a_critical_policy_mapping_fails_the_path() {
+    fn a_self_issued_ca_may_assert_any_policy_where_inhibit_any_policy_forbids_it_to_others() {
+        // 6.1.3 (d)(2): below inhibitAnyPolicy 0, anyPolicy counts in a self-issued CA
+        // certificate (a key rollover) but not in the leaf or another CA.
+        let root = cert("Root", "Root", 1, true, vec![]);
+        let ca = cert(
+            "CA0",
+            "Root",
+            2,
+            true,
+            vec![policies(&[P]), inhibit_any_policy(0)],
+        );
+        let rollover = cert("CA0", "CA0", 3, true, vec![policies(&[ANY])]);
+        let leaf = cert("Signer", "CA0", 9, false, vec![policies(&[P])]);
+        let valid = check_chain(&[leaf, rollover, ca, root], AT).unwrap();
+        assert_eq!(valid, [oid(P)]);
+    }
+
+    #[test]
+    fn an_unreadable_inhibit_any_policy_fails_the_path_instead_of_being_ignored() {
+        let root = cert("Root", "Root", 1, true, vec![]);
+        let mut broken = inhibit_any_policy(0);
+        broken.extn_value = der::asn1::OctetString::new(vec![0x04, 0x00]).unwrap();
+        let ca = cert("CA0", "Root", 2, true, vec![policies(&[ANY]), broken]);
+        let leaf = cert("Signer", "CA0", 9, false, vec![policies(&[P])]);
+        let refused = check_chain(&[leaf, ca, root], AT);
+        assert!(
+            matches!(&refused, Err(PathError::Constraints(why)) if why.contains("2.5.29.54")),
+            "{refused:?}"
+        );
+    }
+
+    #[test]
+    fn a_critical_policy_constraints_is_understood_and_a_policy_mapping_fails_the_path() {
         let constraints = PolicyConstraints {
             require_explicit_policy: Some(0),
             inhibit_policy_mapping: Some(0),
@@ -749,19 +803,22 @@ mod tests {
             issuer_domain_policy: oid(P),
             subject_domain_policy: oid(Q),
         }]);
-        let root = cert("Root", "Root", 1, true, vec![]);
-        let ca = cert(
-            "CA0",
-            "Root",
-            2,
-            true,
-            vec![policies(&[P]), extension(&mapping, true).unwrap()],
-        );
-        let leaf = cert("Signer", "CA0", 9, false, vec![policies(&[Q])]);
-        let refused = check_chain(&[leaf, ca, root], AT);
-        assert!(
-            matches!(&refused, Err(PathError::Constraints(why)) if why.contains("unknown critical extension 2.5.29.33")),
-            "{refused:?}"
-        );
+        // Critical or not: a mapping not applied would leave P valid where the RFC does not.
+        for critical in [true, false] {
+            let root = cert("Root", "Root", 1, true, vec![]);
+            let ca = cert(
+                "CA0",
+                "Root",
+                2,
+                true,
+                vec![policies(&[P]), extension(&mapping, critical).unwrap()],
+            );
+            let leaf = cert("Signer", "CA0", 9, false, vec![policies(&[P])]);
+            let refused = check_chain(&[leaf, ca, root], AT);
+            assert!(
+                matches!(&refused, Err(PathError::Constraints(why)) if why.contains("policyMappings")),
+                "critical {critical}: {refused:?}"
+            );
+        }
     }
 }
