@@ -453,6 +453,25 @@ fn a_pin_hash_is_bound_to_the_token_and_ca_upgrade_binds_one_stored_before_the_p
         .unwrap();
     db.execute("UPDATE ca SET public_key = X'00' WHERE name = 'pin'", [])
         .unwrap();
+    // The running server answers no PIN (and counts no attempt) rather than call it wrong.
+    let attempts = || -> i64 {
+        db.query_row(
+            "SELECT failed_attempts FROM signing_keys WHERE id = ?1",
+            [st.teller_key.as_str()],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let before = attempts();
+    let body = json!({"key": st.teller_key, "format": "jws", "data": base64_std(b"x"), "pin": st.teller_pin});
+    let r = sign(&s, &st.teller, body);
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (503, "pin_key_unavailable"),
+        "{}",
+        r.body
+    );
+    assert_eq!(attempts(), before);
     f.signet(&["ca", "upgrade"])
         .assert_refused()
         .assert_stderr_mentions("restored from its backup");

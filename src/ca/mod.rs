@@ -315,8 +315,6 @@ pub struct Authority {
     crls_in_flight: Mutex<HashSet<(CrlScope, u64)>>,
     /// Certificates this process has given the HSM to sign (end-entity, CA, service).
     certificates_to_sign: AtomicU64,
-    /// The token's PIN key was found to be the one the store recorded (its check value).
-    pin_key_checked: std::sync::atomic::AtomicBool,
     fault: Fault,
 }
 
@@ -339,7 +337,6 @@ impl Authority {
             crls_left_unsigned: Mutex::new(HashSet::new()),
             crls_in_flight: Mutex::new(HashSet::new()),
             certificates_to_sign: AtomicU64::new(0),
-            pin_key_checked: std::sync::atomic::AtomicBool::new(false),
             fault: Fault::None,
         };
         a.reload_cas()?;

@@ -101,21 +101,28 @@ impl Authority {
             created_at: now,
         };
         let event = AuditEvent::new(actor, "ca.pin_key", &label, serde_json::json!({}));
-        let audit = self.store.add_cas(&[row], now, &event)?;
+        let audit = match self.store.add_cas(&[row], now, &event) {
+            Ok(audit) => audit,
+            // Another process recorded it first: the same key, if the check value agrees.
+            Err(StoreError::Conflict(_)) => {
+                let row = self.pin_key_row()?.ok_or(CaError::PinKeyNotMade)?;
+                self.check_pin_key(&row)?;
+                return Ok(false);
+            }
+            Err(e) => return Err(e.into()),
+        };
         self.auditor.after_commit(&audit);
         Ok(true)
     }
 
     /// HMAC-SHA256 of `data` in the token under the PIN key: a PIN hash made with it cannot
     /// be tried against guesses without the token (a copy of the database is not enough).
-    /// The first call of a process checks that the token's key is the one recorded.
+    /// Every call checks first that the token's key is the one recorded (one more HMAC in the
+    /// token): a token restored or failed over to one with another key while the process
+    /// runs must not call every PIN wrong, and lock the keys.
     pub fn pin_mac(&self, data: &[u8]) -> Result<[u8; 32], CaError> {
-        use std::sync::atomic::Ordering;
         let row = self.pin_key_row()?.ok_or(CaError::PinKeyNotMade)?;
-        if !self.pin_key_checked.load(Ordering::Acquire) {
-            self.check_pin_key(&row)?;
-            self.pin_key_checked.store(true, Ordering::Release);
-        }
+        self.check_pin_key(&row)?;
         Ok(self.hsm.hmac_sha256(&row.key_label, data)?)
     }
 

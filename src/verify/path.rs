@@ -470,7 +470,8 @@ fn check_chain(chain: &[Certificate], at: i64) -> Result<Vec<ObjectIdentifier>, 
                 ))
             }
         }
-        if let Some((_, ku)) = ext::<KeyUsage>(ca) {
+        // Read strictly: an unreadable keyUsage taken as absent would skip keyCertSign.
+        if let Some(ku) = checked_ext::<KeyUsage>(ca)? {
             if !ku.0.contains(KeyUsages::KeyCertSign) {
                 return Err(PathError::Constraints(
                     "an issuer's key usage lacks keyCertSign".into(),
@@ -486,9 +487,9 @@ fn check_chain(chain: &[Certificate], at: i64) -> Result<Vec<ObjectIdentifier>, 
     valid_policies(chain)
 }
 
-/// A policy extension of `c`: one that is there but cannot be read fails the path (read as
-/// absent, a malformed inhibitAnyPolicy would lift its restriction).
-fn policy_ext<'a, T: Decode<'a> + const_oid::AssociatedOid>(
+/// An extension of `c` that restricts the path: one that is there but cannot be read fails the
+/// path (read as absent, a malformed inhibitAnyPolicy or keyUsage would lift its restriction).
+fn checked_ext<'a, T: Decode<'a> + const_oid::AssociatedOid>(
     c: &'a Certificate,
 ) -> Result<Option<T>, PathError> {
     match c.tbs_certificate().get_extension::<T>() {
@@ -517,7 +518,7 @@ fn valid_policies(chain: &[Certificate]) -> Result<Vec<ObjectIdentifier>, PathEr
         let last = i + 1 == n;
         let tbs = cert.tbs_certificate();
         let self_issued = same_name(tbs.issuer(), tbs.subject());
-        valid = match policy_ext::<CertificatePolicies>(cert)? {
+        valid = match checked_ext::<CertificatePolicies>(cert)? {
             // (e): a certificate without the extension leaves no valid policy.
             None => Vec::new(),
             Some(cp) => {
@@ -546,7 +547,7 @@ fn valid_policies(chain: &[Certificate]) -> Result<Vec<ObjectIdentifier>, PathEr
         }
         // 6.1.4 (a)-(b) would map policies; a mapping Signet did not apply would leave the
         // issuer-domain policy valid where the RFC does not.
-        if policy_ext::<PolicyMappings>(cert)?.is_some() {
+        if checked_ext::<PolicyMappings>(cert)?.is_some() {
             return Err(PathError::Constraints(
                 "a CA certificate of the path maps certificate policies (policyMappings), which Signet does not process".into(),
             ));
@@ -555,7 +556,7 @@ fn valid_policies(chain: &[Certificate]) -> Result<Vec<ObjectIdentifier>, PathEr
         if !self_issued {
             inhibit_any = inhibit_any.saturating_sub(1);
         }
-        if let Some(InhibitAnyPolicy(skip)) = policy_ext::<InhibitAnyPolicy>(cert)? {
+        if let Some(InhibitAnyPolicy(skip)) = checked_ext::<InhibitAnyPolicy>(cert)? {
             inhibit_any = inhibit_any.min(usize::try_from(skip).unwrap_or(usize::MAX));
         }
     }
@@ -786,6 +787,20 @@ mod tests {
         let refused = check_chain(&[leaf, ca, root], AT);
         assert!(
             matches!(&refused, Err(PathError::Constraints(why)) if why.contains("2.5.29.54")),
+            "{refused:?}"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_key_usage_in_a_ca_fails_the_path_instead_of_being_ignored() {
+        let root = cert("Root", "Root", 1, true, vec![]);
+        let mut broken = extension(&KeyUsage(KeyUsages::DigitalSignature.into()), true).unwrap();
+        broken.extn_value = der::asn1::OctetString::new(vec![0x05, 0x00]).unwrap();
+        let ca = cert("CA0", "Root", 2, true, vec![policies(&[ANY]), broken]);
+        let leaf = cert("Signer", "CA0", 9, false, vec![policies(&[P])]);
+        let refused = check_chain(&[leaf, ca, root], AT);
+        assert!(
+            matches!(&refused, Err(PathError::Constraints(why)) if why.contains("2.5.29.15")),
             "{refused:?}"
         );
     }
