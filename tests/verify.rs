@@ -1358,6 +1358,31 @@ fn a_repeated_instruction_id_is_a_replay_even_with_other_content() {
 }
 
 #[test]
+fn an_instruction_naming_its_id_twice_is_refused_and_not_remembered() {
+    // A gateway whose parser takes the first "instruction_id" would pay under another id than
+    // the one a last-wins parser (serde_json's) would let the replay guard key.
+    let f = fixture();
+    let h = customer(f);
+    let id = format!("TWICE-{}", std::process::id());
+    let text =
+        format!(r#"{{"instruction_id":"{id}-a","amount":"5.00","instruction_id":"{id}-b"}}"#);
+    let i = instruction(f, &text);
+    let v = verify(f, &i, &cms_sign(f, &h, &i, &[], None));
+    v.expect("INDETERMINATE", "SIG_CONSTRAINTS_FAILURE", 2);
+    assert!(
+        v.out.stdout.contains("member 2 times"),
+        "{}",
+        v.out.describe()
+    );
+    // Not remembered: an instruction with either id alone is no replay of it.
+    let once = instruction(
+        f,
+        &format!(r#"{{"instruction_id":"{id}-b","amount":"5.00"}}"#),
+    );
+    verify(f, &once, &cms_sign(f, &h, &once, &[], None)).expect("TOTAL_PASSED", "-", 0);
+}
+
+#[test]
 fn a_repeated_instruction_id_inside_attached_signatures_presented_alone_is_a_replay() {
     let f = fixture();
     let h = customer(f);

@@ -592,7 +592,19 @@ impl Verifier {
         writes: &mut Vec<GroupedWrite>,
     ) -> Assessed {
         use Indication::Indeterminate;
-        let (verdict, summary) = self.judge(ev, now);
+        let (mut verdict, summary) = self.judge(ev, now);
+        let instruction_id = match self.instruction_id(instruction) {
+            Ok(id) => id,
+            Err(why) => {
+                verdict.fail(
+                    Indeterminate,
+                    SubIndication::SigConstraintsFailure,
+                    "instruction-id",
+                    why,
+                );
+                None
+            }
+        };
         // Replay: only a signature that is otherwise good is remembered.
         let keys = match (&ev.certificate, verdict.failed()) {
             (Some(cert), false) => Some(ReplayKeys {
@@ -604,7 +616,7 @@ impl Verifier {
                         .unwrap_or_default(),
                 )),
                 digest: hex::encode(ev.content_sha256),
-                instruction_id: self.instruction_id(instruction),
+                instruction_id,
             }),
             _ => None,
         };
@@ -1020,17 +1032,29 @@ impl Verifier {
         }
     }
 
-    /// The instruction's id, when the policy names an id field and the instruction is JSON.
-    fn instruction_id(&self, instruction: &[u8]) -> Option<String> {
+    /// The instruction's id, when the policy names an id field and the instruction is a JSON
+    /// object. An object that names the field more than once is refused: which one a gateway
+    /// reads depends on its JSON parser (first or last), so the replay guard could key
+    /// another id than the one the payment is made under.
+    fn instruction_id(&self, instruction: &[u8]) -> Result<Option<String>, String> {
         let field = &self.policy.replay.instruction_id_field;
         if field.is_empty() {
-            return None;
+            return Ok(None);
         }
-        let v: serde_json::Value = serde_json::from_slice(instruction).ok()?;
-        match v.get(field)? {
-            serde_json::Value::String(s) => Some(s.clone()),
-            serde_json::Value::Number(n) => Some(n.to_string()),
-            _ => None,
+        let Some(members) = top_level_members(instruction, field) else {
+            return Ok(None);
+        };
+        match members.as_slice() {
+            [] => Ok(None),
+            [one] => Ok(match one {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            }),
+            many => Err(format!(
+                "the instruction names its {field:?} member {} times: which one a gateway reads depends on its JSON parser, so the replay guard cannot tell this instruction's id; have it signed again with the member once",
+                many.len()
+            )),
         }
     }
 }
@@ -1289,5 +1313,59 @@ fn article13(
         article: "PRC Electronic Signature Law (2019), article 13",
         reliable: conditions.iter().all(|c| c.supported),
         conditions,
+    }
+}
+
+/// The values of every member named `field` at the top level of `json`, in order (duplicates
+/// kept: `serde_json::Value` would keep the last alone). None when `json` is not a JSON object.
+fn top_level_members(json: &[u8], field: &str) -> Option<Vec<serde_json::Value>> {
+    use serde::de::{Deserializer as _, IgnoredAny, MapAccess, Visitor};
+    struct Members<'f>(&'f str);
+    impl<'de> Visitor<'de> for Members<'_> {
+        type Value = Vec<serde_json::Value>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut found = Vec::new();
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if key == self.0 {
+                    found.push(map.next_value()?);
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(found)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let found = de.deserialize_map(Members(field)).ok()?;
+    de.end().ok()?;
+    Some(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::top_level_members;
+    use serde_json::json;
+
+    #[test]
+    fn every_top_level_member_of_the_name_is_found_in_order_escaped_or_not() {
+        let members = |s: &str| top_level_members(s.as_bytes(), "id");
+        assert_eq!(members(r#"{"id":"A","n":1}"#), Some(vec![json!("A")]));
+        assert_eq!(
+            members(r#"{"id":"A","n":{"id":"nested"},"id":"B"}"#),
+            Some(vec![json!("A"), json!("B")])
+        );
+        // The same name escaped is the same member to every JSON parser.
+        assert_eq!(
+            members(r#"{"id":"A","\u0069d":7}"#),
+            Some(vec![json!("A"), json!(7)])
+        );
+        assert_eq!(members(r#"{"n":1}"#), Some(vec![]));
+        // Not a JSON object (or not JSON at all): no id, as before.
+        assert_eq!(members(r#"["id"]"#), None);
+        assert_eq!(members("id=A"), None);
+        assert_eq!(members(r#"{"id":"A"} trailing"#), None);
     }
 }
