@@ -611,15 +611,17 @@ fn an_instruction_that_failed_for_one_signer_passes_when_presented_again_once_th
 
 /// A CA and a leaf made by OpenSSL alone (not Signet's), with the given key algorithm.
 fn foreign_holder(f: &Fixture, curve_or_rsa: &[&str], md: &str) -> (Holder, PathBuf) {
-    foreign_holder_asserting(f, curve_or_rsa, md, FOREIGN_POLICY)
+    foreign_holder_asserting(f, curve_or_rsa, md, FOREIGN_POLICY, "")
 }
 
 /// A signer of another CA whose certificate asserts the certificate policy `policy_oid`.
+/// Its certificate has these further extension lines (OpenSSL config) too.
 fn foreign_holder_asserting(
     f: &Fixture,
     curve_or_rsa: &[&str],
     md: &str,
     policy_oid: &str,
+    leaf_extensions: &str,
 ) -> (Holder, PathBuf) {
     let dir = uniq(f, "foreign");
     fs::create_dir_all(&dir).unwrap();
@@ -627,7 +629,7 @@ fn foreign_holder_asserting(
     fs::write(
         &ext,
         format!(
-            "[leaf]\nkeyUsage=critical,digitalSignature,nonRepudiation\ncertificatePolicies={policy_oid}\n\
+            "[leaf]\nkeyUsage=critical,digitalSignature,nonRepudiation\ncertificatePolicies={policy_oid}\n{leaf_extensions}\
              [ca]\nbasicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n"
         ),
     )
@@ -805,11 +807,21 @@ fn p256_foreign_holder(f: &Fixture) -> (Holder, PathBuf, PathBuf) {
 
 /// [`p256_foreign_holder`] whose certificate asserts the certificate policy `policy_oid`.
 fn p256_foreign_holder_asserting(f: &Fixture, policy_oid: &str) -> (Holder, PathBuf, PathBuf) {
+    p256_foreign_holder_with(f, policy_oid, "")
+}
+
+/// [`p256_foreign_holder_asserting`] with further extension lines (OpenSSL config).
+fn p256_foreign_holder_with(
+    f: &Fixture,
+    policy_oid: &str,
+    leaf_extensions: &str,
+) -> (Holder, PathBuf, PathBuf) {
     let (h, ca) = foreign_holder_asserting(
         f,
         &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
         "sha256",
         policy_oid,
+        leaf_extensions,
     );
     let ca_key = ca.with_file_name("ca.key");
     (h, ca, ca_key)
@@ -974,6 +986,30 @@ fn a_signer_of_a_partner_anchors_sub_ca_has_no_revocation_source_in_the_anchors_
         "{}",
         v.out.describe()
     );
+}
+
+#[test]
+fn a_signer_whose_extended_key_usage_names_no_signing_purpose_is_refused() {
+    // RFC 5280 4.2.1.12: a TLS server certificate signs handshakes, not payments.
+    let f = fixture();
+    let (h, ca, ca_key) =
+        p256_foreign_holder_with(f, FOREIGN_POLICY, "extendedKeyUsage=serverAuth\n");
+    let v = verify_partner_signature(f, &h, &ca, &ca_key, None);
+    v.expect("INDETERMINATE", "CHAIN_CONSTRAINTS_FAILURE", 2);
+    assert!(
+        v.out
+            .stdout
+            .contains("extended key usage (1.3.6.1.5.5.7.3.1) names no purpose"),
+        "{}",
+        v.out.describe()
+    );
+    // One purpose the policy accepts is enough.
+    let (h, ca, ca_key) = p256_foreign_holder_with(
+        f,
+        FOREIGN_POLICY,
+        "extendedKeyUsage=serverAuth,clientAuth\n",
+    );
+    verify_partner_signature(f, &h, &ca, &ca_key, None).expect("TOTAL_PASSED", "-", 0);
 }
 
 #[test]

@@ -40,11 +40,42 @@ struct PolicyFile {
     #[serde(default)]
     accepted_policy_oids: Vec<String>,
     required_key_usage: Vec<KeyUsageBit>,
+    #[serde(default = "default_extended_key_usages")]
+    accepted_extended_key_usages: Vec<String>,
     digest_algorithms: Vec<PolicyDigest>,
     key_types: Vec<KeyType>,
     max_clock_skew_secs: i64,
     replay: ReplayRules,
     rules: TimeRules,
+}
+
+/// Purposes a signer's certificate may name in extendedKeyUsage when a policy file names none:
+/// those of a person or a bank signing (Signet's teller certificates say clientAuth).
+fn default_extended_key_usages() -> Vec<String> {
+    [
+        "clientAuth",
+        "emailProtection",
+        "documentSigning",
+        "anyExtendedKeyUsage",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// An extendedKeyUsage purpose by its RFC 5280 / RFC 9336 name, or a dotted OID.
+fn extended_key_usage(name: &str) -> Option<ObjectIdentifier> {
+    let dotted = match name {
+        "serverAuth" => "1.3.6.1.5.5.7.3.1",
+        "clientAuth" => "1.3.6.1.5.5.7.3.2",
+        "codeSigning" => "1.3.6.1.5.5.7.3.3",
+        "emailProtection" => "1.3.6.1.5.5.7.3.4",
+        "timeStamping" => "1.3.6.1.5.5.7.3.8",
+        "OCSPSigning" => "1.3.6.1.5.5.7.3.9",
+        "documentSigning" => "1.3.6.1.5.5.7.3.36",
+        "anyExtendedKeyUsage" => "2.5.29.37.0",
+        other => other,
+    };
+    ObjectIdentifier::new(dotted).ok()
 }
 
 /// An accepted certificate policy and, for Signet's own profiles, the profile's name.
@@ -77,6 +108,9 @@ pub struct SignaturePolicy {
     pub description: String,
     pub accepted: Vec<AcceptedPolicy>,
     pub required_key_usage: Vec<KeyUsageBit>,
+    /// Purposes of which a signer's extendedKeyUsage, when it has one, must name at least one
+    /// (RFC 5280 4.2.1.12: a certificate with the extension is for those purposes only).
+    pub accepted_extended_key_usages: Vec<ObjectIdentifier>,
     pub digest_algorithms: Vec<PolicyDigest>,
     pub key_types: Vec<KeyType>,
     pub max_clock_skew_secs: i64,
@@ -113,6 +147,18 @@ impl SignaturePolicy {
                 "accepts no certificate at all".into(),
             ));
         }
+        let accepted_extended_key_usages = raw
+            .accepted_extended_key_usages
+            .iter()
+            .map(|n| {
+                extended_key_usage(n).ok_or_else(|| {
+                    err(
+                        "accepted_extended_key_usages",
+                        format!("{n:?} is neither a purpose's name (clientAuth, emailProtection, documentSigning, anyExtendedKeyUsage, ...) nor a dotted OID"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         if raw.digest_algorithms.is_empty() {
             return Err(err("digest_algorithms", "is empty".into()));
         }
@@ -129,6 +175,7 @@ impl SignaturePolicy {
             description: raw.description,
             accepted,
             required_key_usage: raw.required_key_usage,
+            accepted_extended_key_usages,
             digest_algorithms: raw.digest_algorithms,
             key_types: raw.key_types,
             max_clock_skew_secs: raw.max_clock_skew_secs,
@@ -158,5 +205,36 @@ impl SignaturePolicy {
         self.accepted
             .iter()
             .find(|a| oids.contains(&a.oid) && (own_hierarchy || a.profile.is_none()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_ekus(list: &str) -> Result<SignaturePolicy, PolicyError> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        let profiles = Profiles::load_dir(&dir).unwrap();
+        let text = std::fs::read_to_string(dir.join(SIGNATURE_POLICY_FILE)).unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("accepted_extended_key_usages"))
+            .unwrap();
+        let text = text.replace(line, &format!("accepted_extended_key_usages = {list}"));
+        SignaturePolicy::parse("test.toml", &text, &profiles)
+    }
+
+    #[test]
+    fn extended_key_usages_are_read_by_name_or_dotted_oid_and_an_unknown_name_is_refused() {
+        let p = with_ekus(r#"["clientAuth", "1.3.6.1.5.5.7.3.36"]"#).unwrap();
+        let dotted: Vec<String> = p
+            .accepted_extended_key_usages
+            .iter()
+            .map(|o| o.to_string())
+            .collect();
+        assert_eq!(dotted, ["1.3.6.1.5.5.7.3.2", "1.3.6.1.5.5.7.3.36"]);
+        let e = with_ekus(r#"["clientAuthentication"]"#).unwrap_err();
+        assert_eq!(e.field, "accepted_extended_key_usages");
+        assert!(e.reason.contains("clientAuthentication"), "{}", e.reason);
     }
 }

@@ -804,6 +804,22 @@ impl Verifier {
                 );
             }
         }
+        // Extended key usage: with the extension, the certificate is for those purposes only.
+        if let Some(purposes) = &facts.extended_key_usage {
+            let accepted = &self.policy.accepted_extended_key_usages;
+            if !purposes.iter().any(|p| accepted.contains(p)) {
+                let named: Vec<String> = purposes.iter().map(|p| p.to_string()).collect();
+                v.fail(
+                    Indeterminate,
+                    SubIndication::ChainConstraintsFailure,
+                    "extended-key-usage",
+                    format!(
+                        "the certificate's extended key usage ({}) names no purpose the signature policy accepts for payment instructions",
+                        if named.is_empty() { "unreadable".to_string() } else { named.join(", ") }
+                    ),
+                );
+            }
+        }
         // Time.
         let claimed = ev.claimed_signing_time;
         let rules = &self.policy.rules;

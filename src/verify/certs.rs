@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use const_oid::ObjectIdentifier;
 use der::{Decode, Encode};
 use sha2::{Digest, Sha256};
-use x509_cert::ext::pkix::{CertificatePolicies, KeyUsage};
+use x509_cert::ext::pkix::{CertificatePolicies, ExtendedKeyUsage, KeyUsage};
 use x509_cert::Certificate;
 
 use super::cms::{public_key_of, PublicKey};
@@ -47,6 +47,9 @@ pub struct CertFacts {
     /// The policy identifiers of its certificatePolicies (empty without the extension).
     pub policies: Vec<ObjectIdentifier>,
     pub key_usage: Option<KeyUsage>,
+    /// The purposes of its extendedKeyUsage (None without the extension; an extension that
+    /// cannot be read names no purpose).
+    pub extended_key_usage: Option<Vec<ObjectIdentifier>>,
 }
 
 impl KnownCert {
@@ -115,6 +118,11 @@ impl KnownCert {
                     .map(|(_, cp)| cp.0.iter().map(|p| p.policy_identifier).collect())
                     .unwrap_or_default(),
                 key_usage: super::path::key_usage(&self.cert),
+                extended_key_usage: match tbs.get_extension::<ExtendedKeyUsage>() {
+                    Ok(Some((_, eku))) => Some(eku.0),
+                    Ok(None) => None,
+                    Err(_) => Some(Vec::new()),
+                },
             }
         })
     }
