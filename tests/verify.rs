@@ -963,16 +963,15 @@ fn verify_partner_signature(
     verify_with(f, &config, &[], &instr, &sig, &[])
 }
 
+/// INDETERMINATE / CHAIN_CONSTRAINTS_FAILURE, for the reason `why` names.
+fn expect_chain_constraints(v: &Verdict, why: &str) {
+    v.expect("INDETERMINATE", "CHAIN_CONSTRAINTS_FAILURE", 2);
+    assert!(v.out.stdout.contains(why), "{}", v.out.describe());
+}
+
 /// The verdict of a signer whose certificate policy the signature policy does not accept.
 fn expect_policy_not_accepted(v: &Verdict) {
-    v.expect("INDETERMINATE", "CHAIN_CONSTRAINTS_FAILURE", 2);
-    assert!(
-        v.out
-            .stdout
-            .contains("not one the signature policy accepts"),
-        "{}",
-        v.out.describe()
-    );
+    expect_chain_constraints(v, "not one the signature policy accepts");
 }
 
 #[test]
@@ -994,14 +993,9 @@ fn a_signer_whose_extended_key_usage_names_no_signing_purpose_is_refused() {
     let f = fixture();
     let (h, ca, ca_key) =
         p256_foreign_holder_with(f, FOREIGN_POLICY, "extendedKeyUsage=serverAuth\n");
-    let v = verify_partner_signature(f, &h, &ca, &ca_key, None);
-    v.expect("INDETERMINATE", "CHAIN_CONSTRAINTS_FAILURE", 2);
-    assert!(
-        v.out
-            .stdout
-            .contains("extended key usage (1.3.6.1.5.5.7.3.1) names no purpose"),
-        "{}",
-        v.out.describe()
+    expect_chain_constraints(
+        &verify_partner_signature(f, &h, &ca, &ca_key, None),
+        "extended key usage (1.3.6.1.5.5.7.3.1) names no purpose",
     );
     // One purpose the policy accepts is enough.
     let (h, ca, ca_key) = p256_foreign_holder_with(
