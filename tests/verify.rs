@@ -1404,7 +1404,8 @@ fn an_instruction_naming_its_id_twice_is_refused_and_not_remembered() {
         "{}",
         v.out.describe()
     );
-    // Not remembered: an instruction with either id alone is no replay of it.
+    // Not remembered: an instruction with its last id alone (the one serde_json would read)
+    // is no replay of it.
     let once = instruction(
         f,
         &format!(r#"{{"instruction_id":"{id}-b","amount":"5.00"}}"#),

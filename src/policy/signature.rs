@@ -159,6 +159,25 @@ impl SignaturePolicy {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // A profile whose certificates carry purposes none of which is accepted could sign no
+        // payment: a contradiction in the policy, refused here rather than found per signer.
+        for name in &raw.accepted_profiles {
+            let Some(p) = profiles.get(name) else {
+                continue;
+            };
+            let ekus: Vec<ObjectIdentifier> =
+                p.extended_key_usage.iter().map(|e| e.oid()).collect();
+            if !ekus.is_empty()
+                && !ekus
+                    .iter()
+                    .any(|e| accepted_extended_key_usages.contains(e))
+            {
+                return Err(err(
+                    "accepted_extended_key_usages",
+                    format!("accepts none of the purposes ({}) that profile {name:?}, an accepted profile, writes in its certificates' extendedKeyUsage: its holders could sign no payment", p.extended_key_usage.iter().map(|e| format!("{e:?}")).collect::<Vec<_>>().join(", ")),
+                ));
+            }
+        }
         if raw.digest_algorithms.is_empty() {
             return Err(err("digest_algorithms", "is empty".into()));
         }
@@ -236,5 +255,22 @@ mod tests {
         let e = with_ekus(r#"["clientAuthentication"]"#).unwrap_err();
         assert_eq!(e.field, "accepted_extended_key_usages");
         assert!(e.reason.contains("clientAuthentication"), "{}", e.reason);
+    }
+
+    #[test]
+    fn a_list_that_leaves_an_accepted_profile_no_purpose_is_refused_and_a_missing_one_defaults() {
+        // The teller profile writes clientAuth alone.
+        let e = with_ekus(r#"["emailProtection"]"#).unwrap_err();
+        assert!(e.reason.contains("\"teller\""), "{}", e.reason);
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        let profiles = Profiles::load_dir(&dir).unwrap();
+        let text = std::fs::read_to_string(dir.join(SIGNATURE_POLICY_FILE)).unwrap();
+        let without: String = text
+            .lines()
+            .filter(|l| !l.starts_with("accepted_extended_key_usages"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let p = SignaturePolicy::parse("test.toml", &without, &profiles).unwrap();
+        assert_eq!(p.accepted_extended_key_usages.len(), 4);
     }
 }

@@ -474,8 +474,9 @@ impl Verifier {
     /// The pure verification of `signature` over `instruction`: cryptography, certificate
     /// path, signature policy, time, and revocation status at the claimed signing time; nothing
     /// is written (no replay guard, no audit event). [`Verifier::verify`] is this plus the
-    /// replay guard and the audit, which is what the API serves; this entry point is what the
-    /// verification benchmark measures.
+    /// replay guard (with its refusal of an instruction that names its id twice) and the
+    /// audit, which is what the API serves; this entry point is what the verification
+    /// benchmark measures.
     pub fn verify_pure(&self, instruction: &[u8], signature: &[u8]) -> Report {
         let now = self.clock.now();
         let (evidence, digest) = match self.examine(instruction, signature) {
@@ -815,7 +816,11 @@ impl Verifier {
                     "extended-key-usage",
                     format!(
                         "the certificate's extended key usage ({}) names no purpose the signature policy accepts for payment instructions",
-                        if named.is_empty() { "unreadable".to_string() } else { named.join(", ") }
+                        if named.is_empty() {
+                            "unreadable or empty".to_string()
+                        } else {
+                            named.join(", ")
+                        }
                     ),
                 );
             }
@@ -1062,11 +1067,7 @@ impl Verifier {
         };
         match members.as_slice() {
             [] => Ok(None),
-            [one] => Ok(match one {
-                serde_json::Value::String(s) => Some(s.clone()),
-                serde_json::Value::Number(n) => Some(n.to_string()),
-                _ => None,
-            }),
+            [one] => Ok(one.clone()),
             many => Err(format!(
                 "the instruction names its {field:?} member {} times: which one a gateway reads depends on its JSON parser, so the replay guard cannot tell this instruction's id; have it signed again with the member once",
                 many.len()
@@ -1332,13 +1333,15 @@ fn article13(
     }
 }
 
-/// The values of every member named `field` at the top level of `json`, in order (duplicates
-/// kept: `serde_json::Value` would keep the last alone). None when `json` is not a JSON object.
-fn top_level_members(json: &[u8], field: &str) -> Option<Vec<serde_json::Value>> {
+/// Every member named `field` at the top level of `json`, in order (duplicates kept:
+/// `serde_json::Value` would keep the last alone): its text when it is a string or a number,
+/// else None. Values are skipped, not built, whatever their depth, so that no member goes
+/// uncounted. None when `json` is not a JSON object.
+fn top_level_members(json: &[u8], field: &str) -> Option<Vec<Option<String>>> {
     use serde::de::{Deserializer as _, IgnoredAny, MapAccess, Visitor};
     struct Members<'f>(&'f str);
     impl<'de> Visitor<'de> for Members<'_> {
-        type Value = Vec<serde_json::Value>;
+        type Value = Vec<Option<String>>;
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("a JSON object")
         }
@@ -1346,7 +1349,7 @@ fn top_level_members(json: &[u8], field: &str) -> Option<Vec<serde_json::Value>>
             let mut found = Vec::new();
             while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
                 if key == self.0 {
-                    found.push(map.next_value()?);
+                    found.push(map.next_value::<IdText>()?.0);
                 } else {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -1360,24 +1363,77 @@ fn top_level_members(json: &[u8], field: &str) -> Option<Vec<serde_json::Value>>
     Some(found)
 }
 
+/// A member's value as an instruction id: the text of a string or a number; anything else is
+/// skipped (never built) and gives no id.
+struct IdText(Option<String>);
+
+impl<'de> serde::Deserialize<'de> for IdText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = IdText;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<IdText, E> {
+                Ok(IdText(Some(v.to_string())))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<IdText, E> {
+                Ok(IdText(Some(v.to_string())))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<IdText, E> {
+                Ok(IdText(Some(v.to_string())))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<IdText, E> {
+                Ok(IdText(
+                    serde_json::Number::from_f64(v).map(|n| n.to_string()),
+                ))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<IdText, E> {
+                Ok(IdText(None))
+            }
+            fn visit_unit<E>(self) -> Result<IdText, E> {
+                Ok(IdText(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<IdText, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(IdText(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<IdText, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(IdText(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::top_level_members;
-    use serde_json::json;
 
     #[test]
     fn every_top_level_member_of_the_name_is_found_in_order_escaped_or_not() {
         let members = |s: &str| top_level_members(s.as_bytes(), "id");
-        assert_eq!(members(r#"{"id":"A","n":1}"#), Some(vec![json!("A")]));
+        let ids = |v: &[Option<&str>]| Some(v.iter().map(|i| i.map(String::from)).collect());
+        assert_eq!(members(r#"{"id":"A","n":1}"#), ids(&[Some("A")]));
         assert_eq!(
             members(r#"{"id":"A","n":{"id":"nested"},"id":"B"}"#),
-            Some(vec![json!("A"), json!("B")])
+            ids(&[Some("A"), Some("B")])
         );
         // The same name escaped is the same member to every JSON parser.
         assert_eq!(
             members(r#"{"id":"A","\u0069d":7}"#),
-            Some(vec![json!("A"), json!(7)])
+            ids(&[Some("A"), Some("7")])
         );
+        // A member nested deeper than serde_json builds values is counted all the same.
+        let deep = format!(
+            r#"{{"id":"A","id":{}1{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        assert_eq!(members(&deep), ids(&[Some("A"), None]));
         assert_eq!(members(r#"{"n":1}"#), Some(vec![]));
         // Not a JSON object (or not JSON at all): no id, as before.
         assert_eq!(members(r#"["id"]"#), None);
