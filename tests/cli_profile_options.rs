@@ -181,11 +181,15 @@ fn a_shard_count_other_than_the_one_the_crls_were_made_with_is_warned_of_at_ever
     .assert_stderr_mentions("set crl_shards back to 2");
 }
 
-#[test]
-fn keyed_hash_profile_writes_the_hmac_of_the_id_number_never_the_number() {
-    let f = fixture();
-    let id = "110101199001011237";
-    // A copy of the policies with a privacy-minded profile.
+/// A config whose policies are a copy of the shipped customer and teller profiles and a
+/// profile `name` made from the customer profile by `edit`; `more` appends to the config's
+/// last section ([issuance]).
+fn config_with_profile(
+    f: &Fixture,
+    name: &str,
+    edit: impl Fn(String) -> String,
+    more: &str,
+) -> PathBuf {
     let policies = f.path("policies");
     fs::create_dir_all(&policies).unwrap();
     for p in ["customer.toml", "teller.toml"] {
@@ -197,26 +201,69 @@ fn keyed_hash_profile_writes_the_hmac_of_the_id_number_never_the_number() {
         )
         .unwrap();
     }
-    let private = fs::read_to_string(policies.join("customer.toml"))
-        .unwrap()
-        .replace("id_number = \"clear\"", "id_number = \"keyed-hash\"");
-    fs::write(policies.join("customer-private.toml"), private).unwrap();
-    let key_hex = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
-    let key_file = f.path("id-hash.key");
-    fs::write(&key_file, hex_decode(key_hex)).unwrap();
-    let config = config_with(f, "keyed.toml", |t| {
+    let profile = edit(fs::read_to_string(policies.join("customer.toml")).unwrap());
+    fs::write(policies.join(format!("{name}.toml")), profile).unwrap();
+    config_with(f, &format!("{name}-config.toml"), |t| {
         let t = set_toml_key(
             &t,
             "issuance",
             "policies",
             &toml_str(&policies.to_string_lossy()),
         );
-        // [issuance] is the last section of the generated config.
-        format!(
-            "{t}id_hash_key_file = {}\n",
+        format!("{t}{more}")
+    })
+}
+
+#[test]
+fn a_time_stamping_profile_writes_its_purpose_alone_and_critical() {
+    // RFC 3161 section 2.3.
+    let f = fixture();
+    let config = config_with_profile(
+        f,
+        "tsa",
+        |p| {
+            p.replace(
+                "extended_key_usage = []",
+                "extended_key_usage = [\"timeStamping\"]",
+            )
+        },
+        "",
+    );
+    let (_, leaf) = issue_with(f, &config, "tsa", "CN=Bank TSA 1,serialNumber=TSA-1");
+    let text = cert_text(&leaf);
+    assert!(
+        text.contains("X509v3 Extended Key Usage: critical\n                Time Stamping\n"),
+        "{text}"
+    );
+    openssl(&args![
+        "verify",
+        "-purpose",
+        "timestampsign",
+        "-partial_chain",
+        "-CAfile",
+        f.ca("customer-ca.pem"),
+        &leaf
+    ])
+    .assert_ok();
+}
+
+#[test]
+fn keyed_hash_profile_writes_the_hmac_of_the_id_number_never_the_number() {
+    let f = fixture();
+    let id = "110101199001011237";
+    // A privacy-minded profile.
+    let key_hex = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    let key_file = f.path("id-hash.key");
+    fs::write(&key_file, hex_decode(key_hex)).unwrap();
+    let config = config_with_profile(
+        f,
+        "customer-private",
+        |p| p.replace("id_number = \"clear\"", "id_number = \"keyed-hash\""),
+        &format!(
+            "id_hash_key_file = {}\n",
             toml_str(&key_file.to_string_lossy())
-        )
-    });
+        ),
+    );
     let (serial, leaf) = issue_with(
         f,
         &config,

@@ -353,7 +353,7 @@ impl Authority {
         if !p.extended_key_usage.is_empty() {
             exts.push(extension(
                 &ExtendedKeyUsage(p.extended_key_usage.iter().map(|e| e.oid()).collect()),
-                false,
+                crate::policy::ExtendedKeyUsage::is_critical_for(&p.extended_key_usage),
             )?);
         }
         exts.push(extension(

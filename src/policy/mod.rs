@@ -66,6 +66,13 @@ pub enum ExtendedKeyUsage {
 }
 
 impl ExtendedKeyUsage {
+    /// Whether a certificate for `purposes` marks its extendedKeyUsage critical: RFC 3161
+    /// section 2.3 requires it of a time-stamping certificate; other purposes leave it
+    /// non-critical, as RFC 5280 4.2.1.12 allows.
+    pub fn is_critical_for(purposes: &[ExtendedKeyUsage]) -> bool {
+        purposes == [ExtendedKeyUsage::TimeStamping]
+    }
+
     pub fn oid(self) -> ObjectIdentifier {
         use const_oid::db::rfc5280;
         match self {
@@ -304,6 +311,18 @@ impl Profile {
                 "must list O and C: the bank, never the requester, names the organization".into(),
             ));
         }
+        // RFC 3161 2.3: a time-stamping unit's certificate is for that purpose alone (and its
+        // extension is critical: see `ExtendedKeyUsage::is_critical_for`).
+        if raw
+            .extended_key_usage
+            .contains(&ExtendedKeyUsage::TimeStamping)
+            && raw.extended_key_usage.len() > 1
+        {
+            return Err(err(
+                "extended_key_usage",
+                "timeStamping must be the only purpose (RFC 3161 section 2.3: a time-stamping authority's certificate is for time-stamping alone)".into(),
+            ));
+        }
         if s.id_number == IdNumberForm::KeyedHash && !seen.contains_key(&SubjectAttr::SerialNumber)
         {
             return Err(err(
@@ -431,6 +450,25 @@ mod tests {
         let text = CUSTOMER.replace("1.3.6.1.4.1.32473.7373.1.1", "banana");
         let e = Profile::parse("c", "c.toml", &text).unwrap_err();
         assert_eq!(e.field, "policy_oid");
+    }
+
+    #[test]
+    fn time_stamping_is_refused_beside_another_purpose_and_alone_is_critical() {
+        let text = CUSTOMER.replace(
+            "extended_key_usage = []",
+            "extended_key_usage = [\"timeStamping\", \"clientAuth\"]",
+        );
+        let e = Profile::parse("c", "c.toml", &text).unwrap_err();
+        assert_eq!(e.field, "extended_key_usage");
+        let alone = CUSTOMER.replace(
+            "extended_key_usage = []",
+            "extended_key_usage = [\"timeStamping\"]",
+        );
+        let p = Profile::parse("c", "c.toml", &alone).unwrap();
+        assert!(ExtendedKeyUsage::is_critical_for(&p.extended_key_usage));
+        assert!(!ExtendedKeyUsage::is_critical_for(&[
+            ExtendedKeyUsage::ClientAuth
+        ]));
     }
 
     #[test]
