@@ -72,26 +72,7 @@ fn setup() -> (&'static Setup, MutexGuard<'static, Server>) {
         assert_eq!(r.status, 201, "{}", r.body);
         let teller = cred("Bank A", "teller", Some("T1"));
         let other_teller = cred("Bank A", "teller", Some("T2"));
-        let req = post_json(
-            &server,
-            "/v1/teller-keys",
-            Some(&admin1),
-            &json!({"employee_id": "T1"}),
-        );
-        assert_eq!(req.status, 202, "{}", req.body);
-        let id = req.json()["id"].as_str().unwrap().to_string();
-        let approved = post_json(
-            &server,
-            &format!("/v1/teller-requests/{id}/approve"),
-            Some(&admin2),
-            &json!({}),
-        );
-        assert_eq!(approved.status, 201, "{}", approved.body);
-        let teller_key = approved.json()["key_id"].as_str().unwrap().to_string();
-        let code = approved.json()["activation_code"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let (teller_key, code) = teller_key_made(&server, &admin1, &admin2, "T1");
         let teller_pin = "480912".to_string();
         let set = post_json(
             &server,
@@ -114,6 +95,28 @@ fn setup() -> (&'static Setup, MutexGuard<'static, Server>) {
         (setup, Mutex::new(server))
     });
     (setup, server.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// An HSM key for teller `employee`: filed by `filer`, approved by `approver` (two
+/// teller-admins); (its id, its one-time activation code).
+fn teller_key_made(s: &Server, filer: &str, approver: &str, employee: &str) -> (String, String) {
+    let req = post_json(
+        s,
+        "/v1/teller-keys",
+        Some(filer),
+        &json!({ "employee_id": employee }),
+    );
+    assert_eq!(req.status, 202, "{}", req.body);
+    let id = req.json()["id"].as_str().unwrap().to_string();
+    let approved = post_json(
+        s,
+        &format!("/v1/teller-requests/{id}/approve"),
+        Some(approver),
+        &json!({}),
+    );
+    assert_eq!(approved.status, 201, "{}", approved.body);
+    let field = |name: &str| approved.json()[name].as_str().unwrap().to_string();
+    (field("key_id"), field("activation_code"))
 }
 
 /// How many audit events of `action` name `object`.
@@ -791,28 +794,7 @@ fn a_wrong_activation_code_is_refused_and_audited_and_the_right_one_still_works(
             "T4",
         ],
     );
-    let req = post_json(
-        &s,
-        "/v1/teller-keys",
-        Some(&st.admin1),
-        &json!({"employee_id": "T4"}),
-    );
-    assert_eq!(req.status, 202, "{}", req.body);
-    let approved = post_json(
-        &s,
-        &format!(
-            "/v1/teller-requests/{}/approve",
-            req.json()["id"].as_str().unwrap()
-        ),
-        Some(&st.admin2),
-        &json!({}),
-    );
-    assert_eq!(approved.status, 201, "{}", approved.body);
-    let key = approved.json()["key_id"].as_str().unwrap().to_string();
-    let code = approved.json()["activation_code"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (key, code) = teller_key_made(&s, &st.admin1, &st.admin2, "T4");
     let set_pin = |code: &str| {
         post_json(
             &s,

@@ -62,20 +62,23 @@ fn default_extended_key_usages() -> Vec<String> {
     .to_vec()
 }
 
+/// id-kp-documentSigning (RFC 9336), which const-oid's database does not name.
+const ID_KP_DOCUMENT_SIGNING: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.36");
+
 /// An extendedKeyUsage purpose by its RFC 5280 / RFC 9336 name, or a dotted OID.
 fn extended_key_usage(name: &str) -> Option<ObjectIdentifier> {
-    let dotted = match name {
-        "serverAuth" => "1.3.6.1.5.5.7.3.1",
-        "clientAuth" => "1.3.6.1.5.5.7.3.2",
-        "codeSigning" => "1.3.6.1.5.5.7.3.3",
-        "emailProtection" => "1.3.6.1.5.5.7.3.4",
-        "timeStamping" => "1.3.6.1.5.5.7.3.8",
-        "OCSPSigning" => "1.3.6.1.5.5.7.3.9",
-        "documentSigning" => "1.3.6.1.5.5.7.3.36",
-        "anyExtendedKeyUsage" => "2.5.29.37.0",
-        other => other,
-    };
-    ObjectIdentifier::new(dotted).ok()
+    use const_oid::db::rfc5280 as kp;
+    Some(match name {
+        "serverAuth" => kp::ID_KP_SERVER_AUTH,
+        "clientAuth" => kp::ID_KP_CLIENT_AUTH,
+        "codeSigning" => kp::ID_KP_CODE_SIGNING,
+        "emailProtection" => kp::ID_KP_EMAIL_PROTECTION,
+        "timeStamping" => kp::ID_KP_TIME_STAMPING,
+        "OCSPSigning" => kp::ID_KP_OCSP_SIGNING,
+        "documentSigning" => ID_KP_DOCUMENT_SIGNING,
+        "anyExtendedKeyUsage" => kp::ANY_EXTENDED_KEY_USAGE,
+        dotted => return ObjectIdentifier::new(dotted).ok(),
+    })
 }
 
 /// An accepted certificate policy and, for Signet's own profiles, the profile's name.

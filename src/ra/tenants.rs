@@ -734,7 +734,30 @@ pub fn read_token_file(path: &std::path::Path) -> Result<Zeroizing<String>, Stri
 
 #[cfg(test)]
 mod tests {
-    use super::checked_holder;
+    use super::{checked_holder, read_token_file};
+
+    #[test]
+    fn a_token_file_holds_exactly_one_token_and_anything_else_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &[u8]| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let one = file("one", b"sgt_abc.def\n");
+        assert_eq!(read_token_file(&one).unwrap().as_str(), "sgt_abc.def");
+        for (name, text) in [
+            ("empty", b"\n".to_vec()),
+            ("two", b"sgt_a sgt_b\n".to_vec()),
+            ("long", vec![b'a'; 200]),
+            ("large", vec![b'\n'; 5000]),
+        ] {
+            let e = read_token_file(&file(name, &text)).unwrap_err();
+            assert!(e.contains("does not hold one token"), "{name}: {e}");
+        }
+        let e = read_token_file(&dir.path().join("missing")).unwrap_err();
+        assert!(e.contains("cannot read the token file"), "{e}");
+    }
 
     #[test]
     fn a_holder_is_kept_in_one_form_however_it_is_typed() {

@@ -450,6 +450,115 @@ pub(crate) fn check_der_structure(input: &[u8], max_depth: usize) -> Result<(), 
     crate::der_limits::check(input, max_depth).map_err(|e| ferr(e.to_string()))
 }
 
+/// Every member named `field` at the top level of `json`, in order (duplicates kept:
+/// `serde_json::Value` would keep the last alone): its text when it is a string or a number,
+/// else None. Values are skipped, not built, whatever their depth, so that no member goes
+/// uncounted. None when `json` is not a JSON object.
+pub(super) fn top_level_members(json: &[u8], field: &str) -> Option<Vec<Option<String>>> {
+    use serde::de::{Deserializer as _, IgnoredAny, MapAccess, Visitor};
+    struct Members<'f>(&'f str);
+    impl<'de> Visitor<'de> for Members<'_> {
+        type Value = Vec<Option<String>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut found = Vec::new();
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if key == self.0 {
+                    found.push(map.next_value::<IdText>()?.0);
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(found)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let found = de.deserialize_map(Members(field)).ok()?;
+    de.end().ok()?;
+    Some(found)
+}
+
+/// A member's value as an instruction id: the text of a string or a number; anything else is
+/// skipped (never built) and gives no id.
+struct IdText(Option<String>);
+
+impl<'de> serde::Deserialize<'de> for IdText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = IdText;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<IdText, E> {
+                Ok(IdText(Some(v.to_string())))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<IdText, E> {
+                Ok(IdText(Some(v.to_string())))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<IdText, E> {
+                Ok(IdText(Some(v.to_string())))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<IdText, E> {
+                Ok(IdText(
+                    serde_json::Number::from_f64(v).map(|n| n.to_string()),
+                ))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<IdText, E> {
+                Ok(IdText(None))
+            }
+            fn visit_unit<E>(self) -> Result<IdText, E> {
+                Ok(IdText(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<IdText, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(IdText(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<IdText, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(IdText(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 #[cfg(test)]
 #[path = "formats_tests.rs"]
 mod formats_tests;
+
+#[cfg(test)]
+mod id_member_tests {
+    use super::top_level_members;
+
+    #[test]
+    fn every_top_level_member_of_the_name_is_found_in_order_escaped_or_not() {
+        let members = |s: &str| top_level_members(s.as_bytes(), "id");
+        let ids = |v: &[Option<&str>]| Some(v.iter().map(|i| i.map(String::from)).collect());
+        assert_eq!(members(r#"{"id":"A","n":1}"#), ids(&[Some("A")]));
+        assert_eq!(
+            members(r#"{"id":"A","n":{"id":"nested"},"id":"B"}"#),
+            ids(&[Some("A"), Some("B")])
+        );
+        // The same name escaped is the same member to every JSON parser.
+        assert_eq!(
+            members(r#"{"id":"A","\u0069d":7}"#),
+            ids(&[Some("A"), Some("7")])
+        );
+        // A member nested deeper than serde_json builds values is counted all the same.
+        let deep = format!(
+            r#"{{"id":"A","id":{}1{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        assert_eq!(members(&deep), ids(&[Some("A"), None]));
+        assert_eq!(members(r#"{"n":1}"#), Some(vec![]));
+        // Not a JSON object (or not JSON at all): no id, as before.
+        assert_eq!(members(r#"["id"]"#), None);
+        assert_eq!(members("id=A"), None);
+        assert_eq!(members(r#"{"id":"A"} trailing"#), None);
+    }
+}
