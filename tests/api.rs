@@ -763,6 +763,227 @@ fn teller_certificates_need_two_different_teller_admins_of_the_same_bank() {
     assert_eq!((again.status, again.code().as_str()), (409, "conflict"));
 }
 
+fn reject_teller_request(s: &Server, id: &str, token: &str, reason: &str) -> common::http::Reply {
+    post_json(
+        s,
+        &format!("/v1/teller-requests/{id}/reject"),
+        Some(token),
+        &json!({ "reason": reason }),
+    )
+}
+
+/// A teller request as `token` reads it through `GET /v1/teller-requests/{id}`.
+fn teller_request(s: &Server, id: &str, token: &str) -> Value {
+    let r = get(s, &format!("/v1/teller-requests/{id}"), Some(token));
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()
+}
+
+/// The ids `GET /v1/teller-requests{query}` lists for `token`, in its order.
+fn listed_teller_requests(s: &Server, query: &str, token: &str) -> Vec<String> {
+    let r = get(s, &format!("/v1/teller-requests{query}"), Some(token));
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_second_teller_admin_rejects_a_teller_request_which_then_cannot_be_approved() {
+    let (banks, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let id = file_teller_request(
+        s,
+        &banks.a_admin1,
+        "CN=柜员庚,serialNumber=E9021,OU=Branch 21",
+    );
+    let reason = "the branch on the subject is wrong: Branch 12";
+    let r = reject_teller_request(s, &id, &banks.a_admin2, reason);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(
+        (
+            v["id"].as_str(),
+            v["status"].as_str(),
+            v["decision_reason"].as_str()
+        ),
+        (Some(id.as_str()), Some("rejected"), Some(reason))
+    );
+    assert!(
+        v["decided_at"].is_i64() && v["decided_by"].is_string(),
+        "{v}"
+    );
+    // It stays rejected: not approvable, not rejected twice; the bank's auditor reads it.
+    let approve = approve_teller_request(s, &id, &banks.a_admin2);
+    assert_eq!((approve.status, approve.code().as_str()), (409, "conflict"));
+    assert!(
+        approve.body.contains("already rejected"),
+        "{}",
+        approve.body
+    );
+    let again = reject_teller_request(s, &id, &banks.a_admin2, "twice");
+    assert_eq!((again.status, again.code().as_str()), (409, "conflict"));
+    let read = teller_request(s, &id, &banks.a_auditor);
+    assert_eq!(
+        (read["status"].as_str(), read["decision_reason"].as_str()),
+        (Some("rejected"), Some(reason))
+    );
+    assert!(read.get("csr").is_none(), "the CSR is not repeated: {read}");
+    let event = fixture()
+        .open_store()
+        .audit_events(0)
+        .unwrap()
+        .into_iter()
+        .find(|e| e.action == "teller_request.reject" && e.object == id)
+        .expect("the rejection is audited");
+    let details: Value = serde_json::from_str(&event.details).unwrap();
+    assert_eq!(
+        (&details["reason"], &details["automatic"]),
+        (&json!(reason), &json!(false))
+    );
+}
+
+#[test]
+fn the_filer_may_withdraw_its_own_teller_request() {
+    let (banks, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let id = file_teller_request(
+        s,
+        &banks.a_admin1,
+        "CN=柜员辛,serialNumber=E9022,OU=Branch 22",
+    );
+    let r = reject_teller_request(s, &id, &banks.a_admin1, "filed for the wrong teller");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["status"], "rejected");
+    assert_eq!(
+        approve_teller_request(s, &id, &banks.a_admin2).status,
+        409,
+        "a withdrawn request is not approved"
+    );
+}
+
+#[test]
+fn a_rejection_says_why_in_a_sentence_without_a_national_id_number() {
+    let (banks, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let id = file_teller_request(
+        s,
+        &banks.a_admin1,
+        "CN=柜员壬,serialNumber=E9023,OU=Branch 23",
+    );
+    let too_long = "x".repeat(501);
+    for reason in [
+        "",
+        "   ",
+        too_long.as_str(),
+        "the subject is 11010119900307123X, not the teller",
+        "line one\u{7}",
+        "hidden\u{200b}mark",
+    ] {
+        let r = reject_teller_request(s, &id, &banks.a_admin2, reason);
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (400, "invalid_request"),
+            "{reason:?}: {}",
+            r.body
+        );
+    }
+    let no_reason = post_json(
+        s,
+        &format!("/v1/teller-requests/{id}/reject"),
+        Some(&banks.a_admin2),
+        &json!({}),
+    );
+    assert_eq!(no_reason.status, 400, "{}", no_reason.body);
+    assert_eq!(
+        teller_request(s, &id, &banks.a_admin2)["status"],
+        "pending",
+        "a refused rejection leaves the request as it was"
+    );
+    let fits = "y".repeat(500);
+    assert_eq!(
+        reject_teller_request(s, &id, &banks.a_admin2, &fits).status,
+        200
+    );
+}
+
+#[test]
+fn teller_requests_are_listed_to_their_own_bank_newest_first_and_by_status() {
+    let (banks, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let older = file_teller_request(
+        s,
+        &banks.a_admin1,
+        "CN=柜员癸,serialNumber=E9024,OU=Branch 24",
+    );
+    let newer = file_teller_request(
+        s,
+        &banks.a_admin1,
+        "CN=柜员子,serialNumber=E9025,OU=Branch 25",
+    );
+    let rejected = reject_teller_request(s, &older, &banks.a_admin2, "duplicate");
+    assert_eq!(rejected.status, 200, "{}", rejected.body);
+    let all = listed_teller_requests(s, "?limit=1000", &banks.a_admin2);
+    let at = |id: &String| all.iter().position(|x| x == id).expect("listed");
+    assert!(at(&newer) < at(&older), "newest first: {all:?}");
+    let pending = listed_teller_requests(s, "?status=pending&limit=1000", &banks.a_auditor);
+    assert!(
+        pending.contains(&newer) && !pending.contains(&older),
+        "{pending:?}"
+    );
+    let refused = listed_teller_requests(s, "?status=rejected&limit=1000", &banks.a_admin1);
+    assert!(
+        refused.contains(&older) && !refused.contains(&newer),
+        "{refused:?}"
+    );
+    assert_eq!(
+        listed_teller_requests(s, "?limit=1", &banks.a_admin1).len(),
+        1
+    );
+    // Another bank sees none of them, and cannot read or reject one.
+    let theirs = listed_teller_requests(s, "?limit=1000", &banks.b_admin);
+    assert!(
+        !theirs.contains(&newer) && !theirs.contains(&older),
+        "{theirs:?}"
+    );
+    let r = get(
+        s,
+        &format!("/v1/teller-requests/{newer}"),
+        Some(&banks.b_admin),
+    );
+    assert_eq!((r.status, r.code().as_str()), (404, "not_found"));
+    let r = reject_teller_request(s, &newer, &banks.b_admin, "not ours");
+    assert_eq!((r.status, r.code().as_str()), (404, "not_found"));
+    // Roles that neither file nor audit teller requests.
+    for token in [&banks.a_officer, &banks.a_gateway] {
+        let r = get(s, "/v1/teller-requests", Some(token));
+        assert_eq!((r.status, r.code().as_str()), (403, "forbidden"));
+    }
+    let r = reject_teller_request(s, &newer, &banks.a_auditor, "auditors only read");
+    assert_eq!((r.status, r.code().as_str()), (403, "forbidden"));
+    // A query it does not understand is a 400 with a stable code.
+    for query in ["?status=open", "?limit=many", "?limit=-1", "?sort=asc"] {
+        let r = get(
+            s,
+            &format!("/v1/teller-requests{query}"),
+            Some(&banks.a_admin1),
+        );
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (400, "invalid_query"),
+            "{query}: {}",
+            r.body
+        );
+    }
+    assert_eq!(
+        teller_request(s, &newer, &banks.a_admin1)["status"],
+        "pending"
+    );
+}
+
 /// `signet credential add` of a teller-admin credential of Bank A for `holder`.
 fn add_bank_a_teller_admin(f: &Fixture, holder: &str) -> common::Out {
     f.signet(&[
@@ -839,11 +1060,12 @@ fn a_request_filed_before_holders_were_recorded_compares_the_filing_credential_s
         requested_by_holder: None,
         csr: csr_pem(f).into_bytes(),
         subject: "CN=柜员庚,serialNumber=E9007,OU=Branch 7".into(),
-        status: "pending".into(),
+        status: signet::store::RequestStatus::Pending,
         created_at: now,
         expires_at: now + 3600,
         decided_by: None,
         decided_at: None,
+        decision_reason: None,
         serial: None,
         kind: "certificate".into(),
         teller_id: None,
@@ -1047,6 +1269,18 @@ fn auditor_reads_its_own_banks_events_in_chain_order() {
         Some(&banks.a_auditor),
     );
     assert_eq!(later.json()["events"].as_array().unwrap().len(), 0);
+    // A query it cannot read is a 400 with a stable code, not axum's plain text.
+    let r = get(
+        s,
+        "/v1/audit-events?since=yesterday",
+        Some(&banks.a_auditor),
+    );
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (400, "invalid_query"),
+        "{}",
+        r.body
+    );
 }
 
 #[test]
@@ -1412,6 +1646,9 @@ fn openapi_document_is_openapi_3_and_lists_every_v1_route() {
         ("post", "/v1/certificates/{serial}/release"),
         ("post", "/v1/teller-requests"),
         ("post", "/v1/teller-requests/{id}/approve"),
+        ("post", "/v1/teller-requests/{id}/reject"),
+        ("get", "/v1/teller-requests"),
+        ("get", "/v1/teller-requests/{id}"),
         ("get", "/v1/audit-events"),
         ("get", "/v1/ca"),
         ("post", "/v1/verifications"),
@@ -1687,6 +1924,14 @@ fn a_pending_teller_request_expires_unapproved() {
     // so nothing else is in flight).
     let later = common::now_unix() + 25 * 3600;
     let late = Server::start_with(f, &[("SIGNET_FAKE_NOW", later.to_string())]);
+    // Listed as expired before anyone tries to decide it: it can no longer be approved.
+    assert_eq!(
+        teller_request(&late, &id, &banks.a_auditor)["status"],
+        "expired"
+    );
+    let listed = |query: &str| listed_teller_requests(&late, query, &banks.a_admin2);
+    assert!(listed("?status=expired&limit=1000").contains(&id));
+    assert!(!listed("?status=pending&limit=1000").contains(&id));
     let approve = post_json(
         &late,
         &format!("/v1/teller-requests/{id}/approve"),

@@ -810,6 +810,8 @@ fn a_wrong_activation_code_is_refused_and_audited_and_the_right_one_still_works(
     assert_eq!(r.status, 204, "{}", r.body);
 }
 
+/// Of two key requests for one teller, the second one approved cannot be: it is rejected,
+/// saying why, instead of waiting a day to expire.
 #[test]
 fn of_two_key_requests_for_one_teller_only_the_first_approved_makes_and_certifies_a_key() {
     let (st, s) = setup();
@@ -859,6 +861,27 @@ fn of_two_key_requests_for_one_teller_only_the_first_approved_makes_and_certifie
         common::drill::metric(&s, "signet_certificate_signs_total"),
         signed,
         "the second approval had a certificate signed"
+    );
+    let read = get(
+        &s,
+        &format!("/v1/teller-requests/{second}"),
+        Some(&st.admin1),
+    );
+    assert_eq!(read.status, 200, "{}", read.body);
+    let v = read.json();
+    assert_eq!(v["status"], "rejected", "{v}");
+    assert!(
+        v["decision_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("teller T3 already has a key")),
+        "{v}"
+    );
+    assert_eq!(audit_events(fixture(), "teller_request.reject", &second), 1);
+    let third = approve(&second);
+    assert!(
+        third.status == 409 && third.body.contains("already rejected"),
+        "{}",
+        third.body
     );
 }
 

@@ -11,8 +11,8 @@ use signet::audit::{AuditEvent, AuditRecord, GENESIS};
 use signet::ca::IssuerId;
 use signet::store::{
     CertRecord, CertStatus, NewCrl, PinAttempt, PinReservation, PostgresOptions, PostgresStore,
-    ReplayKeys, RevocationRecord, SigningKeyRecord, SqliteStore, Store, StoreError, Succeeds,
-    TellerRequestRecord, TenantRecord,
+    ReplayKeys, RequestStatus, RevocationRecord, SigningKeyRecord, SqliteStore, Store, StoreError,
+    Succeeds, TellerRequestRecord, TenantRecord,
 };
 
 #[derive(Clone, Copy, Debug)]
@@ -708,8 +708,13 @@ fn add_bank(store: &Arc<dyn Store>) {
         .unwrap();
 }
 
-/// Files a pending certificate request `id` of tenant `t1`, by a credential of `holder`.
+/// Files a pending certificate request `id` of tenant `t1`, by a credential of `holder`, made
+/// at 10 and expiring at 100.
 fn file_teller_request(store: &Arc<dyn Store>, id: &str, holder: Option<&str>) {
+    file_teller_request_at(store, id, holder, 10);
+}
+
+fn file_teller_request_at(store: &Arc<dyn Store>, id: &str, holder: Option<&str>, created_at: i64) {
     let request = TellerRequestRecord {
         id: id.into(),
         tenant_id: "t1".into(),
@@ -717,11 +722,12 @@ fn file_teller_request(store: &Arc<dyn Store>, id: &str, holder: Option<&str>) {
         requested_by_holder: holder.map(str::to_string),
         csr: b"csr".to_vec(),
         subject: "CN=T".into(),
-        status: "pending".into(),
-        created_at: 10,
-        expires_at: 100,
+        status: RequestStatus::Pending,
+        created_at,
+        expires_at: created_at + 90,
         decided_by: None,
         decided_at: None,
+        decision_reason: None,
         serial: None,
         kind: "certificate".into(),
         teller_id: None,
@@ -776,7 +782,8 @@ fn a_teller_request_reopened_after_a_failed_issuance_is_audited() {
         store
             .decide_teller_request(
                 "treq_1",
-                "approved",
+                RequestStatus::Approved,
+                None,
                 "cred_2",
                 20,
                 &event("teller_request.approve", "treq_1"),
@@ -784,9 +791,128 @@ fn a_teller_request_reopened_after_a_failed_issuance_is_audited() {
             .unwrap();
         store.reopen_teller_request("treq_1", 21, &reopen).unwrap();
         let read = store.teller_request("treq_1").unwrap().unwrap();
-        assert_eq!(read.status, "pending", "{:?}", db.engine);
+        assert_eq!(read.status, RequestStatus::Pending, "{:?}", db.engine);
         assert_eq!(reopens(&store), 1, "{:?}", db.engine);
         assert_chain_intact(&store.audit_events(0).unwrap());
+    }
+}
+
+/// A rejection keeps its reason and its decider, and only a pending request is rejected.
+#[test]
+fn a_rejected_teller_request_keeps_its_reason() {
+    for db in databases("teller_request_reject") {
+        let store = db.open();
+        add_bank(&store);
+        file_teller_request(&store, "treq_1", None);
+        let reject = |at: i64| {
+            store.decide_teller_request(
+                "treq_1",
+                RequestStatus::Rejected,
+                Some("wrong branch"),
+                "cred_2",
+                at,
+                &event("teller_request.reject", "treq_1"),
+            )
+        };
+        reject(20).unwrap();
+        let read = store.teller_request("treq_1").unwrap().unwrap();
+        assert_eq!(
+            (
+                read.status,
+                read.decision_reason.as_deref(),
+                read.decided_by.as_deref(),
+                read.decided_at
+            ),
+            (
+                RequestStatus::Rejected,
+                Some("wrong branch"),
+                Some("cred_2"),
+                Some(20)
+            ),
+            "{:?}",
+            db.engine
+        );
+        assert!(
+            matches!(reject(21), Err(StoreError::Conflict(_))),
+            "{:?}",
+            db.engine
+        );
+        assert_chain_intact(&store.audit_events(0).unwrap());
+    }
+}
+
+/// A bank's requests newest first; by status as it stands at the time given (a pending
+/// request past its expiry is expired); never another bank's.
+#[test]
+fn teller_requests_are_listed_by_bank_and_status_at_a_time() {
+    for db in databases("teller_request_list") {
+        let store = db.open();
+        add_bank(&store);
+        store
+            .add_tenant(
+                &TenantRecord {
+                    id: "t2".into(),
+                    name: "Other Bank".into(),
+                    created_at: 1,
+                },
+                &event("tenant.add", "t2"),
+            )
+            .unwrap();
+        // Made at 10, 20, 30; each expires 90 seconds after.
+        for (i, id) in ["treq_a", "treq_b", "treq_c"].into_iter().enumerate() {
+            file_teller_request_at(&store, id, None, 10 * (i as i64 + 1));
+        }
+        store
+            .decide_teller_request(
+                "treq_b",
+                RequestStatus::Rejected,
+                Some("no"),
+                "cred_2",
+                40,
+                &event("teller_request.reject", "treq_b"),
+            )
+            .unwrap();
+        let ids = |tenant: &str, status: Option<RequestStatus>, now: i64, limit: u32| {
+            store
+                .teller_requests(tenant, status, now, limit)
+                .unwrap()
+                .into_iter()
+                .map(|r| r.id)
+                .collect::<Vec<_>>()
+        };
+        let e = db.engine;
+        assert_eq!(
+            ids("t1", None, 50, 10),
+            ["treq_c", "treq_b", "treq_a"],
+            "{e:?}"
+        );
+        assert_eq!(ids("t1", None, 50, 2), ["treq_c", "treq_b"], "{e:?}");
+        assert_eq!(
+            ids("t1", Some(RequestStatus::Pending), 50, 10),
+            ["treq_c", "treq_a"],
+            "{e:?}"
+        );
+        assert_eq!(
+            ids("t1", Some(RequestStatus::Rejected), 50, 10),
+            ["treq_b"],
+            "{e:?}"
+        );
+        // At 100, treq_a (expiring at 100) is expired though still recorded pending.
+        assert_eq!(
+            ids("t1", Some(RequestStatus::Pending), 100, 10),
+            ["treq_c"],
+            "{e:?}"
+        );
+        assert_eq!(
+            ids("t1", Some(RequestStatus::Expired), 100, 10),
+            ["treq_a"],
+            "{e:?}"
+        );
+        assert!(ids("t2", None, 50, 10).is_empty(), "{e:?}");
+        // Of two filed in one second, the later is listed first.
+        file_teller_request_at(&store, "treq_e", None, 60);
+        file_teller_request_at(&store, "treq_d", None, 60);
+        assert_eq!(ids("t1", None, 60, 2), ["treq_d", "treq_e"], "{e:?}");
     }
 }
 

@@ -1,6 +1,6 @@
 //! The /v1 routes of banks and auditors, and the operational routes.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -8,11 +8,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{
-    blocking, ApiError, ApiJson, Caller, JsonBody, Presented, Shared, MAX_BATCH_BODY_BYTES,
+    blocking, ApiError, ApiJson, ApiQuery, Caller, JsonBody, Presented, Shared,
+    MAX_BATCH_BODY_BYTES,
 };
 use crate::ca::{pem_certificate, Issued, Reason};
 use crate::ra::{Principal, StatusChange};
-use crate::store::CertRecord;
+use crate::store::{CertRecord, RequestStatus, TellerRequestRecord};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -262,11 +263,124 @@ pub async fn submit_teller_request(
         )?)
     })
     .await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(serde_json::json!({"id": rec.id, "status": rec.status, "expires_at": rec.expires_at})),
-    )
-        .into_response())
+    Ok((StatusCode::ACCEPTED, Json(TellerRequestView::from(rec))).into_response())
+}
+
+/// A teller request as the API shows it (its CSR is not repeated).
+#[derive(Serialize)]
+pub struct TellerRequestView {
+    id: String,
+    /// `certificate` (from a CSR) or `hsm-key`.
+    kind: String,
+    /// pending, approved, expired or rejected (a pending request past its expiry is expired).
+    status: &'static str,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    subject: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    teller_id: Option<String>,
+    requested_by: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    requested_by_holder: Option<String>,
+    created_at: i64,
+    expires_at: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decided_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decided_at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decision_reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    serial: Option<String>,
+}
+
+impl From<TellerRequestRecord> for TellerRequestView {
+    fn from(r: TellerRequestRecord) -> Self {
+        TellerRequestView {
+            id: r.id,
+            kind: r.kind,
+            status: r.status.as_str(),
+            subject: r.subject,
+            teller_id: r.teller_id,
+            requested_by: r.requested_by,
+            requested_by_holder: r.requested_by_holder,
+            created_at: r.created_at,
+            expires_at: r.expires_at,
+            decided_by: r.decided_by,
+            decided_at: r.decided_at,
+            decision_reason: r.decision_reason,
+            serial: r.serial,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TellerRequestsQuery {
+    status: Option<String>,
+    limit: Option<u32>,
+}
+
+/// `GET /v1/teller-requests` (teller-admin, auditor): the bank's requests, newest first.
+pub async fn teller_requests(
+    State(state): State<Shared>,
+    Caller(who): Caller,
+    ApiQuery(q): ApiQuery<TellerRequestsQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let status = q
+        .status
+        .map(|s| {
+            RequestStatus::parse(&s).map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_query",
+                    format!("status {s:?} is not one of pending, approved, expired, rejected"),
+                )
+            })
+        })
+        .transpose()?;
+    let limit = q.limit.unwrap_or(100);
+    let requests = blocking(move || {
+        Ok(state
+            .signet
+            .registrar
+            .teller_requests(&who, status, limit)?)
+    })
+    .await?;
+    let requests: Vec<TellerRequestView> = requests.into_iter().map(Into::into).collect();
+    Ok(Json(serde_json::json!({ "requests": requests })))
+}
+
+/// `GET /v1/teller-requests/{id}` (teller-admin, auditor).
+pub async fn teller_request(
+    State(state): State<Shared>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<TellerRequestView>, ApiError> {
+    let rec = blocking(move || Ok(state.signet.registrar.teller_request(&who, &id)?)).await?;
+    Ok(Json(rec.into()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RejectBody {
+    reason: String,
+}
+
+/// `POST /v1/teller-requests/{id}/reject` (teller-admin, its filer included): declines a
+/// pending request, saying why.
+pub async fn reject_teller_request(
+    State(state): State<Shared>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<RejectBody>,
+) -> Result<Json<TellerRequestView>, ApiError> {
+    let rec = blocking(move || {
+        Ok(state
+            .signet
+            .registrar
+            .reject_teller_request(&who, &id, &body.reason)?)
+    })
+    .await?;
+    Ok(Json(rec.into()))
 }
 
 pub async fn approve_teller_request(
@@ -310,7 +424,7 @@ pub struct AuditQuery {
 pub async fn audit_events(
     State(state): State<Shared>,
     Caller(who): Caller,
-    Query(q): Query<AuditQuery>,
+    ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let limit = q.limit.unwrap_or(500).clamp(1, 5000);
     let events = blocking(move || {
@@ -669,11 +783,7 @@ pub async fn request_teller_key(
             .request_teller_key(&who, &body.employee_id)?)
     })
     .await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(serde_json::json!({"id": r.id, "status": r.status, "kind": r.kind, "expires_at": r.expires_at})),
-    )
-        .into_response())
+    Ok((StatusCode::ACCEPTED, Json(TellerRequestView::from(r))).into_response())
 }
 
 /// `GET /v1/signing-keys`: the caller's usable keys.
@@ -815,6 +925,10 @@ pub fn decode_request_bodies(body: &[u8]) -> Vec<(&'static str, Result<(), ApiEr
             one::<RevokeBody>(body),
         ),
         ("POST /v1/teller-requests", one::<TellerRequestBody>(body)),
+        (
+            "POST /v1/teller-requests/{id}/reject",
+            one::<RejectBody>(body),
+        ),
         ("POST /v1/verifications", one::<VerificationBody>(body)),
         (
             "POST /v1/verifications/batch",

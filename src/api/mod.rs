@@ -111,6 +111,29 @@ impl<S: Send + Sync, T: DeserializeOwned, const LIMIT: usize> FromRequest<S> for
     }
 }
 
+/// Query-string extractor whose rejections are API errors with a stable code
+/// (`invalid_query`) rather than axum's plain text.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|rejection| {
+                ApiError::bad_request(
+                    "invalid_query",
+                    format!(
+                        "the query string is not understood: {}",
+                        rejection.body_text()
+                    ),
+                )
+            })
+    }
+}
+
 /// A JSON body read but not yet decoded, for the routes that authenticate in the same
 /// blocking call as their work ([`Presented`]): its refusals (415, 413, 400) wait until the
 /// caller is authenticated, so that they come in the order [`ApiJson`] after [`Caller`] gives
@@ -400,10 +423,18 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/certificates/{serial}/revoke", post(handlers::revoke))
         .route("/v1/certificates/{serial}/hold", post(handlers::hold))
         .route("/v1/certificates/{serial}/release", post(handlers::release))
-        .route("/v1/teller-requests", post(handlers::submit_teller_request))
+        .route(
+            "/v1/teller-requests",
+            get(handlers::teller_requests).post(handlers::submit_teller_request),
+        )
+        .route("/v1/teller-requests/{id}", get(handlers::teller_request))
         .route(
             "/v1/teller-requests/{id}/approve",
             post(handlers::approve_teller_request),
+        )
+        .route(
+            "/v1/teller-requests/{id}/reject",
+            post(handlers::reject_teller_request),
         )
         .route("/v1/audit-events", get(handlers::audit_events))
         .route("/v1/verifications", post(handlers::verify_signature))

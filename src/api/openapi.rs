@@ -139,6 +139,30 @@ pub const V1_ROUTES: &[Route] = &[
         "201",
     ),
     route(
+        "post",
+        "/v1/teller-requests/{id}/reject",
+        "Reject a pending teller request, saying why (no national ID number): any teller-admin of the bank, its filer included (withdrawing it); it can no longer be approved. Approving a key request for a teller who already has a key rejects it too (409)",
+        "teller-admin",
+        Some("RejectRequest"),
+        "200",
+    ),
+    route(
+        "get",
+        "/v1/teller-requests",
+        "The bank's teller requests, newest first; `status` (pending, approved, expired, rejected) and `limit` (1-1000, default 100) in the query. A pending request past its expiry is expired",
+        "teller-admin, auditor",
+        None,
+        "200",
+    ),
+    route(
+        "get",
+        "/v1/teller-requests/{id}",
+        "One of the bank's teller requests: status, who filed and decided it, why it was rejected, the serial issued",
+        "teller-admin, auditor",
+        None,
+        "200",
+    ),
+    route(
         "get",
         "/v1/audit-events",
         "The bank's audit events after `since`, in order, with chain hashes",
@@ -162,6 +186,10 @@ fn schemas() -> Value {
         "TellerRequest": {
             "type": "object", "required": ["csr", "subject"], "additionalProperties": false,
             "properties": {"csr": {"type": "string"}, "subject": {"type": "string", "example": "CN=Li Si,serialNumber=E1024,OU=Branch 12"}}
+        },
+        "RejectRequest": {
+            "type": "object", "required": ["reason"], "additionalProperties": false,
+            "properties": {"reason": {"type": "string", "maxLength": 500, "example": "the subject's branch is wrong"}}
         },
         "SearchRequest": {
             "type": "object", "required": ["subject_serial"], "additionalProperties": false,

@@ -2,14 +2,18 @@
 //! ra-officers, teller certificates through two different teller-admins, lookups and
 //! revocations limited to the bank's own certificates.
 
-use super::tenants::{store_err, Principal, Role};
+use super::tenants::{conflict, looks_like_resident_id, store_err, Principal, Role};
 use super::{CertificateRequest, RaError, Registrar};
 use crate::audit::AuditEvent;
 use crate::ca::{normalize_serial, CaError, Issued, IssuerId, Reason};
-use crate::store::{CertRecord, CertStatus, StoreError, TellerRequestRecord};
+use crate::store::{CertRecord, CertStatus, RequestStatus, StoreError, TellerRequestRecord};
 
 /// How long a teller request waits for its second teller-admin.
 pub const TELLER_REQUEST_TTL_SECS: i64 = 24 * 3600;
+/// Most teller requests one listing gives.
+pub const MAX_TELLER_REQUESTS_LISTED: u32 = 1000;
+/// Longest reason a rejection may give, in characters.
+pub const MAX_REJECTION_REASON_CHARS: usize = 500;
 
 impl Registrar {
     fn require(&self, who: &Principal, roles: &[Role], what: &str) -> Result<(), RaError> {
@@ -98,11 +102,12 @@ impl Registrar {
             requested_by_holder: who.holder.clone(),
             csr: csr.to_vec(),
             subject: subject.to_string(),
-            status: "pending".into(),
+            status: RequestStatus::Pending,
             created_at: now,
             expires_at: now + TELLER_REQUEST_TTL_SECS,
             decided_by: None,
             decided_at: None,
+            decision_reason: None,
             serial: None,
             kind: "certificate".into(),
             teller_id: None,
@@ -124,47 +129,27 @@ impl Registrar {
     /// approves, and the certificate is issued.
     pub fn approve_teller_request(&self, who: &Principal, id: &str) -> Result<Approved, RaError> {
         self.require(who, &[Role::TellerAdmin], "approve teller requests")?;
-        let not_found = || RaError::NotFound(format!("teller request {id}"));
-        let rec = self
-            .store()
-            .teller_request(id)
-            .map_err(store_err)?
-            .ok_or_else(not_found)?;
-        if rec.tenant_id != who.tenant.id {
-            return Err(not_found()); // another bank's request does not exist for this caller
-        }
+        let rec = self.own_teller_request(who, id)?;
         if self.filed_by(&rec, who)? {
             return Err(RaError::SelfApproval);
         }
-        if rec.status != "pending" {
-            return Err(RaError::Conflict(format!(
-                "teller request {id} is already {}",
-                rec.status
-            )));
-        }
+        let now = self.authority().clock().now();
+        self.still_pending(who, &rec, now)?;
         if let (true, Some(teller_id)) = (rec.kind == "hsm-key", rec.teller_id.as_deref()) {
-            // Approving it would certify the teller's existing key a second time. (It stays
-            // pending until it expires: nothing can make it approvable again.)
+            // Approving it would certify the teller's existing key a second time, and nothing
+            // can make it approvable again: it is rejected, saying why, rather than left
+            // pending until it expires.
             let employee = self
                 .store()
                 .teller(teller_id)
                 .map_err(store_err)?
                 .map_or_else(|| teller_id.to_string(), |t| t.employee_id);
-            self.refuse_a_second_teller_key(&who.tenant.id, teller_id, &employee)?;
-        }
-        let now = self.authority().clock().now();
-        if now >= rec.expires_at {
-            let ev = AuditEvent::new(
-                &who.actor(),
-                "teller_request.expire",
-                id,
-                serde_json::json!({}),
-            )
-            .for_tenant(Some(&who.tenant.id));
-            let _ = self
-                .store()
-                .decide_teller_request(id, "expired", &who.credential_id, now, &ev);
-            return Err(RaError::RequestExpired);
+            if let Err(refused) =
+                self.refuse_a_second_teller_key(&who.tenant.id, teller_id, &employee)
+            {
+                self.record_rejection(who, &rec, &refused.to_string(), true, now)?;
+                return Err(refused);
+            }
         }
         let ev = AuditEvent::new(
             &who.actor(),
@@ -179,11 +164,15 @@ impl Registrar {
         )
         .for_tenant(Some(&who.tenant.id));
         self.store()
-            .decide_teller_request(id, "approved", &who.credential_id, now, &ev)
-            .map_err(|e| match e {
-                StoreError::Conflict(m) => RaError::Conflict(m),
-                other => store_err(other),
-            })?;
+            .decide_teller_request(
+                id,
+                RequestStatus::Approved,
+                None,
+                &who.credential_id,
+                now,
+                &ev,
+            )
+            .map_err(conflict)?;
         let issued = if rec.kind == "hsm-key" {
             self.create_teller_key(who, &rec)
                 .map(|k| Approved::TellerKey(Box::new(k)))
@@ -231,6 +220,152 @@ impl Registrar {
                 Err(e)
             }
         }
+    }
+
+    /// `POST /v1/teller-requests/{id}/reject`: a teller-admin of the bank declines a pending
+    /// request, saying why. Its filer may too (withdrawing it): declining needs no second
+    /// person. The request can no longer be approved.
+    pub fn reject_teller_request(
+        &self,
+        who: &Principal,
+        id: &str,
+        reason: &str,
+    ) -> Result<TellerRequestRecord, RaError> {
+        self.require(who, &[Role::TellerAdmin], "reject teller requests")?;
+        let reason = rejection_reason(reason)?;
+        let rec = self.own_teller_request(who, id)?;
+        let now = self.authority().clock().now();
+        self.still_pending(who, &rec, now)?;
+        self.record_rejection(who, &rec, reason, false, now)?;
+        self.own_teller_request(who, id)
+    }
+
+    /// `GET /v1/teller-requests`: the caller's bank's teller requests, newest first, at most
+    /// `limit` (1 to [`MAX_TELLER_REQUESTS_LISTED`]), only those in `status` when given. A
+    /// pending request past its expiry can no longer be approved: it is listed as expired.
+    pub fn teller_requests(
+        &self,
+        who: &Principal,
+        status: Option<RequestStatus>,
+        limit: u32,
+    ) -> Result<Vec<TellerRequestRecord>, RaError> {
+        self.require(
+            who,
+            &[Role::TellerAdmin, Role::Auditor],
+            "read teller requests",
+        )?;
+        let now = self.authority().clock().now();
+        let limit = limit.clamp(1, MAX_TELLER_REQUESTS_LISTED);
+        let mut requests = self
+            .store()
+            .teller_requests(&who.tenant.id, status, now, limit)
+            .map_err(store_err)?;
+        for r in &mut requests {
+            r.status = r.status_at(now);
+        }
+        Ok(requests)
+    }
+
+    /// `GET /v1/teller-requests/{id}`: one of the caller's bank's teller requests, its status
+    /// as in [`Registrar::teller_requests`].
+    pub fn teller_request(
+        &self,
+        who: &Principal,
+        id: &str,
+    ) -> Result<TellerRequestRecord, RaError> {
+        self.require(
+            who,
+            &[Role::TellerAdmin, Role::Auditor],
+            "read teller requests",
+        )?;
+        let mut rec = self.own_teller_request(who, id)?;
+        rec.status = rec.status_at(self.authority().clock().now());
+        Ok(rec)
+    }
+
+    /// A request of the caller's bank; another bank's does not exist for the caller.
+    fn own_teller_request(
+        &self,
+        who: &Principal,
+        id: &str,
+    ) -> Result<TellerRequestRecord, RaError> {
+        self.store()
+            .teller_request(id)
+            .map_err(store_err)?
+            .filter(|rec| rec.tenant_id == who.tenant.id)
+            .ok_or_else(|| RaError::NotFound(format!("teller request {id}")))
+    }
+
+    /// Refuses to decide a request that is no longer pending. One whose time is up is
+    /// recorded as expired (audited), and the caller told so.
+    fn still_pending(
+        &self,
+        who: &Principal,
+        rec: &TellerRequestRecord,
+        now: i64,
+    ) -> Result<(), RaError> {
+        if rec.status != RequestStatus::Pending {
+            return Err(RaError::Conflict(format!(
+                "teller request {} is already {}",
+                rec.id, rec.status
+            )));
+        }
+        if now >= rec.expires_at {
+            let ev = AuditEvent::new(
+                &who.actor(),
+                "teller_request.expire",
+                &rec.id,
+                serde_json::json!({}),
+            )
+            .for_tenant(Some(&who.tenant.id));
+            // Of two callers, one records it; both are told it expired.
+            let _ = self.store().decide_teller_request(
+                &rec.id,
+                RequestStatus::Expired,
+                None,
+                &who.credential_id,
+                now,
+                &ev,
+            );
+            return Err(RaError::RequestExpired);
+        }
+        Ok(())
+    }
+
+    /// Records `rec` as rejected by `who` (or by Signet on `who`'s approval, `automatic`),
+    /// with the holders the two-person rule would compare, for the audit trail.
+    fn record_rejection(
+        &self,
+        who: &Principal,
+        rec: &TellerRequestRecord,
+        reason: &str,
+        automatic: bool,
+        now: i64,
+    ) -> Result<(), RaError> {
+        let ev = AuditEvent::new(
+            &who.actor(),
+            "teller_request.reject",
+            &rec.id,
+            serde_json::json!({
+                "reason": reason,
+                "automatic": automatic,
+                "requested_by": rec.requested_by,
+                "requested_by_holder": self.filer_holder(rec)?,
+                "rejected_by_holder": who.holder,
+            }),
+        )
+        .for_tenant(Some(&who.tenant.id));
+        self.store()
+            .decide_teller_request(
+                &rec.id,
+                RequestStatus::Rejected,
+                Some(reason),
+                &who.credential_id,
+                now,
+                &ev,
+            )
+            .map_err(conflict)?;
+        Ok(())
     }
 
     fn teller_profile(&self) -> Result<&crate::policy::Profile, RaError> {
@@ -365,6 +500,35 @@ pub enum StatusChange {
     Revoke(Reason, Option<i64>),
     Hold,
     Release,
+}
+
+/// A rejection's reason as it is kept, listed and audited: trimmed, 1 to
+/// [`MAX_REJECTION_REASON_CHARS`] characters, no control or invisible characters, and no
+/// national ID number (DESIGN invariant 6: they never reach the audit log).
+fn rejection_reason(reason: &str) -> Result<&str, RaError> {
+    let reason = reason.trim();
+    let bad = |why: &str| {
+        Err(RaError::Invalid(format!(
+            "the reason says why the request is rejected, in 1 to {MAX_REJECTION_REASON_CHARS} \
+             characters: {why}"
+        )))
+    };
+    if reason.is_empty() {
+        return bad("it is empty");
+    }
+    if reason.chars().count() > MAX_REJECTION_REASON_CHARS {
+        return bad("it is longer");
+    }
+    if reason.chars().any(crate::text::is_control_or_invisible) {
+        return bad("it has a control or invisible character");
+    }
+    if reason
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .any(|word| looks_like_resident_id(&word.to_lowercase()))
+    {
+        return bad("it must not carry a national ID number");
+    }
+    Ok(reason)
 }
 
 fn not_issued() -> RaError {

@@ -5,11 +5,11 @@
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::tenants::{store_err, Principal, Role};
+use super::tenants::{conflict, store_err, Principal, Role};
 use super::{escape_dn_value, RaError, Registrar, TenantIdentity};
 use crate::audit::AuditEvent;
 use crate::ca::{Issued, Reason};
-use crate::store::{SigningKeyRecord, StoreError, TellerRecord, TellerRequestRecord};
+use crate::store::{RequestStatus, SigningKeyRecord, TellerRecord, TellerRequestRecord};
 
 /// The profile of the bank's e-seal certificate.
 pub const SEAL_PROFILE: &str = "seal";
@@ -190,11 +190,12 @@ impl Registrar {
             requested_by_holder: who.holder.clone(),
             csr: Vec::new(),
             subject: String::new(),
-            status: "pending".into(),
+            status: RequestStatus::Pending,
             created_at: now,
             expires_at: now + super::TELLER_REQUEST_TTL_SECS,
             decided_by: None,
             decided_at: None,
+            decision_reason: None,
             serial: None,
             kind: "hsm-key".into(),
             teller_id: Some(teller.id.clone()),
@@ -342,12 +343,5 @@ impl Registrar {
                 who.role
             )))
         }
-    }
-}
-
-fn conflict(e: StoreError) -> RaError {
-    match e {
-        StoreError::Conflict(m) => RaError::Conflict(m),
-        other => store_err(other),
     }
 }

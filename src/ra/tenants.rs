@@ -668,6 +668,15 @@ pub(super) fn store_err(e: StoreError) -> RaError {
     RaError::Store(e)
 }
 
+/// A store error where a conflict (a unique key, a row no longer in the state the write
+/// expected) is the caller's to hear about.
+pub(super) fn conflict(e: StoreError) -> RaError {
+    match e {
+        StoreError::Conflict(m) => RaError::Conflict(m),
+        other => store_err(other),
+    }
+}
+
 /// A credential's holder as `credential add --holder` gives it, in the one form it is kept and
 /// compared in: Unicode NFKC (full-width `Ｅ７００１` is `E7001`), lower case, inner white space
 /// as one space, ends trimmed; 1 to 128 characters, no control or invisible format characters
@@ -697,7 +706,7 @@ pub fn checked_holder(holder: &str) -> Result<String, RaError> {
 /// a digit or X; or the older 15 digits). Holders are listed and audited, and national ID
 /// numbers never reach logs (DESIGN invariant 6): a bank that keys its people by them must
 /// give another identifier.
-fn looks_like_resident_id(s: &str) -> bool {
+pub(super) fn looks_like_resident_id(s: &str) -> bool {
     let b = s.as_bytes();
     let digits = |t: &[u8]| t.iter().all(u8::is_ascii_digit);
     match b.len() {

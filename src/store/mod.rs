@@ -66,6 +66,50 @@ impl CertStatus {
     }
 }
 
+/// Where a teller request stands. Only a pending request is decided; `Approved` goes back
+/// to `Pending` only when its issuance failed and nothing was issued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestStatus {
+    /// Waiting for a second teller-admin.
+    Pending,
+    /// Approved: its certificate (or key) was issued, or is being.
+    Approved,
+    /// Not decided within its time to live.
+    Expired,
+    /// Declined by a teller-admin of its bank (withdrawn, when its filer did), or by Signet
+    /// when approving it could only fail (the teller already has a key in the HSM).
+    Rejected,
+}
+
+impl RequestStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestStatus::Pending => "pending",
+            RequestStatus::Approved => "approved",
+            RequestStatus::Expired => "expired",
+            RequestStatus::Rejected => "rejected",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "pending" => Ok(RequestStatus::Pending),
+            "approved" => Ok(RequestStatus::Approved),
+            "expired" => Ok(RequestStatus::Expired),
+            "rejected" => Ok(RequestStatus::Rejected),
+            other => Err(StoreError::Corrupt(format!(
+                "unknown teller request status {other:?}"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for RequestStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A revocation (or hold) as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RevocationRecord {
@@ -256,15 +300,28 @@ pub struct TellerRequestRecord {
     pub requested_by_holder: Option<String>,
     pub csr: Vec<u8>,
     pub subject: String,
-    pub status: String,
+    pub status: RequestStatus,
     pub created_at: i64,
     pub expires_at: i64,
     pub decided_by: Option<String>,
     pub decided_at: Option<i64>,
+    /// Why it was rejected, as the teller-admin (or Signet) said (store version 11).
+    pub decision_reason: Option<String>,
     pub serial: Option<String>,
     /// `certificate` (from a CSR) or `hsm-key` (a key made in the HSM for `teller_id`).
     pub kind: String,
     pub teller_id: Option<String>,
+}
+
+impl TellerRequestRecord {
+    /// Its status at `now`: a pending request past its expiry can no longer be approved, so
+    /// it is expired, whether or not anyone has tried to decide it since.
+    pub fn status_at(&self, now: i64) -> RequestStatus {
+        match self.status {
+            RequestStatus::Pending if now >= self.expires_at => RequestStatus::Expired,
+            s => s,
+        }
+    }
 }
 
 /// A teller of a bank.
@@ -637,12 +694,22 @@ pub trait Store: Send + Sync {
         event: &AuditEvent,
     ) -> Result<AuditRecord>;
     fn teller_request(&self, id: &str) -> Result<Option<TellerRequestRecord>>;
-    /// Moves a pending request to `status` (approved or expired), only if it is still pending:
-    /// of two concurrent approvals, one wins.
+    /// A bank's teller requests, newest first, at most `limit`; only those whose status at
+    /// `now` ([`TellerRequestRecord::status_at`]) is `status`, when given.
+    fn teller_requests(
+        &self,
+        tenant_id: &str,
+        status: Option<RequestStatus>,
+        now: i64,
+        limit: u32,
+    ) -> Result<Vec<TellerRequestRecord>>;
+    /// Moves a pending request to `status` (approved, expired or rejected, with `reason` for
+    /// the last), only if it is still pending: of two concurrent decisions, one wins.
     fn decide_teller_request(
         &self,
         id: &str,
-        status: &str,
+        status: RequestStatus,
+        reason: Option<&str>,
         decided_by: &str,
         at: i64,
         event: &AuditEvent,

@@ -30,6 +30,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("pg/0006_crl_scope_epochs.sql"),
     include_str!("pg/0007_credential_holder.sql"),
     include_str!("pg/0008_teller_request_holder.sql"),
+    include_str!("pg/0009_teller_request_rejected.sql"),
 ];
 
 /// Key of the advisory lock every write transaction holds until it ends ("SIGNET" in ASCII).
@@ -631,6 +632,33 @@ fn crl_from_row(r: &Row, issuer: IssuerId, shard: Option<u32>) -> Result<CrlReco
         next_update: col(r, 2)?,
         status_epoch: col::<Option<i64>>(r, 3)?.map(|e| e as u64),
         crl_der: if r.len() > 4 { col(r, 4)? } else { None },
+    })
+}
+
+/// The columns [`teller_request_from_row`] reads, in its order.
+const TELLER_REQUEST_COLUMNS: &str =
+    "id, tenant_id, requested_by, csr, subject, status, created_at,
+    expires_at, decided_by, decided_at, serial, kind, teller_id, requested_by_holder,
+    decision_reason";
+
+fn teller_request_from_row(r: &Row) -> Result<TellerRequestRecord> {
+    let status: String = col(r, 5)?;
+    Ok(TellerRequestRecord {
+        id: col(r, 0)?,
+        tenant_id: col(r, 1)?,
+        requested_by: col(r, 2)?,
+        csr: col(r, 3)?,
+        subject: col(r, 4)?,
+        status: RequestStatus::parse(&status)?,
+        created_at: col(r, 6)?,
+        expires_at: col(r, 7)?,
+        decided_by: col(r, 8)?,
+        decided_at: col(r, 9)?,
+        serial: col(r, 10)?,
+        kind: col(r, 11)?,
+        teller_id: col(r, 12)?,
+        requested_by_holder: col(r, 13)?,
+        decision_reason: col(r, 14)?,
     })
 }
 
@@ -1258,35 +1286,38 @@ impl Store for PostgresStore {
 
     fn teller_request(&self, id: &str) -> Result<Option<TellerRequestRecord>> {
         self.optional_row(
-            "SELECT id, tenant_id, requested_by, csr, subject, status, created_at, expires_at,
-                    decided_by, decided_at, serial, kind, teller_id, requested_by_holder
-             FROM teller_requests WHERE id = $1",
+            &format!("SELECT {TELLER_REQUEST_COLUMNS} FROM teller_requests WHERE id = $1"),
             &[&id],
-            |r| {
-                Ok(TellerRequestRecord {
-                    id: col(r, 0)?,
-                    tenant_id: col(r, 1)?,
-                    requested_by: col(r, 2)?,
-                    csr: col(r, 3)?,
-                    subject: col(r, 4)?,
-                    status: col(r, 5)?,
-                    created_at: col(r, 6)?,
-                    expires_at: col(r, 7)?,
-                    decided_by: col(r, 8)?,
-                    decided_at: col(r, 9)?,
-                    serial: col(r, 10)?,
-                    kind: col(r, 11)?,
-                    teller_id: col(r, 12)?,
-                    requested_by_holder: col(r, 13)?,
-                })
-            },
+            teller_request_from_row,
+        )
+    }
+
+    fn teller_requests(
+        &self,
+        tenant_id: &str,
+        status: Option<RequestStatus>,
+        now: i64,
+        limit: u32,
+    ) -> Result<Vec<TellerRequestRecord>> {
+        let status = status.map(RequestStatus::as_str);
+        self.all_rows(
+            &format!(
+                "SELECT {TELLER_REQUEST_COLUMNS} FROM teller_requests
+                 WHERE tenant_id = $1
+                   AND ($2::TEXT IS NULL OR $2 = CASE WHEN status = 'pending' AND expires_at <= $3
+                                                      THEN 'expired' ELSE status END)
+                 ORDER BY created_at DESC, filed_order DESC LIMIT $4"
+            ),
+            &[&tenant_id, &status, &now, &i64::from(limit)],
+            teller_request_from_row,
         )
     }
 
     fn decide_teller_request(
         &self,
         id: &str,
-        status: &str,
+        status: RequestStatus,
+        reason: Option<&str>,
         decided_by: &str,
         at: i64,
         event: &AuditEvent,
@@ -1294,9 +1325,10 @@ impl Store for PostgresStore {
         self.tx(|tx| {
             update_one(
                 tx,
-                "UPDATE teller_requests SET status = $2, decided_by = $3, decided_at = $4
+                "UPDATE teller_requests SET status = $2, decided_by = $3, decided_at = $4,
+                        decision_reason = $5
                  WHERE id = $1 AND status = 'pending'",
-                &[&id, &status, &decided_by, &at],
+                &[&id, &status.as_str(), &decided_by, &at, &reason],
                 || StoreError::Conflict(format!("teller request {id} is no longer pending")),
             )?;
             append(tx, at, event)
@@ -1318,7 +1350,8 @@ impl Store for PostgresStore {
         self.tx(|tx| {
             let n = tx
                 .execute(
-                    "UPDATE teller_requests SET status = 'pending', decided_by = NULL, decided_at = NULL
+                    "UPDATE teller_requests SET status = 'pending', decided_by = NULL, decided_at = NULL,
+                        decision_reason = NULL
                      WHERE id = $1 AND status = 'approved' AND serial IS NULL",
                     &[&id],
                 )

@@ -26,6 +26,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0008_crl_scope_epochs.sql"),
     include_str!("migrations/0009_credential_holder.sql"),
     include_str!("migrations/0010_teller_request_holder.sql"),
+    include_str!("migrations/0011_teller_request_rejected.sql"),
 ];
 
 /// Read connections kept open for reuse.
@@ -357,6 +358,35 @@ impl GroupTransaction for Transaction<'_> {
         let audit = append(tx, at, &event(first_seen))?;
         Ok(Applied { audit, first_seen })
     }
+}
+
+/// The columns [`teller_request_from_row`] reads, in its order.
+const TELLER_REQUEST_COLUMNS: &str =
+    "id, tenant_id, requested_by, csr, subject, status, created_at,
+    expires_at, decided_by, decided_at, serial, kind, teller_id, requested_by_holder,
+    decision_reason";
+
+fn teller_request_from_row(r: &Row) -> rusqlite::Result<TellerRequestRecord> {
+    let status: String = r.get(5)?;
+    Ok(TellerRequestRecord {
+        id: r.get(0)?,
+        tenant_id: r.get(1)?,
+        requested_by: r.get(2)?,
+        csr: r.get(3)?,
+        subject: r.get(4)?,
+        status: RequestStatus::parse(&status).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(5, rusqlite::types::Type::Text, Box::new(e))
+        })?,
+        created_at: r.get(6)?,
+        expires_at: r.get(7)?,
+        decided_by: r.get(8)?,
+        decided_at: r.get(9)?,
+        serial: r.get(10)?,
+        kind: r.get(11)?,
+        teller_id: r.get(12)?,
+        requested_by_holder: r.get(13)?,
+        decision_reason: r.get(14)?,
+    })
 }
 
 /// Appends the audit event of a status change and makes it the epoch of its certificate's
@@ -1223,38 +1253,47 @@ impl Store for SqliteStore {
     fn teller_request(&self, id: &str) -> Result<Option<TellerRequestRecord>> {
         self.read(|c| {
             c.query_row(
-                "SELECT id, tenant_id, requested_by, csr, subject, status, created_at, expires_at,
-                        decided_by, decided_at, serial, kind, teller_id, requested_by_holder
-                 FROM teller_requests WHERE id = ?1",
+                &format!("SELECT {TELLER_REQUEST_COLUMNS} FROM teller_requests WHERE id = ?1"),
                 [id],
-                |r| {
-                    Ok(TellerRequestRecord {
-                        id: r.get(0)?,
-                        tenant_id: r.get(1)?,
-                        requested_by: r.get(2)?,
-                        csr: r.get(3)?,
-                        subject: r.get(4)?,
-                        status: r.get(5)?,
-                        created_at: r.get(6)?,
-                        expires_at: r.get(7)?,
-                        decided_by: r.get(8)?,
-                        decided_at: r.get(9)?,
-                        serial: r.get(10)?,
-                        kind: r.get(11)?,
-                        teller_id: r.get(12)?,
-                        requested_by_holder: r.get(13)?,
-                    })
-                },
+                teller_request_from_row,
             )
             .optional()
             .map_err(map_err)
         })
     }
 
+    fn teller_requests(
+        &self,
+        tenant_id: &str,
+        status: Option<RequestStatus>,
+        now: i64,
+        limit: u32,
+    ) -> Result<Vec<TellerRequestRecord>> {
+        self.read(|c| {
+            let mut st = c
+                .prepare(&format!(
+                    "SELECT {TELLER_REQUEST_COLUMNS} FROM teller_requests
+                     WHERE tenant_id = ?1
+                       AND (?2 IS NULL OR ?2 = CASE WHEN status = 'pending' AND expires_at <= ?3
+                                                    THEN 'expired' ELSE status END)
+                     ORDER BY created_at DESC, rowid DESC LIMIT ?4"
+                ))
+                .map_err(map_err)?;
+            let rows = st
+                .query_map(
+                    params![tenant_id, status.map(RequestStatus::as_str), now, limit],
+                    teller_request_from_row,
+                )
+                .map_err(map_err)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(map_err)
+        })
+    }
+
     fn decide_teller_request(
         &self,
         id: &str,
-        status: &str,
+        status: RequestStatus,
+        reason: Option<&str>,
         decided_by: &str,
         at: i64,
         event: &AuditEvent,
@@ -1262,9 +1301,10 @@ impl Store for SqliteStore {
         self.tx(|tx| {
             let n = tx
                 .execute(
-                    "UPDATE teller_requests SET status = ?2, decided_by = ?3, decided_at = ?4
+                    "UPDATE teller_requests SET status = ?2, decided_by = ?3, decided_at = ?4,
+                            decision_reason = ?5
                      WHERE id = ?1 AND status = 'pending'",
-                    params![id, status, decided_by, at],
+                    params![id, status.as_str(), decided_by, at, reason],
                 )
                 .map_err(map_err)?;
             if n != 1 {
@@ -1291,7 +1331,8 @@ impl Store for SqliteStore {
         self.tx(|tx| {
             let n = tx
                 .execute(
-                    "UPDATE teller_requests SET status = 'pending', decided_by = NULL, decided_at = NULL
+                    "UPDATE teller_requests SET status = 'pending', decided_by = NULL, decided_at = NULL,
+                            decision_reason = NULL
                      WHERE id = ?1 AND status = 'approved' AND serial IS NULL",
                     [id],
                 )
@@ -1699,6 +1740,75 @@ mod tests {
             conn.pragma_update(None, "user_version", i + 1).unwrap();
         }
         conn
+    }
+
+    #[test]
+    fn a_version_10_store_keeps_its_teller_requests_through_the_table_rebuild() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("signet.db");
+        {
+            let conn = store_at_version(&path, 10);
+            conn.execute_batch(
+                "INSERT INTO tenants (id, name, created_at) VALUES ('t1', 'Bank', 1);
+                 INSERT INTO teller_requests (id, tenant_id, requested_by, csr, subject, status,
+                     created_at, expires_at, kind, requested_by_holder)
+                 VALUES ('treq_1', 't1', 'cred_1', x'3082', 'CN=T', 'pending', 10, 100,
+                     'certificate', 'e7001');
+                 INSERT INTO teller_requests (id, tenant_id, requested_by, csr, subject, status,
+                     created_at, expires_at, decided_by, decided_at, serial)
+                 VALUES ('treq_2', 't1', 'cred_1', x'3082', 'CN=U', 'approved', 11, 101,
+                     'cred_2', 12, '0a');",
+            )
+            .expect("version 10 rows");
+        }
+        let store = SqliteStore::open(&path).expect("open and upgrade");
+        let pending = store.teller_request("treq_1").unwrap().expect("kept");
+        assert_eq!(
+            (
+                pending.status,
+                pending.csr.as_slice(),
+                pending.requested_by_holder.as_deref(),
+                pending.expires_at,
+                pending.decision_reason.as_deref()
+            ),
+            (
+                RequestStatus::Pending,
+                &[0x30, 0x82][..],
+                Some("e7001"),
+                100,
+                None
+            )
+        );
+        let approved = store.teller_request("treq_2").unwrap().expect("kept");
+        assert_eq!(
+            (
+                approved.status,
+                approved.serial.as_deref(),
+                approved.kind.as_str()
+            ),
+            (RequestStatus::Approved, Some("0a"), "certificate")
+        );
+        // The new status is allowed; a made-up one still is not.
+        let ev = AuditEvent::new(
+            "test",
+            "teller_request.reject",
+            "treq_1",
+            serde_json::json!({}),
+        );
+        store
+            .decide_teller_request("treq_1", RequestStatus::Rejected, Some("no"), "c", 20, &ev)
+            .expect("rejected");
+        let refused = store.tx(|tx| {
+            tx.execute(
+                "UPDATE teller_requests SET status = 'lost' WHERE id = 'treq_2'",
+                [],
+            )
+            .map_err(map_err)
+        });
+        assert!(
+            refused.is_err(),
+            "the CHECK constraint survives the rebuild"
+        );
     }
 
     #[test]
