@@ -74,7 +74,11 @@ fn ca_keys_are_private_sensitive_never_extractable_and_sign_only() {
 fn the_pin_key_is_a_secret_that_never_leaves_the_token_and_only_makes_macs() {
     let _normal = normal();
     let s = signet();
-    let label = s.authority.settings().pin_key_label();
+    let label = s.authority.pin_key_label().unwrap().expect("recorded");
+    assert!(
+        label.starts_with(&s.authority.settings().pin_key_label()),
+        "{label}"
+    );
     let a = s.hsm.secret_key_attributes(&label).expect("the PIN key");
     assert!(a.private && a.sensitive && a.always_sensitive, "{a:?}");
     assert!(!a.extractable && a.never_extractable, "{a:?}");
@@ -85,8 +89,27 @@ fn the_pin_key_is_a_secret_that_never_leaves_the_token_and_only_makes_macs() {
     assert_eq!(mac(b"pin hash"), mac(b"pin hash"));
     assert_ne!(mac(b"pin hash"), mac(b"pin hasH"));
     // No second key under the label (ca upgrade leaves it).
-    assert!(!s.authority.ensure_pin_key("test").unwrap());
+    assert_eq!(s.authority.ensure_pin_key("test").unwrap(), None);
     assert!(s.hsm.generate_hmac_key(&label).is_err());
+}
+
+/// Two processes that both found no PIN key recorded each make one: the one recorded first
+/// serves, and the other is destroyed, not left beside it.
+#[test]
+fn a_pin_key_made_while_another_was_recorded_is_destroyed_and_the_recorded_one_serves() {
+    let _normal = normal();
+    let s = signet();
+    let recorded = s.authority.pin_key_label().unwrap().expect("recorded");
+    let mac = s.authority.pin_mac(b"pin hash").unwrap();
+    let keys_before = s.hsm.secret_key_labels().unwrap();
+    // What the slower process does once it has read no record.
+    assert_eq!(s.authority.make_pin_key("test").unwrap(), None);
+    assert_eq!(
+        s.authority.pin_key_label().unwrap().as_deref(),
+        Some(recorded.as_str())
+    );
+    assert_eq!(s.authority.pin_mac(b"pin hash").unwrap(), mac);
+    assert_eq!(s.hsm.secret_key_labels().unwrap(), keys_before);
 }
 
 #[test]
@@ -506,5 +529,56 @@ fn a_crl_this_process_is_signing_is_not_succeeded_and_one_it_failed_to_sign_is_o
                 .any(|e| e.serial_number.as_bytes() == serial.as_slice()));
         }
         other => panic!("the maker of the unsigned CRL did not succeed it: {other:?}"),
+    }
+}
+
+/// SoftHSM's file object store breaks a key being made while another thread uses the token
+/// (SoftHSMv2 issue 573): the HSM layer makes keys alone, so that approving a teller's key
+/// while certificates are signed fails neither, and leaves no half-made object behind.
+#[test]
+fn keys_are_made_while_other_threads_sign_without_a_failure_or_a_half_made_object() {
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    let _normal = normal();
+    let s = signet();
+    let pin_key = s.authority.pin_key_label().unwrap().expect("recorded");
+    let audit_key = s.authority.settings().audit_key_label();
+    let (done, signed, failed) = (AtomicBool::new(false), AtomicU32::new(0), AtomicU32::new(0));
+    let made: Vec<String> = std::thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| {
+                while !done.load(Ordering::Relaxed) {
+                    let ok = s.hsm.hmac_sha256(&pin_key, b"x").is_ok()
+                        && s.hsm.sign_p256_sha256(&audit_key, b"x").is_ok();
+                    let counter = if ok { &signed } else { &failed };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        let made: Result<Vec<String>, String> = (0..6)
+            .map(|i| {
+                let label = format!("concurrent-{i}-{}", std::process::id());
+                let r = if i % 2 == 0 {
+                    s.hsm.generate_p256(&label).map(drop)
+                } else {
+                    s.hsm.generate_hmac_key(&label)
+                };
+                r.map(|()| label)
+                    .map_err(|e| format!("key {i} beside signing threads: {e}"))
+            })
+            .collect();
+        done.store(true, Ordering::Relaxed);
+        made
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "a signature failed");
+    assert!(
+        signed.load(Ordering::Relaxed) > 0,
+        "the signing threads ran"
+    );
+    let labels = s.hsm.secret_key_labels().unwrap();
+    assert!(!labels.iter().any(String::is_empty), "{labels:?}");
+    for label in made.iter().skip(1).step_by(2) {
+        assert!(labels.contains(label), "{label} in {labels:?}");
+        s.hsm.destroy_secret_key(label).unwrap();
     }
 }

@@ -192,9 +192,7 @@ impl Authority {
         if self.ensure_validation_service(actor, progress)? {
             created.push(s.validation_key_label());
         }
-        if self.ensure_pin_key(actor)? {
-            created.push(s.pin_key_label());
-        }
+        created.extend(self.ensure_pin_key(actor)?);
         self.auditor.checkpoint_head()?;
         Ok(InitReport { created })
     }
@@ -234,9 +232,7 @@ impl Authority {
         if self.ensure_validation_service(actor, progress)? {
             created.push(self.settings.validation_key_label());
         }
-        if self.ensure_pin_key(actor)? {
-            created.push(self.settings.pin_key_label());
-        }
+        created.extend(self.ensure_pin_key(actor)?);
         Ok(InitReport { created })
     }
 

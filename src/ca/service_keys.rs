@@ -13,7 +13,7 @@ use x509_cert::name::Name;
 use super::issue::{authority_info_access, crl_distribution_point};
 use super::x509::{self, extension, DecidedProfile, PreparedCertificate};
 use super::{Authority, CaError, CaSettings, IssuerId};
-use crate::audit::AuditEvent;
+use crate::audit::{AuditEvent, AuditRecord};
 use crate::store::{CaRecord, CertRecord, CertStatus, StoreError};
 
 /// The name of the validation service's row in the CA table.
@@ -63,7 +63,9 @@ impl CaSettings {
         format!("{}-validation", self.key_prefix)
     }
 
-    /// Label of the HMAC key that binds stored PIN hashes to the token.
+    /// The start of the label of the HMAC key that binds stored PIN hashes to the token (a
+    /// key made since this version adds a random suffix of its own; the CA table records the
+    /// label).
     pub fn pin_key_label(&self) -> String {
         format!("{}-pin-mac", self.key_prefix)
     }
@@ -79,40 +81,64 @@ const PIN_KEY_CHECK: &[u8] = b"signet PIN key check value";
 
 impl Authority {
     /// Makes the PIN key in the token (an HMAC key that never leaves it) and records it with
-    /// its check value, audited (`ca.pin_key`); a key left in the token by an interrupted run
-    /// is taken. Returns whether it made (or recorded) one. Once recorded, the key is never
-    /// made again: a token that lost it must be restored (`PinKeyLost`), since the PIN hashes
-    /// are bound to it.
-    pub fn ensure_pin_key(&self, actor: &str) -> Result<bool, CaError> {
+    /// its check value, audited (`ca.pin_key`), unless one is recorded. Returns the label of
+    /// the key it made. Once recorded, the key is never made again: a token that lost it must
+    /// be restored (`PinKeyLost`), since the PIN hashes are bound to it.
+    pub fn ensure_pin_key(&self, actor: &str) -> Result<Option<String>, CaError> {
         if let Some(row) = self.pin_key_row()? {
             self.check_pin_key(&row)?;
-            return Ok(false);
+            return Ok(None);
         }
-        let label = self.settings.pin_key_label();
-        if !self.hsm.has_secret_key(&label)? {
-            self.hsm.generate_hmac_key(&label)?;
-        }
-        let now = self.clock.now();
-        let row = CaRecord {
-            name: PIN_KEY_ROW.into(),
-            key_label: label.clone(),
-            cert_der: None,
-            public_key: self.hsm.hmac_sha256(&label, PIN_KEY_CHECK)?.to_vec(),
-            created_at: now,
+        self.make_pin_key(actor)
+    }
+
+    /// The second half of [`Authority::ensure_pin_key`], which a process reaches when it read
+    /// no record: it makes a key under a label of its own, and records it unless another
+    /// process recorded one first, in which case it destroys its own and checks the recorded
+    /// one. (Under one shared label, two processes making the key at once would leave two keys
+    /// that the label names, and no PIN could be checked again.) A key whose record could not
+    /// be written is destroyed too; one left by a run killed between the two is unused, and
+    /// stays in the token.
+    #[doc(hidden)]
+    pub fn make_pin_key(&self, actor: &str) -> Result<Option<String>, CaError> {
+        let label = format!(
+            "{}-{}",
+            self.settings.pin_key_label(),
+            hex::encode(self.hsm.random(8)?)
+        );
+        self.hsm.generate_hmac_key(&label)?;
+        let record = || -> Result<AuditRecord, CaError> {
+            let now = self.clock.now();
+            let row = CaRecord {
+                name: PIN_KEY_ROW.into(),
+                key_label: label.clone(),
+                cert_der: None,
+                public_key: self.hsm.hmac_sha256(&label, PIN_KEY_CHECK)?.to_vec(),
+                created_at: now,
+            };
+            let event = AuditEvent::new(actor, "ca.pin_key", &label, serde_json::json!({}));
+            Ok(self.store.add_cas(&[row], now, &event)?)
         };
-        let event = AuditEvent::new(actor, "ca.pin_key", &label, serde_json::json!({}));
-        let audit = match self.store.add_cas(&[row], now, &event) {
-            Ok(audit) => audit,
-            // Another process recorded it first: the same key, if the check value agrees.
-            Err(StoreError::Conflict(_)) => {
-                let row = self.pin_key_row()?.ok_or(CaError::PinKeyNotMade)?;
-                self.check_pin_key(&row)?;
-                return Ok(false);
+        match record() {
+            Ok(audit) => {
+                self.auditor.after_commit(&audit);
+                Ok(Some(label))
             }
-            Err(e) => return Err(e.into()),
-        };
-        self.auditor.after_commit(&audit);
-        Ok(true)
+            Err(e) => {
+                if let Err(why) = self.hsm.destroy_secret_key(&label) {
+                    tracing::warn!(%label, error = %why, "cannot destroy a PIN key that was not recorded: it is unused and may be deleted from the token");
+                }
+                match e {
+                    // Another process recorded its key first: that one is the PIN key.
+                    CaError::Store(StoreError::Conflict(_)) => {
+                        let row = self.pin_key_row()?.ok_or(CaError::PinKeyNotMade)?;
+                        self.check_pin_key(&row)?;
+                        Ok(None)
+                    }
+                    other => Err(other),
+                }
+            }
+        }
     }
 
     /// HMAC-SHA256 of `data` in the token under the PIN key: a PIN hash made with it cannot
@@ -130,6 +156,11 @@ impl Authority {
     pub fn pin_key_ready(&self) -> Result<(), CaError> {
         let row = self.pin_key_row()?.ok_or(CaError::PinKeyNotMade)?;
         self.check_pin_key(&row)
+    }
+
+    /// The label of the recorded PIN key, if one is recorded.
+    pub fn pin_key_label(&self) -> Result<Option<String>, CaError> {
+        Ok(self.pin_key_row()?.map(|row| row.key_label))
     }
 
     fn pin_key_row(&self) -> Result<Option<CaRecord>, CaError> {

@@ -169,6 +169,19 @@ struct Context {
     token_label: String,
 }
 
+/// How a call shares its context with other calls ([`Context::enter_as`]).
+#[derive(Debug, Clone, Copy)]
+enum Access {
+    Shared,
+    Alone,
+}
+
+/// Held for the length of one call into the module.
+enum CallGuard<'a> {
+    Shared(#[allow(dead_code)] RwLockReadGuard<'a, ()>),
+    Alone(#[allow(dead_code)] RwLockWriteGuard<'a, ()>),
+}
+
 struct PoolState {
     idle: Vec<Session>,
     open: usize,
@@ -404,6 +417,44 @@ impl Hsm {
         self.call(move |i| i.generate_hmac_key(&key))
     }
 
+    /// Destroys the one secret key labelled `key` (C_DestroyObject): for a key this process
+    /// made and nothing uses. Refuses when no key, or several, have the label.
+    pub fn destroy_secret_key(&self, key: &str) -> Result<(), HsmError> {
+        let key = key.to_string();
+        self.call(move |i| {
+            i.with_session_alone(Some(&key), |ctx, s| {
+                let handle = ctx.one_key(s, ObjectClass::SECRET_KEY, &key)?;
+                ctx.alive()?;
+                s.destroy_object(handle)
+                    .map_err(|e| map_err(&ctx.token_label, Some(&key), e))
+            })
+        })
+    }
+
+    /// The labels of the token's secret keys (one per key), sorted.
+    pub fn secret_key_labels(&self) -> Result<Vec<String>, HsmError> {
+        self.call(move |i| {
+            i.with_session(None, |ctx, s| {
+                let handles = s
+                    .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY)])
+                    .map_err(|e| map_err(&ctx.token_label, None, e))?;
+                let mut labels = Vec::with_capacity(handles.len());
+                for handle in handles {
+                    let attrs = s
+                        .get_attributes(handle, &[AttributeType::Label])
+                        .map_err(|e| map_err(&ctx.token_label, None, e))?;
+                    for attr in attrs {
+                        if let Attribute::Label(bytes) = attr {
+                            labels.push(String::from_utf8_lossy(&bytes).into_owned());
+                        }
+                    }
+                }
+                labels.sort();
+                Ok(labels)
+            })
+        })
+    }
+
     /// HMAC-SHA256 of `data` under the secret key labelled `key`, computed in the token.
     pub fn hmac_sha256(&self, key: &str, data: &[u8]) -> Result<[u8; 32], HsmError> {
         let (key, data) = (key.to_string(), data.to_vec());
@@ -542,7 +593,7 @@ impl Inner {
     }
 
     fn generate_p256(&self, key: &str) -> Result<p256::PublicKey, HsmError> {
-        self.with_session(Some(key), |ctx, s| {
+        self.with_session_alone(Some(key), |ctx, s| {
             if !find_private_keys(ctx, s, key)?.is_empty() {
                 return Err(HsmError::KeyExists {
                     token: ctx.token_label.clone(),
@@ -586,7 +637,7 @@ impl Inner {
     }
 
     fn generate_hmac_key(&self, key: &str) -> Result<(), HsmError> {
-        self.with_session(Some(key), |ctx, s| {
+        self.with_session_alone(Some(key), |ctx, s| {
             if !find_keys(ctx, s, ObjectClass::SECRET_KEY, key)?.is_empty() {
                 return Err(HsmError::KeyExists {
                     token: ctx.token_label.clone(),
@@ -705,6 +756,25 @@ impl Inner {
         key: Option<&str>,
         op: impl Fn(&Context, &Session) -> Result<T, HsmError>,
     ) -> Result<T, HsmError> {
+        self.with_session_as(Access::Shared, key, op)
+    }
+
+    /// [`Inner::with_session`] for a call that makes or destroys token objects: no other call
+    /// of the context runs meanwhile ([`Context::enter_alone`]).
+    fn with_session_alone<T>(
+        &self,
+        key: Option<&str>,
+        op: impl Fn(&Context, &Session) -> Result<T, HsmError>,
+    ) -> Result<T, HsmError> {
+        self.with_session_as(Access::Alone, key, op)
+    }
+
+    fn with_session_as<T>(
+        &self,
+        access: Access,
+        key: Option<&str>,
+        op: impl Fn(&Context, &Session) -> Result<T, HsmError>,
+    ) -> Result<T, HsmError> {
         let mut last_error = None;
         for _attempt in 0..2 {
             let ctx = self.context()?;
@@ -726,7 +796,7 @@ impl Inner {
                 Err(e) => return Err(e),
             };
             let result = {
-                let Some(_call) = ctx.enter() else {
+                let Some(_call) = ctx.enter_as(access) else {
                     // Another thread's failure finalized this context under us: try the next.
                     drop(lease);
                     last_error = Some(ctx.finalized());
@@ -1036,6 +1106,24 @@ impl Context {
     fn enter(&self) -> Option<RwLockReadGuard<'_, ()>> {
         let call = self.calls.read().unwrap_or_else(|e| e.into_inner());
         (!self.dead.load(Ordering::SeqCst)).then_some(call)
+    }
+
+    /// Like [`Context::enter`], but alone: it waits for the calls in flight, and no other
+    /// call of this context starts until it ends. For the calls that make or destroy token
+    /// objects: SoftHSM's file object store is not safe for them while another thread reads
+    /// objects (SoftHSMv2 issue 573; seen here: C_GenerateKeyPair and C_GenerateKey failed
+    /// with CKR_GENERAL_ERROR or CKR_TEMPLATE_INCONSISTENT beside a signing thread, leaving a
+    /// half-made object without its label, and the failure took the whole layer down).
+    fn enter_alone(&self) -> Option<RwLockWriteGuard<'_, ()>> {
+        let call = self.calls.write().unwrap_or_else(|e| e.into_inner());
+        (!self.dead.load(Ordering::SeqCst)).then_some(call)
+    }
+
+    fn enter_as(&self, access: Access) -> Option<CallGuard<'_>> {
+        match access {
+            Access::Shared => self.enter().map(CallGuard::Shared),
+            Access::Alone => self.enter_alone().map(CallGuard::Alone),
+        }
     }
 
     /// Checked between the calls of one operation: a context finalized meanwhile (under a
