@@ -880,6 +880,9 @@ fn a_rejection_says_why_in_a_sentence_without_a_national_id_number() {
         "   ",
         too_long.as_str(),
         "the subject is 11010119900307123X, not the teller",
+        "ID11010119900307123X",
+        "full width １１０１０１１９９００３０７１２３４",
+        "in groups 110101 19900307 1234",
         "line one\u{7}",
         "hidden\u{200b}mark",
     ] {
@@ -965,7 +968,14 @@ fn teller_requests_are_listed_to_their_own_bank_newest_first_and_by_status() {
     let r = reject_teller_request(s, &newer, &banks.a_auditor, "auditors only read");
     assert_eq!((r.status, r.code().as_str()), (403, "forbidden"));
     // A query it does not understand is a 400 with a stable code.
-    for query in ["?status=open", "?limit=many", "?limit=-1", "?sort=asc"] {
+    for query in [
+        "?status=open",
+        "?limit=many",
+        "?limit=-1",
+        "?limit=0",
+        "?limit=1001",
+        "?sort=asc",
+    ] {
         let r = get(
             s,
             &format!("/v1/teller-requests{query}"),

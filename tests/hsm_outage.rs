@@ -550,3 +550,50 @@ fn every_session_busy_is_refused_as_load_and_leaves_the_module_up() {
         "the module was not re-initialized"
     );
 }
+
+/// Keys are made alone in the layer (SoftHSM's object store breaks a key made beside other
+/// calls), but a call that never returns must not hold every other call up behind the one
+/// making a key: the key is refused at the call timeout, and signing goes on meanwhile, with
+/// no re-initialization.
+#[test]
+fn a_key_made_while_a_call_is_stuck_is_refused_at_the_call_timeout_and_signing_goes_on() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let f = fixture();
+    let config = signet::config::Config::load(&f.config).expect("fixture config loads");
+    // SAFETY of set_var: the drills run one at a time; their servers get their own environment.
+    std::env::set_var("SOFTHSM2_CONF", &f.softhsm2_conf);
+    let hsm = signet::hsm::Hsm::open(signet::hsm::HsmConfig {
+        call_timeout: CALL_TIMEOUT,
+        ..config.hsm_config()
+    })
+    .expect("the fixture's token opens");
+    let key = format!("{}-audit", config.ca.key_prefix);
+    hsm.sign_p256_sha256(&key, b"before").expect("signs");
+    let recoveries = hsm.stats().recoveries;
+
+    let held = hsm.fault_hold_call().expect("a session to hold a call on");
+    let sent = Instant::now();
+    let refused = hsm
+        .generate_hmac_key(&format!("stuck-{}", std::process::id()))
+        .expect_err("no key while another call is in the module");
+    assert!(refused.is_unavailable(), "{refused}");
+    assert!(
+        sent.elapsed() < CALL_TIMEOUT + Duration::from_secs(1),
+        "refused after {} ms",
+        sent.elapsed().as_millis()
+    );
+    // The stuck call is still in the module: other calls go on beside it.
+    let signed = wait_until(CALL_TIMEOUT, || {
+        hsm.sign_p256_sha256(&key, b"beside").is_ok()
+    });
+    assert!(
+        signed.is_some(),
+        "signing did not go on beside the stuck call"
+    );
+    drop(held);
+    assert_eq!(
+        hsm.stats().recoveries,
+        recoveries,
+        "the module was not re-initialized"
+    );
+}

@@ -338,6 +338,15 @@ pub async fn teller_requests(
         })
         .transpose()?;
     let limit = q.limit.unwrap_or(100);
+    if !(1..=crate::ra::MAX_TELLER_REQUESTS_LISTED).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!(
+                "limit {limit} is not from 1 to {}",
+                crate::ra::MAX_TELLER_REQUESTS_LISTED
+            ),
+        ));
+    }
     let requests = blocking(move || {
         Ok(state
             .signet

@@ -125,8 +125,23 @@ impl Authority {
                 Ok(Some(label))
             }
             Err(e) => {
-                if let Err(why) = self.hsm.destroy_secret_key(&label) {
-                    tracing::warn!(%label, error = %why, "cannot destroy a PIN key that was not recorded: it is unused and may be deleted from the token");
+                // A write reported failed may have been made all the same (a COMMIT whose
+                // answer was lost): the key goes only once the record is seen to name
+                // another key, or none.
+                match self.pin_key_row() {
+                    Ok(Some(row)) if row.key_label == label => {
+                        tracing::warn!(%label, error = %e, "the PIN key's record was written although the store reported a failure");
+                        self.check_pin_key(&row)?;
+                        return Ok(Some(label));
+                    }
+                    Ok(_) => {
+                        if let Err(why) = self.hsm.destroy_secret_key(&label) {
+                            tracing::warn!(%label, error = %why, "cannot destroy a PIN key that was not recorded: it is unused and may be deleted from the token");
+                        }
+                    }
+                    Err(why) => {
+                        tracing::warn!(%label, error = %why, "cannot tell whether the PIN key was recorded: it is kept in the token");
+                    }
                 }
                 match e {
                     // Another process recorded its key first: that one is the PIN key.

@@ -20,7 +20,9 @@ pub use uri::TokenSelector;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
+use std::sync::{Arc, Condvar, Mutex};
+
+use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Function, Pkcs11};
@@ -744,7 +746,7 @@ impl Inner {
 
     fn fault_finalize_module(&self) {
         if let State::Up(ctx) = &*self.state.lock().unwrap_or_else(|e| e.into_inner()) {
-            let _calls = ctx.calls.write().unwrap_or_else(|e| e.into_inner());
+            let _calls = ctx.calls.write();
             let _ = ctx.pkcs11.clone().finalize();
         }
     }
@@ -796,9 +798,19 @@ impl Inner {
                 Err(e) => return Err(e),
             };
             let result = {
-                let Some(_call) = ctx.enter_as(access) else {
-                    // Another thread's failure finalized this context under us: try the next.
+                let Some(_call) = ctx.enter_as(access, self.config.finalize_wait()) else {
                     drop(lease);
+                    if !ctx.dead.load(Ordering::SeqCst) {
+                        // A call alone that waited the call timeout for one that has not
+                        // returned.
+                        return Err(HsmError::Unavailable {
+                            token: ctx.token_label.clone(),
+                            reason: "a call in the token has not returned within the call \
+                                     timeout: no key is made or destroyed beside it"
+                                .into(),
+                        });
+                    }
+                    // Another thread's failure finalized this context under us: try the next.
                     last_error = Some(ctx.finalized());
                     continue;
                 };
@@ -1104,7 +1116,7 @@ impl Context {
     /// Enters a PKCS#11 call on this context: `None` once the context is finalized (or being
     /// finalized). Not to be nested: a waiting finalize would block the inner one.
     fn enter(&self) -> Option<RwLockReadGuard<'_, ()>> {
-        let call = self.calls.read().unwrap_or_else(|e| e.into_inner());
+        let call = self.calls.read();
         (!self.dead.load(Ordering::SeqCst)).then_some(call)
     }
 
@@ -1114,15 +1126,22 @@ impl Context {
     /// objects (SoftHSMv2 issue 573; seen here: C_GenerateKeyPair and C_GenerateKey failed
     /// with CKR_GENERAL_ERROR or CKR_TEMPLATE_INCONSISTENT beside a signing thread, leaving a
     /// half-made object without its label, and the failure took the whole layer down).
-    fn enter_alone(&self) -> Option<RwLockWriteGuard<'_, ()>> {
-        let call = self.calls.write().unwrap_or_else(|e| e.into_inner());
+    /// While it waits, new calls wait behind it (the lock is fair), but only for `wait` (the
+    /// call timeout; `None`: as long as it takes): a call that never returns must not hold
+    /// every other call up with it. Within this process only: another process on the same
+    /// SoftHSM token (`ca upgrade`, a second server) is not held off.
+    fn enter_alone(&self, wait: Option<Duration>) -> Option<RwLockWriteGuard<'_, ()>> {
+        let call = match wait {
+            None => self.calls.write(),
+            Some(wait) => self.calls.try_write_for(wait)?,
+        };
         (!self.dead.load(Ordering::SeqCst)).then_some(call)
     }
 
-    fn enter_as(&self, access: Access) -> Option<CallGuard<'_>> {
+    fn enter_as(&self, access: Access, wait: Option<Duration>) -> Option<CallGuard<'_>> {
         match access {
             Access::Shared => self.enter().map(CallGuard::Shared),
-            Access::Alone => self.enter_alone().map(CallGuard::Alone),
+            Access::Alone => self.enter_alone(wait).map(CallGuard::Alone),
         }
     }
 
@@ -1157,7 +1176,7 @@ impl Context {
             return;
         }
         let drained = match wait {
-            None => Some(self.calls.write().unwrap_or_else(|e| e.into_inner())),
+            None => Some(self.calls.write()),
             Some(wait) => self.drain_calls(wait),
         };
         if drained.is_none() {
@@ -1186,10 +1205,9 @@ impl Context {
         let deadline = Instant::now() + wait;
         loop {
             match self.calls.try_write() {
-                Ok(all) => return Some(all),
-                Err(TryLockError::Poisoned(e)) => return Some(e.into_inner()),
-                Err(TryLockError::WouldBlock) if Instant::now() >= deadline => return None,
-                Err(TryLockError::WouldBlock) => std::thread::sleep(Duration::from_millis(1)),
+                Some(all) => return Some(all),
+                None if Instant::now() >= deadline => return None,
+                None => std::thread::sleep(Duration::from_millis(1)),
             }
         }
     }

@@ -2,7 +2,7 @@
 //! ra-officers, teller certificates through two different teller-admins, lookups and
 //! revocations limited to the bank's own certificates.
 
-use super::tenants::{conflict, looks_like_resident_id, store_err, Principal, Role};
+use super::tenants::{conflict, store_err, Principal, Role};
 use super::{CertificateRequest, RaError, Registrar};
 use crate::audit::AuditEvent;
 use crate::ca::{normalize_serial, CaError, Issued, IssuerId, Reason};
@@ -144,11 +144,14 @@ impl Registrar {
                 .teller(teller_id)
                 .map_err(store_err)?
                 .map_or_else(|| teller_id.to_string(), |t| t.employee_id);
-            if let Err(refused) =
-                self.refuse_a_second_teller_key(&who.tenant.id, teller_id, &employee)
-            {
-                self.record_rejection(who, &rec, &refused.to_string(), true, now)?;
-                return Err(refused);
+            match self.refuse_a_second_teller_key(&who.tenant.id, teller_id, &employee) {
+                Ok(()) => {}
+                Err(refused @ RaError::Conflict(_)) => {
+                    self.record_rejection(who, &rec, &refused.to_string(), true, now)?;
+                    return Err(refused);
+                }
+                // Not an answer about the teller (the store failed): the request stands.
+                Err(e) => return Err(e),
             }
         }
         let ev = AuditEvent::new(
@@ -254,8 +257,12 @@ impl Registrar {
             &[Role::TellerAdmin, Role::Auditor],
             "read teller requests",
         )?;
+        if !(1..=MAX_TELLER_REQUESTS_LISTED).contains(&limit) {
+            return Err(RaError::Invalid(format!(
+                "limit {limit} is not from 1 to {MAX_TELLER_REQUESTS_LISTED}"
+            )));
+        }
         let now = self.authority().clock().now();
-        let limit = limit.clamp(1, MAX_TELLER_REQUESTS_LISTED);
         let mut requests = self
             .store()
             .teller_requests(&who.tenant.id, status, now, limit)
@@ -504,7 +511,9 @@ pub enum StatusChange {
 
 /// A rejection's reason as it is kept, listed and audited: trimmed, 1 to
 /// [`MAX_REJECTION_REASON_CHARS`] characters, no control or invisible characters, and no
-/// national ID number (DESIGN invariant 6: they never reach the audit log).
+/// national ID number (DESIGN invariant 6: they never reach the audit log): no run of 15 or
+/// more digits, however written (full width, or in groups split by spaces, hyphens or dots).
+/// A run that long is no reason's business anyway.
 fn rejection_reason(reason: &str) -> Result<&str, RaError> {
     let reason = reason.trim();
     let bad = |why: &str| {
@@ -522,13 +531,26 @@ fn rejection_reason(reason: &str) -> Result<&str, RaError> {
     if reason.chars().any(crate::text::is_control_or_invisible) {
         return bad("it has a control or invisible character");
     }
-    if reason
-        .split(|c: char| !c.is_ascii_alphanumeric())
-        .any(|word| looks_like_resident_id(&word.to_lowercase()))
-    {
-        return bad("it must not carry a national ID number");
+    if longest_digit_run(reason) >= 15 {
+        return bad("it must not carry a national ID number (or any run of 15 digits or more)");
     }
     Ok(reason)
+}
+
+/// The most digits `text` has in a row once it is NFKC-folded (full-width digits are
+/// digits), counting across spaces, hyphens and dots between them.
+fn longest_digit_run(text: &str) -> usize {
+    use unicode_normalization::UnicodeNormalization;
+    let (mut longest, mut run) = (0, 0);
+    for c in text.nfkc() {
+        if c.is_ascii_digit() {
+            run += 1;
+            longest = longest.max(run);
+        } else if !matches!(c, ' ' | '-' | '.') {
+            run = 0;
+        }
+    }
+    longest
 }
 
 fn not_issued() -> RaError {
