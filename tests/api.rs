@@ -846,6 +846,63 @@ fn a_second_teller_admin_rejects_a_teller_request_which_then_cannot_be_approved(
     );
 }
 
+/// The SHA-256 (hex) of the DER SubjectPublicKeyInfo in `pem_file` (a CSR or a certificate),
+/// as OpenSSL reads it.
+fn spki_sha256(f: &Fixture, kind: &str, pem_file: &Path) -> String {
+    let pubkey = f.path(&format!("{kind}-spki-sha256.pem"));
+    openssl(&args![
+        kind, "-in", pem_file, "-pubkey", "-noout", "-out", &pubkey
+    ])
+    .assert_ok();
+    let der = f.path(&format!("{kind}-spki-sha256.der"));
+    openssl(&args![
+        "pkey", "-pubin", "-in", &pubkey, "-outform", "DER", "-out", &der
+    ])
+    .assert_ok();
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(std::fs::read(&der).unwrap()))
+}
+
+/// The second teller-admin sees which key the certificate would certify before approving it,
+/// and it is the key of the certificate issued.
+#[test]
+fn an_approver_sees_the_key_a_teller_request_would_certify() {
+    let (banks, guard) = server();
+    let s = guard.as_ref().unwrap();
+    let f = fixture();
+    // A CSR of this test's own (the fixture's CSR file is made afresh for every caller).
+    let pem = csr_pem(f);
+    let csr = f.path("approver-sees.csr");
+    std::fs::write(&csr, &pem).unwrap();
+    let r = post_json(
+        s,
+        "/v1/teller-requests",
+        Some(&banks.a_admin1),
+        &json!({"csr": pem, "subject": "CN=柜员丑,serialNumber=E9026,OU=Branch 26"}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let shown = teller_request(s, &id, &banks.a_admin2);
+    assert_eq!(
+        shown["public_key_sha256"].as_str(),
+        Some(spki_sha256(f, "req", &csr).as_str()),
+        "{shown}"
+    );
+    let approved = approve_teller_request(s, &id, &banks.a_admin2);
+    assert_eq!(approved.status, 201, "{}", approved.body);
+    let leaf = f.path("approver-sees.pem");
+    std::fs::write(&leaf, approved.json()["certificate"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        shown["public_key_sha256"].as_str(),
+        Some(spki_sha256(f, "x509", &leaf).as_str())
+    );
+    let after = teller_request(s, &id, &banks.a_auditor);
+    assert_eq!(
+        (after["status"].as_str(), after["serial"].as_str()),
+        (Some("approved"), approved.json()["serial"].as_str())
+    );
+}
+
 #[test]
 fn the_filer_may_withdraw_its_own_teller_request() {
     let (banks, guard) = server();

@@ -870,6 +870,11 @@ fn of_two_key_requests_for_one_teller_only_the_first_approved_makes_and_certifie
     assert_eq!(read.status, 200, "{}", read.body);
     let v = read.json();
     assert_eq!(v["status"], "rejected", "{v}");
+    assert_eq!(
+        (&v["teller"]["employee_id"], &v["teller"]["name"]),
+        (&json!("T3"), &json!("赵柜员")),
+        "a key request names its teller: {v}"
+    );
     assert!(
         v["decision_reason"]
             .as_str()

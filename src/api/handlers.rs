@@ -12,8 +12,9 @@ use super::{
     MAX_BATCH_BODY_BYTES,
 };
 use crate::ca::{pem_certificate, Issued, Reason};
+use crate::ra::TellerRequestDetails;
 use crate::ra::{Principal, StatusChange};
-use crate::store::{CertRecord, RequestStatus, TellerRequestRecord};
+use crate::store::{CertRecord, RequestStatus};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -256,11 +257,9 @@ pub async fn submit_teller_request(
     ApiJson(body): ApiJson<TellerRequestBody>,
 ) -> Result<Response, ApiError> {
     let rec = blocking(move || {
-        Ok(state.signet.registrar.submit_teller_request(
-            &who,
-            body.csr.as_bytes(),
-            &body.subject,
-        )?)
+        let registrar = &state.signet.registrar;
+        let rec = registrar.submit_teller_request(&who, body.csr.as_bytes(), &body.subject)?;
+        Ok(registrar.describe_teller_request(rec)?)
     })
     .await?;
     Ok((StatusCode::ACCEPTED, Json(TellerRequestView::from(rec))).into_response())
@@ -276,8 +275,14 @@ pub struct TellerRequestView {
     status: &'static str,
     #[serde(skip_serializing_if = "String::is_empty")]
     subject: String,
+    /// SHA-256 (hex) of the SubjectPublicKeyInfo the certificate would carry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    public_key_sha256: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     teller_id: Option<String>,
+    /// The teller a key request is for: `{employee_id, name}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    teller: Option<Value>,
     requested_by: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     requested_by_holder: Option<String>,
@@ -293,14 +298,19 @@ pub struct TellerRequestView {
     serial: Option<String>,
 }
 
-impl From<TellerRequestRecord> for TellerRequestView {
-    fn from(r: TellerRequestRecord) -> Self {
+impl From<TellerRequestDetails> for TellerRequestView {
+    fn from(d: TellerRequestDetails) -> Self {
+        let r = d.record;
         TellerRequestView {
             id: r.id,
             kind: r.kind,
             status: r.status.as_str(),
             subject: r.subject,
+            public_key_sha256: d.public_key_sha256,
             teller_id: r.teller_id,
+            teller: d
+                .teller
+                .map(|t| serde_json::json!({"employee_id": t.employee_id, "name": t.name})),
             requested_by: r.requested_by,
             requested_by_holder: r.requested_by_holder,
             created_at: r.created_at,
@@ -786,10 +796,9 @@ pub async fn request_teller_key(
     ApiJson(body): ApiJson<TellerKeyBody>,
 ) -> Result<Response, ApiError> {
     let r = blocking(move || {
-        Ok(state
-            .signet
-            .registrar
-            .request_teller_key(&who, &body.employee_id)?)
+        let registrar = &state.signet.registrar;
+        let rec = registrar.request_teller_key(&who, &body.employee_id)?;
+        Ok(registrar.describe_teller_request(rec)?)
     })
     .await?;
     Ok((StatusCode::ACCEPTED, Json(TellerRequestView::from(r))).into_response())

@@ -10,7 +10,10 @@ mod tenants;
 
 pub use signing_keys::{NewTellerKey, SEAL_PROFILE, TELLER_HSM_PROFILE};
 
-pub use service::{Approved, StatusChange, MAX_TELLER_REQUESTS_LISTED, TELLER_REQUEST_TTL_SECS};
+pub use service::{
+    Approved, StatusChange, TellerRequestDetails, MAX_TELLER_REQUESTS_LISTED,
+    TELLER_REQUEST_TTL_SECS,
+};
 pub use subject::{build as build_subject, escape_dn_value, parse_vetted, BankIdentity};
 pub use tenants::{
     checked_holder, read_token_file, AuthSettings, ClientCertificate, NewCredential, Principal,

@@ -6,7 +6,9 @@ use super::tenants::{conflict, store_err, Principal, Role};
 use super::{CertificateRequest, RaError, Registrar};
 use crate::audit::AuditEvent;
 use crate::ca::{normalize_serial, CaError, Issued, IssuerId, Reason};
-use crate::store::{CertRecord, CertStatus, RequestStatus, StoreError, TellerRequestRecord};
+use crate::store::{
+    CertRecord, CertStatus, RequestStatus, StoreError, TellerRecord, TellerRequestRecord,
+};
 
 /// How long a teller request waits for its second teller-admin.
 pub const TELLER_REQUEST_TTL_SECS: i64 = 24 * 3600;
@@ -233,14 +235,14 @@ impl Registrar {
         who: &Principal,
         id: &str,
         reason: &str,
-    ) -> Result<TellerRequestRecord, RaError> {
+    ) -> Result<TellerRequestDetails, RaError> {
         self.require(who, &[Role::TellerAdmin], "reject teller requests")?;
         let reason = rejection_reason(reason)?;
         let rec = self.own_teller_request(who, id)?;
         let now = self.authority().clock().now();
         self.still_pending(who, &rec, now)?;
         self.record_rejection(who, &rec, reason, false, now)?;
-        self.own_teller_request(who, id)
+        self.describe_teller_request(self.own_teller_request(who, id)?)
     }
 
     /// `GET /v1/teller-requests`: the caller's bank's teller requests, newest first, at most
@@ -251,7 +253,7 @@ impl Registrar {
         who: &Principal,
         status: Option<RequestStatus>,
         limit: u32,
-    ) -> Result<Vec<TellerRequestRecord>, RaError> {
+    ) -> Result<Vec<TellerRequestDetails>, RaError> {
         self.require(
             who,
             &[Role::TellerAdmin, Role::Auditor],
@@ -263,14 +265,12 @@ impl Registrar {
             )));
         }
         let now = self.authority().clock().now();
-        let mut requests = self
-            .store()
+        self.store()
             .teller_requests(&who.tenant.id, status, now, limit)
-            .map_err(store_err)?;
-        for r in &mut requests {
-            r.status = r.status_at(now);
-        }
-        Ok(requests)
+            .map_err(store_err)?
+            .into_iter()
+            .map(|r| self.describe_teller_request(r))
+            .collect()
     }
 
     /// `GET /v1/teller-requests/{id}`: one of the caller's bank's teller requests, its status
@@ -279,15 +279,45 @@ impl Registrar {
         &self,
         who: &Principal,
         id: &str,
-    ) -> Result<TellerRequestRecord, RaError> {
+    ) -> Result<TellerRequestDetails, RaError> {
         self.require(
             who,
             &[Role::TellerAdmin, Role::Auditor],
             "read teller requests",
         )?;
-        let mut rec = self.own_teller_request(who, id)?;
+        self.describe_teller_request(self.own_teller_request(who, id)?)
+    }
+
+    /// `rec` as its bank reads it: its status now ([`TellerRequestRecord::status_at`]), and
+    /// what approving it would certify.
+    pub fn describe_teller_request(
+        &self,
+        mut rec: TellerRequestRecord,
+    ) -> Result<TellerRequestDetails, RaError> {
+        use der::Encode;
+        use sha2::{Digest, Sha256};
         rec.status = rec.status_at(self.authority().clock().now());
-        Ok(rec)
+        // Checked when it was filed; a CSR that no longer reads names no key.
+        let public_key_sha256 = (!rec.csr.is_empty())
+            .then(|| {
+                super::csr::parse(&rec.csr)
+                    .ok()?
+                    .certified_spki()
+                    .ok()?
+                    .to_der()
+                    .ok()
+            })
+            .flatten()
+            .map(|der| hex::encode(Sha256::digest(der)));
+        let teller = match rec.teller_id.as_deref() {
+            Some(id) => self.store().teller(id).map_err(store_err)?,
+            None => None,
+        };
+        Ok(TellerRequestDetails {
+            record: rec,
+            public_key_sha256,
+            teller,
+        })
     }
 
     /// A request of the caller's bank; another bank's does not exist for the caller.
@@ -499,6 +529,18 @@ impl Approved {
             Approved::TellerKey(k) => &k.issued.serial,
         }
     }
+}
+
+/// A teller request as its bank reads it: the record, and what the approver is asked to
+/// certify.
+#[derive(Debug, Clone)]
+pub struct TellerRequestDetails {
+    pub record: TellerRequestRecord,
+    /// Hex SHA-256 of the SubjectPublicKeyInfo (DER) that the certificate of a certificate
+    /// request would carry: what the approver compares with the teller's device.
+    pub public_key_sha256: Option<String>,
+    /// The teller a key request is for.
+    pub teller: Option<TellerRecord>,
 }
 
 /// A change of revocation status.
