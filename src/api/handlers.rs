@@ -259,7 +259,7 @@ pub async fn submit_teller_request(
     let rec = blocking(move || {
         let registrar = &state.signet.registrar;
         let rec = registrar.submit_teller_request(&who, body.csr.as_bytes(), &body.subject)?;
-        Ok(registrar.describe_teller_request(rec)?)
+        Ok(registrar.describe_teller_request(rec))
     })
     .await?;
     Ok((StatusCode::ACCEPTED, Json(TellerRequestView::from(rec))).into_response())
@@ -798,7 +798,7 @@ pub async fn request_teller_key(
     let r = blocking(move || {
         let registrar = &state.signet.registrar;
         let rec = registrar.request_teller_key(&who, &body.employee_id)?;
-        Ok(registrar.describe_teller_request(rec)?)
+        Ok(registrar.describe_teller_request(rec))
     })
     .await?;
     Ok((StatusCode::ACCEPTED, Json(TellerRequestView::from(r))).into_response())

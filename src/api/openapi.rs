@@ -141,7 +141,7 @@ pub const V1_ROUTES: &[Route] = &[
     route(
         "post",
         "/v1/teller-requests/{id}/reject",
-        "Reject a pending teller request, saying why (no national ID number): any teller-admin of the bank, its filer included (withdrawing it); it can no longer be approved. Approving a key request for a teller who already has a key rejects it too (409)",
+        "Reject a pending teller request, saying why (no control characters, no run of 15 digits or more: no national ID number): any teller-admin of the bank, its filer included (withdrawing it); it can no longer be approved. Approving a key request for a teller who already has a key rejects it too (409)",
         "teller-admin",
         Some("RejectRequest"),
         "200",

@@ -96,9 +96,8 @@ impl Authority {
     /// no record: it makes a key under a label of its own, and records it unless another
     /// process recorded one first, in which case it destroys its own and checks the recorded
     /// one. (Under one shared label, two processes making the key at once would leave two keys
-    /// that the label names, and no PIN could be checked again.) A key whose record could not
-    /// be written is destroyed too; one left by a run killed between the two is unused, and
-    /// stays in the token.
+    /// that the label names, and no PIN could be checked again.) A key whose record failed
+    /// otherwise, or whose run was killed before it, stays in the token, unused.
     #[doc(hidden)]
     pub fn make_pin_key(&self, actor: &str) -> Result<Option<String>, CaError> {
         let label = format!(
@@ -124,34 +123,22 @@ impl Authority {
                 self.auditor.after_commit(&audit);
                 Ok(Some(label))
             }
+            // Another process recorded its key first: that one is the PIN key, and this one
+            // is nobody's.
+            Err(CaError::Store(StoreError::Conflict(_))) => {
+                if let Err(why) = self.hsm.destroy_secret_key(&label) {
+                    tracing::warn!(%label, error = %why, "cannot destroy a PIN key made while another process recorded its own: it is unused and may be deleted from the token");
+                }
+                let row = self.pin_key_row()?.ok_or(CaError::PinKeyNotMade)?;
+                self.check_pin_key(&row)?;
+                Ok(None)
+            }
+            // Any other failure may have recorded the key all the same (a COMMIT whose answer
+            // was lost, one still landing): it stays in the token. If no record names it, it
+            // is unused, and the next run makes and records another.
             Err(e) => {
-                // A write reported failed may have been made all the same (a COMMIT whose
-                // answer was lost): the key goes only once the record is seen to name
-                // another key, or none.
-                match self.pin_key_row() {
-                    Ok(Some(row)) if row.key_label == label => {
-                        tracing::warn!(%label, error = %e, "the PIN key's record was written although the store reported a failure");
-                        self.check_pin_key(&row)?;
-                        return Ok(Some(label));
-                    }
-                    Ok(_) => {
-                        if let Err(why) = self.hsm.destroy_secret_key(&label) {
-                            tracing::warn!(%label, error = %why, "cannot destroy a PIN key that was not recorded: it is unused and may be deleted from the token");
-                        }
-                    }
-                    Err(why) => {
-                        tracing::warn!(%label, error = %why, "cannot tell whether the PIN key was recorded: it is kept in the token");
-                    }
-                }
-                match e {
-                    // Another process recorded its key first: that one is the PIN key.
-                    CaError::Store(StoreError::Conflict(_)) => {
-                        let row = self.pin_key_row()?.ok_or(CaError::PinKeyNotMade)?;
-                        self.check_pin_key(&row)?;
-                        Ok(None)
-                    }
-                    other => Err(other),
-                }
+                tracing::warn!(%label, error = %e, "the PIN key may not be recorded; it is kept in the token");
+                Err(e)
             }
         }
     }

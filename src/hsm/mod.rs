@@ -68,6 +68,13 @@ impl HsmConfig {
     fn finalize_wait(&self) -> Option<Duration> {
         (!self.call_timeout.is_zero()).then_some(self.call_timeout)
     }
+
+    /// How long a call that must run alone (making or destroying a key) waits for the calls
+    /// in flight: half the call timeout, so that the caller, whose wait began before its
+    /// hand-off and session checkout, hears why; every other call waits behind it meanwhile.
+    fn alone_wait(&self) -> Option<Duration> {
+        self.finalize_wait().map(|t| t / 2)
+    }
 }
 
 /// The security attributes of a private key, read back from the token.
@@ -798,16 +805,16 @@ impl Inner {
                 Err(e) => return Err(e),
             };
             let result = {
-                let Some(_call) = ctx.enter_as(access, self.config.finalize_wait()) else {
+                let Some(_call) = ctx.enter_as(access, self.config.alone_wait()) else {
                     drop(lease);
                     if !ctx.dead.load(Ordering::SeqCst) {
-                        // A call alone that waited the call timeout for one that has not
-                        // returned.
+                        // A call alone that waited its time for one that has not returned.
+                        let reason = "a call in the token has not returned within half the \
+                                      call timeout: no key is made or destroyed beside it";
+                        tracing::warn!(token = %ctx.token_label, key = ?key, reason, "HSM key not made");
                         return Err(HsmError::Unavailable {
                             token: ctx.token_label.clone(),
-                            reason: "a call in the token has not returned within the call \
-                                     timeout: no key is made or destroyed beside it"
-                                .into(),
+                            reason: reason.into(),
                         });
                     }
                     // Another thread's failure finalized this context under us: try the next.
@@ -1114,7 +1121,8 @@ impl Context {
     }
 
     /// Enters a PKCS#11 call on this context: `None` once the context is finalized (or being
-    /// finalized). Not to be nested: a waiting finalize would block the inner one.
+    /// finalized). Not to be nested: a call waiting to run alone ([`Context::enter_alone`])
+    /// would block the inner one (the lock is fair).
     fn enter(&self) -> Option<RwLockReadGuard<'_, ()>> {
         let call = self.calls.read();
         (!self.dead.load(Ordering::SeqCst)).then_some(call)
@@ -1126,9 +1134,9 @@ impl Context {
     /// objects (SoftHSMv2 issue 573; seen here: C_GenerateKeyPair and C_GenerateKey failed
     /// with CKR_GENERAL_ERROR or CKR_TEMPLATE_INCONSISTENT beside a signing thread, leaving a
     /// half-made object without its label, and the failure took the whole layer down).
-    /// While it waits, new calls wait behind it (the lock is fair), but only for `wait` (the
-    /// call timeout; `None`: as long as it takes): a call that never returns must not hold
-    /// every other call up with it. Within this process only: another process on the same
+    /// While it waits, new calls wait behind it (the lock is fair), but only for `wait`
+    /// ([`HsmConfig::alone_wait`]; `None`: as long as it takes): a call that never returns
+    /// must not hold every other call up with it for long. Within this process only: another process on the same
     /// SoftHSM token (`ca upgrade`, a second server) is not held off.
     fn enter_alone(&self, wait: Option<Duration>) -> Option<RwLockWriteGuard<'_, ()>> {
         let call = match wait {

@@ -242,7 +242,7 @@ impl Registrar {
         let now = self.authority().clock().now();
         self.still_pending(who, &rec, now)?;
         self.record_rejection(who, &rec, reason, false, now)?;
-        self.describe_teller_request(self.own_teller_request(who, id)?)
+        Ok(self.describe_teller_request(self.own_teller_request(who, id)?))
     }
 
     /// `GET /v1/teller-requests`: the caller's bank's teller requests, newest first, at most
@@ -265,12 +265,13 @@ impl Registrar {
             )));
         }
         let now = self.authority().clock().now();
-        self.store()
+        Ok(self
+            .store()
             .teller_requests(&who.tenant.id, status, now, limit)
             .map_err(store_err)?
             .into_iter()
-            .map(|r| self.describe_teller_request(r))
-            .collect()
+            .map(|r| self.describe_teller_request_at(r, now))
+            .collect())
     }
 
     /// `GET /v1/teller-requests/{id}`: one of the caller's bank's teller requests, its status
@@ -285,18 +286,26 @@ impl Registrar {
             &[Role::TellerAdmin, Role::Auditor],
             "read teller requests",
         )?;
-        self.describe_teller_request(self.own_teller_request(who, id)?)
+        Ok(self.describe_teller_request(self.own_teller_request(who, id)?))
     }
 
     /// `rec` as its bank reads it: its status now ([`TellerRequestRecord::status_at`]), and
     /// what approving it would certify.
-    pub fn describe_teller_request(
+    pub fn describe_teller_request(&self, rec: TellerRequestRecord) -> TellerRequestDetails {
+        let now = self.authority().clock().now();
+        self.describe_teller_request_at(rec, now)
+    }
+
+    /// [`Registrar::describe_teller_request`] as of `now` (a listing's one clock reading). A
+    /// teller that cannot be read is left out (logged): the request is described regardless.
+    fn describe_teller_request_at(
         &self,
         mut rec: TellerRequestRecord,
-    ) -> Result<TellerRequestDetails, RaError> {
+        now: i64,
+    ) -> TellerRequestDetails {
         use der::Encode;
         use sha2::{Digest, Sha256};
-        rec.status = rec.status_at(self.authority().clock().now());
+        rec.status = rec.status_at(now);
         // Checked when it was filed; a CSR that no longer reads names no key.
         let public_key_sha256 = (!rec.csr.is_empty())
             .then(|| {
@@ -309,15 +318,20 @@ impl Registrar {
             })
             .flatten()
             .map(|der| hex::encode(Sha256::digest(der)));
-        let teller = match rec.teller_id.as_deref() {
-            Some(id) => self.store().teller(id).map_err(store_err)?,
-            None => None,
-        };
-        Ok(TellerRequestDetails {
+        let teller = rec.teller_id.as_deref().and_then(|id| {
+            match self.store().teller(id) {
+                Ok(t) => t.filter(|t| t.tenant_id == rec.tenant_id),
+                Err(e) => {
+                    tracing::warn!(request = %rec.id, error = %e, "cannot read the teller of a teller request");
+                    None
+                }
+            }
+        });
+        TellerRequestDetails {
             record: rec,
             public_key_sha256,
             teller,
-        })
+        }
     }
 
     /// A request of the caller's bank; another bank's does not exist for the caller.
@@ -554,8 +568,8 @@ pub enum StatusChange {
 /// A rejection's reason as it is kept, listed and audited: trimmed, 1 to
 /// [`MAX_REJECTION_REASON_CHARS`] characters, no control or invisible characters, and no
 /// national ID number (DESIGN invariant 6: they never reach the audit log): no run of 15 or
-/// more digits, however written (full width, or in groups split by spaces, hyphens or dots).
-/// A run that long is no reason's business anyway.
+/// more digits, however written ([`longest_digit_run`]). A run that long is rarely a
+/// reason's business; a date range or a fingerprint is not refused.
 fn rejection_reason(reason: &str) -> Result<&str, RaError> {
     let reason = reason.trim();
     let bad = |why: &str| {
@@ -574,22 +588,52 @@ fn rejection_reason(reason: &str) -> Result<&str, RaError> {
         return bad("it has a control or invisible character");
     }
     if longest_digit_run(reason) >= 15 {
-        return bad("it must not carry a national ID number (or any run of 15 digits or more)");
+        return bad(
+            "it has 15 digits or more in a row (counted across single spaces and \
+             separators), which is how a national ID number would show: leave it out",
+        );
     }
     Ok(reason)
 }
 
-/// The most digits `text` has in a row once it is NFKC-folded (full-width digits are
-/// digits), counting across spaces, hyphens and dots between them.
+/// The most digits `text` has in a row once it is NFKC-folded (full-width digits are digits;
+/// so are other scripts' decimal digits), counting across one separator (a space, `-`, `.`,
+/// `/`, `_`, a comma, a dash) between two digits, but not across two. Words of 32 or more hex
+/// characters with a letter among them (a key fingerprint, a serial) are not counted.
 fn longest_digit_run(text: &str) -> usize {
     use unicode_normalization::UnicodeNormalization;
-    let (mut longest, mut run) = (0, 0);
-    for c in text.nfkc() {
-        if c.is_ascii_digit() {
-            run += 1;
-            longest = longest.max(run);
-        } else if !matches!(c, ' ' | '-' | '.') {
-            run = 0;
+    let folded: String = text.nfkc().collect();
+    let fingerprint = |w: &str| {
+        w.chars().count() >= 32
+            && w.chars().all(|c| c.is_ascii_hexdigit())
+            && w.chars().any(|c| c.is_ascii_alphabetic())
+    };
+    let separator = |c: char| {
+        c.is_whitespace()
+            || matches!(
+                c,
+                '-' | '.' | '/' | '_' | ',' | '，' | '–' | '—' | '‐' | '−' | '、'
+            )
+    };
+    let (mut longest, mut run, mut after_separator) = (0, 0, false);
+    for word in folded.split(' ') {
+        let chars: Vec<char> = if fingerprint(word) {
+            vec!['#']
+        } else {
+            word.chars().collect()
+        };
+        // The space that split the words is a separator like any other.
+        for c in chars.into_iter().chain(std::iter::once(' ')) {
+            if c.is_numeric() {
+                run += 1;
+                after_separator = false;
+                longest = longest.max(run);
+            } else if separator(c) && run > 0 && !after_separator {
+                after_separator = true;
+            } else {
+                run = 0;
+                after_separator = false;
+            }
         }
     }
     longest
@@ -599,4 +643,38 @@ fn not_issued() -> RaError {
     RaError::Ca(crate::ca::CaError::InvalidRequest(
         "the request was not issued".into(),
     ))
+}
+
+#[cfg(test)]
+mod reason_tests {
+    use super::longest_digit_run;
+
+    #[test]
+    fn an_id_number_shows_as_a_long_digit_run_however_written() {
+        for id in [
+            "11010119900307123X",
+            "ID11010119900307123X",
+            "110101 19900307 1234",
+            "110101/19900307/123X",
+            "110101_19900307_1234",
+            "110101-19900307-1234",
+            "１１０１０１１９９００３０７１２３４",
+            "١١٠١٠١١٩٩٠٠٣٠٧١٢٣٤",
+        ] {
+            assert!(longest_digit_run(id) >= 15, "{id}");
+        }
+    }
+
+    #[test]
+    fn dates_amounts_and_fingerprints_are_not_long_runs() {
+        for ordinary in [
+            "valid 2024.03.07 - 2025.03.06",
+            "the amount 1.000.000 is over the limit",
+            "Branch 12, counter 3",
+            "key e6bf518d88c9f3db7ee5491ff94bde2d9a0a912e4caf2ca4fe2416c58a79910c is not the teller's",
+            "filed 2026-11-28 10:00",
+        ] {
+            assert!(longest_digit_run(ordinary) < 15, "{ordinary}");
+        }
+    }
 }
