@@ -810,6 +810,51 @@ fn a_wrong_activation_code_is_refused_and_audited_and_the_right_one_still_works(
     assert_eq!(r.status, 204, "{}", r.body);
 }
 
+/// A teller's employee id is audited and written into its certificates: a national ID number
+/// is refused there, and in the name, by the API and the CLI alike; nothing is recorded.
+#[test]
+fn a_teller_is_not_registered_under_a_national_id_number() {
+    let (st, s) = setup();
+    let f = fixture();
+    for (employee_id, name) in [
+        ("11010119900307123X", "钱柜员"),
+        ("110101199003071234", "钱柜员"),
+        ("T-ID-1", "钱柜员 110101199003071234"),
+    ] {
+        let r = post_json(
+            &s,
+            "/v1/tellers",
+            Some(&st.admin1),
+            &json!({"employee_id": employee_id, "name": name}),
+        );
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (400, "invalid_request"),
+            "{employee_id} {name}: {}",
+            r.body
+        );
+        f.signet(&[
+            "teller",
+            "add",
+            "--tenant",
+            "Bank A",
+            "--employee",
+            employee_id,
+            "--name",
+            name,
+        ])
+        .assert_refused();
+    }
+    let recorded: i64 = common::open_db(&f.db)
+        .query_row(
+            "SELECT COUNT(*) FROM audit_events WHERE details LIKE '%1101011990030712%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(recorded, 0, "an ID number reached the audit log");
+}
+
 /// Of two key requests for one teller, the second one approved cannot be: it is rejected,
 /// saying why, instead of waiting a day to expire.
 #[test]

@@ -600,7 +600,7 @@ fn rejection_reason(reason: &str) -> Result<&str, RaError> {
 /// so are other scripts' decimal digits), counting across one separator (a space, `-`, `.`,
 /// `/`, `_`, a comma, a dash) between two digits, but not across two. Words of 32 or more hex
 /// characters with a letter among them (a key fingerprint, a serial) are not counted.
-fn longest_digit_run(text: &str) -> usize {
+pub(super) fn longest_digit_run(text: &str) -> usize {
     use unicode_normalization::UnicodeNormalization;
     let folded: String = text.nfkc().collect();
     let fingerprint = |w: &str| {

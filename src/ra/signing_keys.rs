@@ -5,7 +5,8 @@
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::tenants::{conflict, store_err, Principal, Role};
+use super::service::longest_digit_run;
+use super::tenants::{conflict, looks_like_resident_id, store_err, Principal, Role};
 use super::{escape_dn_value, RaError, Registrar, TenantIdentity};
 use crate::audit::AuditEvent;
 use crate::ca::{Issued, Reason};
@@ -128,9 +129,19 @@ impl Registrar {
                 "employee id must be 1-64 letters, digits, '-', '.' or '_'",
             ));
         }
+        // It is audited (`teller.add`) and written into the teller's certificates
+        // (serialNumber): never a national ID number (DESIGN invariant 6).
+        if looks_like_resident_id(&employee_id.to_ascii_lowercase()) {
+            return Err(bad(
+                "employee id must not be a national ID number: give the bank's staff number",
+            ));
+        }
         if name.trim().is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control)
         {
             return Err(bad("name must be 1-64 characters"));
+        }
+        if longest_digit_run(name) >= 15 {
+            return Err(bad("name must not carry a national ID number"));
         }
         let rec = TellerRecord {
             id: self.new_id("tlr")?,

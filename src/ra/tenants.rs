@@ -706,7 +706,7 @@ pub fn checked_holder(holder: &str) -> Result<String, RaError> {
 /// a digit or X; or the older 15 digits). Holders are listed and audited, and national ID
 /// numbers never reach logs (DESIGN invariant 6): a bank that keys its people by them must
 /// give another identifier.
-fn looks_like_resident_id(s: &str) -> bool {
+pub(super) fn looks_like_resident_id(s: &str) -> bool {
     let b = s.as_bytes();
     let digits = |t: &[u8]| t.iter().all(u8::is_ascii_digit);
     match b.len() {
