@@ -18,6 +18,7 @@ use common::drill::{
 };
 use common::http::{post_json, Server};
 use common::{fixture, Fixture};
+use signet::hsm::HsmConfig;
 
 const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
 /// Where Debian's p11-kit-modules puts the client module (the multiarch folder varies).
@@ -455,19 +456,26 @@ fn a_wedged_hsm_that_never_answers_gets_503_at_the_call_timeout_not_a_hang() {
 /// woken). The layer finalizes the failed context without waiting for that call past the call
 /// timeout, re-initializes, and signs again while the call is still stuck. In process, on the
 /// fixture's SoftHSM2 token: the stuck call is a test hook holding the context as a call would.
-#[test]
-fn a_call_that_never_returns_does_not_keep_the_hsm_layer_from_re_initializing() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+/// The fixture's token through an HSM layer of the drill's own, its settings the fixture's as
+/// `settings` changes them; and the label of the audit key, which every drill may sign with.
+/// For drills that hold [`ONE_AT_A_TIME`].
+fn fixture_hsm(settings: impl FnOnce(HsmConfig) -> HsmConfig) -> (signet::hsm::Hsm, String) {
     let f = fixture();
     let config = signet::config::Config::load(&f.config).expect("fixture config loads");
     // SAFETY of set_var: the drills run one at a time; their servers get their own environment.
     std::env::set_var("SOFTHSM2_CONF", &f.softhsm2_conf);
-    let hsm_config = signet::hsm::HsmConfig {
+    let hsm =
+        signet::hsm::Hsm::open(settings(config.hsm_config())).expect("the fixture's token opens");
+    (hsm, format!("{}-audit", config.ca.key_prefix))
+}
+
+#[test]
+fn a_call_that_never_returns_does_not_keep_the_hsm_layer_from_re_initializing() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (hsm, key) = fixture_hsm(|c| HsmConfig {
         call_timeout: CALL_TIMEOUT,
-        ..config.hsm_config()
-    };
-    let hsm = signet::hsm::Hsm::open(hsm_config).expect("the fixture's token opens");
-    let key = format!("{}-audit", config.ca.key_prefix);
+        ..c
+    });
     hsm.sign_p256_sha256(&key, b"before")
         .expect("signs before the fault");
     let recoveries = hsm.stats().recoveries;
@@ -516,18 +524,12 @@ fn a_call_that_never_returns_does_not_keep_the_hsm_layer_from_re_initializing() 
 #[test]
 fn every_session_busy_is_refused_as_load_and_leaves_the_module_up() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let f = fixture();
-    let config = signet::config::Config::load(&f.config).expect("fixture config loads");
-    // SAFETY of set_var: the drills run one at a time; their servers get their own environment.
-    std::env::set_var("SOFTHSM2_CONF", &f.softhsm2_conf);
-    let hsm = signet::hsm::Hsm::open(signet::hsm::HsmConfig {
+    let (hsm, key) = fixture_hsm(|c| HsmConfig {
         sessions: 1,
         checkout_timeout: Duration::from_millis(100),
         call_timeout: CALL_TIMEOUT,
-        ..config.hsm_config()
-    })
-    .expect("the fixture's token opens");
-    let key = format!("{}-audit", config.ca.key_prefix);
+        ..c
+    });
     hsm.sign_p256_sha256(&key, b"before").expect("signs");
     let recoveries = hsm.stats().recoveries;
 
@@ -558,16 +560,10 @@ fn every_session_busy_is_refused_as_load_and_leaves_the_module_up() {
 #[test]
 fn a_key_made_while_a_call_is_stuck_is_refused_at_the_call_timeout_and_signing_goes_on() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let f = fixture();
-    let config = signet::config::Config::load(&f.config).expect("fixture config loads");
-    // SAFETY of set_var: the drills run one at a time; their servers get their own environment.
-    std::env::set_var("SOFTHSM2_CONF", &f.softhsm2_conf);
-    let hsm = signet::hsm::Hsm::open(signet::hsm::HsmConfig {
+    let (hsm, key) = fixture_hsm(|c| HsmConfig {
         call_timeout: CALL_TIMEOUT,
-        ..config.hsm_config()
-    })
-    .expect("the fixture's token opens");
-    let key = format!("{}-audit", config.ca.key_prefix);
+        ..c
+    });
     hsm.sign_p256_sha256(&key, b"before").expect("signs");
     let recoveries = hsm.stats().recoveries;
 

@@ -246,8 +246,9 @@ impl Registrar {
     }
 
     /// `GET /v1/teller-requests`: the caller's bank's teller requests, newest first, at most
-    /// `limit` (1 to [`MAX_TELLER_REQUESTS_LISTED`]), only those in `status` when given. A
-    /// pending request past its expiry can no longer be approved: it is listed as expired.
+    /// `limit`, bounded to 1 to [`MAX_TELLER_REQUESTS_LISTED`] (the API refuses a limit
+    /// outside it), only those in `status` when given. A pending request past its expiry can
+    /// no longer be approved: it is listed as expired.
     pub fn teller_requests(
         &self,
         who: &Principal,
@@ -259,11 +260,7 @@ impl Registrar {
             &[Role::TellerAdmin, Role::Auditor],
             "read teller requests",
         )?;
-        if !(1..=MAX_TELLER_REQUESTS_LISTED).contains(&limit) {
-            return Err(RaError::Invalid(format!(
-                "limit {limit} is not from 1 to {MAX_TELLER_REQUESTS_LISTED}"
-            )));
-        }
+        let limit = limit.clamp(1, MAX_TELLER_REQUESTS_LISTED);
         let now = self.authority().clock().now();
         Ok(self
             .store()
